@@ -1,0 +1,346 @@
+//! The filter's plugin configuration: parsed and validated once (in `on_configure`) into
+//! an immutable [`FilterConfig`]. Unknown fields are errors, so a typo never silently
+//! opens a route.
+
+use serde::Deserialize;
+
+use crate::key::Mode;
+use crate::token::TokenExpectations;
+
+/// Which credentials a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Requirement {
+    /// `Authorization: Bearer <access token>`, `SECRET_KEY` and `businessId` (the default).
+    All,
+    /// An API key only, in `SECRET_KEY` (or as the bearer value with `key_in_bearer`).
+    Key,
+    /// Nothing: a public path, limited per client IP.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Path prefix, e.g. `/public/`. The first route whose prefix and method match wins.
+    pub prefix: String,
+    /// Upper-case methods the route applies to; empty means every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default = "default_requirement")]
+    pub require: Requirement,
+    /// Accept the API key as `Authorization: Bearer sk_…` (seed 004 style).
+    #[serde(default)]
+    pub key_in_bearer: bool,
+    /// Scopes the key (and the token, if it carries any) must all have.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Only keys of this mode may use the route.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Decide and count, but let a denied request through (for rolling out rules).
+    #[serde(default)]
+    pub shadow: bool,
+    /// Requests per hour per key (or per client IP on public routes); overrides the defaults.
+    #[serde(default)]
+    pub rate_limit_per_hour: Option<u32>,
+}
+
+fn default_requirement() -> Requirement {
+    Requirement::All
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    #[serde(default = "default_sk_limit")]
+    pub sk_per_hour: u32,
+    #[serde(default = "default_pk_limit")]
+    pub pk_per_hour: u32,
+    #[serde(default = "default_public_limit")]
+    pub public_per_ip_per_hour: u32,
+}
+
+fn default_sk_limit() -> u32 {
+    1000
+}
+fn default_pk_limit() -> u32 {
+    100
+}
+fn default_public_limit() -> u32 {
+    200
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits { sk_per_hour: default_sk_limit(), pk_per_hour: default_pk_limit(), public_per_ip_per_hour: default_public_limit() }
+    }
+}
+
+/// The plugin configuration as written in envoy.yaml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    admin_cluster: String,
+    #[serde(default = "default_authority")]
+    admin_authority: String,
+    #[serde(default)]
+    proxy_token: Option<String>,
+    #[serde(default = "default_issuer")]
+    issuer: String,
+    #[serde(default = "default_audience")]
+    audience: String,
+    #[serde(default = "default_poll_ms")]
+    poll_interval_ms: u64,
+    #[serde(default = "default_timeout_ms")]
+    admin_timeout_ms: u64,
+    #[serde(default = "default_staleness")]
+    max_staleness_secs: u64,
+    #[serde(default = "default_leeway")]
+    leeway_secs: u64,
+    #[serde(default)]
+    rate_limits: RateLimits,
+    #[serde(default)]
+    routes: Vec<Route>,
+}
+
+fn default_authority() -> String {
+    "keygate-admin".to_owned()
+}
+fn default_issuer() -> String {
+    "keygate".to_owned()
+}
+fn default_audience() -> String {
+    "keygate-api".to_owned()
+}
+fn default_poll_ms() -> u64 {
+    1000
+}
+fn default_timeout_ms() -> u64 {
+    5000
+}
+fn default_staleness() -> u64 {
+    600
+}
+fn default_leeway() -> u64 {
+    30
+}
+
+/// Everything `decide` needs from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub token: TokenExpectations,
+    pub max_staleness_secs: u64,
+    pub rate_limits: RateLimits,
+    pub routes: Vec<Route>,
+    /// Applies when no route matches: all three credentials.
+    pub default_route: Route,
+}
+
+/// How the filter reaches admin.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    pub admin_cluster: String,
+    pub admin_authority: String,
+    pub proxy_token: String,
+    pub poll_interval_ms: u64,
+    pub admin_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for SyncConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncConfig")
+            .field("admin_cluster", &self.admin_cluster)
+            .field("admin_authority", &self.admin_authority)
+            .field("proxy_token", &"<redacted>")
+            .field("poll_interval_ms", &self.poll_interval_ms)
+            .field("admin_timeout_ms", &self.admin_timeout_ms)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterConfig {
+    pub policy: Policy,
+    pub sync: SyncConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("plugin configuration is not valid: {0}")]
+    Json(String),
+    #[error("plugin configuration: {0}")]
+    Invalid(String),
+}
+
+const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
+
+impl FilterConfig {
+    /// Parses and validates the plugin JSON. `env_proxy_token` is the VM environment's
+    /// `KEYGATE_PROXY_TOKEN`, used when the JSON carries no `proxy_token`.
+    pub fn parse(json: &[u8], env_proxy_token: Option<&str>) -> Result<FilterConfig, ConfigError> {
+        let raw: RawConfig = serde_json::from_slice(json).map_err(|e| ConfigError::Json(e.to_string()))?;
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let proxy_token = match (raw.proxy_token, env_proxy_token) {
+            (Some(t), _) if !t.is_empty() => t,
+            (_, Some(t)) if !t.is_empty() => t.to_owned(),
+            _ => return invalid("no proxy token: set proxy_token or the VM environment's KEYGATE_PROXY_TOKEN".into()),
+        };
+        if raw.admin_cluster.is_empty() {
+            return invalid("admin_cluster must name the Envoy cluster of keygate-admin".into());
+        }
+        if raw.poll_interval_ms == 0 || raw.admin_timeout_ms == 0 {
+            return invalid("poll_interval_ms and admin_timeout_ms must be positive".into());
+        }
+        if raw.max_staleness_secs == 0 {
+            return invalid("max_staleness_secs must be positive".into());
+        }
+        if raw.issuer.is_empty() || raw.audience.is_empty() {
+            return invalid("issuer and audience must not be empty".into());
+        }
+        for (i, route) in raw.routes.iter().enumerate() {
+            if !route.prefix.starts_with('/') {
+                return invalid(format!("routes[{i}].prefix must start with '/'"));
+            }
+            if let Some(m) = route.methods.iter().find(|m| !KNOWN_METHODS.contains(&m.as_str())) {
+                return invalid(format!("routes[{i}].methods: {m:?} is not an upper-case HTTP method"));
+            }
+            if route.key_in_bearer && route.require != Requirement::Key {
+                return invalid(format!("routes[{i}]: key_in_bearer needs require = \"key\""));
+            }
+            if route.require == Requirement::None && (!route.scopes.is_empty() || route.mode.is_some()) {
+                return invalid(format!("routes[{i}]: a public route cannot require scopes or a mode"));
+            }
+            if route.rate_limit_per_hour == Some(0) {
+                return invalid(format!("routes[{i}].rate_limit_per_hour must be positive"));
+            }
+        }
+        let default_route = Route {
+            prefix: "/".into(),
+            methods: Vec::new(),
+            require: Requirement::All,
+            key_in_bearer: false,
+            scopes: Vec::new(),
+            mode: None,
+            shadow: false,
+            rate_limit_per_hour: None,
+        };
+        Ok(FilterConfig {
+            policy: Policy {
+                token: TokenExpectations { issuer: raw.issuer, audience: raw.audience, leeway: raw.leeway_secs },
+                max_staleness_secs: raw.max_staleness_secs,
+                rate_limits: raw.rate_limits,
+                routes: raw.routes,
+                default_route,
+            },
+            sync: SyncConfig {
+                admin_cluster: raw.admin_cluster,
+                admin_authority: raw.admin_authority,
+                proxy_token,
+                poll_interval_ms: raw.poll_interval_ms,
+                admin_timeout_ms: raw.admin_timeout_ms,
+            },
+        })
+    }
+}
+
+/// True when a path has no dot segments or encoded separators. Relaxed routes (key-only,
+/// public) only match clean paths, so `/public/../admin` can never borrow `/public/`'s rule.
+fn is_clean_path(path: &str) -> bool {
+    let lower_has_encoded = |needle: &str| path.as_bytes().windows(3).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()));
+    !path.split('/').any(|seg| seg == "." || seg == "..") && !lower_has_encoded("%2e") && !lower_has_encoded("%2f") && !lower_has_encoded("%5c") && !path.contains('\\')
+}
+
+impl Policy {
+    /// The route for a request: the first configured route whose prefix and method match,
+    /// else the default (all three credentials). The query string is ignored.
+    pub fn route_for(&self, method: &str, path: &str) -> &Route {
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        let clean = is_clean_path(path);
+        self.routes
+            .iter()
+            .find(|r| {
+                path.starts_with(&r.prefix)
+                    && (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
+                    && (clean || r.require == Requirement::All)
+            })
+            .unwrap_or(&self.default_route)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<FilterConfig, ConfigError> {
+        FilterConfig::parse(json.as_bytes(), None)
+    }
+
+    const DEMO: &str = r#"{
+        "admin_cluster": "keygate_admin", "proxy_token": "t",
+        "routes": [
+            {"prefix": "/public/", "require": "none"},
+            {"prefix": "/key/", "require": "key", "key_in_bearer": true},
+            {"prefix": "/reports/", "methods": ["GET"], "scopes": ["reports:read"], "mode": "live"}
+        ]
+    }"#;
+
+    #[test]
+    fn demo_config_parses_with_defaults() {
+        let cfg = parse(DEMO).unwrap();
+        assert_eq!(cfg.policy.max_staleness_secs, 600);
+        assert_eq!(cfg.policy.rate_limits, RateLimits { sk_per_hour: 1000, pk_per_hour: 100, public_per_ip_per_hour: 200 });
+        assert_eq!(cfg.policy.token.issuer, "keygate");
+        assert_eq!(cfg.sync.proxy_token, "t");
+        assert!(!format!("{:?}", cfg.sync).contains("\"t\""));
+    }
+
+    #[test]
+    fn routes_match_by_prefix_and_method_first_match_wins() {
+        let cfg = parse(DEMO).unwrap();
+        let p = &cfg.policy;
+        assert_eq!(p.route_for("GET", "/public/articles?q=1").require, Requirement::None);
+        assert_eq!(p.route_for("POST", "/key/x").require, Requirement::Key);
+        assert_eq!(p.route_for("GET", "/reports/1").scopes, vec!["reports:read".to_string()]);
+        assert!(p.route_for("POST", "/reports/1").scopes.is_empty()); // method does not match
+        assert_eq!(p.route_for("GET", "/orders").require, Requirement::All);
+        assert_eq!(p.route_for("GET", "/publicity").require, Requirement::All);
+    }
+
+    #[test]
+    fn dot_segments_and_encoded_separators_never_match_a_relaxed_route() {
+        let cfg = parse(DEMO).unwrap();
+        let p = &cfg.policy;
+        for path in ["/public/../orders", "/public/./x/..", "/public/%2e%2e/orders", "/public/%2F..", "/key/..\\orders", "/public/%2E%2E/x"] {
+            assert_eq!(p.route_for("GET", path).require, Requirement::All, "{path}");
+        }
+        assert_eq!(p.route_for("GET", "/public/a.b/c..d").require, Requirement::None);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        let cases = [
+            (r#"{"admin_cluster": "a"}"#, "proxy token"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "routes": [{"prefix": "nope"}]}"#, "start with '/'"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "routes": [{"prefix": "/", "methods": ["get"]}]}"#, "upper-case"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "routes": [{"prefix": "/", "require": "some"}]}"#, "unknown variant"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rutes": []}"#, "unknown field"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "routes": [{"prefix": "/", "key_in_bearer": true}]}"#, "key_in_bearer"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "max_staleness_secs": 0}"#, "max_staleness"),
+            (r#"{"admin_cluster": "", "proxy_token": "t"}"#, "admin_cluster"),
+            ("not json", "not valid"),
+        ];
+        for (json, needle) in cases {
+            let err = parse(json).unwrap_err().to_string();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn proxy_token_falls_back_to_the_environment() {
+        let cfg = FilterConfig::parse(br#"{"admin_cluster": "a"}"#, Some("from-env")).unwrap();
+        assert_eq!(cfg.sync.proxy_token, "from-env");
+        let cfg = FilterConfig::parse(br#"{"admin_cluster": "a", "proxy_token": "cfg"}"#, Some("env")).unwrap();
+        assert_eq!(cfg.sync.proxy_token, "cfg");
+    }
+}

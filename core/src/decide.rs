@@ -1,0 +1,384 @@
+//! `decide(policy, request, snapshot, now) -> Decision`: the whole per-request check,
+//! in the order of DESIGN.md's table. Pure: no I/O, no clock, no panics on any input.
+
+use serde::Serialize;
+
+use crate::config::{Policy, Requirement, Route};
+use crate::key::{parse_prefix, ApiKey, KeyKind};
+use crate::snapshot::{KeyRecord, Snapshot};
+use crate::token::{self, AccessClaims, TokenError};
+use crate::{UnixTime, IDENTITY_HEADER_PREFIX};
+
+/// Seconds a client is told to wait when the snapshot is missing or stale.
+pub const UNAVAILABLE_RETRY_AFTER: u64 = 5;
+
+pub const AUTHORIZATION: &str = "authorization";
+pub const SECRET_KEY: &str = "secret_key";
+pub const BUSINESS_ID: &str = "businessid";
+
+/// What the filter saw of one request. Header names may have any case.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a str,
+    /// `:path`, query string included.
+    pub path: &'a str,
+    pub headers: &'a [(String, String)],
+    pub client_ip: Option<&'a str>,
+}
+
+/// The snapshot and when it was last confirmed current by admin.
+#[derive(Debug, Clone, Copy)]
+pub struct Synced<'a> {
+    pub snapshot: &'a Snapshot,
+    pub confirmed_at: UnixTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyCode {
+    MissingCredentials,
+    InvalidToken,
+    InvalidApiKey,
+    BusinessMismatch,
+    InsufficientPermission,
+    RateLimited,
+    AuthUnavailable,
+}
+
+impl DenyCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyCode::MissingCredentials => "missing_credentials",
+            DenyCode::InvalidToken => "invalid_token",
+            DenyCode::InvalidApiKey => "invalid_api_key",
+            DenyCode::BusinessMismatch => "business_mismatch",
+            DenyCode::InsufficientPermission => "insufficient_permission",
+            DenyCode::RateLimited => "rate_limited",
+            DenyCode::AuthUnavailable => "auth_unavailable",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            DenyCode::MissingCredentials | DenyCode::InvalidToken | DenyCode::InvalidApiKey => 401,
+            DenyCode::BusinessMismatch | DenyCode::InsufficientPermission => 403,
+            DenyCode::RateLimited => 429,
+            DenyCode::AuthUnavailable => 503,
+        }
+    }
+
+    pub const ALL: [DenyCode; 7] = [
+        DenyCode::MissingCredentials,
+        DenyCode::InvalidToken,
+        DenyCode::InvalidApiKey,
+        DenyCode::BusinessMismatch,
+        DenyCode::InsufficientPermission,
+        DenyCode::RateLimited,
+        DenyCode::AuthUnavailable,
+    ];
+}
+
+/// A refusal: status, stable code, a message with no secret in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub code: DenyCode,
+    pub message: &'static str,
+    pub retry_after: Option<u64>,
+}
+
+impl Denial {
+    fn new(code: DenyCode, message: &'static str) -> Denial {
+        Denial { code, message, retry_after: None }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.code.status()
+    }
+
+    /// `{"success": false, "error": "<message>", "code": "<code>"}`
+    pub fn body(&self) -> String {
+        serde_json::json!({"success": false, "error": self.message, "code": self.code.as_str()}).to_string()
+    }
+
+    /// Response headers besides the JSON content type.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![("content-type", "application/json".to_owned())];
+        if let Some(secs) = self.retry_after {
+            headers.push(("retry-after", secs.to_string()));
+        }
+        if self.status() == 401 {
+            headers.push(("www-authenticate", "Bearer realm=\"keygate\"".to_owned()));
+        }
+        headers
+    }
+}
+
+/// Which counter a request is charged to, and its hourly allowance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitTarget {
+    /// `key:<key id>` or `ip:<client address>`.
+    pub bucket: String,
+    pub per_hour: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Allowed {
+    /// Lower-case names of request headers to remove before the upstream.
+    pub remove_headers: Vec<String>,
+    /// Identity headers to set for the upstream.
+    pub add_headers: Vec<(&'static str, String)>,
+    pub rate_limit: Option<RateLimitTarget>,
+    /// The key that was used, for usage reporting.
+    pub key_id: Option<String>,
+    /// Set on a shadow route: what would have been refused.
+    pub shadow_denial: Option<Denial>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow(Allowed),
+    Deny(Denial),
+}
+
+enum Header<'a> {
+    Absent,
+    Repeated,
+    One(&'a str),
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Header<'a> {
+    let mut found = Header::Absent;
+    for (k, v) in headers {
+        if k.eq_ignore_ascii_case(name) {
+            found = match found {
+                Header::Absent => Header::One(v.as_str()),
+                _ => Header::Repeated,
+            };
+        }
+    }
+    match found {
+        Header::One(v) if v.trim().is_empty() => Header::Absent,
+        other => other,
+    }
+}
+
+/// The value after `Bearer ` (scheme case-insensitive), or `None` for another scheme.
+fn bearer_value(authorization: &str) -> Option<&str> {
+    let text = authorization.trim();
+    let (scheme, value) = text.split_once(' ').unwrap_or((text, ""));
+    scheme.eq_ignore_ascii_case("bearer").then(|| value.trim_start())
+}
+
+fn is_safe_method(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS")
+}
+
+/// Headers removed on every allowed request: the key, and anything posing as identity.
+fn stripped_headers(headers: &[(String, String)]) -> Vec<String> {
+    let mut remove = vec![SECRET_KEY.to_owned()];
+    for (name, _) in headers {
+        let lower = name.to_ascii_lowercase();
+        if lower.starts_with(IDENTITY_HEADER_PREFIX) && !remove.contains(&lower) {
+            remove.push(lower);
+        }
+    }
+    remove
+}
+
+/// The per-request decision. See DESIGN.md, "The decision".
+pub fn decide(policy: &Policy, request: &RequestView<'_>, synced: Option<Synced<'_>>, now: UnixTime) -> Decision {
+    let route = policy.route_for(request.method, request.path);
+    let outcome = match route.require {
+        Requirement::None => Ok(public(policy, route, request)),
+        Requirement::Key | Requirement::All => match fresh(policy, synced, now) {
+            Ok(snapshot) => check_credentials(policy, route, request, snapshot, now),
+            Err(denial) => Err(denial),
+        },
+    };
+    match outcome {
+        Ok(allowed) => Decision::Allow(allowed),
+        Err(denial) if route.shadow => Decision::Allow(Allowed {
+            remove_headers: stripped_headers(request.headers),
+            shadow_denial: Some(denial),
+            ..Allowed::default()
+        }),
+        Err(denial) => Decision::Deny(denial),
+    }
+}
+
+fn public(policy: &Policy, route: &Route, request: &RequestView<'_>) -> Allowed {
+    Allowed {
+        remove_headers: stripped_headers(request.headers),
+        rate_limit: Some(RateLimitTarget {
+            bucket: format!("ip:{}", request.client_ip.unwrap_or("unknown")),
+            per_hour: route.rate_limit_per_hour.unwrap_or(policy.rate_limits.public_per_ip_per_hour),
+        }),
+        ..Allowed::default()
+    }
+}
+
+fn fresh<'a>(policy: &Policy, synced: Option<Synced<'a>>, now: UnixTime) -> Result<&'a Snapshot, Denial> {
+    let unavailable = Denial {
+        code: DenyCode::AuthUnavailable,
+        message: "Authorization data is unavailable; retry later",
+        retry_after: Some(UNAVAILABLE_RETRY_AFTER),
+    };
+    match synced {
+        Some(s) if now.saturating_sub(s.confirmed_at) <= policy.max_staleness_secs => Ok(s.snapshot),
+        _ => Err(unavailable),
+    }
+}
+
+/// The credentials as presented, after the presence checks.
+struct Presented<'a> {
+    token: Option<&'a str>,
+    key: &'a str,
+    key_in_bearer: bool,
+    business: Option<&'a str>,
+}
+
+fn presented<'a>(route: &Route, headers: &'a [(String, String)]) -> Result<Presented<'a>, Denial> {
+    let missing = |message| Denial::new(DenyCode::MissingCredentials, message);
+    let authorization = match header(headers, AUTHORIZATION) {
+        Header::Absent => None,
+        Header::Repeated => return Err(Denial::new(DenyCode::InvalidToken, "Authorization header appears more than once")),
+        Header::One(v) => Some(v),
+    };
+    let secret = match header(headers, SECRET_KEY) {
+        Header::Absent => None,
+        Header::Repeated => return Err(Denial::new(DenyCode::InvalidApiKey, "Invalid API key")),
+        Header::One(v) => Some(v),
+    };
+    let business = match header(headers, BUSINESS_ID) {
+        Header::Absent => None,
+        Header::Repeated => return Err(missing("businessId header appears more than once")),
+        Header::One(v) => Some(v.trim()),
+    };
+    let bearer = match authorization {
+        None => None,
+        Some(value) => match bearer_value(value) {
+            Some(v) if !v.is_empty() => Some(v),
+            Some(_) => return Err(missing("Authorization header has an empty bearer value")),
+            None => return Err(Denial::new(DenyCode::InvalidToken, "Authorization must use the Bearer scheme")),
+        },
+    };
+    match route.require {
+        Requirement::All => {
+            let token = bearer.ok_or_else(|| missing("Missing Authorization header"))?;
+            let key = secret.ok_or_else(|| missing("Missing SECRET_KEY header"))?;
+            let business = business.ok_or_else(|| missing("Missing businessId header"))?;
+            Ok(Presented { token: Some(token), key, key_in_bearer: false, business: Some(business) })
+        }
+        Requirement::Key | Requirement::None => {
+            let bearer_key = bearer.filter(|b| route.key_in_bearer && parse_prefix(b).is_some());
+            match (secret, bearer_key) {
+                (Some(s), Some(b)) if s != b => Err(Denial::new(DenyCode::InvalidApiKey, "Invalid API key")),
+                (Some(key), _) => Ok(Presented { token: None, key, key_in_bearer: bearer_key.is_some(), business }),
+                (None, Some(key)) => Ok(Presented { token: None, key, key_in_bearer: true, business }),
+                (None, None) => Err(missing("Missing API key: send it in the SECRET_KEY header")),
+            }
+        }
+    }
+}
+
+fn invalid_token(err: TokenError) -> Denial {
+    let message = match err {
+        TokenError::Expired => "Access token has expired",
+        TokenError::Revoked => "Access token's session has been revoked",
+        TokenError::UnknownKid => "Access token was signed by an unknown key",
+        TokenError::NotYetValid => "Access token is not valid yet",
+        TokenError::WrongIssuerOrAudience => "Access token was issued for another service",
+        _ => "Invalid access token",
+    };
+    Denial::new(DenyCode::InvalidToken, message)
+}
+
+fn check_token(policy: &Policy, snapshot: &Snapshot, token: &str, now: UnixTime) -> Result<AccessClaims, Denial> {
+    if parse_prefix(token).is_some() {
+        return Err(Denial::new(DenyCode::InvalidToken, "Authorization carries an API key where an access token is required"));
+    }
+    let kid = token::checked_kid(token).map_err(invalid_token)?;
+    let key = snapshot.signing_key(&kid).ok_or(TokenError::UnknownKid).map_err(invalid_token)?;
+    let claims = token::verify(token, key, &policy.token, now).map_err(invalid_token)?;
+    if snapshot.is_revoked(&claims.sid) {
+        return Err(invalid_token(TokenError::Revoked));
+    }
+    Ok(claims)
+}
+
+fn check_key<'s>(snapshot: &'s Snapshot, raw: &str, now: UnixTime) -> Result<&'s KeyRecord, Denial> {
+    let invalid = || Denial::new(DenyCode::InvalidApiKey, "Invalid API key");
+    let key = ApiKey::parse(raw).map_err(|_| invalid())?;
+    let record = snapshot.key(&key.hash()).ok_or_else(invalid)?;
+    let expired = record.expires_at.is_some_and(|at| at <= now);
+    if !record.active || expired || record.kind != key.kind() || record.mode != key.mode() {
+        return Err(invalid());
+    }
+    Ok(record)
+}
+
+fn check_credentials(policy: &Policy, route: &Route, request: &RequestView<'_>, snapshot: &Snapshot, now: UnixTime) -> Result<Allowed, Denial> {
+    let creds = presented(route, request.headers)?;
+    let claims = match creds.token {
+        Some(token) => Some(check_token(policy, snapshot, token, now)?),
+        None => None,
+    };
+    let key = check_key(snapshot, creds.key, now)?;
+
+    // Business: the key's, and (with a token) among the token's.
+    if let Some(business) = creds.business {
+        if business != key.business {
+            return Err(Denial::new(DenyCode::BusinessMismatch, "businessId does not match the API key's business"));
+        }
+        if claims.as_ref().is_some_and(|c| !c.businesses.iter().any(|b| b == business)) {
+            return Err(Denial::new(DenyCode::BusinessMismatch, "businessId is not among the access token's businesses"));
+        }
+    }
+
+    // Permission: kind, mode, scopes.
+    let forbidden = |message| Denial::new(DenyCode::InsufficientPermission, message);
+    if key.kind == KeyKind::Pk && !is_safe_method(request.method) {
+        return Err(forbidden("Publishable keys may only use GET, HEAD and OPTIONS"));
+    }
+    if route.mode.is_some_and(|m| m != key.mode) || claims.as_ref().and_then(|c| c.mode).is_some_and(|m| m != key.mode) {
+        return Err(forbidden("Test and live credentials cannot be mixed on this route"));
+    }
+    let key_has = |scope: &String| key.scopes.is_empty() || key.scopes.contains(scope);
+    let token_has = |scope: &String| claims.as_ref().is_none_or(|c| c.scope.is_empty() || c.scopes().any(|s| s == scope));
+    if !route.scopes.iter().all(|s| key_has(s) && token_has(s)) {
+        return Err(forbidden("The credentials lack a scope this route requires"));
+    }
+
+    let mut remove_headers = stripped_headers(request.headers);
+    if creds.key_in_bearer {
+        // The upstream must never see a raw key, in whichever header it came.
+        remove_headers.push(AUTHORIZATION.to_owned());
+    }
+    let mut add_headers = vec![
+        ("x-keygate-business", key.business.clone()),
+        ("x-keygate-key-id", key.id.clone()),
+        ("x-keygate-mode", key.mode.as_str().to_owned()),
+    ];
+    if let Some(c) = &claims {
+        add_headers.push(("x-keygate-subject", c.sub.clone()));
+    }
+    if !key.scopes.is_empty() {
+        add_headers.push(("x-keygate-scopes", key.scopes.join(" ")));
+    }
+    let default_limit = match key.kind {
+        KeyKind::Sk => policy.rate_limits.sk_per_hour,
+        KeyKind::Pk => policy.rate_limits.pk_per_hour,
+    };
+    Ok(Allowed {
+        remove_headers,
+        add_headers,
+        rate_limit: Some(RateLimitTarget { bucket: format!("key:{}", key.id), per_hour: route.rate_limit_per_hour.unwrap_or(default_limit) }),
+        key_id: Some(key.id.clone()),
+        shadow_denial: None,
+    })
+}
+
+/// The denial for a request over its rate limit; `retry_after` in seconds.
+pub fn rate_limited(retry_after: u64) -> Denial {
+    Denial { code: DenyCode::RateLimited, message: "Rate limit exceeded", retry_after: Some(retry_after.max(1)) }
+}

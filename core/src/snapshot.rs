@@ -1,0 +1,198 @@
+//! What the filter knows: key hashes, public signing keys and revoked sessions, at a
+//! changelog version. [`SnapshotWire`] is the JSON admin serves (full, or a delta since a
+//! version); [`Snapshot`] is the indexed form `decide` reads. A wire message is checked
+//! whole before anything is applied: a bad one leaves the snapshot as it was.
+
+use base64::Engine;
+use jsonwebtoken::DecodingKey;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+use crate::key::{KeyHash, KeyKind, Mode};
+use crate::UnixTime;
+
+/// The algorithm name every signing key carries; the only one keygate accepts.
+pub const SIGNING_ALG: &str = "EdDSA";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEntry {
+    pub hash: KeyHash,
+    /// Public id (`key_…`), safe to log and to send upstream.
+    pub id: String,
+    pub business: String,
+    pub kind: KeyKind,
+    pub mode: Mode,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<UnixTime>,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKeyEntry {
+    pub kid: String,
+    pub alg: String,
+    /// The Ed25519 public key, base64url without padding (as in a JWK's `x`).
+    pub x: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedSession {
+    pub sid: String,
+    /// After this time no token of the session can be valid anyway, so the entry may go.
+    pub until: UnixTime,
+}
+
+/// The feed's message. `since: None` is a full snapshot; `since: Some(v)` a delta that
+/// turns version `v` into `version`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotWire {
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    #[serde(default)]
+    pub keys: Vec<KeyEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_keys: Vec<KeyHash>,
+    #[serde(default)]
+    pub signing_keys: Vec<SigningKeyEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_signing_keys: Vec<String>,
+    #[serde(default)]
+    pub revoked_sessions: Vec<RevokedSession>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("the snapshot is not valid JSON of the expected shape: {0}")]
+    Decode(String),
+    #[error("a delta was offered where a full snapshot is needed")]
+    NotFull,
+    #[error("the delta starts at version {since} but the snapshot is at {have}")]
+    VersionGap { since: u64, have: u64 },
+    #[error("signing key {kid:?} is not a valid Ed25519 public key")]
+    BadSigningKey { kid: String },
+}
+
+/// A key as the decision sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: String,
+    pub business: String,
+    pub kind: KeyKind,
+    pub mode: Mode,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<UnixTime>,
+    pub active: bool,
+}
+
+#[derive(Clone, Default)]
+pub struct Snapshot {
+    version: u64,
+    keys: HashMap<KeyHash, KeyRecord>,
+    signing: HashMap<String, DecodingKey>,
+    revoked: HashMap<String, UnixTime>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("version", &self.version)
+            .field("keys", &self.keys.len())
+            .field("signing_keys", &self.signing.len())
+            .field("revoked_sessions", &self.revoked.len())
+            .finish()
+    }
+}
+
+fn decoding_key(entry: &SigningKeyEntry) -> Result<DecodingKey, SnapshotError> {
+    let bad = || SnapshotError::BadSigningKey { kid: entry.kid.clone() };
+    if entry.alg != SIGNING_ALG {
+        return Err(bad());
+    }
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&entry.x).map_err(|_| bad())?;
+    if raw.len() != 32 {
+        return Err(bad());
+    }
+    DecodingKey::from_ed_components(&entry.x).map_err(|_| bad())
+}
+
+fn record(entry: KeyEntry) -> (KeyHash, KeyRecord) {
+    let KeyEntry { hash, id, business, kind, mode, scopes, expires_at, active } = entry;
+    (hash, KeyRecord { id, business, kind, mode, scopes, expires_at, active })
+}
+
+impl Snapshot {
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotWire, SnapshotError> {
+        serde_json::from_slice(bytes).map_err(|e| SnapshotError::Decode(e.to_string()))
+    }
+
+    /// Builds a snapshot from a full wire message.
+    pub fn from_full(wire: SnapshotWire) -> Result<Snapshot, SnapshotError> {
+        if wire.since.is_some() {
+            return Err(SnapshotError::NotFull);
+        }
+        let mut snapshot = Snapshot { version: wire.version, ..Snapshot::default() };
+        snapshot.merge(wire)?;
+        Ok(snapshot)
+    }
+
+    /// Applies a full snapshot (replacing everything) or a delta that starts at this
+    /// snapshot's version. On error nothing changes.
+    pub fn apply(&mut self, wire: SnapshotWire) -> Result<(), SnapshotError> {
+        match wire.since {
+            None => {
+                *self = Snapshot::from_full(wire)?;
+                Ok(())
+            }
+            Some(since) if since != self.version => Err(SnapshotError::VersionGap { since, have: self.version }),
+            Some(_) => self.merge(wire),
+        }
+    }
+
+    fn merge(&mut self, wire: SnapshotWire) -> Result<(), SnapshotError> {
+        // Everything that can fail is done before the first mutation.
+        let signing = wire
+            .signing_keys
+            .iter()
+            .map(|entry| Ok((entry.kid.clone(), decoding_key(entry)?)))
+            .collect::<Result<Vec<_>, SnapshotError>>()?;
+        for hash in &wire.removed_keys {
+            self.keys.remove(hash);
+        }
+        self.keys.extend(wire.keys.into_iter().map(record));
+        for kid in &wire.removed_signing_keys {
+            self.signing.remove(kid);
+        }
+        self.signing.extend(signing);
+        self.revoked.extend(wire.revoked_sessions.into_iter().map(|r| (r.sid, r.until)));
+        self.version = wire.version;
+        Ok(())
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn key(&self, hash: &KeyHash) -> Option<&KeyRecord> {
+        self.keys.get(hash)
+    }
+
+    pub fn signing_key(&self, kid: &str) -> Option<&DecodingKey> {
+        self.signing.get(kid)
+    }
+
+    pub fn is_revoked(&self, sid: &str) -> bool {
+        self.revoked.contains_key(sid)
+    }
+
+    /// Drops revocations whose tokens have all expired; bounded memory over time.
+    pub fn forget_expired_revocations(&mut self, now: UnixTime) {
+        self.revoked.retain(|_, until| *until > now);
+    }
+}

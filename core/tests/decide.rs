@@ -1,0 +1,390 @@
+//! Every row of DESIGN.md's decision table and every error code, natively.
+
+use keygate_core::config::FilterConfig;
+use keygate_core::signing::SigningKeyPair;
+use keygate_core::snapshot::{KeyEntry, RevokedSession, SnapshotWire};
+use keygate_core::{decide, AccessClaims, ApiKey, Decision, DenyCode, KeyKind, Mode, Policy, RequestView, Snapshot, Synced};
+
+const NOW: u64 = 1_800_000_000;
+const BIZ: &str = "biz_acme";
+const OTHER_BIZ: &str = "biz_other";
+
+struct World {
+    policy: Policy,
+    snapshot: Snapshot,
+    signer: SigningKeyPair,
+    sk: ApiKey,
+    pk: ApiKey,
+    sk_test: ApiKey,
+    scoped: ApiKey,
+    inactive: ApiKey,
+    expired: ApiKey,
+    other_biz: ApiKey,
+    unknown: ApiKey,
+}
+
+fn key(kind: KeyKind, mode: Mode, seed: u8) -> ApiKey {
+    ApiKey::generate(kind, mode, (0..200u8).map(move |i| i.wrapping_mul(73).wrapping_add(seed))).unwrap()
+}
+
+fn entry(k: &ApiKey, id: &str, business: &str) -> KeyEntry {
+    KeyEntry { hash: k.hash(), id: id.into(), business: business.into(), kind: k.kind(), mode: k.mode(), scopes: vec![], expires_at: None, active: true }
+}
+
+fn world() -> World {
+    let policy = FilterConfig::parse(
+        br#"{"admin_cluster": "a", "proxy_token": "t", "max_staleness_secs": 60, "routes": [
+            {"prefix": "/public/", "require": "none"},
+            {"prefix": "/key/", "require": "key", "key_in_bearer": true},
+            {"prefix": "/live/", "mode": "live"},
+            {"prefix": "/reports/", "scopes": ["reports:read"]},
+            {"prefix": "/shadow/", "shadow": true},
+            {"prefix": "/limited/", "rate_limit_per_hour": 5}
+        ]}"#,
+        None,
+    )
+    .unwrap()
+    .policy;
+    let signer = SigningKeyPair::from_seed("k1", [7u8; 32]);
+    let (sk, pk, sk_test, scoped) = (key(KeyKind::Sk, Mode::Live, 1), key(KeyKind::Pk, Mode::Live, 2), key(KeyKind::Sk, Mode::Test, 3), key(KeyKind::Sk, Mode::Live, 4));
+    let (inactive, expired, other_biz, unknown) = (key(KeyKind::Sk, Mode::Live, 5), key(KeyKind::Sk, Mode::Live, 6), key(KeyKind::Sk, Mode::Live, 8), key(KeyKind::Sk, Mode::Live, 9));
+    let wire = SnapshotWire {
+        version: 3,
+        keys: vec![
+            entry(&sk, "key_sk", BIZ),
+            entry(&pk, "key_pk", BIZ),
+            entry(&sk_test, "key_test", BIZ),
+            KeyEntry { scopes: vec!["reports:read".into(), "orders:write".into()], ..entry(&scoped, "key_scoped", BIZ) },
+            KeyEntry { active: false, ..entry(&inactive, "key_off", BIZ) },
+            KeyEntry { expires_at: Some(NOW - 1), ..entry(&expired, "key_old", BIZ) },
+            entry(&other_biz, "key_other", OTHER_BIZ),
+        ],
+        signing_keys: vec![signer.public_entry()],
+        revoked_sessions: vec![RevokedSession { sid: "ses_revoked".into(), until: NOW + 3600 }],
+        ..SnapshotWire::default()
+    };
+    let snapshot = Snapshot::from_full(wire).unwrap();
+    World { policy, snapshot, signer, sk, pk, sk_test, scoped, inactive, expired, other_biz, unknown }
+}
+
+fn claims() -> AccessClaims {
+    AccessClaims {
+        iss: "keygate".into(),
+        aud: "keygate-api".into(),
+        sub: "usr_1".into(),
+        sid: "ses_1".into(),
+        businesses: vec![BIZ.into()],
+        mode: None,
+        scope: String::new(),
+        iat: NOW - 10,
+        exp: NOW + 7200,
+        nbf: None,
+        jti: "j1".into(),
+    }
+}
+
+impl World {
+    fn token(&self) -> String {
+        self.signer.sign(&claims()).unwrap()
+    }
+
+    fn run(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Decision {
+        self.run_at(method, path, headers, NOW)
+    }
+
+    fn run_at(&self, method: &str, path: &str, headers: &[(&str, &str)], now: u64) -> Decision {
+        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let request = RequestView { method, path, headers: &headers, client_ip: Some("203.0.113.9") };
+        decide(&self.policy, &request, Some(Synced { snapshot: &self.snapshot, confirmed_at: NOW - 5 }), now)
+    }
+
+    fn all_three(&self, token: &str, key: &ApiKey, business: &str) -> Decision {
+        self.all_three_raw(token, key.expose(), business)
+    }
+
+    fn all_three_raw(&self, token: &str, raw: &str, business: &str) -> Decision {
+        let bearer = format!("Bearer {token}");
+        self.run("GET", "/orders", &[("authorization", &bearer), ("secret_key", raw), ("businessid", business)])
+    }
+}
+
+fn denied(d: &Decision) -> (u16, DenyCode) {
+    match d {
+        Decision::Deny(denial) => (denial.status(), denial.code),
+        Decision::Allow(a) => panic!("expected a denial, got {a:?}"),
+    }
+}
+
+fn allowed(d: Decision) -> keygate_core::Allowed {
+    match d {
+        Decision::Allow(a) => a,
+        Decision::Deny(denial) => panic!("expected allow, got {denial:?}"),
+    }
+}
+
+#[test]
+fn all_three_valid_is_allowed_with_identity_headers_and_stripping() {
+    let w = world();
+    let bearer = format!("Bearer {}", w.token());
+    let a = allowed(w.run("GET", "/orders", &[("Authorization", &bearer), ("SECRET_KEY", w.sk.expose()), ("businessId", BIZ), ("X-Keygate-Business", "biz_evil")]));
+    assert!(a.remove_headers.contains(&"secret_key".to_string()));
+    assert!(a.remove_headers.contains(&"x-keygate-business".to_string()));
+    assert!(!a.remove_headers.contains(&"authorization".to_string()));
+    let added: std::collections::HashMap<_, _> = a.add_headers.into_iter().collect();
+    assert_eq!(added["x-keygate-business"], BIZ);
+    assert_eq!(added["x-keygate-key-id"], "key_sk");
+    assert_eq!(added["x-keygate-subject"], "usr_1");
+    assert_eq!(added["x-keygate-mode"], "live");
+    assert_eq!(a.key_id.as_deref(), Some("key_sk"));
+    assert_eq!(a.rate_limit.unwrap().per_hour, 1000);
+}
+
+#[test]
+fn no_snapshot_or_a_stale_one_is_503_with_retry_after() {
+    let w = world();
+    let headers: Vec<(String, String)> = vec![];
+    let request = RequestView { method: "GET", path: "/orders", headers: &headers, client_ip: None };
+    let d = decide(&w.policy, &request, None, NOW);
+    assert_eq!(denied(&d), (503, DenyCode::AuthUnavailable));
+    let stale = Synced { snapshot: &w.snapshot, confirmed_at: NOW - 61 };
+    let Decision::Deny(denial) = decide(&w.policy, &request, Some(stale), NOW) else { panic!() };
+    assert_eq!(denial.code, DenyCode::AuthUnavailable);
+    assert!(denial.headers().iter().any(|(k, v)| *k == "retry-after" && v == "5"));
+    // Exactly at the limit is still fresh: the missing headers are what fail then.
+    let edge = Synced { snapshot: &w.snapshot, confirmed_at: NOW - 60 };
+    assert_eq!(denied(&decide(&w.policy, &request, Some(edge), NOW)).1, DenyCode::MissingCredentials);
+}
+
+#[test]
+fn each_missing_header_is_401_missing_credentials() {
+    let w = world();
+    let bearer = format!("Bearer {}", w.token());
+    let full = [("authorization", bearer.as_str()), ("secret_key", w.sk.expose()), ("businessid", BIZ)];
+    for skip in 0..3 {
+        let headers: Vec<_> = full.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, h)| *h).collect();
+        assert_eq!(denied(&w.run("GET", "/orders", &headers)), (401, DenyCode::MissingCredentials), "without {}", full[skip].0);
+    }
+    // Empty values count as missing.
+    assert_eq!(denied(&w.run("GET", "/orders", &[("authorization", &bearer), ("secret_key", ""), ("businessid", BIZ)])).1, DenyCode::MissingCredentials);
+    assert_eq!(denied(&w.run("GET", "/orders", &[("authorization", "Bearer "), ("secret_key", w.sk.expose()), ("businessid", BIZ)])).1, DenyCode::MissingCredentials);
+}
+
+#[test]
+fn malformed_or_repeated_headers_are_401() {
+    let w = world();
+    let bearer = format!("Bearer {}", w.token());
+    let basic = w.run("GET", "/orders", &[("authorization", "Basic dXNlcjpwYXNz"), ("secret_key", w.sk.expose()), ("businessid", BIZ)]);
+    assert_eq!(denied(&basic), (401, DenyCode::InvalidToken));
+    let twice = w.run("GET", "/orders", &[("authorization", &bearer), ("authorization", &bearer), ("secret_key", w.sk.expose()), ("businessid", BIZ)]);
+    assert_eq!(denied(&twice), (401, DenyCode::InvalidToken));
+    let two_keys = w.run("GET", "/orders", &[("authorization", &bearer), ("secret_key", w.sk.expose()), ("secret_key", w.sk.expose()), ("businessid", BIZ)]);
+    assert_eq!(denied(&two_keys), (401, DenyCode::InvalidApiKey));
+    let lower_scheme = w.run("GET", "/orders", &[("authorization", &bearer.replace("Bearer", "bearer")), ("secret_key", w.sk.expose()), ("businessid", BIZ)]);
+    assert!(matches!(lower_scheme, Decision::Allow(_)));
+}
+
+#[test]
+fn token_failures_are_401_invalid_token() {
+    let w = world();
+    let good = w.token();
+    let mut tampered = good.clone().into_bytes();
+    let mid = good.find('.').unwrap() + 5;
+    tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let foreign = SigningKeyPair::from_seed("k1", [9u8; 32]).sign(&claims()).unwrap();
+    let unknown_kid = SigningKeyPair::from_seed("k2", [7u8; 32]).sign(&claims()).unwrap();
+    let expired = w.signer.sign(&AccessClaims { iat: NOW - 8000, exp: NOW - 31, ..claims() }).unwrap();
+    let future = w.signer.sign(&AccessClaims { nbf: Some(NOW + 3600), ..claims() }).unwrap();
+    let wrong_iss = w.signer.sign(&AccessClaims { iss: "evil".into(), ..claims() }).unwrap();
+    let wrong_aud = w.signer.sign(&AccessClaims { aud: "other".into(), ..claims() }).unwrap();
+    let revoked = w.signer.sign(&AccessClaims { sid: "ses_revoked".into(), ..claims() }).unwrap();
+    let huge = "a".repeat(20_000);
+    let cases = [
+        ("tampered", tampered),
+        ("foreign key, known kid", foreign),
+        ("unknown kid", unknown_kid),
+        ("expired", expired),
+        ("nbf in future", future),
+        ("wrong iss", wrong_iss),
+        ("wrong aud", wrong_aud),
+        ("revoked session", revoked),
+        ("junk", "not.a.jwt".into()),
+        ("one segment", "abc".into()),
+        ("huge", huge),
+        ("api key in bearer on an all-three route", w.sk.expose().to_owned()),
+        ("unicode", "ééé.ééé.ééé".into()),
+    ];
+    for (name, token) in cases {
+        assert_eq!(denied(&w.all_three(&token, &w.sk, BIZ)), (401, DenyCode::InvalidToken), "{name}");
+    }
+    // Within the leeway an expired token still passes (clock skew).
+    let just_expired = w.signer.sign(&AccessClaims { exp: NOW - 5, ..claims() }).unwrap();
+    assert!(matches!(w.all_three(&just_expired, &w.sk, BIZ), Decision::Allow(_)));
+}
+
+#[test]
+fn forged_headers_alg_none_hs256_crit_jku_are_refused() {
+    use base64::Engine;
+    let w = world();
+    let b64 = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let body = b64(&serde_json::to_value(claims()).unwrap());
+    let good = w.token();
+    let sig = good.rsplit('.').next().unwrap();
+    let headers = [
+        serde_json::json!({"alg": "none", "typ": "at+jwt", "kid": "k1"}),
+        serde_json::json!({"alg": "HS256", "typ": "at+jwt", "kid": "k1"}),
+        serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "k1", "crit": ["exp"]}),
+        serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "k1", "jku": "http://evil/jwks"}),
+        serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": "k1"}),
+        serde_json::json!({"alg": "EdDSA", "typ": "at+jwt"}),
+        serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "../../etc/passwd"}),
+    ];
+    for h in headers {
+        let forged = format!("{}.{}.{}", b64(&h), body, sig);
+        assert_eq!(denied(&w.all_three(&forged, &w.sk, BIZ)), (401, DenyCode::InvalidToken), "{h}");
+        assert_eq!(denied(&w.all_three(&format!("{}.{}.", b64(&h), body), &w.sk, BIZ)).1, DenyCode::InvalidToken);
+    }
+}
+
+#[test]
+fn key_failures_are_401_invalid_api_key_with_the_seed_message() {
+    let w = world();
+    let token = w.token();
+    let mut broken = w.sk.expose().to_owned();
+    let last = broken.pop().unwrap();
+    broken.push(if last == 'a' { 'b' } else { 'a' });
+    let with_space = format!("{} ", w.sk.expose());
+    let lookalike = w.sk.expose().replacen('a', "\u{0430}", 1);
+    for (name, raw) in [
+        ("unknown", w.unknown.expose()),
+        ("bad checksum", broken.as_str()),
+        ("inactive", w.inactive.expose()),
+        ("expired", w.expired.expose()),
+        ("random", "sk_live_hello"),
+        ("no prefix", "hello"),
+        ("trailing space", with_space.as_str()),
+        ("cyrillic look-alike", lookalike.as_str()),
+    ] {
+        let Decision::Deny(denial) = w.all_three_raw(&token, raw, BIZ) else { panic!("{name} allowed") };
+        assert_eq!((denial.status(), denial.code, denial.message), (401, DenyCode::InvalidApiKey, "Invalid API key"), "{name}");
+        assert_eq!(denial.body(), r#"{"code":"invalid_api_key","error":"Invalid API key","success":false}"#);
+    }
+}
+
+#[test]
+fn business_mismatch_is_403() {
+    let w = world();
+    let token = w.token();
+    assert_eq!(denied(&w.all_three(&token, &w.sk, OTHER_BIZ)), (403, DenyCode::BusinessMismatch));
+    // The key belongs to another business than the header names.
+    assert_eq!(denied(&w.all_three(&token, &w.other_biz, BIZ)), (403, DenyCode::BusinessMismatch));
+    // The key and header agree, but the token's businesses do not include it.
+    assert_eq!(denied(&w.all_three(&token, &w.other_biz, OTHER_BIZ)), (403, DenyCode::BusinessMismatch));
+}
+
+#[test]
+fn permission_failures_are_403_insufficient_permission() {
+    let w = world();
+    let token = w.token();
+    let bearer = format!("Bearer {token}");
+    let with = |method: &str, path: &str, key: &ApiKey| w.run(method, path, &[("authorization", &bearer), ("secret_key", key.expose()), ("businessid", BIZ)]);
+    assert_eq!(denied(&with("POST", "/orders", &w.pk)), (403, DenyCode::InsufficientPermission));
+    assert!(matches!(with("GET", "/orders", &w.pk), Decision::Allow(_)));
+    assert!(matches!(with("HEAD", "/orders", &w.pk), Decision::Allow(_)));
+    assert_eq!(denied(&with("GET", "/live/x", &w.sk_test)), (403, DenyCode::InsufficientPermission));
+    assert!(matches!(with("GET", "/live/x", &w.sk), Decision::Allow(_)));
+    // Scopes: an unrestricted key passes, a scoped key needs the route's scope.
+    assert!(matches!(with("GET", "/reports/1", &w.scoped), Decision::Allow(_)));
+    let narrow_token = w.signer.sign(&AccessClaims { scope: "orders:write".into(), ..claims() }).unwrap();
+    let narrow = format!("Bearer {narrow_token}");
+    let d = w.run("GET", "/reports/1", &[("authorization", &narrow), ("secret_key", w.scoped.expose()), ("businessid", BIZ)]);
+    assert_eq!(denied(&d), (403, DenyCode::InsufficientPermission));
+    // A token minted for test mode cannot be used with a live key.
+    let test_token = w.signer.sign(&AccessClaims { mode: Some(Mode::Test), ..claims() }).unwrap();
+    assert_eq!(denied(&w.all_three(&test_token, &w.sk, BIZ)), (403, DenyCode::InsufficientPermission));
+}
+
+#[test]
+fn key_only_route_takes_the_key_in_secret_key_or_bearer_and_strips_both() {
+    let w = world();
+    let a = allowed(w.run("POST", "/key/orders", &[("secret_key", w.sk.expose())]));
+    assert_eq!(a.key_id.as_deref(), Some("key_sk"));
+    let bearer = format!("Bearer {}", w.sk.expose());
+    let a = allowed(w.run("POST", "/key/orders", &[("authorization", &bearer)]));
+    assert!(a.remove_headers.contains(&"authorization".to_string()));
+    assert!(!a.add_headers.iter().any(|(k, _)| *k == "x-keygate-subject"));
+    assert_eq!(denied(&w.run("GET", "/key/orders", &[])), (401, DenyCode::MissingCredentials));
+    // Two different keys at once are refused.
+    let d = w.run("GET", "/key/orders", &[("authorization", &bearer), ("secret_key", w.pk.expose())]);
+    assert_eq!(denied(&d), (401, DenyCode::InvalidApiKey));
+    // businessId is optional here, but must agree when sent.
+    assert_eq!(denied(&w.run("GET", "/key/x", &[("secret_key", w.sk.expose()), ("businessid", OTHER_BIZ)])), (403, DenyCode::BusinessMismatch));
+    // A JWT in the bearer position is not a key.
+    let jwt = format!("Bearer {}", w.token());
+    assert_eq!(denied(&w.run("GET", "/key/x", &[("authorization", &jwt)])), (401, DenyCode::MissingCredentials));
+}
+
+#[test]
+fn public_route_needs_nothing_not_even_a_snapshot_and_is_limited_per_ip() {
+    let w = world();
+    let headers = vec![("x-keygate-key-id".to_string(), "forged".to_string())];
+    let request = RequestView { method: "GET", path: "/public/articles", headers: &headers, client_ip: Some("198.51.100.1") };
+    let Decision::Allow(a) = decide(&w.policy, &request, None, NOW) else { panic!() };
+    assert_eq!(a.rate_limit.unwrap(), keygate_core::RateLimitTarget { bucket: "ip:198.51.100.1".into(), per_hour: 200 });
+    assert!(a.remove_headers.contains(&"x-keygate-key-id".to_string()));
+    assert!(a.add_headers.is_empty());
+    // A dot-segment escape from /public/ needs all three.
+    assert_eq!(denied(&w.run("GET", "/public/../orders", &[])).1, DenyCode::MissingCredentials);
+}
+
+#[test]
+fn rate_limits_follow_kind_and_route_overrides() {
+    let w = world();
+    let a = allowed(w.run("GET", "/key/x", &[("secret_key", w.pk.expose())]));
+    assert_eq!(a.rate_limit.unwrap(), keygate_core::RateLimitTarget { bucket: "key:key_pk".into(), per_hour: 100 });
+    let token = w.token();
+    let bearer = format!("Bearer {token}");
+    let a = allowed(w.run("GET", "/limited/x", &[("authorization", &bearer), ("secret_key", w.sk.expose()), ("businessid", BIZ)]));
+    assert_eq!(a.rate_limit.unwrap().per_hour, 5);
+    let denial = keygate_core::decide::rate_limited(30);
+    assert_eq!((denial.status(), denial.code.as_str()), (429, "rate_limited"));
+    assert!(denial.headers().contains(&("retry-after", "30".to_string())));
+}
+
+#[test]
+fn shadow_route_lets_a_bad_request_through_and_says_what_it_would_have_done() {
+    let w = world();
+    let a = allowed(w.run("POST", "/shadow/x", &[("secret_key", "junk"), ("x-keygate-business", "forged")]));
+    assert_eq!(a.shadow_denial.map(|d| d.code), Some(DenyCode::MissingCredentials));
+    assert!(a.remove_headers.contains(&"x-keygate-business".to_string()));
+    assert!(a.add_headers.is_empty());
+}
+
+#[test]
+fn every_code_has_its_status_and_a_json_body_without_secrets() {
+    let expected = [(401, "missing_credentials"), (401, "invalid_token"), (401, "invalid_api_key"), (403, "business_mismatch"), (403, "insufficient_permission"), (429, "rate_limited"), (503, "auth_unavailable")];
+    for (code, (status, name)) in DenyCode::ALL.iter().zip(expected) {
+        assert_eq!((code.status(), code.as_str()), (status, name));
+    }
+    let w = world();
+    let token = w.token();
+    let Decision::Deny(denial) = w.all_three(&token, &w.unknown, BIZ) else { panic!() };
+    let body = denial.body();
+    assert!(!body.contains(w.unknown.expose()) && !body.contains(&token));
+    let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(parsed["success"], false);
+}
+
+#[test]
+fn decide_never_panics_on_hostile_input() {
+    let w = world();
+    let junk = ["", " ", "Bearer", "Bearer  ", "Bearer \u{0}", "\u{ffff}", "Bearer a.b.c.d", "Bearer ..", "Bearer sk_live_", "sk_live_\u{e9}\u{e9}", &"x".repeat(100_000)];
+    for a in junk {
+        for b in junk {
+            for path in ["", "?", "/%", "/public/%2", "\u{e9}"] {
+                let _ = w.run("GET", path, &[("authorization", a), ("secret_key", b), ("businessid", a), (b, a)]);
+                let _ = w.run(b, path, &[("authorization", a)]);
+            }
+        }
+    }
+}
