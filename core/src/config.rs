@@ -94,10 +94,16 @@ struct RawConfig {
     poll_interval_ms: u64,
     #[serde(default = "default_timeout_ms")]
     admin_timeout_ms: u64,
+    #[serde(default = "default_long_poll")]
+    long_poll_secs: u64,
     #[serde(default = "default_staleness")]
     max_staleness_secs: u64,
     #[serde(default = "default_leeway")]
     leeway_secs: u64,
+    #[serde(default = "default_token_cache")]
+    token_cache_entries: usize,
+    #[serde(default = "default_usage_flush")]
+    usage_flush_secs: u64,
     #[serde(default)]
     rate_limits: RateLimits,
     #[serde(default)]
@@ -119,11 +125,20 @@ fn default_poll_ms() -> u64 {
 fn default_timeout_ms() -> u64 {
     5000
 }
+fn default_long_poll() -> u64 {
+    20
+}
 fn default_staleness() -> u64 {
     600
 }
 fn default_leeway() -> u64 {
     30
+}
+fn default_token_cache() -> usize {
+    10_000
+}
+fn default_usage_flush() -> u64 {
+    10
 }
 
 /// Everything `decide` needs from the configuration.
@@ -135,6 +150,8 @@ pub struct Policy {
     pub routes: Vec<Route>,
     /// Applies when no route matches: all three credentials.
     pub default_route: Route,
+    /// Verified access tokens kept per worker VM (0: verify every request).
+    pub token_cache_entries: usize,
 }
 
 /// How the filter reaches admin.
@@ -145,6 +162,10 @@ pub struct SyncConfig {
     pub proxy_token: String,
     pub poll_interval_ms: u64,
     pub admin_timeout_ms: u64,
+    /// How long admin may hold a `?since=V&wait=S` poll open when nothing changed.
+    pub long_poll_secs: u64,
+    /// How often batched key usage is posted to admin.
+    pub usage_flush_secs: u64,
 }
 
 impl std::fmt::Debug for SyncConfig {
@@ -155,6 +176,8 @@ impl std::fmt::Debug for SyncConfig {
             .field("proxy_token", &"<redacted>")
             .field("poll_interval_ms", &self.poll_interval_ms)
             .field("admin_timeout_ms", &self.admin_timeout_ms)
+            .field("long_poll_secs", &self.long_poll_secs)
+            .field("usage_flush_secs", &self.usage_flush_secs)
             .finish()
     }
 }
@@ -195,6 +218,12 @@ impl FilterConfig {
         if raw.max_staleness_secs == 0 {
             return invalid("max_staleness_secs must be positive".into());
         }
+        if raw.usage_flush_secs == 0 || raw.usage_flush_secs > 3600 {
+            return invalid("usage_flush_secs must be between 1 and 3600".into());
+        }
+        if raw.long_poll_secs > 60 || raw.long_poll_secs >= raw.max_staleness_secs {
+            return invalid("long_poll_secs must be at most 60 and below max_staleness_secs".into());
+        }
         if raw.issuer.is_empty() || raw.audience.is_empty() {
             return invalid("issuer and audience must not be empty".into());
         }
@@ -232,6 +261,7 @@ impl FilterConfig {
                 rate_limits: raw.rate_limits,
                 routes: raw.routes,
                 default_route,
+                token_cache_entries: raw.token_cache_entries,
             },
             sync: SyncConfig {
                 admin_cluster: raw.admin_cluster,
@@ -239,6 +269,8 @@ impl FilterConfig {
                 proxy_token,
                 poll_interval_ms: raw.poll_interval_ms,
                 admin_timeout_ms: raw.admin_timeout_ms,
+                long_poll_secs: raw.long_poll_secs,
+                usage_flush_secs: raw.usage_flush_secs,
             },
         })
     }

@@ -2,6 +2,7 @@
 //! in the order of DESIGN.md's table. Pure: no I/O, no clock, no panics on any input.
 
 use serde::Serialize;
+use std::collections::HashMap;
 
 use crate::config::{Policy, Requirement, Route};
 use crate::key::{parse_prefix, ApiKey, KeyKind};
@@ -185,13 +186,55 @@ fn stripped_headers(headers: &[(String, String)]) -> Vec<String> {
     remove
 }
 
-/// The per-request decision. See DESIGN.md, "The decision".
+/// Access tokens whose signature and claims were verified, so the same token is not
+/// verified again until it expires. Bounded: when full, expired entries go, and if that
+/// frees nothing the cache starts over. A hit still checks expiry, that its signing key
+/// is still published and that its session is not revoked, so revocation is immediate.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    capacity: usize,
+    entries: HashMap<String, (String, AccessClaims)>,
+}
+
+impl TokenCache {
+    /// `capacity` 0 disables caching (every request verifies its token).
+    pub fn new(capacity: usize) -> TokenCache {
+        TokenCache { capacity, entries: HashMap::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn insert(&mut self, token: &str, kid: String, claims: AccessClaims, now: UnixTime, leeway: u64) -> &AccessClaims {
+        if self.entries.len() >= self.capacity.max(1) {
+            self.entries.retain(|_, (_, c)| now < c.exp.saturating_add(leeway));
+            if self.entries.len() >= self.capacity.max(1) {
+                self.entries.clear();
+            }
+        }
+        let slot = self.entries.entry(token.to_owned()).or_insert((kid, claims));
+        &slot.1
+    }
+}
+
+/// The per-request decision. See DESIGN.md, "The decision". Verifies every token; the
+/// filter uses [`decide_cached`].
 pub fn decide(policy: &Policy, request: &RequestView<'_>, synced: Option<Synced<'_>>, now: UnixTime) -> Decision {
+    decide_cached(policy, request, synced, now, &mut TokenCache::new(0))
+}
+
+/// [`decide`] with a cache of verified tokens.
+pub fn decide_cached(policy: &Policy, request: &RequestView<'_>, synced: Option<Synced<'_>>, now: UnixTime, tokens: &mut TokenCache) -> Decision {
     let route = policy.route_for(request.method, request.path);
     let outcome = match route.require {
         Requirement::None => Ok(public(policy, route, request)),
         Requirement::Key | Requirement::All => match fresh(policy, synced, now) {
-            Ok(snapshot) => check_credentials(policy, route, request, snapshot, now),
+            Ok(snapshot) => check_credentials(policy, route, request, snapshot, now, tokens),
             Err(denial) => Err(denial),
         },
     };
@@ -293,13 +336,28 @@ fn invalid_token(err: TokenError) -> Denial {
     Denial::new(DenyCode::InvalidToken, message)
 }
 
-fn check_token(policy: &Policy, snapshot: &Snapshot, token: &str, now: UnixTime) -> Result<AccessClaims, Denial> {
+fn check_token<'c>(policy: &Policy, snapshot: &Snapshot, token: &str, now: UnixTime, cache: &'c mut TokenCache) -> Result<&'c AccessClaims, Denial> {
     if parse_prefix(token).is_some() {
         return Err(Denial::new(DenyCode::InvalidToken, "Authorization carries an API key where an access token is required"));
     }
-    let kid = token::checked_kid(token).map_err(invalid_token)?;
-    let key = snapshot.signing_key(&kid).ok_or(TokenError::UnknownKid).map_err(invalid_token)?;
-    let claims = token::verify(token, key, &policy.token, now).map_err(invalid_token)?;
+    let leeway = policy.token.leeway;
+    let cached = match cache.entries.get(token) {
+        Some((kid, claims)) if snapshot.signing_key(kid).is_some() => {
+            if now >= claims.exp.saturating_add(leeway) {
+                return Err(invalid_token(TokenError::Expired));
+            }
+            true
+        }
+        _ => false,
+    };
+    let claims = if cached {
+        cache.entries.get(token).map(|(_, c)| c).ok_or_else(|| invalid_token(TokenError::Malformed))?
+    } else {
+        let kid = token::checked_kid(token).map_err(invalid_token)?;
+        let key = snapshot.signing_key(&kid).ok_or(TokenError::UnknownKid).map_err(invalid_token)?;
+        let claims = token::verify(token, key, &policy.token, now).map_err(invalid_token)?;
+        cache.insert(token, kid, claims, now, leeway)
+    };
     if snapshot.is_revoked(&claims.sid) {
         return Err(invalid_token(TokenError::Revoked));
     }
@@ -317,10 +375,10 @@ fn check_key<'s>(snapshot: &'s Snapshot, raw: &str, now: UnixTime) -> Result<&'s
     Ok(record)
 }
 
-fn check_credentials(policy: &Policy, route: &Route, request: &RequestView<'_>, snapshot: &Snapshot, now: UnixTime) -> Result<Allowed, Denial> {
+fn check_credentials(policy: &Policy, route: &Route, request: &RequestView<'_>, snapshot: &Snapshot, now: UnixTime, tokens: &mut TokenCache) -> Result<Allowed, Denial> {
     let creds = presented(route, request.headers)?;
     let claims = match creds.token {
-        Some(token) => Some(check_token(policy, snapshot, token, now)?),
+        Some(token) => Some(check_token(policy, snapshot, token, now, tokens)?),
         None => None,
     };
     let key = check_key(snapshot, creds.key, now)?;

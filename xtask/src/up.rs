@@ -1,0 +1,816 @@
+//! `cargo xtask up`: the demo stack (echo upstream, keygate-admin, Envoy with the filter),
+//! a seeded demo business, user and keys, and clean shutdown on Ctrl-C.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::http::{self, Response};
+use crate::json::{quote, Json};
+use crate::{fail, step, sys, Paths};
+
+const ECHO_ADDR: &str = "127.0.0.1:8081";
+const ENVOY_ADDR: &str = "127.0.0.1:10000";
+const ENVOY_ADMIN_ADDR: &str = "127.0.0.1:9901";
+/// Where envoy.yaml's `keygate_admin` cluster points.
+const ENVOY_YAML_ADMIN: &str = "127.0.0.1:8080";
+const TICK: Duration = Duration::from_millis(200);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn cmd_up(p: &Paths) -> ExitCode {
+    if let Err(e) = crate::setup_and_build(p) {
+        return fail(&e);
+    }
+    let mut stack = Stack {
+        procs: Vec::new(),
+        root: p.root.clone(),
+    };
+    let result = start_and_serve(p, &mut stack);
+    let interrupted = sys::caught().is_some();
+    if !stack.procs.is_empty() {
+        step("stopping the demo stack");
+    }
+    stack.stop();
+    match result {
+        Ok(()) => {
+            step("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(_) if interrupted => {
+            step("interrupted; stopped");
+            ExitCode::from(130)
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn start_and_serve(p: &Paths, stack: &mut Stack) -> Result<(), String> {
+    let admin_listen = env_or("KEYGATE_ADDR", ENVOY_YAML_ADMIN);
+    let admin = probe_addr(&admin_listen);
+    let data = env_or("KEYGATE_DATA", "./data");
+    if admin != ENVOY_YAML_ADMIN {
+        println!(
+            "warning: KEYGATE_ADDR={admin_listen}, but envoy.yaml's keygate_admin cluster points at \
+             {ENVOY_YAML_ADMIN}: the filter will not reach this admin and will answer 503"
+        );
+    }
+    let tokens = tokens(p)?;
+    let logs = p.state.join("logs");
+    fs::create_dir_all(&logs).map_err(|e| format!("create {}: {e}", logs.display()))?;
+
+    for (what, addr) in [
+        ("echo", ECHO_ADDR),
+        ("keygate-admin", admin.as_str()),
+        ("Envoy", ENVOY_ADDR),
+        ("Envoy admin", ENVOY_ADMIN_ADDR),
+    ] {
+        if let Ok(sa) = addr.parse::<SocketAddr>() {
+            if TcpStream::connect_timeout(&sa, Duration::from_millis(300)).is_ok() {
+                return Err(format!(
+                    "{addr} (for {what}) is already in use: is another `cargo xtask up` or an \
+                     Envoy/keygate-admin running? Stop it first."
+                ));
+            }
+        }
+    }
+
+    sys::catch_signals();
+    let mut echo = Command::new(&p.echo);
+    echo.args(["--addr", ECHO_ADDR]);
+    stack.spawn("echo", &logs.join("echo.log"), echo)?;
+
+    let mut admin_cmd = Command::new(&p.admin);
+    admin_cmd
+        .arg("serve")
+        .env("NO_COLOR", "1") // its log is a file
+        .env("KEYGATE_ADDR", &admin_listen)
+        .env("KEYGATE_DATA", &data)
+        .env("KEYGATE_OPERATOR_TOKEN", &tokens.operator)
+        .env("KEYGATE_PROXY_TOKEN", &tokens.proxy);
+    stack.spawn("admin", &logs.join("admin.log"), admin_cmd)?;
+
+    let mut envoy = Command::new(&p.envoy);
+    envoy
+        .arg("-c")
+        .arg(&p.envoy_yaml)
+        .args(["--disable-hot-restart", "--log-level", "warn"])
+        .env("KEYGATE_PROXY_TOKEN", &tokens.proxy);
+    stack.spawn("envoy", &logs.join("envoy.log"), envoy)?;
+
+    step(&format!(
+        "waiting for keygate-admin: GET http://{admin}/healthz"
+    ));
+    stack.wait_until(
+        "keygate-admin /healthz",
+        Duration::from_secs(60),
+        &["admin"],
+        || http::get(&admin, "/healthz", HTTP_TIMEOUT).is_ok_and(|r| r.status == 200),
+    )?;
+    step(&format!(
+        "waiting for Envoy: GET http://{ENVOY_ADMIN_ADDR}/ready"
+    ));
+    stack.wait_until("Envoy /ready", Duration::from_secs(60), &["envoy"], || {
+        http::get(ENVOY_ADMIN_ADDR, "/ready", HTTP_TIMEOUT).is_ok_and(|r| r.status == 200)
+    })?;
+    step("waiting for the filter's first snapshot: GET /orders through Envoy until it is not 503");
+    stack.wait_until(
+        "the filter's first snapshot",
+        Duration::from_secs(60),
+        &["envoy", "admin"],
+        || http::get(ENVOY_ADDR, "/orders", HTTP_TIMEOUT).is_ok_and(|r| r.status != 503),
+    )?;
+
+    let demo = seed(p, &admin, &tokens.operator)?;
+    let (access, expires_in) = match sign_in(&admin, &demo.email, &demo.password)? {
+        SignIn::Ok {
+            access, expires_in, ..
+        } => (access, expires_in),
+        SignIn::Rejected(r) => {
+            return Err(format!("sign-in of {} failed: {}", demo.email, show(&r)))
+        }
+    };
+    check_through_envoy(stack, &demo, &access)?;
+    print_banner(p, &admin, &tokens, &demo, &access, expires_in);
+
+    loop {
+        if sys::caught().is_some() {
+            println!();
+            return Ok(());
+        }
+        if let Some(dead) = stack.dead() {
+            return Err(dead);
+        }
+        std::thread::sleep(TICK);
+    }
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// The address to connect to for a listen address: `0.0.0.0:P` → `127.0.0.1:P`.
+fn probe_addr(listen: &str) -> String {
+    match listen.parse::<SocketAddr>() {
+        Ok(sa) if sa.ip().is_unspecified() => {
+            let ip = match sa.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            };
+            SocketAddr::new(ip, sa.port()).to_string()
+        }
+        _ => listen.to_string(),
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String, String> {
+    let mut buf = vec![0u8; bytes];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+// ---------------------------------------------------------------- tokens
+
+pub struct Tokens {
+    operator: String,
+    proxy: String,
+}
+
+/// Each token: the environment's, else the one kept in .keygate/demo.env, else a new one
+/// (then written there, so every `up` reuses it).
+fn tokens(p: &Paths) -> Result<Tokens, String> {
+    let file = p.state.join("demo.env");
+    let kept: Vec<(String, String)> = fs::read_to_string(&file)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let kept_value = |key: &str| {
+        kept.iter()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.clone())
+    };
+
+    let mut generated = false;
+    let mut pick = |key: &str, prefix: &str| -> Result<(String, Option<String>), String> {
+        if let Some(v) = std::env::var(key).ok().filter(|v| !v.is_empty()) {
+            return Ok((v, kept_value(key)));
+        }
+        if let Some(v) = kept_value(key) {
+            return Ok((v.clone(), Some(v)));
+        }
+        generated = true;
+        let v = format!("{prefix}{}", random_hex(24)?);
+        Ok((v.clone(), Some(v)))
+    };
+    let (operator, op_keep) = pick("KEYGATE_OPERATOR_TOKEN", "kgo_")?;
+    let (proxy, px_keep) = pick("KEYGATE_PROXY_TOKEN", "kgp_")?;
+
+    if generated {
+        fs::create_dir_all(&p.state).map_err(|e| format!("create {}: {e}", p.state.display()))?;
+        let mut text = String::from(
+            "# keygate demo tokens, made by `cargo xtask up` and reused by every `up`.\n\
+             # KEYGATE_OPERATOR_TOKEN / KEYGATE_PROXY_TOKEN in the environment override these.\n",
+        );
+        for (k, v) in [
+            ("KEYGATE_OPERATOR_TOKEN", op_keep),
+            ("KEYGATE_PROXY_TOKEN", px_keep),
+        ] {
+            if let Some(v) = v {
+                text.push_str(&format!("{k}={v}\n"));
+            }
+        }
+        write_private(&file, &text)?;
+        step(&format!("generated demo tokens into {}", rel(p, &file)));
+    } else {
+        step("tokens: from the environment / .keygate/demo.env");
+    }
+    Ok(Tokens { operator, proxy })
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+fn rel(p: &Paths, path: &Path) -> String {
+    path.strip_prefix(&p.root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+// ---------------------------------------------------------------- the demo
+
+struct Demo {
+    business_id: String,
+    email: String,
+    password: String,
+    sk: String,
+    pk: String,
+}
+
+impl Demo {
+    fn to_json(&self) -> String {
+        format!(
+            "{{\n  \"businessId\": {},\n  \"email\": {},\n  \"password\": {},\n  \"secretKey\": {},\n  \"publishableKey\": {}\n}}\n",
+            quote(&self.business_id),
+            quote(&self.email),
+            quote(&self.password),
+            quote(&self.sk),
+            quote(&self.pk)
+        )
+    }
+
+    fn from_json(text: &str) -> Option<Demo> {
+        let v = Json::parse(text).ok()?;
+        Some(Demo {
+            business_id: v.str("businessId")?.to_string(),
+            email: v.str("email")?.to_string(),
+            password: v.str("password")?.to_string(),
+            sk: v.str("secretKey")?.to_string(),
+            pk: v.str("publishableKey")?.to_string(),
+        })
+    }
+}
+
+enum SignIn {
+    Ok {
+        access: String,
+        expires_in: f64,
+        businesses: Vec<String>,
+    },
+    Rejected(Response),
+}
+
+fn sign_in(admin: &str, email: &str, password: &str) -> Result<SignIn, String> {
+    let body = format!(
+        "{{\"email\":{},\"password\":{}}}",
+        quote(email),
+        quote(password)
+    );
+    let r = http::request(
+        "POST",
+        admin,
+        "/auth/signin",
+        &[],
+        Some(&body),
+        HTTP_TIMEOUT,
+    )?;
+    if r.status != 200 {
+        return Ok(SignIn::Rejected(r));
+    }
+    let v = Json::parse(&r.body).map_err(|e| format!("/auth/signin answer: {e}: {}", r.body))?;
+    let access = v
+        .str("accessToken")
+        .ok_or_else(|| format!("/auth/signin: no accessToken in {}", r.body))?;
+    Ok(SignIn::Ok {
+        access: access.to_string(),
+        expires_in: v.num("expiresIn").unwrap_or(0.0),
+        businesses: v
+            .arr("businesses")
+            .iter()
+            .filter_map(|b| b.str("id"))
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
+fn show(r: &Response) -> String {
+    format!("HTTP {} {}", r.status, r.body.trim())
+}
+
+/// The demo kept in .keygate/demo.json if its user still signs in to its business, else a
+/// fresh business, user and sk/pk keys (written there).
+fn seed(p: &Paths, admin: &str, operator: &str) -> Result<Demo, String> {
+    let file = p.state.join("demo.json");
+    if let Some(d) = fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| Demo::from_json(&t))
+    {
+        match sign_in(admin, &d.email, &d.password)? {
+            SignIn::Ok { businesses, .. } if businesses.contains(&d.business_id) => {
+                step(&format!(
+                    "demo: reusing {} ({})",
+                    rel(p, &file),
+                    d.business_id
+                ));
+                return Ok(d);
+            }
+            SignIn::Ok { .. } => {
+                step("demo: the stored user is no longer in the stored business; seeding afresh")
+            }
+            SignIn::Rejected(r) => step(&format!(
+                "demo: the stored user no longer signs in (HTTP {}); seeding afresh",
+                r.status
+            )),
+        }
+    }
+    step("demo: creating a business, a user and sk/pk live keys");
+    let auth = format!("Bearer {operator}");
+    let op = [("Authorization", auth.as_str())];
+    let post = |path: &str, body: String| {
+        http::request("POST", admin, path, &op, Some(&body), HTTP_TIMEOUT)
+    };
+    let expect_201 = |what: &str, r: Response| -> Result<Json, String> {
+        if r.status == 401 || r.status == 403 {
+            return Err(format!(
+                "{what}: {} (the operator token was refused: if {} holds data made with another \
+                 token, set KEYGATE_OPERATOR_TOKEN to that token or delete that directory)",
+                show(&r),
+                env_or("KEYGATE_DATA", "./data")
+            ));
+        }
+        if r.status != 201 && r.status != 200 {
+            return Err(format!("{what}: {}", show(&r)));
+        }
+        Json::parse(&r.body).map_err(|e| format!("{what}: {e}: {}", r.body))
+    };
+
+    let biz = expect_201(
+        "POST /v1/businesses",
+        post("/v1/businesses", "{\"name\":\"Demo business\"}".into())?,
+    )?;
+    let business_id = biz
+        .str("id")
+        .ok_or("POST /v1/businesses: no id in the answer")?
+        .to_string();
+
+    let password = format!("demo-{}", random_hex(8)?);
+    let mut email = String::new();
+    for attempt in 0..5 {
+        let candidate = if attempt == 0 {
+            "demo@example.com".to_string()
+        } else {
+            format!("demo-{}@example.com", random_hex(3)?)
+        };
+        let body = format!(
+            "{{\"email\":{},\"password\":{},\"businesses\":[{}]}}",
+            quote(&candidate),
+            quote(&password),
+            quote(&business_id)
+        );
+        let r = post("/v1/users", body)?;
+        if r.status == 409 {
+            continue; // email_taken: a user from an earlier seed; make another
+        }
+        expect_201("POST /v1/users", r)?;
+        email = candidate;
+        break;
+    }
+    if email.is_empty() {
+        return Err("POST /v1/users: every demo email tried is taken".into());
+    }
+
+    let key = |kind: &str| -> Result<String, String> {
+        let body = format!("{{\"kind\":\"{kind}\",\"mode\":\"live\",\"name\":\"demo {kind}\"}}");
+        let path = format!("/v1/businesses/{business_id}/keys");
+        let v = expect_201(&format!("POST {path} ({kind})"), post(&path, body)?)?;
+        v.str("key")
+            .map(str::to_string)
+            .ok_or_else(|| format!("POST {path}: no key in the answer"))
+    };
+    let demo = Demo {
+        sk: key("sk")?,
+        pk: key("pk")?,
+        business_id,
+        email,
+        password,
+    };
+    fs::create_dir_all(&p.state).map_err(|e| format!("create {}: {e}", p.state.display()))?;
+    write_private(&file, &demo.to_json())?;
+    step(&format!("demo: kept in {}", rel(p, &file)));
+    Ok(demo)
+}
+
+/// The two curl lines the banner prints, tried first: all three headers → 200 from echo
+/// (new keys reach the filter with its next snapshot, so allow a few seconds), none → 401.
+fn check_through_envoy(stack: &mut Stack, d: &Demo, access: &str) -> Result<(), String> {
+    let bearer = format!("Bearer {access}");
+    let all = [
+        ("Authorization", bearer.as_str()),
+        ("SECRET_KEY", d.sk.as_str()),
+        ("businessId", d.business_id.as_str()),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last;
+    loop {
+        if sys::caught().is_some() {
+            return Err("interrupted".into());
+        }
+        if let Some(dead) = stack.dead() {
+            return Err(dead);
+        }
+        match http::request("GET", ENVOY_ADDR, "/orders", &all, None, HTTP_TIMEOUT) {
+            Ok(r) if r.status == 200 => {
+                step("check: GET /orders through Envoy with all three headers → 200 from the echo upstream");
+                break;
+            }
+            Ok(r) => last = show(&r),
+            Err(e) => last = e,
+        }
+        if Instant::now() > deadline {
+            println!("warning: GET /orders with all three headers still answers {last}");
+            break;
+        }
+        std::thread::sleep(TICK);
+    }
+    let without_key = [all[0], all[2]];
+    match http::request(
+        "GET",
+        ENVOY_ADDR,
+        "/orders",
+        &without_key,
+        None,
+        HTTP_TIMEOUT,
+    ) {
+        Ok(r) if r.status == 401 => step("check: the same without SECRET_KEY → 401"),
+        Ok(r) => println!(
+            "warning: GET /orders without SECRET_KEY answers {}",
+            show(&r)
+        ),
+        Err(e) => println!("warning: GET /orders without SECRET_KEY: {e}"),
+    }
+    Ok(())
+}
+
+fn print_banner(p: &Paths, admin: &str, t: &Tokens, d: &Demo, access: &str, expires_in: f64) {
+    let signin_body = format!(
+        "{{\"email\":{},\"password\":{}}}",
+        quote(&d.email),
+        quote(&d.password)
+    );
+    println!(
+        "
+keygate demo is up. Ctrl-C stops everything. Logs: {logs}/{{admin,envoy,echo}}.log
+
+  Envoy (keygate filter)  http://{ENVOY_ADDR}   → echo upstream http://{ECHO_ADDR}
+  Envoy admin             http://{ENVOY_ADMIN_ADDR}
+  keygate-admin           http://{admin}   operator token: {op}
+  business id             {biz}
+  user                    {email}   password: {pw}
+  secret key (sk)         {sk}
+  publishable key (pk)    {pk}
+  access token            {access}
+                          (valid {mins} min; a fresh one: curl -s -X POST http://{admin}/auth/signin -H 'Content-Type: application/json' -d '{signin_body}')
+
+All three headers → 200, the echo upstream shows what keygate forwarded:
+  curl -i http://{ENVOY_ADDR}/orders -H \"Authorization: Bearer {access}\" -H \"SECRET_KEY: {sk}\" -H \"businessId: {biz}\"
+
+Without SECRET_KEY → 401 {{\"success\":false,…,\"code\":\"missing_credentials\"}}:
+  curl -i http://{ENVOY_ADDR}/orders -H \"Authorization: Bearer {access}\" -H \"businessId: {biz}\"
+",
+        logs = rel(p, &p.state.join("logs")),
+        op = t.operator,
+        biz = d.business_id,
+        email = d.email,
+        pw = d.password,
+        sk = d.sk,
+        pk = d.pk,
+        mins = (expires_in / 60.0).round(),
+    );
+    let _ = std::io::stdout().flush();
+}
+
+// ---------------------------------------------------------------- children
+
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+struct Stack {
+    procs: Vec<Proc>,
+    root: PathBuf,
+}
+
+impl Stack {
+    fn spawn(&mut self, name: &'static str, log: &Path, mut cmd: Command) -> Result<(), String> {
+        let out = File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        cmd.current_dir(&self.root)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        sys::own_group_die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("start {name} ({:?}): {e}", cmd.get_program()))?;
+        step(&format!(
+            "started {name} (pid {}), log {}",
+            child.id(),
+            log.strip_prefix(&self.root).unwrap_or(log).display()
+        ));
+        self.procs.push(Proc {
+            name,
+            child,
+            log: log.to_path_buf(),
+            exited: None,
+        });
+        Ok(())
+    }
+
+    /// The first child that has exited, described with the tail of its log.
+    fn dead(&mut self) -> Option<String> {
+        for proc in &mut self.procs {
+            if proc.exited.is_none() {
+                if let Ok(Some(status)) = proc.child.try_wait() {
+                    proc.exited = Some(status);
+                    return Some(format!(
+                        "{} exited ({status}); {}",
+                        proc.name,
+                        tail(&proc.log, 25)
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    fn log_of(&self, name: &str) -> Option<&Path> {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.log.as_path())
+    }
+
+    /// Polls `ready` until it holds; fails on timeout (with the logs of `logs`), a dead
+    /// child or a signal.
+    fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        logs: &[&str],
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            if sys::caught().is_some() {
+                return Err("interrupted".into());
+            }
+            if let Some(dead) = self.dead() {
+                return Err(format!("while waiting for {what}: {dead}"));
+            }
+            if ready() {
+                step(&format!(
+                    "{what}: ready in {:.1} s",
+                    start.elapsed().as_secs_f64()
+                ));
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                let tails: Vec<String> = logs
+                    .iter()
+                    .filter_map(|n| self.log_of(n))
+                    .map(|l| tail(l, 25))
+                    .collect();
+                return Err(format!(
+                    "timed out after {} s waiting for {what}; {}",
+                    timeout.as_secs(),
+                    tails.join("; ")
+                ));
+            }
+            std::thread::sleep(TICK);
+        }
+    }
+
+    /// SIGTERM to every child's process group, SIGKILL to those still there after 3 s.
+    fn stop(&mut self) {
+        for proc in self.procs.iter_mut().rev() {
+            if proc.exited.is_none() {
+                if let Ok(Some(status)) = proc.child.try_wait() {
+                    proc.exited = Some(status);
+                } else {
+                    sys::kill_group(proc.child.id(), sys::SIGTERM);
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let mut running = 0;
+            for proc in &mut self.procs {
+                if proc.exited.is_none() {
+                    match proc.child.try_wait() {
+                        Ok(Some(status)) => proc.exited = Some(status),
+                        Ok(None) => running += 1,
+                        Err(_) => proc.exited = proc.child.wait().ok(),
+                    }
+                }
+            }
+            if running == 0 || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for proc in &mut self.procs {
+            if proc.exited.is_none() {
+                println!("==> {} did not stop within 3 s: SIGKILL", proc.name);
+                sys::kill_group(proc.child.id(), sys::SIGKILL);
+                proc.exited = proc.child.wait().ok();
+            }
+        }
+        self.procs.clear();
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// "last lines of LOG:\n…" for error messages.
+fn tail(log: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let from = all.len().saturating_sub(lines);
+    if all.is_empty() {
+        format!("{} is empty", log.display())
+    } else {
+        format!(
+            "last lines of {}:\n    {}",
+            log.display(),
+            all[from..].join("\n    ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_addr_maps_unspecified_to_loopback() {
+        assert_eq!(probe_addr("0.0.0.0:8080"), "127.0.0.1:8080");
+        assert_eq!(probe_addr("[::]:8080"), "[::1]:8080");
+        assert_eq!(probe_addr("127.0.0.2:1"), "127.0.0.2:1");
+        assert_eq!(probe_addr("localhost:8080"), "localhost:8080");
+    }
+
+    #[test]
+    fn demo_state_round_trips() {
+        let d = Demo {
+            business_id: "biz_1".into(),
+            email: "demo@example.com".into(),
+            password: "p\"w".into(),
+            sk: "sk_live_x".into(),
+            pk: "pk_live_y".into(),
+        };
+        let back = Demo::from_json(&d.to_json());
+        assert!(back.is_some_and(|b| b.business_id == "biz_1"
+            && b.password == "p\"w"
+            && b.pk == "pk_live_y"));
+        assert!(Demo::from_json("{\"businessId\":\"x\"}").is_none());
+    }
+
+    /// The mini client against the real keygate-echo, started and stopped the way `up` does.
+    /// Needs the binary: `cargo xtask test` sets KEYGATE_ECHO_BIN; otherwise it is skipped.
+    #[test]
+    fn client_against_echo_and_clean_stop() -> Result<(), String> {
+        let Some(bin) = std::env::var_os("KEYGATE_ECHO_BIN").map(PathBuf::from) else {
+            eprintln!("skipped: KEYGATE_ECHO_BIN is not set (cargo xtask test sets it)");
+            return Ok(());
+        };
+        let dir = std::env::temp_dir().join(format!("xtask-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let log = dir.join("echo.log");
+        let mut stack = Stack {
+            procs: Vec::new(),
+            root: dir.clone(),
+        };
+        let mut cmd = Command::new(bin);
+        cmd.args(["--addr", "127.0.0.1:0"]);
+        stack.spawn("echo", &log, cmd)?;
+        let pid = stack.procs.first().map(|p| p.child.id()).unwrap_or(0);
+
+        let mut addr = String::new();
+        stack.wait_until(
+            "echo's listening line",
+            Duration::from_secs(20),
+            &["echo"],
+            || {
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                match text
+                    .lines()
+                    .next()
+                    .and_then(|l| l.strip_prefix("keygate-echo listening on "))
+                {
+                    Some(a) => {
+                        addr = a.trim().to_string();
+                        true
+                    }
+                    None => false,
+                }
+            },
+        )?;
+
+        let r = http::request(
+            "POST",
+            &addr,
+            "/v1/orders?limit=2&x=%20",
+            &[
+                ("X-Multi", "a"),
+                ("x-multi", "b"),
+                ("SECRET_KEY", "sk_test"),
+            ],
+            Some("{\"ignored\": true}"),
+            HTTP_TIMEOUT,
+        )?;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = Json::parse(&r.body)?;
+        assert_eq!(v.str("method"), Some("POST"));
+        assert_eq!(v.str("path"), Some("/v1/orders?limit=2&x=%20"));
+        let headers = v.get("headers").cloned().unwrap_or(Json::Null);
+        assert_eq!(headers.str("x-multi"), Some("a, b"));
+        assert_eq!(headers.str("secret_key"), Some("sk_test"));
+        assert_eq!(headers.str("user-agent"), Some("keygate-xtask"));
+        for method in ["GET", "DELETE", "PATCH", "OPTIONS"] {
+            let r = http::request(method, &addr, "/", &[], None, HTTP_TIMEOUT)?;
+            assert_eq!(
+                (
+                    r.status,
+                    Json::parse(&r.body)?.str("method").map(str::to_string)
+                ),
+                (200, Some(method.into()))
+            );
+        }
+
+        let t = Instant::now();
+        stack.stop();
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "echo took {:?} to stop on SIGTERM",
+            t.elapsed()
+        );
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "echo (pid {pid}) still exists"
+        );
+        assert!(
+            http::get(&addr, "/", Duration::from_millis(500)).is_err(),
+            "echo still answers"
+        );
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+}
