@@ -57,13 +57,15 @@ impl ChildGuard {
 
 /// Spawns a binary that prints `<name> listening on <addr>` once bound; returns its address.
 fn spawn_listening(name: &'static str, mut cmd: Command, log_dir: &Path) -> (ChildGuard, String) {
-    let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
+    // Appended, so a restarted process keeps its earlier log.
+    let open = |file: String| std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(file)).unwrap();
+    let log = open(format!("{name}.log"));
     let mut child = cmd.stdout(Stdio::piped()).stderr(log).stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let log_path = log_dir.join(format!("{name}.stdout"));
     std::thread::spawn(move || {
-        let mut out = std::fs::File::create(log_path).unwrap();
+        let mut out = std::fs::OpenOptions::new().create(true).append(true).open(log_path).unwrap();
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             use std::io::Write;
             let _ = writeln!(out, "{line}");
@@ -113,7 +115,9 @@ pub struct Stack {
     pub dir: PathBuf,
     pub http: Client,
     /// Envoy, admin, echo: killed (in that order) when the stack drops.
-    children: Vec<ChildGuard>,
+    children: std::sync::Mutex<Vec<ChildGuard>>,
+    admin_bin: PathBuf,
+    admin_addr: String,
     counter: AtomicU64,
     /// Keep the log directory after the stack drops (set when a test failed).
     pub keep_logs: std::sync::atomic::AtomicBool,
@@ -168,7 +172,9 @@ impl Stack {
             envoy_admin_url: format!("http://127.0.0.1:{envoy_admin_port}"),
             dir,
             http: Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
-            children: vec![ChildGuard { name: "envoy", child: envoy_child }, admin, echo],
+            children: std::sync::Mutex::new(vec![ChildGuard { name: "envoy", child: envoy_child }, admin, echo]),
+            admin_bin,
+            admin_addr: admin_addr.clone(),
             counter: AtomicU64::new(0),
             keep_logs: std::sync::atomic::AtomicBool::new(false),
         };
@@ -190,9 +196,21 @@ impl Stack {
     }
 
     /// Panics (with the log directory) if a process of the stack has died.
-    pub fn assert_alive(&mut self) {
-        let dir = self.dir.clone();
-        self.children.iter_mut().for_each(|c| c.assert_running(&dir));
+    pub fn assert_alive(&self) {
+        self.children.lock().unwrap().iter_mut().for_each(|c| c.assert_running(&self.dir));
+    }
+
+    /// SIGKILLs keygate-admin (no flush, no goodbye).
+    pub fn kill_admin(&self) {
+        self.children.lock().unwrap().retain(|c| c.name != "admin");
+    }
+
+    /// Starts keygate-admin again on the same address and data directory.
+    pub fn restart_admin(&self) {
+        self.kill_admin();
+        let (guard, addr) = spawn_listening("admin", admin_command(&self.admin_bin, &self.dir.join("data"), &self.admin_addr), &self.dir);
+        assert_eq!(addr, self.admin_addr);
+        self.children.lock().unwrap().push(guard);
     }
 
     /// A name no other test in this run has used.
@@ -276,7 +294,7 @@ fn admin_command(bin: &Path, data: &Path, addr: &str) -> Command {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        self.children.clear();
+        self.children.lock().unwrap().clear();
         // Keep the logs of a failed run (and on request); remove the rest.
         let keep = self.keep_logs.load(Ordering::SeqCst) || std::thread::panicking() || std::env::var_os("KEYGATE_E2E_KEEP").is_some();
         if keep {

@@ -1,36 +1,51 @@
 //! End-to-end tests through the real stack: admin binary, Envoy + keygate_filter.wasm,
-//! echo upstream. One stack is shared by all tests (each makes its own business), so the
-//! suite pays Envoy's start-up once. Run with `cargo xtask test`.
+//! echo upstream. Tests are grouped in suites; each suite gets one stack (started on first
+//! use, so a filtered run starts only what it needs), shared by its tests, which make their
+//! own businesses. A suite whose tests kill admin or need other rules has its own stack.
+//! Run with `cargo xtask test`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod filter;
+mod lifecycle;
 mod path;
 
 use keygate_e2e::{Stack, StackOptions};
 use libtest_mimic::{Arguments, Trial};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-type Case = fn(&Stack);
+pub type Case = (&'static str, fn(&Stack));
+
+pub struct Suite {
+    pub name: &'static str,
+    pub options: fn() -> StackOptions,
+    pub cases: &'static [Case],
+}
 
 fn main() {
     let args = Arguments::from_args();
-    let cases: Vec<(&str, Case)> = path::CASES.to_vec();
-    let stack = Arc::new(Stack::start(StackOptions::default()));
-    let trials = cases
-        .into_iter()
-        .map(|(name, case)| {
-            let stack = Arc::clone(&stack);
-            Trial::test(name, move || {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&stack))).map_err(|e| {
+    let suites: Vec<Suite> = [path::suites(), lifecycle::suites(), filter::suites()].into_iter().flatten().collect();
+    let mut stacks = Vec::new();
+    let mut trials = Vec::new();
+    for suite in suites {
+        let stack: Arc<OnceLock<Stack>> = Arc::new(OnceLock::new());
+        stacks.push(Arc::clone(&stack));
+        for &(name, case) in suite.cases {
+            let (stack, options) = (Arc::clone(&stack), suite.options);
+            trials.push(Trial::test(format!("{}::{name}", suite.name), move || {
+                let stack = stack.get_or_init(|| Stack::start(options()));
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(stack))).map_err(|e| {
                     let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
                     format!("{msg}\n(stack logs: {})", stack.dir.display()).into()
                 })
-            })
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    if conclusion.has_failed() {
-        stack.keep_logs.store(true, std::sync::atomic::Ordering::SeqCst);
+            }));
+        }
     }
-    drop(stack);
+    let conclusion = libtest_mimic::run(&args, trials);
+    for stack in stacks.iter().filter_map(|s| s.get()) {
+        if conclusion.has_failed() {
+            stack.keep_logs.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    drop(stacks);
     conclusion.exit();
 }

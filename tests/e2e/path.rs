@@ -1,10 +1,16 @@
 //! Issue 3's path: the three credentials checked inside Envoy, end to end.
 
 use keygate_core::{ApiKey, KeyKind, Mode};
-use keygate_e2e::{random_bytes, Stack};
+use keygate_e2e::{random_bytes, Stack, StackOptions};
 use serde_json::{json, Value};
 
-pub const CASES: &[(&str, fn(&Stack))] = &[
+use crate::{Case, Suite};
+
+pub fn suites() -> Vec<Suite> {
+    vec![Suite { name: "path", options: StackOptions::default, cases: CASES }]
+}
+
+const CASES: &[Case] = &[
     ("all_three_valid_reaches_upstream_with_identity_and_without_secret_key", all_three_valid),
     ("each_missing_header_is_401_missing_credentials", each_missing_header),
     ("unknown_key_is_401_invalid_api_key", unknown_key),
@@ -19,11 +25,11 @@ pub const CASES: &[(&str, fn(&Stack))] = &[
     ("hostile_header_bytes_do_not_kill_the_vm", hostile_bytes),
 ];
 
-fn three<'a>(bearer: &'a str, key: &'a str, business: &'a str) -> Vec<(&'static str, &'a [u8])> {
+pub fn three<'a>(bearer: &'a str, key: &'a str, business: &'a str) -> Vec<(&'static str, &'a [u8])> {
     vec![("authorization", bearer.as_bytes()), ("SECRET_KEY", key.as_bytes()), ("businessId", business.as_bytes())]
 }
 
-fn assert_denied(resp: &(u16, Value), status: u16, code: &str) {
+pub fn assert_denied(resp: &(u16, Value), status: u16, code: &str) {
     assert_eq!(resp.0, status, "body: {}", resp.1);
     assert_eq!(resp.1["code"], code, "body: {}", resp.1);
     assert_eq!(resp.1["success"], false);
