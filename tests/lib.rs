@@ -106,6 +106,10 @@ fn replace_plugin_json(yaml: &str, json: &str) -> String {
 pub struct StackOptions {
     /// Replaces the reference plugin JSON (`admin_cluster` etc. must be included).
     pub plugin_json: Option<String>,
+    /// Extra `keygate-admin serve` arguments (e.g. `--token-ttl-secs 3`).
+    pub admin_args: Vec<String>,
+    /// Envoy's `--log-level` (default `info`); admin gets the matching `RUST_LOG`.
+    pub log_level: Option<&'static str>,
 }
 
 pub struct Stack {
@@ -118,6 +122,7 @@ pub struct Stack {
     children: std::sync::Mutex<Vec<ChildGuard>>,
     admin_bin: PathBuf,
     admin_addr: String,
+    admin_args: AdminArgs,
     counter: AtomicU64,
     /// Keep the log directory after the stack drops (set when a test failed).
     pub keep_logs: std::sync::atomic::AtomicBool,
@@ -141,7 +146,8 @@ impl Stack {
         let (echo, echo_addr) = spawn_listening("echo", echo_cmd, &dir);
 
         let data = dir.join("data");
-        let (admin, admin_addr) = spawn_listening("admin", admin_command(&admin_bin, &data, "127.0.0.1:0"), &dir);
+        let admin_args = AdminArgs { extra: options.admin_args.clone(), log_level: options.log_level.unwrap_or("info") };
+        let (admin, admin_addr) = spawn_listening("admin", admin_command(&admin_bin, &data, "127.0.0.1:0", &admin_args), &dir);
 
         let (listen_port, envoy_admin_port) = (free_port(), free_port());
         let port_of = |addr: &str| addr.rsplit(':').next().unwrap().to_owned();
@@ -159,7 +165,7 @@ impl Stack {
 
         let envoy_log = std::fs::File::create(dir.join("envoy.log")).unwrap();
         let envoy_child = Command::new(&envoy_bin)
-            .args(["-c", config.to_str().unwrap(), "--disable-hot-restart", "--concurrency", "2", "--log-level", "info"])
+            .args(["-c", config.to_str().unwrap(), "--disable-hot-restart", "--concurrency", "2", "--log-level", options.log_level.unwrap_or("info")])
             .env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN)
             .stdout(envoy_log.try_clone().unwrap())
             .stderr(envoy_log)
@@ -175,6 +181,7 @@ impl Stack {
             children: std::sync::Mutex::new(vec![ChildGuard { name: "envoy", child: envoy_child }, admin, echo]),
             admin_bin,
             admin_addr: admin_addr.clone(),
+            admin_args,
             counter: AtomicU64::new(0),
             keep_logs: std::sync::atomic::AtomicBool::new(false),
         };
@@ -208,7 +215,7 @@ impl Stack {
     /// Starts keygate-admin again on the same address and data directory.
     pub fn restart_admin(&self) {
         self.kill_admin();
-        let (guard, addr) = spawn_listening("admin", admin_command(&self.admin_bin, &self.dir.join("data"), &self.admin_addr), &self.dir);
+        let (guard, addr) = spawn_listening("admin", admin_command(&self.admin_bin, &self.dir.join("data"), &self.admin_addr, &self.admin_args), &self.dir);
         assert_eq!(addr, self.admin_addr);
         self.children.lock().unwrap().push(guard);
     }
@@ -283,12 +290,20 @@ impl Stack {
     }
 }
 
-fn admin_command(bin: &Path, data: &Path, addr: &str) -> Command {
+#[derive(Clone)]
+struct AdminArgs {
+    extra: Vec<String>,
+    log_level: &'static str,
+}
+
+fn admin_command(bin: &Path, data: &Path, addr: &str, args: &AdminArgs) -> Command {
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--addr", addr, "--data", data.to_str().unwrap()])
+        .args(&args.extra)
         .env("KEYGATE_OPERATOR_TOKEN", OPERATOR_TOKEN)
         .env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN)
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", args.log_level)
+        .env("NO_COLOR", "1");
     cmd
 }
 

@@ -5,6 +5,7 @@
 //! Run with `cargo xtask test`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod attacks;
 mod filter;
 mod lifecycle;
 mod path;
@@ -23,7 +24,7 @@ pub struct Suite {
 
 fn main() {
     let args = Arguments::from_args();
-    let suites: Vec<Suite> = [path::suites(), lifecycle::suites(), filter::suites()].into_iter().flatten().collect();
+    let suites: Vec<Suite> = [path::suites(), lifecycle::suites(), filter::suites(), attacks::suites()].into_iter().flatten().collect();
     let mut stacks = Vec::new();
     let mut trials = Vec::new();
     for suite in suites {
