@@ -243,11 +243,22 @@ impl Stack {
     /// A request through Envoy with the given headers; header values are raw bytes so
     /// tests can send what a hostile client would.
     pub fn through_envoy(&self, method: &str, path: &str, headers: &[(&str, &[u8])]) -> (u16, Value) {
+        let resp = self.through_envoy_full(method, path, headers);
+        (resp.status, resp.body)
+    }
+
+    /// [`Stack::through_envoy`] with the response headers.
+    pub fn through_envoy_full(&self, method: &str, path: &str, headers: &[(&str, &[u8])]) -> Reply {
         let mut req = self.http.request(method.parse().unwrap(), format!("{}{path}", self.envoy_url));
         for (name, value) in headers {
             req = req.header(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_bytes(value).unwrap());
         }
-        read(req)
+        let resp: Response = req.send().unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().iter().map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+        let mut text = String::new();
+        let _ = resp.take(16 << 20).read_to_string(&mut text);
+        Reply { status, headers, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
     }
 
     /// Creates a business, a member who signs in, and one live sk key.
@@ -274,8 +285,13 @@ impl Stack {
     /// Waits until the filter has a snapshot holding `key` (the feed is a long-poll, so
     /// this is normally well under a second).
     pub fn wait_for_key(&self, key: &str) {
+        self.wait_for_key_on(key, "/key/probe");
+    }
+
+    /// [`Stack::wait_for_key`] on a key-only path of the stack's rules.
+    pub fn wait_for_key_on(&self, key: &str, path: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.through_envoy("GET", "/key/probe", &[("secret_key", key.as_bytes())]).0 != 200 {
+        while self.through_envoy("GET", path, &[("secret_key", key.as_bytes())]).0 != 200 {
             assert!(Instant::now() < deadline, "the new key did not reach the filter within 10 s");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -327,6 +343,12 @@ fn read(req: RequestBuilder) -> (u16, Value) {
     let _ = resp.take(16 << 20).read_to_string(&mut text);
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, body)
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: Value,
 }
 
 pub struct Tenant {

@@ -252,9 +252,9 @@ pub fn decide_cached(policy: &Policy, request: &RequestView<'_>, synced: Option<
 fn public(policy: &Policy, route: &Route, request: &RequestView<'_>) -> Allowed {
     Allowed {
         remove_headers: stripped_headers(request.headers),
-        rate_limit: Some(RateLimitTarget {
-            bucket: format!("ip:{}", request.client_ip.unwrap_or("unknown")),
-            per_hour: route.rate_limit_per_hour.unwrap_or(policy.rate_limits.public_per_ip_per_hour),
+        rate_limit: Some(match route.rate_limit_per_hour {
+            Some(per_hour) => RateLimitTarget { bucket: format!("ip:{}@{}", request.client_ip.unwrap_or("unknown"), route.prefix), per_hour },
+            None => RateLimitTarget { bucket: format!("ip:{}", request.client_ip.unwrap_or("unknown")), per_hour: policy.rate_limits.public_per_ip_per_hour },
         }),
         ..Allowed::default()
     }
@@ -430,7 +430,11 @@ fn check_credentials(policy: &Policy, route: &Route, request: &RequestView<'_>, 
     Ok(Allowed {
         remove_headers,
         add_headers,
-        rate_limit: Some(RateLimitTarget { bucket: format!("key:{}", key.id), per_hour: route.rate_limit_per_hour.unwrap_or(default_limit) }),
+        rate_limit: Some(match route.rate_limit_per_hour {
+            // A rule with its own limit counts in its own bucket, apart from the key's default one.
+            Some(per_hour) => RateLimitTarget { bucket: format!("key:{}@{}", key.id, route.prefix), per_hour },
+            None => RateLimitTarget { bucket: format!("key:{}", key.id), per_hour: default_limit },
+        }),
         key_id: Some(key.id.clone()),
         shadow_denial: None,
     })

@@ -346,7 +346,7 @@ fn rate_limits_follow_kind_and_route_overrides() {
     let token = w.token();
     let bearer = format!("Bearer {token}");
     let a = allowed(w.run("GET", "/limited/x", &[("authorization", &bearer), ("secret_key", w.sk.expose()), ("businessid", BIZ)]));
-    assert_eq!(a.rate_limit.unwrap().per_hour, 5);
+    assert_eq!(a.rate_limit.unwrap(), keygate_core::RateLimitTarget { bucket: "key:key_sk@/limited/".into(), per_hour: 5 });
     let denial = keygate_core::decide::rate_limited(30);
     assert_eq!((denial.status(), denial.code.as_str()), (429, "rate_limited"));
     assert!(denial.headers().contains(&("retry-after", "30".to_string())));
