@@ -104,6 +104,8 @@ struct RawConfig {
     token_cache_entries: usize,
     #[serde(default = "default_usage_flush")]
     usage_flush_secs: u64,
+    #[serde(default = "default_page_keys")]
+    snapshot_page_keys: usize,
     #[serde(default)]
     rate_limits: RateLimits,
     #[serde(default)]
@@ -140,6 +142,9 @@ fn default_token_cache() -> usize {
 fn default_usage_flush() -> u64 {
     10
 }
+fn default_page_keys() -> usize {
+    crate::feed::PAGE_KEYS
+}
 
 /// Everything `decide` needs from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +171,8 @@ pub struct SyncConfig {
     pub long_poll_secs: u64,
     /// How often batched key usage is posted to admin.
     pub usage_flush_secs: u64,
+    /// Keys per page of a full snapshot.
+    pub snapshot_page_keys: usize,
 }
 
 impl std::fmt::Debug for SyncConfig {
@@ -178,6 +185,7 @@ impl std::fmt::Debug for SyncConfig {
             .field("admin_timeout_ms", &self.admin_timeout_ms)
             .field("long_poll_secs", &self.long_poll_secs)
             .field("usage_flush_secs", &self.usage_flush_secs)
+            .field("snapshot_page_keys", &self.snapshot_page_keys)
             .finish()
     }
 }
@@ -217,6 +225,9 @@ impl FilterConfig {
         }
         if raw.max_staleness_secs == 0 {
             return invalid("max_staleness_secs must be positive".into());
+        }
+        if raw.snapshot_page_keys == 0 || raw.snapshot_page_keys > 100_000 {
+            return invalid("snapshot_page_keys must be between 1 and 100000".into());
         }
         if raw.usage_flush_secs == 0 || raw.usage_flush_secs > 3600 {
             return invalid("usage_flush_secs must be between 1 and 3600".into());
@@ -271,6 +282,7 @@ impl FilterConfig {
                 admin_timeout_ms: raw.admin_timeout_ms,
                 long_poll_secs: raw.long_poll_secs,
                 usage_flush_secs: raw.usage_flush_secs,
+                snapshot_page_keys: raw.snapshot_page_keys,
             },
         })
     }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use crate::config::{Policy, Requirement, Route};
 use crate::key::{parse_prefix, ApiKey, KeyKind};
+use crate::keystore::KeyLookup;
 use crate::snapshot::{KeyRecord, Snapshot};
 use crate::token::{self, AccessClaims, TokenError};
 use crate::{UnixTime, IDENTITY_HEADER_PREFIX};
@@ -27,11 +28,21 @@ pub struct RequestView<'a> {
     pub client_ip: Option<&'a str>,
 }
 
-/// The snapshot and when it was last confirmed current by admin.
-#[derive(Debug, Clone, Copy)]
+/// The snapshot, where its keys are looked up, and when admin last confirmed it current.
+#[derive(Clone, Copy)]
 pub struct Synced<'a> {
+    /// Signing keys and revoked sessions (and, natively, the keys too).
     pub snapshot: &'a Snapshot,
+    /// Usually `snapshot` itself; in the filter, the buckets in Envoy's shared data.
+    pub keys: &'a dyn KeyLookup,
     pub confirmed_at: UnixTime,
+}
+
+impl<'a> Synced<'a> {
+    /// A snapshot that holds its own keys.
+    pub fn local(snapshot: &'a Snapshot, confirmed_at: UnixTime) -> Synced<'a> {
+        Synced { snapshot, keys: snapshot, confirmed_at }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -234,7 +245,7 @@ pub fn decide_cached(policy: &Policy, request: &RequestView<'_>, synced: Option<
     let outcome = match route.require {
         Requirement::None => Ok(public(policy, route, request)),
         Requirement::Key | Requirement::All => match fresh(policy, synced, now) {
-            Ok(snapshot) => check_credentials(policy, route, request, snapshot, now, tokens),
+            Ok(synced) => check_credentials(policy, route, request, synced, now, tokens),
             Err(denial) => Err(denial),
         },
     };
@@ -260,14 +271,14 @@ fn public(policy: &Policy, route: &Route, request: &RequestView<'_>) -> Allowed 
     }
 }
 
-fn fresh<'a>(policy: &Policy, synced: Option<Synced<'a>>, now: UnixTime) -> Result<&'a Snapshot, Denial> {
+fn fresh<'a>(policy: &Policy, synced: Option<Synced<'a>>, now: UnixTime) -> Result<Synced<'a>, Denial> {
     let unavailable = Denial {
         code: DenyCode::AuthUnavailable,
         message: "Authorization data is unavailable; retry later",
         retry_after: Some(UNAVAILABLE_RETRY_AFTER),
     };
     match synced {
-        Some(s) if now.saturating_sub(s.confirmed_at) <= policy.max_staleness_secs => Ok(s.snapshot),
+        Some(s) if now.saturating_sub(s.confirmed_at) <= policy.max_staleness_secs => Ok(s),
         _ => Err(unavailable),
     }
 }
@@ -364,10 +375,10 @@ fn check_token<'c>(policy: &Policy, snapshot: &Snapshot, token: &str, now: UnixT
     Ok(claims)
 }
 
-fn check_key<'s>(snapshot: &'s Snapshot, raw: &str, now: UnixTime) -> Result<&'s KeyRecord, Denial> {
+fn check_key(keys: &dyn KeyLookup, raw: &str, now: UnixTime) -> Result<KeyRecord, Denial> {
     let invalid = || Denial::new(DenyCode::InvalidApiKey, "Invalid API key");
     let key = ApiKey::parse(raw).map_err(|_| invalid())?;
-    let record = snapshot.key(&key.hash()).ok_or_else(invalid)?;
+    let record = keys.key(&key.hash()).ok_or_else(invalid)?;
     let expired = record.expires_at.is_some_and(|at| at <= now);
     if !record.active || expired || record.kind != key.kind() || record.mode != key.mode() {
         return Err(invalid());
@@ -375,13 +386,13 @@ fn check_key<'s>(snapshot: &'s Snapshot, raw: &str, now: UnixTime) -> Result<&'s
     Ok(record)
 }
 
-fn check_credentials(policy: &Policy, route: &Route, request: &RequestView<'_>, snapshot: &Snapshot, now: UnixTime, tokens: &mut TokenCache) -> Result<Allowed, Denial> {
+fn check_credentials(policy: &Policy, route: &Route, request: &RequestView<'_>, synced: Synced<'_>, now: UnixTime, tokens: &mut TokenCache) -> Result<Allowed, Denial> {
     let creds = presented(route, request.headers)?;
     let claims = match creds.token {
-        Some(token) => Some(check_token(policy, snapshot, token, now, tokens)?),
+        Some(token) => Some(check_token(policy, synced.snapshot, token, now, tokens)?),
         None => None,
     };
-    let key = check_key(snapshot, creds.key, now)?;
+    let key = check_key(synced.keys, creds.key, now)?;
 
     // Business: the key's, and (with a token) among the token's.
     if let Some(business) = creds.business {

@@ -11,7 +11,9 @@
 pub mod base62;
 pub mod config;
 pub mod decide;
+pub mod feed;
 pub mod key;
+pub mod keystore;
 pub mod signing;
 pub mod ratelimit;
 pub mod snapshot;

@@ -61,6 +61,10 @@ pub struct SnapshotWire {
     pub removed_signing_keys: Vec<String>,
     #[serde(default)]
     pub revoked_sessions: Vec<RevokedSession>,
+    /// On a page of a paged full snapshot: the last key hash of this page, to ask for the
+    /// next page with `?after=`. Absent on the last page (and on deltas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<KeyHash>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,6 +125,12 @@ fn decoding_key(entry: &SigningKeyEntry) -> Result<DecodingKey, SnapshotError> {
 fn record(entry: KeyEntry) -> (KeyHash, KeyRecord) {
     let KeyEntry { hash, id, business, kind, mode, scopes, expires_at, active } = entry;
     (hash, KeyRecord { id, business, kind, mode, scopes, expires_at, active })
+}
+
+impl crate::keystore::KeyLookup for Snapshot {
+    fn key(&self, hash: &KeyHash) -> Option<KeyRecord> {
+        self.keys.get(hash).cloned()
+    }
 }
 
 impl Snapshot {

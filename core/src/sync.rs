@@ -1,15 +1,12 @@
-//! The filter's copy of admin's state, as a pure state machine: which feed request to
-//! make next, and what a response does to the snapshot. The wasm shell only moves bytes.
+//! What a feed request can come to, shared by the filter's leader ([`crate::feed`]).
 //!
-//! With a snapshot at version V the next poll is `?since=V&wait=S`: admin answers at once
-//! when something changed after V, else after S seconds with an empty delta. Either answer
-//! confirms the snapshot is current. A 410 means V is older than admin's changelog: the
-//! next poll asks for a full snapshot. Anything else is a failure: the last good snapshot
-//! is kept (it keeps deciding until `max_staleness`).
+//! With data at version V the next poll is `?since=V&wait=S`: admin answers at once when
+//! something changed after V, else after S seconds with an empty delta. Either answer
+//! confirms the data is current. A 410 means V is older than admin's changelog: the next
+//! poll asks for a full snapshot. Anything else is a failure: the last good data is kept
+//! (it keeps deciding until `max_staleness`).
 
-use crate::decide::Synced;
-use crate::snapshot::{Snapshot, SnapshotError};
-use crate::UnixTime;
+use crate::snapshot::SnapshotError;
 
 pub const SNAPSHOT_PATH: &str = "/v1/snapshot";
 
@@ -53,93 +50,4 @@ impl std::fmt::Display for SyncFailure {
 pub enum Health {
     Healthy,
     Failing,
-}
-
-#[derive(Debug, Default)]
-pub struct Replica {
-    snapshot: Option<Snapshot>,
-    confirmed_at: UnixTime,
-    need_full: bool,
-    failing: bool,
-    pub failures: u64,
-}
-
-impl Replica {
-    pub fn new() -> Replica {
-        Replica::default()
-    }
-
-    /// The `:path` of the next feed request.
-    pub fn next_path(&self, wait_secs: u64) -> String {
-        match &self.snapshot {
-            Some(s) if !self.need_full => format!("{SNAPSHOT_PATH}?since={}&wait={wait_secs}", s.version()),
-            _ => SNAPSHOT_PATH.to_owned(),
-        }
-    }
-
-    /// Applies one feed response (`status: None` when there was none). Returns what
-    /// happened and, when health changed, the new health.
-    pub fn on_response(&mut self, status: Option<u16>, body: &[u8], now: UnixTime) -> (SyncOutcome, Option<Health>) {
-        let outcome = match status {
-            None => SyncOutcome::Failed(SyncFailure::Unreachable),
-            Some(410) => {
-                self.need_full = true;
-                SyncOutcome::Resync
-            }
-            Some(200) => self.apply(body, now),
-            Some(other) => SyncOutcome::Failed(SyncFailure::Status(other)),
-        };
-        let failed = matches!(outcome, SyncOutcome::Failed(_));
-        if failed {
-            self.failures += 1;
-        }
-        let change = (failed != self.failing).then_some(if failed { Health::Failing } else { Health::Healthy });
-        self.failing = failed;
-        (outcome, change)
-    }
-
-    fn apply(&mut self, body: &[u8], now: UnixTime) -> SyncOutcome {
-        let wire = match Snapshot::decode(body) {
-            Ok(wire) => wire,
-            Err(e) => return SyncOutcome::Failed(SyncFailure::Rejected(e)),
-        };
-        let full = wire.since.is_none();
-        let changed = full || !wire.keys.is_empty() || !wire.removed_keys.is_empty() || !wire.signing_keys.is_empty() || !wire.removed_signing_keys.is_empty() || !wire.revoked_sessions.is_empty();
-        let result = match (&mut self.snapshot, full) {
-            (Some(current), false) => current.apply(wire),
-            (None, false) => Err(SnapshotError::NotFull),
-            (slot, true) => Snapshot::from_full(wire).map(|s| *slot = Some(s)),
-        };
-        match (result, &mut self.snapshot) {
-            (Ok(()), Some(snapshot)) => {
-                self.need_full = false;
-                self.confirmed_at = now;
-                snapshot.forget_expired_revocations(now);
-                if changed {
-                    SyncOutcome::Applied { version: snapshot.version(), full, keys: snapshot.key_count() }
-                } else {
-                    SyncOutcome::Unchanged { version: snapshot.version() }
-                }
-            }
-            (Ok(()), None) => SyncOutcome::Failed(SyncFailure::Rejected(SnapshotError::NotFull)),
-            (Err(e @ SnapshotError::VersionGap { .. }), _) | (Err(e @ SnapshotError::NotFull), _) => {
-                self.need_full = true;
-                SyncOutcome::Failed(SyncFailure::Rejected(e))
-            }
-            (Err(e), _) => SyncOutcome::Failed(SyncFailure::Rejected(e)),
-        }
-    }
-
-    /// What `decide` reads: the snapshot and when admin last confirmed it.
-    pub fn synced(&self) -> Option<Synced<'_>> {
-        self.snapshot.as_ref().map(|snapshot| Synced { snapshot, confirmed_at: self.confirmed_at })
-    }
-
-    pub fn version(&self) -> Option<u64> {
-        self.snapshot.as_ref().map(Snapshot::version)
-    }
-
-    pub fn confirmed_at(&self) -> UnixTime {
-        self.confirmed_at
-    }
 }

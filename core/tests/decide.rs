@@ -96,7 +96,7 @@ impl World {
     fn run_at(&self, method: &str, path: &str, headers: &[(&str, &str)], now: u64) -> Decision {
         let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let request = RequestView { method, path, headers: &headers, client_ip: Some("203.0.113.9") };
-        decide(&self.policy, &request, Some(Synced { snapshot: &self.snapshot, confirmed_at: NOW - 5 }), now)
+        decide(&self.policy, &request, Some(Synced::local(&self.snapshot, NOW - 5)), now)
     }
 
     fn all_three(&self, token: &str, key: &ApiKey, business: &str) -> Decision {
@@ -147,12 +147,12 @@ fn no_snapshot_or_a_stale_one_is_503_with_retry_after() {
     let request = RequestView { method: "GET", path: "/orders", headers: &headers, client_ip: None };
     let d = decide(&w.policy, &request, None, NOW);
     assert_eq!(denied(&d), (503, DenyCode::AuthUnavailable));
-    let stale = Synced { snapshot: &w.snapshot, confirmed_at: NOW - 61 };
+    let stale = Synced::local(&w.snapshot, NOW - 61);
     let Decision::Deny(denial) = decide(&w.policy, &request, Some(stale), NOW) else { panic!() };
     assert_eq!(denial.code, DenyCode::AuthUnavailable);
     assert!(denial.headers().iter().any(|(k, v)| *k == "retry-after" && v == "5"));
     // Exactly at the limit is still fresh: the missing headers are what fail then.
-    let edge = Synced { snapshot: &w.snapshot, confirmed_at: NOW - 60 };
+    let edge = Synced::local(&w.snapshot, NOW - 60);
     assert_eq!(denied(&decide(&w.policy, &request, Some(edge), NOW)).1, DenyCode::MissingCredentials);
 }
 
@@ -400,7 +400,7 @@ fn token_cache_skips_reverification_but_revocation_expiry_and_key_removal_still_
     let headers: Vec<(String, String)> = vec![("authorization".into(), bearer), ("secret_key".into(), w.sk.expose().into()), ("businessid".into(), BIZ.into())];
     let run = |w: &World, cache: &mut TokenCache, now: u64| {
         let request = RequestView { method: "GET", path: "/orders", headers: &headers, client_ip: None };
-        decide_cached(&w.policy, &request, Some(Synced { snapshot: &w.snapshot, confirmed_at: now }), now, cache)
+        decide_cached(&w.policy, &request, Some(Synced::local(&w.snapshot, now)), now, cache)
     };
     assert!(matches!(run(&w, &mut cache, NOW), Decision::Allow(_)));
     assert_eq!(cache.len(), 1);
@@ -418,9 +418,9 @@ fn token_cache_skips_reverification_but_revocation_expiry_and_key_removal_still_
     let token2 = w2.token();
     let headers2: Vec<(String, String)> = vec![("authorization".into(), format!("Bearer {token2}")), ("secret_key".into(), w2.sk.expose().into()), ("businessid".into(), BIZ.into())];
     let request2 = RequestView { method: "GET", path: "/orders", headers: &headers2, client_ip: None };
-    assert!(matches!(decide_cached(&w2.policy, &request2, Some(Synced { snapshot: &w2.snapshot, confirmed_at: NOW }), NOW, &mut cache2), Decision::Allow(_)));
+    assert!(matches!(decide_cached(&w2.policy, &request2, Some(Synced::local(&w2.snapshot, NOW)), NOW, &mut cache2), Decision::Allow(_)));
     w2.snapshot.apply(SnapshotWire { version: 4, since: Some(3), removed_signing_keys: vec!["k1".into()], ..SnapshotWire::default() }).unwrap();
-    assert_eq!(denied(&decide_cached(&w2.policy, &request2, Some(Synced { snapshot: &w2.snapshot, confirmed_at: NOW }), NOW, &mut cache2)).1, DenyCode::InvalidToken);
+    assert_eq!(denied(&decide_cached(&w2.policy, &request2, Some(Synced::local(&w2.snapshot, NOW)), NOW, &mut cache2)).1, DenyCode::InvalidToken);
 }
 
 #[test]
@@ -432,7 +432,7 @@ fn token_cache_stays_bounded() {
         let token = w.signer.sign(&AccessClaims { jti: format!("j{i}"), ..claims() }).unwrap();
         let headers: Vec<(String, String)> = vec![("authorization".into(), format!("Bearer {token}")), ("secret_key".into(), w.sk.expose().into()), ("businessid".into(), BIZ.into())];
         let request = RequestView { method: "GET", path: "/orders", headers: &headers, client_ip: None };
-        assert!(matches!(decide_cached(&w.policy, &request, Some(Synced { snapshot: &w.snapshot, confirmed_at: NOW }), NOW, &mut cache), Decision::Allow(_)));
+        assert!(matches!(decide_cached(&w.policy, &request, Some(Synced::local(&w.snapshot, NOW)), NOW, &mut cache), Decision::Allow(_)));
         assert!(cache.len() <= 3);
     }
 }

@@ -1,9 +1,8 @@
-//! Snapshot decoding, deltas and the filter's sync state machine.
+//! Snapshot decoding and deltas.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keygate_core::signing::SigningKeyPair;
 use keygate_core::snapshot::{KeyEntry, RevokedSession, SigningKeyEntry, SnapshotError, SnapshotWire};
-use keygate_core::sync::{Health, Replica, SyncFailure, SyncOutcome};
 use keygate_core::{ApiKey, KeyKind, Mode, Snapshot};
 
 fn key(seed: u8) -> ApiKey {
@@ -18,9 +17,6 @@ fn full(version: u64, keys: Vec<KeyEntry>) -> SnapshotWire {
     SnapshotWire { version, keys, signing_keys: vec![SigningKeyPair::from_seed("k1", [1; 32]).public_entry()], ..SnapshotWire::default() }
 }
 
-fn bytes(wire: &SnapshotWire) -> Vec<u8> {
-    serde_json::to_vec(wire).unwrap()
-}
 
 #[test]
 fn deltas_upsert_remove_and_revoke() {
@@ -70,53 +66,4 @@ fn decode_rejects_junk_without_panicking() {
     for junk in [&b""[..], b"{", b"[]", b"{\"version\": -1}", b"{\"version\": 1, \"keys\": [{\"hash\": \"zz\"}]}", &[0xff, 0xfe, 0x00]] {
         assert!(Snapshot::decode(junk).is_err());
     }
-}
-
-#[test]
-fn replica_polls_full_then_long_polls_deltas() {
-    let (a, b) = (key(1), key(2));
-    let mut r = Replica::new();
-    assert_eq!(r.next_path(20), "/v1/snapshot");
-    assert!(r.synced().is_none());
-    let (outcome, health) = r.on_response(Some(200), &bytes(&full(3, vec![entry(&a, "key_a")])), 1000);
-    assert_eq!(outcome, SyncOutcome::Applied { version: 3, full: true, keys: 1 });
-    assert_eq!(health, None);
-    assert_eq!(r.next_path(20), "/v1/snapshot?since=3&wait=20");
-    let delta = SnapshotWire { version: 4, since: Some(3), keys: vec![entry(&b, "key_b")], ..SnapshotWire::default() };
-    assert_eq!(r.on_response(Some(200), &bytes(&delta), 1001).0, SyncOutcome::Applied { version: 4, full: false, keys: 2 });
-    let empty = SnapshotWire { version: 4, since: Some(4), ..SnapshotWire::default() };
-    assert_eq!(r.on_response(Some(200), &bytes(&empty), 1021).0, SyncOutcome::Unchanged { version: 4 });
-    assert_eq!(r.synced().unwrap().confirmed_at, 1021);
-}
-
-#[test]
-fn replica_keeps_the_last_good_snapshot_through_failures_and_logs_transitions_once() {
-    let a = key(1);
-    let mut r = Replica::new();
-    r.on_response(Some(200), &bytes(&full(3, vec![entry(&a, "key_a")])), 1000);
-    assert_eq!(r.on_response(None, b"", 1005), (SyncOutcome::Failed(SyncFailure::Unreachable), Some(Health::Failing)));
-    assert_eq!(r.on_response(Some(503), b"", 1006), (SyncOutcome::Failed(SyncFailure::Status(503)), None));
-    assert!(matches!(r.on_response(Some(200), b"garbage", 1007), (SyncOutcome::Failed(SyncFailure::Rejected(_)), None)));
-    assert_eq!(r.failures, 3);
-    let synced = r.synced().unwrap();
-    assert_eq!((synced.snapshot.version(), synced.confirmed_at), (3, 1000));
-    assert!(synced.snapshot.key(&a.hash()).is_some());
-    let empty = SnapshotWire { version: 3, since: Some(3), ..SnapshotWire::default() };
-    assert_eq!(r.on_response(Some(200), &bytes(&empty), 1010).1, Some(Health::Healthy));
-}
-
-#[test]
-fn replica_resyncs_after_410_or_a_version_gap() {
-    let mut r = Replica::new();
-    r.on_response(Some(200), &bytes(&full(3, vec![])), 1000);
-    assert_eq!(r.on_response(Some(410), b"{}", 1001).0, SyncOutcome::Resync);
-    assert_eq!(r.next_path(20), "/v1/snapshot");
-    r.on_response(Some(200), &bytes(&full(9, vec![])), 1002);
-    let gap = SnapshotWire { version: 12, since: Some(10), ..SnapshotWire::default() };
-    assert!(matches!(r.on_response(Some(200), &bytes(&gap), 1003).0, SyncOutcome::Failed(_)));
-    assert_eq!(r.next_path(20), "/v1/snapshot");
-    // A delta before any full snapshot is refused.
-    let mut fresh = Replica::new();
-    assert!(matches!(fresh.on_response(Some(200), &bytes(&gap), 1).0, SyncOutcome::Failed(_)));
-    assert!(fresh.synced().is_none());
 }

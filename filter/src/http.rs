@@ -1,6 +1,6 @@
 //! One context per request: gather the request, `decide`, charge the rate limit, act.
 
-use keygate_core::{decide_cached, Decision, FilterConfig, RequestView};
+use keygate_core::{decide_cached, Decision, FilterConfig, RequestView, Synced};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -8,6 +8,7 @@ use std::rc::Rc;
 use crate::host;
 use crate::limit;
 use crate::root::VmState;
+use crate::shared::{self, SharedKeys};
 
 pub struct RequestContext {
     config: Rc<FilterConfig>,
@@ -32,10 +33,17 @@ impl HttpContext for RequestContext {
         let client_ip = host::client_ip();
         let now = host::now();
         let request = RequestView { method: pseudo(&headers, ":method"), path: pseudo(&headers, ":path"), headers: &headers, client_ip: client_ip.as_deref() };
+        let seen = shared::read_seen();
         let decision = {
-            let replica = self.vm.replica.borrow();
-            let mut tokens = self.vm.tokens.borrow_mut();
-            decide_cached(&self.config.policy, &request, now.and(replica.synced()), now.unwrap_or(0), &mut tokens)
+            let mut view = self.vm.view.borrow_mut();
+            if let Some(seen) = seen {
+                view.refresh(seen);
+            }
+            let synced = match (&view.snapshot, seen, now) {
+                (Some(snapshot), Some(seen), Some(_)) => Some(Synced { snapshot, keys: &SharedKeys, confirmed_at: seen.confirmed_at }),
+                _ => None,
+            };
+            decide_cached(&self.config.policy, &request, synced, now.unwrap_or(0), &mut self.vm.tokens.borrow_mut())
         };
         let decision = match decision {
             Decision::Allow(allowed) => match allowed.rate_limit.as_ref().map(|t| limit::charge(t, now.unwrap_or(0))) {

@@ -14,6 +14,7 @@ pub mod http;
 pub mod limit;
 pub mod metrics;
 pub mod root;
+pub mod shared;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

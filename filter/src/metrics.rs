@@ -61,14 +61,16 @@ impl Metrics {
 
     pub fn sync(&self, outcome: &SyncOutcome) {
         match outcome {
-            SyncOutcome::Applied { version, keys, .. } => {
-                add(self.sync_applied, 1);
-                set(self.snapshot_version, *version);
-                set(self.snapshot_keys, u64::try_from(*keys).unwrap_or(u64::MAX));
-            }
+            SyncOutcome::Applied { .. } => add(self.sync_applied, 1),
             SyncOutcome::Failed(_) => add(self.sync_failures, 1),
             SyncOutcome::Unchanged { .. } | SyncOutcome::Resync => {}
         }
+    }
+
+    /// The version and key count the shared buckets now hold.
+    pub fn snapshot(&self, version: u64, keys: u64) {
+        set(self.snapshot_version, version);
+        set(self.snapshot_keys, keys);
     }
 
     pub fn snapshot_age(&self, seconds: u64) {

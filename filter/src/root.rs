@@ -1,23 +1,26 @@
-//! The root context: one per worker VM. Parses the plugin configuration once, keeps the
-//! VM's replica of admin's snapshot current, posts batched usage, and hands the state to
-//! each request context.
+//! The root context: one per VM. Parses the plugin configuration once; holds or waits for
+//! the leader lease; as leader, keeps the shared key buckets current from admin's feed;
+//! posts this VM's batched usage; and hands the shared state to each request context.
 //!
-//! Sync: a 100 ms tick starts a feed request when none is in flight and the back-off has
-//! passed. A successful answer (a change, or a long-poll that timed out unchanged) starts
-//! the next poll at once; a failure waits `poll_interval_ms` before trying again.
+//! Sync (leader only): a 100 ms tick starts a feed request when none is in flight and the
+//! back-off has passed. A successful answer (a page, a change, or a long-poll that timed out
+//! unchanged) starts the next request at once; a failure waits `poll_interval_ms`.
 
-use keygate_core::sync::{Health, Replica, SyncOutcome};
+use keygate_core::feed::Leader;
+use keygate_core::sync::{Health, SyncOutcome};
 use keygate_core::usage::{UsageBatch, UsageReport};
 use keygate_core::{FilterConfig, TokenCache};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
+use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
 
 use crate::host;
 use crate::http::RequestContext;
 use crate::metrics::Metrics;
+use crate::shared::{self, View};
 
 const TICK: Duration = Duration::from_millis(100);
 const USAGE_PATH: &str = "/v1/usage";
@@ -25,7 +28,7 @@ const USAGE_PATH: &str = "/v1/usage";
 /// What the request contexts of one VM share with its root context.
 #[derive(Debug, Default)]
 pub struct VmState {
-    pub replica: RefCell<Replica>,
+    pub view: RefCell<View>,
     pub tokens: RefCell<TokenCache>,
     pub usage: RefCell<UsageBatch>,
     pub metrics: Metrics,
@@ -34,21 +37,32 @@ pub struct VmState {
 pub struct KeygateRoot {
     config: Option<Rc<FilterConfig>>,
     vm: Rc<VmState>,
+    /// This VM's identity in the leader lease.
+    me: u64,
+    leader: Option<Leader>,
     feed_call: Option<u32>,
     next_poll_at_ms: u64,
     usage_call: Option<(u32, UsageReport)>,
     next_usage_at_ms: u64,
 }
 
+fn vm_identity() -> u64 {
+    // RandomState is seeded from WASI's random_get: distinct per VM.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(host::now_millis());
+    hasher.finish() | 1
+}
+
 impl KeygateRoot {
     pub fn new() -> KeygateRoot {
         let vm = VmState { metrics: Metrics::define(), ..VmState::default() };
-        KeygateRoot { config: None, vm: Rc::new(vm), feed_call: None, next_poll_at_ms: 0, usage_call: None, next_usage_at_ms: 0 }
+        KeygateRoot { config: None, vm: Rc::new(vm), me: vm_identity(), leader: None, feed_call: None, next_poll_at_ms: 0, usage_call: None, next_usage_at_ms: 0 }
     }
 
     fn poll(&mut self, config: &FilterConfig) {
+        let Some(leader) = &self.leader else { return };
         let sync = &config.sync;
-        let path = self.vm.replica.borrow().next_path(sync.long_poll_secs);
+        let path = leader.next_path(sync.long_poll_secs);
         let timeout = Duration::from_millis(sync.admin_timeout_ms) + Duration::from_secs(sync.long_poll_secs);
         self.feed_call = host::dispatch(&sync.admin_cluster, &sync.admin_authority, "GET", &path, &sync.proxy_token, None, timeout);
         if self.feed_call.is_none() {
@@ -57,13 +71,26 @@ impl KeygateRoot {
     }
 
     fn on_feed(&mut self, status: Option<u16>, body: &[u8]) {
+        let Some(leader) = &mut self.leader else { return };
         let now = host::now().unwrap_or(0);
-        let (outcome, health) = self.vm.replica.borrow_mut().on_response(status, body, now);
-        self.vm.metrics.sync(&outcome);
-        log_sync(&outcome, health);
+        let step = leader.on_response(status, body, now);
+        let added = shared::apply(step.ops);
+        leader.adjust_keys(added);
+        let meta = step.meta.map(|mut m| {
+            m.keys = leader.meta().map_or(m.keys, |cur| cur.keys);
+            m
+        });
+        shared::publish(meta.as_ref(), step.seen);
+        if let Some(meta) = leader.meta() {
+            self.vm.metrics.snapshot(meta.version, meta.keys);
+        }
+        if let Some(outcome) = &step.outcome {
+            self.vm.metrics.sync(outcome);
+            log_sync(outcome, step.health);
+        }
         let backoff = self.config.as_ref().map_or(1000, |c| c.sync.poll_interval_ms);
-        self.next_poll_at_ms = match outcome {
-            SyncOutcome::Failed(_) => host::now_millis().saturating_add(backoff),
+        self.next_poll_at_ms = match step.outcome {
+            Some(SyncOutcome::Failed(_)) => host::now_millis().saturating_add(backoff),
             _ => 0,
         };
     }
@@ -78,6 +105,25 @@ impl KeygateRoot {
         match host::dispatch(&sync.admin_cluster, &sync.admin_authority, "POST", USAGE_PATH, &sync.proxy_token, Some(&body), timeout) {
             Some(token) => self.usage_call = Some((token, report)),
             None => self.vm.usage.borrow_mut().restore(report),
+        }
+    }
+
+    /// Keeps or takes the lease; on taking it, continues from what the shared data holds.
+    fn lead(&mut self, now_ms: u64) {
+        let leading = shared::hold_lease(self.me, now_ms);
+        match (leading, self.leader.is_some()) {
+            (true, false) => {
+                log::info!("this VM now syncs the snapshot for all workers");
+                let page_keys = self.config.as_ref().map_or(keygate_core::feed::PAGE_KEYS, |c| c.sync.snapshot_page_keys);
+                self.leader = Some(Leader::adopt(shared::read_meta(), page_keys));
+                self.next_poll_at_ms = 0;
+            }
+            (false, true) => {
+                log::info!("another VM took over the snapshot sync");
+                self.leader = None;
+                self.feed_call = None;
+            }
+            _ => {}
         }
     }
 }
@@ -142,8 +188,11 @@ impl RootContext for KeygateRoot {
     fn on_tick(&mut self) {
         let Some(config) = self.config.clone() else { return };
         let now_ms = host::now_millis();
-        self.vm.metrics.snapshot_age((now_ms / 1000).saturating_sub(self.vm.replica.borrow().confirmed_at()));
-        if self.feed_call.is_none() && now_ms >= self.next_poll_at_ms {
+        self.lead(now_ms);
+        if let Some(seen) = shared::read_seen() {
+            self.vm.metrics.snapshot_age((now_ms / 1000).saturating_sub(seen.confirmed_at));
+        }
+        if self.leader.is_some() && self.feed_call.is_none() && now_ms >= self.next_poll_at_ms {
             self.poll(&config);
         }
         if self.usage_call.is_none() && now_ms >= self.next_usage_at_ms {

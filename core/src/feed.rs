@@ -1,0 +1,270 @@
+//! The filter's sync with admin when keys live in Envoy's shared data (see
+//! [`crate::keystore`]). One VM per Envoy holds a lease and is the *leader*: only it polls
+//! admin and writes. It turns each feed answer into bucket operations plus a small [`Meta`]
+//! (version, signing keys, revocations) and a 16-byte [`Seen`] (version + when admin last
+//! confirmed it). Every VM reads `Seen` per request and reloads `Meta` when its version
+//! moves, so all workers decide from one copy of the keys.
+//!
+//! A full sync is paged and sorted by key hash (`?limit=N`, then `?after=<last hash>`), so
+//! neither Envoy nor the VM ever holds the whole key set: each bucket is written whole as
+//! soon as the sorted stream moves past it, and buckets the new snapshot does not mention
+//! are cleared. Until a full sync completes, the previous data keeps deciding. Afterwards
+//! the leader long-polls `?since=V&wait=S` and applies deltas key by key.
+
+use serde::{Deserialize, Serialize};
+
+use crate::key::KeyHash;
+use crate::keystore::{self, bucket_of, BUCKETS};
+use crate::snapshot::{KeyEntry, RevokedSession, SigningKeyEntry, Snapshot, SnapshotError, SnapshotWire};
+use crate::sync::{Health, SyncFailure, SyncOutcome, SNAPSHOT_PATH};
+use crate::UnixTime;
+
+/// Keys per page of a full snapshot by default: ~4 MiB of JSON.
+pub const PAGE_KEYS: usize = 20_000;
+
+/// What every VM needs besides the keys, as published by the leader.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub version: u64,
+    /// Keys in the buckets (exact after a full sync, then kept by the deltas).
+    pub keys: u64,
+    pub signing_keys: Vec<SigningKeyEntry>,
+    pub revoked_sessions: Vec<RevokedSession>,
+}
+
+impl Meta {
+    /// The per-VM snapshot this meta describes: signing keys and revocations, no keys.
+    pub fn snapshot(&self) -> Result<Snapshot, SnapshotError> {
+        Snapshot::from_full(SnapshotWire {
+            version: self.version,
+            signing_keys: self.signing_keys.clone(),
+            revoked_sessions: self.revoked_sessions.clone(),
+            ..SnapshotWire::default()
+        })
+    }
+}
+
+/// The version all VMs should decide from, and when admin last confirmed it (16 bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub version: u64,
+    pub confirmed_at: UnixTime,
+}
+
+impl Seen {
+    pub fn encode(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.version.to_le_bytes());
+        out[8..].copy_from_slice(&self.confirmed_at.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Seen> {
+        let version = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+        let confirmed_at = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+        (bytes.len() == 16).then_some(Seen { version, confirmed_at })
+    }
+}
+
+/// A write the leader makes to the shared buckets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketOp {
+    /// Replace the whole bucket.
+    Put(u16, Vec<u8>),
+    /// Empty every bucket in `from..to` that holds anything.
+    Clear { from: u32, to: u32 },
+    /// Read-modify-write one key's record (delta).
+    Upsert(KeyEntry),
+    /// Read-modify-write: drop one key's record (delta).
+    Remove(KeyHash),
+}
+
+/// What the shell does with one feed answer.
+#[derive(Debug, Default)]
+pub struct Step {
+    pub ops: Vec<BucketOp>,
+    /// Publish these after applying `ops` (in that order).
+    pub meta: Option<Meta>,
+    pub seen: Option<Seen>,
+    pub outcome: Option<SyncOutcome>,
+    pub health: Option<Health>,
+}
+
+/// A full sync in progress: the meta of its first page, the bucket being built, and the
+/// first bucket id not yet written.
+#[derive(Debug)]
+struct FullBuild {
+    meta: Meta,
+    after: Option<KeyHash>,
+    pending: Option<(u16, Vec<u8>)>,
+    next_bucket: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Leader {
+    /// The state the shared data holds (`None`: nothing yet, a full sync is needed).
+    meta: Option<Meta>,
+    full: Option<FullBuild>,
+    need_full: bool,
+    page_keys: usize,
+    failing: bool,
+    pub failures: u64,
+}
+
+impl Leader {
+    /// Takes over from what the shared data says (a previous leader's work); full
+    /// snapshots come in pages of `page_keys`.
+    pub fn adopt(meta: Option<Meta>, page_keys: usize) -> Leader {
+        Leader { need_full: meta.is_none(), meta, page_keys: page_keys.max(1), ..Leader::default() }
+    }
+
+    pub fn meta(&self) -> Option<&Meta> {
+        self.meta.as_ref()
+    }
+
+    /// The `:path` of the next feed request.
+    pub fn next_path(&self, wait_secs: u64) -> String {
+        match (&self.full, &self.meta) {
+            (Some(FullBuild { after: Some(after), .. }), _) => format!("{SNAPSHOT_PATH}?after={}&limit={}", after.to_hex(), self.page_keys),
+            (Some(_), _) | (None, None) => format!("{SNAPSHOT_PATH}?limit={}", self.page_keys),
+            (None, Some(_)) if self.need_full => format!("{SNAPSHOT_PATH}?limit={}", self.page_keys),
+            (None, Some(meta)) => format!("{SNAPSHOT_PATH}?since={}&wait={wait_secs}", meta.version),
+        }
+    }
+
+    /// The shell reports how many keys the delta ops added (+) or removed (−).
+    pub fn adjust_keys(&mut self, by: i64) {
+        if let Some(meta) = &mut self.meta {
+            meta.keys = meta.keys.saturating_add_signed(by);
+        }
+    }
+
+    /// Turns one feed answer (`status: None` when there was none) into a [`Step`].
+    pub fn on_response(&mut self, status: Option<u16>, body: &[u8], now: UnixTime) -> Step {
+        let mut step = Step::default();
+        let result = match status {
+            None => Err(SyncFailure::Unreachable),
+            Some(410) => {
+                self.need_full = true;
+                self.full = None;
+                step.outcome = Some(SyncOutcome::Resync);
+                Ok(())
+            }
+            Some(200) => Snapshot::decode(body).map_err(SyncFailure::Rejected).and_then(|wire| self.apply(wire, now, &mut step)),
+            Some(other) => Err(SyncFailure::Status(other)),
+        };
+        let failed = result.is_err();
+        if let Err(failure) = result {
+            self.failures += 1;
+            if matches!(failure, SyncFailure::Rejected(SnapshotError::VersionGap { .. }) | SyncFailure::Rejected(SnapshotError::NotFull)) {
+                self.need_full = true;
+                self.full = None;
+            }
+            step = Step { outcome: Some(SyncOutcome::Failed(failure)), ..Step::default() };
+        }
+        if failed != self.failing {
+            step.health = Some(if failed { Health::Failing } else { Health::Healthy });
+        }
+        self.failing = failed;
+        step
+    }
+
+    fn apply(&mut self, wire: SnapshotWire, now: UnixTime, step: &mut Step) -> Result<(), SyncFailure> {
+        match wire.since {
+            Some(since) => self.apply_delta(since, wire, now, step),
+            None => self.apply_page(wire, now, step),
+        }
+    }
+
+    fn apply_delta(&mut self, since: u64, wire: SnapshotWire, now: UnixTime, step: &mut Step) -> Result<(), SyncFailure> {
+        let meta = match &mut self.meta {
+            Some(meta) if !self.need_full && self.full.is_none() => meta,
+            _ => return Err(SyncFailure::Rejected(SnapshotError::NotFull)),
+        };
+        if since != meta.version {
+            return Err(SyncFailure::Rejected(SnapshotError::VersionGap { since, have: meta.version }));
+        }
+        // Validate the signing keys before anything is written.
+        let mut next = meta.clone();
+        next.signing_keys.retain(|k| !wire.removed_signing_keys.contains(&k.kid) && !wire.signing_keys.iter().any(|n| n.kid == k.kid));
+        next.signing_keys.extend(wire.signing_keys.iter().cloned());
+        next.revoked_sessions.extend(wire.revoked_sessions.iter().cloned());
+        next.revoked_sessions.retain(|r| r.until > now);
+        next.version = wire.version;
+        next.snapshot().map_err(SyncFailure::Rejected)?;
+        let changed = wire.version != since;
+        step.ops.extend(wire.removed_keys.into_iter().map(BucketOp::Remove));
+        step.ops.extend(wire.keys.into_iter().map(BucketOp::Upsert));
+        *meta = next;
+        step.outcome = Some(if changed { SyncOutcome::Applied { version: wire.version, full: false, keys: usize::try_from(meta.keys).unwrap_or(usize::MAX) } } else { SyncOutcome::Unchanged { version: wire.version } });
+        if changed {
+            step.meta = Some(meta.clone());
+        }
+        step.seen = Some(Seen { version: meta.version, confirmed_at: now });
+        Ok(())
+    }
+
+    fn apply_page(&mut self, wire: SnapshotWire, now: UnixTime, step: &mut Step) -> Result<(), SyncFailure> {
+        let mut build = match self.full.take() {
+            Some(build) => build,
+            None => {
+                let meta = Meta { version: wire.version, keys: 0, signing_keys: wire.signing_keys.clone(), revoked_sessions: wire.revoked_sessions.clone() };
+                meta.snapshot().map_err(SyncFailure::Rejected)?;
+                FullBuild { meta, after: None, pending: None, next_bucket: 0 }
+            }
+        };
+        // Pages must continue the sorted stream: each hash above the previous one.
+        let mut last = build.after;
+        for entry in &wire.keys {
+            if last.is_some_and(|l| entry.hash <= l) {
+                return Err(SyncFailure::Rejected(SnapshotError::Decode("snapshot page is not sorted by key hash".into())));
+            }
+            last = Some(entry.hash);
+        }
+        let mut ops = Vec::new();
+        for entry in &wire.keys {
+            let Some(record) = keystore::encode(entry) else { continue };
+            let bucket = bucket_of(&entry.hash);
+            match &mut build.pending {
+                Some((id, bytes)) if *id == bucket => bytes.extend_from_slice(&record),
+                pending => {
+                    if let Some((id, bytes)) = pending.take() {
+                        ops.push(BucketOp::Put(id, bytes));
+                        build.next_bucket = u32::from(id) + 1;
+                    }
+                    if build.next_bucket < u32::from(bucket) {
+                        ops.push(BucketOp::Clear { from: build.next_bucket, to: u32::from(bucket) });
+                    }
+                    *pending = Some((bucket, record));
+                }
+            }
+            build.meta.keys += 1;
+        }
+        build.after = last;
+        match wire.next_after {
+            Some(_) => {
+                // More pages follow; nothing is confirmed yet.
+                self.full = Some(build);
+                step.ops = ops;
+                step.outcome = None;
+            }
+            None => {
+                if let Some((id, bytes)) = build.pending.take() {
+                    ops.push(BucketOp::Put(id, bytes));
+                    build.next_bucket = u32::from(id) + 1;
+                }
+                if build.next_bucket < BUCKETS as u32 {
+                    ops.push(BucketOp::Clear { from: build.next_bucket, to: BUCKETS as u32 });
+                }
+                let meta = build.meta;
+                step.ops = ops;
+                step.outcome = Some(SyncOutcome::Applied { version: meta.version, full: true, keys: usize::try_from(meta.keys).unwrap_or(usize::MAX) });
+                step.seen = Some(Seen { version: meta.version, confirmed_at: now });
+                step.meta = Some(meta.clone());
+                self.meta = Some(meta);
+                self.need_full = false;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,203 @@
+//! The leader's feed state machine, applied to an in-memory stand-in for shared data.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use keygate_core::feed::{BucketOp, Leader, Meta, Seen, PAGE_KEYS};
+use keygate_core::keystore::{self, bucket_of, KeyLookup};
+use keygate_core::signing::SigningKeyPair;
+use keygate_core::snapshot::{KeyEntry, KeyRecord, RevokedSession, SigningKeyEntry, SnapshotWire};
+use keygate_core::sync::SyncOutcome;
+use keygate_core::{ApiKey, KeyHash, KeyKind, Mode};
+use std::collections::HashMap;
+
+#[derive(Default)]
+struct Shared(HashMap<u16, Vec<u8>>);
+
+impl Shared {
+    /// Applies ops as the filter does; returns the net change in key count.
+    fn apply(&mut self, ops: Vec<BucketOp>) -> i64 {
+        let mut delta = 0;
+        for op in ops {
+            match op {
+                BucketOp::Put(id, bytes) => {
+                    self.0.insert(id, bytes);
+                }
+                BucketOp::Clear { from, to } => self.0.retain(|id, _| !(from..to).contains(&u32::from(*id))),
+                BucketOp::Upsert(entry) => {
+                    let b = self.0.entry(bucket_of(&entry.hash)).or_default();
+                    let existed = keystore::find(b, &entry.hash).is_some();
+                    *b = keystore::replace(b, &entry.hash, Some(&keystore::encode(&entry).unwrap()));
+                    delta += i64::from(!existed);
+                }
+                BucketOp::Remove(hash) => {
+                    let b = self.0.entry(bucket_of(&hash)).or_default();
+                    let existed = keystore::find(b, &hash).is_some();
+                    *b = keystore::replace(b, &hash, None);
+                    delta -= i64::from(existed);
+                }
+            }
+        }
+        delta
+    }
+}
+
+impl KeyLookup for Shared {
+    fn key(&self, hash: &KeyHash) -> Option<KeyRecord> {
+        keystore::find(self.0.get(&bucket_of(hash))?, hash)
+    }
+}
+
+fn entry(i: u32) -> KeyEntry {
+    let seed = |salt: &str| KeyHash::of_raw(&format!("{salt}{i}")).0;
+    let key = ApiKey::generate(KeyKind::Sk, Mode::Live, seed("a").into_iter().chain(seed("b")).chain(seed("c"))).unwrap();
+    KeyEntry { hash: key.hash(), id: format!("key_{i}"), business: "biz_1".into(), kind: KeyKind::Sk, mode: Mode::Live, scopes: vec![], expires_at: None, active: true }
+}
+
+fn signing() -> SigningKeyEntry {
+    SigningKeyPair::from_seed("k1", [4; 32]).public_entry()
+}
+
+/// Serves `keys` as admin would: sorted by hash, in pages of `page`.
+fn pages(version: u64, mut keys: Vec<KeyEntry>, page: usize) -> Vec<Vec<u8>> {
+    keys.sort_by_key(|k| k.hash);
+    let chunks: Vec<Vec<KeyEntry>> = if keys.is_empty() { vec![vec![]] } else { keys.chunks(page).map(<[KeyEntry]>::to_vec).collect() };
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let next_after = (i + 1 < n).then(|| chunk.last().unwrap().hash);
+            let first = i == 0;
+            let wire = SnapshotWire {
+                version,
+                keys: chunk,
+                signing_keys: if first { vec![signing()] } else { vec![] },
+                revoked_sessions: if first { vec![RevokedSession { sid: "ses_r".into(), until: u64::MAX }] } else { vec![] },
+                next_after,
+                ..SnapshotWire::default()
+            };
+            serde_json::to_vec(&wire).unwrap()
+        })
+        .collect()
+}
+
+fn full_sync(leader: &mut Leader, shared: &mut Shared, version: u64, keys: Vec<KeyEntry>, page: usize) -> (Meta, Seen) {
+    let bodies = pages(version, keys, page);
+    let last = bodies.len() - 1;
+    let mut published = None;
+    for (i, body) in bodies.into_iter().enumerate() {
+        assert!(leader.next_path(20).starts_with("/v1/snapshot?"), "{}", leader.next_path(20));
+        assert!(!leader.next_path(20).contains("since="));
+        let step = leader.on_response(Some(200), &body, 1000);
+        shared.apply(step.ops);
+        if i < last {
+            assert!(step.seen.is_none() && step.meta.is_none(), "nothing is confirmed before the last page");
+        } else {
+            published = Some((step.meta.unwrap_or_else(|| panic!("{:?}", step.outcome)), step.seen.unwrap()));
+        }
+    }
+    published.unwrap()
+}
+
+#[test]
+fn paged_full_sync_writes_every_key_once_and_clears_stale_buckets() {
+    let mut shared = Shared::default();
+    let stale = entry(999_999);
+    shared.apply(vec![BucketOp::Upsert(stale.clone())]);
+    let keys: Vec<KeyEntry> = (0..5000).map(entry).collect();
+    let mut leader = Leader::adopt(None, PAGE_KEYS);
+    assert_eq!(leader.next_path(20), format!("/v1/snapshot?limit={PAGE_KEYS}"));
+    let (meta, seen) = full_sync(&mut leader, &mut shared, 7, keys.clone(), 700);
+    assert_eq!((meta.version, meta.keys, seen.version, seen.confirmed_at), (7, 5000, 7, 1000));
+    assert_eq!(meta.signing_keys, vec![signing()]);
+    for k in &keys {
+        assert_eq!(shared.key(&k.hash).unwrap().id, k.id);
+    }
+    assert!(shared.key(&stale.hash).is_none(), "a key absent from the full snapshot survived it");
+    let stored: usize = shared.0.values().map(|b| keystore::count(b)).sum();
+    assert_eq!(stored, 5000);
+    assert_eq!(leader.next_path(20), "/v1/snapshot?since=7&wait=20");
+}
+
+#[test]
+fn deltas_become_key_ops_and_meta_updates() {
+    let mut shared = Shared::default();
+    let mut leader = Leader::adopt(None, PAGE_KEYS);
+    full_sync(&mut leader, &mut shared, 3, (0..10).map(entry).collect(), PAGE_KEYS);
+    let gone = entry(1);
+    let new = entry(50);
+    let delta = SnapshotWire {
+        version: 5,
+        since: Some(3),
+        keys: vec![new.clone(), KeyEntry { active: false, ..entry(2) }],
+        removed_keys: vec![gone.hash],
+        revoked_sessions: vec![RevokedSession { sid: "ses_new".into(), until: 5000 }, RevokedSession { sid: "ses_old".into(), until: 10 }],
+        ..SnapshotWire::default()
+    };
+    let step = leader.on_response(Some(200), &serde_json::to_vec(&delta).unwrap(), 1001);
+    let added = shared.apply(step.ops);
+    leader.adjust_keys(added);
+    assert_eq!(added, 0);
+    let meta = step.meta.unwrap();
+    assert_eq!(meta.version, 5);
+    assert!(meta.revoked_sessions.iter().any(|r| r.sid == "ses_new"));
+    assert!(!meta.revoked_sessions.iter().any(|r| r.sid == "ses_old"), "expired revocations are dropped");
+    assert_eq!(step.seen, Some(Seen { version: 5, confirmed_at: 1001 }));
+    assert!(shared.key(&gone.hash).is_none());
+    assert!(shared.key(&new.hash).is_some());
+    assert!(!shared.key(&entry(2).hash).unwrap().active);
+    assert_eq!(leader.meta().unwrap().keys, 10);
+    // A long-poll that timed out: confirmed, nothing to write or republish.
+    let empty = SnapshotWire { version: 5, since: Some(5), ..SnapshotWire::default() };
+    let step = leader.on_response(Some(200), &serde_json::to_vec(&empty).unwrap(), 1030);
+    assert!(step.ops.is_empty() && step.meta.is_none());
+    assert_eq!(step.outcome, Some(SyncOutcome::Unchanged { version: 5 }));
+    assert_eq!(step.seen, Some(Seen { version: 5, confirmed_at: 1030 }));
+}
+
+#[test]
+fn gone_gaps_bad_pages_and_failures_keep_the_last_good_state() {
+    let mut shared = Shared::default();
+    let mut leader = Leader::adopt(None, PAGE_KEYS);
+    full_sync(&mut leader, &mut shared, 3, (0..10).map(entry).collect(), PAGE_KEYS);
+    // Unreachable: nothing written, health turns.
+    let step = leader.on_response(None, b"", 1002);
+    assert!(step.ops.is_empty() && step.seen.is_none());
+    assert!(step.health.is_some());
+    // A bad signing key in a delta: refused whole.
+    let bad = SnapshotWire { version: 4, since: Some(3), keys: vec![entry(77)], signing_keys: vec![SigningKeyEntry { kid: "x".into(), alg: "EdDSA".into(), x: "bad".into() }], ..SnapshotWire::default() };
+    let step = leader.on_response(Some(200), &serde_json::to_vec(&bad).unwrap(), 1003);
+    assert!(step.ops.is_empty());
+    assert!(matches!(step.outcome, Some(SyncOutcome::Failed(_))));
+    // 410: the next request is a full snapshot; the old data still serves meanwhile.
+    let step = leader.on_response(Some(410), b"{}", 1004);
+    assert_eq!(step.outcome, Some(SyncOutcome::Resync));
+    assert!(leader.next_path(20).contains("limit="));
+    assert!(shared.key(&entry(3).hash).is_some());
+    // An unsorted page is refused.
+    let mut keys: Vec<KeyEntry> = (0..4).map(entry).collect();
+    keys.sort_by_key(|k| k.hash);
+    keys.reverse();
+    let unsorted = SnapshotWire { version: 9, keys, signing_keys: vec![signing()], ..SnapshotWire::default() };
+    assert!(matches!(leader.on_response(Some(200), &serde_json::to_vec(&unsorted).unwrap(), 1005).outcome, Some(SyncOutcome::Failed(_))));
+    // A delta with a version gap forces a full snapshot.
+    let mut leader = Leader::adopt(Some(Meta { version: 3, ..Meta::default() }), PAGE_KEYS);
+    let gap = SnapshotWire { version: 9, since: Some(6), ..SnapshotWire::default() };
+    assert!(matches!(leader.on_response(Some(200), &serde_json::to_vec(&gap).unwrap(), 1).outcome, Some(SyncOutcome::Failed(_))));
+    assert!(leader.next_path(20).contains("limit="));
+}
+
+#[test]
+fn a_new_leader_continues_from_the_published_meta() {
+    let leader = Leader::adopt(Some(Meta { version: 12, keys: 3, ..Meta::default() }), PAGE_KEYS);
+    assert_eq!(leader.next_path(5), "/v1/snapshot?since=12&wait=5");
+    assert_eq!(Seen::decode(&Seen { version: 12, confirmed_at: 99 }.encode()), Some(Seen { version: 12, confirmed_at: 99 }));
+    assert_eq!(Seen::decode(b"short"), None);
+}
+
+#[test]
+fn fixture_keys_are_distinct() {
+    let mut hashes: Vec<KeyHash> = (0..5000).map(|i| entry(i).hash).collect();
+    hashes.sort();
+    hashes.dedup();
+    assert_eq!(hashes.len(), 5000);
+}
