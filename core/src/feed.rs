@@ -19,8 +19,9 @@ use crate::snapshot::{KeyEntry, RevokedSession, SigningKeyEntry, Snapshot, Snaps
 use crate::sync::{Health, SyncFailure, SyncOutcome, SNAPSHOT_PATH};
 use crate::UnixTime;
 
-/// Keys per page of a full snapshot by default: ~4 MiB of JSON.
-pub const PAGE_KEYS: usize = 20_000;
+/// Keys per page of a full snapshot by default: ~2 MiB of JSON. Measured at 1 M keys
+/// (Envoy, 2 workers): 5 000 → +84 MB RSS, 4.0 s; 10 000 → +88 MB, 3.1 s; 20 000 → +106 MB.
+pub const PAGE_KEYS: usize = 10_000;
 
 /// What every VM needs besides the keys, as published by the leader.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
