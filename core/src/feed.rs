@@ -54,16 +54,11 @@ pub struct Seen {
 
 impl Seen {
     pub fn encode(&self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        out[..8].copy_from_slice(&self.version.to_le_bytes());
-        out[8..].copy_from_slice(&self.confirmed_at.to_le_bytes());
-        out
+        crate::pair::pack(self.version, self.confirmed_at)
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Seen> {
-        let version = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-        let confirmed_at = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
-        (bytes.len() == 16).then_some(Seen { version, confirmed_at })
+        crate::pair::unpack(bytes).map(|(version, confirmed_at)| Seen { version, confirmed_at })
     }
 }
 

@@ -15,6 +15,7 @@ pub mod feed;
 pub mod key;
 pub mod keystore;
 pub mod signing;
+pub mod pair;
 pub mod ratelimit;
 pub mod snapshot;
 pub mod sync;

@@ -24,24 +24,12 @@ pub enum Admission {
 
 impl Window {
     pub fn encode(&self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        out[..8].copy_from_slice(&self.start.to_le_bytes());
-        out[8..].copy_from_slice(&self.count.to_le_bytes());
-        out
+        crate::pair::pack(self.start, self.count)
     }
 
     /// Decodes stored state; anything malformed reads as an empty window.
     pub fn decode(bytes: &[u8]) -> Window {
-        match (bytes.get(..8), bytes.get(8..16)) {
-            (Some(start), Some(count)) if bytes.len() == 16 => {
-                let mut s = [0u8; 8];
-                let mut c = [0u8; 8];
-                s.copy_from_slice(start);
-                c.copy_from_slice(count);
-                Window { start: u64::from_le_bytes(s), count: u64::from_le_bytes(c) }
-            }
-            _ => Window::default(),
-        }
+        crate::pair::unpack(bytes).map_or_else(Window::default, |(start, count)| Window { start, count })
     }
 
     /// Decides one request against `per_hour` at `now`.

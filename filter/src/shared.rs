@@ -5,7 +5,7 @@
 use keygate_core::feed::{BucketOp, Meta, Seen};
 use keygate_core::keystore::{self, bucket_of, KeyLookup};
 use keygate_core::snapshot::{KeyRecord, Snapshot};
-use keygate_core::KeyHash;
+use keygate_core::{pair, KeyHash};
 
 use crate::host;
 
@@ -88,16 +88,7 @@ pub fn read_meta() -> Option<Meta> {
 /// 16-byte (holder, expiry) value updated with compare-and-swap, so exactly one VM wins.
 pub fn hold_lease(me: u64, now_ms: u64) -> bool {
     let (bytes, cas) = host::shared_get(LEADER);
-    let (holder, until) = match bytes.as_deref() {
-        Some(b) if b.len() == 16 => {
-            let mut h = [0u8; 8];
-            let mut u = [0u8; 8];
-            h.copy_from_slice(&b[..8]);
-            u.copy_from_slice(&b[8..]);
-            (u64::from_le_bytes(h), u64::from_le_bytes(u))
-        }
-        _ => (0, 0),
-    };
+    let (holder, until) = bytes.as_deref().and_then(pair::unpack).unwrap_or((0, 0));
     let mine = holder == me && until > now_ms;
     if mine && until - now_ms > RENEW_BEFORE_MS {
         return true;
@@ -105,12 +96,10 @@ pub fn hold_lease(me: u64, now_ms: u64) -> bool {
     if !mine && until > now_ms {
         return false;
     }
-    let mut lease = [0u8; 16];
-    lease[..8].copy_from_slice(&me.to_le_bytes());
-    lease[8..].copy_from_slice(&now_ms.saturating_add(LEASE_MS).to_le_bytes());
+    let lease = pair::pack(me, now_ms.saturating_add(LEASE_MS));
     // Two VMs can both find no lease at start-up (a missing entry has no CAS token):
     // read back, so at most one keeps it past this tick.
-    host::shared_set(LEADER, &lease, cas) && host::shared_get(LEADER).0.is_some_and(|b| b.get(..8) == Some(&me.to_le_bytes()[..]))
+    host::shared_set(LEADER, &lease, cas) && host::shared_get(LEADER).0.as_deref().and_then(pair::unpack).is_some_and(|(holder, _)| holder == me)
 }
 
 /// This VM's copy of what the leader published: signing keys and revocations for the

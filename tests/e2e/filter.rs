@@ -36,6 +36,7 @@ pub fn suites() -> Vec<Suite> {
     vec![
         Suite { name: "filter", options: || StackOptions { plugin_json: Some(RULES.into()), ..StackOptions::default() }, cases: CASES },
         Suite { name: "filter_admin_down", options: || StackOptions { plugin_json: Some(STALE_RULES.into()), ..StackOptions::default() }, cases: ADMIN_DOWN },
+        Suite { name: "filter_paged", options: || StackOptions { plugin_json: Some(PAGED_RULES.into()), seed_keys: 25, ..StackOptions::default() }, cases: PAGED },
     ]
 }
 
@@ -48,7 +49,35 @@ const CASES: &[Case] = &[
     ("pk_key_over_100_an_hour_is_429_with_retry_after", pk_rate_limit),
     ("per_rule_limit_and_public_per_ip_limit", rule_and_ip_limits),
     ("decisions_are_counted_in_envoy_stats", stats_counters),
+    ("new_signing_key_is_accepted_right_after_rotation", signing_key_rotation),
 ];
+
+/// Tiny pages, so the first full sync of the seeded keys takes many pages.
+const PAGED_RULES: &str = r#"{
+  "admin_cluster": "keygate_admin",
+  "snapshot_page_keys": 2,
+  "routes": [{"prefix": "/key/", "require": "key"}]
+}"#;
+
+const PAGED: &[Case] = &[("a_paged_full_sync_serves_every_key_once", paged_full_sync)];
+
+fn paged_full_sync(stack: &Stack) {
+    let (business, keys) = stack.seeded.clone().unwrap();
+    for key in &keys {
+        let (status, echo) = stack.through_envoy("GET", "/key/items", &[("SECRET_KEY", key.as_bytes())]);
+        assert_eq!(status, 200, "{echo}");
+        assert_eq!(echo["headers"]["x-keygate-business"], business.as_str());
+    }
+    assert_eq!(stat(stack, "wasmcustom.keygate.snapshot.keys"), 25);
+    // Deltas still apply on top of the paged snapshot.
+    let more = stack.create_key(&business, json!({"kind": "sk", "mode": "live"}));
+    stack.wait_for_key_on(&more, "/key/probe");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat(stack, "wasmcustom.keygate.snapshot.keys") != 26 {
+        assert!(Instant::now() < deadline, "keys gauge did not follow the delta");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 const ADMIN_DOWN: &[Case] = &[("admin_down_keeps_last_good_snapshot_then_fails_closed_then_recovers", admin_down)];
 
@@ -239,4 +268,37 @@ fn admin_down(stack: &Stack) {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_denied(&stack.through_envoy("GET", "/orders", &three(&doomed, &t.sk, &t.business_id)), 401, "invalid_token");
+}
+
+fn kid_of(token: &str) -> String {
+    let header = token.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+fn signing_key_rotation(stack: &Stack) {
+    let t = stack.tenant();
+    stack.wait_for_key(&t.sk);
+    let (status, rotated) = stack.admin(reqwest::Method::POST, "/v1/signing-keys/rotate", Some(keygate_e2e::OPERATOR_TOKEN), None);
+    assert_eq!(status, 200, "{rotated}");
+    let acked = Instant::now();
+    let (status, signin) = stack.admin(reqwest::Method::POST, "/auth/signin", None, Some(json!({"email": t.email, "password": keygate_e2e::PASSWORD})));
+    assert_eq!(status, 200, "{signin}");
+    let fresh = signin["accessToken"].as_str().unwrap().to_owned();
+    assert_eq!(kid_of(&fresh), rotated["kid"].as_str().unwrap(), "sign-in after rotation should use the new key");
+    assert_ne!(kid_of(&fresh), kid_of(&t.access_token));
+    let bearer = format!("Bearer {fresh}");
+    loop {
+        let resp = stack.through_envoy("GET", "/orders", &three(&bearer, &t.sk, &t.business_id));
+        if resp.0 == 200 {
+            break;
+        }
+        assert_denied(&resp, 401, "invalid_token");
+        assert!(acked.elapsed() < Duration::from_secs(1), "a token of the new signing key was refused 1 s after the rotation");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("new signing key accepted {:?} after the rotation", acked.elapsed());
+    // Tokens of the previous key stay valid until they expire.
+    let old = t.bearer();
+    assert_eq!(stack.through_envoy("GET", "/orders", &three(&old, &t.sk, &t.business_id)).0, 200);
 }
