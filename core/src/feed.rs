@@ -135,6 +135,13 @@ impl Leader {
         }
     }
 
+    /// An answer too large to read: take a paged full snapshot instead of retrying it.
+    pub fn on_oversized(&mut self) -> Step {
+        self.need_full = true;
+        self.full = None;
+        Step { outcome: Some(SyncOutcome::Resync), ..Step::default() }
+    }
+
     /// Turns one feed answer (`status: None` when there was none) into a [`Step`].
     pub fn on_response(&mut self, status: Option<u16>, body: &[u8], now: UnixTime) -> Step {
         let mut step = Step::default();

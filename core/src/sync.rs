@@ -10,8 +10,9 @@ use crate::snapshot::SnapshotError;
 
 pub const SNAPSHOT_PATH: &str = "/v1/snapshot";
 
-/// Largest feed response the filter accepts (a full snapshot included).
-pub const MAX_SNAPSHOT_BYTES: usize = 512 * 1024 * 1024;
+/// Largest feed answer the filter reads. Full snapshots come in pages far below it; a
+/// delta above it (a huge batch of changes) is dropped for a paged full snapshot instead.
+pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncOutcome {

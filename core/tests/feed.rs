@@ -179,6 +179,10 @@ fn gone_gaps_bad_pages_and_failures_keep_the_last_good_state() {
     keys.reverse();
     let unsorted = SnapshotWire { version: 9, keys, signing_keys: vec![signing()], ..SnapshotWire::default() };
     assert!(matches!(leader.on_response(Some(200), &serde_json::to_vec(&unsorted).unwrap(), 1005).outcome, Some(SyncOutcome::Failed(_))));
+    // An answer too large to read: a paged full snapshot next, the data kept meanwhile.
+    let mut leader = Leader::adopt(Some(Meta { version: 3, ..Meta::default() }), PAGE_KEYS);
+    assert_eq!(leader.on_oversized().outcome, Some(SyncOutcome::Resync));
+    assert!(leader.next_path(20).contains("limit="));
     // A delta with a version gap forces a full snapshot.
     let mut leader = Leader::adopt(Some(Meta { version: 3, ..Meta::default() }), PAGE_KEYS);
     let gap = SnapshotWire { version: 9, since: Some(6), ..SnapshotWire::default() };

@@ -158,9 +158,15 @@ impl Context for KeygateRoot {
             return;
         }
         self.feed_call = None;
-        let status = host::call_response_status();
-        let body = if body_size <= keygate_core::sync::MAX_SNAPSHOT_BYTES { host::call_response_body(body_size) } else { Vec::new() };
-        self.on_feed(status, &body);
+        if body_size > keygate_core::sync::MAX_SNAPSHOT_BYTES {
+            if let Some(leader) = &mut self.leader {
+                let step = leader.on_oversized();
+                self.vm.metrics.sync(step.outcome.as_ref().unwrap_or(&SyncOutcome::Resync));
+                log::warn!("a feed answer of {body_size} bytes is too large to read; taking a paged full snapshot");
+            }
+        } else {
+            self.on_feed(host::call_response_status(), &host::call_response_body(body_size));
+        }
         if let (Some(config), 0) = (self.config.clone(), self.next_poll_at_ms) {
             self.poll(&config);
         }
