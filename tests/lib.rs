@@ -110,6 +110,9 @@ pub struct StackOptions {
     pub admin_args: Vec<String>,
     /// Envoy's `--log-level` (default `info`); admin gets the matching `RUST_LOG`.
     pub log_level: Option<&'static str>,
+    /// Live sk keys to create in one business before Envoy starts, so the filter's first
+    /// sync is a full snapshot holding them (see [`Stack::seeded`]).
+    pub seed_keys: usize,
 }
 
 pub struct Stack {
@@ -118,6 +121,8 @@ pub struct Stack {
     pub envoy_admin_url: String,
     pub dir: PathBuf,
     pub http: Client,
+    /// With [`StackOptions::seed_keys`]: the business and the raw keys made before Envoy started.
+    pub seeded: Option<(String, Vec<String>)>,
     /// Envoy, admin, echo: killed (in that order) when the stack drops.
     children: std::sync::Mutex<Vec<ChildGuard>>,
     admin_bin: PathBuf,
@@ -149,6 +154,9 @@ impl Stack {
         let admin_args = AdminArgs { extra: options.admin_args.clone(), log_level: options.log_level.unwrap_or("info") };
         let (admin, admin_addr) = spawn_listening("admin", admin_command(&admin_bin, &data, "127.0.0.1:0", &admin_args), &dir);
 
+        let http = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        let seeded = (options.seed_keys > 0).then(|| seed(&http, &format!("http://{admin_addr}"), options.seed_keys));
+
         let (listen_port, envoy_admin_port) = (free_port(), free_port());
         let port_of = |addr: &str| addr.rsplit(':').next().unwrap().to_owned();
         let mut yaml = std::fs::read_to_string(&yaml_path).unwrap();
@@ -177,7 +185,8 @@ impl Stack {
             envoy_url: format!("http://127.0.0.1:{listen_port}"),
             envoy_admin_url: format!("http://127.0.0.1:{envoy_admin_port}"),
             dir,
-            http: Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            http,
+            seeded,
             children: std::sync::Mutex::new(vec![ChildGuard { name: "envoy", child: envoy_child }, admin, echo]),
             admin_bin,
             admin_addr: admin_addr.clone(),
@@ -310,6 +319,18 @@ impl Stack {
 struct AdminArgs {
     extra: Vec<String>,
     log_level: &'static str,
+}
+
+/// Creates a business and `n` live sk keys through admin's HTTP API.
+fn seed(http: &Client, admin_url: &str, n: usize) -> (String, Vec<String>) {
+    let post = |path: &str, body: Value| -> Value {
+        let resp = http.post(format!("{admin_url}{path}")).bearer_auth(OPERATOR_TOKEN).json(&body).send().unwrap();
+        assert_eq!(resp.status().as_u16(), 201, "seeding {path}");
+        resp.json().unwrap()
+    };
+    let business = post("/v1/businesses", json!({"name": "Seeded"}))["id"].as_str().unwrap().to_owned();
+    let keys = (0..n).map(|_| post(&format!("/v1/businesses/{business}/keys"), json!({"kind": "sk", "mode": "live"}))["key"].as_str().unwrap().to_owned()).collect();
+    (business, keys)
 }
 
 fn admin_command(bin: &Path, data: &Path, addr: &str, args: &AdminArgs) -> Command {

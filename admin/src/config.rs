@@ -47,6 +47,44 @@ pub struct Config {
     pub changelog_retain: u64,
     /// argon2 runs at once at most (each takes 19 MiB and a core for tens of ms).
     pub max_concurrent_password_hashes: usize,
+    /// Live sessions one API key may hold (one per `session_id`); a new one beyond
+    /// this revokes the oldest.
+    pub max_sessions_per_key: usize,
+    /// Live sign-in sessions one account may hold; a new one beyond this revokes the oldest.
+    pub max_sessions_per_user: usize,
+    /// How often dead sessions, lapsed revocations, ended rotation graces and withdrawn
+    /// signing keys are swept from the store.
+    pub sweep_interval_secs: u64,
+    /// Take the sign-in throttle's client address from the last `X-Forwarded-For` entry
+    /// (only behind a proxy that sets it); otherwise the socket peer.
+    pub trust_forwarded_for: bool,
+    /// Sign-in throttling.
+    pub throttle: ThrottleConfig,
+    /// Measurement baseline only: one flush per write instead of group commit.
+    #[doc(hidden)]
+    pub flush_per_write: bool,
+}
+
+/// Sign-in throttling: after `pair_free` failures of one (email, client) pair, or
+/// `client_free` failures of one client across all emails, further attempts from that
+/// pair (client) get 429 for a window that doubles with each further failure, from
+/// `base_secs` up to `max_secs`. Counts are forgotten after `forget_secs` without a
+/// failure, and a success clears its pair.
+#[derive(Debug, Clone)]
+pub struct ThrottleConfig {
+    pub pair_free: u32,
+    pub client_free: u32,
+    pub base_secs: u64,
+    pub max_secs: u64,
+    pub forget_secs: u64,
+    /// Entries kept at most (memory bound).
+    pub max_entries: usize,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig { pair_free: 5, client_free: 50, base_secs: 1, max_secs: 300, forget_secs: 900, max_entries: 100_000 }
+    }
 }
 
 impl Config {
@@ -64,6 +102,12 @@ impl Config {
             cache_capacity_bytes: 64 * 1024 * 1024,
             changelog_retain: 100_000,
             max_concurrent_password_hashes: 4,
+            max_sessions_per_key: 100,
+            max_sessions_per_user: 50,
+            sweep_interval_secs: 60,
+            trust_forwarded_for: false,
+            throttle: ThrottleConfig::default(),
+            flush_per_write: false,
         }
     }
 }

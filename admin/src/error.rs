@@ -33,6 +33,10 @@ pub enum AdminError {
     InvalidCredentials,
     #[error("Invalid API key")]
     InvalidApiKey,
+    #[error("invalid or expired refresh token")]
+    InvalidRefreshToken,
+    #[error("too many attempts; retry later")]
+    RateLimited { retry_after_secs: u64 },
     #[error("this email is already registered")]
     EmailTaken,
     #[error("business not found")]
@@ -97,7 +101,8 @@ impl AdminError {
         match self {
             InvalidRequest(_) | InvalidJson(_) | InvalidQuery(_) => StatusCode::BAD_REQUEST,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Unauthorized | InvalidCredentials | InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Unauthorized | InvalidCredentials | InvalidApiKey | InvalidRefreshToken => StatusCode::UNAUTHORIZED,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Forbidden => StatusCode::FORBIDDEN,
             EmailTaken => StatusCode::CONFLICT,
             BusinessNotFound | KeyNotFound | SessionNotFound | RouteNotFound => StatusCode::NOT_FOUND,
@@ -122,6 +127,8 @@ impl AdminError {
             Forbidden => "forbidden",
             InvalidCredentials => "invalid_credentials",
             InvalidApiKey => "invalid_api_key",
+            InvalidRefreshToken => "invalid_token",
+            RateLimited { .. } => "rate_limited",
             EmailTaken => "email_taken",
             BusinessNotFound => "business_not_found",
             KeyNotFound => "key_not_found",
@@ -164,7 +171,18 @@ impl AdminError {
         } else {
             tracing::debug!(code = self.code(), error = %self, "request refused");
         }
-        json_response(status, &ErrorBody { success: false, error: self.public_message(), code: self.code() })
+        let mut response = json_response(status, &ErrorBody { success: false, error: self.public_message(), code: self.code() });
+        if matches!(self, AdminError::PayloadTooLarge { .. }) {
+            // The body was left unread, so the server drops this connection; saying so
+            // keeps clients from reusing it for their next request.
+            response.headers_mut().insert(warp::http::header::CONNECTION, warp::http::HeaderValue::from_static("close"));
+        }
+        if let AdminError::RateLimited { retry_after_secs } = self {
+            if let Ok(value) = warp::http::HeaderValue::from_str(&retry_after_secs.max(&1).to_string()) {
+                response.headers_mut().insert(warp::http::header::RETRY_AFTER, value);
+            }
+        }
+        response
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use keygate_core::{base62, ApiKey, KeyKind, Mode, UnixTime};
+use keygate_core::{base62, ApiKey, KeyHash, KeyKind, Mode, UnixTime};
 use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -14,7 +14,9 @@ use crate::passwords::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};
 use crate::random;
 use crate::rfc3339;
 use crate::state::AppState;
-use crate::store::{now, Business, Key, Session, SessionOwner, Store, StoreError, User};
+use std::net::IpAddr;
+
+use crate::store::{now, Business, IssuedToken, Key, RefreshOutcome, Session, SessionOwner, Store, StoreError, User};
 use crate::tokens::Grant;
 
 pub const MAX_NAME_CHARS: usize = 200;
@@ -192,16 +194,44 @@ struct SignInResponse {
     businesses: Vec<BusinessView>,
 }
 
-pub async fn signin(state: AppState, body: SignIn) -> Result<Response, AdminError> {
+/// The sign-in answer for `user`'s session: its access token, refresh token and businesses.
+fn signin_response(state: &AppState, user: &User, issued: &IssuedToken, refresh: String, now: UnixTime) -> Result<Response, AdminError> {
+    let access_token = state.tokens().sign(issued)?;
+    let mut businesses = Vec::with_capacity(user.businesses.len());
+    for id in &user.businesses {
+        if let Some(b) = state.store().business(id)? {
+            businesses.push(BusinessView { id: b.id, name: b.name });
+        }
+    }
+    ok_json(
+        StatusCode::OK,
+        &SignInResponse {
+            access_token,
+            refresh_token: refresh,
+            expires_in: issued.claims.exp.saturating_sub(now),
+            token_type: "Bearer",
+            businesses,
+        },
+    )
+}
+
+pub async fn signin(state: AppState, client: IpAddr, body: SignIn) -> Result<Response, AdminError> {
     let email = normalize_email(&body.email);
+    // Throttled before any password work: a blocked guesser costs no argon2 run.
+    let throttle_email: String = email.chars().take(254).collect();
+    state.throttle().check(client, &throttle_email).map_err(|retry_after_secs| AdminError::RateLimited { retry_after_secs })?;
     let user = if email.len() <= 254 { state.store().user_by_email(&email)? } else { None };
     let phc = user.as_ref().map(|u| u.password_phc.clone());
     // An unknown email is checked against a dummy hash: same time, same answer.
     let matches = state.passwords().verify(body.password, phc).await?;
     let user = match user {
         Some(user) if matches => user,
-        _ => return Err(AdminError::InvalidCredentials),
+        _ => {
+            state.throttle().failure(client, &throttle_email);
+            return Err(AdminError::InvalidCredentials);
+        }
     };
+    state.throttle().success(client, &throttle_email);
     let now = now();
     let ttl = state.config().token_ttl_secs;
     let sid = random::id("ses_")?;
@@ -214,22 +244,74 @@ pub async fn signin(state: AppState, body: SignIn) -> Result<Response, AdminErro
         owner: SessionOwner::User { user_id: user.id.clone() },
         created_at: now,
         refresh_sha256: Some(random::hex(&refresh_hash)),
-        refresh_expires_at: Some(now.saturating_add(state.config().refresh_ttl_secs)),
+        // Refreshable until the access token's expiry plus the grace (seed 002: 30 days).
+        refresh_expires_at: Some(issued.claims.exp.saturating_add(state.config().refresh_ttl_secs)),
         last_exp: issued.claims.exp,
         current: Some(issued.clone()),
         revoked_at: None,
     };
-    let ticket = blocking(state.store(), move |s| s.create_signin_session(&session, &refresh_hash)).await?;
+    let (cap, leeway) = (state.config().max_sessions_per_user, state.config().token_leeway_secs);
+    let (evicted, ticket) = blocking(state.store(), move |s| s.create_signin_session(&session, &refresh_hash, cap, leeway)).await?;
     state.store().wait_durable(ticket).await?;
-    let access_token = state.tokens().sign(&issued)?;
-    let mut businesses = Vec::with_capacity(user.businesses.len());
-    for id in &user.businesses {
-        if let Some(b) = state.store().business(id)? {
-            businesses.push(BusinessView { id: b.id, name: b.name });
-        }
+    for old in &evicted {
+        tracing::info!(user = %user.id, session = %old.sid, "oldest session revoked: the account is at its session cap");
     }
     tracing::info!(user = %user.id, session = %issued.claims.sid, "signed in");
-    ok_json(StatusCode::OK, &SignInResponse { access_token, refresh_token: refresh, expires_in: ttl, token_type: "Bearer", businesses })
+    signin_response(&state, &user, &issued, refresh, now)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refresh {
+    refresh_token: String,
+}
+
+pub async fn refresh(state: AppState, body: Refresh) -> Result<Response, AdminError> {
+    let text = body.refresh_token;
+    if !text.starts_with("rt_") || text.len() > 128 {
+        return Err(AdminError::InvalidRefreshToken);
+    }
+    let old = random::sha256(&text);
+    let sid = state.store().refresh_session_id(&old)?.ok_or(AdminError::InvalidRefreshToken)?;
+    let session = state.store().session(&sid)?.ok_or(AdminError::InvalidRefreshToken)?;
+    let SessionOwner::User { user_id } = &session.owner else { return Err(AdminError::InvalidRefreshToken) };
+    let user = state.store().user(user_id)?.ok_or(AdminError::InvalidRefreshToken)?;
+    let now = now();
+    let ttl = state.config().token_ttl_secs;
+    let grant = Grant { sub: user.id.clone(), sid: sid.clone(), businesses: user.businesses.clone(), mode: None, scope: String::new() };
+    let issued = state.tokens().claims(grant, now, now.saturating_add(ttl))?;
+    let refresh = random::secret("rt_")?;
+    let new = random::sha256(&refresh);
+    let (refresh_ttl, leeway) = (state.config().refresh_ttl_secs, state.config().token_leeway_secs);
+    let record = issued.clone();
+    let (outcome, ticket) = blocking(state.store(), move |s| s.refresh(&old, &new, &record, refresh_ttl, leeway)).await?;
+    state.store().wait_durable(ticket).await?;
+    match outcome {
+        RefreshOutcome::Refreshed(_) => {
+            tracing::info!(user = %user.id, session = %sid, "refreshed");
+            signin_response(&state, &user, &issued, refresh, now)
+        }
+        RefreshOutcome::Reused(revoked) => {
+            tracing::warn!(user = %user.id, session = %sid, revoked = revoked.is_some(), "a spent refresh token was presented again; session revoked");
+            Err(AdminError::InvalidRefreshToken)
+        }
+        RefreshOutcome::Invalid => Err(AdminError::InvalidRefreshToken),
+    }
+}
+
+/// Revokes the session of the bearer token (a sign-in or an API-key login token).
+pub async fn logout(state: AppState, header: Option<String>) -> Result<Response, AdminError> {
+    let token = crate::auth::bearer(header.as_deref()).ok_or(AdminError::Unauthorized)?;
+    let claims = state.tokens().verify(token, now()).map_err(|_| AdminError::Unauthorized)?;
+    if state.store().session(&claims.sid)?.is_none() {
+        return Err(AdminError::Unauthorized);
+    }
+    let leeway = state.config().token_leeway_secs;
+    let sid = claims.sid.clone();
+    let (revoked, ticket) = blocking(state.store(), move |s| s.revoke_session(&sid, leeway)).await?;
+    state.store().wait_durable(ticket).await?;
+    tracing::info!(session = %revoked.sid, "logged out");
+    ok_json(StatusCode::OK, &serde_json::json!({"sid": revoked.sid, "revoked": true, "until": revoked.until}))
 }
 
 #[derive(Deserialize)]
@@ -260,7 +342,7 @@ pub async fn login(state: AppState, body: Login) -> Result<Response, AdminError>
     };
     let now = now();
     let api_key = ApiKey::parse(&body.api_key).map_err(|_| AdminError::InvalidApiKey)?;
-    let key = state.store().key_by_hash(&api_key.hash())?.filter(|k| k.usable_at(now)).ok_or(AdminError::InvalidApiKey)?;
+    let key = state.store().key_by_hash(&api_key.hash())?.filter(|k| k.accepts(&api_key.hash(), now)).ok_or(AdminError::InvalidApiKey)?;
 
     let tokens = state.tokens();
     let mut exp = now.saturating_add(state.config().token_ttl_secs);
@@ -289,7 +371,8 @@ pub async fn login(state: AppState, body: Login) -> Result<Response, AdminError>
         current: Some(fresh),
         revoked_at: None,
     };
-    let (kid, iss, aud) = (tokens.signer_kid().to_owned(), tokens.issuer().to_owned(), tokens.audience().to_owned());
+    let (kid, iss, aud) = (tokens.signer_kid(), tokens.issuer().to_owned(), tokens.audience().to_owned());
+    let (cap, leeway) = (state.config().max_sessions_per_key, state.config().token_leeway_secs);
     let mode = key.mode;
     let key_id = key.id.clone();
     let pair_session = client_session.clone();
@@ -302,7 +385,7 @@ pub async fn login(state: AppState, body: Login) -> Result<Response, AdminError>
                 && t.claims.businesses == businesses
                 && t.claims.mode == Some(mode)
                 && t.claims.scope == scope
-        })
+        }, cap, leeway)
     })
     .await?;
     state.store().wait_durable(ticket).await?;
@@ -353,6 +436,10 @@ struct KeyView {
     created_at: String,
     active: bool,
     last_used_at: Option<String>,
+    rotated_at: Option<String>,
+    /// While an earlier raw key of this key still works (rotation grace): until when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_key_valid_until: Option<String>,
 }
 
 impl KeyView {
@@ -370,6 +457,8 @@ impl KeyView {
             created_at: rfc3339::format(key.created_at),
             active: key.active,
             last_used_at: key.last_used_at.map(rfc3339::format),
+            rotated_at: key.rotated_at.map(rfc3339::format),
+            previous_key_valid_until: key.grace.iter().map(|g| g.until).filter(|u| *u > now()).max().map(rfc3339::format),
         }
     }
 }
@@ -420,6 +509,8 @@ pub async fn create_key(state: AppState, caller: Caller, business: String, body:
             created_at: now,
             active: true,
             last_used_at: None,
+            rotated_at: None,
+            grace: vec![],
         };
         let record = key.clone();
         match blocking(state.store(), move |s| s.create_key(&record)).await {
@@ -460,6 +551,116 @@ pub async fn set_key_active(state: AppState, caller: Caller, key_id: String, act
     ok_json(StatusCode::OK, &KeyView::of(&key, None))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    #[serde(default)]
+    grace_secs: Option<u64>,
+}
+
+/// Longest rotation grace: 30 days.
+pub const MAX_ROTATION_GRACE_SECS: u64 = 30 * 24 * 3600;
+
+/// A new raw key for the same key record (same id, business, kind, mode, scopes,
+/// expiry). The old raw key stops at once, or after `grace_secs`.
+pub async fn rotate_key(state: AppState, caller: Caller, key_id: String, body: RotateKey) -> Result<Response, AdminError> {
+    if !is_id(&key_id, "key_") {
+        return Err(AdminError::KeyNotFound);
+    }
+    let grace = body.grace_secs.unwrap_or(0);
+    if grace > MAX_ROTATION_GRACE_SECS {
+        return Err(AdminError::InvalidRequest(format!("grace_secs must be 0 to {MAX_ROTATION_GRACE_SECS}")));
+    }
+    let key = state.store().key(&key_id)?.ok_or(AdminError::KeyNotFound)?;
+    if !caller.may_manage(&key.business) {
+        return Err(AdminError::Forbidden);
+    }
+    let leeway = state.config().token_leeway_secs;
+    for _ in 0..3 {
+        let api_key = ApiKey::generate(key.kind, key.mode, random::key_material()?)
+            .ok_or(AdminError::Internal("key generation ran out of randomness"))?;
+        let (id, hash, prefix) = (key_id.clone(), api_key.hash(), api_key.display_prefix().to_owned());
+        match blocking(state.store(), move |s| s.rotate_key(&id, hash, &prefix, grace, leeway)).await {
+            Ok((rotated, revoked, ticket)) => {
+                state.store().wait_durable(ticket).await?;
+                tracing::info!(key = %rotated.id, prefix = %rotated.prefix, grace_secs = grace, sessions_revoked = revoked.len(), "api key rotated");
+                return ok_json(StatusCode::OK, &KeyView::of(&rotated, Some(api_key.expose().to_owned())));
+            }
+            Err(AdminError::Store(StoreError::Collision)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(AdminError::Internal("could not generate a unique key"))
+}
+
+pub async fn key_usage(state: AppState, caller: Caller, key_id: String) -> Result<Response, AdminError> {
+    if !is_id(&key_id, "key_") {
+        return Err(AdminError::KeyNotFound);
+    }
+    let key = state.store().key(&key_id)?.ok_or(AdminError::KeyNotFound)?;
+    if !caller.may_manage(&key.business) {
+        return Err(AdminError::Forbidden);
+    }
+    let id = key_id.clone();
+    let record = blocking(state.store(), move |s| s.key_usage(&id)).await?;
+    let hours: Vec<_> =
+        record.hours.iter().map(|(hour, count)| serde_json::json!({"hour": rfc3339::format(*hour), "count": count})).collect();
+    let total: u64 = record.hours.iter().map(|(_, c)| *c).sum();
+    ok_json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "key_id": key_id,
+            "last_used_at": key.last_used_at.map(rfc3339::format),
+            "total": total,
+            "hours": hours,
+        }),
+    )
+}
+
+// ----- usage from filters -----
+
+/// Items applied per store transaction.
+const USAGE_CHUNK: usize = 256;
+
+pub async fn usage(state: AppState, report: keygate_core::usage::UsageReport) -> Result<Response, AdminError> {
+    if report.usage.len() > keygate_core::usage::MAX_BATCH_KEYS {
+        return Err(AdminError::InvalidRequest(format!("at most {} keys per report", keygate_core::usage::MAX_BATCH_KEYS)));
+    }
+    let (mut accepted, mut ignored) = (0usize, 0usize);
+    let mut last = None;
+    for chunk in report.usage.chunks(USAGE_CHUNK) {
+        let items = chunk.to_vec();
+        let ((a, i), ticket) = blocking(state.store(), move |s| s.record_usage(&items)).await?;
+        accepted += a;
+        ignored += i;
+        last = Some(ticket);
+    }
+    if let Some(ticket) = last {
+        state.store().wait_durable(ticket).await?;
+    }
+    tracing::debug!(accepted, ignored, "usage recorded");
+    ok_json(StatusCode::OK, &serde_json::json!({"accepted": accepted, "ignored": ignored}))
+}
+
+// ----- signing keys -----
+
+/// A new Ed25519 signing key takes over; the previous one stays published (JWKS and
+/// snapshot) until every token it signed has expired, then is withdrawn by housekeeping.
+pub async fn rotate_signing_key(state: AppState) -> Result<Response, AdminError> {
+    let previous = state.tokens().signer_kid();
+    let remove_after = now()
+        .saturating_add(state.config().token_ttl_secs)
+        .saturating_add(state.config().token_leeway_secs);
+    let st = state.clone();
+    let (kid, ticket) = tokio::task::spawn_blocking(move || st.tokens().rotate(st.store(), remove_after)).await??;
+    state.store().wait_durable(ticket).await?;
+    tracing::info!(kid = %kid, previous = %previous, "token signing key rotated");
+    ok_json(
+        StatusCode::OK,
+        &serde_json::json!({"kid": kid, "previous_kid": previous, "previous_published_until": rfc3339::format(remove_after)}),
+    )
+}
+
 // ----- sessions -----
 
 pub async fn revoke_session(state: AppState, caller: Caller, sid: String) -> Result<Response, AdminError> {
@@ -488,7 +689,14 @@ pub async fn revoke_session(state: AppState, caller: Caller, sid: String) -> Res
 pub struct SnapshotQuery {
     pub since: Option<u64>,
     pub wait: u64,
+    /// Paged full snapshot: at most this many keys per page, sorted by hash.
+    pub limit: Option<usize>,
+    /// The `next_after` of the previous page.
+    pub after: Option<KeyHash>,
 }
+
+/// Largest page a client may ask for.
+pub const MAX_PAGE_KEYS: u64 = 100_000;
 
 /// Parses `since=V&wait=S` (both optional, nothing else allowed).
 pub fn parse_snapshot_query(raw: &str) -> Result<SnapshotQuery, AdminError> {
@@ -505,9 +713,25 @@ pub fn parse_snapshot_query(raw: &str) -> Result<SnapshotQuery, AdminError> {
         match name {
             "since" if query.since.is_none() => query.since = Some(number("since", value)?),
             "wait" if wait.is_none() => wait = Some(number("wait", value)?),
-            "since" | "wait" => return Err(AdminError::InvalidQuery(format!("{name} given twice"))),
-            _ => return Err(AdminError::InvalidQuery("only since and wait are understood".to_owned())),
+            "limit" if query.limit.is_none() => {
+                let limit = number("limit", value)?;
+                if limit == 0 || limit > MAX_PAGE_KEYS {
+                    return Err(AdminError::InvalidQuery(format!("limit must be 1 to {MAX_PAGE_KEYS}")));
+                }
+                query.limit = usize::try_from(limit).ok();
+            }
+            "after" if query.after.is_none() => {
+                query.after = Some(KeyHash::from_hex(value).ok_or_else(|| AdminError::InvalidQuery("after must be a key hash (64 hex digits)".to_owned()))?);
+            }
+            "since" | "wait" | "limit" | "after" => return Err(AdminError::InvalidQuery(format!("{name} given twice"))),
+            _ => return Err(AdminError::InvalidQuery("only since, wait, limit and after are understood".to_owned())),
         }
+    }
+    if query.since.is_some() && (query.limit.is_some() || query.after.is_some()) {
+        return Err(AdminError::InvalidQuery("limit and after page a full snapshot; they do not go with since".to_owned()));
+    }
+    if query.after.is_some() && query.limit.is_none() {
+        return Err(AdminError::InvalidQuery("after needs limit".to_owned()));
     }
     if let Some(wait) = wait {
         if wait > MAX_WAIT_SECS {
@@ -533,6 +757,17 @@ fn raw_json(bytes: Vec<u8>) -> Response {
 pub async fn snapshot(state: AppState, query: SnapshotQuery) -> Result<Response, AdminError> {
     let now = now();
     let store = state.store();
+    if let (None, Some(limit)) = (query.since, query.limit) {
+        let after = query.after;
+        let (durable_needed, bytes) = blocking(store, move |s| {
+            let (wire, head) = s.snapshot_page(now, after, limit)?;
+            Ok((head, serde_json::to_vec(&wire).map_err(StoreError::Encode)?))
+        })
+        .await?;
+        // Everything the page shows must be on disk before anyone sees it.
+        store.wait_version(durable_needed).await?;
+        return Ok(raw_json(bytes));
+    }
     let Some(since) = query.since else {
         let (version, bytes) = blocking(store, move |s| {
             let wire = s.full_snapshot(now)?;
@@ -591,7 +826,13 @@ mod tests {
     #[test]
     fn snapshot_queries() {
         assert_eq!(parse_snapshot_query("").ok(), Some(SnapshotQuery::default()));
-        assert_eq!(parse_snapshot_query("since=5&wait=30").ok(), Some(SnapshotQuery { since: Some(5), wait: 30 }));
+        assert_eq!(parse_snapshot_query("since=5&wait=30").ok(), Some(SnapshotQuery { since: Some(5), wait: 30, ..SnapshotQuery::default() }));
+        assert_eq!(parse_snapshot_query("limit=10").ok(), Some(SnapshotQuery { limit: Some(10), ..SnapshotQuery::default() }));
+        let after = "ab".repeat(32);
+        assert_eq!(parse_snapshot_query(&format!("after={after}&limit=2")).ok().and_then(|q| q.after).map(|h| h.to_hex()), Some(after.clone()));
+        for bad in ["limit=0", "limit=100001", "after=zz&limit=1", &format!("after={after}"), "since=1&limit=5", "limit=1&limit=2"] {
+            assert!(parse_snapshot_query(bad).is_err(), "{bad}");
+        }
         for bad in ["since=-1", "since=x", "wait=61&since=1", "wait=5", "since=1&since=2", "foo=1", "since=99999999999999999999999"] {
             assert!(parse_snapshot_query(bad).is_err(), "{bad}");
         }

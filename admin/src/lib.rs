@@ -22,11 +22,12 @@ pub mod rfc3339;
 pub mod routes;
 pub mod state;
 pub mod store;
+pub mod throttle;
 pub mod tokens;
 
 use std::future::Future;
 
-pub use config::{Config, Secret};
+pub use config::{Config, Secret, ThrottleConfig};
 pub use error::AdminError;
 pub use state::{AppState, GeneratedTokens};
 
@@ -38,6 +39,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AdminError> {
     let flusher = state.store().start_flusher();
+    let housekeeping = tokio::spawn(housekeeping(state.clone()));
     let routes = routes::routes(state.clone());
     let stopping = state.clone();
     warp::serve(routes)
@@ -49,7 +51,45 @@ pub async fn run(
         })
         .run()
         .await;
+    // It stops at the shutdown signal (after a sweep in progress), releasing its handle
+    // on the store before the caller may reopen the directory.
+    if let Err(e) = housekeeping.await {
+        tracing::error!(error = %e, "housekeeping task failed");
+    }
     flusher.shutdown().await?;
     tracing::info!(version = state.store().durable_version(), "store flushed; stopped");
     Ok(())
+}
+
+/// Sweeps the store every `sweep_interval_secs` (see [`store::Store::sweep`]) and
+/// reloads the signing keys when one was withdrawn.
+async fn housekeeping(state: AppState) {
+    let every = std::time::Duration::from_secs(state.config().sweep_interval_secs.max(1));
+    let mut stopping = state.shutting_down();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        if let Err(e) = sweep_once(&state).await {
+            tracing::error!(error = %e.chain(), "housekeeping sweep failed");
+        }
+    }
+}
+
+/// One sweep; public for tests and tools.
+pub async fn sweep_once(state: &AppState) -> Result<store::SweepReport, AdminError> {
+    let leeway = state.config().token_leeway_secs;
+    let store = state.store().clone();
+    let (report, ticket) = tokio::task::spawn_blocking(move || store.sweep(store::now(), leeway)).await??;
+    if let Some(ticket) = ticket {
+        state.store().wait_durable(ticket).await?;
+    }
+    if report.signing_keys > 0 {
+        state.tokens().reload(state.store())?;
+    }
+    if report != store::SweepReport::default() {
+        tracing::info!(?report, "housekeeping removed what can no longer matter");
+    }
+    Ok(report)
 }

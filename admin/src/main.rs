@@ -1,5 +1,5 @@
-//! The `keygate-admin` command: `serve` runs the server; `create-business`,
-//! `create-user` and `create-key` call a running server's HTTP API.
+//! The `keygate-admin` command: `serve` runs the server; every other subcommand calls a
+//! running server's HTTP API (human-readable output, or `--json`).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -13,8 +13,10 @@ use keygate_admin::{AppState, Config, Secret};
     name = "keygate-admin",
     version,
     about = "keygate's admin server: accounts, API keys, tokens and the filter's snapshot feed.",
-    after_help = "The create-* commands talk to a running server over HTTP with the operator token \
-                  (sled lets only one process open a data directory, and the server holds it)."
+    after_help = "Every command but `serve` talks to a running server over HTTP (--url, KEYGATE_URL), \
+                  with the operator token or a member's access token where one is needed (sled lets only one \
+                  process open a data directory, and the server holds it). Output is readable by people; \
+                  --json prints the server's JSON answer for scripts. Errors exit with status 1."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -49,12 +51,30 @@ struct ServeArgs {
     /// `aud` claim of issued access tokens.
     #[arg(long, env = "KEYGATE_AUDIENCE", default_value = "keygate-api")]
     audience: String,
-    /// Lifetime of access tokens, seconds.
-    #[arg(long, env = "KEYGATE_TOKEN_TTL_SECS", default_value_t = 7200, value_parser = clap::value_parser!(u64).range(60..=86_400 * 30))]
+    /// Lifetime of access tokens, seconds (a few seconds only for tests).
+    #[arg(long, env = "KEYGATE_TOKEN_TTL_SECS", default_value_t = 7200, value_parser = clap::value_parser!(u64).range(1..=86_400 * 30))]
     token_ttl_secs: u64,
     /// sled page cache size, MiB.
     #[arg(long, env = "KEYGATE_CACHE_CAPACITY_MB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     cache_capacity_mb: u64,
+    /// Live sessions per API key (one per `session_id` given to /auth/login). A new session
+    /// beyond this revokes the key's oldest live session.
+    #[arg(long, env = "KEYGATE_MAX_SESSIONS_PER_KEY", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_sessions_per_key: u64,
+    /// Live sign-in sessions per account. A new sign-in beyond this revokes the oldest.
+    #[arg(long, env = "KEYGATE_MAX_SESSIONS_PER_USER", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_sessions_per_user: u64,
+    /// Seconds a refresh token stays usable after its access token expired (seed 002: 30 days).
+    #[arg(long, env = "KEYGATE_REFRESH_GRACE_SECS", default_value_t = 30 * 24 * 3600)]
+    refresh_grace_secs: u64,
+    /// How often dead sessions, lapsed revocations, ended key-rotation graces and
+    /// withdrawn signing keys are swept from the store, seconds.
+    #[arg(long, env = "KEYGATE_SWEEP_INTERVAL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    sweep_interval_secs: u64,
+    /// Throttle sign-ins by the last X-Forwarded-For address instead of the socket peer.
+    /// Only behind a reverse proxy that sets that header; otherwise clients could forge it.
+    #[arg(long, env = "KEYGATE_TRUST_X_FORWARDED_FOR")]
+    trust_x_forwarded_for: bool,
     /// Log format on stderr (level from RUST_LOG, default info).
     #[arg(long, env = "KEYGATE_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -65,16 +85,23 @@ struct ClientArgs {
     /// Base URL of the running keygate-admin server.
     #[arg(long, env = "KEYGATE_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// Operator bearer token.
+    /// Operator bearer token (for business, user, key and session management).
     #[arg(long, env = "KEYGATE_OPERATOR_TOKEN", hide_env_values = true)]
-    operator_token: String,
+    operator_token: Option<String>,
+    /// A member's access token (from `signin`) instead of the operator token: manages the
+    /// keys of the member's own businesses.
+    #[arg(long, env = "KEYGATE_ACCESS_TOKEN", hide_env_values = true, conflicts_with = "operator_token")]
+    access_token: Option<String>,
+    /// Print the server's JSON answer as is (for scripts) instead of a readable summary.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the admin server.
     Serve(ServeArgs),
-    /// Create a business through a running server's HTTP API (POST /v1/businesses); prints the JSON answer.
+    /// Create a business (POST /v1/businesses; operator).
     CreateBusiness {
         #[command(flatten)]
         client: ClientArgs,
@@ -82,7 +109,7 @@ enum Command {
         #[arg(long)]
         name: String,
     },
-    /// Create a user through a running server's HTTP API (POST /v1/users); prints the JSON answer.
+    /// Create an account (POST /v1/users; operator).
     CreateUser {
         #[command(flatten)]
         client: ClientArgs,
@@ -96,8 +123,8 @@ enum Command {
         #[arg(long = "business", required = true)]
         businesses: Vec<String>,
     },
-    /// Create an API key through a running server's HTTP API (POST /v1/businesses/{id}/keys);
-    /// prints the JSON answer, whose `key` is shown only this once.
+    /// Create an API key (POST /v1/businesses/{id}/keys; operator or member). The raw key
+    /// is printed only this once: store it now.
     CreateKey {
         #[command(flatten)]
         client: ClientArgs,
@@ -119,6 +146,103 @@ enum Command {
         /// Expiry, RFC 3339 (e.g. 2030-01-01T00:00:00Z).
         #[arg(long)]
         expires_at: Option<String>,
+    },
+    /// List a business's keys (GET /v1/businesses/{id}/keys): prefix, state, last use;
+    /// never the raw key.
+    ListKeys {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The business id (biz_…).
+        #[arg(long)]
+        business: String,
+    },
+    /// Give a key a new raw key, same key id (POST /v1/keys/{id}/rotate). The old raw key
+    /// stops working at once (and the key's login sessions are revoked), or after
+    /// --grace-secs. The new raw key is printed only this once.
+    RotateKey {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key id (key_…).
+        #[arg(long)]
+        key: String,
+        /// Seconds during which the old raw key still works (default: none).
+        #[arg(long)]
+        grace_secs: Option<u64>,
+    },
+    /// Deactivate a key (kept, not deleted): every proxy refuses it within a second.
+    DeactivateKey {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key id (key_…).
+        #[arg(long)]
+        key: String,
+    },
+    /// Activate a deactivated key again.
+    ActivateKey {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key id (key_…).
+        #[arg(long)]
+        key: String,
+    },
+    /// A key's request counts per hour over the last week, as reported by the proxies.
+    KeyUsage {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key id (key_…).
+        #[arg(long)]
+        key: String,
+    },
+    /// Revoke a session (DELETE /v1/sessions/{sid}; the `sid` claim of its tokens):
+    /// its tokens fail at every proxy.
+    RevokeSession {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The session id (ses_…).
+        #[arg(long)]
+        session: String,
+    },
+    /// Start signing tokens with a new Ed25519 key (POST /v1/signing-keys/rotate; operator).
+    /// The previous public key stays published until every token it signed has expired.
+    RotateSigningKey {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Sign in with email and password (POST /auth/signin): prints an access token, a
+    /// refresh token and the account's businesses.
+    Signin {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        email: String,
+        /// Prefer the environment variable.
+        #[arg(long, env = "KEYGATE_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
+    /// Exchange a refresh token for a new access token and a new refresh token
+    /// (POST /auth/refresh). The old refresh token is spent; presenting it again revokes
+    /// the session.
+    Refresh {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long, env = "KEYGATE_REFRESH_TOKEN", hide_env_values = true)]
+        refresh_token: String,
+    },
+    /// Log in with an API key (POST /auth/login): the same token while it is valid for the
+    /// same key and session id; a new --session-id gives a new token.
+    Login {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Prefer the environment variable.
+        #[arg(long, env = "KEYGATE_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[arg(long)]
+        session_id: Option<String>,
+    },
+    /// Revoke the session of --access-token (POST /auth/logout).
+    Logout {
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -168,6 +292,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.audience = args.audience;
     config.token_ttl_secs = args.token_ttl_secs;
     config.cache_capacity_bytes = args.cache_capacity_mb.saturating_mul(1024 * 1024);
+    config.max_sessions_per_key = usize::try_from(args.max_sessions_per_key).unwrap_or(usize::MAX);
+    config.max_sessions_per_user = usize::try_from(args.max_sessions_per_user).unwrap_or(usize::MAX);
+    config.refresh_ttl_secs = args.refresh_grace_secs;
+    config.sweep_interval_secs = args.sweep_interval_secs;
+    config.trust_forwarded_for = args.trust_x_forwarded_for;
     let data = args.data.display().to_string();
     // sled's open runs blocking file I/O; fine before serving starts.
     let (state, generated) = AppState::open(config).with_context(|| format!("cannot open the store in {data}"))?;
@@ -188,32 +317,140 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn call(client: &ClientArgs, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
-    let url = format!("{}{}", client.url.trim_end_matches('/'), path);
-    let response = reqwest::Client::new()
-        .post(&url)
-        .bearer_auth(&client.operator_token)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    let status = response.status();
-    let text = response.text().await.context("cannot read the answer")?;
-    println!("{text}");
-    if !status.is_success() {
-        bail!("the server answered {status}");
-    }
-    Ok(())
+/// Which bearer a call sends.
+enum As {
+    Nobody,
+    Admin,
+    Token,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => serve(args).await,
-        Command::CreateBusiness { client, name } => call(&client, "/v1/businesses", serde_json::json!({ "name": name })).await,
+async fn call(client: &ClientArgs, method: reqwest::Method, path: &str, bearer: As, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}{}", client.url.trim_end_matches('/'), path);
+    let mut request = reqwest::Client::new().request(method, &url);
+    match bearer {
+        As::Nobody => {}
+        As::Admin => match (&client.operator_token, &client.access_token) {
+            (Some(token), _) | (None, Some(token)) => request = request.bearer_auth(token),
+            (None, None) => bail!("this command needs --operator-token (KEYGATE_OPERATOR_TOKEN) or --access-token (KEYGATE_ACCESS_TOKEN)"),
+        },
+        As::Token => match &client.access_token {
+            Some(token) => request = request.bearer_auth(token),
+            None => bail!("this command needs --access-token (KEYGATE_ACCESS_TOKEN)"),
+        },
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let text = response.text().await.context("cannot read the answer")?;
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    if !status.is_success() {
+        if client.json {
+            println!("{value}");
+        }
+        let message = value.get("error").and_then(|e| e.as_str()).unwrap_or("no details");
+        let code = value.get("code").and_then(|e| e.as_str()).unwrap_or("?");
+        bail!("the server answered {status}: {message} ({code})");
+    }
+    Ok(value)
+}
+
+fn scalar(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) if items.iter().all(|i| !i.is_object() && !i.is_array()) => {
+            if items.is_empty() {
+                "-".to_owned()
+            } else {
+                items.iter().map(scalar).collect::<Vec<_>>().join(", ")
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// `field: value` lines, in the server's order.
+fn print_fields(value: &serde_json::Value) {
+    match value.as_object() {
+        Some(fields) => {
+            let width = fields.keys().map(String::len).max().unwrap_or(0);
+            for (name, v) in fields {
+                println!("{name:<width$}  {}", scalar(v));
+            }
+        }
+        None => println!("{}", scalar(value)),
+    }
+}
+
+fn print_keys(value: &serde_json::Value) {
+    let keys = value.get("keys").and_then(|k| k.as_array()).cloned().unwrap_or_default();
+    if keys.is_empty() {
+        println!("no keys");
+        return;
+    }
+    println!("{:<20}  {:<12}  {:<4}  {:<4}  {:<8}  {:<20}  {:<20}  NAME", "ID", "PREFIX", "KIND", "MODE", "STATE", "LAST USED", "EXPIRES");
+    for k in keys {
+        let state = if k["active"] == serde_json::Value::Bool(true) { "active" } else { "inactive" };
+        println!(
+            "{:<20}  {:<12}  {:<4}  {:<4}  {:<8}  {:<20}  {:<20}  {}",
+            scalar(&k["id"]),
+            scalar(&k["prefix"]),
+            scalar(&k["kind"]),
+            scalar(&k["mode"]),
+            state,
+            scalar(&k["last_used_at"]),
+            scalar(&k["expires_at"]),
+            scalar(&k["name"])
+        );
+    }
+}
+
+fn print_usage(value: &serde_json::Value) {
+    println!("key           {}", scalar(&value["key_id"]));
+    println!("last used     {}", scalar(&value["last_used_at"]));
+    println!("total (week)  {}", scalar(&value["total"]));
+    for hour in value["hours"].as_array().cloned().unwrap_or_default() {
+        println!("  {}  {}", scalar(&hour["hour"]), scalar(&hour["count"]));
+    }
+}
+
+enum Shape {
+    Fields,
+    Keys,
+    Usage,
+}
+
+fn show(client: &ClientArgs, value: &serde_json::Value, shape: Shape, note: Option<&str>) {
+    if client.json {
+        println!("{value}");
+        return;
+    }
+    match shape {
+        Shape::Fields => print_fields(value),
+        Shape::Keys => print_keys(value),
+        Shape::Usage => print_usage(value),
+    }
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+}
+
+const SHOWN_ONCE: &str = "The raw key above is shown only this once; store it now.";
+
+async fn run_command(command: Command) -> anyhow::Result<()> {
+    use reqwest::Method;
+    match command {
+        Command::Serve(args) => return serve(args).await,
+        Command::CreateBusiness { client, name } => {
+            let v = call(&client, Method::POST, "/v1/businesses", As::Admin, Some(serde_json::json!({ "name": name }))).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
         Command::CreateUser { client, email, password, businesses } => {
-            call(&client, "/v1/users", serde_json::json!({ "email": email, "password": password, "businesses": businesses })).await
+            let body = serde_json::json!({ "email": email, "password": password, "businesses": businesses });
+            let v = call(&client, Method::POST, "/v1/users", As::Admin, Some(body)).await?;
+            show(&client, &v, Shape::Fields, None);
         }
         Command::CreateKey { client, business, kind, mode, name, scopes, expires_at } => {
             let mut body = serde_json::json!({ "kind": kind, "mode": mode, "scopes": scopes });
@@ -223,7 +460,69 @@ async fn main() -> anyhow::Result<()> {
             if let Some(expires_at) = expires_at {
                 body["expires_at"] = serde_json::Value::String(expires_at);
             }
-            call(&client, &format!("/v1/businesses/{business}/keys"), body).await
+            let v = call(&client, Method::POST, &format!("/v1/businesses/{business}/keys"), As::Admin, Some(body)).await?;
+            show(&client, &v, Shape::Fields, Some(SHOWN_ONCE));
+        }
+        Command::ListKeys { client, business } => {
+            let v = call(&client, Method::GET, &format!("/v1/businesses/{business}/keys"), As::Admin, None).await?;
+            show(&client, &v, Shape::Keys, None);
+        }
+        Command::RotateKey { client, key, grace_secs } => {
+            let body = match grace_secs {
+                Some(g) => serde_json::json!({ "grace_secs": g }),
+                None => serde_json::json!({}),
+            };
+            let v = call(&client, Method::POST, &format!("/v1/keys/{key}/rotate"), As::Admin, Some(body)).await?;
+            show(&client, &v, Shape::Fields, Some(SHOWN_ONCE));
+        }
+        Command::DeactivateKey { client, key } => {
+            let v = call(&client, Method::POST, &format!("/v1/keys/{key}/deactivate"), As::Admin, None).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
+        Command::ActivateKey { client, key } => {
+            let v = call(&client, Method::POST, &format!("/v1/keys/{key}/activate"), As::Admin, None).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
+        Command::KeyUsage { client, key } => {
+            let v = call(&client, Method::GET, &format!("/v1/keys/{key}/usage"), As::Admin, None).await?;
+            show(&client, &v, Shape::Usage, None);
+        }
+        Command::RevokeSession { client, session } => {
+            let v = call(&client, Method::DELETE, &format!("/v1/sessions/{session}"), As::Admin, None).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
+        Command::RotateSigningKey { client } => {
+            let v = call(&client, Method::POST, "/v1/signing-keys/rotate", As::Admin, None).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
+        Command::Signin { client, email, password } => {
+            let body = serde_json::json!({ "email": email, "password": password });
+            let v = call(&client, Method::POST, "/auth/signin", As::Nobody, Some(body)).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
+        Command::Refresh { client, refresh_token } => {
+            let body = serde_json::json!({ "refresh_token": refresh_token });
+            let v = call(&client, Method::POST, "/auth/refresh", As::Nobody, Some(body)).await?;
+            show(&client, &v, Shape::Fields, Some("The previous refresh token is now spent; presenting it again revokes the session."));
+        }
+        Command::Login { client, api_key, session_id } => {
+            let mut body = serde_json::json!({ "api_key": api_key });
+            if let Some(sid) = session_id {
+                body["session_id"] = serde_json::Value::String(sid);
+            }
+            let v = call(&client, Method::POST, "/auth/login", As::Nobody, Some(body)).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
+        Command::Logout { client } => {
+            let v = call(&client, Method::POST, "/auth/logout", As::Token, None).await?;
+            show(&client, &v, Shape::Fields, None);
         }
     }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    run_command(cli.command).await
 }

@@ -60,6 +60,38 @@ fn caller(state: AppState) -> BoxedFilter<(AppState, Caller)> {
         .boxed()
 }
 
+/// The client address for throttling: the socket peer, or with `trust_forwarded_for`
+/// the last `X-Forwarded-For` entry (the one the nearest proxy appended).
+fn client_ip(state: AppState) -> BoxedFilter<(std::net::IpAddr,)> {
+    warp::addr::remote()
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .map(move |peer: Option<std::net::SocketAddr>, forwarded: Option<String>| {
+            let peer = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+            if !state.config().trust_forwarded_for {
+                return peer;
+            }
+            forwarded
+                .as_deref()
+                .and_then(|f| f.rsplit(',').next())
+                .and_then(|last| last.trim().parse::<std::net::IpAddr>().ok())
+                .unwrap_or(peer)
+        })
+        .boxed()
+}
+
+/// A JSON body that may be absent or empty (then `T::default()`).
+fn optional_json<T: DeserializeOwned + Default + Send + 'static>() -> BoxedFilter<(T,)> {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(|length: Option<u64>, body| async move {
+            if length == Some(0) {
+                return Ok(T::default());
+            }
+            read_json_or_default::<T, _, _>(length, body).await.map_err(warp::reject::custom)
+        })
+        .boxed()
+}
+
 /// serde_json's messages for a wrong type or value quote the offending input, which may
 /// be a password: keep only their shape and position.
 fn describe_json_error(e: &serde_json::Error) -> String {
@@ -85,9 +117,31 @@ fn describe_json_error(e: &serde_json::Error) -> String {
     }
 }
 
+async fn read_json_or_default<T, S, B>(length: Option<u64>, body: S) -> Result<T, AdminError>
+where
+    T: DeserializeOwned + Default,
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let bytes = read_body(length, body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| AdminError::InvalidJson(describe_json_error(&e)))
+}
+
 async fn read_json<T, S, B>(length: Option<u64>, body: S) -> Result<T, AdminError>
 where
     T: DeserializeOwned,
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let bytes = read_body(length, body).await?;
+    serde_json::from_slice(&bytes).map_err(|e| AdminError::InvalidJson(describe_json_error(&e)))
+}
+
+async fn read_body<S, B>(length: Option<u64>, body: S) -> Result<Vec<u8>, AdminError>
+where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
@@ -109,7 +163,7 @@ where
             chunk.advance(n);
         }
     }
-    serde_json::from_slice(&bytes).map_err(|e| AdminError::InvalidJson(describe_json_error(&e)))
+    Ok(bytes)
 }
 
 /// A JSON body of at most [`BODY_LIMIT`] bytes, by `Content-Length` and by count.
@@ -152,6 +206,7 @@ pub fn path_template(path: &str) -> String {
         "usage",
         "metrics",
         "openapi.json",
+        "signing-keys",
     ];
     const ID_PREFIXES: &[&str] = &["biz_", "usr_", "key_", "ses_"];
     let mut out = String::new();
@@ -203,8 +258,43 @@ pub fn routes(
     let signin = warp::path!("auth" / "signin")
         .and(warp::post())
         .and(with_state(s.clone()))
+        .and(client_ip(s.clone()))
         .and(json())
-        .and_then(|st, body| async move { reject(handlers::signin(st, body).await) });
+        .and_then(|st, ip, body| async move { reject(handlers::signin(st, ip, body).await) });
+
+    let refresh = warp::path!("auth" / "refresh")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(json())
+        .and_then(|st, body| async move { reject(handlers::refresh(st, body).await) });
+
+    let logout = warp::path!("auth" / "logout")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(authorization())
+        .and_then(|st, header| async move { reject(handlers::logout(st, header).await) });
+
+    let rotate = warp::path!("v1" / "keys" / String / "rotate")
+        .and(warp::post())
+        .and(caller(s.clone()))
+        .and(optional_json())
+        .and_then(|key, st, caller, body| async move { reject(handlers::rotate_key(st, caller, key, body).await) });
+
+    let key_usage = warp::path!("v1" / "keys" / String / "usage")
+        .and(warp::get())
+        .and(caller(s.clone()))
+        .and_then(|key, st, caller| async move { reject(handlers::key_usage(st, caller, key).await) });
+
+    let usage = warp::path!("v1" / "usage")
+        .and(warp::post())
+        .and(proxy(s.clone()))
+        .and(json())
+        .and_then(|st, body| async move { reject(handlers::usage(st, body).await) });
+
+    let rotate_signing = warp::path!("v1" / "signing-keys" / "rotate")
+        .and(warp::post())
+        .and(operator(s.clone()))
+        .and_then(|st| async move { reject(handlers::rotate_signing_key(st).await) });
 
     let login = warp::path!("auth" / "login")
         .and(warp::post())
@@ -278,6 +368,18 @@ pub fn routes(
         .or(revoke.boxed())
         .unify()
         .or(snapshot.boxed())
+        .unify()
+        .or(refresh.boxed())
+        .unify()
+        .or(logout.boxed())
+        .unify()
+        .or(rotate.boxed())
+        .unify()
+        .or(key_usage.boxed())
+        .unify()
+        .or(usage.boxed())
+        .unify()
+        .or(rotate_signing.boxed())
         .unify()
         .recover(recover)
         .unify()

@@ -10,6 +10,7 @@ use crate::error::AdminError;
 use crate::passwords::Passwords;
 use crate::random;
 use crate::store::{Store, StoreOptions, TokenRole};
+use crate::throttle::Throttle;
 use crate::tokens::TokenService;
 
 /// Tokens generated on this start because none was configured or stored. The caller
@@ -27,6 +28,7 @@ struct Inner {
     passwords: Passwords,
     operator_hash: [u8; 32],
     proxy_hash: [u8; 32],
+    throttle: Throttle,
     shutdown: watch::Sender<bool>,
 }
 
@@ -85,7 +87,11 @@ impl AppState {
     /// proxy tokens and the signing key, and flushes all of that to disk.
     pub fn open(config: Config) -> Result<(AppState, GeneratedTokens), AdminError> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let options = StoreOptions { cache_capacity_bytes: config.cache_capacity_bytes, changelog_retain: config.changelog_retain };
+        let options = StoreOptions {
+            cache_capacity_bytes: config.cache_capacity_bytes,
+            changelog_retain: config.changelog_retain,
+            flush_per_write: config.flush_per_write,
+        };
         let store = Store::open(&config.data_dir, &options)?;
         let (operator_hash, operator) = resolve_token(&store, TokenRole::Operator, config.operator_token.as_ref(), "kgo_")?;
         let (proxy_hash, proxy) = resolve_token(&store, TokenRole::Proxy, config.proxy_token.as_ref(), "kgp_")?;
@@ -96,7 +102,8 @@ impl AppState {
         let passwords = Passwords::new(config.max_concurrent_password_hashes)?;
         store.flush_blocking()?;
         let (shutdown, _) = watch::channel(false);
-        let inner = Inner { config, store, tokens, passwords, operator_hash, proxy_hash, shutdown };
+        let throttle = Throttle::new(config.throttle.clone());
+        let inner = Inner { config, store, tokens, passwords, operator_hash, proxy_hash, throttle, shutdown };
         Ok((AppState { inner: Arc::new(inner) }, GeneratedTokens { operator, proxy }))
     }
 
@@ -110,6 +117,10 @@ impl AppState {
 
     pub fn tokens(&self) -> &TokenService {
         &self.inner.tokens
+    }
+
+    pub fn throttle(&self) -> &Throttle {
+        &self.inner.throttle
     }
 
     pub fn passwords(&self) -> &Passwords {

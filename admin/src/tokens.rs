@@ -3,6 +3,7 @@
 //! publishes every public key in the JWKS and the snapshot.
 
 use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use jsonwebtoken::DecodingKey;
 use keygate_core::signing::SigningKeyPair;
@@ -32,19 +33,55 @@ pub struct Grant {
     pub scope: String,
 }
 
-pub struct TokenService {
-    issuer: String,
-    audience: String,
-    leeway: u64,
+/// The signing keys in use: swapped whole when a key is rotated in or withdrawn.
+struct Keys {
     signer: SigningKeyPair,
     verifiers: HashMap<String, DecodingKey>,
     published: Vec<SigningKeyEntry>,
 }
 
+pub struct TokenService {
+    issuer: String,
+    audience: String,
+    leeway: u64,
+    keys: RwLock<Arc<Keys>>,
+}
+
 impl std::fmt::Debug for TokenService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenService").field("kid", &self.signer.kid()).finish_non_exhaustive()
+        f.debug_struct("TokenService").field("kid", &self.signer_kid()).finish_non_exhaustive()
     }
+}
+
+fn new_signing_key() -> Result<SigningKey, AdminError> {
+    let seed: [u8; 32] = random::array()?;
+    let kid = format!("{KID_PREFIX}{}", random::base62_string(KID_LEN)?);
+    let pair = SigningKeyPair::from_seed(kid.clone(), seed);
+    Ok(SigningKey {
+        kid,
+        seed_hex: random::hex(&seed),
+        public: pair.public_entry(),
+        created_at: crate::store::now(),
+        retired_at: None,
+        remove_after: None,
+    })
+}
+
+fn keys_of(stored: &[SigningKey]) -> Result<Keys, AdminError> {
+    let current = stored
+        .iter()
+        .filter(|k| k.retired_at.is_none())
+        .max_by_key(|k| k.created_at)
+        .ok_or(AdminError::Internal("no signing key"))?;
+    let signer = pair_of(current)?;
+    let mut verifiers = HashMap::new();
+    let mut published = Vec::new();
+    for key in stored {
+        let decoding = DecodingKey::from_ed_components(&key.public.x).map_err(AdminError::Signing)?;
+        verifiers.insert(key.kid.clone(), decoding);
+        published.push(key.public.clone());
+    }
+    Ok(Keys { signer, verifiers, published })
 }
 
 fn pair_of(key: &SigningKey) -> Result<SigningKeyPair, AdminError> {
@@ -56,44 +93,43 @@ impl TokenService {
     /// Loads the signing keys, creating the first one if the store has none. The newest
     /// unretired key signs; every stored key's public half is published.
     pub fn load(store: &Store, config: &Config) -> Result<TokenService, AdminError> {
-        let mut keys = store.signing_keys()?;
-        if !keys.iter().any(|k| k.retired_at.is_none()) {
-            let seed: [u8; 32] = random::array()?;
-            let kid = format!("{KID_PREFIX}{}", random::base62_string(KID_LEN)?);
-            let pair = SigningKeyPair::from_seed(kid.clone(), seed);
-            let key = SigningKey {
-                kid,
-                seed_hex: random::hex(&seed),
-                public: pair.public_entry(),
-                created_at: crate::store::now(),
-                retired_at: None,
-            };
+        let mut stored = store.signing_keys()?;
+        if !stored.iter().any(|k| k.retired_at.is_none()) {
+            let key = new_signing_key()?;
             let _ticket = store.add_signing_key(&key)?; // made durable by the caller's flush
             tracing::info!(kid = %key.kid, "created the first token signing key");
-            keys.push(key);
-        }
-        let current =
-            keys.iter().filter(|k| k.retired_at.is_none()).max_by_key(|k| k.created_at).ok_or(AdminError::Internal("no signing key"))?;
-        let signer = pair_of(current)?;
-        let mut verifiers = HashMap::new();
-        let mut published = Vec::new();
-        for key in &keys {
-            let decoding = DecodingKey::from_ed_components(&key.public.x).map_err(AdminError::Signing)?;
-            verifiers.insert(key.kid.clone(), decoding);
-            published.push(key.public.clone());
+            stored.push(key);
         }
         Ok(TokenService {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             leeway: config.token_leeway_secs,
-            signer,
-            verifiers,
-            published,
+            keys: RwLock::new(Arc::new(keys_of(&stored)?)),
         })
     }
 
-    pub fn signer_kid(&self) -> &str {
-        self.signer.kid()
+    fn keys(&self) -> Arc<Keys> {
+        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Re-reads the signing keys from the store (after a rotation or a withdrawal).
+    pub fn reload(&self, store: &Store) -> Result<(), AdminError> {
+        let keys = keys_of(&store.signing_keys()?)?;
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        Ok(())
+    }
+
+    /// Creates a new signing key and makes it the signer; the previous one stays
+    /// published until `remove_after`. Returns the new kid and the ticket to wait on.
+    pub fn rotate(&self, store: &Store, remove_after: UnixTime) -> Result<(String, crate::store::Ticket), AdminError> {
+        let key = new_signing_key()?;
+        let ticket = store.rotate_signing_key(&key, remove_after)?;
+        self.reload(store)?;
+        Ok((key.kid, ticket))
+    }
+
+    pub fn signer_kid(&self) -> String {
+        self.keys().signer.kid().to_owned()
     }
 
     pub fn issuer(&self) -> &str {
@@ -107,7 +143,7 @@ impl TokenService {
     /// New claims with a fresh `jti`, issued at `iat` and valid until `exp`.
     pub fn claims(&self, grant: Grant, iat: UnixTime, exp: UnixTime) -> Result<IssuedToken, AdminError> {
         Ok(IssuedToken {
-            kid: self.signer.kid().to_owned(),
+            kid: self.signer_kid(),
             claims: AccessClaims {
                 iss: self.issuer.clone(),
                 aud: self.audience.clone(),
@@ -127,34 +163,36 @@ impl TokenService {
     /// Whether a stored token can be handed out again as is: signed by the current key,
     /// for our issuer and audience, and not expired.
     pub fn still_good(&self, issued: &IssuedToken, now: UnixTime) -> bool {
-        issued.kid == self.signer.kid() && issued.claims.iss == self.issuer && issued.claims.aud == self.audience && issued.claims.exp > now
+        issued.kid == self.keys().signer.kid() && issued.claims.iss == self.issuer && issued.claims.aud == self.audience && issued.claims.exp > now
     }
 
     /// Signs the claims. Ed25519 is deterministic: the same claims give the same token.
     pub fn sign(&self, issued: &IssuedToken) -> Result<String, AdminError> {
-        if issued.kid != self.signer.kid() {
+        let keys = self.keys();
+        if issued.kid != keys.signer.kid() {
             return Err(AdminError::Internal("asked to sign with a key that is not the current signer"));
         }
-        self.signer.sign(&issued.claims).map_err(AdminError::Signing)
+        keys.signer.sign(&issued.claims).map_err(AdminError::Signing)
     }
 
     /// Checks a bearer token the way a proxy would (header, kid, signature, iss/aud,
     /// time). Session revocation is the caller's check.
     pub fn verify(&self, token: &str, now: UnixTime) -> Result<AccessClaims, TokenError> {
         let kid = token::checked_kid(token)?;
-        let key = self.verifiers.get(&kid).ok_or(TokenError::UnknownKid)?;
+        let keys = self.keys();
+        let key = keys.verifiers.get(&kid).ok_or(TokenError::UnknownKid)?;
         let expect = TokenExpectations { issuer: self.issuer.clone(), audience: self.audience.clone(), leeway: self.leeway };
         token::verify(token, key, &expect, now)
     }
 
-    pub fn published(&self) -> &[SigningKeyEntry] {
-        &self.published
+    pub fn published(&self) -> Vec<SigningKeyEntry> {
+        self.keys().published.clone()
     }
 
     /// The JWKS document (RFC 7517 / RFC 8037 OKP keys).
     pub fn jwks(&self) -> serde_json::Value {
-        let keys: Vec<_> = self
-            .published
+        let published = self.published();
+        let keys: Vec<_> = published
             .iter()
             .map(|k| json!({"kty": "OKP", "crv": "Ed25519", "alg": k.alg, "use": "sig", "kid": k.kid, "x": k.x}))
             .collect();

@@ -1,6 +1,10 @@
 //! `cargo xtask <command>`: keygate's set-up, demo stack and test driver. std only, so it
 //! builds in seconds on a fresh machine. Run `cargo xtask help` for the commands.
 
+mod bench;
+mod crash;
+mod deploy;
+mod fuzz;
 mod http;
 mod json;
 mod sys;
@@ -28,6 +32,12 @@ commands:
           then `cargo test --workspace` (or CARGO_TEST_ARGS if they pick packages) with the
           KEYGATE_* paths below; TEST_ARGS go to the test binaries (e.g. -- --nocapture).
           Prints each phase's wall time; exits non-zero if any phase fails. `.ci/run` runs this.
+  bench [--quick]
+          keygate vs Envoy's native auth filters side by side (installs wrk, pins Envoy and
+          wrk with taskset); writes docs/benchmarks.md and docs/benchmarks.json. --quick only
+          checks every configuration's answers (test's last phase); figures in target/bench-run/
+  fuzz [--secs N] [--quick] [TARGET...]   cargo-fuzz (nightly) over every parser of untrusted input (fuzz/)
+  crash-test [--rounds N] [--clients C]   kill -9 admin under concurrent writes; 0 acknowledged writes lost
   setup   only the set-up steps and the build
   help    this text
 
@@ -97,6 +107,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("test") => cmd_test(&p, &args[1..]),
+        Some("fuzz") => fuzz::cmd_fuzz(&p, &args[1..]),
+        Some("crash-test") => crash::cmd_crash_test(&p, &args[1..]),
+        Some("bench") => bench::cmd_bench(&p, &args[1..]),
         Some("up") if args.len() == 1 => up::cmd_up(&p),
         Some("setup") if args.len() == 1 => match setup_and_build(&p) {
             Ok(()) => ExitCode::SUCCESS,
@@ -345,6 +358,7 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
             let what = format!("cargo {}", a.join(" "));
             step(&what);
             let mut c = cargo(p, &a);
+            c.env("KEYGATE_COMPOSE_BIN", deploy::docker_compose()?); // tests/deploy.rs
             c.env("KEYGATE_ENVOY_BIN", &p.envoy)
                 .env("KEYGATE_WASM", &p.wasm)
                 .env("KEYGATE_ADMIN_BIN", &p.admin)
@@ -353,6 +367,13 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
                 .env("KEYGATE_REPO", &p.root);
             run(&mut c, &what)
         });
+        if cargo_args.is_empty() {
+            phase("crash-test", &mut || crash::crash_test(p, 3, 64)); // issue 6: `cargo xtask crash-test` quick form
+        }
+        if cargo_args.is_empty() {
+            // `cargo xtask bench --quick`: each configuration answers correctly (never a speed).
+            phase("bench-quick", &mut || bench::smoke(p));
+        }
     }
 
     let summary: Vec<String> = times

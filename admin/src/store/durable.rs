@@ -1,6 +1,6 @@
 //! Group commit. Writers commit to sled's memory under the writer mutex and get a
-//! [`Ticket`]; before answering 2xx they wait for a flush that *started after* their write
-//! to finish. One flusher task runs sled's blocking `flush()` on the blocking pool (never
+//! [`Ticket`]; before answering 2xx they wait for a flush (sled's flush plus an
+//! `fdatasync`, [`Store::flush_to_disk`]) that *started after* their write to finish. One flusher task runs sled's blocking `flush()` on the blocking pool (never
 //! `flush_async`, which can hang: sled issues 1241 and 1357) and publishes what it made
 //! durable on a `watch` channel, so one fsync covers every write that queued behind it.
 //! The snapshot feed reads the same channel and never serves a version a crash could undo.
@@ -84,8 +84,8 @@ async fn flush_once(store: &Store) -> Result<(), StoreError> {
     if seq <= current.seq && version <= current.version {
         return Ok(());
     }
-    let db = store.inner.db.clone();
-    let flushed = tokio::task::spawn_blocking(move || db.flush()).await;
+    let flusher = store.clone();
+    let flushed = tokio::task::spawn_blocking(move || flusher.flush_to_disk()).await;
     match flushed {
         Ok(Ok(_)) => {
             store.inner.durability.publish(seq, version);
@@ -93,7 +93,7 @@ async fn flush_once(store: &Store) -> Result<(), StoreError> {
         }
         Ok(Err(e)) => {
             store.inner.durability.publish_failure(seq);
-            Err(StoreError::Sled(e))
+            Err(e)
         }
         Err(e) => {
             store.inner.durability.publish_failure(seq);
@@ -161,7 +161,7 @@ impl Store {
     /// before any flusher runs.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         let (seq, version) = self.committed();
-        self.inner.db.flush()?;
+        self.flush_to_disk()?;
         self.inner.durability.publish(seq, version);
         Ok(())
     }

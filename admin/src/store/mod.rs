@@ -1,10 +1,13 @@
 //! The store: the only module that touches sled.
 //!
 //! Trees: `businesses`, `users`, `users_by_email`, `keys` (by id), `key_hashes` (SHA-256 →
-//! key id), `sessions`, `key_sessions` ((key id, client session id) → session id),
-//! `refresh_tokens` (SHA-256 → session id), `revocations` (session id → until),
-//! `signing_keys`, `meta` (token hashes, changelog head and floor) and `changelog`
-//! (big-endian version → [`ChangeRecord`]).
+//! key id, for the current raw key and any still in a rotation grace), `sessions`,
+//! `key_sessions` ((key id, client session id) → session id), `refresh_tokens` (SHA-256 →
+//! session id), `spent_refresh` (SHA-256 of rotated-away refresh tokens → session id, for
+//! reuse detection), `revocations` (session id → until), `owner_sessions` (`k:<key id>` /
+//! `u:<user id>` → that owner's live sessions, for the per-owner cap), `usage` (key id →
+//! hourly counts), `signing_keys`, `meta` (token hashes, changelog head and floor) and
+//! `changelog` (big-endian version → [`ChangeRecord`]).
 //!
 //! Every write is one sled transaction over all trees, taken under one writer mutex, so
 //! changelog versions are assigned in commit order and a change and its changelog entry
@@ -14,7 +17,10 @@ mod durable;
 pub mod records;
 
 pub use durable::{Durable, Flusher, Ticket, FLUSH_TIMEOUT};
-pub use records::{Business, Change, ChangeRecord, IssuedToken, Key, Session, SessionOwner, SigningKey, User};
+pub use records::{
+    Business, Change, ChangeRecord, GraceHash, IssuedToken, Key, KeyUsageRecord, OwnedSession, Session, SessionOwner, SigningKey, User,
+    USAGE_HOURS,
+};
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -93,6 +99,9 @@ struct Trees {
     signing_keys: sled::Tree,
     meta: sled::Tree,
     changelog: sled::Tree,
+    owner_sessions: sled::Tree,
+    spent_refresh: sled::Tree,
+    usage: sled::Tree,
 }
 
 struct WriterState {
@@ -108,6 +117,9 @@ pub(crate) struct Inner {
     writer: Mutex<WriterState>,
     durability: Durability,
     changelog_retain: u64,
+    flush_per_write: bool,
+    /// sled's log file, for an `fdatasync` after each flush (see [`Store::flush_to_disk`]).
+    log_file: Option<std::fs::File>,
 }
 
 /// A handle on the store; clones share it.
@@ -129,11 +141,15 @@ pub struct StoreOptions {
     pub cache_capacity_bytes: u64,
     /// How many changelog entries to keep for deltas; older `since` values get 410.
     pub changelog_retain: u64,
+    /// Baseline for measurements only: every write makes its own blocking flush under
+    /// the writer lock before it returns, instead of joining the group commit.
+    #[doc(hidden)]
+    pub flush_per_write: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_capacity_bytes: 64 * 1024 * 1024, changelog_retain: 100_000 }
+        StoreOptions { cache_capacity_bytes: 64 * 1024 * 1024, changelog_retain: 100_000, flush_per_write: false }
     }
 }
 
@@ -222,6 +238,9 @@ struct Tx<'a> {
     signing_keys: TxTree<'a>,
     meta: TxTree<'a>,
     changelog: TxTree<'a>,
+    owner_sessions: TxTree<'a>,
+    spent_refresh: TxTree<'a>,
+    usage: TxTree<'a>,
     appended: Cell<Option<u64>>,
     now: UnixTime,
     retain: u64,
@@ -242,6 +261,127 @@ impl Tx<'_> {
         }
         self.appended.set(Some(version));
         Ok(version)
+    }
+}
+
+fn owner_key(owner: &SessionOwner) -> Vec<u8> {
+    match owner {
+        SessionOwner::Key { key_id, .. } => format!("k:{key_id}").into_bytes(),
+        SessionOwner::User { user_id } => format!("u:{user_id}").into_bytes(),
+    }
+}
+
+/// Whether a session can still hand out or refresh a token at `now`.
+fn session_alive(session: &Session, now: UnixTime) -> bool {
+    session.revoked_at.is_none()
+        && match session.owner {
+            SessionOwner::Key { .. } => session.last_exp > now,
+            SessionOwner::User { .. } => session.refresh_expires_at.unwrap_or(session.last_exp).max(session.last_exp) > now,
+        }
+}
+
+/// What a refresh attempt came to.
+#[derive(Debug)]
+pub enum RefreshOutcome {
+    /// The session with its new token and refresh-token hash.
+    Refreshed(Box<Session>),
+    /// A spent refresh token was presented again: the session is now revoked.
+    Reused(Option<RevokedSession>),
+    /// Unknown, expired, or its session revoked.
+    Invalid,
+}
+
+/// What a sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub sessions: usize,
+    pub revocations: usize,
+    pub grace_hashes: usize,
+    pub signing_keys: usize,
+    pub spent_refresh: usize,
+}
+
+impl Tx<'_> {
+    /// Revokes `session` (idempotent): a revocation entry until its last token's expiry
+    /// plus `leeway`, the (key, client session) index dropped, and a changelog entry.
+    fn revoke(&self, mut session: Session, leeway: u64) -> TxResult<RevokedSession> {
+        let sid = session.id.clone();
+        if session.revoked_at.is_some() {
+            let until = self.revocations.get_raw(sid.as_bytes())?.and_then(|b| from_be(&b)).unwrap_or(self.now);
+            return Ok(RevokedSession { sid, until });
+        }
+        let until = session.last_exp.max(self.now).saturating_add(leeway);
+        session.revoked_at = Some(self.now);
+        self.sessions.put(sid.as_bytes(), &session)?;
+        self.revocations.put_raw(sid.as_bytes(), &be(until))?;
+        if let SessionOwner::Key { key_id, client_session } = &session.owner {
+            // The next login for this pair opens a new session.
+            let index = key_session_index(key_id, client_session);
+            if self.key_sessions.get_raw(&index)?.as_deref() == Some(sid.as_bytes()) {
+                self.key_sessions.remove(&index)?;
+            }
+        }
+        let revoked = RevokedSession { sid, until };
+        self.append(Change::SessionRevoked { session: revoked.clone() })?;
+        Ok(revoked)
+    }
+
+    /// The live sessions in an owner's list, oldest first (dead ones pruned).
+    fn live_owned(&self, owner: &[u8]) -> TxResult<Vec<(OwnedSession, Session)>> {
+        let list: Vec<OwnedSession> = self.owner_sessions.get(owner)?.unwrap_or_default();
+        let mut live = Vec::with_capacity(list.len());
+        for entry in list {
+            if let Some(session) = self.sessions.get::<Session>(entry.sid.as_bytes())? {
+                if session_alive(&session, self.now) {
+                    live.push((entry, session));
+                }
+            }
+        }
+        live.sort_by_key(|(o, _)| o.created_at);
+        Ok(live)
+    }
+
+    /// Adds a new session to its owner's list; at `cap` live sessions the oldest are
+    /// revoked (changelog) to make room.
+    fn register(&self, session: &Session, cap: usize, leeway: u64) -> TxResult<Vec<RevokedSession>> {
+        let owner = owner_key(&session.owner);
+        let mut live = self.live_owned(&owner)?;
+        let mut evicted = Vec::new();
+        while live.len() >= cap.max(1) {
+            let (_, oldest) = live.remove(0);
+            evicted.push(self.revoke(oldest, leeway)?);
+        }
+        let mut list: Vec<OwnedSession> = live.into_iter().map(|(o, _)| o).collect();
+        list.push(OwnedSession { sid: session.id.clone(), created_at: session.created_at });
+        self.owner_sessions.put(&owner, &list)?;
+        Ok(evicted)
+    }
+
+    /// Deletes a dead session and its indexes.
+    fn delete_session(&self, session: &Session) -> TxResult<()> {
+        let sid = session.id.as_bytes();
+        self.sessions.remove(sid)?;
+        if let SessionOwner::Key { key_id, client_session } = &session.owner {
+            let index = key_session_index(key_id, client_session);
+            if self.key_sessions.get_raw(&index)?.as_deref() == Some(sid) {
+                self.key_sessions.remove(&index)?;
+            }
+        }
+        if let Some(hash) = session.refresh_sha256.as_deref().and_then(crate::random::unhex::<32>) {
+            if self.refresh_tokens.get_raw(&hash)?.as_deref() == Some(sid) {
+                self.refresh_tokens.remove(&hash)?;
+            }
+        }
+        let owner = owner_key(&session.owner);
+        if let Some(mut list) = self.owner_sessions.get::<Vec<OwnedSession>>(&owner)? {
+            list.retain(|o| o.sid != session.id);
+            if list.is_empty() {
+                self.owner_sessions.remove(&owner)?;
+            } else {
+                self.owner_sessions.put(&owner, &list)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -271,6 +411,9 @@ impl Store {
             signing_keys: tree("signing_keys")?,
             meta: tree("meta")?,
             changelog: tree("changelog")?,
+            owner_sessions: tree("owner_sessions")?,
+            spent_refresh: tree("spent_refresh")?,
+            usage: tree("usage")?,
         };
         if trees.meta.get(META_SCHEMA)?.is_none() {
             trees.meta.insert(META_SCHEMA, &be(SCHEMA_VERSION))?;
@@ -283,6 +426,8 @@ impl Store {
             writer: Mutex::new(WriterState { seq: 0, head }),
             durability: Durability::new(head),
             changelog_retain: options.changelog_retain.max(1),
+            flush_per_write: options.flush_per_write,
+            log_file: std::fs::File::open(path.join("db")).ok(),
         };
         Ok(Store { inner: Arc::new(inner) })
     }
@@ -299,7 +444,7 @@ impl Store {
         let mut w = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let now = now();
         let retain = self.inner.changelog_retain;
-        let result = (
+        let all: [&sled::Tree; 15] = [
             &t.businesses,
             &t.users,
             &t.users_by_email,
@@ -312,31 +457,37 @@ impl Store {
             &t.signing_keys,
             &t.meta,
             &t.changelog,
-        )
-            .transaction(|(b, u, ue, k, kh, s, ks, rt, rv, sk, m, cl)| {
-                let dirty = Cell::new(false);
-                let tt = |tree, name| TxTree { tree, name, dirty: &dirty };
-                let tx = Tx {
-                    businesses: tt(b, "businesses"),
-                    users: tt(u, "users"),
-                    users_by_email: tt(ue, "users_by_email"),
-                    keys: tt(k, "keys"),
-                    key_hashes: tt(kh, "key_hashes"),
-                    sessions: tt(s, "sessions"),
-                    key_sessions: tt(ks, "key_sessions"),
-                    refresh_tokens: tt(rt, "refresh_tokens"),
-                    revocations: tt(rv, "revocations"),
-                    signing_keys: tt(sk, "signing_keys"),
-                    meta: tt(m, "meta"),
-                    changelog: tt(cl, "changelog"),
-                    appended: Cell::new(None),
-                    now,
-                    retain,
-                };
-                let out = f(&tx)?;
-                let appended = tx.appended.get();
-                Ok((out, dirty.get(), appended))
-            });
+            &t.owner_sessions,
+            &t.spent_refresh,
+            &t.usage,
+        ];
+        let result = all[..].transaction(|views: &Vec<TransactionalTree>| {
+            let dirty = Cell::new(false);
+            let tt = |i: usize, name| TxTree { tree: &views[i], name, dirty: &dirty };
+            let tx = Tx {
+                businesses: tt(0, "businesses"),
+                users: tt(1, "users"),
+                users_by_email: tt(2, "users_by_email"),
+                keys: tt(3, "keys"),
+                key_hashes: tt(4, "key_hashes"),
+                sessions: tt(5, "sessions"),
+                key_sessions: tt(6, "key_sessions"),
+                refresh_tokens: tt(7, "refresh_tokens"),
+                revocations: tt(8, "revocations"),
+                signing_keys: tt(9, "signing_keys"),
+                meta: tt(10, "meta"),
+                changelog: tt(11, "changelog"),
+                owner_sessions: tt(12, "owner_sessions"),
+                spent_refresh: tt(13, "spent_refresh"),
+                usage: tt(14, "usage"),
+                appended: Cell::new(None),
+                now,
+                retain,
+            };
+            let out = f(&tx)?;
+            let appended = tx.appended.get();
+            Ok((out, dirty.get(), appended))
+        });
         let (out, dirty, appended) = result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => StoreError::Sled(e),
@@ -347,7 +498,26 @@ impl Store {
         if let Some(version) = appended {
             w.head = version;
         }
-        Ok((out, Ticket { seq: w.seq, version: w.head }))
+        let ticket = Ticket { seq: w.seq, version: w.head };
+        if self.inner.flush_per_write && dirty {
+            // The baseline: this write's own flush, under the writer lock, so no two
+            // writes share one.
+            self.flush_to_disk()?;
+            self.inner.durability.publish(ticket.seq, ticket.version);
+        }
+        drop(w);
+        Ok((out, ticket))
+    }
+
+    /// sled's `flush` writes its buffers out with `sync_file_range` on Linux, which
+    /// survives a killed process but neither flushes the drive's write cache nor the
+    /// file's size; an `fdatasync` of its log file afterwards does both.
+    pub(crate) fn flush_to_disk(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        if let Some(file) = &self.inner.log_file {
+            file.sync_data().map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        }
+        Ok(())
     }
 
     fn read<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -449,10 +619,88 @@ impl Store {
             if key.active != active {
                 key.active = active;
                 tx.keys.put(key_id.as_bytes(), &key)?;
-                tx.append(Change::KeyUpsert { key: key.entry() })?;
+                for entry in key.entries(tx.now) {
+                    tx.append(Change::KeyUpsert { key: entry })?;
+                }
             }
             Ok(key)
         })
+    }
+
+    /// Gives key `key_id` a new raw key (`new_hash`), keeping its id. The old raw key stops
+    /// at once (`grace_secs` 0: its hash is dropped and the key's login sessions revoked)
+    /// or at the end of the grace (its hash stays, as an entry that expires then).
+    pub fn rotate_key(
+        &self,
+        key_id: &str,
+        new_hash: KeyHash,
+        new_prefix: &str,
+        grace_secs: u64,
+        leeway: u64,
+    ) -> Result<(Key, Vec<RevokedSession>, Ticket), StoreError> {
+        let ((key, revoked), ticket) = self.write(|tx| {
+            let Some(mut key) = tx.keys.get::<Key>(key_id.as_bytes())? else {
+                return abort(StoreError::UnknownKey);
+            };
+            if tx.key_hashes.contains(&new_hash.0)? {
+                return abort(StoreError::Collision);
+            }
+            let old = key.hash;
+            let now = tx.now;
+            key.grace.retain(|g| g.until > now);
+            let mut revoked = Vec::new();
+            if grace_secs > 0 {
+                key.grace.push(GraceHash { hash: old, until: now.saturating_add(grace_secs) });
+            } else {
+                tx.key_hashes.remove(&old.0)?;
+                tx.append(Change::KeyRemoved { hash: old })?;
+                for (_, session) in tx.live_owned(format!("k:{key_id}").as_bytes())? {
+                    revoked.push(tx.revoke(session, leeway)?);
+                }
+            }
+            key.hash = new_hash;
+            key.prefix = new_prefix.to_owned();
+            key.rotated_at = Some(now);
+            tx.keys.put(key_id.as_bytes(), &key)?;
+            tx.key_hashes.put_raw(&new_hash.0, key_id.as_bytes())?;
+            for entry in key.entries(now) {
+                tx.append(Change::KeyUpsert { key: entry })?;
+            }
+            Ok((key, revoked))
+        })?;
+        Ok((key, revoked, ticket))
+    }
+
+    /// Applies the filters' usage reports: `last_used_at` (the latest wins, never in the
+    /// future) and hourly counts. Unknown keys are skipped. Not in the changelog.
+    /// Returns (accepted, ignored).
+    pub fn record_usage(&self, items: &[keygate_core::usage::KeyUsage]) -> Result<((usize, usize), Ticket), StoreError> {
+        self.write(|tx| {
+            let (mut accepted, mut ignored) = (0, 0);
+            for item in items {
+                let known = item.key_id.len() <= 64 && item.key_id.starts_with("key_");
+                let Some(mut key) = (if known { tx.keys.get::<Key>(item.key_id.as_bytes())? } else { None }) else {
+                    ignored += 1;
+                    continue;
+                };
+                let at = item.last_used_at.min(tx.now.saturating_add(60));
+                if key.last_used_at.is_none_or(|last| last < at) {
+                    key.last_used_at = Some(at);
+                    tx.keys.put(item.key_id.as_bytes(), &key)?;
+                }
+                if item.count > 0 {
+                    let mut record: KeyUsageRecord = tx.usage.get(item.key_id.as_bytes())?.unwrap_or_default();
+                    record.add(at, item.count);
+                    tx.usage.put(item.key_id.as_bytes(), &record)?;
+                }
+                accepted += 1;
+            }
+            Ok((accepted, ignored))
+        })
+    }
+
+    pub fn key_usage(&self, key_id: &str) -> Result<KeyUsageRecord, StoreError> {
+        Ok(Self::read(&self.inner.trees.usage, "usage", key_id.as_bytes())?.unwrap_or_default())
     }
 
     pub fn key(&self, id: &str) -> Result<Option<Key>, StoreError> {
@@ -480,16 +728,75 @@ impl Store {
 
     // ----- sessions -----
 
-    /// Stores a sign-in session and the index from its refresh-token hash.
-    pub fn create_signin_session(&self, session: &Session, refresh_sha256: &[u8; 32]) -> Result<Ticket, StoreError> {
-        let (_, ticket) = self.write(|tx| {
+    /// Stores a sign-in session and the index from its refresh-token hash. At `cap` live
+    /// sessions of the user, the oldest are revoked (returned).
+    pub fn create_signin_session(
+        &self,
+        session: &Session,
+        refresh_sha256: &[u8; 32],
+        cap: usize,
+        leeway: u64,
+    ) -> Result<(Vec<RevokedSession>, Ticket), StoreError> {
+        self.write(|tx| {
             if tx.sessions.contains(session.id.as_bytes())? || tx.refresh_tokens.contains(refresh_sha256)? {
                 return abort(StoreError::Collision);
             }
+            let evicted = tx.register(session, cap, leeway)?;
             tx.sessions.put(session.id.as_bytes(), session)?;
-            tx.refresh_tokens.put_raw(refresh_sha256, session.id.as_bytes())
-        })?;
-        Ok(ticket)
+            tx.refresh_tokens.put_raw(refresh_sha256, session.id.as_bytes())?;
+            Ok(evicted)
+        })
+    }
+
+    /// The session a refresh token (current or spent) belongs to.
+    pub fn refresh_session_id(&self, refresh_sha256: &[u8; 32]) -> Result<Option<String>, StoreError> {
+        let t = &self.inner.trees;
+        let found = match t.refresh_tokens.get(refresh_sha256)? {
+            Some(sid) => Some(sid),
+            None => t.spent_refresh.get(refresh_sha256)?,
+        };
+        Ok(found.map(|sid| String::from_utf8_lossy(&sid).into_owned()))
+    }
+
+    /// Rotates a sign-in session's refresh token: `old` is spent, `new` takes its place,
+    /// `issued` becomes the current access token, and the refresh window runs until
+    /// `issued.exp + refresh_ttl`. A spent `old` revokes the session (theft detection).
+    pub fn refresh(
+        &self,
+        old: &[u8; 32],
+        new: &[u8; 32],
+        issued: &IssuedToken,
+        refresh_ttl: u64,
+        leeway: u64,
+    ) -> Result<(RefreshOutcome, Ticket), StoreError> {
+        self.write(|tx| {
+            if let Some(sid) = tx.spent_refresh.get_raw(old)? {
+                let revoked = match tx.sessions.get::<Session>(&sid)? {
+                    Some(session) => Some(tx.revoke(session, leeway)?),
+                    None => None,
+                };
+                return Ok(RefreshOutcome::Reused(revoked));
+            }
+            let Some(sid) = tx.refresh_tokens.get_raw(old)? else { return Ok(RefreshOutcome::Invalid) };
+            let Some(mut session) = tx.sessions.get::<Session>(&sid)? else { return Ok(RefreshOutcome::Invalid) };
+            let current = session.refresh_sha256.as_deref().and_then(crate::random::unhex::<32>);
+            let window_open = session.refresh_expires_at.is_some_and(|at| at > tx.now);
+            if session.revoked_at.is_some() || current.as_ref() != Some(old) || !window_open || issued.claims.sid != session.id {
+                return Ok(RefreshOutcome::Invalid);
+            }
+            if tx.refresh_tokens.contains(new)? {
+                return abort(StoreError::Collision);
+            }
+            tx.refresh_tokens.remove(old)?;
+            tx.spent_refresh.put_raw(old, &sid)?;
+            tx.refresh_tokens.put_raw(new, &sid)?;
+            session.refresh_sha256 = Some(crate::random::hex(new));
+            session.last_exp = session.last_exp.max(issued.claims.exp);
+            session.refresh_expires_at = Some(issued.claims.exp.saturating_add(refresh_ttl));
+            session.current = Some(issued.clone());
+            tx.sessions.put(&sid, &session)?;
+            Ok(RefreshOutcome::Refreshed(Box::new(session)))
+        })
     }
 
     /// The session behind an API-key login for (`key_id`, `client_session`), with the
@@ -497,12 +804,16 @@ impl Store {
     /// returned untouched (the caller re-signs the same claims: the same token); otherwise
     /// `fresh` becomes its current token. Without a live session, `candidate` (whose
     /// `current` is `fresh`) is stored and indexed. Claims' `sid` always names the session.
+    /// A new session counts against the key's `cap` live sessions; at the cap the oldest
+    /// is revoked.
     pub fn key_session_token(
         &self,
         key_id: &str,
         client_session: &str,
         candidate: &Session,
         reusable: impl Fn(&IssuedToken) -> bool,
+        cap: usize,
+        leeway: u64,
     ) -> Result<(Session, Ticket), StoreError> {
         let index = key_session_index(key_id, client_session);
         self.write(|tx| {
@@ -520,12 +831,19 @@ impl Store {
                     session.last_exp = session.last_exp.max(issued.claims.exp);
                 }
                 session.current = issued;
+                // An expired session coming back to life counts against the cap again
+                // (a newer registration may have pruned it from the key's list).
+                let listed: Vec<OwnedSession> = tx.owner_sessions.get(&owner_key(&session.owner))?.unwrap_or_default();
+                if !listed.iter().any(|o| o.sid == session.id) {
+                    let _evicted = tx.register(&session, cap, leeway)?;
+                }
                 tx.sessions.put(session.id.as_bytes(), &session)?;
                 return Ok(session);
             }
             if tx.sessions.contains(candidate.id.as_bytes())? {
                 return abort(StoreError::Collision);
             }
+            let _evicted = tx.register(candidate, cap, leeway)?;
             tx.sessions.put(candidate.id.as_bytes(), candidate)?;
             tx.key_sessions.put_raw(&index, candidate.id.as_bytes())?;
             Ok(candidate.clone())
@@ -545,24 +863,10 @@ impl Store {
     /// expiry plus `leeway`), after which none can be valid anyway. Idempotent.
     pub fn revoke_session(&self, sid: &str, leeway: u64) -> Result<(RevokedSession, Ticket), StoreError> {
         self.write(|tx| {
-            let Some(mut session) = tx.sessions.get::<Session>(sid.as_bytes())? else {
+            let Some(session) = tx.sessions.get::<Session>(sid.as_bytes())? else {
                 return abort(StoreError::UnknownSession);
             };
-            if session.revoked_at.is_some() {
-                let until = tx.revocations.get_raw(sid.as_bytes())?.and_then(|b| from_be(&b)).unwrap_or(tx.now);
-                return Ok(RevokedSession { sid: sid.to_owned(), until });
-            }
-            let until = session.last_exp.max(tx.now).saturating_add(leeway);
-            session.revoked_at = Some(tx.now);
-            tx.sessions.put(sid.as_bytes(), &session)?;
-            tx.revocations.put_raw(sid.as_bytes(), &be(until))?;
-            if let SessionOwner::Key { key_id, client_session } = &session.owner {
-                // The next login for this pair opens a new session.
-                tx.key_sessions.remove(&key_session_index(key_id, client_session))?;
-            }
-            let revoked = RevokedSession { sid: sid.to_owned(), until };
-            tx.append(Change::SessionRevoked { session: revoked.clone() })?;
-            Ok(revoked)
+            tx.revoke(session, leeway)
         })
     }
 
@@ -590,6 +894,171 @@ impl Store {
         Ok(ticket)
     }
 
+    /// Makes `key` the signer: every unretired key is retired now and withdrawn after
+    /// `remove_after` (when every token it signed has expired).
+    pub fn rotate_signing_key(&self, key: &SigningKey, remove_after: UnixTime) -> Result<Ticket, StoreError> {
+        let all = self.signing_keys()?;
+        let (_, ticket) = self.write(|tx| {
+            if tx.signing_keys.contains(key.kid.as_bytes())? {
+                return abort(StoreError::Collision);
+            }
+            for old in &all {
+                if let Some(mut old) = tx.signing_keys.get::<SigningKey>(old.kid.as_bytes())? {
+                    if old.retired_at.is_none() {
+                        old.retired_at = Some(tx.now);
+                        old.remove_after = Some(remove_after);
+                        tx.signing_keys.put(old.kid.as_bytes(), &old)?;
+                    }
+                }
+            }
+            tx.signing_keys.put(key.kid.as_bytes(), key)?;
+            tx.append(Change::SigningKeyAdded { key: key.public.clone() })?;
+            Ok(())
+        })?;
+        Ok(ticket)
+    }
+
+    // ----- housekeeping -----
+
+    /// Removes what can no longer matter at `now`: dead sessions (revoked ones once
+    /// their revocation lapsed; others once no token or refresh is possible) with their
+    /// indexes, lapsed revocations, spent refresh tokens of deleted sessions, rotated-away
+    /// key hashes past their grace (changelog `KeyRemoved`), and retired signing keys past
+    /// `remove_after` (changelog `SigningKeyRemoved`). Bounded work per call.
+    pub fn sweep(&self, now: UnixTime, leeway: u64) -> Result<(SweepReport, Option<Ticket>), StoreError> {
+        const BATCH: usize = 512;
+        let t = &self.inner.trees;
+        let mut report = SweepReport::default();
+        let mut last = None;
+
+        let mut lapsed = Vec::new();
+        for item in t.revocations.iter() {
+            let (sid, until) = item?;
+            if from_be(&until).unwrap_or(0) <= now {
+                lapsed.push(sid);
+            }
+            if lapsed.len() >= BATCH {
+                break;
+            }
+        }
+        let mut dead = Vec::new();
+        for item in t.sessions.iter() {
+            let (_, bytes) = item?;
+            let session: Session = decode("sessions", &bytes)?;
+            let gone = match session.revoked_at {
+                Some(_) => {
+                    let until = t.revocations.get(session.id.as_bytes())?.and_then(|b| from_be(&b)).unwrap_or(0);
+                    until <= now
+                }
+                None => !session_alive(&session, now) && session.last_exp.saturating_add(leeway) <= now,
+            };
+            if gone {
+                dead.push(session);
+            }
+            if dead.len() >= BATCH {
+                break;
+            }
+        }
+        if !lapsed.is_empty() || !dead.is_empty() {
+            let (n, ticket) = self.write(|tx| {
+                let mut n = (0, 0);
+                for sid in &lapsed {
+                    if tx.revocations.get_raw(sid)?.and_then(|b| from_be(&b)).is_some_and(|u| u <= now) {
+                        tx.revocations.remove(sid)?;
+                        n.0 += 1;
+                    }
+                }
+                for session in &dead {
+                    if tx.sessions.contains(session.id.as_bytes())? {
+                        tx.delete_session(session)?;
+                        if tx.revocations.contains(session.id.as_bytes())? {
+                            tx.revocations.remove(session.id.as_bytes())?;
+                            n.0 += 1;
+                        }
+                        n.1 += 1;
+                    }
+                }
+                Ok(n)
+            })?;
+            report.revocations = n.0;
+            report.sessions = n.1;
+            last = Some(ticket);
+        }
+
+        let mut orphans = Vec::new();
+        for item in t.spent_refresh.iter() {
+            let (hash, sid) = item?;
+            if !t.sessions.contains_key(&sid)? {
+                orphans.push(hash);
+            }
+            if orphans.len() >= BATCH {
+                break;
+            }
+        }
+        if !orphans.is_empty() {
+            let (n, ticket) = self.write(|tx| {
+                for hash in &orphans {
+                    tx.spent_refresh.remove(hash)?;
+                }
+                Ok(orphans.len())
+            })?;
+            report.spent_refresh = n;
+            last = Some(ticket);
+        }
+
+        let mut graced = Vec::new();
+        for item in t.keys.iter() {
+            let (id, bytes) = item?;
+            let key: Key = decode("keys", &bytes)?;
+            if key.grace.iter().any(|g| g.until <= now) {
+                graced.push(id);
+            }
+            if graced.len() >= BATCH {
+                break;
+            }
+        }
+        if !graced.is_empty() {
+            let (n, ticket) = self.write(|tx| {
+                let mut n = 0;
+                for id in &graced {
+                    let Some(mut key) = tx.keys.get::<Key>(id)? else { continue };
+                    let (over, keep): (Vec<GraceHash>, Vec<GraceHash>) = key.grace.into_iter().partition(|g| g.until <= now);
+                    key.grace = keep;
+                    for g in over {
+                        if tx.key_hashes.get_raw(&g.hash.0)?.as_deref() == Some(&id[..]) {
+                            tx.key_hashes.remove(&g.hash.0)?;
+                        }
+                        tx.append(Change::KeyRemoved { hash: g.hash })?;
+                        n += 1;
+                    }
+                    tx.keys.put(id, &key)?;
+                }
+                Ok(n)
+            })?;
+            report.grace_hashes = n;
+            last = Some(ticket);
+        }
+
+        let withdrawn: Vec<String> =
+            self.signing_keys()?.into_iter().filter(|k| k.remove_after.is_some_and(|at| at <= now)).map(|k| k.kid).collect();
+        if !withdrawn.is_empty() {
+            let (n, ticket) = self.write(|tx| {
+                let mut n = 0;
+                for kid in &withdrawn {
+                    if tx.signing_keys.contains(kid.as_bytes())? {
+                        tx.signing_keys.remove(kid.as_bytes())?;
+                        tx.append(Change::SigningKeyRemoved { kid: kid.clone() })?;
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })?;
+            report.signing_keys = n;
+            last = Some(ticket);
+        }
+        Ok((report, last))
+    }
+
     // ----- the snapshot feed -----
 
     /// The whole state the filter needs, at the changelog head. Holds the writer mutex
@@ -601,7 +1070,7 @@ impl Store {
         let mut wire = SnapshotWire { version: w.head, since: None, ..SnapshotWire::default() };
         for item in t.keys.iter() {
             let (_, bytes) = item?;
-            wire.keys.push(decode::<Key>("keys", &bytes)?.entry());
+            wire.keys.extend(decode::<Key>("keys", &bytes)?.entries(now));
         }
         for item in t.signing_keys.iter() {
             let (_, bytes) = item?;
@@ -616,6 +1085,46 @@ impl Store {
         }
         drop(w);
         Ok(wire)
+    }
+
+    /// One page of the full snapshot, sorted by key hash so the filter can build its hash
+    /// buckets as a stream: up to `limit` keys after `after`; the first page (no `after`)
+    /// also carries the signing keys and revocations. `version` is the head *before* the
+    /// page is read, so the page may hold later changes too, which the deltas since
+    /// `version` replay in order. Returns the page and the head after reading it (the
+    /// caller waits for that to be durable before serving).
+    pub fn snapshot_page(&self, now: UnixTime, after: Option<KeyHash>, limit: usize) -> Result<(SnapshotWire, u64), StoreError> {
+        let t = &self.inner.trees;
+        let head = || self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner).head;
+        let mut wire = SnapshotWire { version: head(), since: None, ..SnapshotWire::default() };
+        let start = match after {
+            Some(hash) => std::ops::Bound::Excluded(hash.0.to_vec()),
+            None => std::ops::Bound::Unbounded,
+        };
+        for item in t.key_hashes.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
+            let (hash, id) = item?;
+            if wire.keys.len() >= limit {
+                wire.next_after = wire.keys.last().map(|k| k.hash);
+                break;
+            }
+            let Some(bytes) = t.keys.get(&id)? else { continue };
+            let key: Key = decode("keys", &bytes)?;
+            wire.keys.extend(key.entries(now).into_iter().filter(|e| e.hash.0[..] == hash[..]));
+        }
+        if after.is_none() {
+            for item in t.signing_keys.iter() {
+                let (_, bytes) = item?;
+                wire.signing_keys.push(decode::<SigningKey>("signing_keys", &bytes)?.public);
+            }
+            for item in t.revocations.iter() {
+                let (sid, until) = item?;
+                let until = from_be(&until).unwrap_or(0);
+                if until > now {
+                    wire.revoked_sessions.push(RevokedSession { sid: String::from_utf8_lossy(&sid).into_owned(), until });
+                }
+            }
+        }
+        Ok((wire, head()))
     }
 
     /// What changed after `since`, up to and including `upto`, from the changelog alone:
@@ -709,11 +1218,13 @@ mod tests {
             created_at: 1,
             active: true,
             last_used_at: None,
+            rotated_at: None,
+            grace: vec![],
         }
     }
 
     fn open(dir: &Path, retain: u64) -> Store {
-        Store::open(dir, &StoreOptions { cache_capacity_bytes: 1 << 20, changelog_retain: retain }).unwrap()
+        Store::open(dir, &StoreOptions { cache_capacity_bytes: 1 << 20, changelog_retain: retain, ..StoreOptions::default() }).unwrap()
     }
 
     #[test]
@@ -736,6 +1247,38 @@ mod tests {
         assert!(matches!(store.create_key(&key("key_3", "biz_nope", 3)), Err(StoreError::UnknownBusiness)));
         assert!(matches!(store.create_key(&key("key_4", "biz_a", 2)), Err(StoreError::Collision)));
         assert_eq!(store.full_snapshot(0).unwrap().version, 3, "aborted writes take no version");
+    }
+
+    #[test]
+    fn rotation_grace_ends_with_a_sweep_that_removes_the_old_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 100);
+        let _ = store.create_business(&Business { id: "biz_a".into(), name: "A".into(), created_at: 1 }).unwrap();
+        let _ = store.create_key(&key("key_1", "biz_a", 1)).unwrap();
+        let (rotated, revoked, t) = store.rotate_key("key_1", KeyHash([2; 32]), "sk_test_efgh", 1, 0).unwrap();
+        assert!(revoked.is_empty());
+        assert_eq!(rotated.grace.len(), 1);
+        let now = now();
+        assert!(rotated.accepts(&KeyHash([1; 32]), now) && rotated.accepts(&KeyHash([2; 32]), now));
+        assert_eq!(store.full_snapshot(now).unwrap().keys.len(), 2, "both raw keys in the feed during the grace");
+        let (report, _) = store.sweep(now + 2, 0).unwrap();
+        assert_eq!(report.grace_hashes, 1);
+        assert!(store.key_by_hash(&KeyHash([1; 32])).unwrap().is_none());
+        let delta = store.delta(t.version, t.version + 1, now + 2).unwrap();
+        assert_eq!(delta.removed_keys, vec![KeyHash([1; 32])]);
+        assert_eq!(store.full_snapshot(now + 2).unwrap().keys.len(), 1);
+    }
+
+    #[test]
+    fn hourly_usage_is_bounded_to_a_week() {
+        let mut record = KeyUsageRecord::default();
+        for h in 0..400u64 {
+            record.add(1_000_000 * 3600 + h * 3600 + 5, 2);
+        }
+        record.add(1_000_000 * 3600 + 399 * 3600, 1);
+        assert_eq!(record.hours.len() as u64, USAGE_HOURS);
+        assert_eq!(record.hours.last().unwrap().1, 3);
+        assert!(record.hours.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
     #[test]

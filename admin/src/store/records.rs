@@ -51,10 +51,23 @@ pub struct Key {
     pub active: bool,
     #[serde(default)]
     pub last_used_at: Option<UnixTime>,
+    /// When the raw key was last rotated (same id, new hash).
+    #[serde(default)]
+    pub rotated_at: Option<UnixTime>,
+    /// Hashes of earlier raw keys that still work until their `until` (rotation grace).
+    #[serde(default)]
+    pub grace: Vec<GraceHash>,
+}
+
+/// A rotated-away raw key that keeps working until `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraceHash {
+    pub hash: KeyHash,
+    pub until: UnixTime,
 }
 
 impl Key {
-    /// The key as the filter sees it in a snapshot.
+    /// The key as the filter sees it in a snapshot (its current raw key).
     pub fn entry(&self) -> KeyEntry {
         KeyEntry {
             hash: self.hash,
@@ -68,9 +81,62 @@ impl Key {
         }
     }
 
+    /// The entry of an earlier raw key in its rotation grace: the same key, expiring at
+    /// the end of the grace (or the key's own expiry, if sooner).
+    pub fn grace_entry(&self, grace: &GraceHash) -> KeyEntry {
+        let mut entry = self.entry();
+        entry.hash = grace.hash;
+        entry.expires_at = Some(self.expires_at.map_or(grace.until, |at| at.min(grace.until)));
+        entry
+    }
+
+    /// Every snapshot entry of this key: the current raw key and those in grace.
+    pub fn entries(&self, now: UnixTime) -> Vec<KeyEntry> {
+        let mut out = vec![self.entry()];
+        out.extend(self.grace.iter().filter(|g| g.until > now).map(|g| self.grace_entry(g)));
+        out
+    }
+
     pub fn usable_at(&self, now: UnixTime) -> bool {
         self.active && self.expires_at.is_none_or(|at| now < at)
     }
+
+    /// Whether the raw key with `hash` opens this key at `now`: the current one, or an
+    /// earlier one still in its rotation grace; and the key active and unexpired.
+    pub fn accepts(&self, hash: &KeyHash, now: UnixTime) -> bool {
+        self.usable_at(now) && (self.hash == *hash || self.grace.iter().any(|g| g.hash == *hash && g.until > now))
+    }
+}
+
+/// Hourly request counts of one key (from the filters' usage reports), oldest first,
+/// bounded to [`USAGE_HOURS`] hours.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyUsageRecord {
+    /// (hour start, unix seconds, multiple of 3600; count)
+    pub hours: Vec<(UnixTime, u64)>,
+}
+
+/// How many hours of counts a key keeps: one week.
+pub const USAGE_HOURS: u64 = 7 * 24;
+
+impl KeyUsageRecord {
+    pub fn add(&mut self, at: UnixTime, count: u64) {
+        let hour = at - at % 3600;
+        match self.hours.binary_search_by_key(&hour, |(h, _)| *h) {
+            Ok(i) => self.hours[i].1 = self.hours[i].1.saturating_add(count),
+            Err(i) => self.hours.insert(i, (hour, count)),
+        }
+        let newest = self.hours.last().map_or(hour, |(h, _)| *h);
+        let floor = newest.saturating_sub((USAGE_HOURS - 1) * 3600);
+        self.hours.retain(|(h, _)| *h >= floor);
+    }
+}
+
+/// One live session in an owner's list (a key's or a user's), for the per-owner cap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedSession {
+    pub sid: String,
+    pub created_at: UnixTime,
 }
 
 /// Whose session it is.
@@ -132,11 +198,14 @@ pub struct SigningKey {
     /// tokens it signed may live.
     #[serde(default)]
     pub retired_at: Option<UnixTime>,
+    /// When a retired key's public half is withdrawn: after every token it signed expired.
+    #[serde(default)]
+    pub remove_after: Option<UnixTime>,
 }
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).field("retired_at", &self.retired_at).finish_non_exhaustive()
+        f.debug_struct("SigningKey").field("kid", &self.kid).field("retired_at", &self.retired_at).field("remove_after", &self.remove_after).finish_non_exhaustive()
     }
 }
 

@@ -1,0 +1,428 @@
+//! Issue 4's remaining lifecycle over real HTTP: refresh with rotation and reuse
+//! detection, logout, key rotation (with and without grace), usage reports, signing-key
+//! rotation and withdrawal, sign-in throttling, session caps and housekeeping.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_error, config, Server, OPERATOR, PROXY};
+use keygate_core::KeyHash;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+fn sid_of(jwt: &str) -> String {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap();
+    let claims: Value = serde_json::from_slice(&bytes).unwrap();
+    claims["sid"].as_str().unwrap().to_owned()
+}
+
+fn kid_of(jwt: &str) -> String {
+    keygate_core::token::checked_kid(jwt).unwrap()
+}
+
+async fn signin(server: &Server, email: &str, password: &str) -> (StatusCode, Value) {
+    server.post("/auth/signin", None, json!({"email": email, "password": password})).await
+}
+
+async fn revoked(server: &Server) -> Vec<String> {
+    let (_, full) = server.snapshot("").await;
+    full["revoked_sessions"].as_array().unwrap().iter().map(|r| r["sid"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rotates_and_a_reused_refresh_token_revokes_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.token_ttl_secs = 3;
+    cfg.token_leeway_secs = 0;
+    let server = Server::start_with(cfg).await;
+    let biz = server.business("Acme").await;
+    server.user("ann@example.com", "correct horse", &[&biz]).await;
+    let (_, first) = signin(&server, "ann@example.com", "correct horse").await;
+    let sid = sid_of(first["accessToken"].as_str().unwrap());
+
+    // After the access token expired: still refreshable (grace), same shape as sign-in.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let (status, body) = server.get(&format!("/v1/businesses/{biz}/keys"), first["accessToken"].as_str()).await;
+    assert_error(status, &body, 401, "unauthorized");
+    let r1 = first["refreshToken"].as_str().unwrap();
+    let (status, second) = server.post("/auth/refresh", None, json!({"refresh_token": r1})).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!((second["tokenType"].as_str(), second["expiresIn"].as_u64()), (Some("Bearer"), Some(3)));
+    assert_eq!(second["businesses"], json!([{"id": biz, "name": "Acme"}]));
+    assert_ne!(second["refreshToken"], first["refreshToken"], "the refresh token rotates");
+    assert_ne!(second["accessToken"], first["accessToken"]);
+    assert_eq!(sid_of(second["accessToken"].as_str().unwrap()), sid, "same session");
+    let (status, _) = server.get(&format!("/v1/businesses/{biz}/keys"), second["accessToken"].as_str()).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The spent one again: refused, and the whole session is revoked (theft detection).
+    assert!(!revoked(&server).await.contains(&sid));
+    let (status, body) = server.post("/auth/refresh", None, json!({"refresh_token": r1})).await;
+    assert_error(status, &body, 401, "invalid_token");
+    assert!(revoked(&server).await.contains(&sid), "reuse revokes the session in the feed");
+    let r2 = second["refreshToken"].as_str().unwrap();
+    let (status, body) = server.post("/auth/refresh", None, json!({"refresh_token": r2})).await;
+    assert_error(status, &body, 401, "invalid_token");
+
+    // Garbage and wrong types.
+    let (status, body) = server.post("/auth/refresh", None, json!({"refresh_token": "rt_nope"})).await;
+    assert_error(status, &body, 401, "invalid_token");
+    let (status, body) = server.post("/auth/refresh", None, json!({"refresh_token": 5})).await;
+    assert_error(status, &body, 400, "invalid_json");
+    let (status, body) = server.post("/auth/refresh", None, json!({"refresh_token": r2, "extra": 1})).await;
+    assert_error(status, &body, 400, "invalid_json");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_revokes_the_callers_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let biz = server.business("Acme").await;
+    server.user("ann@example.com", "correct horse", &[&biz]).await;
+    let (_, s) = signin(&server, "ann@example.com", "correct horse").await;
+    let token = s["accessToken"].as_str().unwrap();
+    let (status, body) = server.post("/auth/logout", Some(token), json!({})).await;
+    assert_eq!((status, body["revoked"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
+    assert!(revoked(&server).await.contains(&sid_of(token)));
+    let (status, body) = server.get(&format!("/v1/businesses/{biz}/keys"), Some(token)).await;
+    assert_error(status, &body, 401, "unauthorized");
+    let (status, body) = server.post("/auth/logout", None, json!({})).await;
+    assert_error(status, &body, 401, "unauthorized");
+    let (status, body) = server.post("/auth/logout", Some("not.a.jwt"), json!({})).await;
+    assert_error(status, &body, 401, "unauthorized");
+
+    // An API-key login token logs out its own session.
+    let key = server.key(&biz).await;
+    let (_, login) = server.login(key["key"].as_str().unwrap(), Some("job-1")).await;
+    let jwt = login["access_token"].as_str().unwrap();
+    let (status, _) = server.post("/auth/logout", Some(jwt), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(revoked(&server).await.contains(&sid_of(jwt)));
+    let (_, again) = server.login(key["key"].as_str().unwrap(), Some("job-1")).await;
+    assert_ne!(again["access_token"], login["access_token"], "a revoked session is not handed out again");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_a_key_keeps_its_id_and_retires_the_old_raw_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let biz = server.business("Acme").await;
+    let other = server.business("Other").await;
+    server.user("o@example.com", "correct horse", &[&other]).await;
+    let (_, outsider) = signin(&server, "o@example.com", "correct horse").await;
+    let key = server.key(&biz).await;
+    let (id, old_raw) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap().to_owned());
+    let (_, login) = server.login(&old_raw, None).await;
+    let (_, before) = server.snapshot("").await;
+    let version = before["version"].as_u64().unwrap();
+
+    let (status, body) = server.post(&format!("/v1/keys/{id}/rotate"), outsider["accessToken"].as_str(), json!({})).await;
+    assert_error(status, &body, 403, "forbidden");
+
+    // No grace: the old raw key stops at once, its login sessions are revoked.
+    let (status, rotated) = server.send(Method::POST, &format!("/v1/keys/{id}/rotate"), Some(OPERATOR), None).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    assert_eq!(rotated["id"], json!(id));
+    let new_raw = rotated["key"].as_str().unwrap().to_owned();
+    assert_ne!(new_raw, old_raw);
+    assert!(rotated["rotated_at"].is_string());
+    let (status, body) = server.login(&old_raw, None).await;
+    assert_error(status, &body, 401, "invalid_api_key");
+    let (status, fresh) = server.login(&new_raw, None).await;
+    assert_eq!(status, StatusCode::OK, "{fresh}");
+    assert_ne!(fresh["access_token"], login["access_token"]);
+    let (_, delta) = server.snapshot(&format!("?since={version}")).await;
+    assert_eq!(delta["removed_keys"], json!([KeyHash::of_raw(&old_raw).to_hex()]), "{delta}");
+    assert!(delta["keys"].as_array().unwrap().iter().any(|k| k["hash"] == json!(KeyHash::of_raw(&new_raw).to_hex()) && k["id"] == json!(id)));
+    assert_eq!(delta["revoked_sessions"][0]["sid"], json!(sid_of(login["access_token"].as_str().unwrap())));
+    let (_, listed) = server.get(&format!("/v1/businesses/{biz}/keys"), Some(OPERATOR)).await;
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 1, "same record, not a new key");
+
+    // With grace: both raw keys work; the old one carries the grace end as its expiry.
+    let (status, graced) = server.post(&format!("/v1/keys/{id}/rotate"), Some(OPERATOR), json!({"grace_secs": 600})).await;
+    assert_eq!(status, StatusCode::OK, "{graced}");
+    assert!(graced["previous_key_valid_until"].is_string(), "{graced}");
+    let newest = graced["key"].as_str().unwrap();
+    assert_eq!(server.login(&new_raw, Some("x")).await.0, StatusCode::OK);
+    assert_eq!(server.login(newest, Some("y")).await.0, StatusCode::OK);
+    let (_, full) = server.snapshot("").await;
+    let entries: Vec<&Value> = full["keys"].as_array().unwrap().iter().filter(|k| k["id"] == json!(id)).collect();
+    assert_eq!(entries.len(), 2, "{full}");
+    let old_entry = entries.iter().find(|k| k["hash"] == json!(KeyHash::of_raw(&new_raw).to_hex())).unwrap();
+    assert!(old_entry["expires_at"].as_u64().unwrap() > keygate_admin::store::now() + 500);
+
+    // Bad input on rotate.
+    let (status, body) = server.post(&format!("/v1/keys/{id}/rotate"), Some(OPERATOR), json!({"grace": 5})).await;
+    assert_error(status, &body, 400, "invalid_json");
+    let (status, body) = server.post(&format!("/v1/keys/{id}/rotate"), Some(OPERATOR), json!({"grace_secs": -1})).await;
+    assert_error(status, &body, 400, "invalid_json");
+    let (status, body) = server.post(&format!("/v1/keys/{id}/rotate"), Some(OPERATOR), json!({"grace_secs": 99_999_999})).await;
+    assert_error(status, &body, 400, "invalid_request");
+    let (status, body) = server.post("/v1/keys/key_0000000000000000/rotate", Some(OPERATOR), json!({})).await;
+    assert_error(status, &body, 404, "key_not_found");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reports_update_last_used_and_hourly_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let biz = server.business("Acme").await;
+    let key = server.key(&biz).await;
+    let id = key["id"].as_str().unwrap();
+    let (_, before) = server.snapshot("").await;
+    let at = keygate_admin::store::now() - 5;
+    let report = json!({"usage": [
+        {"key_id": id, "count": 3, "last_used_at": at},
+        {"key_id": "key_0000000000000000", "count": 1, "last_used_at": at},
+        {"key_id": "nonsense", "count": 1, "last_used_at": at},
+    ]});
+    let (status, body) = server.post("/v1/usage", Some(OPERATOR), report.clone()).await;
+    assert_error(status, &body, 401, "unauthorized");
+    let (status, body) = server.post("/v1/usage", Some(PROXY), report).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"accepted": 1, "ignored": 2}));
+    // An older report does not move last_used_at back; counts add up.
+    let (status, _) = server.post("/v1/usage", Some(PROXY), json!({"usage": [{"key_id": id, "count": 2, "last_used_at": at - 100}]})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, listed) = server.get(&format!("/v1/businesses/{biz}/keys"), Some(OPERATOR)).await;
+    assert_eq!(listed["keys"][0]["last_used_at"], json!(keygate_admin::rfc3339::format(at)));
+    let (status, usage) = server.get(&format!("/v1/keys/{id}/usage"), Some(OPERATOR)).await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    assert_eq!(usage["total"], json!(5));
+    assert!(!usage["hours"].as_array().unwrap().is_empty());
+    // Usage is not in the changelog.
+    let (_, after) = server.snapshot("").await;
+    assert_eq!(after["version"], before["version"]);
+
+    let (status, body) = server.post("/v1/usage", Some(PROXY), json!({"usage": [{"key_id": id, "count": "many", "last_used_at": at}]})).await;
+    assert_error(status, &body, 400, "invalid_json");
+    let (status, body) = server.post("/v1/usage", Some(PROXY), json!({"usage": [], "more": true})).await;
+    assert_error(status, &body, 400, "invalid_json");
+    let big = vec![b'x'; 200 * 1024];
+    let (status, body) = server.raw(Method::POST, "/v1/usage", Some(PROXY), big).await;
+    assert_error(status, &body, 413, "payload_too_large");
+    let (status, body) = server.get("/v1/keys/key_0000000000000000/usage", Some(OPERATOR)).await;
+    assert_error(status, &body, 404, "key_not_found");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_key_rotation_keeps_the_old_key_published_until_its_tokens_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.token_ttl_secs = 2;
+    cfg.token_leeway_secs = 0;
+    let server = Server::start_with(cfg).await;
+    let biz = server.business("Acme").await;
+    server.user("ann@example.com", "correct horse", &[&biz]).await;
+    let (_, old) = signin(&server, "ann@example.com", "correct horse").await;
+    let old_token = old["accessToken"].as_str().unwrap();
+    let old_kid = kid_of(old_token);
+    let (_, before) = server.snapshot("").await;
+    let version = before["version"].as_u64().unwrap();
+
+    let (status, body) = server.post("/v1/signing-keys/rotate", None, json!({})).await;
+    assert_error(status, &body, 401, "unauthorized");
+    let (status, rotated) = server.send(Method::POST, "/v1/signing-keys/rotate", Some(OPERATOR), None).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    assert_eq!(rotated["previous_kid"], json!(old_kid));
+    let text = rotated.to_string();
+    assert!(!text.contains("seed") && !text.contains("\"d\""), "{text}");
+    let new_kid = rotated["kid"].as_str().unwrap();
+    let (_, jwks) = server.get("/.well-known/jwks.json", None).await;
+    let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert!(kids.contains(&old_kid.as_str()) && kids.contains(&new_kid), "{jwks}");
+    let (_, delta) = server.snapshot(&format!("?since={version}")).await;
+    assert_eq!(delta["signing_keys"][0]["kid"], json!(new_kid), "{delta}");
+    // Old tokens still verify; new ones carry the new kid.
+    let (status, _) = server.get(&format!("/v1/businesses/{biz}/keys"), Some(old_token)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, new) = signin(&server, "ann@example.com", "correct horse").await;
+    assert_eq!(kid_of(new["accessToken"].as_str().unwrap()), new_kid);
+
+    // Once every token of the old key has expired, housekeeping withdraws it.
+    let (_, mid) = server.snapshot("").await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let report = keygate_admin::sweep_once(&server.state).await.unwrap();
+    assert_eq!(report.signing_keys, 1, "{report:?}");
+    let (_, jwks) = server.get("/.well-known/jwks.json", None).await;
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1, "{jwks}");
+    assert_eq!(jwks["keys"][0]["kid"], json!(new_kid));
+    let (_, delta) = server.snapshot(&format!("?since={}", mid["version"])).await;
+    assert_eq!(delta["removed_signing_keys"], json!([old_kid]), "{delta}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_failures_are_throttled_per_client_without_locking_the_owner_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.throttle.pair_free = 3;
+    let server = Server::start_with(cfg).await;
+    let biz = server.business("Acme").await;
+    server.user("ann@example.com", "correct horse", &[&biz]).await;
+    for _ in 0..3 {
+        let (status, body) = signin(&server, "ann@example.com", "wrong horse").await;
+        assert_error(status, &body, 401, "invalid_credentials");
+    }
+    let response = server.client.post(format!("{}/auth/signin", server.base)).json(&json!({"email": "ann@example.com", "password": "correct horse"})).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=300).contains(&retry));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], json!("rate_limited"));
+
+    // The owner, from another address, signs in.
+    let elsewhere = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 2])).build().unwrap();
+    let response = elsewhere.post(format!("{}/auth/signin", server.base)).json(&json!({"email": "ann@example.com", "password": "correct horse"})).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_capped_per_key_and_per_user_and_swept_when_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_sessions_per_key = 2;
+    cfg.max_sessions_per_user = 2;
+    cfg.token_leeway_secs = 0;
+    let server = Server::start_with(cfg).await;
+    let biz = server.business("Acme").await;
+    let key = server.key(&biz).await;
+    let raw = key["key"].as_str().unwrap();
+    let mut sids = Vec::new();
+    for s in ["a", "b", "c"] {
+        let (status, login) = server.login(raw, Some(s)).await;
+        assert_eq!(status, StatusCode::OK, "{login}");
+        sids.push(sid_of(login["access_token"].as_str().unwrap()));
+    }
+    let gone = revoked(&server).await;
+    assert_eq!(gone, vec![sids[0].clone()], "the oldest is evicted and revoked");
+    let (_, again) = server.login(raw, Some("b")).await;
+    assert_eq!(sid_of(again["access_token"].as_str().unwrap()), sids[1], "the others live on");
+
+    server.user("ann@example.com", "correct horse", &[&biz]).await;
+    let mut users = Vec::new();
+    for _ in 0..3 {
+        let (_, s) = signin(&server, "ann@example.com", "correct horse").await;
+        users.push(sid_of(s["accessToken"].as_str().unwrap()));
+    }
+    assert!(revoked(&server).await.contains(&users[0]));
+
+    // Nothing is dead yet: a sweep now removes nothing.
+    let report = keygate_admin::sweep_once(&server.state).await.unwrap();
+    assert_eq!(report, keygate_admin::store::SweepReport::default());
+    // Past every expiry and refresh window, a sweep removes all six sessions and both
+    // revocations, and the full snapshot carries none.
+    let store = server.state.store().clone();
+    let later = keygate_admin::store::now() + 7200 + 31 * 24 * 3600;
+    let (report, ticket) = tokio::task::spawn_blocking(move || store.sweep(later, 0)).await.unwrap().unwrap();
+    server.state.store().wait_durable(ticket.unwrap()).await.unwrap();
+    assert_eq!((report.sessions, report.revocations), (6, 2), "{report:?}");
+    assert!(revoked(&server).await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_keys_are_refused_and_carry_their_expiry_in_the_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let biz = server.business("Acme").await;
+    let expires = keygate_admin::store::now() + 2;
+    let (status, key) = server.key_as(OPERATOR, &biz, json!({"kind": "sk", "mode": "test", "expires_at": keygate_admin::rfc3339::format(expires)})).await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let raw = key["key"].as_str().unwrap();
+    let (status, login) = server.login(raw, None).await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    assert!(login["expires_in"].as_u64().unwrap() <= 2, "a token never outlives its key: {login}");
+    let (_, full) = server.snapshot("").await;
+    assert_eq!(full["keys"][0]["expires_at"], json!(expires));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, body) = server.login(raw, None).await;
+    assert_error(status, &body, 401, "invalid_api_key");
+    server.stop().await;
+}
+
+/// Runs the CLI against `server`; returns (success, stdout, stderr).
+async fn cli(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_keygate-admin"));
+    cmd.args(args).env("KEYGATE_URL", &server.base).env("KEYGATE_OPERATOR_TOKEN", OPERATOR).env_remove("KEYGATE_ACCESS_TOKEN");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_covers_every_operation_with_readable_and_json_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let (ok, out, _) = cli(&server, &["--help"]).await;
+    assert!(ok);
+    for sub in [
+        "serve",
+        "create-business",
+        "create-user",
+        "create-key",
+        "list-keys",
+        "rotate-key",
+        "deactivate-key",
+        "activate-key",
+        "key-usage",
+        "revoke-session",
+        "rotate-signing-key",
+        "signin",
+        "refresh",
+        "login",
+        "logout",
+    ] {
+        assert!(out.contains(sub), "--help lacks {sub}: {out}");
+    }
+
+    let (ok, out, err) = cli(&server, &["create-business", "--name", "Acme", "--json"]).await;
+    assert!(ok, "{err}");
+    let biz: Value = serde_json::from_str(&out).unwrap();
+    let biz = biz["id"].as_str().unwrap().to_owned();
+    let (ok, out, err) = cli(&server, &["create-key", "--business", &biz, "--kind", "sk", "--mode", "live", "--name", "ci"]).await;
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("key ") && l.contains("sk_live_")), "readable output shows the raw key: {out}");
+    assert!(err.contains("only this once"), "{err}");
+    let id = out.lines().find(|l| l.starts_with("id ")).unwrap().split_whitespace().nth(1).unwrap().to_owned();
+    let (ok, out, _) = cli(&server, &["list-keys", "--business", &biz]).await;
+    assert!(ok && out.contains(&id) && out.contains("active") && !out.contains("sk_live_0"), "{out}");
+    let (ok, out, err) = cli(&server, &["rotate-key", "--key", &id, "--grace-secs", "60", "--json"]).await;
+    assert!(ok, "{err}");
+    let rotated: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rotated["id"], json!(id));
+    let (ok, out, _) = cli(&server, &["login", "--api-key", rotated["key"].as_str().unwrap(), "--json"]).await;
+    assert!(ok, "{out}");
+    let (ok, out, _) = cli(&server, &["deactivate-key", "--key", &id]).await;
+    assert!(ok && out.contains("false"), "{out}");
+    let (ok, _, _) = cli(&server, &["activate-key", "--key", &id]).await;
+    assert!(ok);
+    let (ok, out, _) = cli(&server, &["key-usage", "--key", &id]).await;
+    assert!(ok && out.contains("total"), "{out}");
+    let (ok, out, _) = cli(&server, &["rotate-signing-key", "--json"]).await;
+    assert!(ok && out.contains("previous_kid") && !out.contains("seed"), "{out}");
+    let (ok, _, err) = cli(&server, &["create-user", "--email", "ann@example.com", "--password", "correct horse", "--business", &biz]).await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&server, &["signin", "--email", "ann@example.com", "--password", "correct horse", "--json"]).await;
+    assert!(ok, "{err}");
+    let signin: Value = serde_json::from_str(&out).unwrap();
+    let (ok, out, err) = cli(&server, &["refresh", "--refresh-token", signin["refreshToken"].as_str().unwrap(), "--json"]).await;
+    assert!(ok, "{err}");
+    let refreshed: Value = serde_json::from_str(&out).unwrap();
+    let token = refreshed["accessToken"].as_str().unwrap();
+    let (ok, _, err) = cli(&server, &["revoke-session", "--session", &sid_of(token)]).await;
+    assert!(ok, "{err}");
+    // Errors: exit status 1 and the server's message.
+    let (ok, _, err) = cli(&server, &["rotate-key", "--key", "key_0000000000000000"]).await;
+    assert!(!ok && err.contains("404") && err.contains("key_not_found"), "{err}");
+    server.stop().await;
+}
