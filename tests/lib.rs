@@ -5,6 +5,9 @@
 //! once, so a drifting envoy.yaml breaks the tests instead of silently testing something
 //! else). Everything is killed when the [`Stack`] drops.
 //!
+//! Envoy runs with `--concurrency 2` (`KEYGATE_E2E_CONCURRENCY` overrides it), so the
+//! shared-data paths between worker VMs are exercised.
+//!
 //! Paths come from the environment `cargo xtask test` sets (`KEYGATE_ENVOY_BIN`,
 //! `KEYGATE_WASM`, `KEYGATE_ADMIN_BIN`, `KEYGATE_ECHO_BIN`, `KEYGATE_ENVOY_YAML`), with the
 //! usual build locations as fallback.
@@ -173,7 +176,7 @@ impl Stack {
 
         let envoy_log = std::fs::File::create(dir.join("envoy.log")).unwrap();
         let envoy_child = Command::new(&envoy_bin)
-            .args(["-c", config.to_str().unwrap(), "--disable-hot-restart", "--concurrency", "2", "--log-level", options.log_level.unwrap_or("info")])
+            .args(["-c", config.to_str().unwrap(), "--disable-hot-restart", "--concurrency", &std::env::var("KEYGATE_E2E_CONCURRENCY").unwrap_or_else(|_| "2".into()), "--log-level", options.log_level.unwrap_or("info")])
             .env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN)
             .stdout(envoy_log.try_clone().unwrap())
             .stderr(envoy_log)

@@ -149,12 +149,24 @@ fn session_of(token: &str) -> String {
     claims["sid"].as_str().unwrap().to_owned()
 }
 
+/// Both kinds of session: a member's sign-in, and an API-key login.
 fn revoked_session_fast(stack: &Stack) {
+    revoked_session_once(stack, false);
+    revoked_session_once(stack, true);
+}
+
+fn revoked_session_once(stack: &Stack, api_key_login: bool) {
     let t = stack.tenant();
     stack.wait_for_key(&t.sk);
-    let bearer = t.bearer();
+    let (bearer, sid) = if api_key_login {
+        let (status, login) = stack.admin(reqwest::Method::POST, "/auth/login", None, Some(json!({"api_key": t.sk, "session_id": "rev"})));
+        assert_eq!(status, 200, "{login}");
+        let token = login["access_token"].as_str().unwrap().to_owned();
+        (format!("Bearer {token}"), session_of(&token))
+    } else {
+        (t.bearer(), session_of(&t.access_token))
+    };
     assert_eq!(stack.through_envoy("GET", "/orders", &three(&bearer, &t.sk, &t.business_id)).0, 200);
-    let sid = session_of(&t.access_token);
     let (status, body) = stack.admin(reqwest::Method::DELETE, &format!("/v1/sessions/{sid}"), Some(keygate_e2e::OPERATOR_TOKEN), None);
     assert!((200..300).contains(&status), "revoke: {status} {body}");
     let acked = Instant::now();
