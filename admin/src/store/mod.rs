@@ -806,6 +806,16 @@ impl Store {
     /// `current` is `fresh`) is stored and indexed. Claims' `sid` always names the session.
     /// A new session counts against the key's `cap` live sessions; at the cap the oldest
     /// is revoked.
+    /// The live session of (key, client session) if its current token may be handed out
+    /// again: a read, no write, so the common "same key, same session" login needs no
+    /// transaction and no flush.
+    pub fn reusable_key_session(&self, key_id: &str, client_session: &str, reusable: impl Fn(&IssuedToken) -> bool) -> Result<Option<Session>, StoreError> {
+        let t = &self.inner.trees;
+        let Some(sid) = t.key_sessions.get(key_session_index(key_id, client_session))? else { return Ok(None) };
+        let session: Option<Session> = Self::read(&t.sessions, "sessions", &sid)?;
+        Ok(session.filter(|s| s.revoked_at.is_none() && s.current.as_ref().is_some_and(&reusable)))
+    }
+
     pub fn key_session_token(
         &self,
         key_id: &str,
