@@ -811,7 +811,7 @@ fn flapping_admin(stack: &Stack) {
                     let pick = (n >> 33) as usize;
                     let (index, key, before) = {
                         let p = pool.lock().unwrap();
-                        if pick % 5 == 0 {
+                        if pick.is_multiple_of(5) {
                             (None, unknown[pick % unknown.len()].clone(), None)
                         } else {
                             let i = pick % p.keys.len();
@@ -858,7 +858,7 @@ fn flapping_admin(stack: &Stack) {
                     let (id, key) = (created["id"].as_str().unwrap().to_owned(), created["key"].as_str().unwrap().to_owned());
                     pool.lock().unwrap().keys.push((id, key, KeyState::Pending));
                 }
-                if round % 3 == 0 {
+                if round.is_multiple_of(3) {
                     let victim = {
                         let mut p = pool.lock().unwrap();
                         let i = p.keys.iter().position(|(id, _, s)| !id.is_empty() && *s == KeyState::Active);

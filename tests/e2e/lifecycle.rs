@@ -207,7 +207,7 @@ fn expired_key(stack: &Stack) {
     let t = stack.tenant();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let expires = now + 5;
-    let at = keygate_rfc3339(expires);
+    let at = keygate_admin::rfc3339::format(expires);
     let key = key_json(stack, &t.business_id, json!({"kind": "sk", "mode": "live", "expires_at": at}));
     let raw = key["key"].as_str().unwrap();
     stack.wait_for_key(raw);
@@ -218,22 +218,6 @@ fn expired_key(stack: &Stack) {
     );
     assert_denied(&status_at_envoy(stack, &t.access_token, raw, &t.business_id), 401, "invalid_api_key");
     assert_denied(&login(stack, raw, None), 401, "invalid_api_key");
-}
-
-/// RFC 3339 UTC for a unix time (civil-from-days, Howard Hinnant).
-fn keygate_rfc3339(t: u64) -> String {
-    let days = (t / 86_400) as i64;
-    let secs = t % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 fn other_member(stack: &Stack) {

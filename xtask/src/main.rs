@@ -324,6 +324,8 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
                     "keygate-echo",
                     "-p",
                     "xtask",
+                    "-p",
+                    "keygate-e2e",
                     "--all-targets",
                     "--",
                     "-D",

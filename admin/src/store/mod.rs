@@ -1082,17 +1082,7 @@ impl Store {
             let (_, bytes) = item?;
             wire.keys.extend(decode::<Key>("keys", &bytes)?.entries(now));
         }
-        for item in t.signing_keys.iter() {
-            let (_, bytes) = item?;
-            wire.signing_keys.push(decode::<SigningKey>("signing_keys", &bytes)?.public);
-        }
-        for item in t.revocations.iter() {
-            let (sid, until) = item?;
-            let until = from_be(&until).unwrap_or(0);
-            if until > now {
-                wire.revoked_sessions.push(RevokedSession { sid: String::from_utf8_lossy(&sid).into_owned(), until });
-            }
-        }
+        self.snapshot_extras(now, &mut wire)?;
         drop(w);
         Ok(wire)
     }
@@ -1122,19 +1112,27 @@ impl Store {
             wire.keys.extend(key.entries(now).into_iter().filter(|e| e.hash.0[..] == hash[..]));
         }
         if after.is_none() {
-            for item in t.signing_keys.iter() {
-                let (_, bytes) = item?;
-                wire.signing_keys.push(decode::<SigningKey>("signing_keys", &bytes)?.public);
-            }
-            for item in t.revocations.iter() {
-                let (sid, until) = item?;
-                let until = from_be(&until).unwrap_or(0);
-                if until > now {
-                    wire.revoked_sessions.push(RevokedSession { sid: String::from_utf8_lossy(&sid).into_owned(), until });
-                }
-            }
+            self.snapshot_extras(now, &mut wire)?;
         }
         Ok((wire, head()))
+    }
+
+    /// What a full snapshot carries besides keys: every published signing key and the
+    /// revocations still in force.
+    fn snapshot_extras(&self, now: UnixTime, wire: &mut SnapshotWire) -> Result<(), StoreError> {
+        let t = &self.inner.trees;
+        for item in t.signing_keys.iter() {
+            let (_, bytes) = item?;
+            wire.signing_keys.push(decode::<SigningKey>("signing_keys", &bytes)?.public);
+        }
+        for item in t.revocations.iter() {
+            let (sid, until) = item?;
+            let until = from_be(&until).unwrap_or(0);
+            if until > now {
+                wire.revoked_sessions.push(RevokedSession { sid: String::from_utf8_lossy(&sid).into_owned(), until });
+            }
+        }
+        Ok(())
     }
 
     /// What changed after `since`, up to and including `upto`, from the changelog alone:
