@@ -1,6 +1,6 @@
 //! One context per request: gather the request, `decide`, charge the rate limit, act.
 
-use keygate_core::{decide_cached, Decision, FilterConfig, RequestView, Synced};
+use keygate_core::{decide_cached, Decision, FilterConfig, RequestView, Requirement, Synced};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -30,9 +30,11 @@ fn pseudo<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
 impl HttpContext for RequestContext {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let headers = host::request_headers();
-        let client_ip = host::client_ip();
+        let (method, path) = (pseudo(&headers, ":method"), pseudo(&headers, ":path"));
+        // Only public routes are limited per client address: skip the property lookup otherwise.
+        let client_ip = (self.config.policy.route_for(method, path).require == Requirement::None).then(host::client_ip).flatten();
         let now = host::now();
-        let request = RequestView { method: pseudo(&headers, ":method"), path: pseudo(&headers, ":path"), headers: &headers, client_ip: client_ip.as_deref() };
+        let request = RequestView { method, path, headers: &headers, client_ip: client_ip.as_deref() };
         let seen = shared::read_seen();
         let decision = {
             let mut view = self.vm.view.borrow_mut();
