@@ -103,6 +103,18 @@ pub async fn healthz(state: AppState) -> Result<Response, AdminError> {
     ok_json(StatusCode::OK, &serde_json::json!({"status": "ok", "version": state.store().durable_version()}))
 }
 
+/// The Prometheus exposition (text format 0.0.4).
+pub async fn metrics(state: AppState) -> Result<Response, AdminError> {
+    let store = state.store().clone();
+    let store_size_bytes = tokio::task::spawn_blocking(move || store.size_on_disk()).await??;
+    let gauges = crate::metrics::Gauges { changelog_version: state.store().durable_version(), store_size_bytes };
+    let mut response = Response::new(state.metrics().render(gauges).into());
+    let headers = response.headers_mut();
+    headers.insert(warp::http::header::CONTENT_TYPE, warp::http::HeaderValue::from_static("text/plain; version=0.0.4"));
+    headers.insert(warp::http::header::CACHE_CONTROL, warp::http::HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
 pub async fn jwks(state: AppState) -> Result<Response, AdminError> {
     let mut response = json_response(StatusCode::OK, &state.tokens().jwks());
     response.headers_mut().insert(warp::http::header::CACHE_CONTROL, warp::http::HeaderValue::from_static("public, max-age=300"));
@@ -781,6 +793,8 @@ pub async fn snapshot(state: AppState, query: SnapshotQuery) -> Result<Response,
         return Err(AdminError::SnapshotGone);
     }
     if since == current && query.wait > 0 {
+        // Counted while held; dropped too if the client goes away mid-wait.
+        let _held = state.metrics().hold_longpoll();
         let mut stopping = state.shutting_down();
         tokio::select! {
             _ = durable.wait_for(|d| d.version > since) => {}

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod handlers;
+pub mod metrics;
 pub mod passwords;
 pub mod random;
 pub mod rfc3339;

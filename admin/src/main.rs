@@ -247,7 +247,14 @@ enum Command {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // warp's request-span wrapper (which carries the request id) logs two lines of its own
+    // per request, and a warning per 4xx; the `keygate_admin::http` line already says it all.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("warp::filters::trace")) {
+        if let Ok(directive) = "warp::filters::trace=off".parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Human => builder.init(),

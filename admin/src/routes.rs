@@ -238,6 +238,11 @@ pub fn routes(
         .and(with_state(s.clone()))
         .and_then(|st| async move { reject(handlers::healthz(st).await) });
 
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and_then(|st| async move { reject(handlers::metrics(st).await) });
+
     let jwks = warp::path!(".well-known" / "jwks.json")
         .and(warp::get())
         .and(with_state(s.clone()))
@@ -334,7 +339,9 @@ pub fn routes(
         .and(snapshot_query())
         .and_then(|st, query| async move { reject(handlers::snapshot(st, query).await) });
 
-    let log = warp::log::custom(|info| {
+    let observed = s.clone();
+    let log = warp::log::custom(move |info| {
+        observed.metrics().observe(info.method(), info.path(), info.status().as_u16(), info.elapsed());
         tracing::info!(
             target: "keygate_admin::http",
             method = %info.method(),
@@ -345,8 +352,10 @@ pub fn routes(
         );
     });
 
-    healthz
+    let routes = healthz
         .boxed()
+        .or(metrics.boxed())
+        .unify()
         .or(jwks.boxed())
         .unify()
         .or(create_business.boxed())
@@ -382,8 +391,36 @@ pub fn routes(
         .or(rotate_signing.boxed())
         .unify()
         .recover(recover)
-        .unify()
+        .unify();
+
+    // The id is recorded into the request span that `warp::trace` opened around all of
+    // this, so every line logged while answering (the request line too) carries it.
+    request_id()
+        .and(routes)
+        .map(|id: String, mut response: Response| {
+            if let Ok(value) = warp::http::HeaderValue::from_str(&id) {
+                response.headers_mut().insert(REQUEST_ID, value);
+            }
+            response
+        })
         .with(log)
+        .with(warp::trace(|_| tracing::info_span!("request", request_id = tracing::field::Empty)))
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// The client's `x-request-id` when sane (see [`crate::metrics::sane_request_id`]), else a
+/// fresh one; recorded in the current (request) span.
+fn request_id() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static {
+    warp::header::headers_cloned()
+        .map(|headers: warp::http::HeaderMap| {
+            let id = headers
+                .get(REQUEST_ID)
+                .and_then(|v| crate::metrics::sane_request_id(v.as_bytes()))
+                .unwrap_or_else(crate::metrics::new_request_id);
+            tracing::Span::current().record("request_id", id.as_str());
+            id
+        })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, Secret};
 use crate::error::AdminError;
+use crate::metrics::Metrics;
 use crate::passwords::Passwords;
 use crate::random;
 use crate::store::{Store, StoreOptions, TokenRole};
@@ -29,6 +30,7 @@ struct Inner {
     operator_hash: [u8; 32],
     proxy_hash: [u8; 32],
     throttle: Throttle,
+    metrics: Metrics,
     shutdown: watch::Sender<bool>,
 }
 
@@ -103,7 +105,7 @@ impl AppState {
         store.flush_blocking()?;
         let (shutdown, _) = watch::channel(false);
         let throttle = Throttle::new(config.throttle.clone());
-        let inner = Inner { config, store, tokens, passwords, operator_hash, proxy_hash, throttle, shutdown };
+        let inner = Inner { config, store, tokens, passwords, operator_hash, proxy_hash, throttle, metrics: Metrics::default(), shutdown };
         Ok((AppState { inner: Arc::new(inner) }, GeneratedTokens { operator, proxy }))
     }
 
@@ -121,6 +123,10 @@ impl AppState {
 
     pub fn throttle(&self) -> &Throttle {
         &self.inner.throttle
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     pub fn passwords(&self) -> &Passwords {

@@ -526,6 +526,11 @@ impl Store {
 
     // ----- shared secrets -----
 
+    /// The store's size on disk, bytes (sled's estimate; reads file metadata).
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+
     pub fn token_hash(&self, role: TokenRole) -> Result<Option<[u8; 32]>, StoreError> {
         Ok(self.inner.trees.meta.get(role.meta_key())?.and_then(|b| <[u8; 32]>::try_from(b.as_ref()).ok()))
     }
