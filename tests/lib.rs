@@ -245,7 +245,8 @@ impl Stack {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        read(req)
+        let reply = read(req);
+        (reply.status, reply.body)
     }
 
     pub fn operator_post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -265,12 +266,7 @@ impl Stack {
         for (name, value) in headers {
             req = req.header(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_bytes(value).unwrap());
         }
-        let resp: Response = req.send().unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().iter().map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
-        let mut text = String::new();
-        let _ = resp.take(16 << 20).read_to_string(&mut text);
-        Reply { status, headers, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+        read(req)
     }
 
     /// Creates a business, a member who signs in, and one live sk key.
@@ -360,13 +356,14 @@ impl Drop for Stack {
     }
 }
 
-fn read(req: RequestBuilder) -> (u16, Value) {
+/// Sends `req`; the body is JSON when it parses as such, else the text.
+fn read(req: RequestBuilder) -> Reply {
     let resp: Response = req.send().unwrap();
     let status = resp.status().as_u16();
+    let headers = resp.headers().iter().map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
     let mut text = String::new();
     let _ = resp.take(16 << 20).read_to_string(&mut text);
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, body)
+    Reply { status, headers, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
 }
 
 pub struct Reply {

@@ -241,7 +241,12 @@ pub fn decide(policy: &Policy, request: &RequestView<'_>, synced: Option<Synced<
 
 /// [`decide`] with a cache of verified tokens.
 pub fn decide_cached(policy: &Policy, request: &RequestView<'_>, synced: Option<Synced<'_>>, now: UnixTime, tokens: &mut TokenCache) -> Decision {
-    let route = policy.route_for(request.method, request.path);
+    decide_on_route(policy, policy.route_for(request.method, request.path), request, synced, now, tokens)
+}
+
+/// [`decide_cached`] for a route the caller already matched with [`Policy::route_for`]
+/// (the filter needs the route first, to know whether to fetch the client address).
+pub fn decide_on_route(policy: &Policy, route: &Route, request: &RequestView<'_>, synced: Option<Synced<'_>>, now: UnixTime, tokens: &mut TokenCache) -> Decision {
     let outcome = match route.require {
         Requirement::None => Ok(public(policy, route, request)),
         Requirement::Key | Requirement::All => match fresh(policy, synced, now) {

@@ -96,6 +96,20 @@ struct FullBuild {
     next_bucket: u32,
 }
 
+impl FullBuild {
+    /// The sorted stream has moved on to bucket `next`: write the bucket being built, and
+    /// clear every bucket between it and `next` (the new snapshot has nothing there).
+    fn close_before(&mut self, next: u32, ops: &mut Vec<BucketOp>) {
+        if let Some((id, bytes)) = self.pending.take() {
+            ops.push(BucketOp::Put(id, bytes));
+            self.next_bucket = u32::from(id) + 1;
+        }
+        if self.next_bucket < next {
+            ops.push(BucketOp::Clear { from: self.next_bucket, to: next });
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Leader {
     /// The state the shared data holds (`None`: nothing yet, a full sync is needed).
@@ -230,15 +244,9 @@ impl Leader {
             let bucket = bucket_of(&entry.hash);
             match &mut build.pending {
                 Some((id, bytes)) if *id == bucket => bytes.extend_from_slice(&record),
-                pending => {
-                    if let Some((id, bytes)) = pending.take() {
-                        ops.push(BucketOp::Put(id, bytes));
-                        build.next_bucket = u32::from(id) + 1;
-                    }
-                    if build.next_bucket < u32::from(bucket) {
-                        ops.push(BucketOp::Clear { from: build.next_bucket, to: u32::from(bucket) });
-                    }
-                    *pending = Some((bucket, record));
+                _ => {
+                    build.close_before(u32::from(bucket), &mut ops);
+                    build.pending = Some((bucket, record));
                 }
             }
             build.meta.keys += 1;
@@ -252,13 +260,7 @@ impl Leader {
                 step.outcome = None;
             }
             None => {
-                if let Some((id, bytes)) = build.pending.take() {
-                    ops.push(BucketOp::Put(id, bytes));
-                    build.next_bucket = u32::from(id) + 1;
-                }
-                if build.next_bucket < BUCKETS as u32 {
-                    ops.push(BucketOp::Clear { from: build.next_bucket, to: BUCKETS as u32 });
-                }
+                build.close_before(BUCKETS as u32, &mut ops);
                 let meta = build.meta;
                 step.ops = ops;
                 step.outcome = Some(SyncOutcome::Applied { version: meta.version, full: true, keys: usize::try_from(meta.keys).unwrap_or(usize::MAX) });

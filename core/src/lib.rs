@@ -23,7 +23,7 @@ pub mod token;
 pub mod usage;
 
 pub use config::{FilterConfig, Policy, Requirement, Route};
-pub use decide::{decide, decide_cached, Allowed, Decision, DenyCode, Denial, RateLimitTarget, RequestView, Synced, TokenCache};
+pub use decide::{decide, decide_cached, decide_on_route, Allowed, Decision, DenyCode, Denial, RateLimitTarget, RequestView, Synced, TokenCache};
 pub use key::{ApiKey, KeyHash, KeyKind, Mode};
 pub use snapshot::{Snapshot, SnapshotWire};
 pub use token::{AccessClaims, ACCESS_TOKEN_TYP};

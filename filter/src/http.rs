@@ -1,6 +1,6 @@
 //! One context per request: gather the request, `decide`, charge the rate limit, act.
 
-use keygate_core::{decide_cached, Decision, FilterConfig, RequestView, Requirement, Synced};
+use keygate_core::{decide_on_route, Decision, FilterConfig, RequestView, Requirement, Synced};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -31,8 +31,9 @@ impl HttpContext for RequestContext {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let headers = host::request_headers();
         let (method, path) = (pseudo(&headers, ":method"), pseudo(&headers, ":path"));
+        let route = self.config.policy.route_for(method, path);
         // Only public routes are limited per client address: skip the property lookup otherwise.
-        let client_ip = (self.config.policy.route_for(method, path).require == Requirement::None).then(host::client_ip).flatten();
+        let client_ip = (route.require == Requirement::None).then(host::client_ip).flatten();
         let now = host::now();
         let request = RequestView { method, path, headers: &headers, client_ip: client_ip.as_deref() };
         let seen = shared::read_seen();
@@ -45,7 +46,7 @@ impl HttpContext for RequestContext {
                 (Some(snapshot), Some(seen), Some(_)) => Some(Synced { snapshot, keys: &SharedKeys, confirmed_at: seen.confirmed_at }),
                 _ => None,
             };
-            decide_cached(&self.config.policy, &request, synced, now.unwrap_or(0), &mut self.vm.tokens.borrow_mut())
+            decide_on_route(&self.config.policy, route, &request, synced, now.unwrap_or(0), &mut self.vm.tokens.borrow_mut())
         };
         let decision = match decision {
             Decision::Allow(allowed) => match allowed.rate_limit.as_ref().map(|t| limit::charge(t, now.unwrap_or(0))) {

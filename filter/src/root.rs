@@ -76,11 +76,8 @@ impl KeygateRoot {
         let step = leader.on_response(status, body, now);
         let added = shared::apply(step.ops);
         leader.adjust_keys(added);
-        let meta = step.meta.map(|mut m| {
-            m.keys = leader.meta().map_or(m.keys, |cur| cur.keys);
-            m
-        });
-        shared::publish(meta.as_ref(), step.seen);
+        // After the key count is adjusted, the leader's meta is what the shared data holds.
+        shared::publish(step.meta.as_ref().and(leader.meta()), step.seen);
         if let Some(meta) = leader.meta() {
             self.vm.metrics.snapshot(meta.version, meta.keys);
         }
