@@ -186,10 +186,14 @@ impl AdminError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody {
+/// Every error answer's body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Always false.
     success: bool,
+    /// What went wrong, in words (never a secret).
     error: String,
+    /// Stable machine-readable code, e.g. `invalid_request`, `unauthorized`, `key_not_found`.
     code: &'static str,
 }
 

@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use keygate_core::{base62, ApiKey, KeyHash, KeyKind, Mode, UnixTime};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
 use crate::auth::Caller;
-use crate::error::{json_response, AdminError};
+use crate::error::{json_response, AdminError, ErrorBody};
+use crate::openapi::{KeyKindSchema, ModeSchema};
 use crate::passwords::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};
 use crate::random;
 use crate::rfc3339;
@@ -61,7 +63,9 @@ pub fn normalize_email(raw: &str) -> String {
 }
 
 fn valid_email(email: &str) -> bool {
-    let Some((local, domain)) = email.split_once('@') else { return false };
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
     email.len() <= 254
         && !local.is_empty()
         && !domain.contains('@')
@@ -99,11 +103,30 @@ fn clean_scopes(raw: Option<Vec<String>>) -> Result<Vec<String>, AdminError> {
 
 // ----- health and keys of the realm -----
 
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    status: &'static str,
+    /// The latest durable changelog version.
+    version: u64,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "health", summary = "Liveness and the durable changelog version",
+    responses(
+        (status = 200, description = "The server is up", body = Health),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn healthz(state: AppState) -> Result<Response, AdminError> {
-    ok_json(StatusCode::OK, &serde_json::json!({"status": "ok", "version": state.store().durable_version()}))
+    ok_json(StatusCode::OK, &Health { status: "ok", version: state.store().durable_version() })
 }
 
 /// The Prometheus exposition (text format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "health", summary = "Prometheus metrics (text exposition format 0.0.4)",
+    responses(
+        (status = 200, description = "The metrics", body = String, content_type = "text/plain"),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn metrics(state: AppState) -> Result<Response, AdminError> {
     let store = state.store().clone();
     let store_size_bytes = tokio::task::spawn_blocking(move || store.size_on_disk()).await??;
@@ -115,26 +138,52 @@ pub async fn metrics(state: AppState) -> Result<Response, AdminError> {
     Ok(response)
 }
 
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "tokens", summary = "The published Ed25519 token signing keys (JWKS)",
+    responses(
+        (status = 200, description = "A JSON Web Key Set", body = Object),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn jwks(state: AppState) -> Result<Response, AdminError> {
     let mut response = json_response(StatusCode::OK, &state.tokens().jwks());
     response.headers_mut().insert(warp::http::header::CACHE_CONTROL, warp::http::HeaderValue::from_static("public, max-age=300"));
     Ok(response)
 }
 
+#[utoipa::path(get, path = "/openapi.json", tag = "health", summary = "This document: the admin API in OpenAPI 3.1",
+    responses(
+        (status = 200, description = "The OpenAPI document", body = Object),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
+pub async fn openapi() -> Result<Response, AdminError> {
+    let mut response = raw_json(crate::openapi::document_json().to_vec());
+    response.headers_mut().insert(warp::http::header::CACHE_CONTROL, warp::http::HeaderValue::from_static("public, max-age=300"));
+    Ok(response)
+}
+
 // ----- businesses and users -----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBusiness {
+    /// 1 to 200 characters, no control characters.
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
 }
 
-#[derive(Serialize)]
-struct BusinessView {
+#[derive(Serialize, ToSchema)]
+pub struct BusinessView {
     id: String,
     name: String,
 }
 
+#[utoipa::path(post, path = "/v1/businesses", tag = "businesses", summary = "Create a business (a tenant)", security(("operator" = [])), request_body = CreateBusiness,
+    responses(
+        (status = 201, description = "Created", body = BusinessView),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn create_business(state: AppState, body: CreateBusiness) -> Result<Response, AdminError> {
     let name = clean_name(&body.name, "name")?;
     let business = Business { id: random::id("biz_")?, name, created_at: now() };
@@ -145,14 +194,33 @@ pub async fn create_business(state: AppState, body: CreateBusiness) -> Result<Re
     ok_json(StatusCode::CREATED, &BusinessView { id: business.id, name: business.name })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// Stored trimmed and lowercased.
+    #[schema(min_length = 3, max_length = 254)]
     email: String,
+    /// 8 to 1024 characters (stored as an argon2id hash).
+    #[schema(min_length = 8, max_length = 1024)]
     password: String,
+    /// Ids of existing businesses the member may manage.
+    #[schema(min_items = 1)]
     businesses: Vec<String>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct UserView {
+    id: String,
+    email: String,
+    businesses: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/v1/users", tag = "businesses", summary = "Create a member (email + password) of one or more businesses", security(("operator" = [])), request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created", body = UserView),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn create_user(state: AppState, body: CreateUser) -> Result<Response, AdminError> {
     let email = normalize_email(&body.email);
     if !valid_email(&email) {
@@ -184,21 +252,21 @@ pub async fn create_user(state: AppState, body: CreateUser) -> Result<Response, 
     let ticket = blocking(state.store(), move |s| s.create_user(&user)).await?;
     state.store().wait_durable(ticket).await?;
     tracing::info!(user = %id, "user created");
-    ok_json(StatusCode::CREATED, &serde_json::json!({"id": id, "email": email, "businesses": businesses}))
+    ok_json(StatusCode::CREATED, &UserView { id, email, businesses })
 }
 
 // ----- sign-in and API-key login -----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignIn {
     email: String,
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct SignInResponse {
+pub struct SignInResponse {
     access_token: String,
     refresh_token: String,
     expires_in: u64,
@@ -227,6 +295,12 @@ fn signin_response(state: &AppState, user: &User, issued: &IssuedToken, refresh:
     )
 }
 
+#[utoipa::path(post, path = "/auth/signin", tag = "auth", summary = "Sign a member in with email and password", request_body = SignIn,
+    responses(
+        (status = 200, description = "Signed in", body = SignInResponse),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn signin(state: AppState, client: IpAddr, body: SignIn) -> Result<Response, AdminError> {
     let email = normalize_email(&body.email);
     // Throttled before any password work: a blocked guesser costs no argon2 run.
@@ -272,12 +346,18 @@ pub async fn signin(state: AppState, client: IpAddr, body: SignIn) -> Result<Res
     signin_response(&state, &user, &issued, refresh, now)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Refresh {
     refresh_token: String,
 }
 
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", summary = "Trade a refresh token for new tokens (the old refresh token is spent)", request_body = Refresh,
+    responses(
+        (status = 200, description = "New tokens", body = SignInResponse),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn refresh(state: AppState, body: Refresh) -> Result<Response, AdminError> {
     let text = body.refresh_token;
     if !text.starts_with("rt_") || text.len() > 128 {
@@ -286,7 +366,9 @@ pub async fn refresh(state: AppState, body: Refresh) -> Result<Response, AdminEr
     let old = random::sha256(&text);
     let sid = state.store().refresh_session_id(&old)?.ok_or(AdminError::InvalidRefreshToken)?;
     let session = state.store().session(&sid)?.ok_or(AdminError::InvalidRefreshToken)?;
-    let SessionOwner::User { user_id } = &session.owner else { return Err(AdminError::InvalidRefreshToken) };
+    let SessionOwner::User { user_id } = &session.owner else {
+        return Err(AdminError::InvalidRefreshToken);
+    };
     let user = state.store().user(user_id)?.ok_or(AdminError::InvalidRefreshToken)?;
     let now = now();
     let ttl = state.config().token_ttl_secs;
@@ -311,7 +393,21 @@ pub async fn refresh(state: AppState, body: Refresh) -> Result<Response, AdminEr
     }
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct SessionRevoked {
+    sid: String,
+    revoked: bool,
+    /// Unix seconds until which the revocation is published to the filters.
+    until: u64,
+}
+
 /// Revokes the session of the bearer token (a sign-in or an API-key login token).
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", summary = "Revoke the session of the bearer token", security(("member" = []), ("operator" = [])),
+    responses(
+        (status = 200, description = "Revoked", body = SessionRevoked),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn logout(state: AppState, header: Option<String>) -> Result<Response, AdminError> {
     let token = crate::auth::bearer(header.as_deref()).ok_or(AdminError::Unauthorized)?;
     let claims = state.tokens().verify(token, now()).map_err(|_| AdminError::Unauthorized)?;
@@ -323,25 +419,34 @@ pub async fn logout(state: AppState, header: Option<String>) -> Result<Response,
     let (revoked, ticket) = blocking(state.store(), move |s| s.revoke_session(&sid, leeway)).await?;
     state.store().wait_durable(ticket).await?;
     tracing::info!(session = %revoked.sid, "logged out");
-    ok_json(StatusCode::OK, &serde_json::json!({"sid": revoked.sid, "revoked": true, "until": revoked.until}))
+    ok_json(StatusCode::OK, &SessionRevoked { sid: revoked.sid, revoked: true, until: revoked.until })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
+    /// The raw API key (`sk_live_…`, …).
     api_key: String,
+    /// The caller's own session name; the same key and session get the same token back.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     session_id: Option<String>,
 }
 
-#[derive(Serialize)]
-struct LoginResponse {
+#[derive(Serialize, ToSchema)]
+pub struct LoginResponse {
     access_token: String,
     expires_in: u64,
     token_type: &'static str,
     session_id: String,
 }
 
+#[utoipa::path(post, path = "/auth/login", tag = "auth", summary = "Log an API key in: an access token for the key and a client session", request_body = Login,
+    responses(
+        (status = 200, description = "An access token (the same one again for the same key and session while it is valid)", body = LoginResponse),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn login(state: AppState, body: Login) -> Result<Response, AdminError> {
     let client_session = match body.session_id {
         Some(id) if valid_client_session(&id) => id,
@@ -417,27 +522,37 @@ fn login_response(access_token: String, expires_in: u64, session_id: String) -> 
 
 // ----- API keys -----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    #[schema(value_type = KeyKindSchema)]
     kind: KeyKind,
+    #[schema(value_type = ModeSchema)]
     mode: Mode,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
+    /// Up to 50 scopes of 1 to 64 characters of A-Z a-z 0-9 . _ : - / *
     #[serde(default)]
+    #[schema(max_items = 50)]
     scopes: Option<Vec<String>>,
+    /// RFC 3339, in the future.
     #[serde(default)]
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
 }
 
-#[derive(Serialize)]
-struct KeyView {
+#[derive(Serialize, ToSchema)]
+pub struct KeyView {
     id: String,
     business: String,
+    /// The raw key: only in the answer that created or rotated it, never again.
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<String>,
     prefix: String,
+    #[schema(value_type = KeyKindSchema)]
     kind: KeyKind,
+    #[schema(value_type = ModeSchema)]
     mode: Mode,
     name: Option<String>,
     scopes: Vec<String>,
@@ -482,6 +597,12 @@ fn check_business_access(caller: &Caller, business: &str) -> Result<(), AdminErr
     Ok(())
 }
 
+#[utoipa::path(post, path = "/v1/businesses/{id}/keys", tag = "keys", summary = "Create an API key; the raw key is in this answer only", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Business id")), request_body = CreateKey,
+    responses(
+        (status = 201, description = "Created", body = KeyView),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn create_key(state: AppState, caller: Caller, business: String, body: CreateKey) -> Result<Response, AdminError> {
     check_business_access(&caller, &business)?;
     let name = body.name.as_deref().map(|n| clean_name(n, "name")).transpose()?;
@@ -535,6 +656,18 @@ pub async fn create_key(state: AppState, caller: Caller, business: String, body:
     Err(AdminError::Internal("could not generate a unique key"))
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct KeyList {
+    business: String,
+    keys: Vec<KeyView>,
+}
+
+#[utoipa::path(get, path = "/v1/businesses/{id}/keys", tag = "keys", summary = "List a business's keys (never the raw keys)", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Business id")),
+    responses(
+        (status = 200, description = "The keys", body = KeyList),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn list_keys(state: AppState, caller: Caller, business: String) -> Result<Response, AdminError> {
     check_business_access(&caller, &business)?;
     if state.store().business(&business)?.is_none() {
@@ -543,10 +676,24 @@ pub async fn list_keys(state: AppState, caller: Caller, business: String) -> Res
     let id = business.clone();
     let keys = blocking(state.store(), move |s| s.keys_of_business(&id)).await?;
     let views: Vec<KeyView> = keys.iter().map(|k| KeyView::of(k, None)).collect();
-    ok_json(StatusCode::OK, &serde_json::json!({ "business": business, "keys": views }))
+    ok_json(StatusCode::OK, &KeyList { business, keys: views })
 }
 
-pub async fn set_key_active(state: AppState, caller: Caller, key_id: String, active: bool) -> Result<Response, AdminError> {
+#[utoipa::path(post, path = "/v1/keys/{id}/deactivate", tag = "keys", summary = "Deactivate a key (its tokens stop at once)", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")),
+    responses((status = 200, description = "The key", body = KeyView), (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody))
+)]
+pub async fn deactivate_key(state: AppState, caller: Caller, key_id: String) -> Result<Response, AdminError> {
+    set_key_active(state, caller, key_id, false).await
+}
+
+#[utoipa::path(post, path = "/v1/keys/{id}/activate", tag = "keys", summary = "Activate a deactivated key", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")),
+    responses((status = 200, description = "The key", body = KeyView), (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody))
+)]
+pub async fn activate_key(state: AppState, caller: Caller, key_id: String) -> Result<Response, AdminError> {
+    set_key_active(state, caller, key_id, true).await
+}
+
+async fn set_key_active(state: AppState, caller: Caller, key_id: String, active: bool) -> Result<Response, AdminError> {
     if !is_id(&key_id, "key_") {
         return Err(AdminError::KeyNotFound);
     }
@@ -560,10 +707,12 @@ pub async fn set_key_active(state: AppState, caller: Caller, key_id: String, act
     ok_json(StatusCode::OK, &KeyView::of(&key, None))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateKey {
+    /// Seconds the old raw key keeps working (0 to 30 days; default 0).
     #[serde(default)]
+    #[schema(maximum = 2592000)]
     grace_secs: Option<u64>,
 }
 
@@ -572,6 +721,12 @@ pub const MAX_ROTATION_GRACE_SECS: u64 = 30 * 24 * 3600;
 
 /// A new raw key for the same key record (same id, business, kind, mode, scopes,
 /// expiry). The old raw key stops at once, or after `grace_secs`.
+#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", summary = "A new raw key for the same key record", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")), request_body(content = Option<RotateKey>, description = "Optional; an empty body means no grace"),
+    responses(
+        (status = 200, description = "The key with its new raw key", body = KeyView),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn rotate_key(state: AppState, caller: Caller, key_id: String, body: RotateKey) -> Result<Response, AdminError> {
     if !is_id(&key_id, "key_") {
         return Err(AdminError::KeyNotFound);
@@ -602,6 +757,29 @@ pub async fn rotate_key(state: AppState, caller: Caller, key_id: String, body: R
     Err(AdminError::Internal("could not generate a unique key"))
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct HourCount {
+    #[schema(format = DateTime)]
+    hour: String,
+    count: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KeyUsageView {
+    key_id: String,
+    #[schema(format = DateTime)]
+    last_used_at: Option<String>,
+    total: u64,
+    /// Requests per hour, oldest first, at most a week.
+    hours: Vec<HourCount>,
+}
+
+#[utoipa::path(get, path = "/v1/keys/{id}/usage", tag = "keys", summary = "A key's hourly request counts, as the filters reported them", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "Usage", body = KeyUsageView),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn key_usage(state: AppState, caller: Caller, key_id: String) -> Result<Response, AdminError> {
     if !is_id(&key_id, "key_") {
         return Err(AdminError::KeyNotFound);
@@ -612,18 +790,10 @@ pub async fn key_usage(state: AppState, caller: Caller, key_id: String) -> Resul
     }
     let id = key_id.clone();
     let record = blocking(state.store(), move |s| s.key_usage(&id)).await?;
-    let hours: Vec<_> =
-        record.hours.iter().map(|(hour, count)| serde_json::json!({"hour": rfc3339::format(*hour), "count": count})).collect();
+    let hours: Vec<HourCount> =
+        record.hours.iter().map(|(hour, count)| HourCount { hour: rfc3339::format(*hour), count: *count }).collect();
     let total: u64 = record.hours.iter().map(|(_, c)| *c).sum();
-    ok_json(
-        StatusCode::OK,
-        &serde_json::json!({
-            "key_id": key_id,
-            "last_used_at": key.last_used_at.map(rfc3339::format),
-            "total": total,
-            "hours": hours,
-        }),
-    )
+    ok_json(StatusCode::OK, &KeyUsageView { key_id, last_used_at: key.last_used_at.map(rfc3339::format), total, hours })
 }
 
 // ----- usage from filters -----
@@ -631,9 +801,25 @@ pub async fn key_usage(state: AppState, caller: Caller, key_id: String) -> Resul
 /// Items applied per store transaction.
 const USAGE_CHUNK: usize = 256;
 
+#[derive(Serialize, ToSchema)]
+pub struct UsageAccepted {
+    accepted: usize,
+    /// Items for keys that no longer exist.
+    ignored: usize,
+}
+
+#[utoipa::path(post, path = "/v1/usage", tag = "feed", summary = "Filters report per-key request counts", security(("proxy" = [])), request_body(content = crate::openapi::UsageReportSchema, description = "At most 10 000 keys per report"),
+    responses(
+        (status = 200, description = "Recorded", body = UsageAccepted),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn usage(state: AppState, report: keygate_core::usage::UsageReport) -> Result<Response, AdminError> {
     if report.usage.len() > keygate_core::usage::MAX_BATCH_KEYS {
         return Err(AdminError::InvalidRequest(format!("at most {} keys per report", keygate_core::usage::MAX_BATCH_KEYS)));
+    }
+    if report.usage.iter().any(|u| i64::try_from(u.count).is_err() || i64::try_from(u.last_used_at).is_err()) {
+        return Err(AdminError::InvalidRequest("count and last_used_at must be at most 9223372036854775807".to_owned()));
     }
     let (mut accepted, mut ignored) = (0usize, 0usize);
     let mut last = None;
@@ -648,13 +834,27 @@ pub async fn usage(state: AppState, report: keygate_core::usage::UsageReport) ->
         state.store().wait_durable(ticket).await?;
     }
     tracing::debug!(accepted, ignored, "usage recorded");
-    ok_json(StatusCode::OK, &serde_json::json!({"accepted": accepted, "ignored": ignored}))
+    ok_json(StatusCode::OK, &UsageAccepted { accepted, ignored })
 }
 
 // ----- signing keys -----
 
+#[derive(Serialize, ToSchema)]
+pub struct SigningKeyRotated {
+    kid: String,
+    previous_kid: String,
+    #[schema(format = DateTime)]
+    previous_published_until: String,
+}
+
 /// A new Ed25519 signing key takes over; the previous one stays published (JWKS and
 /// snapshot) until every token it signed has expired, then is withdrawn by housekeeping.
+#[utoipa::path(post, path = "/v1/signing-keys/rotate", tag = "tokens", summary = "Rotate the token signing key", security(("operator" = [])),
+    responses(
+        (status = 200, description = "Rotated", body = SigningKeyRotated),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn rotate_signing_key(state: AppState) -> Result<Response, AdminError> {
     let previous = state.tokens().signer_kid();
     let remove_after = now()
@@ -664,14 +864,17 @@ pub async fn rotate_signing_key(state: AppState) -> Result<Response, AdminError>
     let (kid, ticket) = tokio::task::spawn_blocking(move || st.tokens().rotate(st.store(), remove_after)).await??;
     state.store().wait_durable(ticket).await?;
     tracing::info!(kid = %kid, previous = %previous, "token signing key rotated");
-    ok_json(
-        StatusCode::OK,
-        &serde_json::json!({"kid": kid, "previous_kid": previous, "previous_published_until": rfc3339::format(remove_after)}),
-    )
+    ok_json(StatusCode::OK, &SigningKeyRotated { kid, previous_kid: previous, previous_published_until: rfc3339::format(remove_after) })
 }
 
 // ----- sessions -----
 
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "auth", summary = "Revoke a session (a member may revoke their own)", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "Revoked", body = SessionRevoked),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn revoke_session(state: AppState, caller: Caller, sid: String) -> Result<Response, AdminError> {
     if !is_id(&sid, "ses_") {
         return Err(AdminError::SessionNotFound);
@@ -689,7 +892,7 @@ pub async fn revoke_session(state: AppState, caller: Caller, sid: String) -> Res
     let (revoked, ticket) = blocking(state.store(), move |s| s.revoke_session(&sid, leeway)).await?;
     state.store().wait_durable(ticket).await?;
     tracing::info!(session = %revoked.sid, "session revoked");
-    ok_json(StatusCode::OK, &serde_json::json!({"sid": revoked.sid, "revoked": true, "until": revoked.until}))
+    ok_json(StatusCode::OK, &SessionRevoked { sid: revoked.sid, revoked: true, until: revoked.until })
 }
 
 // ----- the snapshot feed -----
@@ -715,7 +918,12 @@ pub fn parse_snapshot_query(raw: &str) -> Result<SnapshotQuery, AdminError> {
         if value.is_empty() || value.len() > 20 || !value.bytes().all(|b| b.is_ascii_digit()) {
             return Err(AdminError::InvalidQuery(format!("{name} must be a non-negative integer")));
         }
-        value.parse().map_err(|_| AdminError::InvalidQuery(format!("{name} is out of range")))
+        // JSON and the API document (int64) stop at i64::MAX; no version gets near it.
+        value
+            .parse::<u64>()
+            .ok()
+            .filter(|n| i64::try_from(*n).is_ok())
+            .ok_or_else(|| AdminError::InvalidQuery(format!("{name} is out of range")))
     };
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -763,6 +971,17 @@ fn raw_json(bytes: Vec<u8>) -> Response {
 
 /// Full snapshot, delta since V, or a long-poll for the next durable change after V.
 /// Only durable versions are ever served.
+#[utoipa::path(get, path = "/v1/snapshot", tag = "feed", summary = "The filters' feed: a full snapshot, one page of it, a delta, or a long-poll for the next change", security(("proxy" = [])), params(
+        ("since" = Option<u64>, Query, description = "Delta since this version"),
+        ("wait" = Option<u64>, Query, description = "With since: hold up to this many seconds (0 to 60) for a change"),
+        ("limit" = Option<u64>, Query, description = "Page a full snapshot: at most this many keys (1 to 100000)"),
+        ("after" = Option<String>, Query, description = "With limit: the next_after of the previous page (64 hex digits)"),
+    ),
+    responses(
+        (status = 200, description = "A snapshot or delta (see DESIGN.md for the wire format)", body = Object),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
 pub async fn snapshot(state: AppState, query: SnapshotQuery) -> Result<Response, AdminError> {
     let now = now();
     let store = state.store();
@@ -844,7 +1063,16 @@ mod tests {
         for bad in ["limit=0", "limit=100001", "after=zz&limit=1", &format!("after={after}"), "since=1&limit=5", "limit=1&limit=2"] {
             assert!(parse_snapshot_query(bad).is_err(), "{bad}");
         }
-        for bad in ["since=-1", "since=x", "wait=61&since=1", "wait=5", "since=1&since=2", "foo=1", "since=99999999999999999999999"] {
+        for bad in [
+            "since=-1",
+            "since=x",
+            "wait=61&since=1",
+            "wait=5",
+            "since=1&since=2",
+            "foo=1",
+            "since=99999999999999999999999",
+            "since=9223372036854775808",
+        ] {
             assert!(parse_snapshot_query(bad).is_err(), "{bad}");
         }
     }

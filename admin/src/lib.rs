@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
+pub mod openapi;
 pub mod passwords;
 pub mod random;
 pub mod rfc3339;

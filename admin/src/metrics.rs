@@ -15,6 +15,7 @@ use std::time::Duration;
 pub const ROUTES: &[&str] = &[
     "/healthz",
     "/metrics",
+    "/openapi.json",
     "/.well-known/jwks.json",
     "/v1/businesses",
     "/v1/users",

@@ -124,10 +124,11 @@ where
     B: Buf,
 {
     let bytes = read_body(length, body).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    // No body, an empty one, or JSON `null`: all mean "nothing given".
+    if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| AdminError::InvalidJson(describe_json_error(&e)))
+    parse_object(&bytes)
 }
 
 async fn read_json<T, S, B>(length: Option<u64>, body: S) -> Result<T, AdminError>
@@ -137,7 +138,17 @@ where
     B: Buf,
 {
     let bytes = read_body(length, body).await?;
-    serde_json::from_slice(&bytes).map_err(|e| AdminError::InvalidJson(describe_json_error(&e)))
+    parse_object(&bytes)
+}
+
+/// Every request body is a JSON object. serde would also build a struct from an array of
+/// its fields in order (`["Acme"]`), which no client means and the API document forbids.
+fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
+    match bytes.trim_ascii_start().first() {
+        Some(b'{') => serde_json::from_slice(bytes).map_err(|e| AdminError::InvalidJson(describe_json_error(&e))),
+        Some(_) => Err(AdminError::InvalidJson("the body must be a JSON object".to_owned())),
+        None => Err(AdminError::InvalidJson("the body is empty".to_owned())),
+    }
 }
 
 async fn read_body<S, B>(length: Option<u64>, body: S) -> Result<Vec<u8>, AdminError>
@@ -187,6 +198,7 @@ fn snapshot_query() -> BoxedFilter<(handlers::SnapshotQuery,)> {
 pub fn path_template(path: &str) -> String {
     const WORDS: &[&str] = &[
         "healthz",
+        "openapi.json",
         ".well-known",
         "jwks.json",
         "v1",
@@ -242,6 +254,8 @@ pub fn routes(
         .and(warp::get())
         .and(with_state(s.clone()))
         .and_then(|st| async move { reject(handlers::metrics(st).await) });
+
+    let openapi = warp::path!("openapi.json").and(warp::get()).and_then(|| async move { reject(handlers::openapi().await) });
 
     let jwks = warp::path!(".well-known" / "jwks.json")
         .and(warp::get())
@@ -321,12 +335,12 @@ pub fn routes(
     let deactivate = warp::path!("v1" / "keys" / String / "deactivate")
         .and(warp::post())
         .and(caller(s.clone()))
-        .and_then(|key, st, caller| async move { reject(handlers::set_key_active(st, caller, key, false).await) });
+        .and_then(|key, st, caller| async move { reject(handlers::deactivate_key(st, caller, key).await) });
 
     let activate = warp::path!("v1" / "keys" / String / "activate")
         .and(warp::post())
         .and(caller(s.clone()))
-        .and_then(|key, st, caller| async move { reject(handlers::set_key_active(st, caller, key, true).await) });
+        .and_then(|key, st, caller| async move { reject(handlers::activate_key(st, caller, key).await) });
 
     let revoke = warp::path!("v1" / "sessions" / String)
         .and(warp::delete())
@@ -357,6 +371,8 @@ pub fn routes(
         .or(metrics.boxed())
         .unify()
         .or(jwks.boxed())
+        .unify()
+        .or(openapi.boxed())
         .unify()
         .or(create_business.boxed())
         .unify()
@@ -396,10 +412,18 @@ pub fn routes(
     // The id is recorded into the request span that `warp::trace` opened around all of
     // this, so every line logged while answering (the request line too) carries it.
     request_id()
+        .and(warp::path::full())
         .and(routes)
-        .map(|id: String, mut response: Response| {
+        .map(|id: String, path: warp::path::FullPath, mut response: Response| {
             if let Ok(value) = warp::http::HeaderValue::from_str(&id) {
                 response.headers_mut().insert(REQUEST_ID, value);
+            }
+            // RFC 9110: a 405 lists what the resource does allow (from the API document).
+            if response.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED {
+                if let Some(allow) = crate::openapi::allowed_methods(path.as_str()).and_then(|a| warp::http::HeaderValue::from_str(&a).ok())
+                {
+                    response.headers_mut().insert(warp::http::header::ALLOW, allow);
+                }
             }
             response
         })

@@ -21,8 +21,8 @@ use crate::http;
 use crate::json::{quote, Json};
 use crate::{fail, run, step, Paths};
 
-const OPERATOR: &str = "kgo_crash_test_operator_token_000000";
-const PROXY: &str = "kgp_crash_test_proxy_token_000000000";
+pub(crate) const OPERATOR: &str = "kgo_crash_test_operator_token_000000";
+pub(crate) const PROXY: &str = "kgp_crash_test_proxy_token_000000000";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn cmd_crash_test(p: &Paths, args: &[String]) -> ExitCode {
@@ -51,9 +51,9 @@ struct Acked {
     sessions: Vec<(String, String)>,
 }
 
-struct Admin {
+pub(crate) struct Admin {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Drop for Admin {
@@ -63,7 +63,7 @@ impl Drop for Admin {
     }
 }
 
-fn start_admin(bin: &Path, data: &Path, log: &Path) -> Result<Admin, String> {
+pub(crate) fn start_admin(bin: &Path, data: &Path, log: &Path) -> Result<Admin, String> {
     let err = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let mut child = Command::new(bin)
         .args(["serve", "--addr", "127.0.0.1:0", "--data"])

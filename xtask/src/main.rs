@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: keygate's set-up, demo stack and test driver. std only, so it
 //! builds in seconds on a fresh machine. Run `cargo xtask help` for the commands.
 
+mod apifuzz;
 mod bench;
 mod crash;
 mod deploy;
@@ -38,6 +39,7 @@ commands:
           checks every configuration's answers (test's last phase); figures in target/bench-run/
   fuzz [--secs N] [--quick] [TARGET...]   cargo-fuzz (nightly) over every parser of untrusted input (fuzz/)
   crash-test [--rounds N] [--clients C]   kill -9 admin under concurrent writes; 0 acknowledged writes lost
+  api-fuzz [--examples N]   schemathesis (pinned, into .venv/) against admin's /openapi.json (default 25 per operation)
   setup   only the set-up steps and the build
   help    this text
 
@@ -109,6 +111,7 @@ fn main() -> ExitCode {
         Some("test") => cmd_test(&p, &args[1..]),
         Some("fuzz") => fuzz::cmd_fuzz(&p, &args[1..]),
         Some("crash-test") => crash::cmd_crash_test(&p, &args[1..]),
+        Some("api-fuzz") => apifuzz::cmd_api_fuzz(&p, &args[1..]),
         Some("bench") => bench::cmd_bench(&p, &args[1..]),
         Some("up") if args.len() == 1 => up::cmd_up(&p),
         Some("setup") if args.len() == 1 => match setup_and_build(&p) {
@@ -371,6 +374,9 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
         });
         if cargo_args.is_empty() {
             phase("crash-test", &mut || crash::crash_test(p, 3, 64)); // issue 6: `cargo xtask crash-test` quick form
+        }
+        if cargo_args.is_empty() {
+            phase("api-fuzz", &mut || apifuzz::api_fuzz(p, 25)); // issue 6: schemathesis against /openapi.json
         }
         if cargo_args.is_empty() {
             // `cargo xtask bench --quick`: each configuration answers correctly (never a speed).
