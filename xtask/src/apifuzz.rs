@@ -3,7 +3,8 @@
 //!
 //! A fresh admin on a temporary store; two runs, every phase (examples, coverage, fuzzing,
 //! stateful), positive and negative data: the operator token on every operation but the
-//! filters' feed, the proxy token on the feed (`/v1/snapshot`, `/v1/usage`). Checks: every
+//! filters' feed, the proxy token on the feed (`/v1/snapshot`, `/v1/usage`), and a member's
+//! token on the key and session operations. Checks: every
 //! schemathesis check but `positive_data_acceptance` (the API validates more than a schema
 //! can say: a name of spaces, an expiry in the past, a malformed email), so: no 5xx, every
 //! answer's status, content type, headers and body as documented, schema-violating requests
@@ -15,6 +16,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use crate::crash::{start_admin, OPERATOR, PROXY};
+use crate::json::{quote, Json};
 use crate::{fail, http, run, step, Paths};
 
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
@@ -88,6 +90,10 @@ pub fn api_fuzz(p: &Paths, examples: u32) -> Result<(), String> {
         examples,
         "proxy",
     )?;
+    // A member's token on what members may call: their own business's keys and sessions.
+    let member = member_token(&admin.addr)?;
+    let tags = ["--include-tag", "keys", "--include-tag", "auth"];
+    schemathesis(p, &work, &spec, &member, &tags, examples, "member")?;
     let health = http::get(&admin.addr, "/healthz", Duration::from_secs(10))?;
     if health.status != 200 {
         return Err(format!(
@@ -98,6 +104,57 @@ pub fn api_fuzz(p: &Paths, examples: u32) -> Result<(), String> {
     }
     step("api-fuzz: no failures; admin healthy");
     Ok(())
+}
+
+/// A business, a member of it, and that member's access token.
+fn member_token(addr: &str) -> Result<String, String> {
+    let post = |path: &str, bearer: Option<&str>, body: String| -> Result<Json, String> {
+        let auth = bearer.map(|b| format!("Bearer {b}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let response = http::request(
+            "POST",
+            addr,
+            path,
+            &headers,
+            Some(&body),
+            Duration::from_secs(10),
+        )?;
+        if !(200..300).contains(&response.status) {
+            return Err(format!(
+                "POST {path} answered {}: {}",
+                response.status, response.body
+            ));
+        }
+        Json::parse(&response.body)
+    };
+    let business = post(
+        "/v1/businesses",
+        Some(OPERATOR),
+        r#"{"name":"api-fuzz"}"#.to_owned(),
+    )?;
+    let business = business.str("id").ok_or("no business id")?.to_owned();
+    let (email, password) = ("member@api-fuzz.test", "api-fuzz member password");
+    let user = format!(
+        r#"{{"email":{},"password":{},"businesses":[{}]}}"#,
+        quote(email),
+        quote(password),
+        quote(&business)
+    );
+    post("/v1/users", Some(OPERATOR), user)?;
+    let signin = post(
+        "/auth/signin",
+        None,
+        format!(
+            r#"{{"email":{},"password":{}}}"#,
+            quote(email),
+            quote(password)
+        ),
+    )?;
+    signin
+        .str("accessToken")
+        .map(str::to_owned)
+        .ok_or_else(|| "no accessToken in the sign-in answer".to_owned())
 }
 
 fn schemathesis(
