@@ -560,6 +560,49 @@ pub async fn set_key_active(state: AppState, caller: Caller, key_id: String, act
     ok_json(StatusCode::OK, &KeyView::of(&key, None))
 }
 
+/// `Some(None)` for an explicit JSON `null`, `None` (by `default`) for an absent field.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    /// An RFC 3339 time in the future, or `null` for no expiry.
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Option<String>>,
+}
+
+/// Changes a key's settings; today its expiry (set, moved or cleared), which reaches the
+/// filters through the changelog like an activation change.
+pub async fn update_key(state: AppState, caller: Caller, key_id: String, body: UpdateKey) -> Result<Response, AdminError> {
+    if !is_id(&key_id, "key_") {
+        return Err(AdminError::KeyNotFound);
+    }
+    let Some(expires_at) = body.expires_at else {
+        return Err(AdminError::InvalidRequest("nothing to change: give expires_at (an RFC 3339 date-time, or null for none)".to_owned()));
+    };
+    let expires_at = match expires_at.as_deref() {
+        None => None,
+        Some(text) => {
+            let at =
+                rfc3339::parse(text).ok_or_else(|| AdminError::InvalidRequest("expires_at must be an RFC 3339 date-time".to_owned()))?;
+            if at <= now() {
+                return Err(AdminError::InvalidRequest("expires_at must be in the future".to_owned()));
+            }
+            Some(at)
+        }
+    };
+    let key = state.store().key(&key_id)?.ok_or(AdminError::KeyNotFound)?;
+    if !caller.may_manage(&key.business) {
+        return Err(AdminError::Forbidden);
+    }
+    let (key, ticket) = blocking(state.store(), move |s| s.set_key_expiry(&key_id, expires_at)).await?;
+    state.store().wait_durable(ticket).await?;
+    tracing::info!(key = %key.id, expires_at = ?key.expires_at, "api key expiry changed");
+    ok_json(StatusCode::OK, &KeyView::of(&key, None))
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RotateKey {
@@ -671,6 +714,57 @@ pub async fn rotate_signing_key(state: AppState) -> Result<Response, AdminError>
 }
 
 // ----- sessions -----
+
+/// The signed-in member: who they are, which businesses they may manage (with names),
+/// and the session their token belongs to. Members only (the operator has no account).
+pub async fn me(state: AppState, caller: Caller) -> Result<Response, AdminError> {
+    let Caller::Member { user_id, session_id, businesses } = caller else {
+        return Err(AdminError::InvalidRequest("the operator token has no account; sign in as a member".to_owned()));
+    };
+    let user = state.store().user(&user_id)?.ok_or(AdminError::Unauthorized)?;
+    let mut views = Vec::with_capacity(businesses.len());
+    for id in &businesses {
+        if let Some(b) = state.store().business(id)? {
+            views.push(BusinessView { id: b.id, name: b.name });
+        }
+    }
+    ok_json(
+        StatusCode::OK,
+        &serde_json::json!({"user": {"id": user.id, "email": user.email}, "session_id": session_id, "businesses": views}),
+    )
+}
+
+#[derive(Serialize)]
+struct SessionView {
+    id: String,
+    created_at: String,
+    /// When the current access token expires.
+    access_expires_at: String,
+    /// Until when the session can be refreshed.
+    refresh_expires_at: Option<String>,
+    /// The session of the token this request came with.
+    current: bool,
+}
+
+/// The caller's live sign-in sessions, oldest first. Members only.
+pub async fn list_sessions(state: AppState, caller: Caller) -> Result<Response, AdminError> {
+    let Caller::Member { user_id, session_id, .. } = caller else {
+        return Err(AdminError::InvalidRequest("the operator token has no sessions; sign in as a member".to_owned()));
+    };
+    let now = now();
+    let sessions = blocking(state.store(), move |s| s.live_user_sessions(&user_id, now)).await?;
+    let views: Vec<SessionView> = sessions
+        .iter()
+        .map(|s| SessionView {
+            id: s.id.clone(),
+            created_at: rfc3339::format(s.created_at),
+            access_expires_at: rfc3339::format(s.last_exp),
+            refresh_expires_at: s.refresh_expires_at.map(rfc3339::format),
+            current: s.id == session_id,
+        })
+        .collect();
+    ok_json(StatusCode::OK, &serde_json::json!({ "sessions": views }))
+}
 
 pub async fn revoke_session(state: AppState, caller: Caller, sid: String) -> Result<Response, AdminError> {
     if !is_id(&sid, "ses_") {
