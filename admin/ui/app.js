@@ -140,6 +140,11 @@ function setMode(mode) {
     ? 'Live keys reach real data and real money. Keep them on your servers.'
     : 'Test keys only see test data: safe for development and CI.';
   $('create-button').textContent = `Create ${mode} key`;
+  const charted = state.keys.find((k) => k.id === state.usageKey);
+  if (charted && charted.mode !== mode) {
+    state.usageKey = null;
+    $('usage-card').hidden = true;
+  }
   renderKeys();
 }
 $('tab-live').addEventListener('click', () => setMode('live'));

@@ -1,5 +1,5 @@
 // Building elements. Text always goes in through textContent (or attribute values set
-// one by one), never through innerHTML: a string from the API can never become markup.
+// one by one), never parsed as HTML: a string from the API can never become markup.
 
 /** h('td', {class: 'x', title: 't'}, 'text', child, ...) */
 export function h(tag, attrs = {}, ...children) {
