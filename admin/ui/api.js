@@ -126,6 +126,17 @@ export async function signOut() {
   }
 }
 
+/** Leaving or reloading the page loses the tokens, so end their session on the server too. */
+export function endOnLeave() {
+  window.addEventListener('pagehide', () => {
+    const token = accessToken;
+    forget();
+    if (!token) return;
+    // keepalive lets the request outlive the page.
+    fetch('/auth/logout', { method: 'POST', headers: { Authorization: `Bearer ${token}` }, keepalive: true, credentials: 'omit', referrerPolicy: 'no-referrer' }).catch(() => {});
+  });
+}
+
 const seg = encodeURIComponent;
 export const api = {
   me: () => call('GET', '/v1/me'),

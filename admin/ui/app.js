@@ -1,7 +1,7 @@
 // The key dashboard: sign in, pick a business, manage its API keys and your sessions.
 // Nothing here logs to the console, and no secret ever goes into the URL or storage.
 
-import { api, ApiError, forget, signIn, signOut, whenSignedOut } from './api.js';
+import { api, ApiError, endOnLeave, forget, signIn, signOut, whenSignedOut } from './api.js';
 import { drawUsage } from './chart.js';
 import { $, clear, fromLocalInput, h, relative, toLocalInput, when } from './dom.js';
 
@@ -396,4 +396,5 @@ async function revoke(session, button) {
 $('error-close').addEventListener('click', clearError);
 
 setMode('live');
+endOnLeave();
 showSignin();

@@ -205,13 +205,20 @@ async function main() {
     // Nothing kept in storage, cookies or the URL.
     assert.deepEqual(await page.evaluate(() => [localStorage.length, sessionStorage.length, document.cookie, location.href]), [0, 0, '', `${ADMIN}/ui/`]);
     assert.equal((await context.cookies()).length, 0, 'no cookies');
-    // A reload forgets the token (it lived in memory) and the key is gone for good.
+    // A reload forgets the token (it lived in memory), ends its session on the server, and
+    // the key is gone for good.
+    const before = await page.locator('#sessions-body tr.current').getAttribute('data-session-id');
     await page.reload();
     await page.locator('#signin-view').waitFor();
     assert.ok(!(await page.content()).includes(raw), 'the raw key is not shown again after a reload');
     await signIn();
     await row.waitFor();
     assert.ok(!(await page.content()).includes(raw), 'the raw key is not in the signed-in page either');
+    await eventually('the session of the page before the reload is ended', async () => {
+      await page.click('#sessions-refresh');
+      await page.waitForTimeout(200);
+      return (await page.locator(`#sessions-body tr[data-session-id="${before}"]`).count()) === 0;
+    }, 10000, 300);
 
     // 4. Use the key through Envoy; the filter's usage report moves `last used` and the chart.
     await eventually('the new key works through Envoy', async () => (await throughEnvoy(raw)) === 200, 15000, 100);
@@ -271,6 +278,14 @@ async function main() {
     await page.locator(`#keys-body tr[data-key-id="${keyId}"] .state-inactive`).waitFor();
     await eventually('the deactivated key is refused at Envoy', async () => (await throughEnvoy(rotated, memberToken)) === 401, 10000, 100);
     await shot('deactivated');
+    // Activate again: it works again (then stays active; nothing else depends on it).
+    await row.locator('button[data-action="activate"]').click();
+    await page.locator(`#keys-body tr[data-key-id="${keyId}"] .state-active`).waitFor();
+    await eventually('the re-activated key works at Envoy', async () => (await throughEnvoy(rotated, memberToken)) === 200, 10000, 100);
+    // And clear its expiry.
+    await row.locator('button[data-action="expiry"]').click();
+    await page.click('#expiry-clear');
+    await page.locator(`#keys-body tr[data-key-id="${keyId}"] td.expires`, { hasText: 'never' }).waitFor();
 
     // 8. Test keys are apart from live keys.
     await page.click('#tab-test');
@@ -304,6 +319,14 @@ async function main() {
     const after = await json('GET', `${ADMIN}/v1/me`, undefined, { authorization: `Bearer ${otherToken}` });
     assert.equal(after.status, 401, 'the revoked session\'s token is refused');
     await shot('session-revoked');
+
+    // Revoking this page's own session signs out.
+    await page.locator('#sessions-body tr.current button[data-action="revoke"]').click();
+    await page.locator('#confirm-dialog').waitFor();
+    await page.click('#confirm-ok');
+    await page.locator('#signin-view').waitFor();
+    assert.equal(await page.locator('#app-view').isVisible(), false);
+    assert.equal(await page.locator('#keys-body tr').count(), 0, 'nothing of the business stays on the page');
 
     // The whole run: no script error, no CSP violation, no secret in the console.
     assert.deepEqual(pageErrors, [], 'no script errors');
