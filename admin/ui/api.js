@@ -4,6 +4,10 @@
 
 let accessToken = null;
 let refreshToken = null;
+/** When the access token expires (ms since the epoch, by this browser's clock), and how
+ *  early to refresh it: 5 s, or a fifth of its lifetime if that is shorter. */
+let expiresAt = 0;
+let margin = 0;
 
 /** An API failure, with the server's message (or a description of what went wrong). */
 export class ApiError extends Error {
@@ -27,6 +31,7 @@ export function signedIn() {
 export function forget() {
   accessToken = null;
   refreshToken = null;
+  expiresAt = 0;
 }
 
 async function send(method, path, body, token) {
@@ -67,6 +72,9 @@ async function send(method, path, body, token) {
 function keep(answer) {
   accessToken = answer.accessToken;
   refreshToken = answer.refreshToken;
+  const lifetime = Number(answer.expiresIn || 0) * 1000;
+  expiresAt = Date.now() + lifetime;
+  margin = Math.min(5000, lifetime / 5);
 }
 
 /** Signs in; the answer's businesses are returned, the tokens kept here. */
@@ -89,28 +97,35 @@ async function refresh() {
   return refreshing;
 }
 
-/** An authenticated call; one refresh and retry when the access token has expired. */
+/** An authenticated call. An access token at (or just before) its expiry is refreshed
+ *  first; a 401 anyway gets one refresh and retry. */
 export async function call(method, path, body) {
   if (!accessToken) throw new ApiError(401, 'signed_out', 'You are signed out. Sign in again.');
+  if (Date.now() >= expiresAt - margin && !(await refresh())) {
+    ended();
+    throw new ApiError(401, 'session_ended', SESSION_ENDED);
+  }
   try {
     return await send(method, path, body, accessToken);
   } catch (e) {
-    if (e instanceof ApiError && e.status === 401 && (await refresh())) {
+    if (!(e instanceof ApiError) || e.status !== 401) throw e;
+    if (await refresh()) {
       try {
         return await send(method, path, body, accessToken);
       } catch (again) {
-        if (again instanceof ApiError && again.status === 401) ended();
-        throw again;
+        if (!(again instanceof ApiError) || again.status !== 401) throw again;
       }
     }
-    if (e instanceof ApiError && e.status === 401) ended();
-    throw e;
+    ended();
+    throw new ApiError(401, 'session_ended', SESSION_ENDED);
   }
 }
 
+const SESSION_ENDED = 'Your session has ended. Please sign in again.';
+
 function ended() {
   forget();
-  onSignedOut('Your session has ended. Please sign in again.');
+  onSignedOut(SESSION_ENDED);
 }
 
 /** Ends this session on the server (best effort) and forgets the tokens. */

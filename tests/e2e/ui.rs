@@ -3,7 +3,9 @@
 //! `tests/browser/dashboard.mjs` against this suite's stack: sign in, pick the business,
 //! create a key (shown once), use it through Envoy, see `last used` and the usage chart
 //! move, rotate, deactivate, test mode, revoke a session, API errors in words, the CSP and
-//! escaping. Screenshots go to `target/ui-screenshots/NN-step.png`; the script prints each path.
+//! escaping. Suite `ui_short_ttl` (3-second tokens, `tests/browser/refresh.mjs`): the page
+//! refreshes an expired access token, and asks to sign in again when its session is revoked.
+//! Screenshots go to `target/ui-screenshots/NN-step.png`; the scripts print each path.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,8 +18,20 @@ use serde_json::json;
 use crate::{Case, Suite};
 
 pub fn suites() -> Vec<Suite> {
-    vec![Suite { name: "ui", options, cases: CASES }]
+    vec![
+        Suite { name: "ui", options, cases: CASES },
+        Suite { name: "ui_short_ttl", options: short_ttl, cases: SHORT_CASES },
+    ]
 }
+
+/// Access tokens of the short suite live this long (seconds): the page must refresh them.
+const SHORT_TTL: u64 = 3;
+
+fn short_ttl() -> StackOptions {
+    StackOptions { admin_args: vec!["--token-ttl-secs".into(), SHORT_TTL.to_string()], ..StackOptions::default() }
+}
+
+const SHORT_CASES: &[Case] = &[("page_refreshes_an_expired_token_and_asks_to_sign_in_when_that_fails", refresh)];
 
 /// The reference rules, with usage posted to admin every second so the page sees it soon.
 fn options() -> StackOptions {
@@ -62,6 +76,16 @@ fn headers(stack: &Stack) {
 }
 
 fn dashboard(stack: &Stack) {
+    run_script(stack, "dashboard.mjs", 10);
+}
+
+fn refresh(stack: &Stack) {
+    run_script(stack, "refresh.mjs", 2);
+}
+
+/// Prepares a business and a member, runs `tests/browser/<script>` against the stack, fails
+/// when it fails; expects at least `screenshots` new screenshots.
+fn run_script(stack: &Stack, script: &str, screenshots: usize) {
     let root = repo();
     let browser = root.join("tests/browser");
     assert!(
@@ -85,10 +109,10 @@ fn dashboard(stack: &Stack) {
     assert_eq!(status, 201);
 
     let shots = root.join("target/ui-screenshots");
-    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
     let started = Instant::now();
     let output = Command::new("node")
-        .arg(browser.join("dashboard.mjs"))
+        .arg(browser.join(script))
         .current_dir(&browser)
         .env("KEYGATE_ADMIN_URL", &stack.admin_url)
         .env("KEYGATE_ENVOY_URL", &stack.envoy_url)
@@ -97,6 +121,7 @@ fn dashboard(stack: &Stack) {
         .env("KEYGATE_UI_BUSINESS", &business_id)
         .env("KEYGATE_UI_SCREENSHOTS", &shots)
         .env("KEYGATE_CHROMIUM", &chromium)
+        .env("KEYGATE_UI_TOKEN_TTL_SECS", SHORT_TTL.to_string())
         .output()
         .expect("node runs (it comes with the machine; xtask setup checks it)");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -104,9 +129,9 @@ fn dashboard(stack: &Stack) {
     // libtest-mimic captures nothing: these lines (screenshot paths) show in the test output.
     println!("{stdout}");
     eprintln!("{stderr}");
-    println!("ui: browser run took {:.1} s", started.elapsed().as_secs_f64());
+    println!("ui: {script} took {:.1} s in the browser", started.elapsed().as_secs_f64());
     assert!(output.status.success(), "the browser test failed ({}):\n{stdout}\n{stderr}", output.status);
-    let taken = std::fs::read_dir(&shots).unwrap().filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "png")).count();
-    assert!(taken >= 10, "expected the screenshots in {}, found {taken}", shots.display());
+    let taken = stdout.lines().filter_map(|l| l.strip_prefix("screenshot: ")).filter(|p| std::path::Path::new(p).is_file()).count();
+    assert!(taken >= screenshots, "expected {screenshots} screenshots (printed and written), found {taken}");
     stack.assert_alive();
 }
