@@ -50,7 +50,8 @@ fn is_id(text: &str, prefix: &str) -> bool {
 fn clean_name(raw: &str, field: &str) -> Result<String, AdminError> {
     let name = raw.trim();
     let chars = name.chars().count();
-    if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+    // The limit counts what was sent (as the API document says), spaces included.
+    if chars == 0 || raw.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
         return Err(AdminError::InvalidRequest(format!("{field} must be 1 to {MAX_NAME_CHARS} characters without control characters")));
     }
     Ok(name.to_owned())
@@ -707,6 +708,56 @@ async fn set_key_active(state: AppState, caller: Caller, key_id: String, active:
     ok_json(StatusCode::OK, &KeyView::of(&key, None))
 }
 
+/// `Some(None)` for an explicit JSON `null`, `None` (by `default`) for an absent field.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    /// An RFC 3339 time in the future, or `null` for no expiry.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    expires_at: Option<Option<String>>,
+}
+
+/// Changes a key's settings; today its expiry (set, moved or cleared), which reaches the
+/// filters through the changelog like an activation change.
+#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", summary = "Change a key's settings: set, move or clear its expiry", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")), request_body = UpdateKey,
+    responses(
+        (status = 200, description = "The key", body = KeyView),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
+pub async fn update_key(state: AppState, caller: Caller, key_id: String, body: UpdateKey) -> Result<Response, AdminError> {
+    if !is_id(&key_id, "key_") {
+        return Err(AdminError::KeyNotFound);
+    }
+    let Some(expires_at) = body.expires_at else {
+        return Err(AdminError::InvalidRequest("nothing to change: give expires_at (an RFC 3339 date-time, or null for none)".to_owned()));
+    };
+    let expires_at = match expires_at.as_deref() {
+        None => None,
+        Some(text) => {
+            let at =
+                rfc3339::parse(text).ok_or_else(|| AdminError::InvalidRequest("expires_at must be an RFC 3339 date-time".to_owned()))?;
+            if at <= now() {
+                return Err(AdminError::InvalidRequest("expires_at must be in the future".to_owned()));
+            }
+            Some(at)
+        }
+    };
+    let key = state.store().key(&key_id)?.ok_or(AdminError::KeyNotFound)?;
+    if !caller.may_manage(&key.business) {
+        return Err(AdminError::Forbidden);
+    }
+    let (key, ticket) = blocking(state.store(), move |s| s.set_key_expiry(&key_id, expires_at)).await?;
+    state.store().wait_durable(ticket).await?;
+    tracing::info!(key = %key.id, expires_at = ?key.expires_at, "api key expiry changed");
+    ok_json(StatusCode::OK, &KeyView::of(&key, None))
+}
+
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateKey {
@@ -868,6 +919,88 @@ pub async fn rotate_signing_key(state: AppState) -> Result<Response, AdminError>
 }
 
 // ----- sessions -----
+
+#[derive(Serialize, ToSchema)]
+pub struct MeUser {
+    id: String,
+    email: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MeView {
+    user: MeUser,
+    /// The session of the token this request came with.
+    session_id: String,
+    businesses: Vec<BusinessView>,
+}
+
+/// The signed-in member: who they are, which businesses they may manage (with names),
+/// and the session their token belongs to. Members only (the operator has no account).
+#[utoipa::path(get, path = "/v1/me", tag = "auth", summary = "The signed-in member, their businesses and current session", security(("member" = [])),
+    responses(
+        (status = 200, description = "The member", body = MeView),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
+pub async fn me(state: AppState, caller: Caller) -> Result<Response, AdminError> {
+    let Caller::Member { user_id, session_id, businesses } = caller else {
+        return Err(AdminError::InvalidRequest("the operator token has no account; sign in as a member".to_owned()));
+    };
+    let user = state.store().user(&user_id)?.ok_or(AdminError::Unauthorized)?;
+    let mut views = Vec::with_capacity(businesses.len());
+    for id in &businesses {
+        if let Some(b) = state.store().business(id)? {
+            views.push(BusinessView { id: b.id, name: b.name });
+        }
+    }
+    ok_json(StatusCode::OK, &MeView { user: MeUser { id: user.id, email: user.email }, session_id, businesses: views })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionView {
+    id: String,
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// When the current access token expires.
+    #[schema(format = DateTime)]
+    access_expires_at: String,
+    /// Until when the session can be refreshed.
+    #[schema(format = DateTime)]
+    refresh_expires_at: Option<String>,
+    /// The session of the token this request came with.
+    current: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionList {
+    sessions: Vec<SessionView>,
+}
+
+/// The caller's live sign-in sessions, oldest first. Members only.
+#[utoipa::path(get, path = "/v1/sessions", tag = "auth", summary = "The signed-in member's live sessions", security(("member" = [])),
+    responses(
+        (status = 200, description = "The sessions", body = SessionList),
+        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+    )
+)]
+pub async fn list_sessions(state: AppState, caller: Caller) -> Result<Response, AdminError> {
+    let Caller::Member { user_id, session_id, .. } = caller else {
+        return Err(AdminError::InvalidRequest("the operator token has no sessions; sign in as a member".to_owned()));
+    };
+    let now = now();
+    let sessions = blocking(state.store(), move |s| s.live_user_sessions(&user_id, now)).await?;
+    let views: Vec<SessionView> = sessions
+        .iter()
+        .map(|s| SessionView {
+            id: s.id.clone(),
+            created_at: rfc3339::format(s.created_at),
+            access_expires_at: rfc3339::format(s.last_exp),
+            refresh_expires_at: s.refresh_expires_at.map(rfc3339::format),
+            current: s.id == session_id,
+        })
+        .collect();
+    ok_json(StatusCode::OK, &SessionList { sessions: views })
+}
 
 #[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "auth", summary = "Revoke a session (a member may revoke their own)", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Session id")),
     responses(

@@ -26,6 +26,7 @@ pub mod state;
 pub mod store;
 pub mod throttle;
 pub mod tokens;
+pub mod ui;
 
 use std::future::Future;
 

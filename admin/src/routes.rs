@@ -219,6 +219,8 @@ pub fn path_template(path: &str) -> String {
         "metrics",
         "openapi.json",
         "signing-keys",
+        "me",
+        "ui",
     ];
     const ID_PREFIXES: &[&str] = &["biz_", "usr_", "key_", "ses_"];
     let mut out = String::new();
@@ -347,6 +349,35 @@ pub fn routes(
         .and(caller(s.clone()))
         .and_then(|sid, st, caller| async move { reject(handlers::revoke_session(st, caller, sid).await) });
 
+    let me = warp::path!("v1" / "me")
+        .and(warp::get())
+        .and(caller(s.clone()))
+        .and_then(|st, caller| async move { reject(handlers::me(st, caller).await) });
+
+    let list_sessions = warp::path!("v1" / "sessions")
+        .and(warp::get())
+        .and(caller(s.clone()))
+        .and_then(|st, caller| async move { reject(handlers::list_sessions(st, caller).await) });
+
+    let update_key = warp::path!("v1" / "keys" / String)
+        .and(warp::patch())
+        .and(caller(s.clone()))
+        .and(json())
+        .and_then(|key, st, caller, body| async move { reject(handlers::update_key(st, caller, key, body).await) });
+
+    // The dashboard: `/ui` redirects to `/ui/`, whose files are embedded (see `ui`).
+    let ui = warp::path("ui")
+        .and(warp::get())
+        .and(warp::path::full())
+        .and(warp::path::tail())
+        .map(|full: warp::path::FullPath, tail: warp::path::Tail| {
+            match (full.as_str(), tail.as_str()) {
+                ("/ui", _) => crate::ui::redirect(),
+                (_, "") => crate::ui::page(),
+                (_, name) => crate::ui::asset(name),
+            }
+        });
+
     let snapshot = warp::path!("v1" / "snapshot")
         .and(warp::get())
         .and(proxy(s.clone()))
@@ -405,6 +436,14 @@ pub fn routes(
         .or(usage.boxed())
         .unify()
         .or(rotate_signing.boxed())
+        .unify()
+        .or(me.boxed())
+        .unify()
+        .or(list_sessions.boxed())
+        .unify()
+        .or(update_key.boxed())
+        .unify()
+        .or(ui.boxed())
         .unify()
         .recover(recover)
         .unify();

@@ -108,6 +108,17 @@ async fn metrics_count_requests_by_route_template() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let (status, _) = server.snapshot("").await;
     assert_eq!(status, StatusCode::OK);
+    // The dashboard's routes: the member's own endpoints, the expiry change, the page.
+    let member = signin["accessToken"].as_str().unwrap();
+    assert_eq!(server.get("/v1/me", Some(member)).await.0, StatusCode::OK);
+    assert_eq!(server.get("/v1/sessions", Some(member)).await.0, StatusCode::OK);
+    let (status, _) = server.send(reqwest::Method::PATCH, &format!("/v1/keys/{key_id}"), Some(OPERATOR), Some(json!({"expires_at": null}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    for (path, want) in [("/ui", 301), ("/ui/", 200), ("/ui/app.js", 200), ("/ui/sk_live_typed.js", 404)] {
+        let status = no_redirect.get(format!("{}{path}", server.base)).send().await.unwrap().status();
+        assert_eq!(status.as_u16(), want, "{path}");
+    }
     let (_, health) = server.get("/healthz", None).await;
 
     let (text, samples) = scrape(&server).await;
@@ -122,6 +133,13 @@ async fn metrics_count_requests_by_route_template() {
     assert_eq!(value(&samples, requests, &[("route", "/auth/signin"), ("method", "POST"), ("status", "401")]), 1.0);
     assert_eq!(value(&samples, requests, &[("route", "/auth/signin"), ("method", "POST"), ("status", "429")]), 1.0);
     assert_eq!(value(&samples, requests, &[("route", "/v1/snapshot"), ("method", "GET"), ("status", "200")]), 1.0);
+    assert_eq!(value(&samples, requests, &[("route", "/v1/me"), ("method", "GET"), ("status", "200")]), 1.0);
+    assert_eq!(value(&samples, requests, &[("route", "/v1/sessions"), ("method", "GET"), ("status", "200")]), 1.0);
+    assert_eq!(value(&samples, requests, &[("route", "/v1/keys/{id}"), ("method", "PATCH"), ("status", "200")]), 1.0);
+    assert_eq!(value(&samples, requests, &[("route", "/ui"), ("method", "GET"), ("status", "301")]), 1.0);
+    assert_eq!(value(&samples, requests, &[("route", "/ui"), ("method", "GET"), ("status", "200")]), 1.0);
+    assert_eq!(value(&samples, requests, &[("route", "/ui/{id}"), ("method", "GET"), ("status", "200")]), 1.0);
+    assert_eq!(value(&samples, requests, &[("route", "/ui/{id}"), ("method", "GET"), ("status", "404")]), 1.0);
     assert_eq!(value(&samples, "keygate_admin_signin_throttled_total", &[]), 1.0);
     assert_eq!(value(&samples, "keygate_admin_changelog_version", &[]), health["version"].as_f64().unwrap());
     assert!(value(&samples, "keygate_admin_store_size_bytes", &[]) > 0.0);
@@ -160,6 +178,7 @@ async fn metrics_count_requests_by_route_template() {
         OPERATOR,
         PROXY,
         "sk_test",
+        "sk_live_typed",
         "0000000000000000",
         "correct horse",
     ];

@@ -79,10 +79,9 @@ async fn every_answered_route_is_described_and_every_described_route_answers() {
         for (method, operation) in item.as_object().unwrap() {
             let method = method.to_uppercase();
             assert!(METHODS.contains(&method.as_str()), "{method} {template}");
-            assert!(
-                operation["responses"]["default"].is_object(),
-                "{method} {template} has no default (error) response"
-            );
+            // The JSON API answers errors with the one error body; the dashboard's files do not.
+            let page = operation["tags"] == serde_json::json!(["dashboard"]);
+            assert!(page || operation["responses"]["default"].is_object(), "{method} {template} has no default (error) response");
             assert!(
                 operation["summary"].as_str().is_some_and(|s| !s.is_empty()),
                 "{method} {template} has no summary"

