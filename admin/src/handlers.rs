@@ -353,8 +353,11 @@ pub async fn login(state: AppState, body: Login) -> Result<Response, AdminError>
         None => DEFAULT_CLIENT_SESSION.to_owned(),
     };
     let now = now();
-    let api_key = ApiKey::parse(&body.api_key).map_err(|_| AdminError::InvalidApiKey)?;
-    let key = state.store().key_by_hash(&api_key.hash())?.filter(|k| k.accepts(&api_key.hash(), now)).ok_or(AdminError::InvalidApiKey)?;
+    // The filter's rules: keygate's format is checksum-checked first; an imported key in
+    // another format is found by its hash (see `keygate_core::key::classify`).
+    let api_key = keygate_core::key::classify(&body.api_key).map_err(|_| AdminError::InvalidApiKey)?;
+    let hash = api_key.hash();
+    let key = state.store().key_by_hash(&hash)?.filter(|k| k.accepts(&hash, now)).ok_or(AdminError::InvalidApiKey)?;
 
     let tokens = state.tokens();
     let mut exp = now.saturating_add(state.config().token_ttl_secs);
