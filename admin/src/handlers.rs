@@ -27,7 +27,7 @@ pub const MAX_WAIT_SECS: u64 = 60;
 const DEFAULT_CLIENT_SESSION: &str = "default";
 
 /// Runs a store call on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     store: &Store,
     f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, AdminError> {
@@ -45,7 +45,7 @@ fn is_id(text: &str, prefix: &str) -> bool {
     text.strip_prefix(prefix).is_some_and(|rest| rest.len() == random::ID_LEN && base62::is_base62(rest))
 }
 
-fn clean_name(raw: &str, field: &str) -> Result<String, AdminError> {
+pub(crate) fn clean_name(raw: &str, field: &str) -> Result<String, AdminError> {
     let name = raw.trim();
     let chars = name.chars().count();
     if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod handlers;
+pub mod import;
 pub mod metrics;
 pub mod passwords;
 pub mod random;
