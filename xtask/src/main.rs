@@ -38,6 +38,9 @@ commands:
           checks every configuration's answers (test's last phase); figures in target/bench-run/
   fuzz [--secs N] [--quick] [TARGET...]   cargo-fuzz (nightly) over every parser of untrusted input (fuzz/)
   crash-test [--rounds N] [--clients C]   kill -9 admin under concurrent writes; 0 acknowledged writes lost
+  import-bench [--keys N] [--no-envoy]
+          time `keygate-admin import` of N keys (default 1 000 000; release build), then a
+          fresh Envoy's full sync of them (not part of test); files in target/import-bench/
   setup   only the set-up steps and the build
   help    this text
 
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::cmd_fuzz(&p, &args[1..]),
         Some("crash-test") => crash::cmd_crash_test(&p, &args[1..]),
         Some("bench") => bench::cmd_bench(&p, &args[1..]),
+        Some("import-bench") => bench::import::cmd(&p, &args[1..]),
         Some("up") if args.len() == 1 => up::cmd_up(&p),
         Some("setup") if args.len() == 1 => match setup_and_build(&p) {
             Ok(()) => ExitCode::SUCCESS,
