@@ -388,6 +388,9 @@ pub fn routes(
         .unify()
         .or(revoke.boxed())
         .unify()
+        // Boxed midway: one chain of this many `or`s overflows the trait solver's recursion
+        // limit in release builds.
+        .boxed()
         .or(snapshot.boxed())
         .unify()
         .or(refresh.boxed())
