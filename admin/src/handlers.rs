@@ -29,7 +29,7 @@ pub const MAX_WAIT_SECS: u64 = 60;
 const DEFAULT_CLIENT_SESSION: &str = "default";
 
 /// Runs a store call on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     store: &Store,
     f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, AdminError> {
@@ -47,7 +47,7 @@ fn is_id(text: &str, prefix: &str) -> bool {
     text.strip_prefix(prefix).is_some_and(|rest| rest.len() == random::ID_LEN && base62::is_base62(rest))
 }
 
-fn clean_name(raw: &str, field: &str) -> Result<String, AdminError> {
+pub(crate) fn clean_name(raw: &str, field: &str) -> Result<String, AdminError> {
     let name = raw.trim();
     let chars = name.chars().count();
     // The limit counts what was sent (as the API document says), spaces included.
@@ -459,8 +459,11 @@ pub async fn login(state: AppState, body: Login) -> Result<Response, AdminError>
         None => DEFAULT_CLIENT_SESSION.to_owned(),
     };
     let now = now();
-    let api_key = ApiKey::parse(&body.api_key).map_err(|_| AdminError::InvalidApiKey)?;
-    let key = state.store().key_by_hash(&api_key.hash())?.filter(|k| k.accepts(&api_key.hash(), now)).ok_or(AdminError::InvalidApiKey)?;
+    // The filter's rules: keygate's format is checksum-checked first; an imported key in
+    // another format is found by its hash (see `keygate_core::key::classify`).
+    let api_key = keygate_core::key::classify(&body.api_key).map_err(|_| AdminError::InvalidApiKey)?;
+    let hash = api_key.hash();
+    let key = state.store().key_by_hash(&hash)?.filter(|k| k.accepts(&hash, now)).ok_or(AdminError::InvalidApiKey)?;
 
     let tokens = state.tokens();
     let mut exp = now.saturating_add(state.config().token_ttl_secs);

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod handlers;
+pub mod import;
 pub mod metrics;
 pub mod openapi;
 pub mod passwords;
@@ -41,6 +42,8 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AdminError> {
+    // The caller's handles; when only these are left, the store is released with them.
+    let callers = state.handles();
     let flusher = state.store().start_flusher();
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
     let routes = routes::routes(state.clone());
@@ -60,6 +63,13 @@ pub async fn run(
         tracing::error!(error = %e, "housekeeping task failed");
     }
     flusher.shutdown().await?;
+    // warp's graceful shutdown resolves when each connection's future has finished, which can
+    // be just before that connection's task drops its copy of the routes (and so of the state):
+    // wait for those drops, so a caller that reopens the directory right away finds it free.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while state.handles() > callers && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
     tracing::info!(version = state.store().durable_version(), "store flushed; stopped");
     Ok(())
 }

@@ -33,6 +33,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/snapshot",
     "/v1/usage",
     "/v1/signing-keys/rotate",
+    "/v1/import/keys",
     "/auth/signin",
     "/auth/login",
     "/auth/refresh",

@@ -44,6 +44,7 @@ Errors always answer `{\"success\": false, \"error\": \"<words>\", \"code\": \"<
         handlers::me,
         handlers::list_sessions,
         handlers::update_key,
+        crate::import::import_keys,
         crate::ui::redirect,
         crate::ui::page,
         crate::ui::asset,

@@ -123,7 +123,7 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let bytes = read_body(length, body).await?;
+    let bytes = read_body(length, body, BODY_LIMIT).await?;
     // No body, an empty one, or JSON `null`: all mean "nothing given".
     if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
         return Ok(T::default());
@@ -131,13 +131,13 @@ where
     parse_object(&bytes)
 }
 
-async fn read_json<T, S, B>(length: Option<u64>, body: S) -> Result<T, AdminError>
+async fn read_json<T, S, B>(length: Option<u64>, body: S, limit: u64) -> Result<T, AdminError>
 where
     T: DeserializeOwned,
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let bytes = read_body(length, body).await?;
+    let bytes = read_body(length, body, limit).await?;
     parse_object(&bytes)
 }
 
@@ -151,21 +151,21 @@ fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
     }
 }
 
-async fn read_body<S, B>(length: Option<u64>, body: S) -> Result<Vec<u8>, AdminError>
+async fn read_body<S, B>(length: Option<u64>, body: S, limit: u64) -> Result<Vec<u8>, AdminError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    if length.is_some_and(|n| n > BODY_LIMIT) {
-        return Err(AdminError::PayloadTooLarge { limit: BODY_LIMIT });
+    if length.is_some_and(|n| n > limit) {
+        return Err(AdminError::PayloadTooLarge { limit });
     }
     // Chunked bodies carry no length: count as they arrive.
     let mut body = pin!(body);
-    let mut bytes = Vec::with_capacity(length.unwrap_or(0).min(BODY_LIMIT) as usize);
+    let mut bytes = Vec::with_capacity(length.unwrap_or(0).min(limit) as usize);
     while let Some(chunk) = body.next().await {
         let mut chunk = chunk.map_err(|_| AdminError::InvalidRequest("the request body could not be read".to_owned()))?;
-        if (bytes.len() as u64).saturating_add(chunk.remaining() as u64) > BODY_LIMIT {
-            return Err(AdminError::PayloadTooLarge { limit: BODY_LIMIT });
+        if (bytes.len() as u64).saturating_add(chunk.remaining() as u64) > limit {
+            return Err(AdminError::PayloadTooLarge { limit });
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
@@ -179,9 +179,14 @@ where
 
 /// A JSON body of at most [`BODY_LIMIT`] bytes, by `Content-Length` and by count.
 fn json<T: DeserializeOwned + Send + 'static>() -> BoxedFilter<(T,)> {
+    json_up_to(BODY_LIMIT)
+}
+
+/// A JSON body of at most `limit` bytes (the bulk import's larger cap).
+fn json_up_to<T: DeserializeOwned + Send + 'static>(limit: u64) -> BoxedFilter<(T,)> {
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
-        .and_then(|length: Option<u64>, body| async move { read_json::<T, _, _>(length, body).await.map_err(warp::reject::custom) })
+        .and_then(move |length: Option<u64>, body| async move { read_json::<T, _, _>(length, body, limit).await.map_err(warp::reject::custom) })
         .boxed()
 }
 
@@ -221,6 +226,7 @@ pub fn path_template(path: &str) -> String {
         "signing-keys",
         "me",
         "ui",
+        "import",
     ];
     const ID_PREFIXES: &[&str] = &["biz_", "usr_", "key_", "ses_"];
     let mut out = String::new();
@@ -377,6 +383,11 @@ pub fn routes(
                 (_, name) => crate::ui::asset(name),
             }
         });
+    let import_keys = warp::path!("v1" / "import" / "keys")
+        .and(warp::post())
+        .and(operator(s.clone()))
+        .and(json_up_to(crate::import::BATCH_BODY_LIMIT))
+        .and_then(|st, body| async move { reject(crate::import::import_keys(st, body).await) });
 
     let snapshot = warp::path!("v1" / "snapshot")
         .and(warp::get())
@@ -423,6 +434,9 @@ pub fn routes(
         .unify()
         .or(revoke.boxed())
         .unify()
+        // Boxed midway: one chain of this many `or`s overflows the trait solver's recursion
+        // limit in release builds.
+        .boxed()
         .or(snapshot.boxed())
         .unify()
         .or(refresh.boxed())
@@ -437,6 +451,7 @@ pub fn routes(
         .unify()
         .or(rotate_signing.boxed())
         .unify()
+        .boxed()
         .or(me.boxed())
         .unify()
         .or(list_sessions.boxed())
@@ -444,6 +459,8 @@ pub fn routes(
         .or(update_key.boxed())
         .unify()
         .or(ui.boxed())
+        .unify()
+        .or(import_keys.boxed())
         .unify()
         .recover(recover)
         .unify();

@@ -117,6 +117,11 @@ impl AppState {
         &self.inner.store
     }
 
+    /// How many handles on this state exist (clones held by the server's filters among them).
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     pub fn tokens(&self) -> &TokenService {
         &self.inner.tokens
     }

@@ -153,6 +153,65 @@ impl ApiKey {
     }
 }
 
+/// Shortest and longest key value looked up by hash when it is not in keygate's format
+/// (a key imported from another gateway; see [`PresentedKey`]).
+pub const LEGACY_MIN_LEN: usize = 8;
+pub const LEGACY_MAX_LEN: usize = 256;
+
+/// A presented key value, classified before any lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresentedKey {
+    /// keygate's format with a valid checksum: its kind and mode come from the prefix and
+    /// must match the stored record.
+    Checked(ApiKey),
+    /// Not keygate-shaped (an imported key from another gateway): looked up by the SHA-256
+    /// of the whole value; kind and mode come from the stored record alone.
+    Legacy(KeyHash),
+}
+
+impl PresentedKey {
+    pub fn hash(&self) -> KeyHash {
+        match self {
+            PresentedKey::Checked(key) => key.hash(),
+            PresentedKey::Legacy(hash) => *hash,
+        }
+    }
+
+    /// `(kind, mode)` the value itself claims: only a checked key claims any.
+    pub fn claims(&self) -> Option<(KeyKind, Mode)> {
+        match self {
+            PresentedKey::Checked(key) => Some((key.kind(), key.mode())),
+            PresentedKey::Legacy(_) => None,
+        }
+    }
+}
+
+/// Whether `text` has keygate's exact shape: a known prefix, then 38 base62 characters.
+/// Such a value is always checksum-checked and never looked up as a legacy key.
+pub fn is_keygate_shaped(text: &str) -> bool {
+    parse_prefix(text).is_some() && text.len() == KEY_LEN && base62::is_base62(&text[PREFIX_LEN..])
+}
+
+/// Whether `text` may be a legacy (imported) key: [`LEGACY_MIN_LEN`]..=[`LEGACY_MAX_LEN`]
+/// bytes of printable ASCII without spaces.
+pub fn is_legacy_candidate(text: &str) -> bool {
+    (LEGACY_MIN_LEN..=LEGACY_MAX_LEN).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Classifies a presented value. A keygate-shaped value with a wrong checksum is a typo
+/// and fails ([`KeyFormatError::Checksum`]) without a lookup; any other bounded printable
+/// value is a legacy key looked up by hash; the rest fails without a lookup.
+pub fn classify(text: &str) -> Result<PresentedKey, KeyFormatError> {
+    if is_keygate_shaped(text) {
+        return ApiKey::parse(text).map(PresentedKey::Checked);
+    }
+    if is_legacy_candidate(text) {
+        return Ok(PresentedKey::Legacy(KeyHash::of_raw(text)));
+    }
+    // Neither: this only reports why (prefix, length or characters).
+    ApiKey::parse(text).map(PresentedKey::Checked)
+}
+
 /// SHA-256 of the whole raw key: the only form in which a key is stored or shipped.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyHash(pub [u8; 32]);
@@ -285,5 +344,45 @@ mod tests {
     #[test]
     fn generation_reports_exhausted_randomness() {
         assert!(ApiKey::generate(KeyKind::Sk, Mode::Live, [255u8; 64]).is_none());
+    }
+
+    #[test]
+    fn classification_checks_keygate_keys_and_hashes_legacy_ones() {
+        let key = sample(KeyKind::Sk, Mode::Live, 11);
+        let raw = key.expose();
+        // A good keygate key: checked, claims its prefix's kind and mode.
+        assert_eq!(classify(raw), Ok(PresentedKey::Checked(key.clone())));
+        assert_eq!(classify(raw).map(|p| p.claims()), Ok(Some((KeyKind::Sk, Mode::Live))));
+        // keygate's exact shape with a wrong checksum: a typo, refused without a lookup.
+        let last = raw.len() - 1;
+        let mut typo = raw.to_owned().into_bytes();
+        typo[last] = if typo[last] == b'a' { b'b' } else { b'a' };
+        let typo = String::from_utf8(typo).unwrap();
+        assert_eq!(classify(&typo), Err(KeyFormatError::Checksum));
+        // Another vendor's key with the same prefix but another length: legacy, by hash.
+        let vendor = "sk_live_4eC39HqLyjWDarjtT1zdp7dc";
+        assert_eq!(classify(vendor), Ok(PresentedKey::Legacy(KeyHash::of_raw(vendor))));
+        assert_eq!(classify(vendor).map(|p| p.claims()), Ok(None));
+        // Any other bounded printable value: legacy too.
+        for value in ["AKIA1234abcd", "x-api-key:0123456789", &"z".repeat(LEGACY_MAX_LEN), "12345678"] {
+            assert_eq!(classify(value).map(|p| p.hash()), Ok(KeyHash::of_raw(value)), "{value}");
+        }
+        // keygate-shaped after its prefix but with a non-base62 character: not keygate-shaped,
+        // so a legacy lookup (it cannot match a keygate key: those hash their own text).
+        let odd = format!("{}-{}", &raw[..PREFIX_LEN], &raw[PREFIX_LEN + 1..]);
+        assert!(matches!(classify(&odd), Ok(PresentedKey::Legacy(_))));
+    }
+
+    #[test]
+    fn classification_refuses_what_cannot_be_a_key() {
+        assert!(classify("").is_err());
+        assert!(classify("short").is_err());
+        assert!(classify("sk_live").is_err());
+        assert!(classify(&"z".repeat(LEGACY_MAX_LEN + 1)).is_err());
+        assert!(classify("has a space in it").is_err());
+        assert!(classify("tab\there12345").is_err());
+        assert!(classify("ctrl\u{1}char12345").is_err());
+        assert!(classify("nön-ascii-value").is_err());
+        assert!(classify("sk_live_ééééééééééééééééééééééé").is_err());
     }
 }

@@ -436,3 +436,58 @@ fn token_cache_stays_bounded() {
         assert!(cache.len() <= 3);
     }
 }
+
+#[test]
+fn imported_keys_without_keygate_checksum_are_looked_up_by_hash_with_the_stored_kind_and_mode() {
+    use keygate_core::KeyHash;
+    let mut w = world();
+    // Another vendor's keys: one with a keygate-like prefix but another length, one with none.
+    let vendor_sk = "sk_live_4eC39HqLyjWDarjtT1zdp7dc";
+    let vendor_pk = "pk_test_TYooMQauvdEDq54NiTphI7jx";
+    let plain = "legacy-0123456789abcdef";
+    let legacy = |raw: &str, id: &str, kind, mode| KeyEntry { hash: KeyHash::of_raw(raw), id: id.into(), business: BIZ.into(), kind, mode, scopes: vec![], expires_at: None, active: true };
+    let wire = SnapshotWire {
+        version: 4,
+        since: Some(3),
+        // The stored record, not the prefix, says what a legacy key is: `vendor_pk` was
+        // imported as a secret live key, `plain` as a publishable test key.
+        keys: vec![
+            legacy(vendor_sk, "key_vsk", KeyKind::Sk, Mode::Live),
+            legacy(vendor_pk, "key_vpk", KeyKind::Sk, Mode::Live),
+            legacy(plain, "key_plain", KeyKind::Pk, Mode::Test),
+        ],
+        ..SnapshotWire::default()
+    };
+    w.snapshot.apply(wire).unwrap();
+    let token = w.token();
+    for (raw, id) in [(vendor_sk, "key_vsk"), (vendor_pk, "key_vpk")] {
+        let a = allowed(w.all_three_raw(&token, raw, BIZ));
+        assert_eq!(a.key_id.as_deref(), Some(id));
+        assert!(a.add_headers.contains(&("x-keygate-mode", "live".to_owned())));
+        // A POST is fine: both are stored as secret keys.
+        let bearer = format!("Bearer {token}");
+        assert!(matches!(w.run("POST", "/orders", &[("authorization", &bearer), ("secret_key", raw), ("businessid", BIZ)]), Decision::Allow(_)));
+    }
+    // The publishable test key: safe methods only, refused on a live route.
+    let with = |method: &str, path: &str, raw: &str| w.run(method, path, &[("secret_key", raw)]);
+    assert_eq!(allowed(with("GET", "/key/x", plain)).key_id.as_deref(), Some("key_plain"));
+    assert_eq!(denied(&with("POST", "/key/x", plain)), (403, DenyCode::InsufficientPermission));
+    let bearer = format!("Bearer {token}");
+    let live = w.run("GET", "/live/x", &[("authorization", &bearer), ("secret_key", plain), ("businessid", BIZ)]);
+    assert_eq!(denied(&live), (403, DenyCode::InsufficientPermission));
+    // A wrong legacy value, a near miss and an over-long or spaced one: invalid_api_key.
+    for raw in ["sk_live_4eC39HqLyjWDarjtT1zdp7dd", "legacy-0123456789abcdeF", "short", &"x".repeat(257), "legacy 0123456789abcdef"] {
+        assert_eq!(denied(&with("GET", "/key/x", raw)), (401, DenyCode::InvalidApiKey), "{raw}");
+    }
+    // keygate's own format keeps its checksum rule: a registered keygate key with one
+    // character changed is refused even if that exact text were registered as a legacy key.
+    let mut typo = w.sk.expose().to_owned();
+    let last = typo.pop().unwrap();
+    typo.push(if last == 'a' { 'b' } else { 'a' });
+    w.snapshot.apply(SnapshotWire { version: 5, since: Some(4), keys: vec![legacy(&typo, "key_typo", KeyKind::Sk, Mode::Live)], ..SnapshotWire::default() }).unwrap();
+    assert_eq!(denied(&w.run("GET", "/key/x", &[("secret_key", &typo)])), (401, DenyCode::InvalidApiKey));
+    // Deactivated or expired legacy keys are refused like any other.
+    let off = KeyEntry { active: false, ..legacy(plain, "key_plain", KeyKind::Pk, Mode::Test) };
+    w.snapshot.apply(SnapshotWire { version: 6, since: Some(5), keys: vec![off], ..SnapshotWire::default() }).unwrap();
+    assert_eq!(denied(&w.run("GET", "/key/x", &[("secret_key", plain)])), (401, DenyCode::InvalidApiKey));
+}

@@ -7,6 +7,7 @@
 
 mod attacks;
 mod filter;
+mod import;
 mod lifecycle;
 mod path;
 mod ui;
@@ -25,7 +26,7 @@ pub struct Suite {
 
 fn main() {
     let args = Arguments::from_args();
-    let suites: Vec<Suite> = [path::suites(), lifecycle::suites(), filter::suites(), attacks::suites(), ui::suites()].into_iter().flatten().collect();
+    let suites: Vec<Suite> = [path::suites(), lifecycle::suites(), filter::suites(), attacks::suites(), ui::suites(), import::suites()].into_iter().flatten().collect();
     let mut stacks = Vec::new();
     let mut trials = Vec::new();
     for suite in suites {

@@ -9,6 +9,7 @@
 //! bounded in count and time.
 
 mod feed;
+pub mod import;
 
 use std::fmt::Write as _;
 use std::fs::File;

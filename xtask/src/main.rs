@@ -41,6 +41,9 @@ commands:
   fuzz [--secs N] [--quick] [TARGET...]   cargo-fuzz (nightly) over every parser of untrusted input (fuzz/)
   crash-test [--rounds N] [--clients C]   kill -9 admin under concurrent writes; 0 acknowledged writes lost
   api-fuzz [--examples N]   schemathesis (pinned, into .venv/) against admin's /openapi.json (default 25 per operation)
+  import-bench [--keys N] [--no-envoy]
+          time `keygate-admin import` of N keys (default 1 000 000; release build), then a
+          fresh Envoy's full sync of them (not part of test); files in target/import-bench/
   setup   only the set-up steps and the build
   help    this text
 
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
         Some("crash-test") => crash::cmd_crash_test(&p, &args[1..]),
         Some("api-fuzz") => apifuzz::cmd_api_fuzz(&p, &args[1..]),
         Some("bench") => bench::cmd_bench(&p, &args[1..]),
+        Some("import-bench") => bench::import::cmd(&p, &args[1..]),
         Some("up") if args.len() == 1 => up::cmd_up(&p),
         Some("setup") if args.len() == 1 => match setup_and_build(&p) {
             Ok(()) => ExitCode::SUCCESS,

@@ -291,6 +291,15 @@ pub enum RefreshOutcome {
     Invalid,
 }
 
+/// What [`Store::import_keys`] did with one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportOutcome {
+    Imported,
+    /// Already stored as this key (same hash, business, kind and mode).
+    Skipped { key_id: String },
+    Refused(&'static str),
+}
+
 /// What a sweep removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
@@ -612,6 +621,37 @@ impl Store {
             Ok(())
         })?;
         Ok(ticket)
+    }
+
+    /// Imports a batch of keys in one transaction (one changelog entry per new key). Per key,
+    /// in order: imported; skipped when its hash is already stored with the same business,
+    /// kind and mode (a re-run); or refused with the reason.
+    pub fn import_keys(&self, keys: &[Key]) -> Result<(Vec<ImportOutcome>, Ticket), StoreError> {
+        self.write(|tx| {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                if let Some(id) = tx.key_hashes.get_raw(&key.hash.0)? {
+                    let existing: Option<Key> = tx.keys.get(&id)?;
+                    out.push(match existing {
+                        Some(k) if k.business == key.business && k.kind == key.kind && k.mode == key.mode => ImportOutcome::Skipped { key_id: k.id },
+                        _ => ImportOutcome::Refused("this key is already stored under another business, kind or mode"),
+                    });
+                    continue;
+                }
+                if !tx.businesses.contains(key.business.as_bytes())? {
+                    out.push(ImportOutcome::Refused("business not found"));
+                    continue;
+                }
+                if tx.keys.contains(key.id.as_bytes())? {
+                    return abort(StoreError::Collision);
+                }
+                tx.keys.put(key.id.as_bytes(), key)?;
+                tx.key_hashes.put_raw(&key.hash.0, key.id.as_bytes())?;
+                tx.append(Change::KeyUpsert { key: key.entry() })?;
+                out.push(ImportOutcome::Imported);
+            }
+            Ok(out)
+        })
     }
 
     /// Activates or deactivates a key (kept, never deleted); a changelog entry tells the

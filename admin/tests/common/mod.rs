@@ -34,18 +34,7 @@ impl Server {
     }
 
     pub async fn start_with(config: Config) -> Server {
-        // A restarted server may find the previous one's last handle on the store (a
-        // connection task holding the routes) not yet dropped: sled's lock says so. Retry.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let (state, _generated) = loop {
-            match AppState::open(config.clone()) {
-                Ok(opened) => break opened,
-                Err(e) if format!("{e:?}").contains("could not acquire lock") && std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("open state: {e:?}"),
-            }
-        };
+        let (state, _generated) = AppState::open(config).expect("open state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
