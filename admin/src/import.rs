@@ -82,7 +82,15 @@ impl ImportRecord {
 pub struct ImportBatch {
     /// At most 1000 records.
     #[schema(max_items = 1000)]
+    #[serde(deserialize_with = "objects")]
     pub keys: Vec<ImportRecord>,
+}
+
+/// Records as JSON objects only: serde alone would also build one from an array of its
+/// fields in order (found by schemathesis).
+fn objects<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ImportRecord>, D::Error> {
+    let raw: Vec<serde_json::Map<String, serde_json::Value>> = Deserialize::deserialize(d)?;
+    raw.into_iter().map(|o| serde_json::from_value(serde_json::Value::Object(o)).map_err(serde::de::Error::custom)).collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

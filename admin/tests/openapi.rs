@@ -225,6 +225,8 @@ async fn bodies_are_json_objects() {
         .raw(Method::POST, &rotate, Some(OPERATOR), b"[]".to_vec())
         .await;
     common::assert_error(status, &body, 400, "invalid_json");
+    let (status, body) = server.raw(Method::POST, "/v1/import/keys", Some(OPERATOR), br#"{"keys": [[]]}"#.to_vec()).await;
+    common::assert_error(status, &body, 400, "invalid_json");
     // An absent body, an empty one and `null` all mean "no options".
     for empty in [&b""[..], b"  ", b"null"] {
         let (status, body) = server
