@@ -364,22 +364,23 @@ fn verify_through_envoy(envoy: &Envoy, business: &str, acked: &[Acked]) -> Resul
     let error: Mutex<Option<String>> = Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..8 {
-            scope.spawn(|| loop {
-                let Some(a) = usize::try_from(next.fetch_add(1, Ordering::SeqCst)).ok().and_then(|i| acked.get(i)) else { break };
-                let mut requests: Vec<(String, Vec<(&str, String)>)> = vec![(format!("key {}", a.id), vec![("SECRET_KEY", a.key.clone())])];
-                for (session, token) in &a.sessions {
-                    requests.push((format!("login token of session {session} (key {})", a.id), vec![("Authorization", format!("Bearer {token}")), ("SECRET_KEY", a.key.clone()), ("businessId", business.to_owned())]));
-                }
-                for (i, (what, headers)) in requests.iter().enumerate() {
-                    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                    let path = if i == 0 { "/key/crash-check" } else { "/crash-check" };
-                    checked.fetch_add(1, Ordering::SeqCst);
-                    match envoy.get(path, &headers) {
-                        Ok(r) if r.status == 200 => {}
-                        Ok(r) => lost.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{what}: Envoy answered {} {}", r.status, r.body.chars().take(200).collect::<String>())),
-                        Err(e) => {
-                            *error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-                            return;
+            scope.spawn(|| {
+                while let Some(a) = usize::try_from(next.fetch_add(1, Ordering::SeqCst)).ok().and_then(|i| acked.get(i)) {
+                    let mut requests: Vec<(String, Vec<(&str, String)>)> = vec![(format!("key {}", a.id), vec![("SECRET_KEY", a.key.clone())])];
+                    for (session, token) in &a.sessions {
+                        requests.push((format!("login token of session {session} (key {})", a.id), vec![("Authorization", format!("Bearer {token}")), ("SECRET_KEY", a.key.clone()), ("businessId", business.to_owned())]));
+                    }
+                    for (i, (what, headers)) in requests.iter().enumerate() {
+                        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                        let path = if i == 0 { "/key/crash-check" } else { "/crash-check" };
+                        checked.fetch_add(1, Ordering::SeqCst);
+                        match envoy.get(path, &headers) {
+                            Ok(r) if r.status == 200 => {}
+                            Ok(r) => lost.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{what}: Envoy answered {} {}", r.status, r.body.chars().take(200).collect::<String>())),
+                            Err(e) => {
+                                *error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                                return;
+                            }
                         }
                     }
                 }
