@@ -949,8 +949,8 @@ fn flapping_admin(stack: &Stack) {
                 }
             });
         }
-        // Writes: every 300 ms create a key; every third round also rotate (no grace / 2 s of
-        // grace) or deactivate a settled key, in turn; retry unacknowledged outcomes.
+        // Writes: every 300 ms create a key; every third round also deactivate or rotate a key
+        // (see below); end keys whose last operation was not acknowledged.
         scope.spawn(|| {
             let mut round = 0u64;
             while Instant::now() < deadline {
@@ -969,24 +969,37 @@ fn flapping_admin(stack: &Stack) {
                     deactivate(&id);
                 }
                 if round.is_multiple_of(3) {
+                    // In turn: deactivate (a key in a rotation grace if there is one: both its
+                    // raw values must stop), rotate without grace, with 2 s, with 30 s of grace.
+                    let op = (round / 3) % 4;
                     let victim = {
                         let mut o = oracle.lock().unwrap();
                         let busy = o.busy.clone();
-                        // A key with exactly one live raw value and nothing in flight.
                         let live = |c: &&Cred| c.valid_from.is_some() && c.doubt_from.is_none() && !c.id.is_empty() && !busy.contains(&c.id);
-                        let pick = o.creds.iter().filter(live).map(|c| c.id.clone()).find(|id| o.creds.iter().filter(|c| &c.id == id && c.dead_from.is_none()).count() == 1);
-                        if let Some(id) = &pick {
+                        let in_grace = |id: &String| o.creds.iter().any(|c| &c.id == id && c.doubt_from.is_some() && c.dead_from.is_some_and(|d| d > Instant::now()));
+                        let single = |id: &String| o.creds.iter().filter(|c| &c.id == id && c.dead_from.is_none()).count() == 1;
+                        let pick = if op == 0 {
+                            let graced = o.creds.iter().filter(live).map(|c| c.id.clone()).find(in_grace);
+                            graced.map(|id| (id, true)).or_else(|| o.creds.iter().filter(live).map(|c| (c.id.clone(), false)).next())
+                        } else {
+                            // Rotate a key with exactly one live raw value.
+                            o.creds.iter().filter(live).map(|c| c.id.clone()).find(single).map(|id| (id, false))
+                        };
+                        if let Some((id, _)) = &pick {
                             o.busy.insert(id.clone());
                         }
                         pick
                     };
-                    if let Some(id) = victim {
-                        match (round / 3) % 3 {
+                    if let Some((id, graced)) = victim {
+                        match op {
                             0 => {
-                                deactivate(&id);
+                                let acked = deactivate(&id);
+                                if graced {
+                                    oracle.lock().unwrap().count("deactivate in a rotation grace", acked);
+                                }
                             }
                             kind => {
-                                let grace = if kind == 1 { 0 } else { 2 };
+                                let grace = [0, 0, 2, 30][kind as usize];
                                 let sent = Instant::now();
                                 // Without grace the old value may die as soon as admin has it;
                                 // with grace not before the grace ends (whole seconds, so 1 s early).
@@ -996,7 +1009,7 @@ fn flapping_admin(stack: &Stack) {
                                 let rotated = admin_call(&format!("/v1/keys/{id}/rotate"), json!({"grace_secs": grace}));
                                 let at = Instant::now();
                                 let mut o = oracle.lock().unwrap();
-                                o.count(if grace == 0 { "rotate" } else { "rotate with grace" }, rotated.is_some());
+                                o.count(["", "rotate", "rotate with 2 s grace", "rotate with 30 s grace"][kind as usize], rotated.is_some());
                                 match rotated {
                                     Some(k) => {
                                         if grace > 0 {
@@ -1047,10 +1060,15 @@ fn flapping_admin(stack: &Stack) {
         assert!(deactivate(&id), "deactivate {id} after the run");
     }
     let creds = oracle.lock().unwrap().creds.clone();
+    let now = Instant::now();
     for c in &creds {
-        let want = match (c.valid_from, c.dead_from) {
-            (None, _) | (_, Some(_)) => 401,
-            (Some(_), None) => 200,
+        let want = match (c.valid_from, c.doubt_from, c.dead_from) {
+            (None, ..) => 401,
+            (_, _, Some(dead)) if dead <= now => 401,
+            (_, None, None) => 200,
+            // Still in a 30 s rotation grace that outlasts this check.
+            (_, Some(doubt), _) if doubt > now + Duration::from_secs(15) => 200,
+            _ => continue, // its grace ends while we look
         };
         let (id, raw) = (&c.id, &c.raw);
         eventually(&format!("key {id} settling to {want}"), || stack.through_envoy("GET", "/key/flap", &[("SECRET_KEY", raw.as_bytes())]).0 == want);
@@ -1076,7 +1094,7 @@ fn flapping_admin(stack: &Stack) {
     assert!(vm_failures.is_empty(), "wasm VM failures: {vm_failures:?}");
     assert_eq!(new_vms, 0, "wasm VMs were replaced during the run (a VM crashed)");
     assert!(restarts.load(std::sync::atomic::Ordering::SeqCst) >= 1 && o.requests > 100, "the run did not flap under load");
-    for op in ["create", "deactivate", "rotate", "rotate with grace"] {
+    for op in ["create", "deactivate", "rotate", "rotate with 2 s grace", "rotate with 30 s grace"] {
         assert!(o.ops.get(op).is_some_and(|(_, acked)| *acked > 0), "no acknowledged {op} during the run: {ops:?}");
     }
 }
