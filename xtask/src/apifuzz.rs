@@ -69,7 +69,7 @@ pub fn api_fuzz(p: &Paths, examples: u32) -> Result<(), String> {
     let work = p.root.join("target/api-fuzz");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let admin = start_admin(&p.admin, &work.join("data"), &work.join("admin.log"))?;
+    let admin = start_admin(&p.admin, &work.join("data"), &work.join("admin.log"), "127.0.0.1:0")?;
     let spec = format!("http://{}/openapi.json", admin.addr);
     let feed = "^/v1/(snapshot|usage)$";
     schemathesis(

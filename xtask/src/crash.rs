@@ -1,14 +1,23 @@
 //! `cargo xtask crash-test [--rounds N] [--clients C]`: acknowledged writes survive
-//! `kill -9` of keygate-admin.
+//! `kill -9` of keygate-admin, in admin and through Envoy.
 //!
-//! One admin binary (the real one, `target/debug/keygate-admin`) on a fresh data directory.
-//! Each round, C concurrent clients create API keys and log in with them (each login with a
-//! new `session_id`, which admin stores) as fast as they can, while the admin is SIGKILLed
-//! at a random moment. It is then restarted on the same directory: it must open the store
-//! and serve again, and every write that got a 2xx — in this round or any earlier one — must
-//! be there: each acknowledged key is listed and logs in, each acknowledged session gives
-//! back the very token it was acknowledged with. Prints rounds, writes acknowledged, writes
-//! lost; fails if any write was lost or the store did not open.
+//! One admin binary (the real one, `target/debug/keygate-admin`) on a fresh data directory
+//! and a fixed loopback port, and one Envoy running the repository's envoy.yaml with the
+//! real keygate_filter.wasm (ports rewritten, rate limits lifted) in front of keygate-echo;
+//! Envoy stays up across admin's deaths, as in production. Each round, C concurrent clients
+//! create API keys and log in with them (each login with a new `session_id`, which admin
+//! stores) as fast as they can, while the admin is SIGKILLed at a random moment. It is then
+//! restarted on the same directory and port: it must open the store and serve again, and
+//! every write that got a 2xx, in this round or any earlier one, must be there:
+//! - in admin: each acknowledged key is listed and logs in, each acknowledged session gives
+//!   back the very token it was acknowledged with;
+//! - through Envoy, once the filter has synced (a key created after the restart passes, and
+//!   the changelog is applied in order): each acknowledged key passes a key route (200) and
+//!   each acknowledged login token passes, with its key and business, a route that needs
+//!   all three (200).
+//!
+//! Prints rounds, writes acknowledged, writes lost; fails if any write was lost, the store
+//! did not open or the filter did not sync.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -17,9 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::http;
 use crate::json::{quote, Json};
-use crate::{fail, run, step, Paths};
+use crate::{fail, http, step, sys, Paths};
 
 pub(crate) const OPERATOR: &str = "kgo_crash_test_operator_token_000000";
 pub(crate) const PROXY: &str = "kgp_crash_test_proxy_token_000000000";
@@ -63,10 +71,11 @@ impl Drop for Admin {
     }
 }
 
-pub(crate) fn start_admin(bin: &Path, data: &Path, log: &Path) -> Result<Admin, String> {
+/// Starts admin on `addr` (a fixed port, so Envoy's cluster finds it after each restart).
+pub(crate) fn start_admin(bin: &Path, data: &Path, log: &Path, addr: &str) -> Result<Admin, String> {
     let err = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let mut child = Command::new(bin)
-        .args(["serve", "--addr", "127.0.0.1:0", "--data"])
+        .args(["serve", "--addr", addr, "--data"])
         .arg(data)
         .env("KEYGATE_OPERATOR_TOKEN", OPERATOR)
         .env("KEYGATE_PROXY_TOKEN", PROXY)
@@ -111,9 +120,7 @@ fn random_below(n: u64) -> u64 {
 }
 
 pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String> {
-    let what = "cargo build -p keygate-admin";
-    step(what);
-    run(crate::cargo(p, &["build", "-p", "keygate-admin"]).stdin(Stdio::null()), what)?;
+    crate::setup_and_build(p)?; // Envoy, the .wasm, admin and echo; each step is skipped when done
     // One directory per run: two runs at once (CI and a developer) never share a store.
     let work: PathBuf = p.root.join("target").join("crash-test").join(format!("run-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
@@ -121,16 +128,25 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
     let (data, log) = (work.join("data"), work.join("admin.log"));
     step(&format!("crash test: {rounds} rounds x {clients} clients, SIGKILL at a random moment; data {}", data.display()));
 
-    let mut admin = start_admin(&p.admin, &data, &log)?;
+    let admin_addr = format!("127.0.0.1:{}", free_port()?);
+    let mut admin = start_admin(&p.admin, &data, &log, &admin_addr)?;
     let created = post(&admin.addr, "/v1/businesses", Some(OPERATOR), r#"{"name": "Crash Test"}"#)?;
     let business = Json::parse(&created.body).ok().and_then(|j| j.str("id").map(str::to_owned)).ok_or_else(|| format!("create business: {} {}", created.status, created.body))?;
+    let envoy = Envoy::start(p, &work, &admin_addr)?;
+    step(&format!("Envoy on {} with the keygate filter; admin on {admin_addr}", envoy.addr));
 
-    // The check can fail: a write admin never acknowledged is reported lost.
+    let mut acked: Vec<Acked> = Vec::new();
+    // The checks can fail: a write admin never acknowledged is reported lost, by admin and by Envoy.
     let fake = Acked { id: "key_NeverIssued00000".into(), key: "sk_live_NeverIssuedNeverIssuedNeverIssue000000".into(), sessions: vec![("never".into(), "never".into())] };
-    if verify(&admin.addr, &business, &[fake])?.1.len() != 3 {
+    if verify(&admin.addr, &business, std::slice::from_ref(&fake))?.1.len() != 3 {
         return Err("the crash test's check does not notice a missing key and session".into());
     }
-    let mut acked: Vec<Acked> = Vec::new();
+    acked.push(sync_sentinel(&admin.addr, &envoy, &business)?);
+    let bogus_token = Acked { sessions: vec![("never".into(), "eyJhbGciOiJFZERTQSJ9.e30.c2ln".into())], ..acked[0].clone() };
+    // Lost: the unknown key, its session's token, the bad token; passes: the sentinel key.
+    if verify_through_envoy(&envoy, &business, &[fake, bogus_token])?.1.len() != 3 {
+        return Err("the crash test's check through Envoy does not notice a missing key and a bad token".into());
+    }
     let (mut total_acked, mut total_lost) = (0usize, 0usize);
     let started = Instant::now();
     for round in 1..=rounds {
@@ -180,14 +196,21 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
         drop(admin);
         let this_round = std::mem::take(&mut *round_acked.lock().unwrap_or_else(|e| e.into_inner()));
         acked.extend(this_round.iter().cloned());
+        envoy.alive()?;
 
-        admin = start_admin(&p.admin, &data, &log).map_err(|e| format!("round {round}: the store did not reopen after SIGKILL: {e}"))?;
-        let (checked, lost) = verify(&admin.addr, &business, &acked)?;
+        admin = start_admin(&p.admin, &data, &log, &admin_addr).map_err(|e| format!("round {round}: the store did not reopen after SIGKILL: {e}"))?;
+        let (checked, mut lost) = verify(&admin.addr, &business, &acked)?;
+        // Through Envoy: once a key made now passes, the filter has applied every earlier change.
+        let synced = Instant::now();
+        acked.push(sync_sentinel(&admin.addr, &envoy, &business).map_err(|e| format!("round {round}: {e}"))?);
+        let sync_ms = synced.elapsed().as_millis();
+        let (through_envoy, envoy_lost) = verify_through_envoy(&envoy, &business, &acked)?;
+        lost.extend(envoy_lost);
         let sessions: usize = this_round.iter().map(|a| a.sessions.len()).sum();
         total_acked = checked;
         total_lost += lost.len();
         println!(
-            "==> round {round}/{rounds}: {} requests, {} keys + {sessions} sessions acknowledged this round; {checked} acknowledged writes so far re-checked, {} lost",
+            "==> round {round}/{rounds}: {} requests, {} keys + {sessions} sessions acknowledged this round; {checked} acknowledged writes so far re-checked in admin, {through_envoy} through Envoy (filter synced in {sync_ms} ms), {} lost",
             attempts.load(Ordering::SeqCst),
             this_round.len(),
             lost.len()
@@ -199,16 +222,177 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
             break;
         }
     }
-    println!("==> crash test: {rounds} rounds in {:.0} s, {total_acked} writes acknowledged (keys + sessions), {total_lost} lost", started.elapsed().as_secs_f64());
+    println!("==> crash test: {rounds} rounds in {:.0} s, {total_acked} writes acknowledged (keys + sessions), {total_lost} lost (checked in admin and through Envoy)", started.elapsed().as_secs_f64());
     if total_lost > 0 {
-        return Err(format!("{total_lost} acknowledged writes were lost after kill -9 (admin log {})", log.display()));
+        return Err(format!("{total_lost} acknowledged writes were lost after kill -9 (logs in {})", work.display()));
     }
     if total_acked == 0 {
         return Err("no write was acknowledged before the kill; the test proved nothing".into());
     }
+    envoy.alive()?;
+    drop(envoy);
     drop(admin);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| format!("no free port: {e}"))
+}
+
+/// A child in its own process group, SIGKILLed (group) and reaped on drop, and dying with xtask.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Result<Proc, String> {
+        let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        sys::own_group_die_with_parent(&mut cmd);
+        let child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
+        Ok(Proc { name, child, log })
+    }
+
+    fn alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            _ => Err(format!("{} exited; log {}", self.name, self.log.display())),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        sys::kill_group(self.child.id(), sys::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// keygate-echo and an Envoy running envoy.yaml with the real filter, in front of admin.
+struct Envoy {
+    envoy: Mutex<Proc>,
+    _echo: Proc,
+    addr: String,
+    admin_addr: String,
+}
+
+/// `text` with `from` replaced, which must occur exactly once (a drifting envoy.yaml fails
+/// the test instead of silently testing something else).
+fn replace_once(text: &str, from: &str, to: &str) -> Result<String, String> {
+    match text.matches(from).count() {
+        1 => Ok(text.replacen(from, to, 1)),
+        n => Err(format!("envoy.yaml should contain {from:?} exactly once, found {n}")),
+    }
+}
+
+impl Envoy {
+    fn start(p: &Paths, work: &Path, admin_addr: &str) -> Result<Envoy, String> {
+        // keygate-echo picks its port and prints it.
+        let echo_log = work.join("echo.log");
+        let echo_port = free_port()?;
+        let mut echo_cmd = Command::new(&p.echo);
+        echo_cmd.args(["--addr", &format!("127.0.0.1:{echo_port}")]);
+        let echo = Proc::spawn("keygate-echo", echo_cmd, echo_log)?;
+
+        let (port, envoy_admin_port) = (free_port()?, free_port()?);
+        let admin_port = admin_addr.rsplit(':').next().unwrap_or_default();
+        let mut yaml = std::fs::read_to_string(&p.envoy_yaml).map_err(|e| format!("{}: {e}", p.envoy_yaml.display()))?;
+        yaml = replace_once(&yaml, "port_value: 9901", &format!("port_value: {envoy_admin_port}"))?;
+        yaml = replace_once(&yaml, "port_value: 10000", &format!("port_value: {port}"))?;
+        yaml = replace_once(&yaml, "port_value: 8080", &format!("port_value: {admin_port}"))?;
+        yaml = replace_once(&yaml, "port_value: 8081", &format!("port_value: {echo_port}"))?;
+        yaml = replace_once(&yaml, "filename: target/wasm32-wasip1/release/keygate_filter.wasm", &format!("filename: {}", p.wasm.display()))?;
+        // Every acknowledged key is checked after every round: lift the per-key hourly limit.
+        yaml = replace_once(&yaml, "\"max_staleness_secs\": 600,", "\"max_staleness_secs\": 600, \"rate_limits\": {\"sk_per_hour\": 1000000000},")?;
+        let config = work.join("envoy.yaml");
+        std::fs::write(&config, yaml).map_err(|e| format!("{}: {e}", config.display()))?;
+        let mut cmd = Command::new(&p.envoy);
+        cmd.arg("-c").arg(&config).args(["--concurrency", "2", "--disable-hot-restart", "--log-level", "warn"]).env("KEYGATE_PROXY_TOKEN", PROXY);
+        let envoy = Proc::spawn("envoy", cmd, work.join("envoy.log"))?;
+        let envoy = Envoy { envoy: Mutex::new(envoy), _echo: echo, addr: format!("127.0.0.1:{port}"), admin_addr: format!("127.0.0.1:{envoy_admin_port}") };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !http::get(&envoy.admin_addr, "/ready", TIMEOUT).is_ok_and(|r| r.status == 200) {
+            envoy.alive()?;
+            if Instant::now() > deadline {
+                return Err(format!("Envoy was not ready within 60 s; log {}", work.join("envoy.log").display()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(envoy)
+    }
+
+    fn alive(&self) -> Result<(), String> {
+        self.envoy.lock().unwrap_or_else(|e| e.into_inner()).alive()
+    }
+
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<http::Response, String> {
+        http::request("GET", &self.addr, path, headers, None, TIMEOUT)
+    }
+}
+
+/// Creates a key and waits (30 s at most) until it passes through Envoy: the filter then
+/// holds every change admin made before it. Returns it as an acknowledged write.
+fn sync_sentinel(admin: &str, envoy: &Envoy, business: &str) -> Result<Acked, String> {
+    let resp = post(admin, &format!("/v1/businesses/{business}/keys"), Some(OPERATOR), r#"{"kind": "sk", "mode": "live", "name": "sync sentinel"}"#)?;
+    let j = Json::parse(&resp.body).ok().filter(|_| resp.status == 201).ok_or_else(|| format!("create the sync sentinel key: {} {}", resp.status, resp.body))?;
+    let (Some(id), Some(key)) = (j.str("id"), j.str("key")) else { return Err(format!("create key answered {}", resp.body)) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        envoy.alive()?;
+        let r = envoy.get("/key/crash-sync", &[("SECRET_KEY", key)])?;
+        if r.status == 200 {
+            return Ok(Acked { id: id.to_owned(), key: key.to_owned(), sessions: Vec::new() });
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the filter did not sync a new key within 30 s after admin restarted (last answer {} {})", r.status, r.body));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Checks every acknowledged write through Envoy (8 clients): each key on a key route, each
+/// login token with its key and business on a route that needs all three. Returns how many
+/// requests were made and a description of each write that did not pass.
+fn verify_through_envoy(envoy: &Envoy, business: &str, acked: &[Acked]) -> Result<(usize, Vec<String>), String> {
+    let next = AtomicU64::new(0);
+    let checked = AtomicU64::new(0);
+    let lost: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let error: Mutex<Option<String>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                while let Some(a) = usize::try_from(next.fetch_add(1, Ordering::SeqCst)).ok().and_then(|i| acked.get(i)) {
+                    let mut requests: Vec<(String, Vec<(&str, String)>)> = vec![(format!("key {}", a.id), vec![("SECRET_KEY", a.key.clone())])];
+                    for (session, token) in &a.sessions {
+                        requests.push((format!("login token of session {session} (key {})", a.id), vec![("Authorization", format!("Bearer {token}")), ("SECRET_KEY", a.key.clone()), ("businessId", business.to_owned())]));
+                    }
+                    for (i, (what, headers)) in requests.iter().enumerate() {
+                        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                        let path = if i == 0 { "/key/crash-check" } else { "/crash-check" };
+                        checked.fetch_add(1, Ordering::SeqCst);
+                        match envoy.get(path, &headers) {
+                            Ok(r) if r.status == 200 => {}
+                            Ok(r) => lost.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{what}: Envoy answered {} {}", r.status, r.body.chars().take(200).collect::<String>())),
+                            Err(e) => {
+                                *error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(format!("through Envoy: {e}"));
+    }
+    envoy.alive()?;
+    let checked = usize::try_from(checked.load(Ordering::SeqCst)).unwrap_or(usize::MAX);
+    Ok((checked, lost.into_inner().unwrap_or_else(|e| e.into_inner())))
 }
 
 /// Checks every acknowledged write against the restarted admin; returns how many writes

@@ -1,14 +1,16 @@
 //! `cargo xtask fuzz [--secs N] [--quick] [TARGET...]`: cargo-fuzz over keygate's
 //! untrusted-input parsers (fuzz/, a workspace of its own) on the nightly toolchain.
 //!
-//! Installs what is missing (the nightly toolchain, `cargo install cargo-fuzz --locked`),
-//! builds every target once, then runs each for N seconds from its checked-in seeds
-//! (fuzz/seeds/<target>, real values) plus the corpus it grew before (fuzz/corpus/<target>,
-//! not checked in). Prints executions per target; fails if any target finds a crash, a
-//! panic or a broken invariant (the input lands in fuzz/artifacts/<target>/; turn it into a
-//! regression test in core/tests/regressions.rs). `--quick` leaves out `admin_input`, whose
-//! build pulls in the whole admin server (warp, sled, tokio).
+//! Installs what is missing (the nightly toolchain, else the stable one with
+//! `RUSTC_BOOTSTRAP=1`; cargo-fuzz into target/tools), builds every target once, then runs
+//! each for N seconds (default 60) from its checked-in seeds (fuzz/seeds/<target>, real
+//! values) plus the corpus it grew before (fuzz/corpus/<target>, not checked in). Prints
+//! executions per target; fails if any target finds a crash, a panic or a broken invariant
+//! (the input lands in fuzz/artifacts/<target>/; turn it into a regression test in
+//! core/tests/regressions.rs). `--quick` is the form `cargo xtask test` runs (phase
+//! `fuzz-quick`): every target for [`QUICK_SECS`] seconds.
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
@@ -19,14 +21,14 @@ pub const TARGETS: &[&str] = &["decide", "key_parse", "token", "snapshot", "conf
 const HEAVY: &[&str] = &["admin_input"];
 
 pub fn cmd_fuzz(p: &Paths, args: &[String]) -> ExitCode {
-    let mut secs: u64 = 60;
+    let mut secs: Option<u64> = None;
     let mut quick = false;
     let mut picked: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--secs" => match it.next().and_then(|s| s.parse().ok()) {
-                Some(n) => secs = n,
+                Some(n) => secs = Some(n),
                 None => return fail("--secs needs a number of seconds"),
             },
             "--quick" => quick = true,
@@ -34,31 +36,38 @@ pub fn cmd_fuzz(p: &Paths, args: &[String]) -> ExitCode {
             other => return fail(&format!("fuzz: unknown argument {other:?}; targets: {}", TARGETS.join(", "))),
         }
     }
-    let targets: Vec<&str> = if picked.is_empty() {
-        TARGETS.iter().copied().filter(|t| !(quick && HEAVY.contains(t))).collect()
-    } else {
-        picked.iter().map(String::as_str).collect()
-    };
+    let targets: Vec<&str> = if picked.is_empty() { TARGETS.to_vec() } else { picked.iter().map(String::as_str).collect() };
+    let secs = secs.unwrap_or(if quick { QUICK_SECS } else { 60 });
     match fuzz(p, &targets, secs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
 }
 
+/// The quick form `cargo xtask test` runs (phase `fuzz-quick`): every target, this long.
+pub const QUICK_SECS: u64 = 5;
+
+/// `cargo xtask test`'s `fuzz-quick` phase: every target (admin_input too) for
+/// [`QUICK_SECS`] from its seeds and grown corpus; Err on a crash or a failed set-up.
+pub fn quick(p: &Paths) -> Result<(), String> {
+    fuzz(p, TARGETS, QUICK_SECS)
+}
+
 /// Runs the fuzz targets; Err when set-up failed or a target found something.
 pub fn fuzz(p: &Paths, targets: &[&str], secs: u64) -> Result<(), String> {
     let dir = p.root.join("fuzz");
-    ensure_nightly()?;
-    ensure_cargo_fuzz()?;
+    let toolchain = Toolchain::pick()?;
+    let path = ensure_cargo_fuzz(p)?;
     let admin = targets.iter().any(|t| HEAVY.contains(t));
     let t = Instant::now();
-    let mut build = fuzz_cmd(&dir);
-    build.arg("build");
+    let mut build = toolchain.cargo_fuzz(&dir, "build");
+    build.env("PATH", &path);
     if admin {
         build.args(["--features", "admin"]);
     }
-    step(&format!("cargo +nightly fuzz build{}", if admin { " --features admin" } else { "" }));
-    run(&mut build, "cargo +nightly fuzz build")?;
+    let what = format!("{} fuzz build{}", toolchain.cargo(), if admin { " --features admin" } else { "" });
+    step(&what);
+    run(build.stdin(Stdio::null()), &what)?;
     println!("==> fuzz build: {:.1} s", t.elapsed().as_secs_f64());
 
     let mut rows = Vec::new();
@@ -66,8 +75,8 @@ pub fn fuzz(p: &Paths, targets: &[&str], secs: u64) -> Result<(), String> {
     for target in targets {
         let corpus = dir.join("corpus").join(target);
         std::fs::create_dir_all(&corpus).map_err(|e| format!("{}: {e}", corpus.display()))?;
-        let mut c = fuzz_cmd(&dir);
-        c.args(["run", target]);
+        let mut c = toolchain.cargo_fuzz(&dir, "run");
+        c.arg(target).env("PATH", &path);
         if admin {
             c.args(["--features", "admin"]);
         }
@@ -100,44 +109,106 @@ pub fn fuzz(p: &Paths, targets: &[&str], secs: u64) -> Result<(), String> {
     }
 }
 
-/// `cargo +nightly fuzz …` in fuzz/, into fuzz/target whatever the caller's target dir.
-fn fuzz_cmd(dir: &Path) -> Command {
-    let mut c = Command::new("rustup");
-    c.args(["run", "nightly", "cargo", "fuzz"])
-        .current_dir(dir)
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET_DIR")
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO")
-        .env_remove("RUSTC");
-    c
-}
-
 fn stat(log: &str, name: &str) -> Option<u64> {
     log.lines().rev().filter_map(|l| l.strip_prefix(name)).find_map(|rest| rest.trim_start_matches(':').trim().parse().ok())
 }
 
-fn ensure_nightly() -> Result<(), String> {
-    let out = Command::new("rustup").args(["toolchain", "list"]).output().map_err(|e| format!("rustup: {e} (cargo xtask fuzz needs rustup for the nightly toolchain)"))?;
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("nightly")) {
-        step("rust nightly toolchain: installed");
-        return Ok(());
-    }
-    step("rustup toolchain install nightly --profile minimal");
-    run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]), "rustup toolchain install nightly")
+/// The toolchain cargo-fuzz builds with. It needs unstable rustc flags (`-Z sanitizer`,
+/// sanitizer coverage): nightly when rustup has it or can install it, else the stable
+/// toolchain with `RUSTC_BOOTSTRAP=1`, which unlocks the same flags (its rust-std ships
+/// the ASAN runtime). `KEYGATE_FUZZ_TOOLCHAIN=stable` forces the fallback (to check it).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Toolchain {
+    Nightly,
+    StableBootstrap,
 }
 
-fn ensure_cargo_fuzz() -> Result<(), String> {
-    let has = Command::new("cargo").args(["fuzz", "--version"]).env_remove("RUSTUP_TOOLCHAIN").output().is_ok_and(|o| o.status.success());
-    if has {
-        step("cargo-fuzz: installed");
-        return Ok(());
+impl Toolchain {
+    fn pick() -> Result<Toolchain, String> {
+        if std::env::var("KEYGATE_FUZZ_TOOLCHAIN").is_ok_and(|v| v == "stable") {
+            step("fuzz toolchain: stable with RUSTC_BOOTSTRAP=1 (KEYGATE_FUZZ_TOOLCHAIN=stable)");
+            return Ok(Toolchain::StableBootstrap);
+        }
+        let listed = Command::new("rustup").args(["toolchain", "list"]).output();
+        let Ok(out) = listed else {
+            step("fuzz toolchain: no rustup, so the default toolchain with RUSTC_BOOTSTRAP=1");
+            return Ok(Toolchain::StableBootstrap);
+        };
+        if has_nightly(&String::from_utf8_lossy(&out.stdout)) {
+            step("rust nightly toolchain: installed");
+            return Ok(Toolchain::Nightly);
+        }
+        step("rustup toolchain install nightly --profile minimal");
+        match run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]).stdin(Stdio::null()), "rustup toolchain install nightly") {
+            Ok(()) => Ok(Toolchain::Nightly),
+            Err(e) => {
+                step(&format!("{e}; falling back to the stable toolchain with RUSTC_BOOTSTRAP=1"));
+                Ok(Toolchain::StableBootstrap)
+            }
+        }
     }
-    step("cargo install cargo-fuzz --locked");
+
+    /// How the command line reads, for messages.
+    fn cargo(self) -> &'static str {
+        match self {
+            Toolchain::Nightly => "cargo +nightly",
+            Toolchain::StableBootstrap => "RUSTC_BOOTSTRAP=1 cargo",
+        }
+    }
+
+    /// `cargo fuzz SUBCOMMAND` in fuzz/ on this toolchain, building into fuzz/target
+    /// (gitignored by fuzz/.gitignore) whatever the caller's target dir; the fallback builds
+    /// into fuzz/target/stable, so switching toolchains never rebuilds the other's output.
+    fn cargo_fuzz(self, dir: &Path, subcommand: &str) -> Command {
+        let mut c = match self {
+            Toolchain::Nightly => {
+                let mut c = Command::new("rustup");
+                c.args(["run", "nightly", "cargo", "fuzz", subcommand]);
+                c
+            }
+            Toolchain::StableBootstrap => {
+                let mut c = Command::new("cargo");
+                c.args(["fuzz", subcommand, "--target-dir", "target/stable"]).env("RUSTC_BOOTSTRAP", "1");
+                c
+            }
+        };
+        c.current_dir(dir)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO")
+            .env_remove("RUSTC")
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET_DIR");
+        c
+    }
+}
+
+fn has_nightly(toolchains: &str) -> bool {
+    toolchains.lines().any(|l| l.starts_with("nightly"))
+}
+
+/// cargo-fuzz on the PATH, or installed into the project (target/tools, gitignored) with
+/// `cargo install cargo-fuzz --locked --root target/tools` when missing. Returns the PATH
+/// the fuzz commands run with (target/tools/bin first).
+fn ensure_cargo_fuzz(p: &Paths) -> Result<OsString, String> {
+    let tools = p.root.join("target/tools");
+    let mut dirs = vec![tools.join("bin")];
+    dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    let path = std::env::join_paths(dirs).map_err(|e| format!("PATH: {e}"))?;
+    let has = || Command::new("cargo").args(["fuzz", "--version"]).env("PATH", &path).env_remove("RUSTUP_TOOLCHAIN").output().is_ok_and(|o| o.status.success());
+    if has() {
+        step("cargo-fuzz: installed");
+        return Ok(path);
+    }
+    let what = "cargo install cargo-fuzz --locked --root target/tools";
+    step(what);
     let t = Instant::now();
-    run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]).env_remove("CARGO_TARGET_DIR"), "cargo install cargo-fuzz --locked")?;
+    run(crate::cargo(p, &["install", "cargo-fuzz", "--locked", "--root"]).arg(&tools).stdin(Stdio::null()), what)?;
     println!("==> cargo-fuzz installed in {:.0} s", t.elapsed().as_secs_f64());
-    Ok(())
+    if has() {
+        Ok(path)
+    } else {
+        Err(format!("`cargo fuzz` does not run after {what}"))
+    }
 }
 
 #[cfg(test)]
@@ -149,5 +220,11 @@ mod tests {
         let log = "#2 INITED\nstat::number_of_executed_units: 565870\nstat::average_exec_per_sec:     113174\n";
         assert_eq!(stat(log, "stat::number_of_executed_units"), Some(565870));
         assert_eq!(stat("nothing", "stat::number_of_executed_units"), None);
+    }
+
+    #[test]
+    fn finds_nightly_in_rustup_toolchain_list() {
+        assert!(has_nightly("stable-x86_64-unknown-linux-gnu (default)\nnightly-x86_64-unknown-linux-gnu\n"));
+        assert!(!has_nightly("stable-x86_64-unknown-linux-gnu (default)\n1.95.0-x86_64-unknown-linux-gnu\n"));
     }
 }

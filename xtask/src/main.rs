@@ -33,12 +33,18 @@ commands:
           set up and build, `cargo clippy -D warnings` (native crates and the wasm filter),
           then `cargo test --workspace` (or CARGO_TEST_ARGS if they pick packages) with the
           KEYGATE_* paths below; TEST_ARGS go to the test binaries (e.g. -- --nocapture).
-          Prints each phase's wall time; exits non-zero if any phase fails. `.ci/run` runs this.
+          Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`),
+          crash-test (3 rounds), api-fuzz (25 examples), bench-quick. Prints each phase's wall time; exits non-zero
+          if any phase fails. `.ci/run` runs this.
   bench [--quick]
           keygate vs Envoy's native auth filters side by side (installs wrk, pins Envoy and
           wrk with taskset); writes docs/benchmarks.md and docs/benchmarks.json. --quick only
           checks every configuration's answers (test's last phase); figures in target/bench-run/
-  fuzz [--secs N] [--quick] [TARGET...]   cargo-fuzz (nightly) over every parser of untrusted input (fuzz/)
+  fuzz [--secs N] [--quick] [TARGET...]
+          cargo-fuzz over every parser of untrusted input (fuzz/; nightly, installed with rustup
+          when missing, else stable with RUSTC_BOOTSTRAP=1; cargo-fuzz into target/tools when
+          missing). N s per target (default 60); --quick: every target 5 s, as test's
+          fuzz-quick phase runs it. Build output: fuzz/target/ (gitignored)
   crash-test [--rounds N] [--clients C]   kill -9 admin under concurrent writes; 0 acknowledged writes lost
   api-fuzz [--examples N]   schemathesis (pinned, into .venv/) against admin's /openapi.json (default 25 per operation)
   import-bench [--keys N] [--no-envoy]
@@ -383,6 +389,10 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
                 .env("KEYGATE_CHROMIUM", browser::CHROMIUM);
             run(&mut c, &what)
         });
+        if cargo_args.is_empty() {
+            // issue 6: `cargo xtask fuzz --quick`, every target a few seconds; fails on a crash.
+            phase("fuzz-quick", &mut || fuzz::quick(p));
+        }
         if cargo_args.is_empty() {
             phase("crash-test", &mut || crash::crash_test(p, 3, 64)); // issue 6: `cargo xtask crash-test` quick form
         }
