@@ -50,15 +50,21 @@ const BUCKET_LABELS: [&str; 8] = ["0.001", "0.005", "0.01", "0.05", "0.1", "0.5"
 /// The route template of `path` (one of [`ROUTES`]), or [`UNMATCHED`].
 pub fn route_label(path: &str) -> &'static str {
     let template = crate::routes::path_template(path);
-    let segments: Vec<&str> = template.split('/').filter(|s| !s.is_empty()).collect();
-    ROUTES
-        .iter()
-        .find(|route| {
-            let wanted: Vec<&str> = route.split('/').filter(|s| !s.is_empty()).collect();
-            wanted.len() == segments.len() && wanted.iter().zip(&segments).all(|(w, s)| *w == "{id}" || w == s)
-        })
-        .copied()
-        .unwrap_or(UNMATCHED)
+    ROUTES.iter().find(|route| template_matches(route, &template)).copied().unwrap_or(UNMATCHED)
+}
+
+/// Does `path` fall under `template`? A `{…}` segment of the template stands for any one
+/// segment; empty segments (doubled or trailing slashes) are ignored on both sides.
+pub fn template_matches(template: &str, path: &str) -> bool {
+    let mut wanted = template.split('/').filter(|s| !s.is_empty());
+    let mut given = path.split('/').filter(|s| !s.is_empty());
+    loop {
+        match (wanted.next(), given.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if w.starts_with('{') || w == g => {}
+            _ => return false,
+        }
+    }
 }
 
 fn method_label(method: &warp::http::Method) -> &'static str {

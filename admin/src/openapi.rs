@@ -127,12 +127,7 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
 /// The methods the document gives for the route that `path` falls under, e.g. `"GET, POST"`
 /// (for the `Allow` header of a 405); `None` when no route matches.
 pub fn allowed_methods(path: &str) -> Option<String> {
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let item = document().paths.paths.iter().find_map(|(template, item)| {
-        let wanted: Vec<&str> = template.split('/').filter(|s| !s.is_empty()).collect();
-        let matches = wanted.len() == segments.len() && wanted.iter().zip(&segments).all(|(w, s)| w.starts_with('{') || w == s);
-        matches.then_some(item)
-    })?;
+    let item = document().paths.paths.iter().find_map(|(template, item)| crate::metrics::template_matches(template, path).then_some(item))?;
     let methods: Vec<&str> = [
         ("GET", item.get.is_some()),
         ("POST", item.post.is_some()),

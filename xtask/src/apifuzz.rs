@@ -109,22 +109,9 @@ pub fn api_fuzz(p: &Paths, examples: u32) -> Result<(), String> {
 /// A business, a member of it, and that member's access token.
 fn member_token(addr: &str) -> Result<String, String> {
     let post = |path: &str, bearer: Option<&str>, body: String| -> Result<Json, String> {
-        let auth = bearer.map(|b| format!("Bearer {b}"));
-        let headers: Vec<(&str, &str)> =
-            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-        let response = http::request(
-            "POST",
-            addr,
-            path,
-            &headers,
-            Some(&body),
-            Duration::from_secs(10),
-        )?;
+        let response = crate::crash::post(addr, path, bearer, &body)?;
         if !(200..300).contains(&response.status) {
-            return Err(format!(
-                "POST {path} answered {}: {}",
-                response.status, response.body
-            ));
+            return Err(format!("POST {path} answered {}: {}", response.status, response.body));
         }
         Json::parse(&response.body)
     };

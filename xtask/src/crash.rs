@@ -106,7 +106,7 @@ pub(crate) fn start_admin(bin: &Path, data: &Path, log: &Path, addr: &str) -> Re
     Ok(admin)
 }
 
-fn post(addr: &str, path: &str, bearer: Option<&str>, body: &str) -> Result<http::Response, String> {
+pub(crate) fn post(addr: &str, path: &str, bearer: Option<&str>, body: &str) -> Result<http::Response, String> {
     let auth = bearer.map(|b| format!("Bearer {b}"));
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
     http::request("POST", addr, path, &headers, Some(body), TIMEOUT)
