@@ -105,6 +105,22 @@ fn replace_plugin_json(yaml: &str, json: &str) -> String {
     out.join("\n")
 }
 
+/// The reference rules (`/public/` open, `/key/` by key, everything else all three
+/// credentials) as plugin JSON, with `extra` fields (each `\n  "name": value,`) and
+/// `routes` (each `\n    {...},`) ahead of the two reference routes.
+pub fn plugin_json(extra: &str, routes: &str) -> String {
+    format!(
+        r#"{{
+  "admin_cluster": "keygate_admin",
+  "max_staleness_secs": 600,{extra}
+  "routes": [{routes}
+    {{"prefix": "/public/", "require": "none"}},
+    {{"prefix": "/key/", "require": "key", "key_in_bearer": true}}
+  ]
+}}"#
+    )
+}
+
 #[derive(Default, Clone)]
 pub struct StackOptions {
     /// Replaces the reference plugin JSON (`admin_cluster` etc. must be included).

@@ -13,7 +13,7 @@ use base64::Engine;
 use keygate_core::signing::SigningKeyPair;
 use keygate_core::token::AccessClaims;
 use keygate_core::{ApiKey, KeyKind, Mode};
-use keygate_e2e::{random_bytes, Stack, StackOptions, Tenant, PASSWORD};
+use keygate_e2e::{plugin_json, random_bytes, Stack, StackOptions, Tenant, PASSWORD};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -60,19 +60,6 @@ const CASES: &[Case] = &[
 
 // ----- stacks -----
 
-/// envoy.yaml's plugin JSON with `extra` fields and extra routes first.
-fn plugin_json(extra: &str, routes: &str) -> String {
-    format!(
-        r#"{{
-  "admin_cluster": "keygate_admin",
-  "max_staleness_secs": 600,{extra}
-  "routes": [{routes}
-    {{"prefix": "/public/", "require": "none"}},
-    {{"prefix": "/key/", "require": "key", "key_in_bearer": true}}
-  ]
-}}"#
-    )
-}
 
 fn expiry_options() -> StackOptions {
     StackOptions { plugin_json: Some(plugin_json("\n  \"leeway_secs\": 0,", "")), admin_args: vec!["--token-ttl-secs".into(), "1".into()], ..StackOptions::default() }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use keygate_e2e::{Stack, StackOptions, OPERATOR_TOKEN, PASSWORD};
+use keygate_e2e::{plugin_json, Stack, StackOptions, OPERATOR_TOKEN, PASSWORD};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -26,18 +26,7 @@ pub fn suites() -> Vec<Suite> {
 fn short_ttl() -> StackOptions {
     StackOptions {
         admin_args: vec!["--token-ttl-secs".into(), SHORT_TTL.to_string()],
-        plugin_json: Some(
-            r#"{
-  "admin_cluster": "keygate_admin",
-  "max_staleness_secs": 600,
-  "leeway_secs": 0,
-  "routes": [
-    {"prefix": "/public/", "require": "none"},
-    {"prefix": "/key/", "require": "key", "key_in_bearer": true}
-  ]
-}"#
-            .into(),
-        ),
+        plugin_json: Some(plugin_json("\n  \"leeway_secs\": 0,", "")),
         ..StackOptions::default()
     }
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use keygate_e2e::{Stack, StackOptions, OPERATOR_TOKEN, PASSWORD};
+use keygate_e2e::{plugin_json, Stack, StackOptions, OPERATOR_TOKEN, PASSWORD};
 use reqwest::Method;
 use serde_json::json;
 
@@ -36,18 +36,7 @@ const SHORT_CASES: &[Case] = &[("page_refreshes_an_expired_token_and_asks_to_sig
 /// The reference rules, with usage posted to admin every second so the page sees it soon.
 fn options() -> StackOptions {
     StackOptions {
-        plugin_json: Some(
-            r#"{
-  "admin_cluster": "keygate_admin",
-  "max_staleness_secs": 600,
-  "usage_flush_secs": 1,
-  "routes": [
-    {"prefix": "/public/", "require": "none"},
-    {"prefix": "/key/", "require": "key", "key_in_bearer": true}
-  ]
-}"#
-            .into(),
-        ),
+        plugin_json: Some(plugin_json("\n  \"usage_flush_secs\": 1,", "")),
         ..StackOptions::default()
     }
 }

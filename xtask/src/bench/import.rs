@@ -96,14 +96,7 @@ fn run(p: &Paths, n: usize, with_envoy: bool) -> Result<(), String> {
     let shown = format!("KEYGATE_URL=http://{} KEYGATE_OPERATOR_TOKEN=… {} import {} --json", admin.addr, bin.display(), file.display());
     step(&shown);
     let t0 = Instant::now();
-    let output = Command::new(&bin)
-        .arg("import")
-        .arg(&file)
-        .arg("--json")
-        .env("KEYGATE_URL", format!("http://{}", admin.addr))
-        .env("KEYGATE_OPERATOR_TOKEN", OPERATOR_TOKEN)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    let output = import_json(&bin, &file, &admin.addr)?;
     let secs = t0.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
@@ -119,14 +112,7 @@ fn run(p: &Paths, n: usize, with_envoy: bool) -> Result<(), String> {
 
     // The same file again: everything skipped.
     let t1 = Instant::now();
-    let again = Command::new(&bin)
-        .arg("import")
-        .arg(&file)
-        .arg("--json")
-        .env("KEYGATE_URL", format!("http://{}", admin.addr))
-        .env("KEYGATE_OPERATOR_TOKEN", OPERATOR_TOKEN)
-        .output()
-        .map_err(|e| e.to_string())?;
+    let again = import_json(&bin, &file, &admin.addr)?;
     let again = Json::parse(String::from_utf8_lossy(&again.stdout).trim())?;
     println!("==> re-run of the same file: {:.1} s, skipped {}", t1.elapsed().as_secs_f64(), again.num("skipped").unwrap_or(0.0));
 
@@ -150,4 +136,16 @@ fn run(p: &Paths, n: usize, with_envoy: bool) -> Result<(), String> {
         return Err(format!("unexpected statuses through Envoy: {a} {b} {wrong} (want 200 200 401)"));
     }
     Ok(())
+}
+
+/// `keygate-admin import FILE --json` against the admin at `addr`.
+fn import_json(bin: &Path, file: &Path, addr: &str) -> Result<std::process::Output, String> {
+    Command::new(bin)
+        .arg("import")
+        .arg(file)
+        .arg("--json")
+        .env("KEYGATE_URL", format!("http://{addr}"))
+        .env("KEYGATE_OPERATOR_TOKEN", OPERATOR_TOKEN)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))
 }
