@@ -10,6 +10,7 @@
 
 mod feed;
 pub mod import;
+pub mod logins;
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -213,12 +214,17 @@ struct Admin {
 }
 
 fn start_admin(bin: &Path, dir: &Path, core: Option<usize>) -> Result<Admin, String> {
+    // Configuration 8 and the revocations need thousands of live sessions of one key
+    // (admin's default of 100 would revoke the oldest, the bench's own token among them).
+    start_admin_with(bin, dir, core, &["--max-sessions-per-key", "100000"])
+}
+
+/// [`start_admin`] with these `serve` arguments instead of the bench's.
+fn start_admin_with(bin: &Path, dir: &Path, core: Option<usize>, args: &[&str]) -> Result<Admin, String> {
     let addr = format!("127.0.0.1:{}", free_port()?);
     let mut cmd = pinned(core, bin);
     cmd.arg("serve").arg("--addr").arg(&addr).arg("--data").arg(dir.join("admin-data"));
-    // Configuration 8 and the revocations need thousands of live sessions of one key
-    // (admin's default of 100 would revoke the oldest, the bench's own token among them).
-    cmd.args(["--max-sessions-per-key", "100000"]);
+    cmd.args(args);
     cmd.env("KEYGATE_OPERATOR_TOKEN", OPERATOR_TOKEN).env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN).env("RUST_LOG", "warn").env("NO_COLOR", "1");
     let mut proc = Proc::spawn("keygate-admin", cmd, dir.join("admin.log"))?;
     wait_for(Duration::from_secs(30), Duration::from_millis(50), "keygate-admin /healthz", || {
@@ -364,6 +370,16 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 /// Writes the Envoy config for `filters` (a file in bench/envoy/) and starts Envoy pinned
 /// to its core ([`envoy_ready`] waits for it).
 fn start_envoy(p: &Paths, dir: &Path, name: &str, filters: &str, vars: &[(&str, &str)], feed_port: u16, core: Option<usize>) -> Result<Envoy, String> {
+    start_envoy_on(p, dir, name, filters, vars, feed_port, core, 1)
+}
+
+/// The keygate configuration with `workers` worker threads, unpinned.
+fn start_envoy_workers(p: &Paths, dir: &Path, name: &str, vars: &[(&str, &str)], feed_port: u16, workers: usize) -> Result<Envoy, String> {
+    start_envoy_on(p, dir, name, "keygate.yaml", vars, feed_port, None, workers)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_envoy_on(p: &Paths, dir: &Path, name: &str, filters: &str, vars: &[(&str, &str)], feed_port: u16, core: Option<usize>, workers: usize) -> Result<Envoy, String> {
     let templates = p.root.join("bench/envoy");
     let (port, admin_port) = (free_port()?, free_port()?);
     let filters = fill(&read(&templates.join(filters))?, vars)?;
@@ -372,7 +388,7 @@ fn start_envoy(p: &Paths, dir: &Path, name: &str, filters: &str, vars: &[(&str, 
     let config = dir.join(format!("envoy-{name}.yaml"));
     write(&config, &yaml)?;
     let mut cmd = pinned(core, &p.envoy);
-    cmd.arg("-c").arg(&config).args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"]);
+    cmd.arg("-c").arg(&config).args(["--concurrency", &workers.to_string(), "--disable-hot-restart", "--log-level", "warn"]);
     cmd.env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN);
     let proc = Proc::spawn(&format!("envoy ({name})"), cmd, dir.join(format!("envoy-{name}.log")))?;
     Ok(Envoy { proc, port, admin_port })

@@ -50,6 +50,10 @@ commands:
   import-bench [--keys N] [--no-envoy]
           time `keygate-admin import` of N keys (default 1 000 000; release build), then a
           fresh Envoy's full sync of them (not part of test); files in target/import-bench/
+  login-flood [--logins N] [--admin BIN] [--wasm FILE]
+          one client logs in N times (default 10 000) with one pk key and new session ids;
+          Envoy's req/s while keys change, RSS, first feed page and a fresh Envoy's sync,
+          before and after (not part of test); files in target/login-flood/
   setup   only the set-up steps and the build
   help    this text
 
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
         Some("api-fuzz") => apifuzz::cmd_api_fuzz(&p, &args[1..]),
         Some("bench") => bench::cmd_bench(&p, &args[1..]),
         Some("import-bench") => bench::import::cmd(&p, &args[1..]),
+        Some("login-flood") => bench::logins::cmd(&p, &args[1..]),
         Some("up") if args.len() == 1 => up::cmd_up(&p),
         Some("setup") if args.len() == 1 => match setup_and_build(&p) {
             Ok(()) => ExitCode::SUCCESS,
