@@ -186,11 +186,17 @@ fn is_safe_method(method: &str) -> bool {
 }
 
 /// Headers removed on every allowed request: the key, and anything posing as identity.
+/// CGI-style upstreams (WSGI, Rack, PHP) read `_` and `-` in a header name alike, so a
+/// name counts as the key or an identity header whichever of the two it uses; each is
+/// removed by the exact (lower-case) name the client sent, since to Envoy
+/// `x_keygate_subject` and `x-keygate-subject` are different headers.
 fn stripped_headers(headers: &[(String, String)]) -> Vec<String> {
     let mut remove = vec![SECRET_KEY.to_owned()];
     for (name, _) in headers {
         let lower = name.to_ascii_lowercase();
-        if lower.starts_with(IDENTITY_HEADER_PREFIX) && !remove.contains(&lower) {
+        let canonical = lower.replace('_', "-");
+        let posing = canonical == "secret-key" || canonical.starts_with(IDENTITY_HEADER_PREFIX);
+        if posing && !remove.contains(&lower) {
             remove.push(lower);
         }
     }
@@ -458,6 +464,17 @@ fn check_credentials(policy: &Policy, route: &Route, request: &RequestView<'_>, 
         key_id: Some(key.id.clone()),
         shadow_denial: None,
     })
+}
+
+/// What charging an allowed request to its rate limit makes of it: over the limit, a
+/// refusal; but a shadow rule never refuses, so there the request goes through with the
+/// refusal noted (and counted as `shadow_denied`).
+pub fn after_rate_limit(route: &Route, allowed: Allowed, charged: Result<(), Denial>) -> Decision {
+    match charged {
+        Ok(()) => Decision::Allow(allowed),
+        Err(denial) if route.shadow => Decision::Allow(Allowed { shadow_denial: allowed.shadow_denial.or(Some(denial)), ..allowed }),
+        Err(denial) => Decision::Deny(denial),
+    }
 }
 
 /// The denial for a request over its rate limit; `retry_after` in seconds.

@@ -18,7 +18,8 @@ const RULES: &str = r#"{
     {"prefix": "/live/", "mode": "live"},
     {"prefix": "/reports/", "scopes": ["reports:read"]},
     {"prefix": "/shadow/", "shadow": true},
-    {"prefix": "/limited/", "require": "key", "rate_limit_per_hour": 3}
+    {"prefix": "/limited/", "require": "key", "rate_limit_per_hour": 3},
+    {"prefix": "/shadow-limited/", "require": "key", "shadow": true, "rate_limit_per_hour": 1}
   ]
 }"#;
 
@@ -50,7 +51,52 @@ const CASES: &[Case] = &[
     ("per_rule_limit_and_public_per_ip_limit", rule_and_ip_limits),
     ("decisions_are_counted_in_envoy_stats", stats_counters),
     ("new_signing_key_is_accepted_right_after_rotation", signing_key_rotation),
+    ("shadow_rule_over_its_rate_limit_passes_and_counts_shadow_denied", shadow_rate_limit),
+    ("underscore_spellings_of_identity_headers_never_reach_the_upstream", underscore_identity_headers),
 ];
+
+fn shadow_rate_limit(stack: &Stack) {
+    let t = stack.tenant();
+    stack.wait_for_key(&t.sk);
+    let before = stat(stack, "wasmcustom.keygate.shadow_denied");
+    for i in 0..2 {
+        let (status, echo) = stack.through_envoy("GET", "/shadow-limited/x", &[("SECRET_KEY", t.sk.as_bytes())]);
+        assert_eq!(status, 200, "request {i} on a shadow rule with rate_limit_per_hour 1 was refused: {echo}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat(stack, "wasmcustom.keygate.shadow_denied") <= before {
+        assert!(Instant::now() < deadline, "the over-limit request on a shadow rule was not counted in shadow_denied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CGI-style upstreams read `x_keygate_subject` as `X-KEYGATE-SUBJECT`: no spelling of an
+/// identity header or of the key header may pass.
+fn underscore_identity_headers(stack: &Stack) {
+    let t = stack.tenant();
+    stack.wait_for_key(&t.sk);
+    let forged: &[(&str, &[u8])] = &[
+        ("SECRET_KEY", t.sk.as_bytes()),
+        ("x_keygate_subject", b"usr_admin"),
+        ("X-KEYGATE_business", b"biz_forged"),
+        ("x_keygate-scopes", b"admin"),
+        ("secret-key", t.sk.as_bytes()),
+    ];
+    let (status, echo) = stack.through_envoy("GET", "/key/whoami", forged);
+    assert_eq!(status, 200, "{echo}");
+    let headers = echo["headers"].as_object().unwrap();
+    let leaked: Vec<String> = headers
+        .iter()
+        .filter(|(name, _)| {
+            let canonical = name.to_ascii_lowercase().replace('_', "-");
+            canonical == "secret-key" || (canonical.starts_with("x-keygate-") && !name.starts_with("x-keygate-"))
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    assert!(leaked.is_empty(), "the upstream saw client-sent spellings of the key or identity headers: {leaked:?}");
+    assert_eq!(headers["x-keygate-business"], t.business_id.as_str());
+    assert!(!headers.contains_key("x-keygate-subject") && !headers.contains_key("x-keygate-scopes"), "{echo}");
+}
 
 /// Tiny pages, so the first full sync of the seeded keys takes many pages.
 const PAGED_RULES: &str = r#"{
