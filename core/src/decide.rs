@@ -25,6 +25,7 @@ pub struct RequestView<'a> {
     /// `:path`, query string included.
     pub path: &'a str,
     pub headers: &'a [(String, String)],
+    /// The client's address as Envoy gives it (`ip`, `ip:port`, `[v6]:port`).
     pub client_ip: Option<&'a str>,
 }
 
@@ -272,11 +273,12 @@ pub fn decide_on_route(policy: &Policy, route: &Route, request: &RequestView<'_>
 }
 
 fn public(policy: &Policy, route: &Route, request: &RequestView<'_>) -> Allowed {
+    let client = crate::ratelimit::client_id(request.client_ip, policy.rate_limits.ipv6_prefix_len);
     Allowed {
         remove_headers: stripped_headers(request.headers),
         rate_limit: Some(match route.rate_limit_per_hour {
-            Some(per_hour) => RateLimitTarget { bucket: format!("ip:{}@{}", request.client_ip.unwrap_or("unknown"), route.prefix), per_hour },
-            None => RateLimitTarget { bucket: format!("ip:{}", request.client_ip.unwrap_or("unknown")), per_hour: policy.rate_limits.public_per_ip_per_hour },
+            Some(per_hour) => RateLimitTarget { bucket: format!("ip:{client}@{}", route.prefix), per_hour },
+            None => RateLimitTarget { bucket: format!("ip:{client}"), per_hour: policy.rate_limits.public_per_ip_per_hour },
         }),
         ..Allowed::default()
     }

@@ -1,5 +1,5 @@
-//! Header stripping in every spelling, and what a rate-limit charge does on shadow and
-//! normal rules.
+//! Header stripping in every spelling, what a rate-limit charge does on shadow and normal
+//! rules, and how public clients are bucketed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keygate_core::decide::{after_rate_limit, rate_limited};
@@ -103,4 +103,20 @@ fn over_the_limit_a_normal_rule_refuses_with_retry_after() {
         Decision::Allow(a) => panic!("over the limit but allowed: {a:?}"),
     }
     assert_eq!(after_rate_limit(route, a.clone(), Ok(())), Decision::Allow(a));
+}
+
+#[test]
+fn public_clients_are_bucketed_per_ipv4_address_and_per_ipv6_prefix() {
+    let (base, snapshot, _) = world();
+    let bucket = |policy: &Policy, path: &str, ip: Option<&str>| allowed(run(policy, &snapshot, "GET", path, &[], ip)).rate_limit.unwrap().bucket;
+    assert_eq!(bucket(&base, "/public/x", Some("198.51.100.4")), "ip:198.51.100.4");
+    assert_eq!(bucket(&base, "/public/x", Some("::ffff:198.51.100.4")), "ip:198.51.100.4");
+    assert_eq!(bucket(&base, "/public/x", Some("2001:db8:a:b:1:2:3:4")), "ip:2001:db8:a:b::/64");
+    assert_eq!(bucket(&base, "/public/x", Some("2001:DB8:A:B::99")), "ip:2001:db8:a:b::/64");
+    assert_eq!(bucket(&base, "/open/x", Some("2001:db8:a:b::99")), "ip:2001:db8:a:b::/64@/open/");
+    assert_eq!(bucket(&base, "/public/x", Some("garbage")), "ip:unknown");
+    assert_eq!(bucket(&base, "/public/x", None), "ip:unknown");
+    let wide = policy(r#", "rate_limits": {"ipv6_prefix_len": 48}"#);
+    assert_eq!(bucket(&wide, "/public/x", Some("2001:db8:a:b::99")), "ip:2001:db8:a::/48");
+    assert_eq!(bucket(&wide, "/public/x", Some("198.51.100.4")), "ip:198.51.100.4");
 }

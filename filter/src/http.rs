@@ -50,7 +50,7 @@ impl HttpContext for RequestContext {
             decide_on_route(&self.config.policy, route, &request, synced, now.unwrap_or(0), &mut self.vm.tokens.borrow_mut())
         };
         let decision = match decision {
-            Decision::Allow(allowed) => match allowed.rate_limit.as_ref().map(|t| limit::charge(t, now.unwrap_or(0))) {
+            Decision::Allow(allowed) => match allowed.rate_limit.as_ref().map(|t| limit::charge(t, now.unwrap_or(0), self.config.policy.rate_limits.counter_slots)) {
                 Some(charged) => after_rate_limit(route, allowed, charged),
                 None => Decision::Allow(allowed),
             },

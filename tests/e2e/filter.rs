@@ -37,6 +37,7 @@ pub fn suites() -> Vec<Suite> {
     vec![
         Suite { name: "filter", options: || StackOptions { plugin_json: Some(RULES.into()), ..StackOptions::default() }, cases: CASES },
         Suite { name: "filter_admin_down", options: || StackOptions { plugin_json: Some(STALE_RULES.into()), ..StackOptions::default() }, cases: ADMIN_DOWN },
+        Suite { name: "filter_xff", options: || StackOptions { plugin_json: Some(keygate_e2e::plugin_json("\n  \"rate_limits\": {\"public_per_ip_per_hour\": 20},", "")), ..StackOptions::default() }, cases: XFF },
         Suite { name: "filter_paged", options: || StackOptions { plugin_json: Some(PAGED_RULES.into()), seed_keys: 25, ..StackOptions::default() }, cases: PAGED },
     ]
 }
@@ -54,6 +55,22 @@ const CASES: &[Case] = &[
     ("shadow_rule_over_its_rate_limit_passes_and_counts_shadow_denied", shadow_rate_limit),
     ("underscore_spellings_of_identity_headers_never_reach_the_upstream", underscore_identity_headers),
 ];
+
+const XFF: &[Case] = &[("public_per_ip_limit_ignores_a_client_chosen_x_forwarded_for", forged_forwarded_for)];
+
+/// Each request claims another client address in `X-Forwarded-For`; Envoy must count them
+/// all as the one real peer (limit 20/h in this suite).
+fn forged_forwarded_for(stack: &Stack) {
+    for i in 0..20 {
+        let xff = format!("203.0.113.{}", i + 1);
+        let (status, body) = stack.through_envoy("GET", "/public/x", &[("x-forwarded-for", xff.as_bytes())]);
+        assert_eq!(status, 200, "public request {i}: {body}");
+    }
+    let resp = stack.through_envoy_full("GET", "/public/x", &[("x-forwarded-for", b"198.51.100.7")]);
+    assert_eq!(resp.status, 429, "the 21st request from one peer passed by naming another address in X-Forwarded-For: {}", resp.body);
+    assert_eq!(resp.body["code"], "rate_limited");
+    assert!(resp.headers.contains_key("retry-after"));
+}
 
 fn shadow_rate_limit(stack: &Stack) {
     let t = stack.tenant();
