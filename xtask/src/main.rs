@@ -8,6 +8,7 @@ mod crash;
 mod deploy;
 mod fuzz;
 mod http;
+mod ipflood;
 mod json;
 mod sys;
 mod up;
@@ -50,6 +51,11 @@ commands:
   import-bench [--keys N] [--no-envoy]
           time `keygate-admin import` of N keys (default 1 000 000; release build), then a
           fresh Envoy's full sync of them (not part of test); files in target/import-bench/
+  ip-flood [--addresses N] [--wasm PATH] [--threads T] [--max-secs S]
+          Envoy's memory (RSS, server.memory_allocated) before and after N distinct client
+          addresses (default 1 000 000, each a loopback 127.a.b.c source) hit /public/…, on its
+          own stack with envoy.yaml; --wasm measures another build of the filter (not part of
+          test); logs in target/ip-flood/
   setup   only the set-up steps and the build
   help    this text
 
@@ -128,6 +134,7 @@ fn main() -> ExitCode {
         Some("api-fuzz") => apifuzz::cmd_api_fuzz(&p, &args[1..]),
         Some("bench") => bench::cmd_bench(&p, &args[1..]),
         Some("import-bench") => bench::import::cmd(&p, &args[1..]),
+        Some("ip-flood") => ipflood::cmd(&p, &args[1..]),
         Some("up") if args.len() == 1 => up::cmd_up(&p),
         Some("setup") if args.len() == 1 => match setup_and_build(&p) {
             Ok(()) => ExitCode::SUCCESS,
