@@ -128,6 +128,9 @@ fn compose_envoy_config_matches_envoy_yaml() {
         hcm
     };
     assert_eq!(strip(&compose.hcm), strip(&reference.hcm), "deploy/envoy-compose.yaml's connection manager differs from envoy.yaml's");
+    // Per-IP limits count the TCP peer, not a client-sent X-Forwarded-For.
+    assert_eq!(reference.hcm["use_remote_address"], true, "envoy.yaml must set use_remote_address: true");
+    assert!(reference.hcm.get("xff_num_trusted_hops").is_none(), "the reference config trusts no X-Forwarded-For hop");
     assert_eq!(compose.plugin_json, reference.plugin_json);
     let names: Vec<&Value> = compose.hcm["http_filters"].as_array().unwrap().iter().map(|f| &f["name"]).collect();
     assert_eq!(names.last().map(|v| v.as_str()), Some(Some("envoy.filters.http.router")), "the router comes last");

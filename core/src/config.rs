@@ -59,6 +59,13 @@ pub struct RateLimits {
     pub pk_per_hour: u32,
     #[serde(default = "default_public_limit")]
     pub public_per_ip_per_hour: u32,
+    /// Public routes count an IPv6 client by this many leading bits of its address.
+    #[serde(default = "default_ipv6_prefix_len")]
+    pub ipv6_prefix_len: u8,
+    /// Counter slots in each of the two tables (per key, per client address) in Envoy's
+    /// shared data: the bound on the memory rate limiting uses.
+    #[serde(default = "default_counter_slots")]
+    pub counter_slots: u32,
 }
 
 fn default_sk_limit() -> u32 {
@@ -70,10 +77,25 @@ fn default_pk_limit() -> u32 {
 fn default_public_limit() -> u32 {
     200
 }
+fn default_ipv6_prefix_len() -> u8 {
+    64
+}
+fn default_counter_slots() -> u32 {
+    65_536
+}
+
+/// Most counter slots a table may have (about 2.5 GB of shared data at that size).
+pub const MAX_COUNTER_SLOTS: u32 = 1 << 24;
 
 impl Default for RateLimits {
     fn default() -> Self {
-        RateLimits { sk_per_hour: default_sk_limit(), pk_per_hour: default_pk_limit(), public_per_ip_per_hour: default_public_limit() }
+        RateLimits {
+            sk_per_hour: default_sk_limit(),
+            pk_per_hour: default_pk_limit(),
+            public_per_ip_per_hour: default_public_limit(),
+            ipv6_prefix_len: default_ipv6_prefix_len(),
+            counter_slots: default_counter_slots(),
+        }
     }
 }
 
@@ -235,6 +257,12 @@ impl FilterConfig {
         if raw.long_poll_secs > 60 || raw.long_poll_secs >= raw.max_staleness_secs {
             return invalid("long_poll_secs must be at most 60 and below max_staleness_secs".into());
         }
+        if !(1..=128).contains(&raw.rate_limits.ipv6_prefix_len) {
+            return invalid("rate_limits.ipv6_prefix_len must be between 1 and 128".into());
+        }
+        if raw.rate_limits.counter_slots == 0 || raw.rate_limits.counter_slots > MAX_COUNTER_SLOTS {
+            return invalid(format!("rate_limits.counter_slots must be between 1 and {MAX_COUNTER_SLOTS}"));
+        }
         if raw.issuer.is_empty() || raw.audience.is_empty() {
             return invalid("issuer and audience must not be empty".into());
         }
@@ -333,7 +361,7 @@ mod tests {
     fn demo_config_parses_with_defaults() {
         let cfg = parse(DEMO).unwrap();
         assert_eq!(cfg.policy.max_staleness_secs, 600);
-        assert_eq!(cfg.policy.rate_limits, RateLimits { sk_per_hour: 1000, pk_per_hour: 100, public_per_ip_per_hour: 200 });
+        assert_eq!(cfg.policy.rate_limits, RateLimits { sk_per_hour: 1000, pk_per_hour: 100, public_per_ip_per_hour: 200, ipv6_prefix_len: 64, counter_slots: 65_536 });
         assert_eq!(cfg.policy.token.issuer, "keygate");
         assert_eq!(cfg.sync.proxy_token, "t");
         assert!(!format!("{:?}", cfg.sync).contains("\"t\""));
@@ -371,6 +399,10 @@ mod tests {
             (r#"{"admin_cluster": "a", "proxy_token": "t", "rutes": []}"#, "unknown field"),
             (r#"{"admin_cluster": "a", "proxy_token": "t", "routes": [{"prefix": "/", "key_in_bearer": true}]}"#, "key_in_bearer"),
             (r#"{"admin_cluster": "a", "proxy_token": "t", "max_staleness_secs": 0}"#, "max_staleness"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"ipv6_prefix_len": 0}}"#, "ipv6_prefix_len"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"ipv6_prefix_len": 129}}"#, "ipv6_prefix_len"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"counter_slots": 0}}"#, "counter_slots"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"counter_slots": 16777217}}"#, "counter_slots"),
             (r#"{"admin_cluster": "", "proxy_token": "t"}"#, "admin_cluster"),
             ("not json", "not valid"),
         ];

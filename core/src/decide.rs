@@ -25,6 +25,7 @@ pub struct RequestView<'a> {
     /// `:path`, query string included.
     pub path: &'a str,
     pub headers: &'a [(String, String)],
+    /// The client's address as Envoy gives it (`ip`, `ip:port`, `[v6]:port`).
     pub client_ip: Option<&'a str>,
 }
 
@@ -186,11 +187,17 @@ fn is_safe_method(method: &str) -> bool {
 }
 
 /// Headers removed on every allowed request: the key, and anything posing as identity.
+/// CGI-style upstreams (WSGI, Rack, PHP) read `_` and `-` in a header name alike, so a
+/// name counts as the key or an identity header whichever of the two it uses; each is
+/// removed by the exact (lower-case) name the client sent, since to Envoy
+/// `x_keygate_subject` and `x-keygate-subject` are different headers.
 fn stripped_headers(headers: &[(String, String)]) -> Vec<String> {
     let mut remove = vec![SECRET_KEY.to_owned()];
     for (name, _) in headers {
         let lower = name.to_ascii_lowercase();
-        if lower.starts_with(IDENTITY_HEADER_PREFIX) && !remove.contains(&lower) {
+        let canonical = lower.replace('_', "-");
+        let posing = canonical == "secret-key" || canonical.starts_with(IDENTITY_HEADER_PREFIX);
+        if posing && !remove.contains(&lower) {
             remove.push(lower);
         }
     }
@@ -266,11 +273,12 @@ pub fn decide_on_route(policy: &Policy, route: &Route, request: &RequestView<'_>
 }
 
 fn public(policy: &Policy, route: &Route, request: &RequestView<'_>) -> Allowed {
+    let client = crate::ratelimit::client_id(request.client_ip, policy.rate_limits.ipv6_prefix_len);
     Allowed {
         remove_headers: stripped_headers(request.headers),
         rate_limit: Some(match route.rate_limit_per_hour {
-            Some(per_hour) => RateLimitTarget { bucket: format!("ip:{}@{}", request.client_ip.unwrap_or("unknown"), route.prefix), per_hour },
-            None => RateLimitTarget { bucket: format!("ip:{}", request.client_ip.unwrap_or("unknown")), per_hour: policy.rate_limits.public_per_ip_per_hour },
+            Some(per_hour) => RateLimitTarget { bucket: format!("ip:{client}@{}", route.prefix), per_hour },
+            None => RateLimitTarget { bucket: format!("ip:{client}"), per_hour: policy.rate_limits.public_per_ip_per_hour },
         }),
         ..Allowed::default()
     }
@@ -458,6 +466,17 @@ fn check_credentials(policy: &Policy, route: &Route, request: &RequestView<'_>, 
         key_id: Some(key.id.clone()),
         shadow_denial: None,
     })
+}
+
+/// What charging an allowed request to its rate limit makes of it: over the limit, a
+/// refusal; but a shadow rule never refuses, so there the request goes through with the
+/// refusal noted (and counted as `shadow_denied`).
+pub fn after_rate_limit(route: &Route, allowed: Allowed, charged: Result<(), Denial>) -> Decision {
+    match charged {
+        Ok(()) => Decision::Allow(allowed),
+        Err(denial) if route.shadow => Decision::Allow(Allowed { shadow_denial: allowed.shadow_denial.or(Some(denial)), ..allowed }),
+        Err(denial) => Decision::Deny(denial),
+    }
 }
 
 /// The denial for a request over its rate limit; `retry_after` in seconds.

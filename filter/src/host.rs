@@ -32,15 +32,11 @@ pub fn now_millis() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The downstream address without its port (`source.address` is `ip:port`).
+/// The downstream address as Envoy gives it (`source.address`: `ip:port`, `[v6]:port`);
+/// core's `ratelimit::client_id` parses it (with `use_remote_address`, the real peer).
 pub fn client_ip() -> Option<String> {
     let bytes = hostcalls::get_property(vec!["source", "address"]).ok()??;
-    let text = String::from_utf8(bytes).ok()?;
-    let ip = match text.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.trim_start_matches('[').trim_end_matches(']'),
-        _ => text.as_str(),
-    };
-    Some(ip.to_owned())
+    String::from_utf8(bytes).ok()
 }
 
 pub fn remove_request_header(name: &str) {

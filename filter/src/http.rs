@@ -1,5 +1,6 @@
 //! One context per request: gather the request, `decide`, charge the rate limit, act.
 
+use keygate_core::decide::after_rate_limit;
 use keygate_core::{decide_on_route, Decision, FilterConfig, RequestView, Requirement, Synced};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -49,9 +50,9 @@ impl HttpContext for RequestContext {
             decide_on_route(&self.config.policy, route, &request, synced, now.unwrap_or(0), &mut self.vm.tokens.borrow_mut())
         };
         let decision = match decision {
-            Decision::Allow(allowed) => match allowed.rate_limit.as_ref().map(|t| limit::charge(t, now.unwrap_or(0))) {
-                Some(Err(denial)) if allowed.shadow_denial.is_none() => Decision::Deny(denial),
-                _ => Decision::Allow(allowed),
+            Decision::Allow(allowed) => match allowed.rate_limit.as_ref().map(|t| limit::charge(t, now.unwrap_or(0), self.config.policy.rate_limits.counter_slots)) {
+                Some(charged) => after_rate_limit(route, allowed, charged),
+                None => Decision::Allow(allowed),
             },
             deny => deny,
         };

@@ -18,7 +18,8 @@ const RULES: &str = r#"{
     {"prefix": "/live/", "mode": "live"},
     {"prefix": "/reports/", "scopes": ["reports:read"]},
     {"prefix": "/shadow/", "shadow": true},
-    {"prefix": "/limited/", "require": "key", "rate_limit_per_hour": 3}
+    {"prefix": "/limited/", "require": "key", "rate_limit_per_hour": 3},
+    {"prefix": "/shadow-limited/", "require": "key", "shadow": true, "rate_limit_per_hour": 1}
   ]
 }"#;
 
@@ -36,6 +37,7 @@ pub fn suites() -> Vec<Suite> {
     vec![
         Suite { name: "filter", options: || StackOptions { plugin_json: Some(RULES.into()), ..StackOptions::default() }, cases: CASES },
         Suite { name: "filter_admin_down", options: || StackOptions { plugin_json: Some(STALE_RULES.into()), ..StackOptions::default() }, cases: ADMIN_DOWN },
+        Suite { name: "filter_xff", options: || StackOptions { plugin_json: Some(keygate_e2e::plugin_json("\n  \"rate_limits\": {\"public_per_ip_per_hour\": 20},", "")), ..StackOptions::default() }, cases: XFF },
         Suite { name: "filter_paged", options: || StackOptions { plugin_json: Some(PAGED_RULES.into()), seed_keys: 25, ..StackOptions::default() }, cases: PAGED },
     ]
 }
@@ -50,7 +52,68 @@ const CASES: &[Case] = &[
     ("per_rule_limit_and_public_per_ip_limit", rule_and_ip_limits),
     ("decisions_are_counted_in_envoy_stats", stats_counters),
     ("new_signing_key_is_accepted_right_after_rotation", signing_key_rotation),
+    ("shadow_rule_over_its_rate_limit_passes_and_counts_shadow_denied", shadow_rate_limit),
+    ("underscore_spellings_of_identity_headers_never_reach_the_upstream", underscore_identity_headers),
 ];
+
+const XFF: &[Case] = &[("public_per_ip_limit_ignores_a_client_chosen_x_forwarded_for", forged_forwarded_for)];
+
+/// Each request claims another client address in `X-Forwarded-For`; Envoy must count them
+/// all as the one real peer (limit 20/h in this suite).
+fn forged_forwarded_for(stack: &Stack) {
+    for i in 0..20 {
+        let xff = format!("203.0.113.{}", i + 1);
+        let (status, body) = stack.through_envoy("GET", "/public/x", &[("x-forwarded-for", xff.as_bytes())]);
+        assert_eq!(status, 200, "public request {i}: {body}");
+    }
+    let resp = stack.through_envoy_full("GET", "/public/x", &[("x-forwarded-for", b"198.51.100.7")]);
+    assert_eq!(resp.status, 429, "the 21st request from one peer passed by naming another address in X-Forwarded-For: {}", resp.body);
+    assert_eq!(resp.body["code"], "rate_limited");
+    assert!(resp.headers.contains_key("retry-after"));
+}
+
+fn shadow_rate_limit(stack: &Stack) {
+    let t = stack.tenant();
+    stack.wait_for_key(&t.sk);
+    let before = stat(stack, "wasmcustom.keygate.shadow_denied");
+    for i in 0..2 {
+        let (status, echo) = stack.through_envoy("GET", "/shadow-limited/x", &[("SECRET_KEY", t.sk.as_bytes())]);
+        assert_eq!(status, 200, "request {i} on a shadow rule with rate_limit_per_hour 1 was refused: {echo}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat(stack, "wasmcustom.keygate.shadow_denied") <= before {
+        assert!(Instant::now() < deadline, "the over-limit request on a shadow rule was not counted in shadow_denied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CGI-style upstreams read `x_keygate_subject` as `X-KEYGATE-SUBJECT`: no spelling of an
+/// identity header or of the key header may pass.
+fn underscore_identity_headers(stack: &Stack) {
+    let t = stack.tenant();
+    stack.wait_for_key(&t.sk);
+    let forged: &[(&str, &[u8])] = &[
+        ("SECRET_KEY", t.sk.as_bytes()),
+        ("x_keygate_subject", b"usr_admin"),
+        ("X-KEYGATE_business", b"biz_forged"),
+        ("x_keygate-scopes", b"admin"),
+        ("secret-key", t.sk.as_bytes()),
+    ];
+    let (status, echo) = stack.through_envoy("GET", "/key/whoami", forged);
+    assert_eq!(status, 200, "{echo}");
+    let headers = echo["headers"].as_object().unwrap();
+    let leaked: Vec<String> = headers
+        .iter()
+        .filter(|(name, _)| {
+            let canonical = name.to_ascii_lowercase().replace('_', "-");
+            canonical == "secret-key" || (canonical.starts_with("x-keygate-") && !name.starts_with("x-keygate-"))
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    assert!(leaked.is_empty(), "the upstream saw client-sent spellings of the key or identity headers: {leaked:?}");
+    assert_eq!(headers["x-keygate-business"], t.business_id.as_str());
+    assert!(!headers.contains_key("x-keygate-subject") && !headers.contains_key("x-keygate-scopes"), "{echo}");
+}
 
 /// Tiny pages, so the first full sync of the seeded keys takes many pages.
 const PAGED_RULES: &str = r#"{

@@ -8,6 +8,7 @@ mod crash;
 mod deploy;
 mod fuzz;
 mod http;
+mod ipflood;
 mod json;
 mod sys;
 mod up;
@@ -54,6 +55,11 @@ commands:
           one client logs in N times (default 10 000) with one pk key and new session ids;
           Envoy's req/s while keys change, RSS, first feed page and a fresh Envoy's sync,
           before and after (not part of test); files in target/login-flood/
+  ip-flood [--addresses N] [--wasm PATH] [--threads T] [--max-secs S]
+          Envoy's memory (RSS, server.memory_allocated) before and after N distinct client
+          addresses (default 1 000 000, each a loopback 127.a.b.c source) hit /public/…, on its
+          own stack with envoy.yaml; --wasm measures another build of the filter (not part of
+          test); logs in target/ip-flood/
   setup   only the set-up steps and the build
   help    this text
 
@@ -133,6 +139,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::cmd_bench(&p, &args[1..]),
         Some("import-bench") => bench::import::cmd(&p, &args[1..]),
         Some("login-flood") => bench::logins::cmd(&p, &args[1..]),
+        Some("ip-flood") => ipflood::cmd(&p, &args[1..]),
         Some("up") if args.len() == 1 => up::cmd_up(&p),
         Some("setup") if args.len() == 1 => match setup_and_build(&p) {
             Ok(()) => ExitCode::SUCCESS,
