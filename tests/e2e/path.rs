@@ -1,14 +1,22 @@
 //! Issue 3's path: the three credentials checked inside Envoy, end to end.
 
 use keygate_core::{ApiKey, KeyKind, Mode};
-use keygate_e2e::{random_bytes, Stack, StackOptions};
+use keygate_e2e::{plugin_json, random_bytes, Stack, StackOptions};
 use serde_json::{json, Value};
 
 use crate::{Case, Suite};
 
 pub fn suites() -> Vec<Suite> {
-    vec![Suite { name: "path", options: StackOptions::default, cases: CASES }]
+    vec![Suite { name: "path", options: StackOptions::default, cases: CASES }, Suite { name: "path_rules", options: rules_options, cases: RULE_CASES }]
 }
+
+/// A GET-only rule for test keys on `/reports/`: a tenant's live key gets 403 there, and
+/// 200 under the default rule, so the answer shows which rule a spelling matched.
+fn rules_options() -> StackOptions {
+    StackOptions { plugin_json: Some(plugin_json("", "\n    {\"prefix\": \"/reports/\", \"methods\": [\"GET\"], \"mode\": \"test\"},")), ..StackOptions::default() }
+}
+
+const RULE_CASES: &[Case] = &[("other_spellings_of_a_rule_path_get_the_rule", rule_spellings)];
 
 const CASES: &[Case] = &[
     ("all_three_valid_reaches_upstream_with_identity_and_without_secret_key", all_three_valid),
@@ -20,6 +28,7 @@ const CASES: &[Case] = &[
     ("client_identity_headers_never_reach_upstream", forged_identity_headers),
     ("key_only_route_takes_secret_key_or_bearer_key", key_only_route),
     ("public_route_needs_no_credentials", public_route),
+    ("path_parameter_dot_segments_never_borrow_a_relaxed_rule", path_parameter_dot_segments),
     ("api_key_login_token_passes_with_its_key", api_key_login),
     ("new_key_reaches_the_filter_through_the_feed", new_key_syncs),
     ("hostile_header_bytes_do_not_kill_the_vm", hostile_bytes),
@@ -150,6 +159,35 @@ fn public_route(stack: &Stack) {
     assert_eq!(echo["path"], "/public/articles/1");
     // Normalised by Envoy before the filter: the escape lands on a protected path.
     assert_denied(&stack.through_envoy("GET", "/public/../orders", &[]), 401, "missing_credentials");
+}
+
+fn path_parameter_dot_segments(stack: &Stack) {
+    let t = stack.tenant();
+    stack.wait_for_key(&t.sk);
+    // Tomcat and Spring read a segment up to its `;`: these are /orders to them, and Envoy's
+    // normalisation leaves them alone.
+    for path in ["/public/..;/orders", "/public/..;x=1/orders", "/public/.;/..;/orders"] {
+        assert_denied(&stack.through_envoy("GET", path, &[]), 401, "missing_credentials");
+    }
+    assert_denied(&stack.through_envoy("GET", "/key/..;/orders", &[("SECRET_KEY", t.sk.as_bytes())]), 401, "missing_credentials");
+    // Matrix parameters inside a public path keep the public rule.
+    assert_eq!(stack.through_envoy("GET", "/public/articles;v=1", &[]).0, 200);
+}
+
+fn rule_spellings(stack: &Stack) {
+    let t = stack.tenant();
+    stack.wait_for_key(&t.sk);
+    let bearer = t.bearer();
+    let headers = three(&bearer, &t.sk, &t.business_id);
+    // The rule as written: a live key is refused; outside the rule the same request passes.
+    assert_denied(&stack.through_envoy("GET", "/reports/1", &headers), 403, "insufficient_permission");
+    assert_eq!(stack.through_envoy("GET", "/orders", &headers).0, 200);
+    for (method, path) in [("GET", "/Reports/1"), ("GET", "/REPORTS/1"), ("GET", "/reports"), ("GET", "/reports;x=1/1"), ("HEAD", "/reports/1")] {
+        let status = stack.through_envoy(method, path, &headers).0;
+        assert_eq!(status, 403, "{method} {path} missed the /reports/ rule");
+    }
+    // The rule is GET-only: a POST falls to the default rule.
+    assert_eq!(stack.through_envoy("POST", "/reports/1", &headers).0, 200);
 }
 
 fn api_key_login(stack: &Stack) {
