@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use crate::key::Mode;
-use crate::token::TokenExpectations;
+use crate::token::{TokenExpectations, REVOCATION_MARGIN_SECS};
 
 /// Which credentials a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -234,6 +234,11 @@ impl FilterConfig {
         }
         if raw.long_poll_secs > 60 || raw.long_poll_secs >= raw.max_staleness_secs {
             return invalid("long_poll_secs must be at most 60 and below max_staleness_secs".into());
+        }
+        if raw.leeway_secs > REVOCATION_MARGIN_SECS {
+            // Past exp + this margin a revoked session has left admin's feed: a longer leeway
+            // would accept its tokens again.
+            return invalid(format!("leeway_secs must be at most {REVOCATION_MARGIN_SECS} (how long past a token's expiry admin keeps its revoked session in the feed)"));
         }
         if raw.issuer.is_empty() || raw.audience.is_empty() {
             return invalid("issuer and audience must not be empty".into());

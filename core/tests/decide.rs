@@ -580,3 +580,33 @@ fn token_cache_of_zero_entries_caches_nothing() {
     }
     assert_eq!(cache.signature_checks(), 6);
 }
+
+#[test]
+fn filter_leeway_cannot_outlast_admins_revocation_margin() {
+    use keygate_core::token::REVOCATION_MARGIN_SECS;
+    let w = world();
+    let exp = NOW + 100;
+    let token = w.signer.sign(&AccessClaims { sid: "ses_gone".into(), exp, ..claims() }).unwrap();
+    let bearer = format!("Bearer {token}");
+    let headers: Vec<(String, String)> = vec![("authorization".into(), bearer), ("secret_key".into(), w.sk.expose().into()), ("businessid".into(), BIZ.into())];
+    for leeway in [0, 30, REVOCATION_MARGIN_SECS, REVOCATION_MARGIN_SECS + 1, 120] {
+        let json = format!(r#"{{"admin_cluster": "a", "proxy_token": "t", "leeway_secs": {leeway}}}"#);
+        let policy = match FilterConfig::parse(json.as_bytes(), None) {
+            Ok(cfg) => cfg.policy,
+            Err(e) => {
+                assert!(leeway > REVOCATION_MARGIN_SECS, "leeway {leeway} refused: {e}");
+                assert!(e.to_string().contains("leeway_secs"), "{e}");
+                continue;
+            }
+        };
+        // Admin revokes the session until exp + its margin; past that the entry leaves the feed.
+        let mut snapshot = w.snapshot.clone();
+        snapshot.apply(SnapshotWire { version: 4, since: Some(3), revoked_sessions: vec![RevokedSession { sid: "ses_gone".into(), until: exp + REVOCATION_MARGIN_SECS }], ..SnapshotWire::default() }).unwrap();
+        for now in [exp - 1, exp + REVOCATION_MARGIN_SECS - 1, exp + REVOCATION_MARGIN_SECS, exp + 90, exp + 119] {
+            snapshot.forget_expired_revocations(now);
+            let request = RequestView { method: "GET", path: "/orders", headers: &headers, client_ip: None };
+            let d = decide(&policy, &request, Some(Synced::local(&snapshot, now)), now);
+            assert!(matches!(&d, Decision::Deny(x) if x.code == DenyCode::InvalidToken), "leeway {leeway}, {}s after exp: {d:?}", now as i64 - exp as i64);
+        }
+    }
+}
