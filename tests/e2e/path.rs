@@ -1,13 +1,18 @@
 //! Issue 3's path: the three credentials checked inside Envoy, end to end.
 
 use keygate_core::{ApiKey, KeyKind, Mode};
-use keygate_e2e::{plugin_json, random_bytes, Stack, StackOptions};
+use keygate_e2e::{plugin_json, random_bytes, Stack, StackOptions, OPERATOR_TOKEN};
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
 use crate::{Case, Suite};
 
 pub fn suites() -> Vec<Suite> {
-    vec![Suite { name: "path", options: StackOptions::default, cases: CASES }, Suite { name: "path_rules", options: rules_options, cases: RULE_CASES }]
+    vec![
+        Suite { name: "path", options: StackOptions::default, cases: CASES },
+        Suite { name: "path_rules", options: rules_options, cases: RULE_CASES },
+        Suite { name: "path_two_admins", options: two_admins_options, cases: &[("two_plugins_sharing_a_vm_id_keep_their_own_admins_keys", two_admins)] },
+    ]
 }
 
 /// A GET-only rule for test keys on `/reports/`: a tenant's live key gets 403 there, and
@@ -17,6 +22,10 @@ fn rules_options() -> StackOptions {
 }
 
 const RULE_CASES: &[Case] = &[("other_spellings_of_a_rule_path_get_the_rule", rule_spellings)];
+
+fn two_admins_options() -> StackOptions {
+    StackOptions { second_admin: true, ..StackOptions::default() }
+}
 
 const CASES: &[Case] = &[
     ("all_three_valid_reaches_upstream_with_identity_and_without_secret_key", all_three_valid),
@@ -188,6 +197,32 @@ fn rule_spellings(stack: &Stack) {
     }
     // The rule is GET-only: a POST falls to the default rule.
     assert_eq!(stack.through_envoy("POST", "/reports/1", &headers).0, 200);
+}
+
+/// Two listeners in one Envoy, their filters on one `vm_id` (one shared-data store), each fed
+/// by its own admin: each takes only its own admin's keys.
+fn two_admins(stack: &Stack) {
+    let second = stack.second.as_ref().unwrap();
+    let a = stack.tenant();
+    let post_b = |path: &str, body: Value| -> Value {
+        let resp = stack.http.post(format!("{}{path}", second.admin_url)).bearer_auth(OPERATOR_TOKEN).json(&body).send().unwrap();
+        assert_eq!(resp.status().as_u16(), 201, "admin B {path}");
+        resp.json().unwrap()
+    };
+    let business_b = post_b("/v1/businesses", json!({"name": "Other admin's business"}))["id"].as_str().unwrap().to_owned();
+    let key_b = post_b(&format!("/v1/businesses/{business_b}/keys"), json!({"kind": "sk", "mode": "live"}))["key"].as_str().unwrap().to_owned();
+    let status_on = |envoy: &str, key: &str| stack.http.get(format!("{envoy}/key/probe")).header("SECRET_KEY", key).send().unwrap().status().as_u16();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (a_on_a, b_on_b) = (status_on(&stack.envoy_url, &a.sk), status_on(&second.envoy_url, &key_b));
+        if (a_on_a, b_on_b) == (200, 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "each listener should take its own admin's key within 15 s: A's key on A {a_on_a}, B's key on B {b_on_b}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status_on(&second.envoy_url, &a.sk), 401, "admin A's key worked on admin B's listener");
+    assert_eq!(status_on(&stack.envoy_url, &key_b), 401, "admin B's key worked on admin A's listener");
 }
 
 fn api_key_login(stack: &Stack) {
