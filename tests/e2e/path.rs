@@ -218,7 +218,8 @@ fn two_admins(stack: &Stack) {
         if (a_on_a, b_on_b) == (200, 200) {
             break;
         }
-        assert!(Instant::now() < deadline, "each listener should take its own admin's key within 15 s: A's key on A {a_on_a}, B's key on B {b_on_b}");
+        let a_on_b = status_on(&second.envoy_url, &a.sk);
+        assert!(Instant::now() < deadline, "each listener should take its own admin's key within 15 s: A's key on A {a_on_a}, B's key on B {b_on_b} (A's key on B {a_on_b})");
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(status_on(&second.envoy_url, &a.sk), 401, "admin A's key worked on admin B's listener");
