@@ -3,6 +3,7 @@
 //! opens a route.
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::key::Mode;
 use crate::token::{TokenExpectations, REVOCATION_MARGIN_SECS};
@@ -173,6 +174,25 @@ pub struct SyncConfig {
     pub usage_flush_secs: u64,
     /// Keys per page of a full snapshot.
     pub snapshot_page_keys: usize,
+    /// Prefix of every name this plugin uses in Envoy's shared data (see [`shared_data_prefix`]).
+    pub shared_prefix: String,
+}
+
+/// `keygate.<12 hex>.`: the prefix of every shared-data name, from the admin the plugin is
+/// fed by. Envoy keeps one shared-data store per `vm_id`, so two plugin configurations with
+/// the same `vm_id` but different admins would otherwise share key buckets, the leader
+/// lease, the meta and the rate-limit counters, and one admin's keys would work on the
+/// other's listeners.
+pub fn shared_data_prefix(admin_cluster: &str, admin_authority: &str) -> String {
+    let mut hasher = Sha256::new();
+    // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+    for part in [admin_cluster, admin_authority] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("keygate.{hex}.")
 }
 
 impl std::fmt::Debug for SyncConfig {
@@ -186,6 +206,7 @@ impl std::fmt::Debug for SyncConfig {
             .field("long_poll_secs", &self.long_poll_secs)
             .field("usage_flush_secs", &self.usage_flush_secs)
             .field("snapshot_page_keys", &self.snapshot_page_keys)
+            .field("shared_prefix", &self.shared_prefix)
             .finish()
     }
 }
@@ -280,6 +301,7 @@ impl FilterConfig {
                 token_cache_entries: raw.token_cache_entries,
             },
             sync: SyncConfig {
+                shared_prefix: shared_data_prefix(&raw.admin_cluster, &raw.admin_authority),
                 admin_cluster: raw.admin_cluster,
                 admin_authority: raw.admin_authority,
                 proxy_token,
@@ -507,6 +529,19 @@ mod tests {
             let err = parse(json).unwrap_err().to_string();
             assert!(err.contains(needle), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn shared_data_names_are_namespaced_by_the_admin_that_feeds_the_plugin() {
+        let prefix = |extra: &str| parse(&format!(r#"{{"proxy_token": "t", {extra}}}"#)).unwrap().sync.shared_prefix;
+        let a = prefix(r#""admin_cluster": "admin_a""#);
+        assert!(a.starts_with("keygate.") && a.ends_with('.') && a.len() == "keygate.".len() + 13, "{a}");
+        // The same admin (whatever else differs) shares; another cluster or authority does not.
+        assert_eq!(a, prefix(r#""admin_cluster": "admin_a", "leeway_secs": 5, "routes": [{"prefix": "/x/"}]"#));
+        assert_eq!(a, prefix(r#""admin_cluster": "admin_a", "admin_authority": "keygate-admin""#));
+        assert_ne!(a, prefix(r#""admin_cluster": "admin_b""#));
+        assert_ne!(a, prefix(r#""admin_cluster": "admin_a", "admin_authority": "other""#));
+        assert_ne!(shared_data_prefix("ab", "c"), shared_data_prefix("a", "bc"));
     }
 
     #[test]

@@ -6,13 +6,14 @@ use keygate_core::ratelimit::{Admission, Window};
 use keygate_core::RateLimitTarget;
 
 use crate::host;
+use crate::shared;
 
 /// CAS attempts before giving up under contention; the request is then admitted, since a
 /// lost increment under a storm of concurrent requests is better than a spurious 429.
 const CAS_ATTEMPTS: usize = 16;
 
-pub fn charge(target: &RateLimitTarget, now: u64) -> Result<(), Denial> {
-    let key = format!("keygate.rl.{}", target.bucket);
+pub fn charge(ns: &str, target: &RateLimitTarget, now: u64) -> Result<(), Denial> {
+    let key = shared::rate_limit_name(ns, &target.bucket);
     for _ in 0..CAS_ATTEMPTS {
         let (bytes, cas) = host::shared_get(&key);
         let window = bytes.as_deref().map(Window::decode).unwrap_or_default();
