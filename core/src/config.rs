@@ -381,9 +381,10 @@ impl Route {
     /// case against [`loose_path`], `/x/` also covering `/x`, the method in any case, and
     /// HEAD wherever GET is listed (servers answer HEAD with their GET handler).
     fn matches_loosely(&self, method: &str, loose: &str) -> bool {
-        let prefix = self.prefix.to_ascii_lowercase();
-        let bare = prefix.strip_suffix('/').filter(|p| !p.is_empty());
-        let path_matches = loose.starts_with(&prefix) || bare.is_some_and(|b| loose == b || loose.strip_suffix('/') == Some(b));
+        // `loose` is lower case already; the prefix is compared without allocating.
+        let starts = |p: &str| loose.len() >= p.len() && loose.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes());
+        let bare = self.prefix.strip_suffix('/').filter(|p| !p.is_empty());
+        let path_matches = starts(&self.prefix) || bare.is_some_and(|b| loose.len() == b.len() && starts(b));
         let method_matches = self.methods.is_empty()
             || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method) || (m == "GET" && method.eq_ignore_ascii_case("HEAD")));
         path_matches && method_matches
