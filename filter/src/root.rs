@@ -179,6 +179,13 @@ impl RootContext for KeygateRoot {
             Ok(config) => {
                 log::info!("configured: {} route rules, admin cluster {:?}", config.policy.routes.len(), config.sync.admin_cluster);
                 *self.vm.tokens.borrow_mut() = TokenCache::new(config.policy.token_cache_entries);
+                if self.config.as_ref().is_some_and(|old| old.sync.shared_prefix != config.sync.shared_prefix) {
+                    // Another admin, another namespace: what this VM led is not there.
+                    self.leader = None;
+                    self.feed_call = None;
+                    self.next_poll_at_ms = 0;
+                    *self.vm.view.borrow_mut() = View::default();
+                }
                 self.config = Some(Rc::new(config));
                 self.set_tick_period(TICK);
                 true
