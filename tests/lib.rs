@@ -82,6 +82,20 @@ fn spawn_listening(name: &'static str, mut cmd: Command, log_dir: &Path) -> (Chi
     (guard, addr)
 }
 
+/// A copy of the `ingress` listener (at `from_port`) on `port`, whose filter (same `vm_id`)
+/// names the cluster `keygate_admin_b`; and that cluster, at `admin_port`.
+fn add_second_listener(yaml: &str, from_port: u16, port: u16, admin_port: &str) -> String {
+    let start = yaml.find("  - name: ingress\n").expect("envoy.yaml has an ingress listener");
+    let end = yaml.find("\n  clusters:\n").expect("envoy.yaml has clusters after the listeners");
+    let copy = replace_once(&yaml[start..end], "  - name: ingress\n", "  - name: ingress_b\n");
+    let copy = replace_once(&copy, &format!("port_value: {from_port} "), &format!("port_value: {port} "));
+    let copy = replace_once(&copy, "\"admin_cluster\": \"keygate_admin\"", "\"admin_cluster\": \"keygate_admin_b\"");
+    let cluster = format!(
+        "\n  - name: keygate_admin_b\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: keygate_admin_b\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }} }}\n"
+    );
+    format!("{}{}{}{}", &yaml[..end], copy, yaml[end..].trim_end_matches('\n'), cluster)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -132,6 +146,15 @@ pub struct StackOptions {
     /// Live sk keys to create in one business before Envoy starts, so the filter's first
     /// sync is a full snapshot holding them (see [`Stack::seeded`]).
     pub seed_keys: usize,
+    /// Also start a second admin and a second listener whose filter has the same `vm_id`
+    /// but is fed by that admin (see [`Stack::second`]).
+    pub second_admin: bool,
+}
+
+/// The second admin and listener of a stack started with [`StackOptions::second_admin`].
+pub struct Second {
+    pub admin_url: String,
+    pub envoy_url: String,
 }
 
 pub struct Stack {
@@ -142,6 +165,8 @@ pub struct Stack {
     pub http: Client,
     /// With [`StackOptions::seed_keys`]: the business and the raw keys made before Envoy started.
     pub seeded: Option<(String, Vec<String>)>,
+    /// With [`StackOptions::second_admin`].
+    pub second: Option<Second>,
     /// Envoy, admin, echo: killed (in that order) when the stack drops.
     children: std::sync::Mutex<Vec<ChildGuard>>,
     admin_bin: PathBuf,
@@ -173,6 +198,8 @@ impl Stack {
         let admin_args = AdminArgs { extra: options.admin_args.clone(), log_level: options.log_level.unwrap_or("info") };
         let (admin, admin_addr) = spawn_listening("admin", admin_command(&admin_bin, &data, "127.0.0.1:0", &admin_args), &dir);
 
+        let second_admin = options.second_admin.then(|| spawn_listening("admin_b", admin_command(&admin_bin, &dir.join("data_b"), "127.0.0.1:0", &admin_args), &dir));
+
         let http = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         let seeded = (options.seed_keys > 0).then(|| seed(&http, &format!("http://{admin_addr}"), options.seed_keys));
 
@@ -186,6 +213,12 @@ impl Stack {
         yaml = replace_once(&yaml, "filename: target/wasm32-wasip1/release/keygate_filter.wasm", &format!("filename: {}", wasm.display()));
         if let Some(json) = &options.plugin_json {
             yaml = replace_plugin_json(&yaml, json);
+        }
+        let mut second = None;
+        if let Some((_, addr)) = &second_admin {
+            let port = free_port();
+            yaml = add_second_listener(&yaml, listen_port, port, &port_of(addr));
+            second = Some(Second { admin_url: format!("http://{addr}"), envoy_url: format!("http://127.0.0.1:{port}") });
         }
         let config = dir.join("envoy.yaml");
         std::fs::write(&config, yaml).unwrap();
@@ -206,7 +239,8 @@ impl Stack {
             dir,
             http,
             seeded,
-            children: std::sync::Mutex::new(vec![ChildGuard { name: "envoy", child: envoy_child }, admin, echo]),
+            second,
+            children: std::sync::Mutex::new([ChildGuard { name: "envoy", child: envoy_child }, admin, echo].into_iter().chain(second_admin.map(|(guard, _)| guard)).collect()),
             admin_bin,
             admin_addr: admin_addr.clone(),
             admin_args,

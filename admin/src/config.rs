@@ -39,7 +39,11 @@ pub struct Config {
     pub token_ttl_secs: u64,
     /// How long a sign-in's refresh token stays usable.
     pub refresh_ttl_secs: u64,
-    /// Clock skew tolerated when admin itself verifies a token.
+    /// Clock skew tolerated when admin itself verifies a token, and how long past its
+    /// tokens' expiry a revoked session stays in the feed. [`Config::new`] sets it to
+    /// `REVOCATION_MARGIN_SECS`, the filter's highest `leeway_secs`, and `serve` has no flag
+    /// for it: below that, a filter could accept a revoked token once its revocation left
+    /// the feed. (Tests lower it to see expiries quickly.)
     pub token_leeway_secs: u64,
     /// sled's page cache, bytes.
     pub cache_capacity_bytes: u64,
@@ -98,7 +102,7 @@ impl Config {
             audience: "keygate-api".to_owned(),
             token_ttl_secs: 7200,
             refresh_ttl_secs: 30 * 24 * 3600,
-            token_leeway_secs: 60,
+            token_leeway_secs: keygate_core::token::REVOCATION_MARGIN_SECS,
             cache_capacity_bytes: 64 * 1024 * 1024,
             changelog_retain: 100_000,
             max_concurrent_password_hashes: 4,
@@ -109,5 +113,15 @@ impl Config {
             throttle: ThrottleConfig::default(),
             flush_per_write: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocations_outlast_every_leeway_a_filter_accepts() {
+        assert!(Config::new("data").token_leeway_secs >= keygate_core::token::REVOCATION_MARGIN_SECS);
     }
 }

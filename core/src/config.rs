@@ -3,9 +3,10 @@
 //! opens a route.
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::key::Mode;
-use crate::token::TokenExpectations;
+use crate::token::{TokenExpectations, REVOCATION_MARGIN_SECS};
 
 /// Which credentials a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -195,6 +196,25 @@ pub struct SyncConfig {
     pub usage_flush_secs: u64,
     /// Keys per page of a full snapshot.
     pub snapshot_page_keys: usize,
+    /// Prefix of every name this plugin uses in Envoy's shared data (see [`shared_data_prefix`]).
+    pub shared_prefix: String,
+}
+
+/// `keygate.<12 hex>.`: the prefix of every shared-data name, from the admin the plugin is
+/// fed by. Envoy keeps one shared-data store per `vm_id`, so two plugin configurations with
+/// the same `vm_id` but different admins would otherwise share key buckets, the leader
+/// lease, the meta and the rate-limit counters, and one admin's keys would work on the
+/// other's listeners.
+pub fn shared_data_prefix(admin_cluster: &str, admin_authority: &str) -> String {
+    let mut hasher = Sha256::new();
+    // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+    for part in [admin_cluster, admin_authority] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("keygate.{hex}.")
 }
 
 impl std::fmt::Debug for SyncConfig {
@@ -208,6 +228,7 @@ impl std::fmt::Debug for SyncConfig {
             .field("long_poll_secs", &self.long_poll_secs)
             .field("usage_flush_secs", &self.usage_flush_secs)
             .field("snapshot_page_keys", &self.snapshot_page_keys)
+            .field("shared_prefix", &self.shared_prefix)
             .finish()
     }
 }
@@ -263,6 +284,11 @@ impl FilterConfig {
         if raw.rate_limits.counter_slots == 0 || raw.rate_limits.counter_slots > MAX_COUNTER_SLOTS {
             return invalid(format!("rate_limits.counter_slots must be between 1 and {MAX_COUNTER_SLOTS}"));
         }
+        if raw.leeway_secs > REVOCATION_MARGIN_SECS {
+            // Past exp + this margin a revoked session has left admin's feed: a longer leeway
+            // would accept its tokens again.
+            return invalid(format!("leeway_secs must be at most {REVOCATION_MARGIN_SECS} (how long past a token's expiry admin keeps its revoked session in the feed)"));
+        }
         if raw.issuer.is_empty() || raw.audience.is_empty() {
             return invalid("issuer and audience must not be empty".into());
         }
@@ -303,6 +329,7 @@ impl FilterConfig {
                 token_cache_entries: raw.token_cache_entries,
             },
             sync: SyncConfig {
+                shared_prefix: shared_data_prefix(&raw.admin_cluster, &raw.admin_authority),
                 admin_cluster: raw.admin_cluster,
                 admin_authority: raw.admin_authority,
                 proxy_token,
@@ -316,25 +343,99 @@ impl FilterConfig {
     }
 }
 
-/// True when a path has no dot segments or encoded separators. Relaxed routes (key-only,
-/// public) only match clean paths, so `/public/../admin` can never borrow `/public/`'s rule.
+/// A path segment as servers that take `;` parameters off segments (Tomcat, Spring, Jetty)
+/// read it: `..;x=1` is `..` to them.
+fn segment_name(segment: &str) -> &str {
+    segment.split(';').next().unwrap_or(segment)
+}
+
+/// True when a path has no dot segments or encoded separators. Relaxed rules (key-only,
+/// public, shadow) only match clean paths, so `/public/../admin` or `/public/..;/admin` can
+/// never borrow `/public/`'s rule.
 fn is_clean_path(path: &str) -> bool {
     let lower_has_encoded = |needle: &str| path.as_bytes().windows(3).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()));
-    !path.split('/').any(|seg| seg == "." || seg == "..") && !lower_has_encoded("%2e") && !lower_has_encoded("%2f") && !lower_has_encoded("%5c") && !path.contains('\\')
+    !path.split('/').map(segment_name).any(|seg| seg == "." || seg == "..")
+        && !lower_has_encoded("%2e")
+        && !lower_has_encoded("%2f")
+        && !lower_has_encoded("%5c")
+        && !path.contains('\\')
+}
+
+/// The path as the most forgiving upstream would serve it: ASCII lower case, `\` and
+/// encoded `/` `\` as separators, `;` parameters cut from each segment, `%2e` as `.`, dot
+/// segments resolved, empty segments merged. Stricter rules match this spelling too.
+fn loose_path(path: &str) -> String {
+    let lower = path.to_ascii_lowercase().replace("%2f", "/").replace("%5c", "/").replace('\\', "/");
+    let mut segments: Vec<String> = Vec::new();
+    let mut trailing_slash = false;
+    for raw in lower.split('/') {
+        let name = segment_name(raw).replace("%2e", ".");
+        trailing_slash = true;
+        match name.as_str() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => {
+                segments.push(name);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(lower.len() + 1);
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing_slash || segments.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+impl Route {
+    /// A rule that asks for less than the default one (or, in shadow mode, refuses nothing).
+    /// It applies only to its exact spelling; any other spelling gets a stricter rule.
+    fn is_lenient(&self) -> bool {
+        self.require != Requirement::All || self.shadow
+    }
+
+    /// Exact match: the path starts with the prefix as written and the method is listed.
+    fn matches_exactly(&self, method: &str, path: &str) -> bool {
+        path.starts_with(&self.prefix) && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+    }
+
+    /// Any spelling that may reach the same resource: the prefix compared in ASCII lower
+    /// case against [`loose_path`], `/x/` also covering `/x`, the method in any case, and
+    /// HEAD wherever GET is listed (servers answer HEAD with their GET handler).
+    fn matches_loosely(&self, method: &str, loose: &str) -> bool {
+        // `loose` is lower case already; the prefix is compared without allocating.
+        let starts = |p: &str| loose.len() >= p.len() && loose.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes());
+        let bare = self.prefix.strip_suffix('/').filter(|p| !p.is_empty());
+        let path_matches = starts(&self.prefix) || bare.is_some_and(|b| loose.len() == b.len() && starts(b));
+        let method_matches = self.methods.is_empty()
+            || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method) || (m == "GET" && method.eq_ignore_ascii_case("HEAD")));
+        path_matches && method_matches
+    }
 }
 
 impl Policy {
-    /// The route for a request: the first configured route whose prefix and method match,
-    /// else the default (all three credentials). The query string is ignored.
+    /// The route for a request: the first configured route that matches, else the default
+    /// (all three credentials). The query string is ignored. A lenient rule matches only its
+    /// exact spelling on a clean path; a stricter rule matches any spelling of its path, so
+    /// no spelling gets weaker checks than the rule meant for that path.
     pub fn route_for(&self, method: &str, path: &str) -> &Route {
         let path = path.split(['?', '#']).next().unwrap_or(path);
         let clean = is_clean_path(path);
+        let mut loose: Option<String> = None;
         self.routes
             .iter()
             .find(|r| {
-                path.starts_with(&r.prefix)
-                    && (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
-                    && (clean || r.require == Requirement::All)
+                if r.is_lenient() {
+                    clean && r.matches_exactly(method, path)
+                } else {
+                    r.matches_exactly(method, path) || r.matches_loosely(method, loose.get_or_insert_with(|| loose_path(path)))
+                }
             })
             .unwrap_or(&self.default_route)
     }
@@ -390,6 +491,57 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_is_its_part_before_a_semicolon_for_the_dot_segment_check() {
+        let cfg = parse(DEMO).unwrap();
+        let p = &cfg.policy;
+        for path in ["/public/..;/orders", "/public/..;x=1/orders", "/public/.;/x", "/key/..;jsessionid=1/orders", "/public/%2e%2e;/orders", "/public/x/..;"] {
+            assert_eq!(p.route_for("GET", path).require, Requirement::All, "{path}");
+        }
+        // Matrix parameters inside a relaxed path keep its rule.
+        assert_eq!(p.route_for("GET", "/public/a;v=1").require, Requirement::None);
+        // To such servers this is /reports/1: it gets /reports/'s rule, not the default.
+        assert_eq!(p.route_for("GET", "/public/..;/reports/1").scopes, vec!["reports:read".to_string()]);
+    }
+
+    #[test]
+    fn other_spellings_of_a_stricter_rule_path_get_that_rule() {
+        let cfg = parse(DEMO).unwrap();
+        let p = &cfg.policy;
+        let reports = vec!["reports:read".to_string()];
+        for (method, path) in [
+            ("GET", "/Reports/1"),
+            ("GET", "/REPORTS/x"),
+            ("GET", "/reports"),
+            ("GET", "/Reports"),
+            ("GET", "/reports?x=1"),
+            ("GET", "/reports;a=b/1"),
+            ("GET", "/reports;a=b"),
+            ("HEAD", "/reports/1"),
+            ("get", "/reports/1"),
+            ("GET", "/x/..;/reports/1"),
+            ("GET", "/x/%2E%2E/Reports/1"),
+            ("GET", "/x/..\\reports\\1"),
+        ] {
+            assert_eq!(p.route_for(method, path).scopes, reports, "{method} {path}");
+        }
+        // Not the rule's path, or not its method: the default rule.
+        for (method, path) in [("GET", "/reportsx"), ("GET", "/report"), ("POST", "/Reports/1"), ("POST", "/reports")] {
+            assert!(p.route_for(method, path).scopes.is_empty(), "{method} {path}");
+        }
+        // A relaxed rule keeps its exact spelling: any other spelling gets the default rule,
+        // which asks for more, never less.
+        for path in ["/Public/x", "/PUBLIC/x", "/public", "/public;x/y", "/Key/x", "/key"] {
+            assert_eq!(p.route_for("GET", path).require, Requirement::All, "{path}");
+        }
+        assert_eq!(p.route_for("HEAD", "/public/x").require, Requirement::None);
+        // A shadow rule never refuses, so it is lenient too.
+        let shadow = parse(r#"{"admin_cluster": "a", "proxy_token": "t", "routes": [{"prefix": "/beta/", "shadow": true}]}"#).unwrap();
+        assert!(shadow.policy.route_for("GET", "/beta/x").shadow);
+        assert!(!shadow.policy.route_for("GET", "/Beta/x").shadow);
+        assert!(!shadow.policy.route_for("GET", "/beta").shadow);
+    }
+
+    #[test]
     fn bad_configs_are_refused_with_a_reason() {
         let cases = [
             (r#"{"admin_cluster": "a"}"#, "proxy token"),
@@ -410,6 +562,19 @@ mod tests {
             let err = parse(json).unwrap_err().to_string();
             assert!(err.contains(needle), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn shared_data_names_are_namespaced_by_the_admin_that_feeds_the_plugin() {
+        let prefix = |extra: &str| parse(&format!(r#"{{"proxy_token": "t", {extra}}}"#)).unwrap().sync.shared_prefix;
+        let a = prefix(r#""admin_cluster": "admin_a""#);
+        assert!(a.starts_with("keygate.") && a.ends_with('.') && a.len() == "keygate.".len() + 13, "{a}");
+        // The same admin (whatever else differs) shares; another cluster or authority does not.
+        assert_eq!(a, prefix(r#""admin_cluster": "admin_a", "leeway_secs": 5, "routes": [{"prefix": "/x/"}]"#));
+        assert_eq!(a, prefix(r#""admin_cluster": "admin_a", "admin_authority": "keygate-admin""#));
+        assert_ne!(a, prefix(r#""admin_cluster": "admin_b""#));
+        assert_ne!(a, prefix(r#""admin_cluster": "admin_a", "admin_authority": "other""#));
+        assert_ne!(shared_data_prefix("ab", "c"), shared_data_prefix("a", "bc"));
     }
 
     #[test]

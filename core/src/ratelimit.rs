@@ -27,7 +27,10 @@ pub const PROBES: usize = 4;
 pub const SLOT_BYTES: usize = 24;
 
 /// Shared-data key of the secret that places buckets in slots.
-pub const SEED_KEY: &str = "keygate.rl.seed";
+/// The shared-data name of the seed, under the plugin's namespace `ns`.
+pub fn seed_key(ns: &str) -> String {
+    format!("{ns}rl.seed")
+}
 
 /// Bytes of a usable seed.
 pub const SEED_BYTES: usize = 16;
@@ -86,8 +89,9 @@ fn table(bucket: &str) -> &'static str {
 }
 
 /// The candidate slots of `bucket` in a table of `slots` entries, keyed by `seed` so that
-/// a client cannot pick addresses that land on a chosen victim's slots.
-pub fn place(seed: &[u8], bucket: &str, slots: u32) -> Placement {
+/// a client cannot pick addresses that land on a chosen victim's slots. Slot names start
+/// with the plugin's shared-data namespace `ns`.
+pub fn place(ns: &str, seed: &[u8], bucket: &str, slots: u32) -> Placement {
     let digest = Sha256::new().chain_update((seed.len() as u64).to_le_bytes()).chain_update(seed).chain_update(bucket.as_bytes()).finalize();
     let word = |i: usize| digest.get(i * 8..i * 8 + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
     let slots = u64::from(slots.max(1));
@@ -96,7 +100,7 @@ pub fn place(seed: &[u8], bucket: &str, slots: u32) -> Placement {
     // sizes may repeat a slot, which only means fewer distinct candidates.
     let step = step | 1;
     let table = table(bucket);
-    let keys = std::array::from_fn(|i| format!("keygate.rl.{table}.{}", (first + step * i as u64) % slots));
+    let keys = std::array::from_fn(|i| format!("{ns}rl.{table}.{}", (first + step * i as u64) % slots));
     Placement { fingerprint: word(0) | 1, keys }
 }
 
@@ -110,11 +114,13 @@ pub enum Admission {
 }
 
 /// Whether a candidate slot settles where the bucket counts, so the later candidates need
-/// not be read: the bucket's own slot in this window, or a free one. (Within a window a
-/// slot once taken stays taken, so the bucket's own slot never lies beyond a free one.)
+/// not be read: the bucket's own slot in this window, or one never written. A slot left
+/// from an earlier window does not settle it: after a lost CAS race, a new seed or a new
+/// table size the bucket's own slot can lie beyond it, and counting afresh there would
+/// split the bucket's count (only the first request of a window reads further).
 pub fn settles(fingerprint: u64, slot: &Slot, now: UnixTime) -> bool {
     let start = now - now % WINDOW_SECS;
-    !slot.current(start) || slot.fingerprint == fingerprint
+    *slot == Slot::default() || (slot.current(start) && slot.fingerprint == fingerprint)
 }
 
 /// Decides one request of the bucket with `fingerprint` against `per_hour` at `now`, given
@@ -256,23 +262,23 @@ mod tests {
     #[test]
     fn placement_is_bounded_keyed_and_separates_keys_from_addresses() {
         let seed = [3u8; SEED_BYTES];
-        let p = place(&seed, "ip:192.0.2.1", 1000);
-        assert_eq!(p, place(&seed, "ip:192.0.2.1", 1000), "deterministic for one seed");
+        let p = place("keygate.", &seed, "ip:192.0.2.1", 1000);
+        assert_eq!(p, place("keygate.", &seed, "ip:192.0.2.1", 1000), "deterministic for one seed");
         assert_ne!(p.fingerprint, 0);
         for key in &p.keys {
             let n: u32 = key.strip_prefix("keygate.rl.ip.").unwrap().parse().unwrap();
             assert!(n < 1000, "{key}");
         }
-        assert_ne!(p, place(&[4u8; SEED_BYTES], "ip:192.0.2.1", 1000), "another seed places elsewhere");
-        assert!(place(&seed, "key:key_1", 1000).keys.iter().all(|k| k.starts_with("keygate.rl.key.")));
-        assert!(place(&seed, "key:key_1@/reports/", 1000).keys.iter().all(|k| k.starts_with("keygate.rl.key.")));
+        assert_ne!(p, place("keygate.", &[4u8; SEED_BYTES], "ip:192.0.2.1", 1000), "another seed places elsewhere");
+        assert!(place("keygate.", &seed, "key:key_1", 1000).keys.iter().all(|k| k.starts_with("keygate.rl.key.")));
+        assert!(place("keygate.", &seed, "key:key_1@/reports/", 1000).keys.iter().all(|k| k.starts_with("keygate.rl.key.")));
         // Power-of-two tables: the candidates are distinct slots.
-        let q = place(&seed, "ip:192.0.2.9", 1 << 16);
+        let q = place("keygate.", &seed, "ip:192.0.2.9", 1 << 16);
         let distinct: std::collections::HashSet<_> = q.keys.iter().collect();
         assert_eq!(distinct.len(), PROBES);
         // A one-slot table still works.
-        assert!(place(&seed, "ip:x", 1).keys.iter().all(|k| k == "keygate.rl.ip.0"));
-        assert!(place(&seed, "ip:x", 0).keys.iter().all(|k| k == "keygate.rl.ip.0"));
+        assert!(place("keygate.", &seed, "ip:x", 1).keys.iter().all(|k| k == "keygate.rl.ip.0"));
+        assert!(place("keygate.", &seed, "ip:x", 0).keys.iter().all(|k| k == "keygate.rl.ip.0"));
     }
 
     #[test]
@@ -280,7 +286,7 @@ mod tests {
         let seed = [9u8; SEED_BYTES];
         let mut used = std::collections::HashSet::new();
         for i in 0..20_000u32 {
-            used.extend(place(&seed, &format!("ip:10.0.{}.{}", i / 256, i % 256), 64).keys);
+            used.extend(place("keygate.", &seed, &format!("ip:10.0.{}.{}", i / 256, i % 256), 64).keys);
         }
         assert!(used.len() <= 64, "{}", used.len());
     }

@@ -16,6 +16,11 @@ use crate::UnixTime;
 /// admin understands, so neither can pass as the other.
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
+/// How long past a token's expiry admin keeps its revoked session in the feed. A verifier
+/// must not accept a token later than this after its `exp` (its leeway is at most this),
+/// or a revoked token would pass again once its revocation has left the feed.
+pub const REVOCATION_MARGIN_SECS: u64 = 60;
+
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 

@@ -37,20 +37,21 @@ impl HttpContext for RequestContext {
         let client_ip = (route.require == Requirement::None).then(host::client_ip).flatten();
         let now = host::now();
         let request = RequestView { method, path, headers: &headers, client_ip: client_ip.as_deref() };
-        let seen = shared::read_seen();
+        let ns = self.config.sync.shared_prefix.as_str();
+        let seen = shared::read_seen(ns);
         let decision = {
             let mut view = self.vm.view.borrow_mut();
             if let Some(seen) = seen {
-                view.refresh(seen);
+                view.refresh(ns, seen);
             }
             let synced = match (&view.snapshot, seen, now) {
-                (Some(snapshot), Some(seen), Some(_)) => Some(Synced { snapshot, keys: &SharedKeys, confirmed_at: seen.confirmed_at }),
+                (Some(snapshot), Some(seen), Some(_)) => Some(Synced { snapshot, keys: &SharedKeys(ns), confirmed_at: seen.confirmed_at }),
                 _ => None,
             };
             decide_on_route(&self.config.policy, route, &request, synced, now.unwrap_or(0), &mut self.vm.tokens.borrow_mut())
         };
         let decision = match decision {
-            Decision::Allow(allowed) => match allowed.rate_limit.as_ref().map(|t| limit::charge(t, now.unwrap_or(0), self.config.policy.rate_limits.counter_slots)) {
+            Decision::Allow(allowed) => match allowed.rate_limit.as_ref().map(|t| limit::charge(ns, t, now.unwrap_or(0), self.config.policy.rate_limits.counter_slots)) {
                 Some(charged) => after_rate_limit(route, allowed, charged),
                 None => Decision::Allow(allowed),
             },

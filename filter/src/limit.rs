@@ -3,7 +3,7 @@
 //! moves the bytes).
 
 use keygate_core::decide::{rate_limited, Denial};
-use keygate_core::ratelimit::{self, Admission, Slot, PROBES, SEED_BYTES, SEED_KEY};
+use keygate_core::ratelimit::{self, Admission, Slot, PROBES, SEED_BYTES};
 use keygate_core::RateLimitTarget;
 use std::hash::{BuildHasher, Hasher};
 
@@ -13,9 +13,10 @@ use crate::host;
 /// lost increment under a storm of concurrent requests is better than a spurious 429.
 const CAS_ATTEMPTS: usize = 16;
 
-/// Charges one request to `target` in a table of `slots` counters.
-pub fn charge(target: &RateLimitTarget, now: u64, slots: u32) -> Result<(), Denial> {
-    let placement = ratelimit::place(&seed(), &target.bucket, slots);
+/// Charges one request to `target` in a table of `slots` counters under the plugin's
+/// shared-data namespace `ns`.
+pub fn charge(ns: &str, target: &RateLimitTarget, now: u64, slots: u32) -> Result<(), Denial> {
+    let placement = ratelimit::place(ns, &seed(ns), &target.bucket, slots);
     for _ in 0..CAS_ATTEMPTS {
         // Usually the first candidate settles it: one read.
         let mut slots = Vec::with_capacity(PROBES);
@@ -48,8 +49,9 @@ pub fn charge(target: &RateLimitTarget, now: u64, slots: u32) -> Result<(), Deni
 /// The secret that places buckets in slots, the same for every worker VM: the first VM
 /// to need it stores a random one. Read on every charge, so if two VMs race to store it,
 /// both use the survivor from then on.
-fn seed() -> Vec<u8> {
-    match host::shared_get(SEED_KEY) {
+fn seed(ns: &str) -> Vec<u8> {
+    let key = ratelimit::seed_key(ns);
+    match host::shared_get(&key) {
         (Some(seed), _) if seed.len() == SEED_BYTES => seed,
         (_, cas) => {
             // RandomState is seeded from WASI's random_get.
@@ -57,8 +59,8 @@ fn seed() -> Vec<u8> {
             let mut fresh = Vec::with_capacity(SEED_BYTES);
             fresh.extend_from_slice(&random().to_le_bytes());
             fresh.extend_from_slice(&random().to_le_bytes());
-            host::shared_set(SEED_KEY, &fresh, cas);
-            match host::shared_get(SEED_KEY) {
+            host::shared_set(&key, &fresh, cas);
+            match host::shared_get(&key) {
                 (Some(seed), _) if seed.len() == SEED_BYTES => seed,
                 _ => fresh,
             }

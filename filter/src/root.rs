@@ -71,13 +71,15 @@ impl KeygateRoot {
     }
 
     fn on_feed(&mut self, status: Option<u16>, body: &[u8]) {
+        let Some(config) = self.config.clone() else { return };
         let Some(leader) = &mut self.leader else { return };
         let now = host::now().unwrap_or(0);
         let step = leader.on_response(status, body, now);
-        let added = shared::apply(step.ops);
+        let ns = config.sync.shared_prefix.as_str();
+        let added = shared::apply(ns, step.ops);
         leader.adjust_keys(added);
         // After the key count is adjusted, the leader's meta is what the shared data holds.
-        shared::publish(step.meta.as_ref().and(leader.meta()), step.seen);
+        shared::publish(ns, step.meta.as_ref().and(leader.meta()), step.seen);
         if let Some(meta) = leader.meta() {
             self.vm.metrics.snapshot(meta.version, meta.keys);
         }
@@ -106,13 +108,13 @@ impl KeygateRoot {
     }
 
     /// Keeps or takes the lease; on taking it, continues from what the shared data holds.
-    fn lead(&mut self, now_ms: u64) {
-        let leading = shared::hold_lease(self.me, now_ms);
+    fn lead(&mut self, ns: &str, now_ms: u64) {
+        let leading = shared::hold_lease(ns, self.me, now_ms);
         match (leading, self.leader.is_some()) {
             (true, false) => {
                 log::info!("this VM now syncs the snapshot for all workers");
                 let page_keys = self.config.as_ref().map_or(keygate_core::feed::PAGE_KEYS, |c| c.sync.snapshot_page_keys);
-                self.leader = Some(Leader::adopt(shared::read_meta(), page_keys));
+                self.leader = Some(Leader::adopt(shared::read_meta(ns), page_keys));
                 self.next_poll_at_ms = 0;
             }
             (false, true) => {
@@ -177,6 +179,13 @@ impl RootContext for KeygateRoot {
             Ok(config) => {
                 log::info!("configured: {} route rules, admin cluster {:?}", config.policy.routes.len(), config.sync.admin_cluster);
                 *self.vm.tokens.borrow_mut() = TokenCache::new(config.policy.token_cache_entries);
+                if self.config.as_ref().is_some_and(|old| old.sync.shared_prefix != config.sync.shared_prefix) {
+                    // Another admin, another namespace: what this VM led is not there.
+                    self.leader = None;
+                    self.feed_call = None;
+                    self.next_poll_at_ms = 0;
+                    *self.vm.view.borrow_mut() = View::default();
+                }
                 self.config = Some(Rc::new(config));
                 self.set_tick_period(TICK);
                 true
@@ -191,8 +200,9 @@ impl RootContext for KeygateRoot {
     fn on_tick(&mut self) {
         let Some(config) = self.config.clone() else { return };
         let now_ms = host::now_millis();
-        self.lead(now_ms);
-        if let Some(seen) = shared::read_seen() {
+        let ns = config.sync.shared_prefix.as_str();
+        self.lead(ns, now_ms);
+        if let Some(seen) = shared::read_seen(ns) {
             self.vm.metrics.snapshot_age((now_ms / 1000).saturating_sub(seen.confirmed_at));
         }
         if self.leader.is_some() && self.feed_call.is_none() && now_ms >= self.next_poll_at_ms {

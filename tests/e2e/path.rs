@@ -1,13 +1,30 @@
 //! Issue 3's path: the three credentials checked inside Envoy, end to end.
 
 use keygate_core::{ApiKey, KeyKind, Mode};
-use keygate_e2e::{random_bytes, Stack, StackOptions};
+use keygate_e2e::{plugin_json, random_bytes, Stack, StackOptions, OPERATOR_TOKEN};
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
 use crate::{Case, Suite};
 
 pub fn suites() -> Vec<Suite> {
-    vec![Suite { name: "path", options: StackOptions::default, cases: CASES }]
+    vec![
+        Suite { name: "path", options: StackOptions::default, cases: CASES },
+        Suite { name: "path_rules", options: rules_options, cases: RULE_CASES },
+        Suite { name: "path_two_admins", options: two_admins_options, cases: &[("two_plugins_sharing_a_vm_id_keep_their_own_admins_keys", two_admins)] },
+    ]
+}
+
+/// A GET-only rule for test keys on `/reports/`: a tenant's live key gets 403 there, and
+/// 200 under the default rule, so the answer shows which rule a spelling matched.
+fn rules_options() -> StackOptions {
+    StackOptions { plugin_json: Some(plugin_json("", "\n    {\"prefix\": \"/reports/\", \"methods\": [\"GET\"], \"mode\": \"test\"},")), ..StackOptions::default() }
+}
+
+const RULE_CASES: &[Case] = &[("other_spellings_of_a_rule_path_get_the_rule", rule_spellings)];
+
+fn two_admins_options() -> StackOptions {
+    StackOptions { second_admin: true, ..StackOptions::default() }
 }
 
 const CASES: &[Case] = &[
@@ -20,6 +37,7 @@ const CASES: &[Case] = &[
     ("client_identity_headers_never_reach_upstream", forged_identity_headers),
     ("key_only_route_takes_secret_key_or_bearer_key", key_only_route),
     ("public_route_needs_no_credentials", public_route),
+    ("path_parameter_dot_segments_never_borrow_a_relaxed_rule", path_parameter_dot_segments),
     ("api_key_login_token_passes_with_its_key", api_key_login),
     ("new_key_reaches_the_filter_through_the_feed", new_key_syncs),
     ("hostile_header_bytes_do_not_kill_the_vm", hostile_bytes),
@@ -150,6 +168,62 @@ fn public_route(stack: &Stack) {
     assert_eq!(echo["path"], "/public/articles/1");
     // Normalised by Envoy before the filter: the escape lands on a protected path.
     assert_denied(&stack.through_envoy("GET", "/public/../orders", &[]), 401, "missing_credentials");
+}
+
+fn path_parameter_dot_segments(stack: &Stack) {
+    let t = stack.tenant();
+    stack.wait_for_key(&t.sk);
+    // Tomcat and Spring read a segment up to its `;`: these are /orders to them, and Envoy's
+    // normalisation leaves them alone.
+    for path in ["/public/..;/orders", "/public/..;x=1/orders", "/public/.;/..;/orders"] {
+        assert_denied(&stack.through_envoy("GET", path, &[]), 401, "missing_credentials");
+    }
+    assert_denied(&stack.through_envoy("GET", "/key/..;/orders", &[("SECRET_KEY", t.sk.as_bytes())]), 401, "missing_credentials");
+    // Matrix parameters inside a public path keep the public rule.
+    assert_eq!(stack.through_envoy("GET", "/public/articles;v=1", &[]).0, 200);
+}
+
+fn rule_spellings(stack: &Stack) {
+    let t = stack.tenant();
+    stack.wait_for_key(&t.sk);
+    let bearer = t.bearer();
+    let headers = three(&bearer, &t.sk, &t.business_id);
+    // The rule as written: a live key is refused; outside the rule the same request passes.
+    assert_denied(&stack.through_envoy("GET", "/reports/1", &headers), 403, "insufficient_permission");
+    assert_eq!(stack.through_envoy("GET", "/orders", &headers).0, 200);
+    for (method, path) in [("GET", "/Reports/1"), ("GET", "/REPORTS/1"), ("GET", "/reports"), ("GET", "/reports;x=1/1"), ("HEAD", "/reports/1")] {
+        let status = stack.through_envoy(method, path, &headers).0;
+        assert_eq!(status, 403, "{method} {path} missed the /reports/ rule");
+    }
+    // The rule is GET-only: a POST falls to the default rule.
+    assert_eq!(stack.through_envoy("POST", "/reports/1", &headers).0, 200);
+}
+
+/// Two listeners in one Envoy, their filters on one `vm_id` (one shared-data store), each fed
+/// by its own admin: each takes only its own admin's keys.
+fn two_admins(stack: &Stack) {
+    let second = stack.second.as_ref().unwrap();
+    let a = stack.tenant();
+    let post_b = |path: &str, body: Value| -> Value {
+        let resp = stack.http.post(format!("{}{path}", second.admin_url)).bearer_auth(OPERATOR_TOKEN).json(&body).send().unwrap();
+        assert_eq!(resp.status().as_u16(), 201, "admin B {path}");
+        resp.json().unwrap()
+    };
+    let business_b = post_b("/v1/businesses", json!({"name": "Other admin's business"}))["id"].as_str().unwrap().to_owned();
+    let key_b = post_b(&format!("/v1/businesses/{business_b}/keys"), json!({"kind": "sk", "mode": "live"}))["key"].as_str().unwrap().to_owned();
+    let status_on = |envoy: &str, key: &str| stack.http.get(format!("{envoy}/key/probe")).header("SECRET_KEY", key).send().unwrap().status().as_u16();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (a_on_a, b_on_b) = (status_on(&stack.envoy_url, &a.sk), status_on(&second.envoy_url, &key_b));
+        if (a_on_a, b_on_b) == (200, 200) {
+            break;
+        }
+        let a_on_b = status_on(&second.envoy_url, &a.sk);
+        assert!(Instant::now() < deadline, "each listener should take its own admin's key within 15 s: A's key on A {a_on_a}, B's key on B {b_on_b} (A's key on B {a_on_b})");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status_on(&second.envoy_url, &a.sk), 401, "admin A's key worked on admin B's listener");
+    assert_eq!(status_on(&stack.envoy_url, &key_b), 401, "admin B's key worked on admin A's listener");
 }
 
 fn api_key_login(stack: &Stack) {
