@@ -910,12 +910,15 @@ pub struct SigningKeyRotated {
     )
 )]
 pub async fn rotate_signing_key(state: AppState) -> Result<Response, AdminError> {
-    let previous = state.tokens().signer_kid();
+    let signer = state.tokens().signer_kid();
     let remove_after = now()
         .saturating_add(state.config().token_ttl_secs)
         .saturating_add(state.config().token_leeway_secs);
     let st = state.clone();
-    let (kid, ticket) = tokio::task::spawn_blocking(move || st.tokens().rotate(st.store(), remove_after)).await??;
+    let (kid, replaced, ticket) = tokio::task::spawn_blocking(move || st.tokens().rotate(st.store(), remove_after)).await??;
+    // With concurrent rotations the key replaced is not necessarily the one that signed
+    // when this request came in.
+    let previous = replaced.unwrap_or(signer);
     state.store().wait_durable(ticket).await?;
     tracing::info!(kid = %kid, previous = %previous, "token signing key rotated");
     ok_json(StatusCode::OK, &SigningKeyRotated { kid, previous_kid: previous, previous_published_until: rfc3339::format(remove_after) })

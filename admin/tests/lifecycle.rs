@@ -426,3 +426,24 @@ async fn the_cli_covers_every_operation_with_readable_and_json_output() {
     assert!(!ok && err.contains("404") && err.contains("key_not_found"), "{err}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_signing_key_rotations_leave_exactly_one_signer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let biz = server.business("Acme").await;
+    let key = server.key(&biz).await;
+    for round in 0..5 {
+        let rotations = (0..8).map(|_| server.send(Method::POST, "/v1/signing-keys/rotate", Some(OPERATOR), None));
+        for (status, body) in futures_util::future::join_all(rotations).await {
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        let keys = server.state.store().signing_keys().unwrap();
+        let current: Vec<&str> = keys.iter().filter(|k| k.retired_at.is_none()).map(|k| k.kid.as_str()).collect();
+        assert_eq!(current.len(), 1, "round {round}: unretired signing keys {current:?}");
+        // The one unretired key is the one that signs.
+        let (_, login) = server.login(key["key"].as_str().unwrap(), Some(&format!("r{round}"))).await;
+        assert_eq!(kid_of(login["access_token"].as_str().unwrap()), current[0]);
+    }
+    server.stop().await;
+}

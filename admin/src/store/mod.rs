@@ -449,8 +449,16 @@ impl Store {
 
     /// Runs `f` as one transaction over every tree, under the writer mutex.
     fn write<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<(T, Ticket), StoreError> {
+        self.write_after(|_| Ok(()), |tx, ()| f(tx))
+    }
+
+    /// [`Store::write`], with `read` run first under the same writer mutex (so no other write
+    /// comes between) and its result handed to `f`: for what a transaction cannot read
+    /// itself, such as a whole tree (sled's iterators would deadlock inside one).
+    fn write_after<P, T>(&self, read: impl FnOnce(&Store) -> Result<P, StoreError>, f: impl Fn(&Tx<'_>, &P) -> TxResult<T>) -> Result<(T, Ticket), StoreError> {
         let t = &self.inner.trees;
         let mut w = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let read = read(self)?;
         let now = now();
         let retain = self.inner.changelog_retain;
         let all: [&sled::Tree; 15] = [
@@ -493,7 +501,7 @@ impl Store {
                 now,
                 retain,
             };
-            let out = f(&tx)?;
+            let out = f(&tx, &read)?;
             let appended = tx.appended.get();
             Ok((out, dirty.get(), appended))
         });
@@ -985,27 +993,32 @@ impl Store {
     }
 
     /// Makes `key` the signer: every unretired key is retired now and withdrawn after
-    /// `remove_after` (when every token it signed has expired).
-    pub fn rotate_signing_key(&self, key: &SigningKey, remove_after: UnixTime) -> Result<Ticket, StoreError> {
-        let all = self.signing_keys()?;
-        let (_, ticket) = self.write(|tx| {
+    /// `remove_after` (when every token it signed has expired). Returns the kid of the
+    /// signer it replaced (the newest key retired).
+    pub fn rotate_signing_key(&self, key: &SigningKey, remove_after: UnixTime) -> Result<(Option<String>, Ticket), StoreError> {
+        // Listed under the writer lock: a list taken before it could miss a key that a
+        // concurrent rotation adds, which would then never be retired.
+        self.write_after(Store::signing_keys, |tx, all| {
             if tx.signing_keys.contains(key.kid.as_bytes())? {
                 return abort(StoreError::Collision);
             }
-            for old in &all {
+            let mut replaced: Option<(UnixTime, String)> = None;
+            for old in all {
                 if let Some(mut old) = tx.signing_keys.get::<SigningKey>(old.kid.as_bytes())? {
                     if old.retired_at.is_none() {
                         old.retired_at = Some(tx.now);
                         old.remove_after = Some(remove_after);
                         tx.signing_keys.put(old.kid.as_bytes(), &old)?;
+                        if replaced.as_ref().is_none_or(|(at, _)| old.created_at >= *at) {
+                            replaced = Some((old.created_at, old.kid.clone()));
+                        }
                     }
                 }
             }
             tx.signing_keys.put(key.kid.as_bytes(), key)?;
             tx.append(Change::SigningKeyAdded { key: key.public.clone() })?;
-            Ok(())
-        })?;
-        Ok(ticket)
+            Ok(replaced.map(|(_, kid)| kid))
+        })
     }
 
     // ----- housekeeping -----
