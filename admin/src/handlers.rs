@@ -482,9 +482,12 @@ pub async fn login(state: AppState, body: Login) -> Result<Response, AdminError>
         }
     };
     // Fast path: the same key and session while its token is valid → the same token, from a
-    // read alone (nothing is written, so there is nothing to wait for on disk).
-    if let Some(session) = state.store().reusable_key_session(&key.id, &client_session, &reusable)? {
+    // read alone. The session read may be a concurrent login's write still in memory: the
+    // token goes out only once that is on disk (a kill -9 would otherwise leave a token
+    // whose session no longer exists, so it could not be logged out or revoked).
+    if let Some((session, ticket)) = state.store().reusable_key_session(&key.id, &client_session, &reusable)? {
         if let Some(issued) = session.current.filter(|issued| tokens.still_good(issued, now)) {
+            state.store().wait_durable(ticket).await?;
             return login_response(tokens.sign(&issued)?, issued.claims.exp.saturating_sub(now), client_session);
         }
     }
@@ -1214,5 +1217,61 @@ mod tests {
         ] {
             assert!(parse_snapshot_query(bad).is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::unwrap_used, clippy::expect_used)]
+    async fn the_repeat_login_fast_path_answers_only_from_durable_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = AppState::open(crate::Config::new(dir.path())).unwrap();
+        let flusher = state.store().start_flusher();
+        let business = Business { id: random::id("biz_").unwrap(), name: "Acme".to_owned(), created_at: now() };
+        let ticket = state.store().create_business(&business).unwrap();
+        state.store().wait_durable(ticket).await.unwrap();
+        let api_key = ApiKey::generate(KeyKind::Sk, Mode::Test, random::key_material().unwrap()).unwrap();
+        let key = Key {
+            id: random::id("key_").unwrap(),
+            business: business.id.clone(),
+            kind: KeyKind::Sk,
+            mode: Mode::Test,
+            hash: api_key.hash(),
+            prefix: api_key.display_prefix().to_owned(),
+            name: None,
+            scopes: vec![],
+            expires_at: None,
+            created_at: now(),
+            active: true,
+            last_used_at: None,
+            rotated_at: None,
+            grace: vec![],
+        };
+        let ticket = state.store().create_key(&key).unwrap();
+        state.store().wait_durable(ticket).await.unwrap();
+        let raw = api_key.expose().to_owned();
+        let body = move || -> Login { serde_json::from_value(serde_json::json!({"api_key": raw, "session_id": "tab-1"})).unwrap() };
+
+        // The first login's session is committed, but its flush is held back.
+        let hold = state.store().hold_flushes().await;
+        let held_at = state.store().durable().borrow().seq;
+        let first = tokio::spawn(login(state.clone(), body()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while state.store().reusable_key_session(&key.id, "tab-1", |_| true).unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "the first login never committed its session");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A repeat login finds that session on the fast path.
+        let st = state.clone();
+        let repeat = tokio::spawn(async move {
+            let answer = login(st.clone(), body()).await.map(|r| r.status());
+            (answer, st.store().durable().borrow().seq)
+        });
+        // Gives a premature answer time to happen; passing never depends on it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(hold);
+        assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+        let (answer, durable_at_answer) = repeat.await.unwrap();
+        assert_eq!(answer.unwrap(), StatusCode::OK);
+        assert!(durable_at_answer > held_at, "the repeat login answered with a session that was not yet on disk");
+        flusher.shutdown().await.unwrap();
     }
 }

@@ -879,12 +879,28 @@ impl Store {
     /// is revoked.
     /// The live session of (key, client session) if its current token may be handed out
     /// again: a read, no write, so the common "same key, same session" login needs no
-    /// transaction and no flush.
-    pub fn reusable_key_session(&self, key_id: &str, client_session: &str, reusable: impl Fn(&IssuedToken) -> bool) -> Result<Option<Session>, StoreError> {
+    /// transaction. What it read may have been written by a concurrent request and not be
+    /// on disk yet: the ticket covers it (wait for it before handing the token out; it is
+    /// usually durable already).
+    pub fn reusable_key_session(
+        &self,
+        key_id: &str,
+        client_session: &str,
+        reusable: impl Fn(&IssuedToken) -> bool,
+    ) -> Result<Option<(Session, Ticket)>, StoreError> {
         let t = &self.inner.trees;
         let Some(sid) = t.key_sessions.get(key_session_index(key_id, client_session))? else { return Ok(None) };
         let session: Option<Session> = Self::read(&t.sessions, "sessions", &sid)?;
-        Ok(session.filter(|s| s.revoked_at.is_none() && s.current.as_ref().is_some_and(&reusable)))
+        let Some(session) = session.filter(|s| s.revoked_at.is_none() && s.current.as_ref().is_some_and(&reusable)) else { return Ok(None) };
+        Ok(Some((session, self.read_ticket())))
+    }
+
+    /// A ticket covering every write visible to a read made before this call: a write is
+    /// applied and its sequence number taken under the writer mutex, so once the mutex
+    /// is ours, whatever we saw has its number.
+    fn read_ticket(&self) -> Ticket {
+        let (seq, version) = self.committed();
+        Ticket { seq, version }
     }
 
     pub fn key_session_token(
