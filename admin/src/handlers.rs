@@ -304,21 +304,28 @@ fn signin_response(state: &AppState, user: &User, issued: &IssuedToken, refresh:
 )]
 pub async fn signin(state: AppState, client: IpAddr, body: SignIn) -> Result<Response, AdminError> {
     let email = normalize_email(&body.email);
-    // Throttled before any password work: a blocked guesser costs no argon2 run.
+    // Throttled before any password work: a blocked guesser costs no argon2 run. The
+    // attempt counts as a failure from here until its password proves right, so guesses
+    // sent in parallel are throttled as if each had already failed.
     let throttle_email: String = email.chars().take(254).collect();
-    state.throttle().check(client, &throttle_email).map_err(|retry_after_secs| AdminError::RateLimited { retry_after_secs })?;
+    let attempt = state.throttle().begin(client, &throttle_email).map_err(|retry_after_secs| AdminError::RateLimited { retry_after_secs })?;
     let user = if email.len() <= 254 { state.store().user_by_email(&email)? } else { None };
     let phc = user.as_ref().map(|u| u.password_phc.clone());
     // An unknown email is checked against a dummy hash: same time, same answer.
-    let matches = state.passwords().verify(body.password, phc).await?;
-    let user = match user {
-        Some(user) if matches => user,
-        _ => {
-            state.throttle().failure(client, &throttle_email);
-            return Err(AdminError::InvalidCredentials);
+    let matches = match state.passwords().verify(body.password, phc).await {
+        Ok(matches) => matches,
+        Err(e) => {
+            // Nothing was checked (e.g. the argon2 queue is full): not a failed guess.
+            attempt.abandon();
+            return Err(e);
         }
     };
-    state.throttle().success(client, &throttle_email);
+    let user = match user {
+        Some(user) if matches => user,
+        // Dropping the attempt records the failure.
+        _ => return Err(AdminError::InvalidCredentials),
+    };
+    attempt.succeeded();
     let now = now();
     let ttl = state.config().token_ttl_secs;
     let sid = random::id("ses_")?;
@@ -448,7 +455,7 @@ pub struct LoginResponse {
         (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
     )
 )]
-pub async fn login(state: AppState, body: Login) -> Result<Response, AdminError> {
+pub async fn login(state: AppState, client: IpAddr, body: Login) -> Result<Response, AdminError> {
     let client_session = match body.session_id {
         Some(id) if valid_client_session(&id) => id,
         Some(_) => {
@@ -491,6 +498,9 @@ pub async fn login(state: AppState, body: Login) -> Result<Response, AdminError>
             return login_response(tokens.sign(&issued)?, issued.claims.exp.saturating_sub(now), client_session);
         }
     }
+    // Past the fast path a login writes (a new session, or a new token for one), so it
+    // is rate-limited per key and per client; the fast path creates nothing and is not.
+    state.login_limiter().take(&key.id, client).map_err(|retry_after_secs| AdminError::RateLimited { retry_after_secs })?;
     let candidate_sid = random::id("ses_")?;
     let grant = Grant {
         sub: key.id.clone(),
@@ -513,7 +523,9 @@ pub async fn login(state: AppState, body: Login) -> Result<Response, AdminError>
     let (cap, leeway) = (state.config().max_sessions_per_key, state.config().token_leeway_secs);
     let key_id = key.id.clone();
     let pair_session = client_session.clone();
-    let (session, ticket) = blocking(state.store(), move |s| s.key_session_token(&key_id, &pair_session, &candidate, reusable, cap, leeway)).await?;
+    let client_net = crate::throttle::client_net(client).to_string();
+    let (session, ticket) =
+        blocking(state.store(), move |s| s.key_session_token(&key_id, &pair_session, &client_net, &candidate, reusable, cap, leeway)).await?;
     state.store().wait_durable(ticket).await?;
     let issued = session.current.ok_or(AdminError::Internal("a key session without a token"))?;
     if !tokens.still_good(&issued, now) {
@@ -1253,7 +1265,8 @@ mod tests {
         // The first login's session is committed, but its flush is held back.
         let hold = state.store().hold_flushes().await;
         let held_at = state.store().durable().borrow().seq;
-        let first = tokio::spawn(login(state.clone(), body()));
+        let client = IpAddr::from([127, 0, 0, 1]);
+        let first = tokio::spawn(login(state.clone(), client, body()));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while state.store().reusable_key_session(&key.id, "tab-1", |_| true).unwrap().is_none() {
             assert!(std::time::Instant::now() < deadline, "the first login never committed its session");
@@ -1262,7 +1275,7 @@ mod tests {
         // A repeat login finds that session on the fast path.
         let st = state.clone();
         let repeat = tokio::spawn(async move {
-            let answer = login(st.clone(), body()).await.map(|r| r.status());
+            let answer = login(st.clone(), client, body()).await.map(|r| r.status());
             (answer, st.store().durable().borrow().seq)
         });
         // Gives a premature answer time to happen; passing never depends on it.

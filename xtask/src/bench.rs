@@ -219,6 +219,8 @@ fn start_admin(bin: &Path, dir: &Path, core: Option<usize>) -> Result<Admin, Str
     // Configuration 8 and the revocations need thousands of live sessions of one key
     // (admin's default of 100 would revoke the oldest, the bench's own token among them).
     cmd.args(["--max-sessions-per-key", "100000"]);
+    // ... minted from this one address as fast as admin answers.
+    cmd.args(["--login-rate-per-client", "1000000", "--login-rate-per-key", "1000000"]);
     cmd.env("KEYGATE_OPERATOR_TOKEN", OPERATOR_TOKEN).env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN).env("RUST_LOG", "warn").env("NO_COLOR", "1");
     let mut proc = Proc::spawn("keygate-admin", cmd, dir.join("admin.log"))?;
     wait_for(Duration::from_secs(30), Duration::from_millis(50), "keygate-admin /healthz", || {

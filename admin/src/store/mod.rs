@@ -61,6 +61,9 @@ pub enum StoreError {
     NotDurable,
     #[error("a background store task failed: {0}")]
     Task(String),
+    /// The key is at its session cap and no live session is the caller's client's to give up.
+    #[error("the key is at its session limit")]
+    SessionLimit { retry_after_secs: u64 },
 }
 
 type TxResult<T> = ConflictableTransactionResult<T, StoreError>;
@@ -351,17 +354,28 @@ impl Tx<'_> {
     }
 
     /// Adds a new session to its owner's list; at `cap` live sessions the oldest are
-    /// revoked (changelog) to make room.
-    fn register(&self, session: &Session, cap: usize, leeway: u64) -> TxResult<Vec<RevokedSession>> {
+    /// revoked (changelog) to make room. With a `client` (API-key logins) only that
+    /// client's own sessions (or ones stored without a client) may go: one client
+    /// cannot end another's session by logging in. If none may, the write is refused with
+    /// the time until the first of the others expires.
+    fn register(&self, session: &Session, client: Option<&str>, cap: usize, leeway: u64) -> TxResult<Vec<RevokedSession>> {
         let owner = owner_key(&session.owner);
         let mut live = self.live_owned(&owner)?;
         let mut evicted = Vec::new();
         while live.len() >= cap.max(1) {
-            let (_, oldest) = live.remove(0);
+            let displaceable = match client {
+                None => Some(0),
+                Some(client) => live.iter().position(|(o, _)| o.client.as_deref().is_none_or(|c| c == client)),
+            };
+            let Some(at) = displaceable else {
+                let first_expiry = live.iter().map(|(_, s)| s.last_exp).min().unwrap_or(self.now);
+                return abort(StoreError::SessionLimit { retry_after_secs: first_expiry.saturating_sub(self.now).max(1) });
+            };
+            let (_, oldest) = live.remove(at);
             evicted.push(self.revoke(oldest, leeway)?);
         }
         let mut list: Vec<OwnedSession> = live.into_iter().map(|(o, _)| o).collect();
-        list.push(OwnedSession { sid: session.id.clone(), created_at: session.created_at });
+        list.push(OwnedSession { sid: session.id.clone(), created_at: session.created_at, client: client.map(str::to_owned) });
         self.owner_sessions.put(&owner, &list)?;
         Ok(evicted)
     }
@@ -812,7 +826,7 @@ impl Store {
             if tx.sessions.contains(session.id.as_bytes())? || tx.refresh_tokens.contains(refresh_sha256)? {
                 return abort(StoreError::Collision);
             }
-            let evicted = tx.register(session, cap, leeway)?;
+            let evicted = tx.register(session, None, cap, leeway)?;
             tx.sessions.put(session.id.as_bytes(), session)?;
             tx.refresh_tokens.put_raw(refresh_sha256, session.id.as_bytes())?;
             Ok(evicted)
@@ -870,13 +884,6 @@ impl Store {
         })
     }
 
-    /// The session behind an API-key login for (`key_id`, `client_session`), with the
-    /// token it hands out. A live session whose current token `reusable` accepts is
-    /// returned untouched (the caller re-signs the same claims: the same token); otherwise
-    /// `fresh` becomes its current token. Without a live session, `candidate` (whose
-    /// `current` is `fresh`) is stored and indexed. Claims' `sid` always names the session.
-    /// A new session counts against the key's `cap` live sessions; at the cap the oldest
-    /// is revoked.
     /// The live session of (key, client session) if its current token may be handed out
     /// again: a read, no write, so the common "same key, same session" login needs no
     /// transaction. What it read may have been written by a concurrent request and not be
@@ -903,10 +910,21 @@ impl Store {
         Ticket { seq, version }
     }
 
+    /// The session behind an API-key login for (`key_id`, `client_session`), with the
+    /// token it hands out. A live session whose current token `reusable` accepts is
+    /// returned untouched (the caller re-signs the same claims: the same token); otherwise
+    /// `fresh` becomes its current token. Without a live session, `candidate` (whose
+    /// `current` is `fresh`) is stored and indexed. Claims' `sid` always names the session.
+    /// A new session counts against the key's `cap` live sessions; at the cap the oldest
+    /// of `client`'s own (the caller's address as [`crate::throttle::client_net`] gives
+    /// it) is revoked, and with none of its own the write is refused
+    /// ([`StoreError::SessionLimit`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn key_session_token(
         &self,
         key_id: &str,
         client_session: &str,
+        client: &str,
         candidate: &Session,
         reusable: impl Fn(&IssuedToken) -> bool,
         cap: usize,
@@ -932,7 +950,7 @@ impl Store {
                 // (a newer registration may have pruned it from the key's list).
                 let listed: Vec<OwnedSession> = tx.owner_sessions.get(&owner_key(&session.owner))?.unwrap_or_default();
                 if !listed.iter().any(|o| o.sid == session.id) {
-                    let _evicted = tx.register(&session, cap, leeway)?;
+                    let _evicted = tx.register(&session, Some(client), cap, leeway)?;
                 }
                 tx.sessions.put(session.id.as_bytes(), &session)?;
                 return Ok(session);
@@ -940,7 +958,7 @@ impl Store {
             if tx.sessions.contains(candidate.id.as_bytes())? {
                 return abort(StoreError::Collision);
             }
-            let _evicted = tx.register(candidate, cap, leeway)?;
+            let _evicted = tx.register(candidate, Some(client), cap, leeway)?;
             tx.sessions.put(candidate.id.as_bytes(), candidate)?;
             tx.key_sessions.put_raw(&index, candidate.id.as_bytes())?;
             Ok(candidate.clone())
