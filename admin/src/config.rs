@@ -51,8 +51,12 @@ pub struct Config {
     pub changelog_retain: u64,
     /// argon2 runs at once at most (each takes 19 MiB and a core for tens of ms).
     pub max_concurrent_password_hashes: usize,
-    /// Live sessions one API key may hold (one per `session_id`); a new one beyond
-    /// this revokes the oldest.
+    /// Password checks that may wait for an argon2 slot; one more is answered 503 at once,
+    /// so a flood cannot make every sign-in wait behind it.
+    pub max_queued_password_hashes: usize,
+    /// Live sessions one API key may hold (one per `session_id`). A new one beyond this
+    /// replaces the oldest session opened from the same client address, never another
+    /// client's (refused instead).
     pub max_sessions_per_key: usize,
     /// Live sign-in sessions one account may hold; a new one beyond this revokes the oldest.
     pub max_sessions_per_user: usize,
@@ -64,6 +68,8 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     /// Sign-in throttling.
     pub throttle: ThrottleConfig,
+    /// API-key login throttling.
+    pub login_limit: LoginLimitConfig,
     /// Measurement baseline only: one flush per write instead of group commit.
     #[doc(hidden)]
     pub flush_per_write: bool,
@@ -91,6 +97,24 @@ impl Default for ThrottleConfig {
     }
 }
 
+/// API-key logins that open or renew a session (`POST /auth/login` past the "same token
+/// again" answer): at most `per_client_per_minute` from one client address (an IPv6
+/// client by its /64) and `per_key_per_minute` for one key, each a bucket that refills
+/// evenly over the minute and holds a minute's worth.
+#[derive(Debug, Clone)]
+pub struct LoginLimitConfig {
+    pub per_client_per_minute: u32,
+    pub per_key_per_minute: u32,
+    /// Buckets kept at most (memory bound).
+    pub max_entries: usize,
+}
+
+impl Default for LoginLimitConfig {
+    fn default() -> Self {
+        LoginLimitConfig { per_client_per_minute: 30, per_key_per_minute: 120, max_entries: 100_000 }
+    }
+}
+
 impl Config {
     /// Defaults for everything but the data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Config {
@@ -106,11 +130,13 @@ impl Config {
             cache_capacity_bytes: 64 * 1024 * 1024,
             changelog_retain: 100_000,
             max_concurrent_password_hashes: 4,
+            max_queued_password_hashes: 32,
             max_sessions_per_key: 100,
             max_sessions_per_user: 50,
             sweep_interval_secs: 60,
             trust_forwarded_for: false,
             throttle: ThrottleConfig::default(),
+            login_limit: LoginLimitConfig::default(),
             flush_per_write: false,
         }
     }

@@ -37,6 +37,10 @@ pub enum AdminError {
     InvalidRefreshToken,
     #[error("too many attempts; retry later")]
     RateLimited { retry_after_secs: u64 },
+    #[error("the API key is at its session limit and its sessions belong to other clients; retry later")]
+    SessionLimitReached { retry_after_secs: u64 },
+    #[error("too many password checks are waiting; retry later")]
+    Busy { retry_after_secs: u64 },
     #[error("this email is already registered")]
     EmailTaken,
     #[error("business not found")]
@@ -81,6 +85,7 @@ impl From<StoreError> for AdminError {
             StoreError::UnknownKey => AdminError::KeyNotFound,
             StoreError::UnknownSession => AdminError::SessionNotFound,
             StoreError::Gone => AdminError::SnapshotGone,
+            StoreError::SessionLimit { retry_after_secs } => AdminError::SessionLimitReached { retry_after_secs },
             e @ StoreError::NotDurable => AdminError::NotDurable(e),
             e => AdminError::Store(e),
         }
@@ -102,13 +107,13 @@ impl AdminError {
             InvalidRequest(_) | InvalidJson(_) | InvalidQuery(_) => StatusCode::BAD_REQUEST,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Unauthorized | InvalidCredentials | InvalidApiKey | InvalidRefreshToken => StatusCode::UNAUTHORIZED,
-            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | SessionLimitReached { .. } => StatusCode::TOO_MANY_REQUESTS,
             Forbidden => StatusCode::FORBIDDEN,
             EmailTaken => StatusCode::CONFLICT,
             BusinessNotFound | KeyNotFound | SessionNotFound | RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             SnapshotGone => StatusCode::GONE,
-            NotDurable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            NotDurable(_) | Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Store(_) | Random(_) | Signing(_) | PasswordHash(_) | Task(_) | Encode(_) | Config(_) | Io(_) | Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -129,6 +134,8 @@ impl AdminError {
             InvalidApiKey => "invalid_api_key",
             InvalidRefreshToken => "invalid_token",
             RateLimited { .. } => "rate_limited",
+            SessionLimitReached { .. } => "session_limit_reached",
+            Busy { .. } => "busy",
             EmailTaken => "email_taken",
             BusinessNotFound => "business_not_found",
             KeyNotFound => "key_not_found",
@@ -144,7 +151,7 @@ impl AdminError {
 
     /// What the client reads. Server-side failures get a generic text.
     fn public_message(&self) -> String {
-        if self.status().is_server_error() && !matches!(self, AdminError::NotDurable(_)) {
+        if self.status().is_server_error() && !matches!(self, AdminError::NotDurable(_) | AdminError::Busy { .. }) {
             "internal error".to_owned()
         } else {
             self.to_string()
@@ -166,7 +173,9 @@ impl AdminError {
     /// The JSON error response; server-side failures are logged here with their causes.
     pub fn to_response(&self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // A full password queue is load shedding, not a failure: one log line per refusal
+        // would turn a flood into a log flood.
+        if status.is_server_error() && !matches!(self, AdminError::Busy { .. }) {
             tracing::error!(code = self.code(), error = %self.chain(), "request failed");
         } else {
             tracing::debug!(code = self.code(), error = %self, "request refused");
@@ -177,7 +186,7 @@ impl AdminError {
             // keeps clients from reusing it for their next request.
             response.headers_mut().insert(warp::http::header::CONNECTION, warp::http::HeaderValue::from_static("close"));
         }
-        if let AdminError::RateLimited { retry_after_secs } = self {
+        if let AdminError::RateLimited { retry_after_secs } | AdminError::SessionLimitReached { retry_after_secs } | AdminError::Busy { retry_after_secs } = self {
             if let Ok(value) = warp::http::HeaderValue::from_str(&retry_after_secs.max(&1).to_string()) {
                 response.headers_mut().insert(warp::http::header::RETRY_AFTER, value);
             }

@@ -304,21 +304,28 @@ fn signin_response(state: &AppState, user: &User, issued: &IssuedToken, refresh:
 )]
 pub async fn signin(state: AppState, client: IpAddr, body: SignIn) -> Result<Response, AdminError> {
     let email = normalize_email(&body.email);
-    // Throttled before any password work: a blocked guesser costs no argon2 run.
+    // Throttled before any password work: a blocked guesser costs no argon2 run. The
+    // attempt counts as a failure from here until its password proves right, so guesses
+    // sent in parallel are throttled as if each had already failed.
     let throttle_email: String = email.chars().take(254).collect();
-    state.throttle().check(client, &throttle_email).map_err(|retry_after_secs| AdminError::RateLimited { retry_after_secs })?;
+    let attempt = state.throttle().begin(client, &throttle_email).map_err(|retry_after_secs| AdminError::RateLimited { retry_after_secs })?;
     let user = if email.len() <= 254 { state.store().user_by_email(&email)? } else { None };
     let phc = user.as_ref().map(|u| u.password_phc.clone());
     // An unknown email is checked against a dummy hash: same time, same answer.
-    let matches = state.passwords().verify(body.password, phc).await?;
-    let user = match user {
-        Some(user) if matches => user,
-        _ => {
-            state.throttle().failure(client, &throttle_email);
-            return Err(AdminError::InvalidCredentials);
+    let matches = match state.passwords().verify(body.password, phc).await {
+        Ok(matches) => matches,
+        Err(e) => {
+            // Nothing was checked (e.g. the argon2 queue is full): not a failed guess.
+            attempt.abandon();
+            return Err(e);
         }
     };
-    state.throttle().success(client, &throttle_email);
+    let user = match user {
+        Some(user) if matches => user,
+        // Dropping the attempt records the failure.
+        _ => return Err(AdminError::InvalidCredentials),
+    };
+    attempt.succeeded();
     let now = now();
     let ttl = state.config().token_ttl_secs;
     let sid = random::id("ses_")?;
@@ -448,7 +455,7 @@ pub struct LoginResponse {
         (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
     )
 )]
-pub async fn login(state: AppState, body: Login) -> Result<Response, AdminError> {
+pub async fn login(state: AppState, client: IpAddr, body: Login) -> Result<Response, AdminError> {
     let client_session = match body.session_id {
         Some(id) if valid_client_session(&id) => id,
         Some(_) => {
@@ -482,12 +489,18 @@ pub async fn login(state: AppState, body: Login) -> Result<Response, AdminError>
         }
     };
     // Fast path: the same key and session while its token is valid → the same token, from a
-    // read alone (nothing is written, so there is nothing to wait for on disk).
-    if let Some(session) = state.store().reusable_key_session(&key.id, &client_session, &reusable)? {
+    // read alone. The session read may be a concurrent login's write still in memory: the
+    // token goes out only once that is on disk (a kill -9 would otherwise leave a token
+    // whose session no longer exists, so it could not be logged out or revoked).
+    if let Some((session, ticket)) = state.store().reusable_key_session(&key.id, &client_session, &reusable)? {
         if let Some(issued) = session.current.filter(|issued| tokens.still_good(issued, now)) {
+            state.store().wait_durable(ticket).await?;
             return login_response(tokens.sign(&issued)?, issued.claims.exp.saturating_sub(now), client_session);
         }
     }
+    // Past the fast path a login writes (a new session, or a new token for one), so it
+    // is rate-limited per key and per client; the fast path creates nothing and is not.
+    state.login_limiter().take(&key.id, client).map_err(|retry_after_secs| AdminError::RateLimited { retry_after_secs })?;
     let candidate_sid = random::id("ses_")?;
     let grant = Grant {
         sub: key.id.clone(),
@@ -510,7 +523,9 @@ pub async fn login(state: AppState, body: Login) -> Result<Response, AdminError>
     let (cap, leeway) = (state.config().max_sessions_per_key, state.config().token_leeway_secs);
     let key_id = key.id.clone();
     let pair_session = client_session.clone();
-    let (session, ticket) = blocking(state.store(), move |s| s.key_session_token(&key_id, &pair_session, &candidate, reusable, cap, leeway)).await?;
+    let client_net = crate::throttle::client_net(client).to_string();
+    let (session, ticket) =
+        blocking(state.store(), move |s| s.key_session_token(&key_id, &pair_session, &client_net, &candidate, reusable, cap, leeway)).await?;
     state.store().wait_durable(ticket).await?;
     let issued = session.current.ok_or(AdminError::Internal("a key session without a token"))?;
     if !tokens.still_good(&issued, now) {
@@ -910,12 +925,15 @@ pub struct SigningKeyRotated {
     )
 )]
 pub async fn rotate_signing_key(state: AppState) -> Result<Response, AdminError> {
-    let previous = state.tokens().signer_kid();
+    let signer = state.tokens().signer_kid();
     let remove_after = now()
         .saturating_add(state.config().token_ttl_secs)
         .saturating_add(state.config().token_leeway_secs);
     let st = state.clone();
-    let (kid, ticket) = tokio::task::spawn_blocking(move || st.tokens().rotate(st.store(), remove_after)).await??;
+    let (kid, replaced, ticket) = tokio::task::spawn_blocking(move || st.tokens().rotate(st.store(), remove_after)).await??;
+    // With concurrent rotations the key replaced is not necessarily the one that signed
+    // when this request came in.
+    let previous = replaced.unwrap_or(signer);
     state.store().wait_durable(ticket).await?;
     tracing::info!(kid = %kid, previous = %previous, "token signing key rotated");
     ok_json(StatusCode::OK, &SigningKeyRotated { kid, previous_kid: previous, previous_published_until: rfc3339::format(remove_after) })
@@ -1211,5 +1229,62 @@ mod tests {
         ] {
             assert!(parse_snapshot_query(bad).is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::unwrap_used, clippy::expect_used)]
+    async fn the_repeat_login_fast_path_answers_only_from_durable_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = AppState::open(crate::Config::new(dir.path())).unwrap();
+        let flusher = state.store().start_flusher();
+        let business = Business { id: random::id("biz_").unwrap(), name: "Acme".to_owned(), created_at: now() };
+        let ticket = state.store().create_business(&business).unwrap();
+        state.store().wait_durable(ticket).await.unwrap();
+        let api_key = ApiKey::generate(KeyKind::Sk, Mode::Test, random::key_material().unwrap()).unwrap();
+        let key = Key {
+            id: random::id("key_").unwrap(),
+            business: business.id.clone(),
+            kind: KeyKind::Sk,
+            mode: Mode::Test,
+            hash: api_key.hash(),
+            prefix: api_key.display_prefix().to_owned(),
+            name: None,
+            scopes: vec![],
+            expires_at: None,
+            created_at: now(),
+            active: true,
+            last_used_at: None,
+            rotated_at: None,
+            grace: vec![],
+        };
+        let ticket = state.store().create_key(&key).unwrap();
+        state.store().wait_durable(ticket).await.unwrap();
+        let raw = api_key.expose().to_owned();
+        let body = move || -> Login { serde_json::from_value(serde_json::json!({"api_key": raw, "session_id": "tab-1"})).unwrap() };
+
+        // The first login's session is committed, but its flush is held back.
+        let hold = state.store().hold_flushes().await;
+        let held_at = state.store().durable().borrow().seq;
+        let client = IpAddr::from([127, 0, 0, 1]);
+        let first = tokio::spawn(login(state.clone(), client, body()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while state.store().reusable_key_session(&key.id, "tab-1", |_| true).unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "the first login never committed its session");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A repeat login finds that session on the fast path.
+        let st = state.clone();
+        let repeat = tokio::spawn(async move {
+            let answer = login(st.clone(), client, body()).await.map(|r| r.status());
+            (answer, st.store().durable().borrow().seq)
+        });
+        // Gives a premature answer time to happen; passing never depends on it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(hold);
+        assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+        let (answer, durable_at_answer) = repeat.await.unwrap();
+        assert_eq!(answer.unwrap(), StatusCode::OK);
+        assert!(durable_at_answer > held_at, "the repeat login answered with a session that was not yet on disk");
+        flusher.shutdown().await.unwrap();
     }
 }

@@ -31,7 +31,7 @@ pub mod ui;
 
 use std::future::Future;
 
-pub use config::{Config, Secret, ThrottleConfig};
+pub use config::{Config, LoginLimitConfig, Secret, ThrottleConfig};
 pub use error::AdminError;
 pub use state::{AppState, GeneratedTokens};
 

@@ -58,9 +58,23 @@ struct ServeArgs {
     #[arg(long, env = "KEYGATE_CACHE_CAPACITY_MB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     cache_capacity_mb: u64,
     /// Live sessions per API key (one per `session_id` given to /auth/login). A new session
-    /// beyond this revokes the key's oldest live session.
+    /// beyond this revokes the oldest live session opened from the same client address;
+    /// when all belong to other clients, the login is refused (429 `session_limit_reached`,
+    /// Retry-After until the first of them expires).
     #[arg(long, env = "KEYGATE_MAX_SESSIONS_PER_KEY", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_sessions_per_key: u64,
+    /// API-key logins that open or renew a session, per minute, from one client address (an
+    /// IPv6 client counts by its /64); more get 429 `rate_limited` with Retry-After. A
+    /// repeated login answered with the same token does not count.
+    #[arg(long, env = "KEYGATE_LOGIN_RATE_PER_CLIENT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    login_rate_per_client: u32,
+    /// The same, per API key across all clients.
+    #[arg(long, env = "KEYGATE_LOGIN_RATE_PER_KEY", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    login_rate_per_key: u32,
+    /// Password checks (sign-ins, new users) that may wait for one of the 4 argon2 slots;
+    /// past this, a request is answered 503 `busy` with Retry-After instead of queueing.
+    #[arg(long, env = "KEYGATE_PASSWORD_QUEUE", default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    password_queue: u64,
     /// Live sign-in sessions per account. A new sign-in beyond this revokes the oldest.
     #[arg(long, env = "KEYGATE_MAX_SESSIONS_PER_USER", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_sessions_per_user: u64,
@@ -71,8 +85,9 @@ struct ServeArgs {
     /// withdrawn signing keys are swept from the store, seconds.
     #[arg(long, env = "KEYGATE_SWEEP_INTERVAL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     sweep_interval_secs: u64,
-    /// Throttle sign-ins by the last X-Forwarded-For address instead of the socket peer.
-    /// Only behind a reverse proxy that sets that header; otherwise clients could forge it.
+    /// Throttle sign-ins and API-key logins by the last X-Forwarded-For address instead of
+    /// the socket peer. Only behind a reverse proxy that sets that header; otherwise clients
+    /// could forge it.
     #[arg(long, env = "KEYGATE_TRUST_X_FORWARDED_FOR")]
     trust_x_forwarded_for: bool,
     /// Log format on stderr (level from RUST_LOG, default info).
@@ -358,6 +373,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.cache_capacity_bytes = args.cache_capacity_mb.saturating_mul(1024 * 1024);
     config.max_sessions_per_key = usize::try_from(args.max_sessions_per_key).unwrap_or(usize::MAX);
     config.max_sessions_per_user = usize::try_from(args.max_sessions_per_user).unwrap_or(usize::MAX);
+    config.login_limit.per_client_per_minute = args.login_rate_per_client;
+    config.login_limit.per_key_per_minute = args.login_rate_per_key;
+    config.max_queued_password_hashes = usize::try_from(args.password_queue).unwrap_or(usize::MAX);
     config.refresh_ttl_secs = args.refresh_grace_secs;
     config.sweep_interval_secs = args.sweep_interval_secs;
     config.trust_forwarded_for = args.trust_x_forwarded_for;

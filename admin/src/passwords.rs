@@ -1,6 +1,9 @@
 //! Passwords: argon2id with OWASP's parameters (m = 19456 KiB, t = 2, p = 1), stored as
-//! PHC strings. Hashing runs on the blocking pool, at most a few at once.
+//! PHC strings. Hashing runs on the blocking pool, at most a few at once, with a bounded
+//! queue in front: past it a request is answered 503 at once rather than waiting behind
+//! a flood.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -36,21 +39,45 @@ fn verify_now(password: &str, phc: &str) -> bool {
     }
 }
 
+/// Seconds a caller refused for a full queue is told to wait.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 1;
+
 #[derive(Clone)]
 pub struct Passwords {
     permits: Arc<Semaphore>,
+    /// Hashes running or waiting, and how many may be.
+    admitted: Arc<AtomicUsize>,
+    max_admitted: usize,
     /// A hash of a random password: verifying against it for an unknown email costs the
     /// same as for a known one, so timing does not tell which emails exist.
     dummy_phc: Arc<str>,
 }
 
 impl Passwords {
-    pub fn new(max_concurrent: usize) -> Result<Passwords, AdminError> {
+    /// At most `max_concurrent` hashes at once and `max_queued` more waiting.
+    pub fn new(max_concurrent: usize, max_queued: usize) -> Result<Passwords, AdminError> {
         let dummy = random::secret("dummy_")?;
-        Ok(Passwords { permits: Arc::new(Semaphore::new(max_concurrent.max(1))), dummy_phc: hash_now(&dummy)?.into() })
+        let max_concurrent = max_concurrent.max(1);
+        Ok(Passwords {
+            permits: Arc::new(Semaphore::new(max_concurrent)),
+            admitted: Arc::new(AtomicUsize::new(0)),
+            max_admitted: max_concurrent.saturating_add(max_queued),
+            dummy_phc: hash_now(&dummy)?.into(),
+        })
+    }
+
+    /// A place in the queue, or `Busy` when it is full.
+    fn admit(&self) -> Result<Admitted, AdminError> {
+        let before = self.admitted.fetch_add(1, Ordering::AcqRel);
+        let admitted = Admitted(Arc::clone(&self.admitted));
+        if before >= self.max_admitted {
+            return Err(AdminError::Busy { retry_after_secs: BUSY_RETRY_AFTER_SECS });
+        }
+        Ok(admitted)
     }
 
     pub async fn hash(&self, password: String) -> Result<String, AdminError> {
+        let _admitted = self.admit()?;
         let _permit = self.permits.acquire().await.map_err(|_| AdminError::Internal("password hashing is shut down"))?;
         tokio::task::spawn_blocking(move || hash_now(&password)).await?
     }
@@ -58,6 +85,7 @@ impl Passwords {
     /// Whether `password` matches `phc`; with no `phc` (unknown account) it checks against
     /// the dummy hash and answers false, taking the same time.
     pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, AdminError> {
+        let _admitted = self.admit()?;
         let _permit = self.permits.acquire().await.map_err(|_| AdminError::Internal("password hashing is shut down"))?;
         let dummy = Arc::clone(&self.dummy_phc);
         tokio::task::spawn_blocking(move || match phc {
@@ -72,6 +100,15 @@ impl Passwords {
     }
 }
 
+/// One hash running or waiting; leaves the count when dropped (also when the request is).
+struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -79,7 +116,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
-        let passwords = Passwords::new(2).unwrap();
+        let passwords = Passwords::new(2, 4).unwrap();
         let phc = passwords.hash("correct horse".to_owned()).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
         assert!(passwords.verify("correct horse".to_owned(), Some(phc.clone())).await.unwrap());

@@ -60,8 +60,9 @@ fn caller(state: AppState) -> BoxedFilter<(AppState, Caller)> {
         .boxed()
 }
 
-/// The client address for throttling: the socket peer, or with `trust_forwarded_for`
-/// the last `X-Forwarded-For` entry (the one the nearest proxy appended).
+/// The client address for throttling (sign-ins and API-key logins): the socket peer, or
+/// with `trust_forwarded_for` the last `X-Forwarded-For` entry (the one the nearest proxy
+/// appended).
 fn client_ip(state: AppState) -> BoxedFilter<(std::net::IpAddr,)> {
     warp::addr::remote()
         .and(warp::header::optional::<String>("x-forwarded-for"))
@@ -326,8 +327,9 @@ pub fn routes(
     let login = warp::path!("auth" / "login")
         .and(warp::post())
         .and(with_state(s.clone()))
+        .and(client_ip(s.clone()))
         .and(json())
-        .and_then(|st, body| async move { reject(handlers::login(st, body).await) });
+        .and_then(|st, ip, body| async move { reject(handlers::login(st, ip, body).await) });
 
     let create_key = warp::path!("v1" / "businesses" / String / "keys")
         .and(warp::post())

@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::passwords::Passwords;
 use crate::random;
 use crate::store::{Store, StoreOptions, TokenRole};
-use crate::throttle::Throttle;
+use crate::throttle::{LoginLimiter, Throttle};
 use crate::tokens::TokenService;
 
 /// Tokens generated on this start because none was configured or stored. The caller
@@ -30,6 +30,7 @@ struct Inner {
     operator_hash: [u8; 32],
     proxy_hash: [u8; 32],
     throttle: Throttle,
+    login_limiter: LoginLimiter,
     metrics: Metrics,
     shutdown: watch::Sender<bool>,
 }
@@ -101,11 +102,12 @@ impl AppState {
             return Err(AdminError::Config("the operator and proxy tokens must differ".to_owned()));
         }
         let tokens = TokenService::load(&store, &config)?;
-        let passwords = Passwords::new(config.max_concurrent_password_hashes)?;
+        let passwords = Passwords::new(config.max_concurrent_password_hashes, config.max_queued_password_hashes)?;
         store.flush_blocking()?;
         let (shutdown, _) = watch::channel(false);
         let throttle = Throttle::new(config.throttle.clone());
-        let inner = Inner { config, store, tokens, passwords, operator_hash, proxy_hash, throttle, metrics: Metrics::default(), shutdown };
+        let login_limiter = LoginLimiter::new(config.login_limit.clone());
+        let inner = Inner { config, store, tokens, passwords, operator_hash, proxy_hash, throttle, login_limiter, metrics: Metrics::default(), shutdown };
         Ok((AppState { inner: Arc::new(inner) }, GeneratedTokens { operator, proxy }))
     }
 
@@ -128,6 +130,10 @@ impl AppState {
 
     pub fn throttle(&self) -> &Throttle {
         &self.inner.throttle
+    }
+
+    pub fn login_limiter(&self) -> &LoginLimiter {
+        &self.inner.login_limiter
     }
 
     pub fn metrics(&self) -> &Metrics {

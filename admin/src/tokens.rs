@@ -114,18 +114,21 @@ impl TokenService {
 
     /// Re-reads the signing keys from the store (after a rotation or a withdrawal).
     pub fn reload(&self, store: &Store) -> Result<(), AdminError> {
-        let keys = keys_of(&store.signing_keys()?)?;
-        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        // Read under the lock: of two concurrent reloads, the later one to swap in also
+        // read later, so an older view never replaces a newer one.
+        let mut current = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        *current = Arc::new(keys_of(&store.signing_keys()?)?);
         Ok(())
     }
 
     /// Creates a new signing key and makes it the signer; the previous one stays
-    /// published until `remove_after`. Returns the new kid and the ticket to wait on.
-    pub fn rotate(&self, store: &Store, remove_after: UnixTime) -> Result<(String, crate::store::Ticket), AdminError> {
+    /// published until `remove_after`. Returns the new kid, the kid it replaced and the
+    /// ticket to wait on.
+    pub fn rotate(&self, store: &Store, remove_after: UnixTime) -> Result<(String, Option<String>, crate::store::Ticket), AdminError> {
         let key = new_signing_key()?;
-        let ticket = store.rotate_signing_key(&key, remove_after)?;
+        let (previous, ticket) = store.rotate_signing_key(&key, remove_after)?;
         self.reload(store)?;
-        Ok((key.kid, ticket))
+        Ok((key.kid, previous, ticket))
     }
 
     pub fn signer_kid(&self) -> String {

@@ -426,3 +426,183 @@ async fn the_cli_covers_every_operation_with_readable_and_json_output() {
     assert!(!ok && err.contains("404") && err.contains("key_not_found"), "{err}");
     server.stop().await;
 }
+
+/// A client whose connections come from 127.0.0.`last` (all of 127/8 is loopback).
+fn client_from(last: u8) -> reqwest::Client {
+    reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, last])).build().unwrap()
+}
+
+/// One API-key login from `client`: status, `Retry-After` (if any) and body.
+async fn login_from(server: &Server, client: &reqwest::Client, key: &str, session: &str) -> (StatusCode, Option<u64>, Value) {
+    let response = client.post(format!("{}/auth/login", server.base)).json(&json!({"api_key": key, "session_id": session})).send().await.unwrap();
+    let status = response.status();
+    let retry = response.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+    (status, retry, response.json().await.unwrap())
+}
+
+async fn signin_from(server: &Server, client: &reqwest::Client, email: &str, password: &str) -> (StatusCode, Option<u64>, Value) {
+    let response = client.post(format!("{}/auth/signin", server.base)).json(&json!({"email": email, "password": password})).send().await.unwrap();
+    let status = response.status();
+    let retry = response.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+    (status, retry, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_logins_are_throttled_and_never_end_another_clients_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let biz = server.business("Acme").await;
+    let (status, key) = server.key_as(OPERATOR, &biz, json!({"kind": "pk", "mode": "test"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let raw = key["key"].as_str().unwrap();
+    // Another client's session, opened first (the oldest of the key).
+    let other = client_from(2);
+    let (status, _, first) = login_from(&server, &other, raw, "theirs").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let theirs = sid_of(first["access_token"].as_str().unwrap());
+
+    let me = client_from(1);
+    let (mut ok, mut throttled) = (0, 0);
+    for i in 0..300 {
+        let (status, retry, body) = login_from(&server, &me, raw, &format!("s-{i}")).await;
+        match status.as_u16() {
+            200 => ok += 1,
+            429 => {
+                throttled += 1;
+                assert_eq!(body["code"], json!("rate_limited"), "{body}");
+                assert!(retry.is_some_and(|r| (1..=60).contains(&r)), "Retry-After {retry:?}");
+            }
+            other => panic!("login {i}: {other} {body}"),
+        }
+    }
+    let gone = revoked(&server).await;
+    println!("300 logins from one client: {ok} × 200, {throttled} × 429, {} revocations", gone.len());
+    assert!(throttled > 0 && ok <= 30, "one client's logins are throttled: {ok} × 200, {throttled} × 429, {} revocations", gone.len());
+    assert!(!gone.contains(&theirs), "another client's session was revoked ({} revocations)", gone.len());
+    // The other client still gets its own token back.
+    let (status, _, again) = login_from(&server, &other, raw, "theirs").await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["access_token"], first["access_token"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_key_session_cap_a_login_displaces_only_its_own_clients_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_sessions_per_key = 3;
+    cfg.login_limit.per_client_per_minute = 1000;
+    cfg.login_limit.per_key_per_minute = 1000;
+    let server = Server::start_with(cfg).await;
+    let biz = server.business("Acme").await;
+    let (_, key) = server.key_as(OPERATOR, &biz, json!({"kind": "pk", "mode": "test"})).await;
+    let raw = key["key"].as_str().unwrap();
+    let (b, a, c) = (client_from(2), client_from(1), client_from(3));
+    let (status, _, theirs) = login_from(&server, &b, raw, "b1").await;
+    assert_eq!(status, StatusCode::OK, "{theirs}");
+    let theirs_sid = sid_of(theirs["access_token"].as_str().unwrap());
+    let mut mine = Vec::new();
+    for s in ["a1", "a2", "a3", "a4"] {
+        let (status, _, body) = login_from(&server, &a, raw, s).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        mine.push(sid_of(body["access_token"].as_str().unwrap()));
+    }
+    let mut gone = revoked(&server).await;
+    gone.sort();
+    assert!(!gone.contains(&theirs_sid), "client 1's logins revoked client 2's session: {gone:?}");
+    let mut expected = vec![mine[0].clone(), mine[1].clone()];
+    expected.sort();
+    assert_eq!(gone, expected, "client 1's own oldest sessions make room");
+    // A third client finds only others' sessions: refused until the oldest expires.
+    let (status, retry, body) = login_from(&server, &c, raw, "c1").await;
+    assert_error(status, &body, 429, "session_limit_reached");
+    assert!(retry.is_some_and(|r| (1..=7200).contains(&r)), "Retry-After {retry:?}");
+    assert_eq!(revoked(&server).await.len(), 2);
+    let (status, _, again) = login_from(&server, &b, raw, "b1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["access_token"], theirs["access_token"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_wrong_passwords_for_one_account_are_mostly_refused_before_argon2() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let biz = server.business("Acme").await;
+    server.user("ann@example.com", "correct horse", &[&biz]).await;
+    let guesser = client_from(1);
+    let owner = client_from(2);
+    let guesses = (0..60).map(|i| signin_from(&server, &guesser, "ann@example.com", if i % 2 == 0 { "wrong horse" } else { "wrong pony!" }));
+    let (answers, (owner_status, _, owner_body)) =
+        tokio::join!(futures_util::future::join_all(guesses), signin_from(&server, &owner, "ann@example.com", "correct horse"));
+    let checked = answers.iter().filter(|(s, _, _)| *s == StatusCode::UNAUTHORIZED).count();
+    let throttled = answers.iter().filter(|(s, _, _)| *s == StatusCode::TOO_MANY_REQUESTS).count();
+    for (status, retry, body) in &answers {
+        assert!(matches!(status.as_u16(), 401 | 429), "{status} {body}");
+        if *status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(body["code"], json!("rate_limited"), "{body}");
+            assert!(retry.is_some(), "429 without Retry-After");
+        }
+    }
+    println!("60 parallel wrong passwords: {checked} checked by argon2 (401), {throttled} × 429; owner {owner_status}");
+    // Five free failures for the pair (the default), so at most five reach argon2 (one
+    // more may if the batch outlasts the first one-second block).
+    assert!(checked <= 7 && throttled >= 53, "{checked} checked by argon2, {throttled} throttled");
+    assert_eq!(owner_status, StatusCode::OK, "the owner, from another address: {owner_body}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_check_queue_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_concurrent_password_hashes = 1;
+    cfg.max_queued_password_hashes = 2;
+    cfg.throttle.pair_free = 1000;
+    cfg.throttle.client_free = 1000;
+    let server = Server::start_with(cfg).await;
+    let client = client_from(1);
+    let attempts = (0..30).map(|i| {
+        let email = format!("nobody{i}@example.com");
+        let client = &client;
+        let server = &server;
+        async move { signin_from(server, client, &email, "whatever-password").await }
+    });
+    let answers = futures_util::future::join_all(attempts).await;
+    let mut busy = 0;
+    for (status, retry, body) in &answers {
+        match status.as_u16() {
+            401 => {}
+            503 => {
+                busy += 1;
+                assert_eq!(body["code"], json!("busy"), "{body}");
+                assert!(retry.is_some_and(|r| r >= 1), "503 without Retry-After");
+            }
+            other => panic!("{other} {body}"),
+        }
+    }
+    println!("30 parallel password checks, 1 slot + 2 queued: {busy} × 503");
+    assert!(busy > 0, "30 parallel password checks with 1 slot and 2 queue places: none refused");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_signing_key_rotations_leave_exactly_one_signer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let biz = server.business("Acme").await;
+    let key = server.key(&biz).await;
+    for round in 0..5 {
+        let rotations = (0..8).map(|_| server.send(Method::POST, "/v1/signing-keys/rotate", Some(OPERATOR), None));
+        for (status, body) in futures_util::future::join_all(rotations).await {
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        let keys = server.state.store().signing_keys().unwrap();
+        let current: Vec<&str> = keys.iter().filter(|k| k.retired_at.is_none()).map(|k| k.kid.as_str()).collect();
+        assert_eq!(current.len(), 1, "round {round}: unretired signing keys {current:?}");
+        // The one unretired key is the one that signs.
+        let (_, login) = server.login(key["key"].as_str().unwrap(), Some(&format!("r{round}"))).await;
+        assert_eq!(kid_of(login["access_token"].as_str().unwrap()), current[0]);
+    }
+    server.stop().await;
+}

@@ -215,8 +215,9 @@ struct Admin {
 
 fn start_admin(bin: &Path, dir: &Path, core: Option<usize>) -> Result<Admin, String> {
     // Configuration 8 and the revocations need thousands of live sessions of one key
-    // (admin's default of 100 would revoke the oldest, the bench's own token among them).
-    start_admin_with(bin, dir, core, &["--max-sessions-per-key", "100000"])
+    // (admin's default of 100 would revoke the oldest, the bench's own token among them),
+    // minted from this one address as fast as admin answers.
+    start_admin_with(bin, dir, core, &["--max-sessions-per-key", "100000", "--login-rate-per-client", "1000000", "--login-rate-per-key", "1000000"])
 }
 
 /// [`start_admin`] with these `serve` arguments instead of the bench's.

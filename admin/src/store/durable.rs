@@ -38,12 +38,20 @@ pub struct Ticket {
 pub(super) struct Durability {
     pub(super) state: watch::Sender<Durable>,
     pub(super) requested: Notify,
+    /// Tests hold this to keep the flusher from flushing (see [`Store::hold_flushes`]).
+    #[cfg(test)]
+    hold: tokio::sync::Mutex<()>,
 }
 
 impl Durability {
     pub(super) fn new(version: u64) -> Durability {
         let (state, _) = watch::channel(Durable { seq: 0, version, failed_seq: 0 });
-        Durability { state, requested: Notify::new() }
+        Durability {
+            state,
+            requested: Notify::new(),
+            #[cfg(test)]
+            hold: tokio::sync::Mutex::new(()),
+        }
     }
 
     pub(super) fn publish(&self, seq: u64, version: u64) {
@@ -79,6 +87,8 @@ impl Flusher {
 }
 
 async fn flush_once(store: &Store) -> Result<(), StoreError> {
+    #[cfg(test)]
+    let _held = store.inner.durability.hold.lock().await;
     let (seq, version) = store.committed();
     let current = *store.inner.durability.state.borrow();
     if seq <= current.seq && version <= current.version {
@@ -155,6 +165,13 @@ impl Store {
             Ok(Err(_closed)) => Err(StoreError::NotDurable),
             Err(_elapsed) => Err(StoreError::NotDurable),
         }
+    }
+
+    /// Keeps the flusher from flushing until the guard is dropped: lets a test see what
+    /// is answered while a write is committed but not yet on disk.
+    #[cfg(test)]
+    pub(crate) async fn hold_flushes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.durability.hold.lock().await
     }
 
     /// Flushes on the calling thread and publishes the result: for start-up and tools,

@@ -61,6 +61,9 @@ pub enum StoreError {
     NotDurable,
     #[error("a background store task failed: {0}")]
     Task(String),
+    /// The key is at its session cap and no live session is the caller's client's to give up.
+    #[error("the key is at its session limit")]
+    SessionLimit { retry_after_secs: u64 },
 }
 
 type TxResult<T> = ConflictableTransactionResult<T, StoreError>;
@@ -351,17 +354,28 @@ impl Tx<'_> {
     }
 
     /// Adds a new session to its owner's list; at `cap` live sessions the oldest are
-    /// revoked (changelog) to make room.
-    fn register(&self, session: &Session, cap: usize, leeway: u64) -> TxResult<Vec<RevokedSession>> {
+    /// revoked (changelog) to make room. With a `client` (API-key logins) only that
+    /// client's own sessions (or ones stored without a client) may go: one client
+    /// cannot end another's session by logging in. If none may, the write is refused with
+    /// the time until the first of the others expires.
+    fn register(&self, session: &Session, client: Option<&str>, cap: usize, leeway: u64) -> TxResult<Vec<RevokedSession>> {
         let owner = owner_key(&session.owner);
         let mut live = self.live_owned(&owner)?;
         let mut evicted = Vec::new();
         while live.len() >= cap.max(1) {
-            let (_, oldest) = live.remove(0);
+            let displaceable = match client {
+                None => Some(0),
+                Some(client) => live.iter().position(|(o, _)| o.client.as_deref().is_none_or(|c| c == client)),
+            };
+            let Some(at) = displaceable else {
+                let first_expiry = live.iter().map(|(_, s)| s.last_exp).min().unwrap_or(self.now);
+                return abort(StoreError::SessionLimit { retry_after_secs: first_expiry.saturating_sub(self.now).max(1) });
+            };
+            let (_, oldest) = live.remove(at);
             evicted.push(self.revoke(oldest, leeway)?);
         }
         let mut list: Vec<OwnedSession> = live.into_iter().map(|(o, _)| o).collect();
-        list.push(OwnedSession { sid: session.id.clone(), created_at: session.created_at });
+        list.push(OwnedSession { sid: session.id.clone(), created_at: session.created_at, client: client.map(str::to_owned) });
         self.owner_sessions.put(&owner, &list)?;
         Ok(evicted)
     }
@@ -449,8 +463,16 @@ impl Store {
 
     /// Runs `f` as one transaction over every tree, under the writer mutex.
     fn write<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<(T, Ticket), StoreError> {
+        self.write_after(|_| Ok(()), |tx, ()| f(tx))
+    }
+
+    /// [`Store::write`], with `read` run first under the same writer mutex (so no other write
+    /// comes between) and its result handed to `f`: for what a transaction cannot read
+    /// itself, such as a whole tree (sled's iterators would deadlock inside one).
+    fn write_after<P, T>(&self, read: impl FnOnce(&Store) -> Result<P, StoreError>, f: impl Fn(&Tx<'_>, &P) -> TxResult<T>) -> Result<(T, Ticket), StoreError> {
         let t = &self.inner.trees;
         let mut w = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let read = read(self)?;
         let now = now();
         let retain = self.inner.changelog_retain;
         let all: [&sled::Tree; 15] = [
@@ -493,7 +515,7 @@ impl Store {
                 now,
                 retain,
             };
-            let out = f(&tx)?;
+            let out = f(&tx, &read)?;
             let appended = tx.appended.get();
             Ok((out, dirty.get(), appended))
         });
@@ -804,7 +826,7 @@ impl Store {
             if tx.sessions.contains(session.id.as_bytes())? || tx.refresh_tokens.contains(refresh_sha256)? {
                 return abort(StoreError::Collision);
             }
-            let evicted = tx.register(session, cap, leeway)?;
+            let evicted = tx.register(session, None, cap, leeway)?;
             tx.sessions.put(session.id.as_bytes(), session)?;
             tx.refresh_tokens.put_raw(refresh_sha256, session.id.as_bytes())?;
             Ok(evicted)
@@ -862,27 +884,47 @@ impl Store {
         })
     }
 
+    /// The live session of (key, client session) if its current token may be handed out
+    /// again: a read, no write, so the common "same key, same session" login needs no
+    /// transaction. What it read may have been written by a concurrent request and not be
+    /// on disk yet: the ticket covers it (wait for it before handing the token out; it is
+    /// usually durable already).
+    pub fn reusable_key_session(
+        &self,
+        key_id: &str,
+        client_session: &str,
+        reusable: impl Fn(&IssuedToken) -> bool,
+    ) -> Result<Option<(Session, Ticket)>, StoreError> {
+        let t = &self.inner.trees;
+        let Some(sid) = t.key_sessions.get(key_session_index(key_id, client_session))? else { return Ok(None) };
+        let session: Option<Session> = Self::read(&t.sessions, "sessions", &sid)?;
+        let Some(session) = session.filter(|s| s.revoked_at.is_none() && s.current.as_ref().is_some_and(&reusable)) else { return Ok(None) };
+        Ok(Some((session, self.read_ticket())))
+    }
+
+    /// A ticket covering every write visible to a read made before this call: a write is
+    /// applied and its sequence number taken under the writer mutex, so once the mutex
+    /// is ours, whatever we saw has its number.
+    fn read_ticket(&self) -> Ticket {
+        let (seq, version) = self.committed();
+        Ticket { seq, version }
+    }
+
     /// The session behind an API-key login for (`key_id`, `client_session`), with the
     /// token it hands out. A live session whose current token `reusable` accepts is
     /// returned untouched (the caller re-signs the same claims: the same token); otherwise
     /// `fresh` becomes its current token. Without a live session, `candidate` (whose
     /// `current` is `fresh`) is stored and indexed. Claims' `sid` always names the session.
     /// A new session counts against the key's `cap` live sessions; at the cap the oldest
-    /// is revoked.
-    /// The live session of (key, client session) if its current token may be handed out
-    /// again: a read, no write, so the common "same key, same session" login needs no
-    /// transaction and no flush.
-    pub fn reusable_key_session(&self, key_id: &str, client_session: &str, reusable: impl Fn(&IssuedToken) -> bool) -> Result<Option<Session>, StoreError> {
-        let t = &self.inner.trees;
-        let Some(sid) = t.key_sessions.get(key_session_index(key_id, client_session))? else { return Ok(None) };
-        let session: Option<Session> = Self::read(&t.sessions, "sessions", &sid)?;
-        Ok(session.filter(|s| s.revoked_at.is_none() && s.current.as_ref().is_some_and(&reusable)))
-    }
-
+    /// of `client`'s own (the caller's address as [`crate::throttle::client_net`] gives
+    /// it) is revoked, and with none of its own the write is refused
+    /// ([`StoreError::SessionLimit`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn key_session_token(
         &self,
         key_id: &str,
         client_session: &str,
+        client: &str,
         candidate: &Session,
         reusable: impl Fn(&IssuedToken) -> bool,
         cap: usize,
@@ -908,7 +950,7 @@ impl Store {
                 // (a newer registration may have pruned it from the key's list).
                 let listed: Vec<OwnedSession> = tx.owner_sessions.get(&owner_key(&session.owner))?.unwrap_or_default();
                 if !listed.iter().any(|o| o.sid == session.id) {
-                    let _evicted = tx.register(&session, cap, leeway)?;
+                    let _evicted = tx.register(&session, Some(client), cap, leeway)?;
                 }
                 tx.sessions.put(session.id.as_bytes(), &session)?;
                 return Ok(session);
@@ -916,7 +958,7 @@ impl Store {
             if tx.sessions.contains(candidate.id.as_bytes())? {
                 return abort(StoreError::Collision);
             }
-            let _evicted = tx.register(candidate, cap, leeway)?;
+            let _evicted = tx.register(candidate, Some(client), cap, leeway)?;
             tx.sessions.put(candidate.id.as_bytes(), candidate)?;
             tx.key_sessions.put_raw(&index, candidate.id.as_bytes())?;
             Ok(candidate.clone())
@@ -985,27 +1027,32 @@ impl Store {
     }
 
     /// Makes `key` the signer: every unretired key is retired now and withdrawn after
-    /// `remove_after` (when every token it signed has expired).
-    pub fn rotate_signing_key(&self, key: &SigningKey, remove_after: UnixTime) -> Result<Ticket, StoreError> {
-        let all = self.signing_keys()?;
-        let (_, ticket) = self.write(|tx| {
+    /// `remove_after` (when every token it signed has expired). Returns the kid of the
+    /// signer it replaced (the newest key retired).
+    pub fn rotate_signing_key(&self, key: &SigningKey, remove_after: UnixTime) -> Result<(Option<String>, Ticket), StoreError> {
+        // Listed under the writer lock: a list taken before it could miss a key that a
+        // concurrent rotation adds, which would then never be retired.
+        self.write_after(Store::signing_keys, |tx, all| {
             if tx.signing_keys.contains(key.kid.as_bytes())? {
                 return abort(StoreError::Collision);
             }
-            for old in &all {
+            let mut replaced: Option<(UnixTime, String)> = None;
+            for old in all {
                 if let Some(mut old) = tx.signing_keys.get::<SigningKey>(old.kid.as_bytes())? {
                     if old.retired_at.is_none() {
                         old.retired_at = Some(tx.now);
                         old.remove_after = Some(remove_after);
                         tx.signing_keys.put(old.kid.as_bytes(), &old)?;
+                        if replaced.as_ref().is_none_or(|(at, _)| old.created_at >= *at) {
+                            replaced = Some((old.created_at, old.kid.clone()));
+                        }
                     }
                 }
             }
             tx.signing_keys.put(key.kid.as_bytes(), key)?;
             tx.append(Change::SigningKeyAdded { key: key.public.clone() })?;
-            Ok(())
-        })?;
-        Ok(ticket)
+            Ok(replaced.map(|(_, kid)| kid))
+        })
     }
 
     // ----- housekeeping -----

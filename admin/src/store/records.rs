@@ -137,6 +137,11 @@ impl KeyUsageRecord {
 pub struct OwnedSession {
     pub sid: String,
     pub created_at: UnixTime,
+    /// For an API-key login session: the client address (an IPv6 client's /64) that
+    /// opened it; past the key's cap a login only displaces sessions of its own client.
+    /// Absent on sign-in sessions and on sessions stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// Whose session it is.
