@@ -46,6 +46,7 @@ const CASES: &[Case] = &[
     ("logout_is_401_at_envoy_within_2s", logout),
     ("rotated_key_old_401_new_200_at_envoy", rotate),
     ("rotation_grace_keeps_the_old_key_working", rotate_with_grace),
+    ("rotation_without_grace_stops_every_earlier_raw_key", rotate_after_grace),
     ("deactivate_401_then_activate_200_at_envoy", deactivate_activate),
     ("expired_key_is_401_at_envoy_and_at_login", expired_key),
     ("member_of_another_business_gets_403_on_key_management", other_member),
@@ -187,6 +188,33 @@ fn rotate_with_grace(stack: &Stack) {
         "the old key still passes after its grace"
     );
     assert_eq!(status_at_envoy(stack, &t.access_token, new, &t.business_id).0, 200);
+}
+
+/// K0 → rotate with a day of grace (K1) → rotate with no grace (K2): "no grace" stops every
+/// earlier raw value of the key, K0 included, not only the one it replaced.
+fn rotate_after_grace(stack: &Stack) {
+    let t = stack.tenant();
+    let key = key_json(stack, &t.business_id, json!({"kind": "sk", "mode": "live"}));
+    let (id, k0) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    stack.wait_for_key(k0);
+    let (status, first) = stack.operator_post(&format!("/v1/keys/{id}/rotate"), json!({"grace_secs": 86_400}));
+    assert_eq!(status, 200, "{first}");
+    let k1 = first["key"].as_str().unwrap();
+    stack.wait_for_key(k1);
+    assert_eq!(status_at_envoy(stack, &t.access_token, k0, &t.business_id).0, 200, "K0 works during its grace");
+    let (status, second) = stack.operator_post(&format!("/v1/keys/{id}/rotate"), json!({"grace_secs": 0}));
+    assert_eq!(status, 200, "{second}");
+    let k2 = second["key"].as_str().unwrap();
+    stack.wait_for_key(k2);
+    for (name, old) in [("K1", k1), ("K0", k0)] {
+        assert!(
+            eventually(Duration::from_secs(2), || status_at_envoy(stack, &t.access_token, old, &t.business_id).0 == 401),
+            "{name} still passes Envoy 2 s after a rotation with no grace"
+        );
+        assert_denied(&status_at_envoy(stack, &t.access_token, old, &t.business_id), 401, "invalid_api_key");
+        assert_denied(&login(stack, old, None), 401, "invalid_api_key");
+    }
+    assert_eq!(status_at_envoy(stack, &t.access_token, k2, &t.business_id).0, 200);
 }
 
 fn deactivate_activate(stack: &Stack) {
