@@ -45,6 +45,8 @@ pub struct KeygateRoot {
     /// Usage posts in flight: call token and the items it carries.
     usage_calls: Vec<(u32, Vec<KeyUsage>)>,
     next_usage_at_ms: u64,
+    /// The last usage post failed: wait for the interval, never flush early.
+    usage_failing: bool,
 }
 
 fn vm_identity() -> u64 {
@@ -57,7 +59,7 @@ fn vm_identity() -> u64 {
 impl KeygateRoot {
     pub fn new() -> KeygateRoot {
         let vm = VmState { metrics: Metrics::define(), ..VmState::default() };
-        KeygateRoot { config: None, vm: Rc::new(vm), me: vm_identity(), leader: None, feed_call: None, next_poll_at_ms: 0, usage_calls: Vec::new(), next_usage_at_ms: 0 }
+        KeygateRoot { config: None, vm: Rc::new(vm), me: vm_identity(), leader: None, feed_call: None, next_poll_at_ms: 0, usage_calls: Vec::new(), next_usage_at_ms: 0, usage_failing: false }
     }
 
     fn poll(&mut self, config: &FilterConfig) {
@@ -106,7 +108,10 @@ impl KeygateRoot {
         for part in bodies {
             match host::dispatch(&sync.admin_cluster, &sync.admin_authority, "POST", USAGE_PATH, &sync.proxy_token, Some(&part.body), timeout) {
                 Some(token) => self.usage_calls.push((token, part.items)),
-                None => self.vm.usage.borrow_mut().restore(part.items),
+                None => {
+                    self.usage_failing = true;
+                    self.vm.usage.borrow_mut().restore(part.items);
+                }
             }
         }
     }
@@ -158,7 +163,9 @@ impl Context for KeygateRoot {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         if let Some(i) = self.usage_calls.iter().position(|(t, _)| *t == token_id) {
             let (_, items) = self.usage_calls.swap_remove(i);
-            match host::call_response_status() {
+            let status = host::call_response_status();
+            self.usage_failing = !status.is_some_and(|s| (200..300).contains(&s));
+            match status {
                 Some(200..=299) => {}
                 // A refused report is refused again: only an unreachable or failing admin
                 // (no answer, 408, 429, 5xx) is worth another try.
@@ -215,8 +222,8 @@ impl RootContext for KeygateRoot {
             self.poll(&config);
         }
         // Half a full batch is sent without waiting for the interval, so a burst of new
-        // keys is counted rather than turned away by a full batch.
-        let filling = self.vm.usage.borrow().len() >= usage::MAX_BATCH_KEYS / 2;
+        // keys is counted rather than turned away by a full batch (unless admin is failing).
+        let filling = !self.usage_failing && self.vm.usage.borrow().len() >= usage::MAX_BATCH_KEYS / 2;
         if self.usage_calls.is_empty() && (now_ms >= self.next_usage_at_ms || filling) {
             self.next_usage_at_ms = now_ms.saturating_add(config.sync.usage_flush_secs.saturating_mul(1000));
             if !self.vm.usage.borrow().is_empty() {
