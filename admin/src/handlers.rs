@@ -877,7 +877,7 @@ pub struct UsageAccepted {
     ignored: usize,
 }
 
-#[utoipa::path(post, path = "/v1/usage", tag = "feed", summary = "Filters report per-key request counts", security(("proxy" = [])), request_body(content = crate::openapi::UsageReportSchema, description = "At most 10 000 keys per report"),
+#[utoipa::path(post, path = "/v1/usage", tag = "feed", summary = "Filters report per-key request counts", security(("proxy" = [])), request_body(content = crate::openapi::UsageReportSchema, description = "At most 10 000 keys and 1 MiB per report"),
     responses(
         (status = 200, description = "Recorded", body = UsageAccepted),
         (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)

@@ -183,7 +183,7 @@ fn json<T: DeserializeOwned + Send + 'static>() -> BoxedFilter<(T,)> {
     json_up_to(BODY_LIMIT)
 }
 
-/// A JSON body of at most `limit` bytes (the bulk import's larger cap).
+/// A JSON body of at most `limit` bytes (the bulk import's and usage reports' larger caps).
 fn json_up_to<T: DeserializeOwned + Send + 'static>(limit: u64) -> BoxedFilter<(T,)> {
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
@@ -313,10 +313,11 @@ pub fn routes(
         .and(caller(s.clone()))
         .and_then(|key, st, caller| async move { reject(handlers::key_usage(st, caller, key).await) });
 
+    // Sized to what a filter sends: the same constant its reports are split to fit.
     let usage = warp::path!("v1" / "usage")
         .and(warp::post())
         .and(proxy(s.clone()))
-        .and(json())
+        .and(json_up_to(keygate_core::usage::MAX_REPORT_BYTES as u64))
         .and_then(|st, body| async move { reject(handlers::usage(st, body).await) });
 
     let rotate_signing = warp::path!("v1" / "signing-keys" / "rotate")

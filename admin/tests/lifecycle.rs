@@ -206,7 +206,14 @@ async fn usage_reports_update_last_used_and_hourly_counts() {
     assert_error(status, &body, 400, "invalid_json");
     let (status, body) = server.post("/v1/usage", Some(PROXY), json!({"usage": [], "more": true})).await;
     assert_error(status, &body, 400, "invalid_json");
-    let big = vec![b'x'; 200 * 1024];
+    // A full batch (10 000 keys, far over the 64 KiB of other routes) fits the route's limit.
+    let full: Vec<Value> = (0..keygate_core::usage::MAX_BATCH_KEYS).map(|i| json!({"key_id": format!("key_{i:016}"), "count": 1, "last_used_at": at})).collect();
+    let body = serde_json::to_vec(&json!({ "usage": full })).unwrap();
+    assert!(body.len() > 512 * 1024 && body.len() <= keygate_core::usage::MAX_REPORT_BYTES, "{}", body.len());
+    let (status, answer) = server.raw(Method::POST, "/v1/usage", Some(PROXY), body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["ignored"], json!(keygate_core::usage::MAX_BATCH_KEYS));
+    let big = vec![b'x'; keygate_core::usage::MAX_REPORT_BYTES + 1];
     let (status, body) = server.raw(Method::POST, "/v1/usage", Some(PROXY), big).await;
     assert_error(status, &body, 413, "payload_too_large");
     let (status, body) = server.get("/v1/keys/key_0000000000000000/usage", Some(OPERATOR)).await;

@@ -16,6 +16,7 @@ pub struct Metrics {
     snapshot_version: Option<u32>,
     snapshot_keys: Option<u32>,
     snapshot_age: Option<u32>,
+    usage_dropped: Option<u32>,
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -45,6 +46,7 @@ impl Metrics {
             snapshot_version: define(MetricType::Gauge, "keygate.snapshot.version"),
             snapshot_keys: define(MetricType::Gauge, "keygate.snapshot.keys"),
             snapshot_age: define(MetricType::Gauge, "keygate.snapshot.age_seconds"),
+            usage_dropped: define(MetricType::Counter, "keygate.usage.dropped"),
         }
     }
 
@@ -75,5 +77,10 @@ impl Metrics {
 
     pub fn snapshot_age(&self, seconds: u64) {
         set(self.snapshot_age, seconds);
+    }
+
+    /// Keys whose usage admin refused for good (and will not be sent again).
+    pub fn usage_dropped(&self, keys: usize) {
+        add(self.usage_dropped, i64::try_from(keys).unwrap_or(i64::MAX));
     }
 }

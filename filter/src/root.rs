@@ -8,7 +8,7 @@
 
 use keygate_core::feed::Leader;
 use keygate_core::sync::{Health, SyncOutcome};
-use keygate_core::usage::{UsageBatch, UsageReport};
+use keygate_core::usage::{self, KeyUsage, UsageBatch};
 use keygate_core::{FilterConfig, TokenCache};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -42,8 +42,11 @@ pub struct KeygateRoot {
     leader: Option<Leader>,
     feed_call: Option<u32>,
     next_poll_at_ms: u64,
-    usage_call: Option<(u32, UsageReport)>,
+    /// Usage posts in flight: call token and the items it carries.
+    usage_calls: Vec<(u32, Vec<KeyUsage>)>,
     next_usage_at_ms: u64,
+    /// The last usage post failed: wait for the interval, never flush early.
+    usage_failing: bool,
 }
 
 fn vm_identity() -> u64 {
@@ -56,7 +59,7 @@ fn vm_identity() -> u64 {
 impl KeygateRoot {
     pub fn new() -> KeygateRoot {
         let vm = VmState { metrics: Metrics::define(), ..VmState::default() };
-        KeygateRoot { config: None, vm: Rc::new(vm), me: vm_identity(), leader: None, feed_call: None, next_poll_at_ms: 0, usage_call: None, next_usage_at_ms: 0 }
+        KeygateRoot { config: None, vm: Rc::new(vm), me: vm_identity(), leader: None, feed_call: None, next_poll_at_ms: 0, usage_calls: Vec::new(), next_usage_at_ms: 0, usage_failing: false }
     }
 
     fn poll(&mut self, config: &FilterConfig) {
@@ -94,17 +97,32 @@ impl KeygateRoot {
         };
     }
 
-    /// Posts the usage batched since the last flush; on failure the counts go back into
-    /// the batch for the next attempt.
+    /// Posts the usage batched since the last flush, split into bodies admin accepts, all
+    /// at once; a body that could not be sent goes back into the batch for the next flush.
     fn flush_usage(&mut self, config: &FilterConfig) {
         let report = self.vm.usage.borrow_mut().drain();
-        let Ok(body) = serde_json::to_vec(&report) else { return };
+        let (bodies, unsendable) = usage::split_report(report.usage, usage::MAX_REPORT_BYTES);
+        if !unsendable.is_empty() {
+            self.drop_usage(unsendable.len(), "a key id too long for any report");
+        }
         let sync = &config.sync;
         let timeout = Duration::from_millis(sync.admin_timeout_ms);
-        match host::dispatch(&sync.admin_cluster, &sync.admin_authority, "POST", USAGE_PATH, &sync.proxy_token, Some(&body), timeout) {
-            Some(token) => self.usage_call = Some((token, report)),
-            None => self.vm.usage.borrow_mut().restore(report),
+        for part in bodies {
+            match host::dispatch(&sync.admin_cluster, &sync.admin_authority, "POST", USAGE_PATH, &sync.proxy_token, Some(&part.body), timeout) {
+                Some(token) => self.usage_calls.push((token, part.items)),
+                None => {
+                    self.usage_failing = true;
+                    self.vm.usage.borrow_mut().restore(part.items);
+                }
+            }
         }
+    }
+
+    /// Gives up on usage admin will never take (one log line and a metric), rather than
+    /// sending it again at every flush.
+    fn drop_usage(&self, keys: usize, why: &str) {
+        self.vm.metrics.usage_dropped(keys);
+        log::warn!("dropped the usage of {keys} keys: {why}");
     }
 
     /// Keeps or takes the lease; on taking it, continues from what the shared data holds.
@@ -145,11 +163,16 @@ fn log_sync(outcome: &SyncOutcome, health: Option<Health>) {
 
 impl Context for KeygateRoot {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        if self.usage_call.as_ref().is_some_and(|(t, _)| *t == token_id) {
-            if let Some((_, report)) = self.usage_call.take() {
-                if !host::call_response_status().is_some_and(|s| (200..300).contains(&s)) {
-                    self.vm.usage.borrow_mut().restore(report);
-                }
+        if let Some(i) = self.usage_calls.iter().position(|(t, _)| *t == token_id) {
+            let (_, items) = self.usage_calls.swap_remove(i);
+            let status = host::call_response_status();
+            self.usage_failing = !status.is_some_and(|s| (200..300).contains(&s));
+            match status {
+                Some(200..=299) => {}
+                // A refused report is refused again: only an unreachable or failing admin
+                // (no answer, 408, 429, 5xx) is worth another try.
+                Some(status @ 400..=499) if !matches!(status, 408 | 429) => self.drop_usage(items.len(), &format!("admin answered {status}")),
+                _ => self.vm.usage.borrow_mut().restore(items),
             }
             return;
         }
@@ -208,7 +231,10 @@ impl RootContext for KeygateRoot {
         if self.leader.is_some() && self.feed_call.is_none() && now_ms >= self.next_poll_at_ms {
             self.poll(&config);
         }
-        if self.usage_call.is_none() && now_ms >= self.next_usage_at_ms {
+        // Half a full batch is sent without waiting for the interval, so a burst of new
+        // keys is counted rather than turned away by a full batch (unless admin is failing).
+        let filling = !self.usage_failing && self.vm.usage.borrow().len() >= usage::MAX_BATCH_KEYS / 2;
+        if self.usage_calls.is_empty() && (now_ms >= self.next_usage_at_ms || filling) {
             self.next_usage_at_ms = now_ms.saturating_add(config.sync.usage_flush_secs.saturating_mul(1000));
             if !self.vm.usage.borrow().is_empty() {
                 self.flush_usage(&config);

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use keygate_e2e::{plugin_json, Stack, StackOptions, OPERATOR_TOKEN, PASSWORD};
+use keygate_core::{ApiKey, KeyKind, Mode};
+use keygate_e2e::{plugin_json, random_bytes, Stack, StackOptions, OPERATOR_TOKEN, PASSWORD};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -18,8 +19,16 @@ pub fn suites() -> Vec<Suite> {
     vec![
         Suite { name: "lifecycle", options: StackOptions::default, cases: CASES },
         Suite { name: "lifecycle_short_ttl", options: short_ttl, cases: SHORT_CASES },
+        Suite { name: "lifecycle_usage", options: usage_every_30s, cases: USAGE_CASES },
     ]
 }
+
+/// The filter reports usage every 30 s: the requests of a test land in one or two flushes.
+fn usage_every_30s() -> StackOptions {
+    StackOptions { plugin_json: Some(plugin_json(&format!("\n  \"usage_flush_secs\": {USAGE_FLUSH_SECS},"), "")), ..StackOptions::default() }
+}
+
+const USAGE_FLUSH_SECS: u64 = 30;
 
 /// Admin issues 4-second tokens and the filter allows no clock leeway, so expiry is
 /// observable within the suite's time budget.
@@ -37,12 +46,15 @@ const CASES: &[Case] = &[
     ("logout_is_401_at_envoy_within_2s", logout),
     ("rotated_key_old_401_new_200_at_envoy", rotate),
     ("rotation_grace_keeps_the_old_key_working", rotate_with_grace),
+    ("rotation_without_grace_stops_every_earlier_raw_key", rotate_after_grace),
     ("deactivate_401_then_activate_200_at_envoy", deactivate_activate),
     ("expired_key_is_401_at_envoy_and_at_login", expired_key),
     ("member_of_another_business_gets_403_on_key_management", other_member),
     ("bad_input_gets_4xx_json", bad_input),
     ("usage_reported_by_the_filter_shows_in_last_used_at_within_15s", usage),
 ];
+
+const USAGE_CASES: &[Case] = &[("usage_of_4000_distinct_keys_reaches_admin", usage_many_keys)];
 
 const SHORT_CASES: &[Case] = &[("refresh_after_expiry_works_and_a_reused_refresh_token_revokes", refresh)];
 
@@ -178,6 +190,33 @@ fn rotate_with_grace(stack: &Stack) {
     assert_eq!(status_at_envoy(stack, &t.access_token, new, &t.business_id).0, 200);
 }
 
+/// K0 → rotate with a day of grace (K1) → rotate with no grace (K2): "no grace" stops every
+/// earlier raw value of the key, K0 included, not only the one it replaced.
+fn rotate_after_grace(stack: &Stack) {
+    let t = stack.tenant();
+    let key = key_json(stack, &t.business_id, json!({"kind": "sk", "mode": "live"}));
+    let (id, k0) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    stack.wait_for_key(k0);
+    let (status, first) = stack.operator_post(&format!("/v1/keys/{id}/rotate"), json!({"grace_secs": 86_400}));
+    assert_eq!(status, 200, "{first}");
+    let k1 = first["key"].as_str().unwrap();
+    stack.wait_for_key(k1);
+    assert_eq!(status_at_envoy(stack, &t.access_token, k0, &t.business_id).0, 200, "K0 works during its grace");
+    let (status, second) = stack.operator_post(&format!("/v1/keys/{id}/rotate"), json!({"grace_secs": 0}));
+    assert_eq!(status, 200, "{second}");
+    let k2 = second["key"].as_str().unwrap();
+    stack.wait_for_key(k2);
+    for (name, old) in [("K1", k1), ("K0", k0)] {
+        assert!(
+            eventually(Duration::from_secs(2), || status_at_envoy(stack, &t.access_token, old, &t.business_id).0 == 401),
+            "{name} still passes Envoy 2 s after a rotation with no grace"
+        );
+        assert_denied(&status_at_envoy(stack, &t.access_token, old, &t.business_id), 401, "invalid_api_key");
+        assert_denied(&login(stack, old, None), 401, "invalid_api_key");
+    }
+    assert_eq!(status_at_envoy(stack, &t.access_token, k2, &t.business_id).0, 200);
+}
+
 fn deactivate_activate(stack: &Stack) {
     let t = stack.tenant();
     let key = key_json(stack, &t.business_id, json!({"kind": "sk", "mode": "live"}));
@@ -296,6 +335,44 @@ fn usage(stack: &Stack) {
         let (_, u) = stack.admin(Method::GET, &format!("/v1/keys/{id}/usage"), Some(OPERATOR_TOKEN), None);
         u["total"].as_u64().unwrap_or(0) >= 3
     }), "{usage}");
+}
+
+/// More distinct keys in one flush than one usage body used to hold (~936): every key's
+/// use still reaches admin. 4 000 keys are imported (1 000 per request) and each used once
+/// through Envoy within about 12 s, so at least one VM's flush holds over 1 000 of them
+/// (even split evenly over both workers and two flushes); every `last_used_at` must be set
+/// within a flush interval and a half after the last request.
+fn usage_many_keys(stack: &Stack) {
+    const KEYS: usize = 4000;
+    let t = stack.tenant();
+    let raws: Vec<String> = (0..KEYS).map(|_| ApiKey::generate(KeyKind::Sk, Mode::Live, random_bytes(128)).unwrap().expose().to_owned()).collect();
+    for chunk in raws.chunks(1000) {
+        let records: Vec<Value> = chunk.iter().map(|raw| json!({"business": t.business_id, "kind": "sk", "mode": "live", "key": raw})).collect();
+        let (status, result) = stack.operator_post("/v1/import/keys", json!({ "keys": records }));
+        assert_eq!(status, 200, "{result}");
+        assert_eq!(result["imported"], json!(chunk.len()), "{result}");
+    }
+    stack.wait_for_key(raws.last().unwrap());
+    let sent = Instant::now();
+    for raw in &raws {
+        let (status, body) = stack.through_envoy("GET", "/key/probe", &[("secret_key", raw.as_bytes())]);
+        assert_eq!(status, 200, "{body}");
+    }
+    eprintln!("{KEYS} requests through Envoy in {} ms", sent.elapsed().as_millis());
+    // The tenant's own key is never used: it is the one key without a last_used_at.
+    let used = || {
+        let (status, listed) = stack.admin(Method::GET, &format!("/v1/businesses/{}/keys", t.business_id), Some(OPERATOR_TOKEN), None);
+        assert_eq!(status, 200, "{listed}");
+        listed["keys"].as_array().unwrap().iter().filter(|k| !k["last_used_at"].is_null()).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(USAGE_FLUSH_SECS * 3 / 2);
+    let mut seen = used();
+    while seen < KEYS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        seen = used();
+    }
+    assert_eq!(seen, KEYS, "{} s after one request per key through Envoy, only {seen} of {KEYS} keys have a last_used_at", USAGE_FLUSH_SECS * 3 / 2);
+    eprintln!("usage of {KEYS} keys reached admin in {} ms", sent.elapsed().as_millis());
 }
 
 fn refresh(stack: &Stack) {

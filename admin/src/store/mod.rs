@@ -6,8 +6,9 @@
 //! session id), `spent_refresh` (SHA-256 of rotated-away refresh tokens → session id, for
 //! reuse detection), `revocations` (session id → until), `owner_sessions` (`k:<key id>` /
 //! `u:<user id>` → that owner's live sessions, for the per-owner cap), `usage` (key id →
-//! hourly counts), `signing_keys`, `meta` (token hashes, changelog head and floor) and
-//! `changelog` (big-endian version → [`ChangeRecord`]).
+//! hourly counts), `business_keys` (`<business id>\0<key id>` → empty, so listing one
+//! business's keys reads only its own), `signing_keys`, `meta` (token hashes, changelog
+//! head and floor, schema version) and `changelog` (big-endian version → [`ChangeRecord`]).
 //!
 //! Every write is one sled transaction over all trees, taken under one writer mutex, so
 //! changelog versions are assigned in commit order and a change and its changelog entry
@@ -87,7 +88,8 @@ impl TokenRole {
 const META_HEAD: &[u8] = b"changelog_head";
 const META_FLOOR: &[u8] = b"changelog_floor";
 const META_SCHEMA: &[u8] = b"schema";
-const SCHEMA_VERSION: u64 = 1;
+/// 2: the `business_keys` index (built from the keys on opening a schema-1 store).
+const SCHEMA_VERSION: u64 = 2;
 
 struct Trees {
     businesses: sled::Tree,
@@ -105,6 +107,7 @@ struct Trees {
     owner_sessions: sled::Tree,
     spent_refresh: sled::Tree,
     usage: sled::Tree,
+    business_keys: sled::Tree,
 }
 
 struct WriterState {
@@ -164,13 +167,32 @@ fn from_be(bytes: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Key records decoded by this thread, so tests can tell a lookup from a scan.
+    static KEY_DECODES: Cell<usize> = const { Cell::new(0) };
+}
+
 fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    #[cfg(test)]
+    if tree == "keys" {
+        KEY_DECODES.with(|n| n.set(n.get() + 1));
+    }
     serde_json::from_slice(bytes)
         .map_err(|e| StoreError::Corrupt { tree, detail: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()) })
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(StoreError::Encode)
+}
+
+/// `<business>\0<key id>`: a business's keys are one prefix scan of `business_keys`.
+fn business_key_index(business: &str, key_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(business.len() + 1 + key_id.len());
+    k.extend_from_slice(business.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key_id.as_bytes());
+    k
 }
 
 fn key_session_index(key_id: &str, client_session: &str) -> Vec<u8> {
@@ -244,6 +266,7 @@ struct Tx<'a> {
     owner_sessions: TxTree<'a>,
     spent_refresh: TxTree<'a>,
     usage: TxTree<'a>,
+    business_keys: TxTree<'a>,
     appended: Cell<Option<u64>>,
     now: UnixTime,
     retain: u64,
@@ -408,6 +431,26 @@ impl Tx<'_> {
     }
 }
 
+/// Schema 1 → 2: builds `business_keys` from every stored key. Idempotent, so an open
+/// interrupted half-way simply runs it again.
+fn migrate_to_2(trees: &Trees) -> Result<(), StoreError> {
+    trees.business_keys.clear()?;
+    let mut batch = sled::Batch::default();
+    let mut pending = 0;
+    for item in trees.keys.iter() {
+        let (_, bytes) = item?;
+        let key: Key = decode("keys", &bytes)?;
+        batch.insert(business_key_index(&key.business, &key.id), &[] as &[u8]);
+        pending += 1;
+        if pending == 10_000 {
+            trees.business_keys.apply_batch(std::mem::take(&mut batch))?;
+            pending = 0;
+        }
+    }
+    trees.business_keys.apply_batch(batch)?;
+    Ok(())
+}
+
 pub fn now() -> UnixTime {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -437,9 +480,20 @@ impl Store {
             owner_sessions: tree("owner_sessions")?,
             spent_refresh: tree("spent_refresh")?,
             usage: tree("usage")?,
+            business_keys: tree("business_keys")?,
         };
-        if trees.meta.get(META_SCHEMA)?.is_none() {
+        let log_file = std::fs::File::open(path.join("db")).ok();
+        // A store written before the schema was recorded is schema 1.
+        let schema = trees.meta.get(META_SCHEMA)?.and_then(|b| from_be(&b)).unwrap_or(1);
+        if schema < SCHEMA_VERSION {
+            migrate_to_2(&trees)?;
             trees.meta.insert(META_SCHEMA, &be(SCHEMA_VERSION))?;
+            // Durable before the first request is served: a crash before this point
+            // reopens at schema 1 and builds the index again.
+            db.flush()?;
+            if let Some(file) = &log_file {
+                file.sync_data().map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+            }
         }
         let head = trees.meta.get(META_HEAD)?.and_then(|b| from_be(&b)).unwrap_or(0);
         // Whatever sled recovered on open was on disk, so it is durable.
@@ -450,7 +504,7 @@ impl Store {
             durability: Durability::new(head),
             changelog_retain: options.changelog_retain.max(1),
             flush_per_write: options.flush_per_write,
-            log_file: std::fs::File::open(path.join("db")).ok(),
+            log_file,
         };
         Ok(Store { inner: Arc::new(inner) })
     }
@@ -475,7 +529,7 @@ impl Store {
         let read = read(self)?;
         let now = now();
         let retain = self.inner.changelog_retain;
-        let all: [&sled::Tree; 15] = [
+        let all: [&sled::Tree; 16] = [
             &t.businesses,
             &t.users,
             &t.users_by_email,
@@ -491,6 +545,7 @@ impl Store {
             &t.owner_sessions,
             &t.spent_refresh,
             &t.usage,
+            &t.business_keys,
         ];
         let result = all[..].transaction(|views: &Vec<TransactionalTree>| {
             let dirty = Cell::new(false);
@@ -511,6 +566,7 @@ impl Store {
                 owner_sessions: tt(12, "owner_sessions"),
                 spent_refresh: tt(13, "spent_refresh"),
                 usage: tt(14, "usage"),
+                business_keys: tt(15, "business_keys"),
                 appended: Cell::new(None),
                 now,
                 retain,
@@ -639,6 +695,7 @@ impl Store {
             }
             tx.keys.put(key.id.as_bytes(), key)?;
             tx.key_hashes.put_raw(&key.hash.0, key.id.as_bytes())?;
+            tx.business_keys.put_raw(&business_key_index(&key.business, &key.id), &[])?;
             tx.append(Change::KeyUpsert { key: key.entry() })?;
             Ok(())
         })?;
@@ -669,6 +726,7 @@ impl Store {
                 }
                 tx.keys.put(key.id.as_bytes(), key)?;
                 tx.key_hashes.put_raw(&key.hash.0, key.id.as_bytes())?;
+                tx.business_keys.put_raw(&business_key_index(&key.business, &key.id), &[])?;
                 tx.append(Change::KeyUpsert { key: key.entry() })?;
                 out.push(ImportOutcome::Imported);
             }
@@ -712,9 +770,11 @@ impl Store {
         })
     }
 
-    /// Gives key `key_id` a new raw key (`new_hash`), keeping its id. The old raw key stops
-    /// at once (`grace_secs` 0: its hash is dropped and the key's login sessions revoked)
-    /// or at the end of the grace (its hash stays, as an entry that expires then).
+    /// Gives key `key_id` a new raw key (`new_hash`), keeping its id. With `grace_secs` 0
+    /// every earlier raw key stops at once (the replaced one and any still in an earlier
+    /// grace: hashes dropped, the key's login sessions revoked). Otherwise the replaced raw
+    /// key works until the end of the grace (its hash stays, as an entry that expires then)
+    /// and raw keys in an earlier grace keep their own end, capped at this one.
     pub fn rotate_key(
         &self,
         key_id: &str,
@@ -732,22 +792,39 @@ impl Store {
             }
             let old = key.hash;
             let now = tx.now;
-            key.grace.retain(|g| g.until > now);
+            let (mut earlier, lapsed): (Vec<GraceHash>, Vec<GraceHash>) = std::mem::take(&mut key.grace).into_iter().partition(|g| g.until > now);
+            let mut stopped: Vec<KeyHash> = lapsed.into_iter().map(|g| g.hash).collect();
             let mut revoked = Vec::new();
             if grace_secs > 0 {
-                key.grace.push(GraceHash { hash: old, until: now.saturating_add(grace_secs) });
+                // The grace covers the value being replaced; earlier values keep their own
+                // end, cut to this one's, so a rotation never lengthens an older key's life.
+                let end = now.saturating_add(grace_secs);
+                for g in &mut earlier {
+                    g.until = g.until.min(end);
+                }
+                earlier.push(GraceHash { hash: old, until: end });
+                key.grace = earlier;
             } else {
-                tx.key_hashes.remove(&old.0)?;
-                tx.append(Change::KeyRemoved { hash: old })?;
+                // No grace stops every earlier raw value at once, not only the one replaced.
+                stopped.push(old);
+                stopped.extend(earlier.into_iter().map(|g| g.hash));
                 for (_, session) in tx.live_owned(format!("k:{key_id}").as_bytes())? {
                     revoked.push(tx.revoke(session, leeway)?);
                 }
+            }
+            for hash in stopped {
+                if tx.key_hashes.get_raw(&hash.0)?.as_deref() == Some(key_id.as_bytes()) {
+                    tx.key_hashes.remove(&hash.0)?;
+                }
+                tx.append(Change::KeyRemoved { hash })?;
             }
             key.hash = new_hash;
             key.prefix = new_prefix.to_owned();
             key.rotated_at = Some(now);
             tx.keys.put(key_id.as_bytes(), &key)?;
             tx.key_hashes.put_raw(&new_hash.0, key_id.as_bytes())?;
+            // The business never changes; written again so the index can't miss a key.
+            tx.business_keys.put_raw(&business_key_index(&key.business, key_id), &[])?;
             for entry in key.entries(now) {
                 tx.append(Change::KeyUpsert { key: entry })?;
             }
@@ -799,13 +876,19 @@ impl Store {
         }
     }
 
+    /// A business's keys, by key id: one prefix scan of `business_keys`, then one read per
+    /// key of that business (no other business's records are read).
     pub fn keys_of_business(&self, business: &str) -> Result<Vec<Key>, StoreError> {
+        let t = &self.inner.trees;
+        let prefix = business_key_index(business, "");
         let mut out = Vec::new();
-        for item in self.inner.trees.keys.iter() {
-            let (_, bytes) = item?;
-            let key: Key = decode("keys", &bytes)?;
-            if key.business == business {
-                out.push(key);
+        for item in t.business_keys.scan_prefix(&prefix) {
+            let (index, _) = item?;
+            let id = &index[prefix.len()..];
+            if let Some(key) = Self::read::<Key>(&t.keys, "keys", id)? {
+                if key.business == business {
+                    out.push(key);
+                }
             }
         }
         Ok(out)
@@ -1402,6 +1485,106 @@ mod tests {
         let delta = store.delta(t.version, t.version + 1, now + 2).unwrap();
         assert_eq!(delta.removed_keys, vec![KeyHash([1; 32])]);
         assert_eq!(store.full_snapshot(now + 2).unwrap().keys.len(), 1);
+    }
+
+    #[test]
+    fn rotation_without_grace_stops_every_earlier_raw_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 100);
+        let _ = store.create_business(&Business { id: "biz_a".into(), name: "A".into(), created_at: 1 }).unwrap();
+        let t0 = store.create_key(&key("key_1", "biz_a", 1)).unwrap();
+        let (k1, _, _) = store.rotate_key("key_1", KeyHash([2; 32]), "sk_test_k1", 86_400, 0).unwrap();
+        let now = now();
+        assert!(k1.accepts(&KeyHash([1; 32]), now), "K0 in its grace");
+        let (k2, _, t) = store.rotate_key("key_1", KeyHash([3; 32]), "sk_test_k2", 0, 0).unwrap();
+        for old in [KeyHash([1; 32]), KeyHash([2; 32])] {
+            assert!(!k2.accepts(&old, now), "an earlier raw key still opens the key after a rotation with no grace");
+            assert!(store.key_by_hash(&old).unwrap().is_none(), "an earlier raw key is still indexed");
+        }
+        assert!(k2.accepts(&KeyHash([3; 32]), now) && k2.grace.is_empty());
+        let full = store.full_snapshot(now).unwrap();
+        assert_eq!(full.keys.iter().map(|k| k.hash).collect::<Vec<_>>(), vec![KeyHash([3; 32])], "only K2 in the feed");
+        let delta = store.delta(t0.version, t.version, now).unwrap();
+        assert!(delta.removed_keys.contains(&KeyHash([1; 32])) && delta.removed_keys.contains(&KeyHash([2; 32])), "{delta:?}");
+        assert!(delta.keys.iter().all(|k| k.hash == KeyHash([3; 32])), "{delta:?}");
+    }
+
+    #[test]
+    fn a_second_grace_never_extends_an_earlier_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 100);
+        let _ = store.create_business(&Business { id: "biz_a".into(), name: "A".into(), created_at: 1 }).unwrap();
+        let _ = store.create_key(&key("key_1", "biz_a", 1)).unwrap();
+        let (k1, _, _) = store.rotate_key("key_1", KeyHash([2; 32]), "sk_test_k1", 100, 0).unwrap();
+        let k0_until = k1.grace[0].until;
+        // A longer grace for K1 leaves K0's end where it was.
+        let (k2, _, _) = store.rotate_key("key_1", KeyHash([3; 32]), "sk_test_k2", 1000, 0).unwrap();
+        let until = |k: &Key, b: u8| k.grace.iter().find(|g| g.hash == KeyHash([b; 32])).map(|g| g.until);
+        assert_eq!(until(&k2, 1), Some(k0_until));
+        assert!(until(&k2, 2).unwrap() >= k0_until + 800);
+        // A shorter grace ends every earlier value no later than the replaced one's.
+        let (k3, _, _) = store.rotate_key("key_1", KeyHash([4; 32]), "sk_test_k3", 10, 0).unwrap();
+        let end = until(&k3, 3).unwrap();
+        assert!(end < k0_until);
+        assert_eq!((until(&k3, 1), until(&k3, 2)), (Some(end), Some(end)));
+        let entries = store.full_snapshot(now()).unwrap().keys;
+        assert_eq!(entries.len(), 4);
+        assert!(entries.iter().filter(|e| e.hash != KeyHash([4; 32])).all(|e| e.expires_at == Some(end)), "{entries:?}");
+    }
+
+    #[test]
+    fn listing_one_business_decodes_only_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 1000);
+        for b in ["biz_a", "biz_b"] {
+            let _ = store.create_business(&Business { id: b.into(), name: b.into(), created_at: 1 }).unwrap();
+        }
+        let _ = store.create_key(&key("key_a1", "biz_a", 1)).unwrap();
+        let _ = store.create_key(&key("key_a2", "biz_a", 2)).unwrap();
+        for i in 0..50u8 {
+            let _ = store.create_key(&key(&format!("key_b{i}"), "biz_b", 10 + i)).unwrap();
+        }
+        KEY_DECODES.with(|n| n.set(0));
+        let listed = store.keys_of_business("biz_a").unwrap();
+        let decoded = KEY_DECODES.with(Cell::get);
+        assert_eq!(listed.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), vec!["key_a1", "key_a2"]);
+        assert!(decoded <= 2, "listing biz_a decoded {decoded} key records");
+        assert_eq!(store.keys_of_business("biz_b").unwrap().len(), 50);
+        assert!(store.keys_of_business("biz_c").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_schema_1_store_gets_the_business_index_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path(), 100);
+            for b in ["biz_a", "biz_b"] {
+                let _ = store.create_business(&Business { id: b.into(), name: b.into(), created_at: 1 }).unwrap();
+            }
+            for i in 0..5u8 {
+                let _ = store.create_key(&key(&format!("key_a{i}"), "biz_a", 1 + i)).unwrap();
+                let _ = store.create_key(&key(&format!("key_b{i}"), "biz_b", 100 + i)).unwrap();
+            }
+            // What a schema-1 store holds: no index, schema 1.
+            let t = &store.inner.trees;
+            t.business_keys.clear().unwrap();
+            t.meta.insert(META_SCHEMA, &be(1)).unwrap();
+            store.flush_blocking().unwrap();
+            assert!(store.keys_of_business("biz_a").unwrap().is_empty(), "the index is what lists keys");
+        }
+        let store = open(dir.path(), 100);
+        let t = &store.inner.trees;
+        assert_eq!(t.meta.get(META_SCHEMA).unwrap().and_then(|b| from_be(&b)), Some(SCHEMA_VERSION));
+        assert_eq!(t.business_keys.len(), 10);
+        KEY_DECODES.with(|n| n.set(0));
+        let ids: Vec<String> = store.keys_of_business("biz_a").unwrap().into_iter().map(|k| k.id).collect();
+        assert_eq!(ids, (0..5).map(|i| format!("key_a{i}")).collect::<Vec<_>>());
+        assert_eq!(KEY_DECODES.with(Cell::get), 5);
+        // Writes after the migration keep it current, imports and rotations included.
+        let _ = store.import_keys(&[key("key_a9", "biz_a", 50)]).unwrap();
+        let _ = store.rotate_key("key_a0", KeyHash([60; 32]), "sk_test_new", 0, 0).unwrap();
+        assert_eq!(store.keys_of_business("biz_a").unwrap().len(), 6);
+        assert_eq!(store.keys_of_business("biz_b").unwrap().len(), 5);
     }
 
     #[test]
