@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::key::KeyHash;
 use crate::keystore::{self, bucket_of, BUCKETS};
+use crate::lease::{Lease, WRITE_MARGIN_MS};
 use crate::snapshot::{KeyEntry, RevokedSession, SigningKeyEntry, Snapshot, SnapshotError, SnapshotWire};
 use crate::sync::{Health, SyncFailure, SyncOutcome, SNAPSHOT_PATH};
 use crate::UnixTime;
@@ -84,6 +85,11 @@ pub struct Step {
     pub seen: Option<Seen>,
     pub outcome: Option<SyncOutcome>,
     pub health: Option<Health>,
+    /// Write nothing from this step at or after this time (ms): the writer's term may end.
+    pub write_until_ms: u64,
+    /// This VM no longer holds the lease term it led under: nothing was applied, and the
+    /// shell drops this leader (answers still in flight included).
+    pub deposed: bool,
 }
 
 /// A full sync in progress: the meta of its first page, the bucket being built, and the
@@ -112,6 +118,9 @@ impl FullBuild {
 
 #[derive(Debug, Default)]
 pub struct Leader {
+    /// The lease term this leader writes under.
+    lease: Lease,
+    deposed: bool,
     /// The state the shared data holds (`None`: nothing yet, a full sync is needed).
     meta: Option<Meta>,
     full: Option<FullBuild>,
@@ -122,10 +131,10 @@ pub struct Leader {
 }
 
 impl Leader {
-    /// Takes over from what the shared data says (a previous leader's work); full
-    /// snapshots come in pages of `page_keys`.
-    pub fn adopt(meta: Option<Meta>, page_keys: usize) -> Leader {
-        Leader { need_full: meta.is_none(), meta, page_keys: page_keys.max(1), ..Leader::default() }
+    /// Takes over from what the shared data says (a previous leader's work), under the
+    /// lease it just took; full snapshots come in pages of `page_keys`.
+    pub fn adopt(meta: Option<Meta>, page_keys: usize, lease: Lease) -> Leader {
+        Leader { lease, need_full: meta.is_none(), meta, page_keys: page_keys.max(1), ..Leader::default() }
     }
 
     pub fn meta(&self) -> Option<&Meta> {
@@ -157,8 +166,17 @@ impl Leader {
     }
 
     /// Turns one feed answer (`status: None` when there was none) into a [`Step`].
-    pub fn on_response(&mut self, status: Option<u16>, body: &[u8], now: UnixTime) -> Step {
-        let mut step = Step::default();
+    /// `lease` is the lease as shared data holds it at `now_ms`, read (and renewed) right
+    /// before this call: unless it is still this leader's term, with time left to write,
+    /// the answer is dropped and the leader is deposed for good.
+    pub fn on_response(&mut self, status: Option<u16>, body: &[u8], now: UnixTime, lease: Option<Lease>, now_ms: u64) -> Step {
+        let held = lease.filter(|l| !self.deposed && l.is(&self.lease, now_ms.saturating_add(WRITE_MARGIN_MS)));
+        let Some(held) = held else {
+            self.deposed = true;
+            self.full = None;
+            return Step { deposed: true, ..Step::default() };
+        };
+        let mut step = Step { write_until_ms: held.until_ms - WRITE_MARGIN_MS, ..Step::default() };
         let result = match status {
             None => Err(SyncFailure::Unreachable),
             Some(410) => {
@@ -177,7 +195,7 @@ impl Leader {
                 self.need_full = true;
                 self.full = None;
             }
-            step = Step { outcome: Some(SyncOutcome::Failed(failure)), ..Step::default() };
+            step = Step { outcome: Some(SyncOutcome::Failed(failure)), write_until_ms: step.write_until_ms, ..Step::default() };
         }
         if failed != self.failing {
             step.health = Some(if failed { Health::Failing } else { Health::Healthy });

@@ -14,6 +14,7 @@ pub mod decide;
 pub mod feed;
 pub mod key;
 pub mod keystore;
+pub mod lease;
 pub mod signing;
 pub mod pair;
 pub mod ratelimit;

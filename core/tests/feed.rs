@@ -3,11 +3,15 @@
 
 use keygate_core::feed::{BucketOp, Leader, Meta, Seen, PAGE_KEYS};
 use keygate_core::keystore::{self, bucket_of, KeyLookup};
+use keygate_core::lease::{Lease, LeaseStep, LEASE_MS};
 use keygate_core::signing::SigningKeyPair;
 use keygate_core::snapshot::{KeyEntry, KeyRecord, RevokedSession, SigningKeyEntry, SnapshotWire};
 use keygate_core::sync::SyncOutcome;
 use keygate_core::{ApiKey, KeyHash, KeyKind, Mode};
 use std::collections::HashMap;
+
+/// A lease that never ends, for tests about the feed alone.
+const HELD: Lease = Lease { holder: 1, until_ms: u64::MAX, term: 1 };
 
 #[derive(Default)]
 struct Shared(HashMap<u16, Vec<u8>>);
@@ -87,7 +91,7 @@ fn full_sync(leader: &mut Leader, shared: &mut Shared, version: u64, keys: Vec<K
     for (i, body) in bodies.into_iter().enumerate() {
         assert!(leader.next_path(20).starts_with("/v1/snapshot?"), "{}", leader.next_path(20));
         assert!(!leader.next_path(20).contains("since="));
-        let step = leader.on_response(Some(200), &body, 1000);
+        let step = leader.on_response(Some(200), &body, 1000, Some(HELD), 0);
         shared.apply(step.ops);
         if i < last {
             assert!(step.seen.is_none() && step.meta.is_none(), "nothing is confirmed before the last page");
@@ -104,7 +108,7 @@ fn paged_full_sync_writes_every_key_once_and_clears_stale_buckets() {
     let stale = entry(999_999);
     shared.apply(vec![BucketOp::Upsert(stale.clone())]);
     let keys: Vec<KeyEntry> = (0..5000).map(entry).collect();
-    let mut leader = Leader::adopt(None, PAGE_KEYS);
+    let mut leader = Leader::adopt(None, PAGE_KEYS, HELD);
     assert_eq!(leader.next_path(20), format!("/v1/snapshot?limit={PAGE_KEYS}"));
     let (meta, seen) = full_sync(&mut leader, &mut shared, 7, keys.clone(), 700);
     assert_eq!((meta.version, meta.keys, seen.version, seen.confirmed_at), (7, 5000, 7, 1000));
@@ -121,7 +125,7 @@ fn paged_full_sync_writes_every_key_once_and_clears_stale_buckets() {
 #[test]
 fn deltas_become_key_ops_and_meta_updates() {
     let mut shared = Shared::default();
-    let mut leader = Leader::adopt(None, PAGE_KEYS);
+    let mut leader = Leader::adopt(None, PAGE_KEYS, HELD);
     full_sync(&mut leader, &mut shared, 3, (0..10).map(entry).collect(), PAGE_KEYS);
     let gone = entry(1);
     let new = entry(50);
@@ -133,7 +137,7 @@ fn deltas_become_key_ops_and_meta_updates() {
         revoked_sessions: vec![RevokedSession { sid: "ses_new".into(), until: 5000 }, RevokedSession { sid: "ses_old".into(), until: 10 }],
         ..SnapshotWire::default()
     };
-    let step = leader.on_response(Some(200), &serde_json::to_vec(&delta).unwrap(), 1001);
+    let step = leader.on_response(Some(200), &serde_json::to_vec(&delta).unwrap(), 1001, Some(HELD), 0);
     let added = shared.apply(step.ops);
     leader.adjust_keys(added);
     assert_eq!(added, 0);
@@ -148,7 +152,7 @@ fn deltas_become_key_ops_and_meta_updates() {
     assert_eq!(leader.meta().unwrap().keys, 10);
     // A long-poll that timed out: confirmed, nothing to write or republish.
     let empty = SnapshotWire { version: 5, since: Some(5), ..SnapshotWire::default() };
-    let step = leader.on_response(Some(200), &serde_json::to_vec(&empty).unwrap(), 1030);
+    let step = leader.on_response(Some(200), &serde_json::to_vec(&empty).unwrap(), 1030, Some(HELD), 0);
     assert!(step.ops.is_empty() && step.meta.is_none());
     assert_eq!(step.outcome, Some(SyncOutcome::Unchanged { version: 5 }));
     assert_eq!(step.seen, Some(Seen { version: 5, confirmed_at: 1030 }));
@@ -157,19 +161,19 @@ fn deltas_become_key_ops_and_meta_updates() {
 #[test]
 fn gone_gaps_bad_pages_and_failures_keep_the_last_good_state() {
     let mut shared = Shared::default();
-    let mut leader = Leader::adopt(None, PAGE_KEYS);
+    let mut leader = Leader::adopt(None, PAGE_KEYS, HELD);
     full_sync(&mut leader, &mut shared, 3, (0..10).map(entry).collect(), PAGE_KEYS);
     // Unreachable: nothing written, health turns.
-    let step = leader.on_response(None, b"", 1002);
+    let step = leader.on_response(None, b"", 1002, Some(HELD), 0);
     assert!(step.ops.is_empty() && step.seen.is_none());
     assert!(step.health.is_some());
     // A bad signing key in a delta: refused whole.
     let bad = SnapshotWire { version: 4, since: Some(3), keys: vec![entry(77)], signing_keys: vec![SigningKeyEntry { kid: "x".into(), alg: "EdDSA".into(), x: "bad".into() }], ..SnapshotWire::default() };
-    let step = leader.on_response(Some(200), &serde_json::to_vec(&bad).unwrap(), 1003);
+    let step = leader.on_response(Some(200), &serde_json::to_vec(&bad).unwrap(), 1003, Some(HELD), 0);
     assert!(step.ops.is_empty());
     assert!(matches!(step.outcome, Some(SyncOutcome::Failed(_))));
     // 410: the next request is a full snapshot; the old data still serves meanwhile.
-    let step = leader.on_response(Some(410), b"{}", 1004);
+    let step = leader.on_response(Some(410), b"{}", 1004, Some(HELD), 0);
     assert_eq!(step.outcome, Some(SyncOutcome::Resync));
     assert!(leader.next_path(20).contains("limit="));
     assert!(shared.key(&entry(3).hash).is_some());
@@ -178,21 +182,21 @@ fn gone_gaps_bad_pages_and_failures_keep_the_last_good_state() {
     keys.sort_by_key(|k| k.hash);
     keys.reverse();
     let unsorted = SnapshotWire { version: 9, keys, signing_keys: vec![signing()], ..SnapshotWire::default() };
-    assert!(matches!(leader.on_response(Some(200), &serde_json::to_vec(&unsorted).unwrap(), 1005).outcome, Some(SyncOutcome::Failed(_))));
+    assert!(matches!(leader.on_response(Some(200), &serde_json::to_vec(&unsorted).unwrap(), 1005, Some(HELD), 0).outcome, Some(SyncOutcome::Failed(_))));
     // An answer too large to read: a paged full snapshot next, the data kept meanwhile.
-    let mut leader = Leader::adopt(Some(Meta { version: 3, ..Meta::default() }), PAGE_KEYS);
+    let mut leader = Leader::adopt(Some(Meta { version: 3, ..Meta::default() }), PAGE_KEYS, HELD);
     assert_eq!(leader.on_oversized().outcome, Some(SyncOutcome::Resync));
     assert!(leader.next_path(20).contains("limit="));
     // A delta with a version gap forces a full snapshot.
-    let mut leader = Leader::adopt(Some(Meta { version: 3, ..Meta::default() }), PAGE_KEYS);
+    let mut leader = Leader::adopt(Some(Meta { version: 3, ..Meta::default() }), PAGE_KEYS, HELD);
     let gap = SnapshotWire { version: 9, since: Some(6), ..SnapshotWire::default() };
-    assert!(matches!(leader.on_response(Some(200), &serde_json::to_vec(&gap).unwrap(), 1).outcome, Some(SyncOutcome::Failed(_))));
+    assert!(matches!(leader.on_response(Some(200), &serde_json::to_vec(&gap).unwrap(), 1, Some(HELD), 0).outcome, Some(SyncOutcome::Failed(_))));
     assert!(leader.next_path(20).contains("limit="));
 }
 
 #[test]
 fn a_new_leader_continues_from_the_published_meta() {
-    let leader = Leader::adopt(Some(Meta { version: 12, keys: 3, ..Meta::default() }), PAGE_KEYS);
+    let leader = Leader::adopt(Some(Meta { version: 12, keys: 3, ..Meta::default() }), PAGE_KEYS, HELD);
     assert_eq!(leader.next_path(5), "/v1/snapshot?since=12&wait=5");
     assert_eq!(Seen::decode(&Seen { version: 12, confirmed_at: 99 }.encode()), Some(Seen { version: 12, confirmed_at: 99 }));
     assert_eq!(Seen::decode(b"short"), None);
@@ -204,4 +208,55 @@ fn fixture_keys_are_distinct() {
     hashes.sort();
     hashes.dedup();
     assert_eq!(hashes.len(), 5000);
+}
+
+/// Old leader A stalls past its lease while its long-poll (since=2) is in flight; B takes
+/// over from the published meta (v2), applies 2→4 (K created then deactivated); then A's
+/// buffered answer 2→3 (K created, active) lands. It must change nothing.
+#[test]
+fn a_deposed_leader_drops_its_buffered_answer() {
+    let take = |current: Option<Lease>, me: u64, now_ms: u64| match Lease::next(current, me, now_ms, false) {
+        LeaseStep::Write(lease) => lease,
+        other => panic!("{other:?}"),
+    };
+    let renew = |current: Lease, me: u64, now_ms: u64| match Lease::next(Some(current), me, now_ms, true) {
+        LeaseStep::Write(lease) => Some(lease),
+        _ => Some(current),
+    };
+    let mut shared = Shared::default();
+    let lease_a = take(None, 0xA, 0);
+    let mut a = Leader::adopt(None, PAGE_KEYS, lease_a);
+    let page = |leader: &mut Leader, lease, body: &[u8], now_ms| leader.on_response(Some(200), body, now_ms / 1000, lease, now_ms);
+    for body in pages(2, (0..5).map(entry).collect(), PAGE_KEYS) {
+        let step = page(&mut a, renew(lease_a, 0xA, 10), &body, 10);
+        shared.apply(step.ops);
+    }
+    let meta = a.meta().cloned().unwrap();
+    assert_eq!(a.next_path(20), "/v1/snapshot?since=2&wait=20");
+    // A stalls; its lease runs out and B takes over from what A published.
+    let stalled_until = 10 + LEASE_MS + 1;
+    let lease_b = take(Some(lease_a), 0xB, stalled_until);
+    assert_eq!(lease_b.term, lease_a.term + 1);
+    let mut b = Leader::adopt(Some(meta), PAGE_KEYS, lease_b);
+    let k = entry(42);
+    let to4 = SnapshotWire { version: 4, since: Some(2), keys: vec![KeyEntry { active: false, ..k.clone() }], ..SnapshotWire::default() };
+    let step = page(&mut b, renew(lease_b, 0xB, stalled_until), &serde_json::to_vec(&to4).unwrap(), stalled_until);
+    assert!(step.write_until_ms > stalled_until);
+    shared.apply(step.ops);
+    assert!(!shared.key(&k.hash).unwrap().active);
+    // A wakes up with its older answer: its renewal finds B's lease, so nothing is applied.
+    let to3 = SnapshotWire { version: 3, since: Some(2), keys: vec![k.clone()], ..SnapshotWire::default() };
+    let now_ms = stalled_until + 5;
+    assert_eq!(Lease::next(Some(lease_b), 0xA, now_ms, true), LeaseStep::Follow);
+    let step = page(&mut a, Some(lease_b), &serde_json::to_vec(&to3).unwrap(), now_ms);
+    assert!(step.deposed);
+    shared.apply(step.ops);
+    assert!(!shared.key(&k.hash).unwrap().active, "a deposed leader brought a deactivated key back");
+    assert!(step.meta.is_none() && step.seen.is_none(), "a deposed leader published");
+    // Even should A retake the lease later, it does so under a new term: this leader stays out.
+    let lease_a2 = take(Some(lease_b), 0xA, now_ms + LEASE_MS);
+    assert!(page(&mut a, Some(lease_a2), &serde_json::to_vec(&to3).unwrap(), now_ms + LEASE_MS).deposed);
+    // A lease about to end leaves no time to write: the answer is dropped too.
+    let mut c = Leader::adopt(b.meta().cloned(), PAGE_KEYS, lease_b);
+    assert!(page(&mut c, Some(lease_b), &serde_json::to_vec(&to3).unwrap(), lease_b.until_ms - 10).deposed);
 }

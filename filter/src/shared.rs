@@ -4,18 +4,15 @@
 
 use keygate_core::feed::{BucketOp, Meta, Seen};
 use keygate_core::keystore::{self, bucket_of, KeyLookup};
+use keygate_core::lease::{Lease, LeaseStep};
 use keygate_core::snapshot::{KeyRecord, Snapshot};
-use keygate_core::{pair, KeyHash};
+use keygate_core::KeyHash;
 
 use crate::host;
 
 const LEADER: &str = "keygate.leader";
 const SEEN: &str = "keygate.seen";
 const META: &str = "keygate.meta";
-
-/// How long a leader's lease lasts without renewal, and when it renews.
-const LEASE_MS: u64 = 3_000;
-const RENEW_BEFORE_MS: u64 = 2_000;
 
 fn bucket_name(id: u16) -> String {
     format!("keygate.k.{id:04x}")
@@ -31,18 +28,26 @@ impl KeyLookup for SharedKeys {
     }
 }
 
-/// Applies the leader's bucket writes; returns the net change in the number of keys.
-pub fn apply(ops: Vec<BucketOp>) -> i64 {
+/// The leader's term ran out before all of a step was written (see `Step::write_until_ms`).
+#[derive(Debug)]
+pub struct OutOfTerm;
+
+/// Applies the leader's bucket writes, each only before `until_ms`; returns the net change
+/// in the number of keys.
+pub fn apply(ops: Vec<BucketOp>, until_ms: u64) -> Result<i64, OutOfTerm> {
+    let in_term = || if host::now_millis() < until_ms { Ok(()) } else { Err(OutOfTerm) };
     let mut delta = 0;
     for op in ops {
         match op {
             BucketOp::Put(id, bytes) => {
+                in_term()?;
                 host::shared_set(&bucket_name(id), &bytes, None);
             }
             BucketOp::Clear { from, to } => {
                 for id in (from..to).filter_map(|id| u16::try_from(id).ok()) {
                     let name = bucket_name(id);
                     if host::shared_get(&name).0.is_some_and(|b| !b.is_empty()) {
+                        in_term()?;
                         host::shared_set(&name, &[], None);
                     }
                 }
@@ -52,6 +57,7 @@ pub fn apply(ops: Vec<BucketOp>) -> i64 {
                 let name = bucket_name(bucket_of(&entry.hash));
                 let bucket = host::shared_get(&name).0.unwrap_or_default();
                 delta += i64::from(keystore::find(&bucket, &entry.hash).is_none());
+                in_term()?;
                 host::shared_set(&name, &keystore::replace(&bucket, &entry.hash, Some(&record)), None);
             }
             BucketOp::Remove(hash) => {
@@ -59,21 +65,26 @@ pub fn apply(ops: Vec<BucketOp>) -> i64 {
                 let bucket = host::shared_get(&name).0.unwrap_or_default();
                 if keystore::find(&bucket, &hash).is_some() {
                     delta -= 1;
+                    in_term()?;
                     host::shared_set(&name, &keystore::replace(&bucket, &hash, None), None);
                 }
             }
         }
     }
-    delta
+    Ok(delta)
 }
 
-pub fn publish(meta: Option<&Meta>, seen: Option<Seen>) {
+pub fn publish(meta: Option<&Meta>, seen: Option<Seen>, until_ms: u64) -> Result<(), OutOfTerm> {
+    let in_term = || if host::now_millis() < until_ms { Ok(()) } else { Err(OutOfTerm) };
     if let Some(bytes) = meta.and_then(|m| serde_json::to_vec(m).ok()) {
+        in_term()?;
         host::shared_set(META, &bytes, None);
     }
     if let Some(seen) = seen {
+        in_term()?;
         host::shared_set(SEEN, &seen.encode(), None);
     }
+    Ok(())
 }
 
 pub fn read_seen() -> Option<Seen> {
@@ -84,22 +95,31 @@ pub fn read_meta() -> Option<Meta> {
     serde_json::from_slice(&host::shared_get(META).0?).ok()
 }
 
-/// Holds or takes the leader lease; `true` while this VM is the leader. The lease is a
-/// 16-byte (holder, expiry) value updated with compare-and-swap, so exactly one VM wins.
-pub fn hold_lease(me: u64, now_ms: u64) -> bool {
+fn read_lease() -> (Option<Lease>, Option<u32>) {
     let (bytes, cas) = host::shared_get(LEADER);
-    let (holder, until) = bytes.as_deref().and_then(pair::unpack).unwrap_or((0, 0));
-    let mine = holder == me && until > now_ms;
-    if mine && until - now_ms > RENEW_BEFORE_MS {
-        return true;
+    (bytes.as_deref().and_then(Lease::decode), cas)
+}
+
+/// Holds, renews (`renew`: even when not yet due) or takes the leader lease; the lease
+/// this VM holds afterwards, `None` while another VM leads. The lease is updated with
+/// compare-and-swap, so exactly one VM wins a takeover, and each takeover starts a new term.
+pub fn hold_lease(me: u64, now_ms: u64, renew: bool) -> Option<Lease> {
+    let (current, cas) = read_lease();
+    match Lease::next(current, me, now_ms, renew) {
+        LeaseStep::Hold(lease) => Some(lease),
+        LeaseStep::Follow => None,
+        LeaseStep::Write(lease) => {
+            // Two VMs can both find no lease at start-up (a missing entry has no CAS
+            // token): read back, so at most one keeps it past this call.
+            let written = host::shared_set(LEADER, &lease.encode(), cas);
+            (written && read_lease().0 == Some(lease)).then_some(lease)
+        }
     }
-    if !mine && until > now_ms {
-        return false;
-    }
-    let lease = pair::pack(me, now_ms.saturating_add(LEASE_MS));
-    // Two VMs can both find no lease at start-up (a missing entry has no CAS token):
-    // read back, so at most one keeps it past this tick.
-    host::shared_set(LEADER, &lease, cas) && host::shared_get(LEADER).0.as_deref().and_then(pair::unpack).is_some_and(|(holder, _)| holder == me)
+}
+
+/// The lease as shared data holds it now (renewed first when it is this VM's).
+pub fn current_lease(me: u64, now_ms: u64) -> Option<Lease> {
+    hold_lease(me, now_ms, true).or_else(|| read_lease().0)
 }
 
 /// This VM's copy of what the leader published: signing keys and revocations for the

@@ -7,10 +7,13 @@
 use keygate_core::feed::{BucketOp, Leader, Seen};
 use keygate_core::key::KeyHash;
 use keygate_core::keystore;
+use keygate_core::lease::Lease;
 use keygate_core::sync::SyncOutcome;
 use std::collections::HashMap;
 use keygate_core::Snapshot;
 use libfuzzer_sys::fuzz_target;
+
+const HELD: Lease = Lease { holder: 1, until_ms: u64::MAX, term: 1 };
 
 /// A real full snapshot served by keygate-admin (see seeds/).
 const BASE: &[u8] = include_bytes!("../seeds/snapshot_full.json");
@@ -39,9 +42,9 @@ fuzz_target!(|data: &[u8]| {
 
     // The sync state machine (the filter's leader VM): a real full snapshot, then the fuzz
     // body under some status; its bucket writes are applied to a model of shared data.
-    let mut leader = Leader::adopt(None, usize::from(*selector % 4) + 1);
+    let mut leader = Leader::adopt(None, usize::from(*selector % 4) + 1, HELD);
     let mut shared: HashMap<u16, Vec<u8>> = HashMap::new();
-    let first = leader.on_response(Some(200), BASE, NOW);
+    let first = leader.on_response(Some(200), BASE, NOW, Some(HELD), 0);
     assert!(matches!(first.outcome, Some(SyncOutcome::Applied { full: true, .. })), "{:?}", first.outcome);
     apply_ops(&mut shared, first.ops);
     let status = match selector % 6 {
@@ -52,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let version = leader.meta().map(|m| m.version);
     let _ = leader.next_path(20);
-    let step = leader.on_response(status, body, NOW + 1);
+    let step = leader.on_response(status, body, NOW + 1, Some(HELD), 0);
     match &step.outcome {
         Some(SyncOutcome::Failed(_)) | Some(SyncOutcome::Resync) => {
             assert_eq!(leader.meta().map(|m| m.version), version, "a failed poll changed the version");
@@ -69,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(meta.snapshot().is_ok(), "published meta does not build a snapshot");
     }
     let _ = leader.next_path(20);
-    let again = leader.on_response(Some(200), body, NOW + 2);
+    let again = leader.on_response(Some(200), body, NOW + 2, Some(HELD), 0);
     apply_ops(&mut shared, again.ops);
     for bytes in shared.values() {
         let _ = keystore::count(bytes);
