@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::key::KeyHash;
 use crate::keystore::{self, bucket_of, BUCKETS};
 use crate::lease::{Lease, WRITE_MARGIN_MS};
-use crate::snapshot::{KeyEntry, RevokedSession, SigningKeyEntry, Snapshot, SnapshotError, SnapshotWire};
+use crate::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry, Snapshot, SnapshotError, SnapshotWire};
 use crate::sync::{Health, SyncFailure, SyncOutcome, SNAPSHOT_PATH};
 use crate::UnixTime;
 
@@ -32,6 +32,9 @@ pub struct Meta {
     pub keys: u64,
     pub signing_keys: Vec<SigningKeyEntry>,
     pub revoked_sessions: Vec<RevokedSession>,
+    /// Admin's history at `version`; sent back with `?since=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<History>,
 }
 
 impl Meta {
@@ -147,7 +150,10 @@ impl Leader {
             (Some(FullBuild { after: Some(after), .. }), _) => format!("{SNAPSHOT_PATH}?after={}&limit={}", after.to_hex(), self.page_keys),
             (Some(_), _) | (None, None) => format!("{SNAPSHOT_PATH}?limit={}", self.page_keys),
             (None, Some(_)) if self.need_full => format!("{SNAPSHOT_PATH}?limit={}", self.page_keys),
-            (None, Some(meta)) => format!("{SNAPSHOT_PATH}?since={}&wait={wait_secs}", meta.version),
+            (None, Some(meta)) => match &meta.history {
+                Some(history) => format!("{SNAPSHOT_PATH}?since={}&wait={wait_secs}&history={}", meta.version, history.to_hex()),
+                None => format!("{SNAPSHOT_PATH}?since={}&wait={wait_secs}", meta.version),
+            },
         }
     }
 
@@ -212,13 +218,21 @@ impl Leader {
     }
 
     fn apply_delta(&mut self, since: u64, wire: SnapshotWire, now: UnixTime, step: &mut Step) -> Result<(), SyncFailure> {
-        let meta = match &mut self.meta {
+        let meta = match &self.meta {
             Some(meta) if !self.need_full && self.full.is_none() => meta,
             _ => return Err(SyncFailure::Rejected(SnapshotError::NotFull)),
         };
         if since != meta.version {
             return Err(SyncFailure::Rejected(SnapshotError::VersionGap { since, have: meta.version }));
         }
+        if meta.history.is_some() && wire.since_history.is_some() && meta.history != wire.since_history {
+            // Admin's version `since` is not ours (admin was restored from a backup and
+            // moved on): its changes do not apply to what we hold.
+            self.need_full = true;
+            step.outcome = Some(SyncOutcome::Resync);
+            return Ok(());
+        }
+        let Some(meta) = &mut self.meta else { return Err(SyncFailure::Rejected(SnapshotError::NotFull)) };
         // Validate the signing keys before anything is written.
         let mut next = meta.clone();
         next.signing_keys.retain(|k| !wire.removed_signing_keys.contains(&k.kid) && !wire.signing_keys.iter().any(|n| n.kid == k.kid));
@@ -226,6 +240,7 @@ impl Leader {
         next.revoked_sessions.extend(wire.revoked_sessions.iter().cloned());
         next.revoked_sessions.retain(|r| r.until > now);
         next.version = wire.version;
+        next.history = wire.history;
         next.snapshot().map_err(SyncFailure::Rejected)?;
         let changed = wire.version != since;
         step.ops.extend(wire.removed_keys.into_iter().map(BucketOp::Remove));
@@ -243,7 +258,7 @@ impl Leader {
         let mut build = match self.full.take() {
             Some(build) => build,
             None => {
-                let meta = Meta { version: wire.version, keys: 0, signing_keys: wire.signing_keys.clone(), revoked_sessions: wire.revoked_sessions.clone() };
+                let meta = Meta { version: wire.version, keys: 0, signing_keys: wire.signing_keys.clone(), revoked_sessions: wire.revoked_sessions.clone(), history: wire.history };
                 meta.snapshot().map_err(SyncFailure::Rejected)?;
                 FullBuild { meta, after: None, pending: None, next_bucket: 0 }
             }

@@ -260,3 +260,33 @@ fn a_deposed_leader_drops_its_buffered_answer() {
     let mut c = Leader::adopt(b.meta().cloned(), PAGE_KEYS, lease_b);
     assert!(page(&mut c, Some(lease_b), &serde_json::to_vec(&to3).unwrap(), lease_b.until_ms - 10).deposed);
 }
+
+/// A proxy holds version 6 of one history; admin (restored from a backup) answers with a
+/// delta from its own version 6. The proxy must take a full snapshot instead.
+#[test]
+fn a_delta_from_another_history_forces_a_full_snapshot() {
+    use keygate_core::snapshot::History;
+    let ours = History(KeyHash([1; 32]));
+    let theirs = History(KeyHash([2; 32]));
+    let mut shared = Shared::default();
+    let mut leader = Leader::adopt(None, PAGE_KEYS, HELD);
+    let mut first = SnapshotWire { version: 6, signing_keys: vec![signing()], keys: vec![entry(1)], history: Some(ours), ..SnapshotWire::default() };
+    first.keys.sort_by_key(|k| k.hash);
+    let step = leader.on_response(Some(200), &serde_json::to_vec(&first).unwrap(), 1000, Some(HELD), 0);
+    shared.apply(step.ops);
+    assert_eq!(step.meta.unwrap().history, Some(ours));
+    assert_eq!(leader.next_path(20), format!("/v1/snapshot?since=6&wait=20&history={}", ours.to_hex()));
+    let other = SnapshotWire { version: 9, since: Some(6), keys: vec![entry(2)], history: Some(History(KeyHash([3; 32]))), since_history: Some(theirs), ..SnapshotWire::default() };
+    let step = leader.on_response(Some(200), &serde_json::to_vec(&other).unwrap(), 1001, Some(HELD), 0);
+    assert!(step.ops.is_empty() && step.meta.is_none() && step.seen.is_none());
+    assert_eq!(step.outcome, Some(SyncOutcome::Resync));
+    assert!(shared.key(&entry(2).hash).is_none());
+    assert!(leader.next_path(20).starts_with("/v1/snapshot?limit="), "{}", leader.next_path(20));
+    // The same delta of our own history applies, and moves our history on.
+    let mut leader = Leader::adopt(None, PAGE_KEYS, HELD);
+    leader.on_response(Some(200), &serde_json::to_vec(&first).unwrap(), 1000, Some(HELD), 0);
+    let next = History(KeyHash([4; 32]));
+    let own = SnapshotWire { since_history: Some(ours), history: Some(next), ..other };
+    let step = leader.on_response(Some(200), &serde_json::to_vec(&own).unwrap(), 1002, Some(HELD), 0);
+    assert_eq!(step.meta.unwrap().history, Some(next));
+}

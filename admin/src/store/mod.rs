@@ -27,10 +27,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use keygate_core::snapshot::{KeyEntry, RevokedSession, SigningKeyEntry};
+use keygate_core::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry};
 use keygate_core::{KeyHash, SnapshotWire, UnixTime};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use sled::transaction::{abort, ConflictableTransactionResult, TransactionError, Transactional, TransactionalTree};
 
 use durable::Durability;
@@ -84,6 +85,11 @@ impl TokenRole {
 const META_HEAD: &[u8] = b"changelog_head";
 const META_FLOOR: &[u8] = b"changelog_floor";
 const META_SCHEMA: &[u8] = b"schema";
+/// The history at the head (32 bytes), at the version the history started from, and at
+/// the changelog floor (each `be(version)` + 32 bytes): see [`History`].
+const META_HISTORY: &[u8] = b"history_head";
+const META_HISTORY_BASE: &[u8] = b"history_base";
+const META_HISTORY_FLOOR: &[u8] = b"history_floor";
 const SCHEMA_VERSION: u64 = 1;
 
 struct Trees {
@@ -159,6 +165,30 @@ fn be(v: u64) -> [u8; 8] {
 
 fn from_be(bytes: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
+fn digest(bytes: &[u8]) -> Option<History> {
+    bytes.try_into().ok().map(|b| History(KeyHash(b)))
+}
+
+/// The history after one more changelog record.
+fn chain(previous: &History, record: &[u8]) -> History {
+    let mut h = Sha256::new();
+    h.update(b"keygate-history\0");
+    h.update(previous.0 .0);
+    h.update(record);
+    History(KeyHash(h.finalize().into()))
+}
+
+fn versioned(version: u64, history: &History) -> Vec<u8> {
+    let mut out = be(version).to_vec();
+    out.extend_from_slice(&history.0 .0);
+    out
+}
+
+fn from_versioned(bytes: &[u8]) -> Option<(u64, History)> {
+    let (version, history) = bytes.split_at_checked(8)?;
+    Some((from_be(version)?, digest(history)?))
 }
 
 fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -252,10 +282,22 @@ impl Tx<'_> {
     fn append(&self, change: Change) -> TxResult<u64> {
         let head = self.meta.get_raw(META_HEAD)?.and_then(|b| from_be(&b)).unwrap_or(0);
         let version = head.saturating_add(1);
-        self.changelog.put(&be(version), &ChangeRecord { version, at: self.now, change })?;
+        let mut record = ChangeRecord { version, at: self.now, change, history: None };
+        let previous = self.meta.get_raw(META_HISTORY)?.and_then(|b| digest(&b));
+        if let Some(previous) = previous {
+            let history = chain(&previous, &encode(&record).map_err(sled::transaction::ConflictableTransactionError::Abort)?);
+            self.meta.put_raw(META_HISTORY, &history.0 .0)?;
+            record.history = Some(history);
+        }
+        self.changelog.put(&be(version), &record)?;
         self.meta.put_raw(META_HEAD, &be(version))?;
         if version > self.retain {
             let oldest = version - self.retain;
+            // Keep the history at the floor: a delta can still start there.
+            match self.changelog.get::<ChangeRecord>(&be(oldest))?.and_then(|r| r.history) {
+                Some(history) => self.meta.put_raw(META_HISTORY_FLOOR, &versioned(oldest, &history))?,
+                None => self.meta.remove(META_HISTORY_FLOOR)?,
+            }
             self.changelog.remove(&be(oldest))?;
             self.meta.put_raw(META_FLOOR, &be(oldest))?;
         }
@@ -428,6 +470,15 @@ impl Store {
             trees.meta.insert(META_SCHEMA, &be(SCHEMA_VERSION))?;
         }
         let head = trees.meta.get(META_HEAD)?.and_then(|b| from_be(&b)).unwrap_or(0);
+        if trees.meta.get(META_HISTORY)?.is_none() {
+            // A new store (or one from before histories): a random start, so no two stores
+            // ever share a history.
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| StoreError::Task(format!("no random history id: {e}")))?;
+            let start = chain(&History(KeyHash(seed)), b"");
+            trees.meta.insert(META_HISTORY_BASE, versioned(head, &start))?;
+            trees.meta.insert(META_HISTORY, &start.0 .0)?;
+        }
         // Whatever sled recovered on open was on disk, so it is durable.
         let inner = Inner {
             db,
@@ -1164,6 +1215,7 @@ impl Store {
         }
         self.snapshot_extras(now, &mut wire)?;
         drop(w);
+        wire.history = self.history_at(wire.version)?;
         Ok(wire)
     }
 
@@ -1194,6 +1246,7 @@ impl Store {
         if after.is_none() {
             self.snapshot_extras(now, &mut wire)?;
         }
+        wire.history = self.history_at(wire.version)?;
         Ok((wire, head()))
     }
 
@@ -1264,7 +1317,9 @@ impl Store {
                 return Err(StoreError::Gone);
             }
         }
-        let mut wire = SnapshotWire { version: upto, since: Some(since), revoked_sessions: revoked, ..SnapshotWire::default() };
+        let history = self.history_at(upto)?;
+        let since_history = self.history_at(since)?;
+        let mut wire = SnapshotWire { version: upto, since: Some(since), revoked_sessions: revoked, history, since_history, ..SnapshotWire::default() };
         for (hash, entry) in keys {
             match entry {
                 Some(entry) => wire.keys.push(entry),
@@ -1278,6 +1333,33 @@ impl Store {
             }
         }
         Ok(wire)
+    }
+
+    /// The store's history at `version`: `None` when no longer known (before the floor,
+    /// or from before histories existed).
+    pub fn history_at(&self, version: u64) -> Result<Option<History>, StoreError> {
+        let t = &self.inner.trees;
+        if let Some(record) = Store::read::<ChangeRecord>(&t.changelog, "changelog", &be(version))? {
+            return Ok(record.history);
+        }
+        for name in [META_HISTORY_BASE, META_HISTORY_FLOOR] {
+            if let Some((at, history)) = t.meta.get(name)?.and_then(|b| from_versioned(&b)) {
+                if at == version {
+                    return Ok(Some(history));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`StoreError::Gone`] unless this store's history at `version` is `expected`: a
+    /// client from another history (this store restored from a backup and moved on) must
+    /// start over with a full snapshot.
+    pub fn check_history(&self, version: u64, expected: &History) -> Result<(), StoreError> {
+        match self.history_at(version)? {
+            Some(history) if history == *expected => Ok(()),
+            _ => Err(StoreError::Gone),
+        }
     }
 
     /// The oldest `since` a delta can still be built from.
@@ -1382,6 +1464,13 @@ mod tests {
         assert_eq!(store.delta(3, 5, 0).unwrap().keys.len(), 2);
         assert!(matches!(store.delta(6, 5, 0), Err(StoreError::Gone)));
         assert_eq!(store.delta(5, 5, 0).unwrap().keys.len(), 0);
+        // The history is known from the floor on, and chains version to version.
+        let at3 = store.history_at(3).unwrap().unwrap();
+        let delta = store.delta(3, 5, 0).unwrap();
+        assert_eq!((delta.since_history, delta.history), (Some(at3), store.history_at(5).unwrap()));
+        assert!(store.check_history(3, &at3).is_ok());
+        assert!(matches!(store.check_history(4, &at3), Err(StoreError::Gone)));
+        assert_eq!(store.history_at(2).unwrap(), None);
     }
 
     #[test]
