@@ -1044,6 +1044,8 @@ pub struct SnapshotQuery {
     pub after: Option<KeyHash>,
     /// With since: the client's history at `since` (the `history` it was last sent).
     pub history: Option<History>,
+    /// With limit: page the revoked sessions (sorted by digest) instead of the keys.
+    pub revoked: bool,
 }
 
 /// Largest page a client may ask for.
@@ -1082,12 +1084,21 @@ pub fn parse_snapshot_query(raw: &str) -> Result<SnapshotQuery, AdminError> {
             "history" if query.history.is_none() => {
                 query.history = Some(History::from_hex(value).ok_or_else(|| AdminError::InvalidQuery("history must be 64 hex digits".to_owned()))?);
             }
-            "since" | "wait" | "limit" | "after" | "history" => return Err(AdminError::InvalidQuery(format!("{name} given twice"))),
-            _ => return Err(AdminError::InvalidQuery("only since, wait, limit, after and history are understood".to_owned())),
+            "revoked" if !query.revoked => {
+                if value != "1" {
+                    return Err(AdminError::InvalidQuery("revoked must be 1".to_owned()));
+                }
+                query.revoked = true;
+            }
+            "since" | "wait" | "limit" | "after" | "history" | "revoked" => return Err(AdminError::InvalidQuery(format!("{name} given twice"))),
+            _ => return Err(AdminError::InvalidQuery("only since, wait, limit, after, history and revoked are understood".to_owned())),
         }
     }
     if query.history.is_some() && query.since.is_none() {
         return Err(AdminError::InvalidQuery("history needs since".to_owned()));
+    }
+    if query.revoked && query.limit.is_none() {
+        return Err(AdminError::InvalidQuery("revoked needs limit".to_owned()));
     }
     if query.since.is_some() && (query.limit.is_some() || query.after.is_some()) {
         return Err(AdminError::InvalidQuery("limit and after page a full snapshot; they do not go with since".to_owned()));
@@ -1121,6 +1132,7 @@ fn raw_json(bytes: Vec<u8>) -> Response {
         ("wait" = Option<u64>, Query, description = "With since: hold up to this many seconds (0 to 60) for a change"),
         ("limit" = Option<u64>, Query, description = "Page a full snapshot: at most this many keys (1 to 100000)"),
         ("after" = Option<String>, Query, description = "With limit: the next_after of the previous page (64 hex digits)"),
+        ("revoked" = Option<u64>, Query, description = "With limit: 1 pages the revoked sessions (sorted by the SHA-256 of the session id) instead of the keys; the last key page says `revocation_pages: true` when there are any"),
         ("history" = Option<String>, Query, description = "With since: the history the client was sent with version since (64 hex digits); another history → 410"),
     ),
     responses(
@@ -1132,9 +1144,9 @@ pub async fn snapshot(state: AppState, query: SnapshotQuery) -> Result<Response,
     let now = now();
     let store = state.store();
     if let (None, Some(limit)) = (query.since, query.limit) {
-        let after = query.after;
+        let (after, revoked) = (query.after, query.revoked);
         let (durable_needed, bytes) = blocking(store, move |s| {
-            let (wire, head) = s.snapshot_page(now, after, limit)?;
+            let (wire, head) = s.snapshot_page(now, after, limit, revoked)?;
             Ok((head, serde_json::to_vec(&wire).map_err(StoreError::Encode)?))
         })
         .await?;
@@ -1213,6 +1225,10 @@ mod tests {
         assert_eq!(parse_snapshot_query(&format!("since=3&history={history}")).ok().and_then(|q| q.history).map(|h| h.to_hex()), Some(history.clone()));
         assert!(parse_snapshot_query(&format!("history={history}")).is_err());
         assert!(parse_snapshot_query("since=3&history=zz").is_err());
+        assert_eq!(parse_snapshot_query("limit=5&revoked=1").ok().map(|q| q.revoked), Some(true));
+        for bad in ["revoked=1", "limit=5&revoked=2", "limit=5&revoked=1&revoked=1"] {
+            assert!(parse_snapshot_query(bad).is_err(), "{bad}");
+        }
         let after = "ab".repeat(32);
         assert_eq!(parse_snapshot_query(&format!("after={after}&limit=2")).ok().and_then(|q| q.after).map(|h| h.to_hex()), Some(after.clone()));
         for bad in ["limit=0", "limit=100001", "after=zz&limit=1", &format!("after={after}"), "since=1&limit=5", "limit=1&limit=2"] {

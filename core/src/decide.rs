@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use crate::config::{Policy, Requirement, Route};
 use crate::key::{self, parse_prefix, KeyKind};
 use crate::keystore::KeyLookup;
+use crate::revoked::RevocationLookup;
 use crate::snapshot::{KeyRecord, Snapshot};
 use crate::token::{self, AccessClaims, TokenError};
 use crate::{UnixTime, IDENTITY_HEADER_PREFIX};
@@ -35,13 +36,15 @@ pub struct Synced<'a> {
     pub snapshot: &'a Snapshot,
     /// Usually `snapshot` itself; in the filter, the buckets in Envoy's shared data.
     pub keys: &'a dyn KeyLookup,
+    /// Likewise for revoked sessions.
+    pub revoked: &'a dyn RevocationLookup,
     pub confirmed_at: UnixTime,
 }
 
 impl<'a> Synced<'a> {
     /// A snapshot that holds its own keys.
     pub fn local(snapshot: &'a Snapshot, confirmed_at: UnixTime) -> Synced<'a> {
-        Synced { snapshot, keys: snapshot, confirmed_at }
+        Synced { snapshot, keys: snapshot, revoked: snapshot, confirmed_at }
     }
 }
 
@@ -352,7 +355,7 @@ fn invalid_token(err: TokenError) -> Denial {
     Denial::new(DenyCode::InvalidToken, message)
 }
 
-fn check_token<'c>(policy: &Policy, snapshot: &Snapshot, token: &str, now: UnixTime, cache: &'c mut TokenCache) -> Result<&'c AccessClaims, Denial> {
+fn check_token<'c>(policy: &Policy, snapshot: &Snapshot, revoked: &dyn RevocationLookup, token: &str, now: UnixTime, cache: &'c mut TokenCache) -> Result<&'c AccessClaims, Denial> {
     if parse_prefix(token).is_some() {
         return Err(Denial::new(DenyCode::InvalidToken, "Authorization carries an API key where an access token is required"));
     }
@@ -374,7 +377,7 @@ fn check_token<'c>(policy: &Policy, snapshot: &Snapshot, token: &str, now: UnixT
         let claims = token::verify(token, key, &policy.token, now).map_err(invalid_token)?;
         cache.insert(token, kid, claims, now, leeway)
     };
-    if snapshot.is_revoked(&claims.sid) {
+    if revoked.is_revoked(&claims.sid) {
         return Err(invalid_token(TokenError::Revoked));
     }
     Ok(claims)
@@ -398,7 +401,7 @@ fn check_key(keys: &dyn KeyLookup, raw: &str, now: UnixTime) -> Result<KeyRecord
 fn check_credentials(policy: &Policy, route: &Route, request: &RequestView<'_>, synced: Synced<'_>, now: UnixTime, tokens: &mut TokenCache) -> Result<Allowed, Denial> {
     let creds = presented(route, request.headers)?;
     let claims = match creds.token {
-        Some(token) => Some(check_token(policy, synced.snapshot, token, now, tokens)?),
+        Some(token) => Some(check_token(policy, synced.snapshot, synced.revoked, token, now, tokens)?),
         None => None,
     };
     let key = check_key(synced.keys, creds.key, now)?;

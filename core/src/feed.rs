@@ -1,21 +1,24 @@
 //! The filter's sync with admin when keys live in Envoy's shared data (see
 //! [`crate::keystore`]). One VM per Envoy holds a lease and is the *leader*: only it polls
-//! admin and writes. It turns each feed answer into bucket operations plus a small [`Meta`]
-//! (version, signing keys, revocations) and a 16-byte [`Seen`] (version + when admin last
-//! confirmed it). Every VM reads `Seen` per request and reloads `Meta` when its version
-//! moves, so all workers decide from one copy of the keys.
+//! admin and writes. It turns each feed answer into bucket operations (keys, and revoked
+//! sessions in buckets of their own, [`crate::revoked`]) plus a small [`Meta`] (version,
+//! signing keys) and a 16-byte [`Seen`] (version + when admin last confirmed it). Every VM
+//! reads `Seen` per request and reloads `Meta` when its version moves, so all workers decide
+//! from one copy of the keys and revocations, and a change costs each VM about its size.
 //!
-//! A full sync is paged and sorted by key hash (`?limit=N`, then `?after=<last hash>`), so
-//! neither Envoy nor the VM ever holds the whole key set: each bucket is written whole as
-//! soon as the sorted stream moves past it, and buckets the new snapshot does not mention
-//! are cleared. Until a full sync completes, the previous data keeps deciding. Afterwards
-//! the leader long-polls `?since=V&wait=S` and applies deltas key by key.
+//! A full sync is paged and sorted by key hash (`?limit=N`, then `?after=<last hash>`),
+//! then the revoked sessions likewise by digest (`?limit=N&revoked=1`, then `&after=`), so
+//! neither Envoy nor the VM ever holds the whole set: each bucket is written whole as soon
+//! as the sorted stream moves past it, and buckets the new snapshot does not mention are
+//! cleared. Until a full sync completes, the previous data keeps deciding. Afterwards the
+//! leader long-polls `?since=V&wait=S` and applies deltas record by record.
 
 use serde::{Deserialize, Serialize};
 
 use crate::key::KeyHash;
 use crate::keystore::{self, bucket_of, BUCKETS};
 use crate::lease::{Lease, WRITE_MARGIN_MS};
+use crate::revoked::{self, REVOKED_BUCKETS};
 use crate::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry, Snapshot, SnapshotError, SnapshotWire};
 use crate::sync::{Health, SyncFailure, SyncOutcome, SNAPSHOT_PATH};
 use crate::UnixTime;
@@ -31,21 +34,16 @@ pub struct Meta {
     /// Keys in the buckets (exact after a full sync, then kept by the deltas).
     pub keys: u64,
     pub signing_keys: Vec<SigningKeyEntry>,
-    pub revoked_sessions: Vec<RevokedSession>,
     /// Admin's history at `version`; sent back with `?since=`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<History>,
 }
 
 impl Meta {
-    /// The per-VM snapshot this meta describes: signing keys and revocations, no keys.
+    /// The per-VM snapshot this meta describes: the signing keys only (keys and revoked
+    /// sessions stay in shared data).
     pub fn snapshot(&self) -> Result<Snapshot, SnapshotError> {
-        Snapshot::from_full(SnapshotWire {
-            version: self.version,
-            signing_keys: self.signing_keys.clone(),
-            revoked_sessions: self.revoked_sessions.clone(),
-            ..SnapshotWire::default()
-        })
+        Snapshot::from_full(SnapshotWire { version: self.version, signing_keys: self.signing_keys.clone(), ..SnapshotWire::default() })
     }
 }
 
@@ -77,6 +75,12 @@ pub enum BucketOp {
     Upsert(KeyEntry),
     /// Read-modify-write: drop one key's record (delta).
     Remove(KeyHash),
+    /// Replace a whole bucket of revoked sessions.
+    PutRevoked(u16, Vec<u8>),
+    /// Empty every revocation bucket in `from..to` that holds anything.
+    ClearRevoked { from: u32, to: u32 },
+    /// Read-modify-write one revocation bucket: add the session, drop what ended by `now`.
+    Revoke { session: RevokedSession, now: UnixTime },
 }
 
 /// What the shell does with one feed answer.
@@ -95,28 +99,61 @@ pub struct Step {
     pub deposed: bool,
 }
 
-/// A full sync in progress: the meta of its first page, the bucket being built, and the
-/// first bucket id not yet written.
-#[derive(Debug)]
-struct FullBuild {
-    meta: Meta,
+/// One sorted stream of a full sync (keys by hash, or revoked sessions by digest): where it
+/// is, the bucket being built, and the first bucket id not yet written.
+#[derive(Debug, Default)]
+struct Stream {
     after: Option<KeyHash>,
     pending: Option<(u16, Vec<u8>)>,
     next_bucket: u32,
 }
 
-impl FullBuild {
+impl Stream {
     /// The sorted stream has moved on to bucket `next`: write the bucket being built, and
     /// clear every bucket between it and `next` (the new snapshot has nothing there).
-    fn close_before(&mut self, next: u32, ops: &mut Vec<BucketOp>) {
+    fn close_before(&mut self, next: u32, revoked: bool, ops: &mut Vec<BucketOp>) {
         if let Some((id, bytes)) = self.pending.take() {
-            ops.push(BucketOp::Put(id, bytes));
+            ops.push(if revoked { BucketOp::PutRevoked(id, bytes) } else { BucketOp::Put(id, bytes) });
             self.next_bucket = u32::from(id) + 1;
         }
         if self.next_bucket < next {
-            ops.push(BucketOp::Clear { from: self.next_bucket, to: next });
+            let (from, to) = (self.next_bucket, next);
+            ops.push(if revoked { BucketOp::ClearRevoked { from, to } } else { BucketOp::Clear { from, to } });
         }
     }
+
+    /// Checks that `items` continue the sorted stream.
+    fn check_sorted(&self, items: impl Iterator<Item = KeyHash>) -> Result<Option<KeyHash>, SyncFailure> {
+        let mut last = self.after;
+        for item in items {
+            if last.is_some_and(|l| item <= l) {
+                return Err(SyncFailure::Rejected(SnapshotError::Decode("snapshot page is not sorted".into())));
+            }
+            last = Some(item);
+        }
+        Ok(last)
+    }
+
+    fn push(&mut self, bucket: u16, record: &[u8], revoked: bool, ops: &mut Vec<BucketOp>) {
+        match &mut self.pending {
+            Some((id, bytes)) if *id == bucket => bytes.extend_from_slice(record),
+            _ => {
+                self.close_before(u32::from(bucket), revoked, ops);
+                self.pending = Some((bucket, record.to_vec()));
+            }
+        }
+    }
+}
+
+/// A full sync in progress: the meta of its first page, then the key stream and, once that
+/// has ended, the revocation stream (`revoking`).
+#[derive(Debug)]
+struct FullBuild {
+    meta: Meta,
+    keys: Stream,
+    revoking: Option<Stream>,
+    /// Revocations an admin without revocation pages sent whole in the first page.
+    inline_revoked: Vec<RevokedSession>,
 }
 
 #[derive(Debug, Default)]
@@ -147,7 +184,9 @@ impl Leader {
     /// The `:path` of the next feed request.
     pub fn next_path(&self, wait_secs: u64) -> String {
         match (&self.full, &self.meta) {
-            (Some(FullBuild { after: Some(after), .. }), _) => format!("{SNAPSHOT_PATH}?after={}&limit={}", after.to_hex(), self.page_keys),
+            (Some(FullBuild { revoking: Some(Stream { after: Some(after), .. }), .. }), _) => format!("{SNAPSHOT_PATH}?limit={}&revoked=1&after={}", self.page_keys, after.to_hex()),
+            (Some(FullBuild { revoking: Some(_), .. }), _) => format!("{SNAPSHOT_PATH}?limit={}&revoked=1", self.page_keys),
+            (Some(FullBuild { keys: Stream { after: Some(after), .. }, .. }), _) => format!("{SNAPSHOT_PATH}?after={}&limit={}", after.to_hex(), self.page_keys),
             (Some(_), _) | (None, None) => format!("{SNAPSHOT_PATH}?limit={}", self.page_keys),
             (None, Some(_)) if self.need_full => format!("{SNAPSHOT_PATH}?limit={}", self.page_keys),
             (None, Some(meta)) => match &meta.history {
@@ -237,14 +276,13 @@ impl Leader {
         let mut next = meta.clone();
         next.signing_keys.retain(|k| !wire.removed_signing_keys.contains(&k.kid) && !wire.signing_keys.iter().any(|n| n.kid == k.kid));
         next.signing_keys.extend(wire.signing_keys.iter().cloned());
-        next.revoked_sessions.extend(wire.revoked_sessions.iter().cloned());
-        next.revoked_sessions.retain(|r| r.until > now);
         next.version = wire.version;
         next.history = wire.history;
         next.snapshot().map_err(SyncFailure::Rejected)?;
         let changed = wire.version != since;
         step.ops.extend(wire.removed_keys.into_iter().map(BucketOp::Remove));
         step.ops.extend(wire.keys.into_iter().map(BucketOp::Upsert));
+        step.ops.extend(wire.revoked_sessions.into_iter().filter(|r| r.until > now).map(|session| BucketOp::Revoke { session, now }));
         *meta = next;
         step.outcome = Some(if changed { SyncOutcome::Applied { version: wire.version, full: false, keys: usize::try_from(meta.keys).unwrap_or(usize::MAX) } } else { SyncOutcome::Unchanged { version: wire.version } });
         if changed {
@@ -258,51 +296,63 @@ impl Leader {
         let mut build = match self.full.take() {
             Some(build) => build,
             None => {
-                let meta = Meta { version: wire.version, keys: 0, signing_keys: wire.signing_keys.clone(), revoked_sessions: wire.revoked_sessions.clone(), history: wire.history };
+                let meta = Meta { version: wire.version, keys: 0, signing_keys: wire.signing_keys.clone(), history: wire.history };
                 meta.snapshot().map_err(SyncFailure::Rejected)?;
-                FullBuild { meta, after: None, pending: None, next_bucket: 0 }
+                FullBuild { meta, keys: Stream::default(), revoking: None, inline_revoked: wire.revoked_sessions.clone() }
             }
         };
-        // Pages must continue the sorted stream: each hash above the previous one.
-        let mut last = build.after;
-        for entry in &wire.keys {
-            if last.is_some_and(|l| entry.hash <= l) {
-                return Err(SyncFailure::Rejected(SnapshotError::Decode("snapshot page is not sorted by key hash".into())));
-            }
-            last = Some(entry.hash);
-        }
         let mut ops = Vec::new();
-        for entry in &wire.keys {
-            let Some(record) = keystore::encode(entry) else { continue };
-            let bucket = bucket_of(&entry.hash);
-            match &mut build.pending {
-                Some((id, bytes)) if *id == bucket => bytes.extend_from_slice(&record),
-                _ => {
-                    build.close_before(u32::from(bucket), &mut ops);
-                    build.pending = Some((bucket, record));
+        if let Some(stream) = &mut build.revoking {
+            let digests: Vec<KeyHash> = wire.revoked_sessions.iter().map(|r| revoked::digest(&r.sid)).collect();
+            stream.after = stream.check_sorted(digests.iter().copied())?;
+            for (session, digest) in wire.revoked_sessions.iter().zip(&digests) {
+                if session.until > now {
+                    stream.push(revoked::bucket_of(digest), &revoked::record(digest, session.until), true, &mut ops);
                 }
             }
+            if wire.next_after.is_some() {
+                step.ops = ops;
+                self.full = Some(build);
+                return Ok(());
+            }
+            stream.close_before(REVOKED_BUCKETS as u32, true, &mut ops);
+            return self.finish(build, ops, now, step);
+        }
+        // Pages must continue the sorted stream: each hash above the previous one.
+        build.keys.after = build.keys.check_sorted(wire.keys.iter().map(|k| k.hash))?;
+        for entry in &wire.keys {
+            let Some(record) = keystore::encode(entry) else { continue };
+            build.keys.push(bucket_of(&entry.hash), &record, false, &mut ops);
             build.meta.keys += 1;
         }
-        build.after = last;
-        match wire.next_after {
-            Some(_) => {
-                // More pages follow; nothing is confirmed yet.
-                self.full = Some(build);
-                step.ops = ops;
-                step.outcome = None;
-            }
-            None => {
-                build.close_before(BUCKETS as u32, &mut ops);
-                let meta = build.meta;
-                step.ops = ops;
-                step.outcome = Some(SyncOutcome::Applied { version: meta.version, full: true, keys: usize::try_from(meta.keys).unwrap_or(usize::MAX) });
-                step.seen = Some(Seen { version: meta.version, confirmed_at: now });
-                step.meta = Some(meta.clone());
-                self.meta = Some(meta);
-                self.need_full = false;
-            }
+        if wire.next_after.is_some() {
+            // More pages follow; nothing is confirmed yet.
+            step.ops = ops;
+            self.full = Some(build);
+            return Ok(());
         }
+        build.keys.close_before(BUCKETS as u32, false, &mut ops);
+        if wire.revocation_pages {
+            build.revoking = Some(Stream::default());
+            step.ops = ops;
+            self.full = Some(build);
+            return Ok(());
+        }
+        // An admin without revocation pages sent them all in the first page.
+        ops.push(BucketOp::ClearRevoked { from: 0, to: REVOKED_BUCKETS as u32 });
+        let inline = std::mem::take(&mut build.inline_revoked);
+        ops.extend(inline.into_iter().filter(|r| r.until > now).map(|session| BucketOp::Revoke { session, now }));
+        self.finish(build, ops, now, step)
+    }
+
+    fn finish(&mut self, build: FullBuild, ops: Vec<BucketOp>, now: UnixTime, step: &mut Step) -> Result<(), SyncFailure> {
+        let meta = build.meta;
+        step.ops = ops;
+        step.outcome = Some(SyncOutcome::Applied { version: meta.version, full: true, keys: usize::try_from(meta.keys).unwrap_or(usize::MAX) });
+        step.seen = Some(Seen { version: meta.version, confirmed_at: now });
+        step.meta = Some(meta.clone());
+        self.meta = Some(meta);
+        self.need_full = false;
         Ok(())
     }
 }

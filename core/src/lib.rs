@@ -18,6 +18,7 @@ pub mod lease;
 pub mod signing;
 pub mod pair;
 pub mod ratelimit;
+pub mod revoked;
 pub mod snapshot;
 pub mod sync;
 pub mod token;

@@ -86,6 +86,11 @@ pub struct SnapshotWire {
     /// Admin's history at `version` (absent from admins that predate it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<History>,
+    /// On the last key page of a paged full snapshot: the revoked sessions follow in pages
+    /// of their own (`?limit=N&revoked=1`, then `&after=<next_after>`), sorted by the
+    /// SHA-256 of the session id, instead of in `revoked_sessions` of the first page.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revocation_pages: bool,
     /// On a delta: admin's history at `since`, which must be the proxy's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_history: Option<History>,
@@ -149,6 +154,12 @@ fn decoding_key(entry: &SigningKeyEntry) -> Result<DecodingKey, SnapshotError> {
 fn record(entry: KeyEntry) -> (KeyHash, KeyRecord) {
     let KeyEntry { hash, id, business, kind, mode, scopes, expires_at, active } = entry;
     (hash, KeyRecord { id, business, kind, mode, scopes, expires_at, active })
+}
+
+impl crate::revoked::RevocationLookup for Snapshot {
+    fn is_revoked(&self, sid: &str) -> bool {
+        self.revoked.contains_key(sid)
+    }
 }
 
 impl crate::keystore::KeyLookup for Snapshot {

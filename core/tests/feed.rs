@@ -4,6 +4,7 @@
 use keygate_core::feed::{BucketOp, Leader, Meta, Seen, PAGE_KEYS};
 use keygate_core::keystore::{self, bucket_of, KeyLookup};
 use keygate_core::lease::{Lease, LeaseStep, LEASE_MS};
+use keygate_core::revoked::{self, RevocationLookup};
 use keygate_core::signing::SigningKeyPair;
 use keygate_core::snapshot::{KeyEntry, KeyRecord, RevokedSession, SigningKeyEntry, SnapshotWire};
 use keygate_core::sync::SyncOutcome;
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 const HELD: Lease = Lease { holder: 1, until_ms: u64::MAX, term: 1 };
 
 #[derive(Default)]
-struct Shared(HashMap<u16, Vec<u8>>);
+struct Shared(HashMap<u16, Vec<u8>>, HashMap<u16, Vec<u8>>);
 
 impl Shared {
     /// Applies ops as the filter does; returns the net change in key count.
@@ -38,9 +39,25 @@ impl Shared {
                     *b = keystore::replace(b, &hash, None);
                     delta -= i64::from(existed);
                 }
+                BucketOp::PutRevoked(id, bytes) => {
+                    self.1.insert(id, bytes);
+                }
+                BucketOp::ClearRevoked { from, to } => self.1.retain(|id, _| !(from..to).contains(&u32::from(*id))),
+                BucketOp::Revoke { session, now } => {
+                    let d = revoked::digest(&session.sid);
+                    let b = self.1.entry(revoked::bucket_of(&d)).or_default();
+                    *b = revoked::insert(b, &d, session.until, now);
+                }
             }
         }
         delta
+    }
+}
+
+impl RevocationLookup for Shared {
+    fn is_revoked(&self, sid: &str) -> bool {
+        let d = revoked::digest(sid);
+        self.1.get(&revoked::bucket_of(&d)).is_some_and(|b| revoked::contains(b, &d))
     }
 }
 
@@ -143,8 +160,9 @@ fn deltas_become_key_ops_and_meta_updates() {
     assert_eq!(added, 0);
     let meta = step.meta.unwrap();
     assert_eq!(meta.version, 5);
-    assert!(meta.revoked_sessions.iter().any(|r| r.sid == "ses_new"));
-    assert!(!meta.revoked_sessions.iter().any(|r| r.sid == "ses_old"), "expired revocations are dropped");
+    assert!(shared.is_revoked("ses_new"));
+    assert!(!shared.is_revoked("ses_old"), "expired revocations are not written");
+    assert!(shared.is_revoked("ses_r"), "the full snapshot's revocation stays");
     assert_eq!(step.seen, Some(Seen { version: 5, confirmed_at: 1001 }));
     assert!(shared.key(&gone.hash).is_none());
     assert!(shared.key(&new.hash).is_some());
@@ -289,4 +307,72 @@ fn a_delta_from_another_history_forces_a_full_snapshot() {
     let own = SnapshotWire { since_history: Some(ours), history: Some(next), ..other };
     let step = leader.on_response(Some(200), &serde_json::to_vec(&own).unwrap(), 1002, Some(HELD), 0);
     assert_eq!(step.meta.unwrap().history, Some(next));
+}
+
+/// With R revocations in force, one more change must cost every worker about the size of
+/// that change, not O(R): the meta each worker re-reads stays small.
+#[test]
+fn a_change_costs_the_proxy_the_size_of_the_change_whatever_the_revocations() {
+    let mut shared = Shared::default();
+    let mut leader = Leader::adopt(None, PAGE_KEYS, HELD);
+    full_sync(&mut leader, &mut shared, 1, (0..10).map(entry).collect(), PAGE_KEYS);
+    let revoked: Vec<RevokedSession> = (0..100_000).map(|i| RevokedSession { sid: format!("ses_{i:016}"), until: u64::MAX }).collect();
+    let many = SnapshotWire { version: 2, since: Some(1), revoked_sessions: revoked, ..SnapshotWire::default() };
+    let step = leader.on_response(Some(200), &serde_json::to_vec(&many).unwrap(), 1001, Some(HELD), 0);
+    shared.apply(step.ops);
+    let one = SnapshotWire { version: 3, since: Some(2), keys: vec![entry(77)], ..SnapshotWire::default() };
+    let step = leader.on_response(Some(200), &serde_json::to_vec(&one).unwrap(), 1002, Some(HELD), 0);
+    assert_eq!(step.ops.len(), 1, "one change, one bucket operation");
+    shared.apply(step.ops);
+    let published = serde_json::to_vec(&step.meta.unwrap()).unwrap().len();
+    assert!(published < 2048, "one key change made every worker re-read a {published}-byte meta");
+    assert!(shared.is_revoked("ses_0000000000000000") && shared.is_revoked("ses_0000000000099999") && !shared.is_revoked("ses_x"));
+    // One more revocation: one bucket operation.
+    let revoke = SnapshotWire { version: 4, since: Some(3), revoked_sessions: vec![RevokedSession { sid: "ses_x".into(), until: u64::MAX }], ..SnapshotWire::default() };
+    let step = leader.on_response(Some(200), &serde_json::to_vec(&revoke).unwrap(), 1003, Some(HELD), 0);
+    assert_eq!(step.ops.len(), 1);
+    assert!(serde_json::to_vec(&step.meta).unwrap().len() < 2048);
+    shared.apply(step.ops);
+    assert!(shared.is_revoked("ses_x"));
+}
+
+/// Revoked sessions in a full snapshot come in pages of their own after the keys, sorted by
+/// digest; revocation buckets the new snapshot does not mention are cleared.
+#[test]
+fn a_full_snapshot_pages_revocations_after_the_keys() {
+    let mut shared = Shared::default();
+    shared.apply(vec![BucketOp::Revoke { session: RevokedSession { sid: "ses_stale".into(), until: u64::MAX }, now: 0 }]);
+    let mut leader = Leader::adopt(None, 3, HELD);
+    let mut keys: Vec<KeyEntry> = (0..5).map(entry).collect();
+    keys.sort_by_key(|k| k.hash);
+    let mut revoked: Vec<RevokedSession> = (0..7).map(|i| RevokedSession { sid: format!("ses_{i}"), until: if i == 6 { 10 } else { u64::MAX } }).collect();
+    revoked.sort_by_key(|r| revoked::digest(&r.sid));
+    let page = |wire: SnapshotWire| serde_json::to_vec(&wire).unwrap();
+    let p1 = SnapshotWire { version: 4, keys: keys[..3].to_vec(), signing_keys: vec![signing()], next_after: Some(keys[2].hash), ..SnapshotWire::default() };
+    let p2 = SnapshotWire { version: 4, keys: keys[3..].to_vec(), revocation_pages: true, ..SnapshotWire::default() };
+    let r1 = SnapshotWire { version: 4, revoked_sessions: revoked[..4].to_vec(), next_after: Some(revoked::digest(&revoked[3].sid)), ..SnapshotWire::default() };
+    let r2 = SnapshotWire { version: 5, revoked_sessions: revoked[4..].to_vec(), ..SnapshotWire::default() };
+    assert_eq!(leader.next_path(20), "/v1/snapshot?limit=3");
+    for (body, then) in [(page(p1), None), (page(p2), None), (page(r1), Some("/v1/snapshot?limit=3&revoked=1&after=")), (page(r2), None)] {
+        let step = leader.on_response(Some(200), &body, 1000, Some(HELD), 0);
+        assert!(!matches!(step.outcome, Some(SyncOutcome::Failed(_))), "{:?}", step.outcome);
+        shared.apply(step.ops);
+        if let Some(then) = then {
+            assert!(leader.next_path(20).starts_with(then), "{}", leader.next_path(20));
+        }
+    }
+    assert_eq!(leader.meta().map(|m| (m.version, m.keys)), Some((4, 5)));
+    assert_eq!(leader.next_path(20), "/v1/snapshot?since=4&wait=20");
+    for r in revoked.iter().filter(|r| r.sid != "ses_6") {
+        assert!(shared.is_revoked(&r.sid), "{}", r.sid);
+    }
+    assert!(!shared.is_revoked("ses_6"), "an ended revocation is not written");
+    assert!(!shared.is_revoked("ses_stale"), "a revocation absent from the full snapshot survived it");
+    // An unsorted revocation page is refused.
+    let mut leader = Leader::adopt(None, 3, HELD);
+    leader.on_response(Some(200), &page(SnapshotWire { version: 1, signing_keys: vec![signing()], revocation_pages: true, ..SnapshotWire::default() }), 1000, Some(HELD), 0);
+    let mut backwards = revoked.clone();
+    backwards.reverse();
+    let step = leader.on_response(Some(200), &page(SnapshotWire { version: 1, revoked_sessions: backwards, ..SnapshotWire::default() }), 1000, Some(HELD), 0);
+    assert!(matches!(step.outcome, Some(SyncOutcome::Failed(_))));
 }

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use crate::host;
 use crate::limit;
 use crate::root::VmState;
-use crate::shared::{self, SharedKeys};
+use crate::shared::{self, SharedKeys, SharedRevocations};
 
 pub struct RequestContext {
     config: Rc<FilterConfig>,
@@ -43,7 +43,7 @@ impl HttpContext for RequestContext {
                 view.refresh(seen);
             }
             let synced = match (&view.snapshot, seen, now) {
-                (Some(snapshot), Some(seen), Some(_)) => Some(Synced { snapshot, keys: &SharedKeys, confirmed_at: seen.confirmed_at }),
+                (Some(snapshot), Some(seen), Some(_)) => Some(Synced { snapshot, keys: &SharedKeys, revoked: &SharedRevocations, confirmed_at: seen.confirmed_at }),
                 _ => None,
             };
             decide_on_route(&self.config.policy, route, &request, synced, now.unwrap_or(0), &mut self.vm.tokens.borrow_mut())

@@ -1,10 +1,11 @@
 //! The filter's view of Envoy's shared data (one store per `vm_id`, shared by every worker
-//! VM): the key buckets, the leader's lease, and the published `Meta` / `Seen`. Every
+//! VM): the key and revocation buckets, the leader's lease, and the published `Meta` / `Seen`. Every
 //! function here is a thin host-call adapter; the logic is in `keygate_core::{keystore, feed}`.
 
 use keygate_core::feed::{BucketOp, Meta, Seen};
 use keygate_core::keystore::{self, bucket_of, KeyLookup};
 use keygate_core::lease::{Lease, LeaseStep};
+use keygate_core::revoked::{self, RevocationLookup};
 use keygate_core::snapshot::{KeyRecord, Snapshot};
 use keygate_core::KeyHash;
 
@@ -16,6 +17,20 @@ const META: &str = "keygate.meta";
 
 fn bucket_name(id: u16) -> String {
     format!("keygate.k.{id:04x}")
+}
+
+fn revoked_bucket_name(id: u16) -> String {
+    format!("keygate.r.{id:03x}")
+}
+
+/// Revocation checks straight from the shared buckets (one host call per token check).
+pub struct SharedRevocations;
+
+impl RevocationLookup for SharedRevocations {
+    fn is_revoked(&self, sid: &str) -> bool {
+        let digest = revoked::digest(sid);
+        host::shared_get(&revoked_bucket_name(revoked::bucket_of(&digest))).0.is_some_and(|bucket| revoked::contains(&bucket, &digest))
+    }
 }
 
 /// Key lookups straight from the shared buckets (one host call per request).
@@ -43,15 +58,19 @@ pub fn apply(ops: Vec<BucketOp>, until_ms: u64) -> Result<i64, OutOfTerm> {
                 in_term()?;
                 host::shared_set(&bucket_name(id), &bytes, None);
             }
-            BucketOp::Clear { from, to } => {
-                for id in (from..to).filter_map(|id| u16::try_from(id).ok()) {
-                    let name = bucket_name(id);
-                    if host::shared_get(&name).0.is_some_and(|b| !b.is_empty()) {
-                        in_term()?;
-                        host::shared_set(&name, &[], None);
-                    }
-                }
+            BucketOp::PutRevoked(id, bytes) => {
+                in_term()?;
+                host::shared_set(&revoked_bucket_name(id), &bytes, None);
             }
+            BucketOp::Revoke { session, now } => {
+                let digest = revoked::digest(&session.sid);
+                let name = revoked_bucket_name(revoked::bucket_of(&digest));
+                let bucket = host::shared_get(&name).0.unwrap_or_default();
+                in_term()?;
+                host::shared_set(&name, &revoked::insert(&bucket, &digest, session.until, now), None);
+            }
+            BucketOp::Clear { from, to } => clear(bucket_name, from, to, &in_term)?,
+            BucketOp::ClearRevoked { from, to } => clear(revoked_bucket_name, from, to, &in_term)?,
             BucketOp::Upsert(entry) => {
                 let Some(record) = keystore::encode(&entry) else { continue };
                 let name = bucket_name(bucket_of(&entry.hash));
@@ -72,6 +91,18 @@ pub fn apply(ops: Vec<BucketOp>, until_ms: u64) -> Result<i64, OutOfTerm> {
         }
     }
     Ok(delta)
+}
+
+/// Empties every bucket in `from..to` that holds anything.
+fn clear(name_of: fn(u16) -> String, from: u32, to: u32, in_term: &dyn Fn() -> Result<(), OutOfTerm>) -> Result<(), OutOfTerm> {
+    for id in (from..to).filter_map(|id| u16::try_from(id).ok()) {
+        let name = name_of(id);
+        if host::shared_get(&name).0.is_some_and(|b| !b.is_empty()) {
+            in_term()?;
+            host::shared_set(&name, &[], None);
+        }
+    }
+    Ok(())
 }
 
 pub fn publish(meta: Option<&Meta>, seen: Option<Seen>, until_ms: u64) -> Result<(), OutOfTerm> {

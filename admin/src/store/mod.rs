@@ -4,7 +4,8 @@
 //! key id, for the current raw key and any still in a rotation grace), `sessions`,
 //! `key_sessions` ((key id, client session id) → session id), `refresh_tokens` (SHA-256 →
 //! session id), `spent_refresh` (SHA-256 of rotated-away refresh tokens → session id, for
-//! reuse detection), `revocations` (session id → until), `owner_sessions` (`k:<key id>` /
+//! reuse detection), `revocations` (session id → until), `revoked_by_digest` (SHA-256 of
+//! the session id → until and session id: the order a full snapshot pages them in), `owner_sessions` (`k:<key id>` /
 //! `u:<user id>` → that owner's live sessions, for the per-owner cap), `usage` (key id →
 //! hourly counts), `signing_keys`, `meta` (token hashes, changelog head and floor) and
 //! `changelog` (big-endian version → [`ChangeRecord`]).
@@ -28,6 +29,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use keygate_core::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry};
+use keygate_core::revoked;
 use keygate_core::{KeyHash, SnapshotWire, UnixTime};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -108,6 +110,7 @@ struct Trees {
     owner_sessions: sled::Tree,
     spent_refresh: sled::Tree,
     usage: sled::Tree,
+    revoked_by_digest: sled::Tree,
 }
 
 struct WriterState {
@@ -165,6 +168,13 @@ fn be(v: u64) -> [u8; 8] {
 
 fn from_be(bytes: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
+/// A `revoked_by_digest` value: until (8 bytes, big-endian), then the session id.
+fn digest_entry(sid: &str, until: UnixTime) -> Vec<u8> {
+    let mut out = be(until).to_vec();
+    out.extend_from_slice(sid.as_bytes());
+    out
 }
 
 fn digest(bytes: &[u8]) -> Option<History> {
@@ -271,6 +281,7 @@ struct Tx<'a> {
     owner_sessions: TxTree<'a>,
     spent_refresh: TxTree<'a>,
     usage: TxTree<'a>,
+    revoked_by_digest: TxTree<'a>,
     appended: Cell<Option<u64>>,
     now: UnixTime,
     retain: u64,
@@ -353,6 +364,17 @@ pub struct SweepReport {
 }
 
 impl Tx<'_> {
+    /// Records that `sid` is revoked until `until`.
+    fn put_revocation(&self, sid: &str, until: UnixTime) -> TxResult<()> {
+        self.revoked_by_digest.put_raw(&revoked::digest(sid).0, &digest_entry(sid, until))?;
+        self.revocations.put_raw(sid.as_bytes(), &be(until))
+    }
+
+    fn remove_revocation(&self, sid: &[u8]) -> TxResult<()> {
+        self.revoked_by_digest.remove(&revoked::digest(&String::from_utf8_lossy(sid)).0)?;
+        self.revocations.remove(sid)
+    }
+
     /// Revokes `session` (idempotent): a revocation entry until its last token's expiry
     /// plus `leeway`, the (key, client session) index dropped, and a changelog entry.
     fn revoke(&self, mut session: Session, leeway: u64) -> TxResult<RevokedSession> {
@@ -364,7 +386,7 @@ impl Tx<'_> {
         let until = session.last_exp.max(self.now).saturating_add(leeway);
         session.revoked_at = Some(self.now);
         self.sessions.put(sid.as_bytes(), &session)?;
-        self.revocations.put_raw(sid.as_bytes(), &be(until))?;
+        self.put_revocation(&sid, until)?;
         if let SessionOwner::Key { key_id, client_session } = &session.owner {
             // The next login for this pair opens a new session.
             let index = key_session_index(key_id, client_session);
@@ -465,7 +487,16 @@ impl Store {
             owner_sessions: tree("owner_sessions")?,
             spent_refresh: tree("spent_refresh")?,
             usage: tree("usage")?,
+            revoked_by_digest: tree("revoked_by_digest")?,
         };
+        if trees.revoked_by_digest.is_empty() && !trees.revocations.is_empty() {
+            // A store from before the index: build it once.
+            for item in trees.revocations.iter() {
+                let (sid, until) = item?;
+                let sid = String::from_utf8_lossy(&sid);
+                trees.revoked_by_digest.insert(revoked::digest(&sid).0, digest_entry(&sid, from_be(&until).unwrap_or(0)))?;
+            }
+        }
         if trees.meta.get(META_SCHEMA)?.is_none() {
             trees.meta.insert(META_SCHEMA, &be(SCHEMA_VERSION))?;
         }
@@ -504,7 +535,7 @@ impl Store {
         let mut w = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let now = now();
         let retain = self.inner.changelog_retain;
-        let all: [&sled::Tree; 15] = [
+        let all: [&sled::Tree; 16] = [
             &t.businesses,
             &t.users,
             &t.users_by_email,
@@ -520,6 +551,7 @@ impl Store {
             &t.owner_sessions,
             &t.spent_refresh,
             &t.usage,
+            &t.revoked_by_digest,
         ];
         let result = all[..].transaction(|views: &Vec<TransactionalTree>| {
             let dirty = Cell::new(false);
@@ -540,6 +572,7 @@ impl Store {
                 owner_sessions: tt(12, "owner_sessions"),
                 spent_refresh: tt(13, "spent_refresh"),
                 usage: tt(14, "usage"),
+                revoked_by_digest: tt(15, "revoked_by_digest"),
                 appended: Cell::new(None),
                 now,
                 retain,
@@ -1105,7 +1138,7 @@ impl Store {
                 let mut n = (0, 0);
                 for sid in &lapsed {
                     if tx.revocations.get_raw(sid)?.and_then(|b| from_be(&b)).is_some_and(|u| u <= now) {
-                        tx.revocations.remove(sid)?;
+                        tx.remove_revocation(sid)?;
                         n.0 += 1;
                     }
                 }
@@ -1113,7 +1146,7 @@ impl Store {
                     if tx.sessions.contains(session.id.as_bytes())? {
                         tx.delete_session(session)?;
                         if tx.revocations.contains(session.id.as_bytes())? {
-                            tx.revocations.remove(session.id.as_bytes())?;
+                            tx.remove_revocation(session.id.as_bytes())?;
                             n.0 += 1;
                         }
                         n.1 += 1;
@@ -1221,11 +1254,14 @@ impl Store {
 
     /// One page of the full snapshot, sorted by key hash so the filter can build its hash
     /// buckets as a stream: up to `limit` keys after `after`; the first page (no `after`)
-    /// also carries the signing keys and revocations. `version` is the head *before* the
-    /// page is read, so the page may hold later changes too, which the deltas since
+    /// also carries the signing keys. The last key page says whether revoked sessions
+    /// follow (`revocation_pages`); those pages (`revoked`) hold up to `limit` of them after
+    /// `after`, sorted by the SHA-256 of the session id. So a page stays within `limit`
+    /// records whatever the number of keys or revocations. `version` is the head *before*
+    /// the page is read, so the page may hold later changes too, which the deltas since
     /// `version` replay in order. Returns the page and the head after reading it (the
     /// caller waits for that to be durable before serving).
-    pub fn snapshot_page(&self, now: UnixTime, after: Option<KeyHash>, limit: usize) -> Result<(SnapshotWire, u64), StoreError> {
+    pub fn snapshot_page(&self, now: UnixTime, after: Option<KeyHash>, limit: usize, revoked: bool) -> Result<(SnapshotWire, u64), StoreError> {
         let t = &self.inner.trees;
         let head = || self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner).head;
         let mut wire = SnapshotWire { version: head(), since: None, ..SnapshotWire::default() };
@@ -1233,32 +1269,54 @@ impl Store {
             Some(hash) => std::ops::Bound::Excluded(hash.0.to_vec()),
             None => std::ops::Bound::Unbounded,
         };
-        for item in t.key_hashes.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
-            let (hash, id) = item?;
-            if wire.keys.len() >= limit {
-                wire.next_after = wire.keys.last().map(|k| k.hash);
-                break;
+        if revoked {
+            let mut last = None;
+            for item in t.revoked_by_digest.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
+                let (digest, entry) = item?;
+                if wire.revoked_sessions.len() >= limit {
+                    wire.next_after = last;
+                    break;
+                }
+                let Some((until, sid)) = entry.split_at_checked(8) else { continue };
+                let until = from_be(until).unwrap_or(0);
+                last = <[u8; 32]>::try_from(&digest[..]).ok().map(KeyHash);
+                if until > now {
+                    wire.revoked_sessions.push(RevokedSession { sid: String::from_utf8_lossy(sid).into_owned(), until });
+                }
             }
-            let Some(bytes) = t.keys.get(&id)? else { continue };
-            let key: Key = decode("keys", &bytes)?;
-            wire.keys.extend(key.entries(now).into_iter().filter(|e| e.hash.0[..] == hash[..]));
-        }
-        if after.is_none() {
-            self.snapshot_extras(now, &mut wire)?;
+        } else {
+            for item in t.key_hashes.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
+                let (hash, id) = item?;
+                if wire.keys.len() >= limit {
+                    wire.next_after = wire.keys.last().map(|k| k.hash);
+                    break;
+                }
+                let Some(bytes) = t.keys.get(&id)? else { continue };
+                let key: Key = decode("keys", &bytes)?;
+                wire.keys.extend(key.entries(now).into_iter().filter(|e| e.hash.0[..] == hash[..]));
+            }
+            if after.is_none() {
+                self.signing_extras(&mut wire)?;
+            }
+            wire.revocation_pages = wire.next_after.is_none() && !t.revoked_by_digest.is_empty();
         }
         wire.history = self.history_at(wire.version)?;
         Ok((wire, head()))
     }
 
-    /// What a full snapshot carries besides keys: every published signing key and the
-    /// revocations still in force.
-    fn snapshot_extras(&self, now: UnixTime, wire: &mut SnapshotWire) -> Result<(), StoreError> {
-        let t = &self.inner.trees;
-        for item in t.signing_keys.iter() {
+    fn signing_extras(&self, wire: &mut SnapshotWire) -> Result<(), StoreError> {
+        for item in self.inner.trees.signing_keys.iter() {
             let (_, bytes) = item?;
             wire.signing_keys.push(decode::<SigningKey>("signing_keys", &bytes)?.public);
         }
-        for item in t.revocations.iter() {
+        Ok(())
+    }
+
+    /// What an unpaged full snapshot carries besides keys: every published signing key
+    /// and the revocations still in force.
+    fn snapshot_extras(&self, now: UnixTime, wire: &mut SnapshotWire) -> Result<(), StoreError> {
+        self.signing_extras(wire)?;
+        for item in self.inner.trees.revocations.iter() {
             let (sid, until) = item?;
             let until = from_be(&until).unwrap_or(0);
             if until > now {
@@ -1437,6 +1495,51 @@ mod tests {
         let delta = store.delta(t.version, t.version + 1, now + 2).unwrap();
         assert_eq!(delta.removed_keys, vec![KeyHash([1; 32])]);
         assert_eq!(store.full_snapshot(now + 2).unwrap().keys.len(), 1);
+    }
+
+    /// A page of the full snapshot stays within its size whatever the number of sessions
+    /// revoked (past ~1.2 M the first page outgrew the filter's 64 MiB limit).
+    #[test]
+    fn snapshot_pages_are_bounded_whatever_the_revocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 100);
+        let _ = store.create_business(&Business { id: "biz_a".into(), name: "A".into(), created_at: 1 }).unwrap();
+        for i in 1..=3u8 {
+            let _ = store.create_key(&key(&format!("key_{i}"), "biz_a", i)).unwrap();
+        }
+        const R: usize = 20_000;
+        let _ = store
+            .write(|tx| {
+                for i in 0..R {
+                    tx.put_revocation(&format!("ses_{i:016}"), u64::MAX)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let limit = 100;
+        // A page of `limit` entries of ~100 bytes each, plus the signing keys.
+        let bound = limit * 100 + 4096;
+        let (first, _) = store.snapshot_page(0, None, limit, false).unwrap();
+        let bytes = serde_json::to_vec(&first).unwrap().len();
+        assert!(bytes <= bound, "the first page is {bytes} bytes with {R} revocations");
+        // They come in pages of their own, each within the bound, sorted by digest, all of them.
+        assert!(first.revocation_pages && first.next_after.is_none());
+        let (mut after, mut seen, mut last) = (None, 0, None);
+        loop {
+            let (page, _) = store.snapshot_page(0, after, limit, true).unwrap();
+            assert!(serde_json::to_vec(&page).unwrap().len() <= bound);
+            for r in &page.revoked_sessions {
+                let d = revoked::digest(&r.sid);
+                assert!(last < Some(d));
+                last = Some(d);
+            }
+            seen += page.revoked_sessions.len();
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, R);
     }
 
     #[test]
