@@ -196,6 +196,24 @@ async fn members_manage_keys_of_their_own_businesses_only() {
     assert_error(status, &body, 401, "unauthorized");
     let (_, delta) = server.snapshot(&format!("?since={version}")).await;
     assert_eq!(delta["revoked_sessions"][0]["sid"], json!(sid), "{delta}");
+
+    // A paged full snapshot: the key pages carry no revocation; the last says that
+    // revocation pages follow, and they hold the revoked session.
+    let mut query = "?limit=1".to_owned();
+    let last_key_page = loop {
+        let (status, page) = server.snapshot(&query).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(page["revoked_sessions"].as_array().is_none_or(Vec::is_empty), "{page}");
+        match page["next_after"].as_str() {
+            Some(after) => query = format!("?limit=1&after={after}"),
+            None => break page,
+        }
+    };
+    assert_eq!(last_key_page["revocation_pages"], json!(true), "{last_key_page}");
+    let (status, revoked) = server.snapshot("?limit=10&revoked=1").await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert!(revoked["revoked_sessions"].as_array().unwrap().iter().any(|r| r["sid"] == json!(sid)), "{revoked}");
+    assert!(revoked["keys"].as_array().unwrap().is_empty() && revoked.get("next_after").is_none());
     server.stop().await;
 }
 

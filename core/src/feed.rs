@@ -34,16 +34,26 @@ pub struct Meta {
     /// Keys in the buckets (exact after a full sync, then kept by the deltas).
     pub keys: u64,
     pub signing_keys: Vec<SigningKeyEntry>,
+    /// Only in a meta an older filter published (it kept every revocation here): still
+    /// honoured by the workers, and a leader that adopts such a meta takes a full snapshot
+    /// to move them into buckets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_sessions: Vec<RevokedSession>,
     /// Admin's history at `version`; sent back with `?since=`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<History>,
 }
 
 impl Meta {
-    /// The per-VM snapshot this meta describes: the signing keys only (keys and revoked
+    /// The per-VM snapshot this meta describes: the signing keys (keys and revoked
     /// sessions stay in shared data).
     pub fn snapshot(&self) -> Result<Snapshot, SnapshotError> {
-        Snapshot::from_full(SnapshotWire { version: self.version, signing_keys: self.signing_keys.clone(), ..SnapshotWire::default() })
+        Snapshot::from_full(SnapshotWire {
+            version: self.version,
+            signing_keys: self.signing_keys.clone(),
+            revoked_sessions: self.revoked_sessions.clone(),
+            ..SnapshotWire::default()
+        })
     }
 }
 
@@ -174,7 +184,8 @@ impl Leader {
     /// Takes over from what the shared data says (a previous leader's work), under the
     /// lease it just took; full snapshots come in pages of `page_keys`.
     pub fn adopt(meta: Option<Meta>, page_keys: usize, lease: Lease) -> Leader {
-        Leader { lease, need_full: meta.is_none(), meta, page_keys: page_keys.max(1), ..Leader::default() }
+        let need_full = meta.as_ref().is_none_or(|m| !m.revoked_sessions.is_empty());
+        Leader { lease, need_full, meta, page_keys: page_keys.max(1), ..Leader::default() }
     }
 
     pub fn meta(&self) -> Option<&Meta> {
@@ -296,7 +307,7 @@ impl Leader {
         let mut build = match self.full.take() {
             Some(build) => build,
             None => {
-                let meta = Meta { version: wire.version, keys: 0, signing_keys: wire.signing_keys.clone(), history: wire.history };
+                let meta = Meta { version: wire.version, keys: 0, signing_keys: wire.signing_keys.clone(), revoked_sessions: Vec::new(), history: wire.history };
                 meta.snapshot().map_err(SyncFailure::Rejected)?;
                 FullBuild { meta, keys: Stream::default(), revoking: None, inline_revoked: wire.revoked_sessions.clone() }
             }

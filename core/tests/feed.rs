@@ -216,6 +216,11 @@ fn gone_gaps_bad_pages_and_failures_keep_the_last_good_state() {
 fn a_new_leader_continues_from_the_published_meta() {
     let leader = Leader::adopt(Some(Meta { version: 12, keys: 3, ..Meta::default() }), PAGE_KEYS, HELD);
     assert_eq!(leader.next_path(5), "/v1/snapshot?since=12&wait=5");
+    // A meta from an older filter, revocations inline: still honoured, and replaced by a full sync.
+    let legacy: Meta = serde_json::from_str(r#"{"version":12,"keys":3,"signing_keys":[],"revoked_sessions":[{"sid":"ses_old","until":99999999999}]}"#).unwrap();
+    assert!(legacy.snapshot().unwrap().is_revoked("ses_old"));
+    let leader = Leader::adopt(Some(legacy), PAGE_KEYS, HELD);
+    assert_eq!(leader.next_path(5), format!("/v1/snapshot?limit={PAGE_KEYS}"));
     assert_eq!(Seen::decode(&Seen { version: 12, confirmed_at: 99 }.encode()), Some(Seen { version: 12, confirmed_at: 99 }));
     assert_eq!(Seen::decode(b"short"), None);
 }
