@@ -149,6 +149,9 @@ pub struct StackOptions {
     /// Also start a second admin and a second listener whose filter has the same `vm_id`
     /// but is fed by that admin (see [`Stack::second`]).
     pub second_admin: bool,
+    /// With `seed_keys`: API-key logins (of the first seeded key) revoked before Envoy
+    /// starts, so the first full sync carries them (see [`Stack::seeded_revoked`]).
+    pub seed_revoked: usize,
 }
 
 /// The second admin and listener of a stack started with [`StackOptions::second_admin`].
@@ -167,6 +170,8 @@ pub struct Stack {
     pub seeded: Option<(String, Vec<String>)>,
     /// With [`StackOptions::second_admin`].
     pub second: Option<Second>,
+    /// With [`StackOptions::seed_revoked`]: access tokens whose sessions were revoked before Envoy started.
+    pub seeded_revoked: Vec<String>,
     /// Envoy, admin, echo: killed (in that order) when the stack drops.
     children: std::sync::Mutex<Vec<ChildGuard>>,
     admin_bin: PathBuf,
@@ -202,6 +207,10 @@ impl Stack {
 
         let http = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         let seeded = (options.seed_keys > 0).then(|| seed(&http, &format!("http://{admin_addr}"), options.seed_keys));
+        let seeded_revoked = match &seeded {
+            Some((_, keys)) => seed_revoked(&http, &format!("http://{admin_addr}"), &keys[0], options.seed_revoked),
+            None => Vec::new(),
+        };
 
         let (listen_port, envoy_admin_port) = (free_port(), free_port());
         let port_of = |addr: &str| addr.rsplit(':').next().unwrap().to_owned();
@@ -240,6 +249,7 @@ impl Stack {
             http,
             seeded,
             second,
+            seeded_revoked,
             children: std::sync::Mutex::new([ChildGuard { name: "envoy", child: envoy_child }, admin, echo].into_iter().chain(second_admin.map(|(guard, _)| guard)).collect()),
             admin_bin,
             admin_addr: admin_addr.clone(),
@@ -380,6 +390,24 @@ fn seed(http: &Client, admin_url: &str, n: usize) -> (String, Vec<String>) {
     let business = post("/v1/businesses", json!({"name": "Seeded"}))["id"].as_str().unwrap().to_owned();
     let keys = (0..n).map(|_| post(&format!("/v1/businesses/{business}/keys"), json!({"kind": "sk", "mode": "live"}))["key"].as_str().unwrap().to_owned()).collect();
     (business, keys)
+}
+
+/// `n` logins with `key`, each session revoked at once; their access tokens.
+fn seed_revoked(http: &Client, admin_url: &str, key: &str, n: usize) -> Vec<String> {
+    use base64::Engine as _;
+    (0..n)
+        .map(|i| {
+            let resp = http.post(format!("{admin_url}/auth/login")).json(&json!({"api_key": key, "session_id": format!("seeded-{i}")})).send().unwrap();
+            assert_eq!(resp.status().as_u16(), 200, "seeding a login");
+            let token = resp.json::<Value>().unwrap()["access_token"].as_str().unwrap().to_owned();
+            let payload = token.split('.').nth(1).unwrap();
+            let claims: Value = serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+            let sid = claims["sid"].as_str().unwrap();
+            let resp = http.delete(format!("{admin_url}/v1/sessions/{sid}")).bearer_auth(OPERATOR_TOKEN).send().unwrap();
+            assert!(resp.status().is_success(), "seeding a revocation");
+            token
+        })
+        .collect()
 }
 
 fn admin_command(bin: &Path, data: &Path, addr: &str, args: &AdminArgs) -> Command {

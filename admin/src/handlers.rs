@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use keygate_core::snapshot::History;
 use keygate_core::{base62, ApiKey, KeyHash, KeyKind, Mode, UnixTime};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -1059,6 +1060,10 @@ pub struct SnapshotQuery {
     pub limit: Option<usize>,
     /// The `next_after` of the previous page.
     pub after: Option<KeyHash>,
+    /// With since: the client's history at `since` (the `history` it was last sent).
+    pub history: Option<History>,
+    /// With limit: page the revoked sessions (sorted by digest) instead of the keys.
+    pub revoked: bool,
 }
 
 /// Largest page a client may ask for.
@@ -1094,9 +1099,24 @@ pub fn parse_snapshot_query(raw: &str) -> Result<SnapshotQuery, AdminError> {
             "after" if query.after.is_none() => {
                 query.after = Some(KeyHash::from_hex(value).ok_or_else(|| AdminError::InvalidQuery("after must be a key hash (64 hex digits)".to_owned()))?);
             }
-            "since" | "wait" | "limit" | "after" => return Err(AdminError::InvalidQuery(format!("{name} given twice"))),
-            _ => return Err(AdminError::InvalidQuery("only since, wait, limit and after are understood".to_owned())),
+            "history" if query.history.is_none() => {
+                query.history = Some(History::from_hex(value).ok_or_else(|| AdminError::InvalidQuery("history must be 64 hex digits".to_owned()))?);
+            }
+            "revoked" if !query.revoked => {
+                if value != "1" {
+                    return Err(AdminError::InvalidQuery("revoked must be 1".to_owned()));
+                }
+                query.revoked = true;
+            }
+            "since" | "wait" | "limit" | "after" | "history" | "revoked" => return Err(AdminError::InvalidQuery(format!("{name} given twice"))),
+            _ => return Err(AdminError::InvalidQuery("only since, wait, limit, after, history and revoked are understood".to_owned())),
         }
+    }
+    if query.history.is_some() && query.since.is_none() {
+        return Err(AdminError::InvalidQuery("history needs since".to_owned()));
+    }
+    if query.revoked && query.limit.is_none() {
+        return Err(AdminError::InvalidQuery("revoked needs limit".to_owned()));
     }
     if query.since.is_some() && (query.limit.is_some() || query.after.is_some()) {
         return Err(AdminError::InvalidQuery("limit and after page a full snapshot; they do not go with since".to_owned()));
@@ -1130,6 +1150,8 @@ fn raw_json(bytes: Vec<u8>) -> Response {
         ("wait" = Option<u64>, Query, description = "With since: hold up to this many seconds (0 to 60) for a change"),
         ("limit" = Option<u64>, Query, description = "Page a full snapshot: at most this many keys (1 to 100000)"),
         ("after" = Option<String>, Query, description = "With limit: the next_after of the previous page (64 hex digits)"),
+        ("revoked" = Option<u64>, Query, description = "With limit: 1 pages the revoked sessions (sorted by the SHA-256 of the session id) instead of the keys; the last key page says `revocation_pages: true` when there are any"),
+        ("history" = Option<String>, Query, description = "With since: the history the client was sent with version since (64 hex digits); another history → 410"),
     ),
     responses(
         (status = 200, description = "A snapshot or delta (see DESIGN.md for the wire format)", body = Object),
@@ -1140,9 +1162,9 @@ pub async fn snapshot(state: AppState, query: SnapshotQuery) -> Result<Response,
     let now = now();
     let store = state.store();
     if let (None, Some(limit)) = (query.since, query.limit) {
-        let after = query.after;
+        let (after, revoked) = (query.after, query.revoked);
         let (durable_needed, bytes) = blocking(store, move |s| {
-            let (wire, head) = s.snapshot_page(now, after, limit)?;
+            let (wire, head) = s.snapshot_page(now, after, limit, revoked)?;
             Ok((head, serde_json::to_vec(&wire).map_err(StoreError::Encode)?))
         })
         .await?;
@@ -1164,6 +1186,11 @@ pub async fn snapshot(state: AppState, query: SnapshotQuery) -> Result<Response,
     let current = durable.borrow().version;
     if since > current {
         return Err(AdminError::SnapshotGone);
+    }
+    if let Some(history) = query.history {
+        // Another history's version `since` (this store was restored from a backup and
+        // has moved on): the client must start over with a full snapshot.
+        blocking(store, move |s| s.check_history(since, &history)).await?;
     }
     if since == current && query.wait > 0 {
         // Counted while held; dropped too if the client goes away mid-wait.
@@ -1212,6 +1239,14 @@ mod tests {
         assert_eq!(parse_snapshot_query("").ok(), Some(SnapshotQuery::default()));
         assert_eq!(parse_snapshot_query("since=5&wait=30").ok(), Some(SnapshotQuery { since: Some(5), wait: 30, ..SnapshotQuery::default() }));
         assert_eq!(parse_snapshot_query("limit=10").ok(), Some(SnapshotQuery { limit: Some(10), ..SnapshotQuery::default() }));
+        let history = "ab".repeat(32);
+        assert_eq!(parse_snapshot_query(&format!("since=3&history={history}")).ok().and_then(|q| q.history).map(|h| h.to_hex()), Some(history.clone()));
+        assert!(parse_snapshot_query(&format!("history={history}")).is_err());
+        assert!(parse_snapshot_query("since=3&history=zz").is_err());
+        assert_eq!(parse_snapshot_query("limit=5&revoked=1").ok().map(|q| q.revoked), Some(true));
+        for bad in ["revoked=1", "limit=5&revoked=2", "limit=5&revoked=1&revoked=1"] {
+            assert!(parse_snapshot_query(bad).is_err(), "{bad}");
+        }
         let after = "ab".repeat(32);
         assert_eq!(parse_snapshot_query(&format!("after={after}&limit=2")).ok().and_then(|q| q.after).map(|h| h.to_hex()), Some(after.clone()));
         for bad in ["limit=0", "limit=100001", "after=zz&limit=1", &format!("after={after}"), "since=1&limit=5", "limit=1&limit=2"] {

@@ -196,6 +196,24 @@ async fn members_manage_keys_of_their_own_businesses_only() {
     assert_error(status, &body, 401, "unauthorized");
     let (_, delta) = server.snapshot(&format!("?since={version}")).await;
     assert_eq!(delta["revoked_sessions"][0]["sid"], json!(sid), "{delta}");
+
+    // A paged full snapshot: the key pages carry no revocation; the last says that
+    // revocation pages follow, and they hold the revoked session.
+    let mut query = "?limit=1".to_owned();
+    let last_key_page = loop {
+        let (status, page) = server.snapshot(&query).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(page["revoked_sessions"].as_array().is_none_or(Vec::is_empty), "{page}");
+        match page["next_after"].as_str() {
+            Some(after) => query = format!("?limit=1&after={after}"),
+            None => break page,
+        }
+    };
+    assert_eq!(last_key_page["revocation_pages"], json!(true), "{last_key_page}");
+    let (status, revoked) = server.snapshot("?limit=10&revoked=1").await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert!(revoked["revoked_sessions"].as_array().unwrap().iter().any(|r| r["sid"] == json!(sid)), "{revoked}");
+    assert!(revoked["keys"].as_array().unwrap().is_empty() && revoked.get("next_after").is_none());
     server.stop().await;
 }
 
@@ -272,6 +290,55 @@ async fn snapshot_full_delta_and_long_poll() {
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert_eq!(body["version"].as_u64(), Some(now_version + 1));
     assert_eq!(body["keys"][0]["id"], third["id"]);
+    server.stop().await;
+}
+
+/// The `since` query a proxy sends once it holds `snapshot` (its history, when admin gave one).
+fn since_query(snapshot: &Value) -> String {
+    let version = snapshot["version"].as_u64().unwrap();
+    match snapshot["history"].as_str() {
+        Some(history) => format!("?since={version}&history={history}"),
+        None => format!("?since={version}"),
+    }
+}
+
+/// A proxy synced at version N from one history; admin is restored from an older backup
+/// and makes other writes past N. The proxy's `since=N` must not get that history's delta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_admin_sends_no_delta_of_another_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let biz = server.business("Acme").await;
+    server.key(&biz).await;
+    server.stop().await;
+    let backup = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), backup.path());
+
+    // The original goes on to N; a proxy syncs there.
+    let server = Server::start(dir.path()).await;
+    for _ in 0..4 {
+        server.key(&biz).await;
+    }
+    let (status, synced) = server.snapshot("?limit=100").await;
+    assert_eq!(status, StatusCode::OK);
+    let n = synced["version"].as_u64().unwrap();
+    let (status, delta) = server.snapshot(&since_query(&synced)).await;
+    assert_eq!((status, delta["version"].as_u64()), (StatusCode::OK, Some(n)), "{delta}");
+    server.stop().await;
+
+    // Restored from the backup, admin makes other writes, past N.
+    let server = Server::start(backup.path()).await;
+    for _ in 0..6 {
+        server.key(&biz).await;
+    }
+    let (_, health) = server.get("/healthz", None).await;
+    assert!(health["version"].as_u64().unwrap() > n);
+    let (status, body) = server.snapshot(&since_query(&synced)).await;
+    assert_error(status, &body, 410, "snapshot_gone");
+    // The same version in this history still works.
+    let (_, own) = server.snapshot("?limit=100").await;
+    let (status, _) = server.snapshot(&since_query(&own)).await;
+    assert_eq!(status, StatusCode::OK);
     server.stop().await;
 }
 

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use crate::config::{Policy, Requirement, Route};
 use crate::key::{self, parse_prefix, KeyKind};
 use crate::keystore::KeyLookup;
+use crate::revoked::RevocationLookup;
 use crate::snapshot::{KeyRecord, Snapshot};
 use crate::token::{self, AccessClaims, TokenError};
 use crate::{UnixTime, IDENTITY_HEADER_PREFIX};
@@ -41,13 +42,15 @@ pub struct Synced<'a> {
     pub snapshot: &'a Snapshot,
     /// Usually `snapshot` itself; in the filter, the buckets in Envoy's shared data.
     pub keys: &'a dyn KeyLookup,
+    /// Likewise for revoked sessions.
+    pub revoked: &'a dyn RevocationLookup,
     pub confirmed_at: UnixTime,
 }
 
 impl<'a> Synced<'a> {
     /// A snapshot that holds its own keys.
     pub fn local(snapshot: &'a Snapshot, confirmed_at: UnixTime) -> Synced<'a> {
-        Synced { snapshot, keys: snapshot, confirmed_at }
+        Synced { snapshot, keys: snapshot, revoked: snapshot, confirmed_at }
     }
 }
 
@@ -437,7 +440,7 @@ fn precheck_token<'t>(policy: &Policy, snapshot: &Snapshot, token: &'t str, now:
 }
 
 /// The signature (unless cached, or remembered as failed), the claims and the session.
-fn verify_token<'c>(policy: &Policy, snapshot: &Snapshot, stage: TokenStage<'_>, now: UnixTime, cache: &'c mut TokenCache) -> Result<Cow<'c, AccessClaims>, Denial> {
+fn verify_token<'c>(policy: &Policy, snapshot: &Snapshot, revoked: &dyn RevocationLookup, stage: TokenStage<'_>, now: UnixTime, cache: &'c mut TokenCache) -> Result<Cow<'c, AccessClaims>, Denial> {
     let claims = match stage {
         TokenStage::Cached(token) => Cow::Borrowed(cache.entries.get(token).map(|(_, c)| c).ok_or_else(|| invalid_token(TokenError::Malformed))?),
         TokenStage::Verify(token, kid) => {
@@ -459,7 +462,7 @@ fn verify_token<'c>(policy: &Policy, snapshot: &Snapshot, stage: TokenStage<'_>,
             }
         }
     };
-    if snapshot.is_revoked(&claims.sid) {
+    if revoked.is_revoked(&claims.sid) {
         return Err(invalid_token(TokenError::Revoked));
     }
     Ok(claims)
@@ -490,7 +493,7 @@ fn check_credentials(policy: &Policy, route: &Route, request: &RequestView<'_>, 
     };
     let key = check_key(synced.keys, creds.key, now)?;
     let claims = match stage {
-        Some(stage) => Some(verify_token(policy, synced.snapshot, stage, now, tokens)?),
+        Some(stage) => Some(verify_token(policy, synced.snapshot, synced.revoked, stage, now, tokens)?),
         None => None,
     };
 

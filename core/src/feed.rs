@@ -1,21 +1,25 @@
 //! The filter's sync with admin when keys live in Envoy's shared data (see
 //! [`crate::keystore`]). One VM per Envoy holds a lease and is the *leader*: only it polls
-//! admin and writes. It turns each feed answer into bucket operations plus a small [`Meta`]
-//! (version, signing keys, revocations) and a 16-byte [`Seen`] (version + when admin last
-//! confirmed it). Every VM reads `Seen` per request and reloads `Meta` when its version
-//! moves, so all workers decide from one copy of the keys.
+//! admin and writes. It turns each feed answer into bucket operations (keys, and revoked
+//! sessions in buckets of their own, [`crate::revoked`]) plus a small [`Meta`] (version,
+//! signing keys) and a 16-byte [`Seen`] (version + when admin last confirmed it). Every VM
+//! reads `Seen` per request and reloads `Meta` when its version moves, so all workers decide
+//! from one copy of the keys and revocations, and a change costs each VM about its size.
 //!
-//! A full sync is paged and sorted by key hash (`?limit=N`, then `?after=<last hash>`), so
-//! neither Envoy nor the VM ever holds the whole key set: each bucket is written whole as
-//! soon as the sorted stream moves past it, and buckets the new snapshot does not mention
-//! are cleared. Until a full sync completes, the previous data keeps deciding. Afterwards
-//! the leader long-polls `?since=V&wait=S` and applies deltas key by key.
+//! A full sync is paged and sorted by key hash (`?limit=N`, then `?after=<last hash>`),
+//! then the revoked sessions likewise by digest (`?limit=N&revoked=1`, then `&after=`), so
+//! neither Envoy nor the VM ever holds the whole set: each bucket is written whole as soon
+//! as the sorted stream moves past it, and buckets the new snapshot does not mention are
+//! cleared. Until a full sync completes, the previous data keeps deciding. Afterwards the
+//! leader long-polls `?since=V&wait=S` and applies deltas record by record.
 
 use serde::{Deserialize, Serialize};
 
 use crate::key::KeyHash;
 use crate::keystore::{self, bucket_of, BUCKETS};
-use crate::snapshot::{KeyEntry, RevokedSession, SigningKeyEntry, Snapshot, SnapshotError, SnapshotWire};
+use crate::lease::{Lease, WRITE_MARGIN_MS};
+use crate::revoked::{self, REVOKED_BUCKETS};
+use crate::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry, Snapshot, SnapshotError, SnapshotWire};
 use crate::sync::{Health, SyncFailure, SyncOutcome, SNAPSHOT_PATH};
 use crate::UnixTime;
 
@@ -30,11 +34,19 @@ pub struct Meta {
     /// Keys in the buckets (exact after a full sync, then kept by the deltas).
     pub keys: u64,
     pub signing_keys: Vec<SigningKeyEntry>,
+    /// Only in a meta an older filter published (it kept every revocation here): still
+    /// honoured by the workers, and a leader that adopts such a meta takes a full snapshot
+    /// to move them into buckets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoked_sessions: Vec<RevokedSession>,
+    /// Admin's history at `version`; sent back with `?since=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<History>,
 }
 
 impl Meta {
-    /// The per-VM snapshot this meta describes: signing keys and revocations, no keys.
+    /// The per-VM snapshot this meta describes: the signing keys (keys and revoked
+    /// sessions stay in shared data).
     pub fn snapshot(&self) -> Result<Snapshot, SnapshotError> {
         Snapshot::from_full(SnapshotWire {
             version: self.version,
@@ -73,6 +85,12 @@ pub enum BucketOp {
     Upsert(KeyEntry),
     /// Read-modify-write: drop one key's record (delta).
     Remove(KeyHash),
+    /// Replace a whole bucket of revoked sessions.
+    PutRevoked(u16, Vec<u8>),
+    /// Empty every revocation bucket in `from..to` that holds anything.
+    ClearRevoked { from: u32, to: u32 },
+    /// Read-modify-write one revocation bucket: add the session, drop what ended by `now`.
+    Revoke { session: RevokedSession, now: UnixTime },
 }
 
 /// What the shell does with one feed answer.
@@ -84,34 +102,75 @@ pub struct Step {
     pub seen: Option<Seen>,
     pub outcome: Option<SyncOutcome>,
     pub health: Option<Health>,
+    /// Write nothing from this step at or after this time (ms): the writer's term may end.
+    pub write_until_ms: u64,
+    /// This VM no longer holds the lease term it led under: nothing was applied, and the
+    /// shell drops this leader (answers still in flight included).
+    pub deposed: bool,
 }
 
-/// A full sync in progress: the meta of its first page, the bucket being built, and the
-/// first bucket id not yet written.
-#[derive(Debug)]
-struct FullBuild {
-    meta: Meta,
+/// One sorted stream of a full sync (keys by hash, or revoked sessions by digest): where it
+/// is, the bucket being built, and the first bucket id not yet written.
+#[derive(Debug, Default)]
+struct Stream {
     after: Option<KeyHash>,
     pending: Option<(u16, Vec<u8>)>,
     next_bucket: u32,
 }
 
-impl FullBuild {
+impl Stream {
     /// The sorted stream has moved on to bucket `next`: write the bucket being built, and
     /// clear every bucket between it and `next` (the new snapshot has nothing there).
-    fn close_before(&mut self, next: u32, ops: &mut Vec<BucketOp>) {
+    fn close_before(&mut self, next: u32, revoked: bool, ops: &mut Vec<BucketOp>) {
         if let Some((id, bytes)) = self.pending.take() {
-            ops.push(BucketOp::Put(id, bytes));
+            ops.push(if revoked { BucketOp::PutRevoked(id, bytes) } else { BucketOp::Put(id, bytes) });
             self.next_bucket = u32::from(id) + 1;
         }
         if self.next_bucket < next {
-            ops.push(BucketOp::Clear { from: self.next_bucket, to: next });
+            let (from, to) = (self.next_bucket, next);
+            ops.push(if revoked { BucketOp::ClearRevoked { from, to } } else { BucketOp::Clear { from, to } });
+        }
+    }
+
+    /// Checks that `items` continue the sorted stream.
+    fn check_sorted(&self, items: impl Iterator<Item = KeyHash>) -> Result<Option<KeyHash>, SyncFailure> {
+        let mut last = self.after;
+        for item in items {
+            if last.is_some_and(|l| item <= l) {
+                return Err(SyncFailure::Rejected(SnapshotError::Decode("snapshot page is not sorted".into())));
+            }
+            last = Some(item);
+        }
+        Ok(last)
+    }
+
+    fn push(&mut self, bucket: u16, record: &[u8], revoked: bool, ops: &mut Vec<BucketOp>) {
+        match &mut self.pending {
+            Some((id, bytes)) if *id == bucket => bytes.extend_from_slice(record),
+            _ => {
+                self.close_before(u32::from(bucket), revoked, ops);
+                self.pending = Some((bucket, record.to_vec()));
+            }
         }
     }
 }
 
+/// A full sync in progress: the meta of its first page, then the key stream and, once that
+/// has ended, the revocation stream (`revoking`).
+#[derive(Debug)]
+struct FullBuild {
+    meta: Meta,
+    keys: Stream,
+    revoking: Option<Stream>,
+    /// Revocations an admin without revocation pages sent whole in the first page.
+    inline_revoked: Vec<RevokedSession>,
+}
+
 #[derive(Debug, Default)]
 pub struct Leader {
+    /// The lease term this leader writes under.
+    lease: Lease,
+    deposed: bool,
     /// The state the shared data holds (`None`: nothing yet, a full sync is needed).
     meta: Option<Meta>,
     full: Option<FullBuild>,
@@ -122,10 +181,11 @@ pub struct Leader {
 }
 
 impl Leader {
-    /// Takes over from what the shared data says (a previous leader's work); full
-    /// snapshots come in pages of `page_keys`.
-    pub fn adopt(meta: Option<Meta>, page_keys: usize) -> Leader {
-        Leader { need_full: meta.is_none(), meta, page_keys: page_keys.max(1), ..Leader::default() }
+    /// Takes over from what the shared data says (a previous leader's work), under the
+    /// lease it just took; full snapshots come in pages of `page_keys`.
+    pub fn adopt(meta: Option<Meta>, page_keys: usize, lease: Lease) -> Leader {
+        let need_full = meta.as_ref().is_none_or(|m| !m.revoked_sessions.is_empty());
+        Leader { lease, need_full, meta, page_keys: page_keys.max(1), ..Leader::default() }
     }
 
     pub fn meta(&self) -> Option<&Meta> {
@@ -135,10 +195,15 @@ impl Leader {
     /// The `:path` of the next feed request.
     pub fn next_path(&self, wait_secs: u64) -> String {
         match (&self.full, &self.meta) {
-            (Some(FullBuild { after: Some(after), .. }), _) => format!("{SNAPSHOT_PATH}?after={}&limit={}", after.to_hex(), self.page_keys),
+            (Some(FullBuild { revoking: Some(Stream { after: Some(after), .. }), .. }), _) => format!("{SNAPSHOT_PATH}?limit={}&revoked=1&after={}", self.page_keys, after.to_hex()),
+            (Some(FullBuild { revoking: Some(_), .. }), _) => format!("{SNAPSHOT_PATH}?limit={}&revoked=1", self.page_keys),
+            (Some(FullBuild { keys: Stream { after: Some(after), .. }, .. }), _) => format!("{SNAPSHOT_PATH}?after={}&limit={}", after.to_hex(), self.page_keys),
             (Some(_), _) | (None, None) => format!("{SNAPSHOT_PATH}?limit={}", self.page_keys),
             (None, Some(_)) if self.need_full => format!("{SNAPSHOT_PATH}?limit={}", self.page_keys),
-            (None, Some(meta)) => format!("{SNAPSHOT_PATH}?since={}&wait={wait_secs}", meta.version),
+            (None, Some(meta)) => match &meta.history {
+                Some(history) => format!("{SNAPSHOT_PATH}?since={}&wait={wait_secs}&history={}", meta.version, history.to_hex()),
+                None => format!("{SNAPSHOT_PATH}?since={}&wait={wait_secs}", meta.version),
+            },
         }
     }
 
@@ -157,8 +222,17 @@ impl Leader {
     }
 
     /// Turns one feed answer (`status: None` when there was none) into a [`Step`].
-    pub fn on_response(&mut self, status: Option<u16>, body: &[u8], now: UnixTime) -> Step {
-        let mut step = Step::default();
+    /// `lease` is the lease as shared data holds it at `now_ms`, read (and renewed) right
+    /// before this call: unless it is still this leader's term, with time left to write,
+    /// the answer is dropped and the leader is deposed for good.
+    pub fn on_response(&mut self, status: Option<u16>, body: &[u8], now: UnixTime, lease: Option<Lease>, now_ms: u64) -> Step {
+        let held = lease.filter(|l| !self.deposed && l.is(&self.lease, now_ms.saturating_add(WRITE_MARGIN_MS)));
+        let Some(held) = held else {
+            self.deposed = true;
+            self.full = None;
+            return Step { deposed: true, ..Step::default() };
+        };
+        let mut step = Step { write_until_ms: held.until_ms - WRITE_MARGIN_MS, ..Step::default() };
         let result = match status {
             None => Err(SyncFailure::Unreachable),
             Some(410) => {
@@ -177,7 +251,7 @@ impl Leader {
                 self.need_full = true;
                 self.full = None;
             }
-            step = Step { outcome: Some(SyncOutcome::Failed(failure)), ..Step::default() };
+            step = Step { outcome: Some(SyncOutcome::Failed(failure)), write_until_ms: step.write_until_ms, ..Step::default() };
         }
         if failed != self.failing {
             step.health = Some(if failed { Health::Failing } else { Health::Healthy });
@@ -194,24 +268,32 @@ impl Leader {
     }
 
     fn apply_delta(&mut self, since: u64, wire: SnapshotWire, now: UnixTime, step: &mut Step) -> Result<(), SyncFailure> {
-        let meta = match &mut self.meta {
+        let meta = match &self.meta {
             Some(meta) if !self.need_full && self.full.is_none() => meta,
             _ => return Err(SyncFailure::Rejected(SnapshotError::NotFull)),
         };
         if since != meta.version {
             return Err(SyncFailure::Rejected(SnapshotError::VersionGap { since, have: meta.version }));
         }
+        if meta.history.is_some() && wire.since_history.is_some() && meta.history != wire.since_history {
+            // Admin's version `since` is not ours (admin was restored from a backup and
+            // moved on): its changes do not apply to what we hold.
+            self.need_full = true;
+            step.outcome = Some(SyncOutcome::Resync);
+            return Ok(());
+        }
+        let Some(meta) = &mut self.meta else { return Err(SyncFailure::Rejected(SnapshotError::NotFull)) };
         // Validate the signing keys before anything is written.
         let mut next = meta.clone();
         next.signing_keys.retain(|k| !wire.removed_signing_keys.contains(&k.kid) && !wire.signing_keys.iter().any(|n| n.kid == k.kid));
         next.signing_keys.extend(wire.signing_keys.iter().cloned());
-        next.revoked_sessions.extend(wire.revoked_sessions.iter().cloned());
-        next.revoked_sessions.retain(|r| r.until > now);
         next.version = wire.version;
+        next.history = wire.history;
         next.snapshot().map_err(SyncFailure::Rejected)?;
         let changed = wire.version != since;
         step.ops.extend(wire.removed_keys.into_iter().map(BucketOp::Remove));
         step.ops.extend(wire.keys.into_iter().map(BucketOp::Upsert));
+        step.ops.extend(wire.revoked_sessions.into_iter().filter(|r| r.until > now).map(|session| BucketOp::Revoke { session, now }));
         *meta = next;
         step.outcome = Some(if changed { SyncOutcome::Applied { version: wire.version, full: false, keys: usize::try_from(meta.keys).unwrap_or(usize::MAX) } } else { SyncOutcome::Unchanged { version: wire.version } });
         if changed {
@@ -225,51 +307,63 @@ impl Leader {
         let mut build = match self.full.take() {
             Some(build) => build,
             None => {
-                let meta = Meta { version: wire.version, keys: 0, signing_keys: wire.signing_keys.clone(), revoked_sessions: wire.revoked_sessions.clone() };
+                let meta = Meta { version: wire.version, keys: 0, signing_keys: wire.signing_keys.clone(), revoked_sessions: Vec::new(), history: wire.history };
                 meta.snapshot().map_err(SyncFailure::Rejected)?;
-                FullBuild { meta, after: None, pending: None, next_bucket: 0 }
+                FullBuild { meta, keys: Stream::default(), revoking: None, inline_revoked: wire.revoked_sessions.clone() }
             }
         };
-        // Pages must continue the sorted stream: each hash above the previous one.
-        let mut last = build.after;
-        for entry in &wire.keys {
-            if last.is_some_and(|l| entry.hash <= l) {
-                return Err(SyncFailure::Rejected(SnapshotError::Decode("snapshot page is not sorted by key hash".into())));
-            }
-            last = Some(entry.hash);
-        }
         let mut ops = Vec::new();
-        for entry in &wire.keys {
-            let Some(record) = keystore::encode(entry) else { continue };
-            let bucket = bucket_of(&entry.hash);
-            match &mut build.pending {
-                Some((id, bytes)) if *id == bucket => bytes.extend_from_slice(&record),
-                _ => {
-                    build.close_before(u32::from(bucket), &mut ops);
-                    build.pending = Some((bucket, record));
+        if let Some(stream) = &mut build.revoking {
+            let digests: Vec<KeyHash> = wire.revoked_sessions.iter().map(|r| revoked::digest(&r.sid)).collect();
+            stream.after = stream.check_sorted(digests.iter().copied())?;
+            for (session, digest) in wire.revoked_sessions.iter().zip(&digests) {
+                if session.until > now {
+                    stream.push(revoked::bucket_of(digest), &revoked::record(digest, session.until), true, &mut ops);
                 }
             }
+            if wire.next_after.is_some() {
+                step.ops = ops;
+                self.full = Some(build);
+                return Ok(());
+            }
+            stream.close_before(REVOKED_BUCKETS as u32, true, &mut ops);
+            return self.finish(build, ops, now, step);
+        }
+        // Pages must continue the sorted stream: each hash above the previous one.
+        build.keys.after = build.keys.check_sorted(wire.keys.iter().map(|k| k.hash))?;
+        for entry in &wire.keys {
+            let Some(record) = keystore::encode(entry) else { continue };
+            build.keys.push(bucket_of(&entry.hash), &record, false, &mut ops);
             build.meta.keys += 1;
         }
-        build.after = last;
-        match wire.next_after {
-            Some(_) => {
-                // More pages follow; nothing is confirmed yet.
-                self.full = Some(build);
-                step.ops = ops;
-                step.outcome = None;
-            }
-            None => {
-                build.close_before(BUCKETS as u32, &mut ops);
-                let meta = build.meta;
-                step.ops = ops;
-                step.outcome = Some(SyncOutcome::Applied { version: meta.version, full: true, keys: usize::try_from(meta.keys).unwrap_or(usize::MAX) });
-                step.seen = Some(Seen { version: meta.version, confirmed_at: now });
-                step.meta = Some(meta.clone());
-                self.meta = Some(meta);
-                self.need_full = false;
-            }
+        if wire.next_after.is_some() {
+            // More pages follow; nothing is confirmed yet.
+            step.ops = ops;
+            self.full = Some(build);
+            return Ok(());
         }
+        build.keys.close_before(BUCKETS as u32, false, &mut ops);
+        if wire.revocation_pages {
+            build.revoking = Some(Stream::default());
+            step.ops = ops;
+            self.full = Some(build);
+            return Ok(());
+        }
+        // An admin without revocation pages sent them all in the first page.
+        ops.push(BucketOp::ClearRevoked { from: 0, to: REVOKED_BUCKETS as u32 });
+        let inline = std::mem::take(&mut build.inline_revoked);
+        ops.extend(inline.into_iter().filter(|r| r.until > now).map(|session| BucketOp::Revoke { session, now }));
+        self.finish(build, ops, now, step)
+    }
+
+    fn finish(&mut self, build: FullBuild, ops: Vec<BucketOp>, now: UnixTime, step: &mut Step) -> Result<(), SyncFailure> {
+        let meta = build.meta;
+        step.ops = ops;
+        step.outcome = Some(SyncOutcome::Applied { version: meta.version, full: true, keys: usize::try_from(meta.keys).unwrap_or(usize::MAX) });
+        step.seen = Some(Seen { version: meta.version, confirmed_at: now });
+        step.meta = Some(meta.clone());
+        self.meta = Some(meta);
+        self.need_full = false;
         Ok(())
     }
 }

@@ -44,6 +44,24 @@ pub struct RevokedSession {
     pub until: UnixTime,
 }
 
+/// Where a version sits in admin's history: a digest of every change up to that version,
+/// chained from a random id made when admin's store was created. A store restored from a
+/// backup that has since made other changes reaches the same version numbers with other
+/// digests, so a proxy never mixes two histories. 64 hex digits on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct History(pub KeyHash);
+
+impl History {
+    pub fn to_hex(&self) -> String {
+        self.0.to_hex()
+    }
+
+    pub fn from_hex(text: &str) -> Option<History> {
+        KeyHash::from_hex(text).map(History)
+    }
+}
+
 /// The feed's message. `since: None` is a full snapshot; `since: Some(v)` a delta that
 /// turns version `v` into `version`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +83,17 @@ pub struct SnapshotWire {
     /// next page with `?after=`. Absent on the last page (and on deltas).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<KeyHash>,
+    /// Admin's history at `version` (absent from admins that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<History>,
+    /// On the last key page of a paged full snapshot: the revoked sessions follow in pages
+    /// of their own (`?limit=N&revoked=1`, then `&after=<next_after>`), sorted by the
+    /// SHA-256 of the session id, instead of in `revoked_sessions` of the first page.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revocation_pages: bool,
+    /// On a delta: admin's history at `since`, which must be the proxy's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_history: Option<History>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,6 +154,12 @@ fn decoding_key(entry: &SigningKeyEntry) -> Result<DecodingKey, SnapshotError> {
 fn record(entry: KeyEntry) -> (KeyHash, KeyRecord) {
     let KeyEntry { hash, id, business, kind, mode, scopes, expires_at, active } = entry;
     (hash, KeyRecord { id, business, kind, mode, scopes, expires_at, active })
+}
+
+impl crate::revoked::RevocationLookup for Snapshot {
+    fn is_revoked(&self, sid: &str) -> bool {
+        self.revoked.contains_key(sid)
+    }
 }
 
 impl crate::keystore::KeyLookup for Snapshot {

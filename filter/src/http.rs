@@ -9,7 +9,7 @@ use std::rc::Rc;
 use crate::host;
 use crate::limit;
 use crate::root::VmState;
-use crate::shared::{self, SharedKeys};
+use crate::shared::{self, SharedKeys, SharedRevocations};
 
 pub struct RequestContext {
     config: Rc<FilterConfig>,
@@ -45,7 +45,7 @@ impl HttpContext for RequestContext {
                 view.refresh(ns, seen);
             }
             let synced = match (&view.snapshot, seen, now) {
-                (Some(snapshot), Some(seen), Some(_)) => Some(Synced { snapshot, keys: &SharedKeys(ns), confirmed_at: seen.confirmed_at }),
+                (Some(snapshot), Some(seen), Some(_)) => Some(Synced { snapshot, keys: &SharedKeys(ns), revoked: &SharedRevocations(ns), confirmed_at: seen.confirmed_at }),
                 _ => None,
             };
             decide_on_route(&self.config.policy, route, &request, synced, now.unwrap_or(0), &mut self.vm.tokens.borrow_mut())

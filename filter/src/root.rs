@@ -77,12 +77,27 @@ impl KeygateRoot {
         let Some(config) = self.config.clone() else { return };
         let Some(leader) = &mut self.leader else { return };
         let now = host::now().unwrap_or(0);
-        let step = leader.on_response(status, body, now);
         let ns = config.sync.shared_prefix.as_str();
-        let added = shared::apply(ns, step.ops);
-        leader.adjust_keys(added);
-        // After the key count is adjusted, the leader's meta is what the shared data holds.
-        shared::publish(ns, step.meta.as_ref().and(leader.meta()), step.seen);
+        // The fence: renew our term right before writing; a VM that lost it applies nothing.
+        let now_ms = host::now_millis();
+        let step = leader.on_response(status, body, now, shared::current_lease(ns, self.me, now_ms), now_ms);
+        if step.deposed {
+            log::info!("this VM lost the snapshot sync to another; its pending feed answer is dropped");
+            self.leader = None;
+            return;
+        }
+        let written = shared::apply(ns, step.ops, step.write_until_ms).and_then(|added| {
+            leader.adjust_keys(added);
+            // After the key count is adjusted, the leader's meta is what the shared data holds.
+            shared::publish(ns, step.meta.as_ref().and(leader.meta()), step.seen, step.write_until_ms)
+        });
+        if written.is_err() {
+            // Stopped before the term could end; whoever leads next continues from the
+            // published meta (re-applying changes is harmless).
+            log::warn!("the snapshot sync's lease term ran out while writing; resuming from the published state");
+            self.leader = None;
+            return;
+        }
         if let Some(meta) = leader.meta() {
             self.vm.metrics.snapshot(meta.version, meta.keys);
         }
@@ -127,15 +142,16 @@ impl KeygateRoot {
 
     /// Keeps or takes the lease; on taking it, continues from what the shared data holds.
     fn lead(&mut self, ns: &str, now_ms: u64) {
-        let leading = shared::hold_lease(ns, self.me, now_ms);
+        let leading = shared::hold_lease(ns, self.me, now_ms, false);
         match (leading, self.leader.is_some()) {
-            (true, false) => {
+            (Some(lease), false) => {
                 log::info!("this VM now syncs the snapshot for all workers");
                 let page_keys = self.config.as_ref().map_or(keygate_core::feed::PAGE_KEYS, |c| c.sync.snapshot_page_keys);
-                self.leader = Some(Leader::adopt(shared::read_meta(ns), page_keys));
+                self.leader = Some(Leader::adopt(shared::read_meta(ns), page_keys, lease));
+                self.feed_call = None;
                 self.next_poll_at_ms = 0;
             }
-            (false, true) => {
+            (None, true) => {
                 log::info!("another VM took over the snapshot sync");
                 self.leader = None;
                 self.feed_call = None;

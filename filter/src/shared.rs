@@ -1,13 +1,15 @@
 //! The filter's view of Envoy's shared data (one store per `vm_id`, shared by every worker
-//! VM): the key buckets, the leader's lease, and the published `Meta` / `Seen`. Every
+//! VM): the key and revocation buckets, the leader's lease, and the published `Meta` / `Seen`. Every
 //! function here is a thin host-call adapter; the logic is in `keygate_core::{keystore, feed}`.
 //! Every name starts with the plugin's `shared_prefix` (`ns` below), so plugins that share a
 //! `vm_id` but are fed by different admins never share an entry.
 
 use keygate_core::feed::{BucketOp, Meta, Seen};
 use keygate_core::keystore::{self, bucket_of, KeyLookup};
+use keygate_core::lease::{Lease, LeaseStep};
+use keygate_core::revoked::{self, RevocationLookup};
 use keygate_core::snapshot::{KeyRecord, Snapshot};
-use keygate_core::{pair, KeyHash};
+use keygate_core::KeyHash;
 
 use crate::host;
 
@@ -15,16 +17,27 @@ const LEADER: &str = "leader";
 const SEEN: &str = "seen";
 const META: &str = "meta";
 
-/// How long a leader's lease lasts without renewal, and when it renews.
-const LEASE_MS: u64 = 3_000;
-const RENEW_BEFORE_MS: u64 = 2_000;
-
 fn name(ns: &str, what: &str) -> String {
     format!("{ns}{what}")
 }
 
 fn bucket_name(ns: &str, id: u16) -> String {
     format!("{ns}k.{id:04x}")
+}
+
+fn revoked_bucket_name(ns: &str, id: u16) -> String {
+    format!("{ns}r.{id:03x}")
+}
+
+/// Revocation checks straight from the shared buckets (one host call per token check),
+/// under the plugin's prefix.
+pub struct SharedRevocations<'a>(pub &'a str);
+
+impl RevocationLookup for SharedRevocations<'_> {
+    fn is_revoked(&self, sid: &str) -> bool {
+        let digest = revoked::digest(sid);
+        host::shared_get(&revoked_bucket_name(self.0, revoked::bucket_of(&digest))).0.is_some_and(|bucket| revoked::contains(&bucket, &digest))
+    }
 }
 
 /// Key lookups straight from the shared buckets (one host call per request), under the
@@ -38,27 +51,40 @@ impl KeyLookup for SharedKeys<'_> {
     }
 }
 
-/// Applies the leader's bucket writes; returns the net change in the number of keys.
-pub fn apply(ns: &str, ops: Vec<BucketOp>) -> i64 {
+/// The leader's term ran out before all of a step was written (see `Step::write_until_ms`).
+#[derive(Debug)]
+pub struct OutOfTerm;
+
+/// Applies the leader's bucket writes, each only before `until_ms`; returns the net change
+/// in the number of keys.
+pub fn apply(ns: &str, ops: Vec<BucketOp>, until_ms: u64) -> Result<i64, OutOfTerm> {
+    let in_term = || if host::now_millis() < until_ms { Ok(()) } else { Err(OutOfTerm) };
     let mut delta = 0;
     for op in ops {
         match op {
             BucketOp::Put(id, bytes) => {
+                in_term()?;
                 host::shared_set(&bucket_name(ns, id), &bytes, None);
             }
-            BucketOp::Clear { from, to } => {
-                for id in (from..to).filter_map(|id| u16::try_from(id).ok()) {
-                    let name = bucket_name(ns, id);
-                    if host::shared_get(&name).0.is_some_and(|b| !b.is_empty()) {
-                        host::shared_set(&name, &[], None);
-                    }
-                }
+            BucketOp::PutRevoked(id, bytes) => {
+                in_term()?;
+                host::shared_set(&revoked_bucket_name(ns, id), &bytes, None);
             }
+            BucketOp::Revoke { session, now } => {
+                let digest = revoked::digest(&session.sid);
+                let name = revoked_bucket_name(ns, revoked::bucket_of(&digest));
+                let bucket = host::shared_get(&name).0.unwrap_or_default();
+                in_term()?;
+                host::shared_set(&name, &revoked::insert(&bucket, &digest, session.until, now), None);
+            }
+            BucketOp::Clear { from, to } => clear(|id| bucket_name(ns, id), from, to, &in_term)?,
+            BucketOp::ClearRevoked { from, to } => clear(|id| revoked_bucket_name(ns, id), from, to, &in_term)?,
             BucketOp::Upsert(entry) => {
                 let Some(record) = keystore::encode(&entry) else { continue };
                 let name = bucket_name(ns, bucket_of(&entry.hash));
                 let bucket = host::shared_get(&name).0.unwrap_or_default();
                 delta += i64::from(keystore::find(&bucket, &entry.hash).is_none());
+                in_term()?;
                 host::shared_set(&name, &keystore::replace(&bucket, &entry.hash, Some(&record)), None);
             }
             BucketOp::Remove(hash) => {
@@ -66,21 +92,38 @@ pub fn apply(ns: &str, ops: Vec<BucketOp>) -> i64 {
                 let bucket = host::shared_get(&name).0.unwrap_or_default();
                 if keystore::find(&bucket, &hash).is_some() {
                     delta -= 1;
+                    in_term()?;
                     host::shared_set(&name, &keystore::replace(&bucket, &hash, None), None);
                 }
             }
         }
     }
-    delta
+    Ok(delta)
 }
 
-pub fn publish(ns: &str, meta: Option<&Meta>, seen: Option<Seen>) {
+/// Empties every bucket in `from..to` that holds anything.
+fn clear(name_of: impl Fn(u16) -> String, from: u32, to: u32, in_term: &dyn Fn() -> Result<(), OutOfTerm>) -> Result<(), OutOfTerm> {
+    for id in (from..to).filter_map(|id| u16::try_from(id).ok()) {
+        let name = name_of(id);
+        if host::shared_get(&name).0.is_some_and(|b| !b.is_empty()) {
+            in_term()?;
+            host::shared_set(&name, &[], None);
+        }
+    }
+    Ok(())
+}
+
+pub fn publish(ns: &str, meta: Option<&Meta>, seen: Option<Seen>, until_ms: u64) -> Result<(), OutOfTerm> {
+    let in_term = || if host::now_millis() < until_ms { Ok(()) } else { Err(OutOfTerm) };
     if let Some(bytes) = meta.and_then(|m| serde_json::to_vec(m).ok()) {
+        in_term()?;
         host::shared_set(&name(ns, META), &bytes, None);
     }
     if let Some(seen) = seen {
+        in_term()?;
         host::shared_set(&name(ns, SEEN), &seen.encode(), None);
     }
+    Ok(())
 }
 
 pub fn read_seen(ns: &str) -> Option<Seen> {
@@ -91,23 +134,31 @@ pub fn read_meta(ns: &str) -> Option<Meta> {
     serde_json::from_slice(&host::shared_get(&name(ns, META)).0?).ok()
 }
 
-/// Holds or takes the leader lease; `true` while this VM is the leader. The lease is a
-/// 16-byte (holder, expiry) value updated with compare-and-swap, so exactly one VM wins.
-pub fn hold_lease(ns: &str, me: u64, now_ms: u64) -> bool {
-    let leader = name(ns, LEADER);
-    let (bytes, cas) = host::shared_get(&leader);
-    let (holder, until) = bytes.as_deref().and_then(pair::unpack).unwrap_or((0, 0));
-    let mine = holder == me && until > now_ms;
-    if mine && until - now_ms > RENEW_BEFORE_MS {
-        return true;
+fn read_lease(ns: &str) -> (Option<Lease>, Option<u32>) {
+    let (bytes, cas) = host::shared_get(&name(ns, LEADER));
+    (bytes.as_deref().and_then(Lease::decode), cas)
+}
+
+/// Holds, renews (`renew`: even when not yet due) or takes the leader lease; the lease
+/// this VM holds afterwards, `None` while another VM leads. The lease is updated with
+/// compare-and-swap, so exactly one VM wins a takeover, and each takeover starts a new term.
+pub fn hold_lease(ns: &str, me: u64, now_ms: u64, renew: bool) -> Option<Lease> {
+    let (current, cas) = read_lease(ns);
+    match Lease::next(current, me, now_ms, renew) {
+        LeaseStep::Hold(lease) => Some(lease),
+        LeaseStep::Follow => None,
+        LeaseStep::Write(lease) => {
+            // Two VMs can both find no lease at start-up (a missing entry has no CAS
+            // token): read back, so at most one keeps it past this call.
+            let written = host::shared_set(&name(ns, LEADER), &lease.encode(), cas);
+            (written && read_lease(ns).0 == Some(lease)).then_some(lease)
+        }
     }
-    if !mine && until > now_ms {
-        return false;
-    }
-    let lease = pair::pack(me, now_ms.saturating_add(LEASE_MS));
-    // Two VMs can both find no lease at start-up (a missing entry has no CAS token):
-    // read back, so at most one keeps it past this tick.
-    host::shared_set(&leader, &lease, cas) && host::shared_get(&leader).0.as_deref().and_then(pair::unpack).is_some_and(|(holder, _)| holder == me)
+}
+
+/// The lease as shared data holds it now (renewed first when it is this VM's).
+pub fn current_lease(ns: &str, me: u64, now_ms: u64) -> Option<Lease> {
+    hold_lease(ns, me, now_ms, true).or_else(|| read_lease(ns).0)
 }
 
 /// This VM's copy of what the leader published: signing keys and revocations for the

@@ -7,10 +7,14 @@
 use keygate_core::feed::{BucketOp, Leader, Seen};
 use keygate_core::key::KeyHash;
 use keygate_core::keystore;
+use keygate_core::lease::Lease;
+use keygate_core::revoked;
 use keygate_core::sync::SyncOutcome;
 use std::collections::HashMap;
 use keygate_core::Snapshot;
 use libfuzzer_sys::fuzz_target;
+
+const HELD: Lease = Lease { holder: 1, until_ms: u64::MAX, term: 1 };
 
 /// A real full snapshot served by keygate-admin (see seeds/).
 const BASE: &[u8] = include_bytes!("../seeds/snapshot_full.json");
@@ -39,9 +43,9 @@ fuzz_target!(|data: &[u8]| {
 
     // The sync state machine (the filter's leader VM): a real full snapshot, then the fuzz
     // body under some status; its bucket writes are applied to a model of shared data.
-    let mut leader = Leader::adopt(None, usize::from(*selector % 4) + 1);
-    let mut shared: HashMap<u16, Vec<u8>> = HashMap::new();
-    let first = leader.on_response(Some(200), BASE, NOW);
+    let mut leader = Leader::adopt(None, usize::from(*selector % 4) + 1, HELD);
+    let mut shared: HashMap<(bool, u16), Vec<u8>> = HashMap::new();
+    let first = leader.on_response(Some(200), BASE, NOW, Some(HELD), 0);
     assert!(matches!(first.outcome, Some(SyncOutcome::Applied { full: true, .. })), "{:?}", first.outcome);
     apply_ops(&mut shared, first.ops);
     let status = match selector % 6 {
@@ -52,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let version = leader.meta().map(|m| m.version);
     let _ = leader.next_path(20);
-    let step = leader.on_response(status, body, NOW + 1);
+    let step = leader.on_response(status, body, NOW + 1, Some(HELD), 0);
     match &step.outcome {
         Some(SyncOutcome::Failed(_)) | Some(SyncOutcome::Resync) => {
             assert_eq!(leader.meta().map(|m| m.version), version, "a failed poll changed the version");
@@ -69,10 +73,14 @@ fuzz_target!(|data: &[u8]| {
         assert!(meta.snapshot().is_ok(), "published meta does not build a snapshot");
     }
     let _ = leader.next_path(20);
-    let again = leader.on_response(Some(200), body, NOW + 2);
+    let again = leader.on_response(Some(200), body, NOW + 2, Some(HELD), 0);
     apply_ops(&mut shared, again.ops);
-    for bytes in shared.values() {
-        let _ = keystore::count(bytes);
+    for ((revocations, _), bytes) in &shared {
+        if *revocations {
+            let _ = revoked::count(bytes);
+        } else {
+            let _ = keystore::count(bytes);
+        }
     }
     // Bucket bytes and the 16-byte Seen as read back from shared data.
     if body.len() >= 32 {
@@ -81,33 +89,51 @@ fuzz_target!(|data: &[u8]| {
         let _ = keystore::replace(body, &hash, None);
     }
     let _ = keystore::count(body);
+    if body.len() >= 32 {
+        let digest = KeyHash(body[..32].try_into().expect("32 bytes"));
+        let _ = revoked::contains(body, &digest);
+        let _ = revoked::insert(body, &digest, NOW + 5, NOW);
+    }
     if let Some(seen) = Seen::decode(body) {
         assert_eq!(Seen::decode(&seen.encode()), Some(seen));
     }
 });
 
-fn apply_ops(shared: &mut HashMap<u16, Vec<u8>>, ops: Vec<BucketOp>) {
+/// Shared data: key buckets at `(false, id)`, revocation buckets at `(true, id)`.
+fn apply_ops(shared: &mut HashMap<(bool, u16), Vec<u8>>, ops: Vec<BucketOp>) {
     for op in ops {
         match op {
             BucketOp::Put(id, bytes) => {
-                shared.insert(id, bytes);
+                shared.insert((false, id), bytes);
             }
-            BucketOp::Clear { from, to } => shared.retain(|id, _| !(from..to).contains(&u32::from(*id))),
+            BucketOp::Clear { from, to } => shared.retain(|(r, id), _| *r || !(from..to).contains(&u32::from(*id))),
             BucketOp::Upsert(entry) => {
                 let id = keystore::bucket_of(&entry.hash);
                 let record = keystore::encode(&entry);
-                let next = keystore::replace(shared.get(&id).map_or(&[][..], Vec::as_slice), &entry.hash, record.as_deref());
+                let next = keystore::replace(shared.get(&(false, id)).map_or(&[][..], Vec::as_slice), &entry.hash, record.as_deref());
                 if record.is_some() {
                     let found = keystore::find(&next, &entry.hash).expect("an upserted key is found");
                     assert_eq!((found.id.as_str(), found.active), (entry.id.as_str(), entry.active));
                 }
-                shared.insert(id, next);
+                shared.insert((false, id), next);
             }
             BucketOp::Remove(hash) => {
                 let id = keystore::bucket_of(&hash);
-                let next = keystore::replace(shared.get(&id).map_or(&[][..], Vec::as_slice), &hash, None);
+                let next = keystore::replace(shared.get(&(false, id)).map_or(&[][..], Vec::as_slice), &hash, None);
                 assert!(keystore::find(&next, &hash).is_none(), "a removed key is still found");
-                shared.insert(id, next);
+                shared.insert((false, id), next);
+            }
+            BucketOp::PutRevoked(id, bytes) => {
+                assert!(usize::from(id) < revoked::REVOKED_BUCKETS);
+                shared.insert((true, id), bytes);
+            }
+            BucketOp::ClearRevoked { from, to } => shared.retain(|(r, id), _| !*r || !(from..to).contains(&u32::from(*id))),
+            BucketOp::Revoke { session, now } => {
+                let digest = revoked::digest(&session.sid);
+                let id = revoked::bucket_of(&digest);
+                let next = revoked::insert(shared.get(&(true, id)).map_or(&[][..], Vec::as_slice), &digest, session.until, now);
+                assert!(revoked::contains(&next, &digest) || session.until <= now, "a revoked session is not found");
+                shared.insert((true, id), next);
             }
         }
     }

@@ -38,7 +38,7 @@ pub fn suites() -> Vec<Suite> {
         Suite { name: "filter", options: || StackOptions { plugin_json: Some(RULES.into()), ..StackOptions::default() }, cases: CASES },
         Suite { name: "filter_admin_down", options: || StackOptions { plugin_json: Some(STALE_RULES.into()), ..StackOptions::default() }, cases: ADMIN_DOWN },
         Suite { name: "filter_xff", options: || StackOptions { plugin_json: Some(keygate_e2e::plugin_json("\n  \"rate_limits\": {\"public_per_ip_per_hour\": 20},", "")), ..StackOptions::default() }, cases: XFF },
-        Suite { name: "filter_paged", options: || StackOptions { plugin_json: Some(PAGED_RULES.into()), seed_keys: 25, ..StackOptions::default() }, cases: PAGED },
+        Suite { name: "filter_paged", options: || StackOptions { plugin_json: Some(PAGED_RULES.into()), seed_keys: 25, seed_revoked: 5, ..StackOptions::default() }, cases: PAGED },
     ]
 }
 
@@ -122,7 +122,26 @@ const PAGED_RULES: &str = r#"{
   "routes": [{"prefix": "/key/", "require": "key"}]
 }"#;
 
-const PAGED: &[Case] = &[("a_paged_full_sync_serves_every_key_once", paged_full_sync)];
+const PAGED: &[Case] = &[
+    ("a_paged_full_sync_serves_every_key_once", paged_full_sync),
+    ("a_paged_full_sync_carries_every_revoked_session", paged_revocations),
+];
+
+/// Sessions revoked before Envoy started reach it in the full sync's revocation pages
+/// (2 a page here), and the tokens of other sessions still pass.
+fn paged_revocations(stack: &Stack) {
+    let (business, keys) = stack.seeded.clone().unwrap();
+    assert_eq!(stack.seeded_revoked.len(), 5);
+    for token in &stack.seeded_revoked {
+        let bearer = format!("Bearer {token}");
+        assert_denied(&stack.through_envoy("GET", "/orders", &three(&bearer, &keys[0], &business)), 401, "invalid_token");
+    }
+    let (status, login) = stack.admin(reqwest::Method::POST, "/auth/login", None, Some(json!({"api_key": keys[0], "session_id": "fresh"})));
+    assert_eq!(status, 200, "{login}");
+    let bearer = format!("Bearer {}", login["access_token"].as_str().unwrap());
+    let (status, echo) = stack.through_envoy("GET", "/orders", &three(&bearer, &keys[0], &business));
+    assert_eq!(status, 200, "{echo}");
+}
 
 fn paged_full_sync(stack: &Stack) {
     let (business, keys) = stack.seeded.clone().unwrap();

@@ -4,7 +4,8 @@
 //! key id, for the current raw key and any still in a rotation grace), `sessions`,
 //! `key_sessions` ((key id, client session id) → session id), `refresh_tokens` (SHA-256 →
 //! session id), `spent_refresh` (SHA-256 of rotated-away refresh tokens → session id, for
-//! reuse detection), `revocations` (session id → until), `owner_sessions` (`k:<key id>` /
+//! reuse detection), `revocations` (session id → until), `revoked_by_digest` (SHA-256 of
+//! the session id → until and session id: the order a full snapshot pages them in), `owner_sessions` (`k:<key id>` /
 //! `u:<user id>` → that owner's live sessions, for the per-owner cap), `usage` (key id →
 //! hourly counts), `business_keys` (`<business id>\0<key id>` → empty, so listing one
 //! business's keys reads only its own), `signing_keys`, `meta` (token hashes, changelog
@@ -28,10 +29,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use keygate_core::snapshot::{KeyEntry, RevokedSession, SigningKeyEntry};
+use keygate_core::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry};
+use keygate_core::revoked;
 use keygate_core::{KeyHash, SnapshotWire, UnixTime};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use sled::transaction::{abort, ConflictableTransactionResult, TransactionError, Transactional, TransactionalTree};
 
 use durable::Durability;
@@ -88,8 +91,14 @@ impl TokenRole {
 const META_HEAD: &[u8] = b"changelog_head";
 const META_FLOOR: &[u8] = b"changelog_floor";
 const META_SCHEMA: &[u8] = b"schema";
+/// The history at the head (32 bytes), at the version the history started from, and at
+/// the changelog floor (each `be(version)` + 32 bytes): see [`History`].
+const META_HISTORY: &[u8] = b"history_head";
+const META_HISTORY_BASE: &[u8] = b"history_base";
+const META_HISTORY_FLOOR: &[u8] = b"history_floor";
 /// 2: the `business_keys` index (built from the keys on opening a schema-1 store).
-const SCHEMA_VERSION: u64 = 2;
+/// 3: the `revoked_by_digest` index (built from the revocations on opening an older store).
+const SCHEMA_VERSION: u64 = 3;
 
 struct Trees {
     businesses: sled::Tree,
@@ -108,6 +117,7 @@ struct Trees {
     spent_refresh: sled::Tree,
     usage: sled::Tree,
     business_keys: sled::Tree,
+    revoked_by_digest: sled::Tree,
 }
 
 struct WriterState {
@@ -171,6 +181,37 @@ fn from_be(bytes: &[u8]) -> Option<u64> {
 thread_local! {
     /// Key records decoded by this thread, so tests can tell a lookup from a scan.
     static KEY_DECODES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A `revoked_by_digest` value: until (8 bytes, big-endian), then the session id.
+fn digest_entry(sid: &str, until: UnixTime) -> Vec<u8> {
+    let mut out = be(until).to_vec();
+    out.extend_from_slice(sid.as_bytes());
+    out
+}
+
+fn digest(bytes: &[u8]) -> Option<History> {
+    bytes.try_into().ok().map(|b| History(KeyHash(b)))
+}
+
+/// The history after one more changelog record.
+fn chain(previous: &History, record: &[u8]) -> History {
+    let mut h = Sha256::new();
+    h.update(b"keygate-history\0");
+    h.update(previous.0 .0);
+    h.update(record);
+    History(KeyHash(h.finalize().into()))
+}
+
+fn versioned(version: u64, history: &History) -> Vec<u8> {
+    let mut out = be(version).to_vec();
+    out.extend_from_slice(&history.0 .0);
+    out
+}
+
+fn from_versioned(bytes: &[u8]) -> Option<(u64, History)> {
+    let (version, history) = bytes.split_at_checked(8)?;
+    Some((from_be(version)?, digest(history)?))
 }
 
 fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -267,6 +308,7 @@ struct Tx<'a> {
     spent_refresh: TxTree<'a>,
     usage: TxTree<'a>,
     business_keys: TxTree<'a>,
+    revoked_by_digest: TxTree<'a>,
     appended: Cell<Option<u64>>,
     now: UnixTime,
     retain: u64,
@@ -278,10 +320,22 @@ impl Tx<'_> {
     fn append(&self, change: Change) -> TxResult<u64> {
         let head = self.meta.get_raw(META_HEAD)?.and_then(|b| from_be(&b)).unwrap_or(0);
         let version = head.saturating_add(1);
-        self.changelog.put(&be(version), &ChangeRecord { version, at: self.now, change })?;
+        let mut record = ChangeRecord { version, at: self.now, change, history: None };
+        let previous = self.meta.get_raw(META_HISTORY)?.and_then(|b| digest(&b));
+        if let Some(previous) = previous {
+            let history = chain(&previous, &encode(&record).map_err(sled::transaction::ConflictableTransactionError::Abort)?);
+            self.meta.put_raw(META_HISTORY, &history.0 .0)?;
+            record.history = Some(history);
+        }
+        self.changelog.put(&be(version), &record)?;
         self.meta.put_raw(META_HEAD, &be(version))?;
         if version > self.retain {
             let oldest = version - self.retain;
+            // Keep the history at the floor: a delta can still start there.
+            match self.changelog.get::<ChangeRecord>(&be(oldest))?.and_then(|r| r.history) {
+                Some(history) => self.meta.put_raw(META_HISTORY_FLOOR, &versioned(oldest, &history))?,
+                None => self.meta.remove(META_HISTORY_FLOOR)?,
+            }
             self.changelog.remove(&be(oldest))?;
             self.meta.put_raw(META_FLOOR, &be(oldest))?;
         }
@@ -337,6 +391,17 @@ pub struct SweepReport {
 }
 
 impl Tx<'_> {
+    /// Records that `sid` is revoked until `until`.
+    fn put_revocation(&self, sid: &str, until: UnixTime) -> TxResult<()> {
+        self.revoked_by_digest.put_raw(&revoked::digest(sid).0, &digest_entry(sid, until))?;
+        self.revocations.put_raw(sid.as_bytes(), &be(until))
+    }
+
+    fn remove_revocation(&self, sid: &[u8]) -> TxResult<()> {
+        self.revoked_by_digest.remove(&revoked::digest(&String::from_utf8_lossy(sid)).0)?;
+        self.revocations.remove(sid)
+    }
+
     /// Revokes `session` (idempotent): a revocation entry until its last token's expiry
     /// plus `leeway`, the (key, client session) index dropped, and a changelog entry.
     fn revoke(&self, mut session: Session, leeway: u64) -> TxResult<RevokedSession> {
@@ -348,7 +413,7 @@ impl Tx<'_> {
         let until = session.last_exp.max(self.now).saturating_add(leeway);
         session.revoked_at = Some(self.now);
         self.sessions.put(sid.as_bytes(), &session)?;
-        self.revocations.put_raw(sid.as_bytes(), &be(until))?;
+        self.put_revocation(&sid, until)?;
         if let SessionOwner::Key { key_id, client_session } = &session.owner {
             // The next login for this pair opens a new session.
             let index = key_session_index(key_id, client_session);
@@ -451,6 +516,26 @@ fn migrate_to_2(trees: &Trees) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Builds the `revoked_by_digest` index from the revocations (from scratch, so an
+/// interrupted build is simply redone on the next open).
+fn migrate_to_3(trees: &Trees) -> Result<(), StoreError> {
+    trees.revoked_by_digest.clear()?;
+    let mut batch = sled::Batch::default();
+    let mut pending = 0;
+    for item in trees.revocations.iter() {
+        let (sid, until) = item?;
+        let sid = String::from_utf8_lossy(&sid);
+        batch.insert(&revoked::digest(&sid).0[..], digest_entry(&sid, from_be(&until).unwrap_or(0)));
+        pending += 1;
+        if pending == 10_000 {
+            trees.revoked_by_digest.apply_batch(std::mem::take(&mut batch))?;
+            pending = 0;
+        }
+    }
+    trees.revoked_by_digest.apply_batch(batch)?;
+    Ok(())
+}
+
 pub fn now() -> UnixTime {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -481,21 +566,36 @@ impl Store {
             spent_refresh: tree("spent_refresh")?,
             usage: tree("usage")?,
             business_keys: tree("business_keys")?,
+            revoked_by_digest: tree("revoked_by_digest")?,
         };
         let log_file = std::fs::File::open(path.join("db")).ok();
         // A store written before the schema was recorded is schema 1.
         let schema = trees.meta.get(META_SCHEMA)?.and_then(|b| from_be(&b)).unwrap_or(1);
-        if schema < SCHEMA_VERSION {
+        if schema < 2 {
             migrate_to_2(&trees)?;
+        }
+        if schema < 3 {
+            migrate_to_3(&trees)?;
+        }
+        if schema < SCHEMA_VERSION {
             trees.meta.insert(META_SCHEMA, &be(SCHEMA_VERSION))?;
             // Durable before the first request is served: a crash before this point
-            // reopens at schema 1 and builds the index again.
+            // reopens at the old schema and builds the indexes again.
             db.flush()?;
             if let Some(file) = &log_file {
                 file.sync_data().map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
             }
         }
         let head = trees.meta.get(META_HEAD)?.and_then(|b| from_be(&b)).unwrap_or(0);
+        if trees.meta.get(META_HISTORY)?.is_none() {
+            // A new store (or one from before histories): a random start, so no two stores
+            // ever share a history.
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| StoreError::Task(format!("no random history id: {e}")))?;
+            let start = chain(&History(KeyHash(seed)), b"");
+            trees.meta.insert(META_HISTORY_BASE, versioned(head, &start))?;
+            trees.meta.insert(META_HISTORY, &start.0 .0)?;
+        }
         // Whatever sled recovered on open was on disk, so it is durable.
         let inner = Inner {
             db,
@@ -529,7 +629,7 @@ impl Store {
         let read = read(self)?;
         let now = now();
         let retain = self.inner.changelog_retain;
-        let all: [&sled::Tree; 16] = [
+        let all: [&sled::Tree; 17] = [
             &t.businesses,
             &t.users,
             &t.users_by_email,
@@ -546,6 +646,7 @@ impl Store {
             &t.spent_refresh,
             &t.usage,
             &t.business_keys,
+            &t.revoked_by_digest,
         ];
         let result = all[..].transaction(|views: &Vec<TransactionalTree>| {
             let dirty = Cell::new(false);
@@ -567,6 +668,7 @@ impl Store {
                 spent_refresh: tt(13, "spent_refresh"),
                 usage: tt(14, "usage"),
                 business_keys: tt(15, "business_keys"),
+                revoked_by_digest: tt(16, "revoked_by_digest"),
                 appended: Cell::new(None),
                 now,
                 retain,
@@ -1184,7 +1286,7 @@ impl Store {
                 let mut n = (0, 0);
                 for sid in &lapsed {
                     if tx.revocations.get_raw(sid)?.and_then(|b| from_be(&b)).is_some_and(|u| u <= now) {
-                        tx.revocations.remove(sid)?;
+                        tx.remove_revocation(sid)?;
                         n.0 += 1;
                     }
                 }
@@ -1192,7 +1294,7 @@ impl Store {
                     if tx.sessions.contains(session.id.as_bytes())? {
                         tx.delete_session(session)?;
                         if tx.revocations.contains(session.id.as_bytes())? {
-                            tx.revocations.remove(session.id.as_bytes())?;
+                            tx.remove_revocation(session.id.as_bytes())?;
                             n.0 += 1;
                         }
                         n.1 += 1;
@@ -1294,16 +1396,20 @@ impl Store {
         }
         self.snapshot_extras(now, &mut wire)?;
         drop(w);
+        wire.history = self.history_at(wire.version)?;
         Ok(wire)
     }
 
     /// One page of the full snapshot, sorted by key hash so the filter can build its hash
     /// buckets as a stream: up to `limit` keys after `after`; the first page (no `after`)
-    /// also carries the signing keys and revocations. `version` is the head *before* the
-    /// page is read, so the page may hold later changes too, which the deltas since
+    /// also carries the signing keys. The last key page says whether revoked sessions
+    /// follow (`revocation_pages`); those pages (`revoked`) hold up to `limit` of them after
+    /// `after`, sorted by the SHA-256 of the session id. So a page stays within `limit`
+    /// records whatever the number of keys or revocations. `version` is the head *before*
+    /// the page is read, so the page may hold later changes too, which the deltas since
     /// `version` replay in order. Returns the page and the head after reading it (the
     /// caller waits for that to be durable before serving).
-    pub fn snapshot_page(&self, now: UnixTime, after: Option<KeyHash>, limit: usize) -> Result<(SnapshotWire, u64), StoreError> {
+    pub fn snapshot_page(&self, now: UnixTime, after: Option<KeyHash>, limit: usize, revoked: bool) -> Result<(SnapshotWire, u64), StoreError> {
         let t = &self.inner.trees;
         let head = || self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner).head;
         let mut wire = SnapshotWire { version: head(), since: None, ..SnapshotWire::default() };
@@ -1311,31 +1417,54 @@ impl Store {
             Some(hash) => std::ops::Bound::Excluded(hash.0.to_vec()),
             None => std::ops::Bound::Unbounded,
         };
-        for item in t.key_hashes.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
-            let (hash, id) = item?;
-            if wire.keys.len() >= limit {
-                wire.next_after = wire.keys.last().map(|k| k.hash);
-                break;
+        if revoked {
+            let mut last = None;
+            for item in t.revoked_by_digest.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
+                let (digest, entry) = item?;
+                if wire.revoked_sessions.len() >= limit {
+                    wire.next_after = last;
+                    break;
+                }
+                let Some((until, sid)) = entry.split_at_checked(8) else { continue };
+                let until = from_be(until).unwrap_or(0);
+                last = <[u8; 32]>::try_from(&digest[..]).ok().map(KeyHash);
+                if until > now {
+                    wire.revoked_sessions.push(RevokedSession { sid: String::from_utf8_lossy(sid).into_owned(), until });
+                }
             }
-            let Some(bytes) = t.keys.get(&id)? else { continue };
-            let key: Key = decode("keys", &bytes)?;
-            wire.keys.extend(key.entries(now).into_iter().filter(|e| e.hash.0[..] == hash[..]));
+        } else {
+            for item in t.key_hashes.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
+                let (hash, id) = item?;
+                if wire.keys.len() >= limit {
+                    wire.next_after = wire.keys.last().map(|k| k.hash);
+                    break;
+                }
+                let Some(bytes) = t.keys.get(&id)? else { continue };
+                let key: Key = decode("keys", &bytes)?;
+                wire.keys.extend(key.entries(now).into_iter().filter(|e| e.hash.0[..] == hash[..]));
+            }
+            if after.is_none() {
+                self.signing_extras(&mut wire)?;
+            }
+            wire.revocation_pages = wire.next_after.is_none() && !t.revoked_by_digest.is_empty();
         }
-        if after.is_none() {
-            self.snapshot_extras(now, &mut wire)?;
-        }
+        wire.history = self.history_at(wire.version)?;
         Ok((wire, head()))
     }
 
-    /// What a full snapshot carries besides keys: every published signing key and the
-    /// revocations still in force.
-    fn snapshot_extras(&self, now: UnixTime, wire: &mut SnapshotWire) -> Result<(), StoreError> {
-        let t = &self.inner.trees;
-        for item in t.signing_keys.iter() {
+    fn signing_extras(&self, wire: &mut SnapshotWire) -> Result<(), StoreError> {
+        for item in self.inner.trees.signing_keys.iter() {
             let (_, bytes) = item?;
             wire.signing_keys.push(decode::<SigningKey>("signing_keys", &bytes)?.public);
         }
-        for item in t.revocations.iter() {
+        Ok(())
+    }
+
+    /// What an unpaged full snapshot carries besides keys: every published signing key
+    /// and the revocations still in force.
+    fn snapshot_extras(&self, now: UnixTime, wire: &mut SnapshotWire) -> Result<(), StoreError> {
+        self.signing_extras(wire)?;
+        for item in self.inner.trees.revocations.iter() {
             let (sid, until) = item?;
             let until = from_be(&until).unwrap_or(0);
             if until > now {
@@ -1394,7 +1523,9 @@ impl Store {
                 return Err(StoreError::Gone);
             }
         }
-        let mut wire = SnapshotWire { version: upto, since: Some(since), revoked_sessions: revoked, ..SnapshotWire::default() };
+        let history = self.history_at(upto)?;
+        let since_history = self.history_at(since)?;
+        let mut wire = SnapshotWire { version: upto, since: Some(since), revoked_sessions: revoked, history, since_history, ..SnapshotWire::default() };
         for (hash, entry) in keys {
             match entry {
                 Some(entry) => wire.keys.push(entry),
@@ -1408,6 +1539,33 @@ impl Store {
             }
         }
         Ok(wire)
+    }
+
+    /// The store's history at `version`: `None` when no longer known (before the floor,
+    /// or from before histories existed).
+    pub fn history_at(&self, version: u64) -> Result<Option<History>, StoreError> {
+        let t = &self.inner.trees;
+        if let Some(record) = Store::read::<ChangeRecord>(&t.changelog, "changelog", &be(version))? {
+            return Ok(record.history);
+        }
+        for name in [META_HISTORY_BASE, META_HISTORY_FLOOR] {
+            if let Some((at, history)) = t.meta.get(name)?.and_then(|b| from_versioned(&b)) {
+                if at == version {
+                    return Ok(Some(history));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`StoreError::Gone`] unless this store's history at `version` is `expected`: a
+    /// client from another history (this store restored from a backup and moved on) must
+    /// start over with a full snapshot.
+    pub fn check_history(&self, version: u64, expected: &History) -> Result<(), StoreError> {
+        match self.history_at(version)? {
+            Some(history) if history == *expected => Ok(()),
+            _ => Err(StoreError::Gone),
+        }
     }
 
     /// The oldest `since` a delta can still be built from.
@@ -1485,6 +1643,51 @@ mod tests {
         let delta = store.delta(t.version, t.version + 1, now + 2).unwrap();
         assert_eq!(delta.removed_keys, vec![KeyHash([1; 32])]);
         assert_eq!(store.full_snapshot(now + 2).unwrap().keys.len(), 1);
+    }
+
+    /// A page of the full snapshot stays within its size whatever the number of sessions
+    /// revoked (past ~1.2 M the first page outgrew the filter's 64 MiB limit).
+    #[test]
+    fn snapshot_pages_are_bounded_whatever_the_revocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 100);
+        let _ = store.create_business(&Business { id: "biz_a".into(), name: "A".into(), created_at: 1 }).unwrap();
+        for i in 1..=3u8 {
+            let _ = store.create_key(&key(&format!("key_{i}"), "biz_a", i)).unwrap();
+        }
+        const R: usize = 20_000;
+        let _ = store
+            .write(|tx| {
+                for i in 0..R {
+                    tx.put_revocation(&format!("ses_{i:016}"), u64::MAX)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let limit = 100;
+        // A page of `limit` entries of ~100 bytes each, plus the signing keys.
+        let bound = limit * 100 + 4096;
+        let (first, _) = store.snapshot_page(0, None, limit, false).unwrap();
+        let bytes = serde_json::to_vec(&first).unwrap().len();
+        assert!(bytes <= bound, "the first page is {bytes} bytes with {R} revocations");
+        // They come in pages of their own, each within the bound, sorted by digest, all of them.
+        assert!(first.revocation_pages && first.next_after.is_none());
+        let (mut after, mut seen, mut last) = (None, 0, None);
+        loop {
+            let (page, _) = store.snapshot_page(0, after, limit, true).unwrap();
+            assert!(serde_json::to_vec(&page).unwrap().len() <= bound);
+            for r in &page.revoked_sessions {
+                let d = revoked::digest(&r.sid);
+                assert!(last < Some(d));
+                last = Some(d);
+            }
+            seen += page.revoked_sessions.len();
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, R);
     }
 
     #[test]
@@ -1612,6 +1815,13 @@ mod tests {
         assert_eq!(store.delta(3, 5, 0).unwrap().keys.len(), 2);
         assert!(matches!(store.delta(6, 5, 0), Err(StoreError::Gone)));
         assert_eq!(store.delta(5, 5, 0).unwrap().keys.len(), 0);
+        // The history is known from the floor on, and chains version to version.
+        let at3 = store.history_at(3).unwrap().unwrap();
+        let delta = store.delta(3, 5, 0).unwrap();
+        assert_eq!((delta.since_history, delta.history), (Some(at3), store.history_at(5).unwrap()));
+        assert!(store.check_history(3, &at3).is_ok());
+        assert!(matches!(store.check_history(4, &at3), Err(StoreError::Gone)));
+        assert_eq!(store.history_at(2).unwrap(), None);
     }
 
     #[test]

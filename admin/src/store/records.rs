@@ -2,7 +2,7 @@
 //! secret-derived value (password PHC string, signing seed, refresh-token hash) has a
 //! hand-written `Debug` that leaves it out.
 
-use keygate_core::snapshot::{KeyEntry, RevokedSession, SigningKeyEntry};
+use keygate_core::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry};
 use keygate_core::{AccessClaims, KeyHash, KeyKind, Mode, UnixTime};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -231,4 +231,8 @@ pub struct ChangeRecord {
     pub version: u64,
     pub at: UnixTime,
     pub change: Change,
+    /// The store's history at this version: H(history at version − 1, this record without
+    /// it). Absent from records written before histories existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<History>,
 }
