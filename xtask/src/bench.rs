@@ -10,6 +10,7 @@
 
 mod feed;
 pub mod import;
+pub mod ipflood;
 pub mod logins;
 
 use std::fmt::Write as _;

@@ -284,7 +284,7 @@ struct Envoy {
 
 /// `text` with `from` replaced, which must occur exactly once (a drifting envoy.yaml fails
 /// the test instead of silently testing something else).
-fn replace_once(text: &str, from: &str, to: &str) -> Result<String, String> {
+pub(crate) fn replace_once(text: &str, from: &str, to: &str) -> Result<String, String> {
     match text.matches(from).count() {
         1 => Ok(text.replacen(from, to, 1)),
         n => Err(format!("envoy.yaml should contain {from:?} exactly once, found {n}")),

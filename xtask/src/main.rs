@@ -8,7 +8,6 @@ mod crash;
 mod deploy;
 mod fuzz;
 mod http;
-mod ipflood;
 mod json;
 mod sys;
 mod up;
@@ -139,7 +138,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::cmd_bench(&p, &args[1..]),
         Some("import-bench") => bench::import::cmd(&p, &args[1..]),
         Some("login-flood") => bench::logins::cmd(&p, &args[1..]),
-        Some("ip-flood") => ipflood::cmd(&p, &args[1..]),
+        Some("ip-flood") => bench::ipflood::cmd(&p, &args[1..]),
         Some("up") if args.len() == 1 => up::cmd_up(&p),
         Some("setup") if args.len() == 1 => match setup_and_build(&p) {
             Ok(()) => ExitCode::SUCCESS,

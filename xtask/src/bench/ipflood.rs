@@ -9,17 +9,18 @@
 //! `--max-secs` (default 1800).
 
 use std::ffi::c_int;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::FromRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::{http, step, sys, Paths};
+use super::{free_port, Proc};
+use crate::crash::replace_once;
+use crate::{http, step, Paths};
 
 const PROXY_TOKEN: &str = "kgp_ip_flood_proxy_token_for_measurement";
 const OPERATOR_TOKEN: &str = "kgo_ip_flood_operator_token_for_measurement";
@@ -59,41 +60,6 @@ pub fn cmd(p: &Paths, args: &[String]) -> ExitCode {
     }
 }
 
-/// A child in its own process group, killed and reaped on drop.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Result<Proc, String> {
-        let out = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        sys::own_group_die_with_parent(&mut cmd);
-        let child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
-        Ok(Proc { name, child })
-    }
-
-    fn alive(&mut self) -> Result<(), String> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            _ => Err(format!("{} exited", self.name)),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        sys::kill_group(self.child.id(), sys::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| format!("no free port: {e}"))
-}
-
 fn wait_until(what: &str, procs: &mut [&mut Proc], mut ok: impl FnMut() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ok() {
@@ -106,13 +72,6 @@ fn wait_until(what: &str, procs: &mut [&mut Proc], mut ok: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
-}
-
-fn replace_once(text: &str, from: &str, to: &str) -> Result<String, String> {
-    match text.matches(from).count() {
-        1 => Ok(text.replacen(from, to, 1)),
-        n => Err(format!("envoy.yaml should contain {from:?} once, has it {n} times")),
-    }
 }
 
 /// (VmRSS kB, `server.memory_allocated`, `server.memory_heap_size`).
@@ -135,11 +94,11 @@ fn run(p: &Paths, o: &Options) -> Result<(), String> {
     let (echo_port, admin_port, listen_port, envoy_admin_port) = (free_port()?, free_port()?, free_port()?, free_port()?);
     let mut echo_cmd = Command::new(&p.echo);
     echo_cmd.args(["--addr", &format!("127.0.0.1:{echo_port}")]);
-    let mut echo = Proc::spawn("keygate-echo", echo_cmd, &dir.join("echo.log"))?;
+    let mut echo = Proc::spawn("keygate-echo", echo_cmd, dir.join("echo.log"))?;
     let mut admin_cmd = Command::new(&p.admin);
     admin_cmd.args(["serve", "--addr", &format!("127.0.0.1:{admin_port}"), "--data"]).arg(dir.join("data"));
     admin_cmd.env("KEYGATE_OPERATOR_TOKEN", OPERATOR_TOKEN).env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN).env("RUST_LOG", "warn").env("NO_COLOR", "1");
-    let mut admin = Proc::spawn("keygate-admin", admin_cmd, &dir.join("admin.log"))?;
+    let mut admin = Proc::spawn("keygate-admin", admin_cmd, dir.join("admin.log"))?;
 
     let mut yaml = std::fs::read_to_string(&p.envoy_yaml).map_err(|e| e.to_string())?;
     yaml = replace_once(&yaml, "port_value: 9901", &format!("port_value: {envoy_admin_port}"))?;
@@ -151,7 +110,7 @@ fn run(p: &Paths, o: &Options) -> Result<(), String> {
     std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
     let mut envoy_cmd = Command::new(&p.envoy);
     envoy_cmd.arg("-c").arg(&config).args(["--concurrency", "2", "--disable-hot-restart", "--log-level", "warn"]).env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN);
-    let mut envoy = Proc::spawn("envoy", envoy_cmd, &dir.join("envoy.log"))?;
+    let mut envoy = Proc::spawn("envoy", envoy_cmd, dir.join("envoy.log"))?;
 
     let envoy_admin = format!("127.0.0.1:{envoy_admin_port}");
     let envoy_addr = format!("127.0.0.1:{listen_port}");
@@ -159,7 +118,7 @@ fn run(p: &Paths, o: &Options) -> Result<(), String> {
         http::get(&envoy_admin, "/ready", T).is_ok_and(|r| r.status == 200) && http::get(&envoy_addr, "/orders", T).is_ok_and(|r| r.status == 401)
     })?;
     step(&format!("ip-flood: {} addresses, wasm {}, logs in {}", o.addresses, wasm.display(), dir.display()));
-    let pid = envoy.child.id();
+    let pid = envoy.pid();
     let before = memory(pid, &envoy_admin)?;
 
     let next = Arc::new(AtomicU64::new(0));
