@@ -167,11 +167,9 @@ impl Throttle {
         self.failure_at(ip, email, now);
     }
 
-    /// `Err(seconds)` while the pair or the client is blocked.
-    pub fn check(&self, ip: IpAddr, email: &str) -> Result<(), u64> {
-        self.check_at(ip, email, Instant::now())
-    }
-
+    /// `Err(seconds)` while the pair or the client is blocked (sign-in goes through
+    /// `begin`, which checks and reserves at once).
+    #[cfg(test)]
     fn check_at(&self, ip: IpAddr, email: &str, now: Instant) -> Result<(), u64> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let wait = Self::subjects(ip, email)
@@ -204,10 +202,6 @@ impl Throttle {
         }
     }
 
-    pub fn failure(&self, ip: IpAddr, email: &str) {
-        self.failure_at(ip, email, Instant::now());
-    }
-
     fn failure_at(&self, ip: IpAddr, email: &str, now: Instant) {
         let c = &self.config;
         let forget = Duration::from_secs(c.forget_secs);
@@ -231,7 +225,8 @@ impl Throttle {
 
     /// A correct password clears its pair (not the client: a sprayer with one right
     /// guess stays throttled).
-    pub fn success(&self, ip: IpAddr, email: &str) {
+    #[cfg(test)]
+    fn success(&self, ip: IpAddr, email: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries.remove(&Subject::Pair(ip, email.to_owned()));
     }

@@ -496,44 +496,41 @@ impl Tx<'_> {
     }
 }
 
-/// Schema 1 → 2: builds `business_keys` from every stored key. Idempotent, so an open
-/// interrupted half-way simply runs it again.
-fn migrate_to_2(trees: &Trees) -> Result<(), StoreError> {
-    trees.business_keys.clear()?;
+/// Builds `index` afresh from every record of `source` (`entry` gives the index's key and
+/// value for one record), in batches. From scratch, so an interrupted build is simply done
+/// again on the next open (the schema version is written only after a flush).
+fn rebuild_index(source: &sled::Tree, index: &sled::Tree, entry: impl Fn(&[u8], &[u8]) -> Result<(Vec<u8>, Vec<u8>), StoreError>) -> Result<(), StoreError> {
+    index.clear()?;
     let mut batch = sled::Batch::default();
     let mut pending = 0;
-    for item in trees.keys.iter() {
-        let (_, bytes) = item?;
-        let key: Key = decode("keys", &bytes)?;
-        batch.insert(business_key_index(&key.business, &key.id), &[] as &[u8]);
+    for item in source.iter() {
+        let (key, value) = item?;
+        let (k, v) = entry(&key, &value)?;
+        batch.insert(k, v);
         pending += 1;
         if pending == 10_000 {
-            trees.business_keys.apply_batch(std::mem::take(&mut batch))?;
+            index.apply_batch(std::mem::take(&mut batch))?;
             pending = 0;
         }
     }
-    trees.business_keys.apply_batch(batch)?;
+    index.apply_batch(batch)?;
     Ok(())
 }
 
-/// Builds the `revoked_by_digest` index from the revocations (from scratch, so an
-/// interrupted build is simply redone on the next open).
+/// Schema 2: the `business_keys` index.
+fn migrate_to_2(trees: &Trees) -> Result<(), StoreError> {
+    rebuild_index(&trees.keys, &trees.business_keys, |_, bytes| {
+        let key: Key = decode("keys", bytes)?;
+        Ok((business_key_index(&key.business, &key.id), Vec::new()))
+    })
+}
+
+/// Schema 3: the `revoked_by_digest` index.
 fn migrate_to_3(trees: &Trees) -> Result<(), StoreError> {
-    trees.revoked_by_digest.clear()?;
-    let mut batch = sled::Batch::default();
-    let mut pending = 0;
-    for item in trees.revocations.iter() {
-        let (sid, until) = item?;
-        let sid = String::from_utf8_lossy(&sid);
-        batch.insert(&revoked::digest(&sid).0[..], digest_entry(&sid, from_be(&until).unwrap_or(0)));
-        pending += 1;
-        if pending == 10_000 {
-            trees.revoked_by_digest.apply_batch(std::mem::take(&mut batch))?;
-            pending = 0;
-        }
-    }
-    trees.revoked_by_digest.apply_batch(batch)?;
-    Ok(())
+    rebuild_index(&trees.revocations, &trees.revoked_by_digest, |sid, until| {
+        let sid = String::from_utf8_lossy(sid);
+        Ok((revoked::digest(&sid).0.to_vec(), digest_entry(&sid, from_be(until).unwrap_or(0))))
+    })
 }
 
 pub fn now() -> UnixTime {
@@ -1754,6 +1751,27 @@ mod tests {
         assert!(decoded <= 2, "listing biz_a decoded {decoded} key records");
         assert_eq!(store.keys_of_business("biz_b").unwrap().len(), 50);
         assert!(store.keys_of_business("biz_c").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_schema_2_store_gets_the_revocation_index_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let sids: Vec<String> = (0..5).map(|i| format!("ses_{i:04}")).collect();
+        {
+            let store = open(dir.path(), 100);
+            let _ = store.write(|tx| sids.iter().try_for_each(|sid| tx.put_revocation(sid, u64::MAX))).unwrap();
+            // What a schema-2 store holds: revocations, no digest index.
+            let t = &store.inner.trees;
+            t.revoked_by_digest.clear().unwrap();
+            t.meta.insert(META_SCHEMA, &be(2)).unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let store = open(dir.path(), 100);
+        assert_eq!(store.inner.trees.meta.get(META_SCHEMA).unwrap().and_then(|b| from_be(&b)), Some(SCHEMA_VERSION));
+        let (page, _) = store.snapshot_page(0, None, 100, true).unwrap();
+        let mut got: Vec<String> = page.revoked_sessions.into_iter().map(|r| r.sid).collect();
+        got.sort();
+        assert_eq!(got, sids, "every revocation is paged after the migration");
     }
 
     #[test]
