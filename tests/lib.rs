@@ -33,7 +33,11 @@ fn repo_root() -> PathBuf {
 
 fn artifact(var: &str, default: &str) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| repo_root().join(default));
-    assert!(path.exists(), "{} not found ({var}); run the end-to-end tests with `cargo xtask test`, which builds and installs everything", path.display());
+    assert!(
+        path.exists(),
+        "{} not found ({var}); run the end-to-end tests with `cargo xtask test`, which builds and installs everything",
+        path.display()
+    );
     path
 }
 
@@ -63,7 +67,8 @@ fn spawn_listening(name: &'static str, mut cmd: Command, log_dir: &Path) -> (Chi
     // Appended, so a restarted process keeps its earlier log.
     let open = |file: String| std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(file)).unwrap();
     let log = open(format!("{name}.log"));
-    let mut child = cmd.stdout(Stdio::piped()).stderr(log).stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(log).stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let log_path = log_dir.join(format!("{name}.stdout"));
@@ -78,7 +83,9 @@ fn spawn_listening(name: &'static str, mut cmd: Command, log_dir: &Path) -> (Chi
         }
     });
     let guard = ChildGuard { name, child };
-    let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("{name} did not report its address; logs in {}", log_dir.display()));
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{name} did not report its address; logs in {}", log_dir.display()));
     (guard, addr)
 }
 
@@ -203,7 +210,9 @@ impl Stack {
         let admin_args = AdminArgs { extra: options.admin_args.clone(), log_level: options.log_level.unwrap_or("info") };
         let (admin, admin_addr) = spawn_listening("admin", admin_command(&admin_bin, &data, "127.0.0.1:0", &admin_args), &dir);
 
-        let second_admin = options.second_admin.then(|| spawn_listening("admin_b", admin_command(&admin_bin, &dir.join("data_b"), "127.0.0.1:0", &admin_args), &dir));
+        let second_admin = options
+            .second_admin
+            .then(|| spawn_listening("admin_b", admin_command(&admin_bin, &dir.join("data_b"), "127.0.0.1:0", &admin_args), &dir));
 
         let http = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         let seeded = (options.seed_keys > 0).then(|| seed(&http, &format!("http://{admin_addr}"), options.seed_keys));
@@ -234,7 +243,15 @@ impl Stack {
 
         let envoy_log = std::fs::File::create(dir.join("envoy.log")).unwrap();
         let envoy_child = Command::new(&envoy_bin)
-            .args(["-c", config.to_str().unwrap(), "--disable-hot-restart", "--concurrency", &std::env::var("KEYGATE_E2E_CONCURRENCY").unwrap_or_else(|_| "2".into()), "--log-level", options.log_level.unwrap_or("info")])
+            .args([
+                "-c",
+                config.to_str().unwrap(),
+                "--disable-hot-restart",
+                "--concurrency",
+                &std::env::var("KEYGATE_E2E_CONCURRENCY").unwrap_or_else(|_| "2".into()),
+                "--log-level",
+                options.log_level.unwrap_or("info"),
+            ])
             .env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN)
             .stdout(envoy_log.try_clone().unwrap())
             .stderr(envoy_log)
@@ -250,7 +267,12 @@ impl Stack {
             seeded,
             second,
             seeded_revoked,
-            children: std::sync::Mutex::new([ChildGuard { name: "envoy", child: envoy_child }, admin, echo].into_iter().chain(second_admin.map(|(guard, _)| guard)).collect()),
+            children: std::sync::Mutex::new(
+                [ChildGuard { name: "envoy", child: envoy_child }, admin, echo]
+                    .into_iter()
+                    .chain(second_admin.map(|(guard, _)| guard))
+                    .collect(),
+            ),
             admin_bin,
             admin_addr: admin_addr.clone(),
             admin_args,
@@ -269,7 +291,11 @@ impl Stack {
             if ready {
                 return;
             }
-            assert!(Instant::now() < deadline, "the stack did not become ready in 60 s (Envoy ready and the filter holding a snapshot); logs in {}", self.dir.display());
+            assert!(
+                Instant::now() < deadline,
+                "the stack did not become ready in 60 s (Envoy ready and the filter holding a snapshot); logs in {}",
+                self.dir.display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -287,7 +313,8 @@ impl Stack {
     /// Starts keygate-admin again on the same address and data directory.
     pub fn restart_admin(&self) {
         self.kill_admin();
-        let (guard, addr) = spawn_listening("admin", admin_command(&self.admin_bin, &self.dir.join("data"), &self.admin_addr, &self.admin_args), &self.dir);
+        let (guard, addr) =
+            spawn_listening("admin", admin_command(&self.admin_bin, &self.dir.join("data"), &self.admin_addr, &self.admin_args), &self.dir);
         assert_eq!(addr, self.admin_addr);
         self.children.lock().unwrap().push(guard);
     }
@@ -388,7 +415,11 @@ fn seed(http: &Client, admin_url: &str, n: usize) -> (String, Vec<String>) {
         resp.json().unwrap()
     };
     let business = post("/v1/businesses", json!({"name": "Seeded"}))["id"].as_str().unwrap().to_owned();
-    let keys = (0..n).map(|_| post(&format!("/v1/businesses/{business}/keys"), json!({"kind": "sk", "mode": "live"}))["key"].as_str().unwrap().to_owned()).collect();
+    let keys = (0..n)
+        .map(|_| {
+            post(&format!("/v1/businesses/{business}/keys"), json!({"kind": "sk", "mode": "live"}))["key"].as_str().unwrap().to_owned()
+        })
+        .collect();
     (business, keys)
 }
 
@@ -397,7 +428,11 @@ fn seed_revoked(http: &Client, admin_url: &str, key: &str, n: usize) -> Vec<Stri
     use base64::Engine as _;
     (0..n)
         .map(|i| {
-            let resp = http.post(format!("{admin_url}/auth/login")).json(&json!({"api_key": key, "session_id": format!("seeded-{i}")})).send().unwrap();
+            let resp = http
+                .post(format!("{admin_url}/auth/login"))
+                .json(&json!({"api_key": key, "session_id": format!("seeded-{i}")}))
+                .send()
+                .unwrap();
             assert_eq!(resp.status().as_u16(), 200, "seeding a login");
             let token = resp.json::<Value>().unwrap()["access_token"].as_str().unwrap().to_owned();
             let payload = token.split('.').nth(1).unwrap();

@@ -112,10 +112,27 @@ async fn main() {
     let args = Args::parse();
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&parent).unwrap();
-    println!("durable key creations over HTTP: {} clients, {} s per round, sled directories under {}", args.clients, args.seconds, parent.display());
+    println!(
+        "durable key creations over HTTP: {} clients, {} s per round, sled directories under {}",
+        args.clients,
+        args.seconds,
+        parent.display()
+    );
     let group = round(&parent, false, args.clients, args.seconds).await;
-    println!("group commit:         {:>8.0} creates/s  ({} created, {} failed, {:.1} s)", group.rate(), group.ok, group.failed, group.elapsed.as_secs_f64());
+    println!(
+        "group commit:         {:>8.0} creates/s  ({} created, {} failed, {:.1} s)",
+        group.rate(),
+        group.ok,
+        group.failed,
+        group.elapsed.as_secs_f64()
+    );
     let single = round(&parent, true, args.clients, args.seconds).await;
-    println!("one flush per write:  {:>8.0} creates/s  ({} created, {} failed, {:.1} s)", single.rate(), single.ok, single.failed, single.elapsed.as_secs_f64());
+    println!(
+        "one flush per write:  {:>8.0} creates/s  ({} created, {} failed, {:.1} s)",
+        single.rate(),
+        single.ok,
+        single.failed,
+        single.elapsed.as_secs_f64()
+    );
     println!("ratio:                {:>8.1}x", group.rate() / single.rate().max(f64::MIN_POSITIVE));
 }

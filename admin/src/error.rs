@@ -186,7 +186,10 @@ impl AdminError {
             // keeps clients from reusing it for their next request.
             response.headers_mut().insert(warp::http::header::CONNECTION, warp::http::HeaderValue::from_static("close"));
         }
-        if let AdminError::RateLimited { retry_after_secs } | AdminError::SessionLimitReached { retry_after_secs } | AdminError::Busy { retry_after_secs } = self {
+        if let AdminError::RateLimited { retry_after_secs }
+        | AdminError::SessionLimitReached { retry_after_secs }
+        | AdminError::Busy { retry_after_secs } = self
+        {
             if let Ok(value) = warp::http::HeaderValue::from_str(&retry_after_secs.max(&1).to_string()) {
                 response.headers_mut().insert(warp::http::header::RETRY_AFTER, value);
             }

@@ -309,7 +309,8 @@ pub async fn signin(state: AppState, client: IpAddr, body: SignIn) -> Result<Res
     // attempt counts as a failure from here until its password proves right, so guesses
     // sent in parallel are throttled as if each had already failed.
     let throttle_email: String = email.chars().take(254).collect();
-    let attempt = state.throttle().begin(client, &throttle_email).map_err(|retry_after_secs| AdminError::RateLimited { retry_after_secs })?;
+    let attempt =
+        state.throttle().begin(client, &throttle_email).map_err(|retry_after_secs| AdminError::RateLimited { retry_after_secs })?;
     let user = if email.len() <= 254 { state.store().user_by_email(&email)? } else { None };
     let phc = user.as_ref().map(|u| u.password_phc.clone());
     // An unknown email is checked against a dummy hash: same time, same answer.
@@ -486,7 +487,13 @@ pub async fn login(state: AppState, client: IpAddr, body: Login) -> Result<Respo
     let reusable = {
         let (kid, iss, aud, businesses, scope) = (kid.clone(), iss.clone(), aud.clone(), businesses.clone(), scope.clone());
         move |t: &IssuedToken| {
-            t.kid == kid && t.claims.iss == iss && t.claims.aud == aud && t.claims.exp > now && t.claims.businesses == businesses && t.claims.mode == Some(mode) && t.claims.scope == scope
+            t.kid == kid
+                && t.claims.iss == iss
+                && t.claims.aud == aud
+                && t.claims.exp > now
+                && t.claims.businesses == businesses
+                && t.claims.mode == Some(mode)
+                && t.claims.scope == scope
         }
     };
     // Fast path: the same key and session while its token is valid → the same token, from a
@@ -526,7 +533,8 @@ pub async fn login(state: AppState, client: IpAddr, body: Login) -> Result<Respo
     let pair_session = client_session.clone();
     let client_net = crate::throttle::client_net(client).to_string();
     let (session, ticket) =
-        blocking(state.store(), move |s| s.key_session_token(&key_id, &pair_session, &client_net, &candidate, reusable, cap, leeway)).await?;
+        blocking(state.store(), move |s| s.key_session_token(&key_id, &pair_session, &client_net, &candidate, reusable, cap, leeway))
+            .await?;
     state.store().wait_durable(ticket).await?;
     let issued = session.current.ok_or(AdminError::Internal("a key session without a token"))?;
     if !tokens.still_good(&issued, now) {
@@ -927,9 +935,7 @@ pub struct SigningKeyRotated {
 )]
 pub async fn rotate_signing_key(state: AppState) -> Result<Response, AdminError> {
     let signer = state.tokens().signer_kid();
-    let remove_after = now()
-        .saturating_add(state.config().token_ttl_secs)
-        .saturating_add(state.config().token_leeway_secs);
+    let remove_after = now().saturating_add(state.config().token_ttl_secs).saturating_add(state.config().token_leeway_secs);
     let st = state.clone();
     let (kid, replaced, ticket) = tokio::task::spawn_blocking(move || st.tokens().rotate(st.store(), remove_after)).await??;
     // With concurrent rotations the key replaced is not necessarily the one that signed
@@ -1097,10 +1103,14 @@ pub fn parse_snapshot_query(raw: &str) -> Result<SnapshotQuery, AdminError> {
                 query.limit = usize::try_from(limit).ok();
             }
             "after" if query.after.is_none() => {
-                query.after = Some(KeyHash::from_hex(value).ok_or_else(|| AdminError::InvalidQuery("after must be a key hash (64 hex digits)".to_owned()))?);
+                query.after = Some(
+                    KeyHash::from_hex(value)
+                        .ok_or_else(|| AdminError::InvalidQuery("after must be a key hash (64 hex digits)".to_owned()))?,
+                );
             }
             "history" if query.history.is_none() => {
-                query.history = Some(History::from_hex(value).ok_or_else(|| AdminError::InvalidQuery("history must be 64 hex digits".to_owned()))?);
+                query.history =
+                    Some(History::from_hex(value).ok_or_else(|| AdminError::InvalidQuery("history must be 64 hex digits".to_owned()))?);
             }
             "revoked" if !query.revoked => {
                 if value != "1" {
@@ -1108,7 +1118,9 @@ pub fn parse_snapshot_query(raw: &str) -> Result<SnapshotQuery, AdminError> {
                 }
                 query.revoked = true;
             }
-            "since" | "wait" | "limit" | "after" | "history" | "revoked" => return Err(AdminError::InvalidQuery(format!("{name} given twice"))),
+            "since" | "wait" | "limit" | "after" | "history" | "revoked" => {
+                return Err(AdminError::InvalidQuery(format!("{name} given twice")))
+            }
             _ => return Err(AdminError::InvalidQuery("only since, wait, limit, after, history and revoked are understood".to_owned())),
         }
     }
@@ -1237,10 +1249,16 @@ mod tests {
     #[test]
     fn snapshot_queries() {
         assert_eq!(parse_snapshot_query("").ok(), Some(SnapshotQuery::default()));
-        assert_eq!(parse_snapshot_query("since=5&wait=30").ok(), Some(SnapshotQuery { since: Some(5), wait: 30, ..SnapshotQuery::default() }));
+        assert_eq!(
+            parse_snapshot_query("since=5&wait=30").ok(),
+            Some(SnapshotQuery { since: Some(5), wait: 30, ..SnapshotQuery::default() })
+        );
         assert_eq!(parse_snapshot_query("limit=10").ok(), Some(SnapshotQuery { limit: Some(10), ..SnapshotQuery::default() }));
         let history = "ab".repeat(32);
-        assert_eq!(parse_snapshot_query(&format!("since=3&history={history}")).ok().and_then(|q| q.history).map(|h| h.to_hex()), Some(history.clone()));
+        assert_eq!(
+            parse_snapshot_query(&format!("since=3&history={history}")).ok().and_then(|q| q.history).map(|h| h.to_hex()),
+            Some(history.clone())
+        );
         assert!(parse_snapshot_query(&format!("history={history}")).is_err());
         assert!(parse_snapshot_query("since=3&history=zz").is_err());
         assert_eq!(parse_snapshot_query("limit=5&revoked=1").ok().map(|q| q.revoked), Some(true));
@@ -1248,7 +1266,10 @@ mod tests {
             assert!(parse_snapshot_query(bad).is_err(), "{bad}");
         }
         let after = "ab".repeat(32);
-        assert_eq!(parse_snapshot_query(&format!("after={after}&limit=2")).ok().and_then(|q| q.after).map(|h| h.to_hex()), Some(after.clone()));
+        assert_eq!(
+            parse_snapshot_query(&format!("after={after}&limit=2")).ok().and_then(|q| q.after).map(|h| h.to_hex()),
+            Some(after.clone())
+        );
         for bad in ["limit=0", "limit=100001", "after=zz&limit=1", &format!("after={after}"), "since=1&limit=5", "limit=1&limit=2"] {
             assert!(parse_snapshot_query(bad).is_err(), "{bad}");
         }

@@ -130,7 +130,8 @@ pub fn check_record(record: &ImportRecord, now: UnixTime) -> Result<Key, String>
         "test" => Mode::Test,
         _ => return Err("mode must be live or test".to_owned()),
     };
-    let name = record.name.as_deref().filter(|n| !n.trim().is_empty()).map(|n| clean_name(n, "name")).transpose().map_err(|e| e.to_string())?;
+    let name =
+        record.name.as_deref().filter(|n| !n.trim().is_empty()).map(|n| clean_name(n, "name")).transpose().map_err(|e| e.to_string())?;
     let expires_at = match record.expires_at.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
         None => None,
         Some(text) => {
@@ -148,12 +149,20 @@ pub fn check_record(record: &ImportRecord, now: UnixTime) -> Result<Key, String>
         (Some(raw), None) => match key::classify(raw) {
             Ok(PresentedKey::Checked(api_key)) => {
                 if (api_key.kind(), api_key.mode()) != (kind, mode) {
-                    return Err(format!("the key's prefix is {}_{}_ but the record says kind {} and mode {}", api_key.kind().as_str(), api_key.mode().as_str(), kind.as_str(), mode.as_str()));
+                    return Err(format!(
+                        "the key's prefix is {}_{}_ but the record says kind {} and mode {}",
+                        api_key.kind().as_str(),
+                        api_key.mode().as_str(),
+                        kind.as_str(),
+                        mode.as_str()
+                    ));
                 }
                 (api_key.hash(), api_key.display_prefix().to_owned())
             }
             Ok(PresentedKey::Legacy(hash)) => (hash, IMPORTED_PREFIX.to_owned()),
-            Err(KeyFormatError::Checksum) => return Err("the key has keygate's format but a wrong checksum, so no proxy would accept it".to_owned()),
+            Err(KeyFormatError::Checksum) => {
+                return Err("the key has keygate's format but a wrong checksum, so no proxy would accept it".to_owned())
+            }
             Err(_) => {
                 return Err(format!(
                     "key must be {} to {} printable ASCII characters without spaces",
@@ -302,7 +311,11 @@ pub fn split_csv_line(line: &str) -> Result<Vec<String>, &'static str> {
 
 /// The column names of a CSV header, checked: known, unique, and enough to import.
 pub fn csv_header(line: &str) -> anyhow::Result<Vec<String>> {
-    let names: Vec<String> = split_csv_line(line).map_err(|e| anyhow::anyhow!("the header row is not valid CSV: {e}"))?.into_iter().map(|n| n.trim().to_ascii_lowercase()).collect();
+    let names: Vec<String> = split_csv_line(line)
+        .map_err(|e| anyhow::anyhow!("the header row is not valid CSV: {e}"))?
+        .into_iter()
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect();
     for (i, name) in names.iter().enumerate() {
         if !FIELDS.contains(&name.as_str()) {
             bail!("unknown column {name:?} in the header row (columns: {})", FIELDS.join(", "));
@@ -401,7 +414,13 @@ impl Summary {
 
 type InFlight = tokio::task::JoinHandle<anyhow::Result<(Vec<u64>, BatchResult)>>;
 
-async fn send_batch(client: reqwest::Client, url: String, token: String, lines: Vec<u64>, records: Vec<ImportRecord>) -> anyhow::Result<(Vec<u64>, BatchResult)> {
+async fn send_batch(
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    lines: Vec<u64>,
+    records: Vec<ImportRecord>,
+) -> anyhow::Result<(Vec<u64>, BatchResult)> {
     let body = serde_json::json!({ "keys": records });
     let response = client.post(&url).bearer_auth(token).json(&body).send().await.with_context(|| format!("cannot reach {url}"))?;
     let status = response.status();
@@ -532,7 +551,10 @@ pub async fn run(cmd: &ImportCommand) -> anyhow::Result<Summary> {
                     progress.draw(read, &summary);
                 }
             }
-            let (l, r) = (std::mem::replace(&mut lines, Vec::with_capacity(batch_size)), std::mem::replace(&mut records, Vec::with_capacity(batch_size)));
+            let (l, r) = (
+                std::mem::replace(&mut lines, Vec::with_capacity(batch_size)),
+                std::mem::replace(&mut records, Vec::with_capacity(batch_size)),
+            );
             in_flight.push_back(tokio::spawn(send_batch(client.clone(), url.clone(), cmd.operator_token.clone(), l, r)));
         }
         if at_end {
@@ -590,7 +612,13 @@ mod tests {
     #[test]
     fn records_are_checked_without_quoting_keys() {
         let now = 1_800_000_000;
-        let good = ImportRecord { business: Some("biz_1".into()), kind: Some("sk".into()), mode: Some("live".into()), key: Some("vendor_secret_0123456789".into()), ..ImportRecord::default() };
+        let good = ImportRecord {
+            business: Some("biz_1".into()),
+            kind: Some("sk".into()),
+            mode: Some("live".into()),
+            key: Some("vendor_secret_0123456789".into()),
+            ..ImportRecord::default()
+        };
         let key = check_record(&good, now).unwrap();
         assert_eq!(key.hash, KeyHash::of_raw("vendor_secret_0123456789"));
         assert_eq!(key.prefix, IMPORTED_PREFIX);

@@ -406,7 +406,13 @@ enum As {
     Token,
 }
 
-async fn call(client: &ClientArgs, method: reqwest::Method, path: &str, bearer: As, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+async fn call(
+    client: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+    bearer: As,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
     let url = format!("{}{}", client.url.trim_end_matches('/'), path);
     let mut request = reqwest::Client::new().request(method, &url);
     match bearer {

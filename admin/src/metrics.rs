@@ -177,8 +177,18 @@ impl Metrics {
         let rows: [(&str, &str, &str, u64); 4] = [
             ("keygate_admin_changelog_version", "gauge", "The durable changelog version.", gauges.changelog_version),
             ("keygate_admin_store_size_bytes", "gauge", "Size of the sled store on disk, bytes.", gauges.store_size_bytes),
-            ("keygate_admin_longpoll_waiters", "gauge", "Snapshot long-polls currently held.", self.longpoll_waiters.load(Ordering::Relaxed)),
-            ("keygate_admin_signin_throttled_total", "counter", "Sign-ins answered 429 by the throttle.", self.signin_throttled.load(Ordering::Relaxed)),
+            (
+                "keygate_admin_longpoll_waiters",
+                "gauge",
+                "Snapshot long-polls currently held.",
+                self.longpoll_waiters.load(Ordering::Relaxed),
+            ),
+            (
+                "keygate_admin_signin_throttled_total",
+                "counter",
+                "Sign-ins answered 429 by the throttle.",
+                self.signin_throttled.load(Ordering::Relaxed),
+            ),
         ];
         for (name, kind, help, value) in rows {
             writeln!(out, "# HELP {name} {help}")?;

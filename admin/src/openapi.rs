@@ -127,7 +127,8 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
 /// The methods the document gives for the route that `path` falls under, e.g. `"GET, POST"`
 /// (for the `Allow` header of a 405); `None` when no route matches.
 pub fn allowed_methods(path: &str) -> Option<String> {
-    let item = document().paths.paths.iter().find_map(|(template, item)| crate::metrics::template_matches(template, path).then_some(item))?;
+    let item =
+        document().paths.paths.iter().find_map(|(template, item)| crate::metrics::template_matches(template, path).then_some(item))?;
     let methods: Vec<&str> = [
         ("GET", item.get.is_some()),
         ("POST", item.post.is_some()),

@@ -187,7 +187,9 @@ fn json<T: DeserializeOwned + Send + 'static>() -> BoxedFilter<(T,)> {
 fn json_up_to<T: DeserializeOwned + Send + 'static>(limit: u64) -> BoxedFilter<(T,)> {
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
-        .and_then(move |length: Option<u64>, body| async move { read_json::<T, _, _>(length, body, limit).await.map_err(warp::reject::custom) })
+        .and_then(
+            move |length: Option<u64>, body| async move { read_json::<T, _, _>(length, body, limit).await.map_err(warp::reject::custom) },
+        )
         .boxed()
 }
 
@@ -375,17 +377,13 @@ pub fn routes(
         .and_then(|key, st, caller, body| async move { reject(handlers::update_key(st, caller, key, body).await) });
 
     // The dashboard: `/ui` redirects to `/ui/`, whose files are embedded (see `ui`).
-    let ui = warp::path("ui")
-        .and(warp::get())
-        .and(warp::path::full())
-        .and(warp::path::tail())
-        .map(|full: warp::path::FullPath, tail: warp::path::Tail| {
-            match (full.as_str(), tail.as_str()) {
-                ("/ui", _) => crate::ui::redirect(),
-                (_, "") => crate::ui::page(),
-                (_, name) => crate::ui::asset(name),
-            }
-        });
+    let ui = warp::path("ui").and(warp::get()).and(warp::path::full()).and(warp::path::tail()).map(
+        |full: warp::path::FullPath, tail: warp::path::Tail| match (full.as_str(), tail.as_str()) {
+            ("/ui", _) => crate::ui::redirect(),
+            (_, "") => crate::ui::page(),
+            (_, name) => crate::ui::asset(name),
+        },
+    );
     let import_keys = warp::path!("v1" / "import" / "keys")
         .and(warp::post())
         .and(operator(s.clone()))
@@ -495,15 +493,14 @@ const REQUEST_ID: &str = "x-request-id";
 /// The client's `x-request-id` when sane (see [`crate::metrics::sane_request_id`]), else a
 /// fresh one; recorded in the current (request) span.
 fn request_id() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static {
-    warp::header::headers_cloned()
-        .map(|headers: warp::http::HeaderMap| {
-            let id = headers
-                .get(REQUEST_ID)
-                .and_then(|v| crate::metrics::sane_request_id(v.as_bytes()))
-                .unwrap_or_else(crate::metrics::new_request_id);
-            tracing::Span::current().record("request_id", id.as_str());
-            id
-        })
+    warp::header::headers_cloned().map(|headers: warp::http::HeaderMap| {
+        let id = headers
+            .get(REQUEST_ID)
+            .and_then(|v| crate::metrics::sane_request_id(v.as_bytes()))
+            .unwrap_or_else(crate::metrics::new_request_id);
+        tracing::Span::current().record("request_id", id.as_str());
+        id
+    })
 }
 
 #[cfg(test)]

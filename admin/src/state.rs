@@ -107,7 +107,18 @@ impl AppState {
         let (shutdown, _) = watch::channel(false);
         let throttle = Throttle::new(config.throttle.clone());
         let login_limiter = LoginLimiter::new(config.login_limit.clone());
-        let inner = Inner { config, store, tokens, passwords, operator_hash, proxy_hash, throttle, login_limiter, metrics: Metrics::default(), shutdown };
+        let inner = Inner {
+            config,
+            store,
+            tokens,
+            passwords,
+            operator_hash,
+            proxy_hash,
+            throttle,
+            login_limiter,
+            metrics: Metrics::default(),
+            shutdown,
+        };
         Ok((AppState { inner: Arc::new(inner) }, GeneratedTokens { operator, proxy }))
     }
 

@@ -191,7 +191,8 @@ impl Throttle {
         let c = &self.config;
         let forget = Duration::from_secs(c.forget_secs);
         if entries.len() + 2 > c.max_entries {
-            entries.retain(|_, e| e.in_flight > 0 || e.blocked_until.is_some_and(|u| u > now) || now.duration_since(e.last_failure) < forget);
+            entries
+                .retain(|_, e| e.in_flight > 0 || e.blocked_until.is_some_and(|u| u > now) || now.duration_since(e.last_failure) < forget);
             if entries.len() + 2 > c.max_entries {
                 // Still full of fresh entries: an attack on the table itself. Keep the blocks.
                 entries.retain(|_, e| e.in_flight > 0 || e.blocked_until.is_some_and(|u| u > now));
@@ -306,7 +307,9 @@ impl LoginLimiter {
         }
         if buckets.len() + 2 > self.config.max_entries {
             // Full buckets carry no information; drop them first, then everything.
-            buckets.retain(|b, (tokens, at)| *tokens + now.saturating_duration_since(*at).as_secs_f64() * self.capacity(b) / 60.0 < self.capacity(b));
+            buckets.retain(|b, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * self.capacity(b) / 60.0 < self.capacity(b)
+            });
             if buckets.len() + 2 > self.config.max_entries {
                 buckets.clear();
             }
@@ -336,7 +339,14 @@ mod tests {
 
     #[test]
     fn pairs_block_after_free_failures_and_back_off() {
-        let t = Throttle::new(ThrottleConfig { pair_free: 3, client_free: 100, base_secs: 1, max_secs: 8, forget_secs: 900, max_entries: 1000 });
+        let t = Throttle::new(ThrottleConfig {
+            pair_free: 3,
+            client_free: 100,
+            base_secs: 1,
+            max_secs: 8,
+            forget_secs: 900,
+            max_entries: 1000,
+        });
         let now = Instant::now();
         for _ in 0..2 {
             t.failure_at(ip(1), "a@x.io", now);
@@ -361,7 +371,8 @@ mod tests {
 
     #[test]
     fn a_client_spraying_accounts_is_blocked_and_memory_is_bounded() {
-        let t = Throttle::new(ThrottleConfig { pair_free: 5, client_free: 4, base_secs: 1, max_secs: 8, forget_secs: 900, max_entries: 50 });
+        let t =
+            Throttle::new(ThrottleConfig { pair_free: 5, client_free: 4, base_secs: 1, max_secs: 8, forget_secs: 900, max_entries: 50 });
         let now = Instant::now();
         for i in 0..4 {
             t.failure_at(ip(9), &format!("u{i}@x.io"), now);
@@ -375,7 +386,14 @@ mod tests {
 
     #[test]
     fn attempts_in_flight_count_as_failures_until_they_succeed() {
-        let t = Throttle::new(ThrottleConfig { pair_free: 3, client_free: 100, base_secs: 1, max_secs: 8, forget_secs: 900, max_entries: 1000 });
+        let t = Throttle::new(ThrottleConfig {
+            pair_free: 3,
+            client_free: 100,
+            base_secs: 1,
+            max_secs: 8,
+            forget_secs: 900,
+            max_entries: 1000,
+        });
         let now = Instant::now();
         for _ in 0..3 {
             t.begin_at(ip(1), "a@x.io", now).unwrap();

@@ -68,11 +68,8 @@ fn new_signing_key() -> Result<SigningKey, AdminError> {
 }
 
 fn keys_of(stored: &[SigningKey]) -> Result<Keys, AdminError> {
-    let current = stored
-        .iter()
-        .filter(|k| k.retired_at.is_none())
-        .max_by_key(|k| k.created_at)
-        .ok_or(AdminError::Internal("no signing key"))?;
+    let current =
+        stored.iter().filter(|k| k.retired_at.is_none()).max_by_key(|k| k.created_at).ok_or(AdminError::Internal("no signing key"))?;
     let signer = pair_of(current)?;
     let mut verifiers = HashMap::new();
     let mut published = Vec::new();
@@ -166,7 +163,10 @@ impl TokenService {
     /// Whether a stored token can be handed out again as is: signed by the current key,
     /// for our issuer and audience, and not expired.
     pub fn still_good(&self, issued: &IssuedToken, now: UnixTime) -> bool {
-        issued.kid == self.keys().signer.kid() && issued.claims.iss == self.issuer && issued.claims.aud == self.audience && issued.claims.exp > now
+        issued.kid == self.keys().signer.kid()
+            && issued.claims.iss == self.issuer
+            && issued.claims.aud == self.audience
+            && issued.claims.exp > now
     }
 
     /// Signs the claims. Ed25519 is deterministic: the same claims give the same token.
@@ -195,10 +195,8 @@ impl TokenService {
     /// The JWKS document (RFC 7517 / RFC 8037 OKP keys).
     pub fn jwks(&self) -> serde_json::Value {
         let published = self.published();
-        let keys: Vec<_> = published
-            .iter()
-            .map(|k| json!({"kty": "OKP", "crv": "Ed25519", "alg": k.alg, "use": "sig", "kid": k.kid, "x": k.x}))
-            .collect();
+        let keys: Vec<_> =
+            published.iter().map(|k| json!({"kty": "OKP", "crv": "Ed25519", "alg": k.alg, "use": "sig", "kid": k.kid, "x": k.x})).collect();
         json!({ "keys": keys })
     }
 }

@@ -151,7 +151,8 @@ async fn patch_key_sets_and_clears_the_expiry_through_the_changelog() {
     assert_error(status, &body, 403, "forbidden");
     let (status, body) = server.send(Method::PATCH, &path, None, Some(json!({"expires_at": later_text}))).await;
     assert_error(status, &body, 401, "unauthorized");
-    let (status, body) = server.send(Method::PATCH, "/v1/keys/key_0000000000000000", Some(&ann), Some(json!({"expires_at": later_text}))).await;
+    let (status, body) =
+        server.send(Method::PATCH, "/v1/keys/key_0000000000000000", Some(&ann), Some(json!({"expires_at": later_text}))).await;
     assert_error(status, &body, 404, "key_not_found");
 
     // Durable: the expiry survives a restart.
@@ -179,7 +180,9 @@ async fn the_page_is_served_embedded_with_security_headers() {
     assert_eq!(headers["x-content-type-options"], "nosniff");
     assert_eq!(headers["referrer-policy"], "no-referrer");
     let csp = keygate_admin::ui::CONTENT_SECURITY_POLICY;
-    for directive in ["default-src 'none'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'", "form-action 'none'", "base-uri 'none'"] {
+    for directive in
+        ["default-src 'none'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'", "form-action 'none'", "base-uri 'none'"]
+    {
         assert!(csp.contains(directive), "{directive}");
     }
     assert!(!csp.contains("unsafe"));
@@ -203,7 +206,22 @@ async fn the_page_is_served_embedded_with_security_headers() {
     // No code of the page writes HTML from strings, stores tokens or logs.
     for file in ["app.js", "api.js", "chart.js", "dom.js"] {
         let text = get(&format!("/ui/{file}")).await.unwrap().text().await.unwrap();
-        for banned in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "localStorage.", "sessionStorage.", "document.cookie", "console.log(", "console.info(", "console.debug(", "console.warn(", "console.error(", "eval(", "new Function("] {
+        for banned in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "localStorage.",
+            "sessionStorage.",
+            "document.cookie",
+            "console.log(",
+            "console.info(",
+            "console.debug(",
+            "console.warn(",
+            "console.error(",
+            "eval(",
+            "new Function(",
+        ] {
             assert!(!text.contains(banned), "{file} uses {banned}");
         }
     }

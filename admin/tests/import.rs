@@ -44,7 +44,15 @@ struct Plan {
 fn write_csv(path: &Path, biz: &str, other_biz: &str) -> Plan {
     let mut out = String::with_capacity(LINES * 110);
     out.push_str("business,kind,mode,name,expires_at,key,key_sha256\n");
-    let mut plan = Plan { good: 0, other: 0, bad: BTreeMap::new(), raw_legacy: String::new(), raw_keygate: String::new(), raw_behind_hash: String::new(), secrets: vec![] };
+    let mut plan = Plan {
+        good: 0,
+        other: 0,
+        bad: BTreeMap::new(),
+        raw_legacy: String::new(),
+        raw_keygate: String::new(),
+        raw_behind_hash: String::new(),
+        secrets: vec![],
+    };
     let typo = {
         let mut raw = keygate_key(999_999).expose().to_owned();
         let last = raw.pop().unwrap();
@@ -157,7 +165,11 @@ async fn a_100k_line_file_imports_with_reasons_reruns_as_skipped_and_its_keys_lo
     // The same file again: nothing new, the same rejections.
     let (code, again, _) = import(&server, &file, &["--parallel", "1"]).await;
     assert_eq!(code, 2);
-    assert_eq!((again["imported"].clone(), again["skipped"].clone(), again["rejected"].clone()), (json!(0), json!(plan.good), json!(plan.bad.len())), "{again}");
+    assert_eq!(
+        (again["imported"].clone(), again["skipped"].clone(), again["rejected"].clone()),
+        (json!(0), json!(plan.good), json!(plan.bad.len())),
+        "{again}"
+    );
 
     // Imported keys log in: a legacy raw key, a keygate raw key, and the raw key behind a hash.
     for raw in [&plan.raw_legacy, &plan.raw_keygate, &plan.raw_behind_hash] {
@@ -176,9 +188,15 @@ async fn a_100k_line_file_imports_with_reasons_reruns_as_skipped_and_its_keys_lo
     assert_eq!(status, StatusCode::OK);
     let keys = listed["keys"].as_array().unwrap();
     assert_eq!(keys.len(), plan.other);
-    assert!(keys.iter().all(|k| k["prefix"] == json!("imported") && k["kind"] == json!("pk") && k["expires_at"] == json!("2031-06-01T12:00:00Z")));
+    assert!(keys
+        .iter()
+        .all(|k| k["prefix"] == json!("imported") && k["kind"] == json!("pk") && k["expires_at"] == json!("2031-06-01T12:00:00Z")));
     let listed = server.get(&format!("/v1/businesses/{biz}/keys"), Some(OPERATOR)).await.1;
-    assert!(listed["keys"].as_array().unwrap().iter().any(|k| k["prefix"].as_str().is_some_and(|p| p.starts_with("sk_test_") && p.len() == 12)));
+    assert!(listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["prefix"].as_str().is_some_and(|p| p.starts_with("sk_test_") && p.len() == 12)));
 
     // The filters' feed carries them (first page of a paged full snapshot).
     let (status, page) = server.snapshot("?limit=10").await;
@@ -207,7 +225,9 @@ async fn json_lines_import_exits_0_and_the_endpoint_guards_its_limits() {
     assert_eq!(server.login("other-gateway-key-2", None).await.0, StatusCode::OK);
 
     // The same key for another kind is refused, not silently changed.
-    let (status, body) = server.post("/v1/import/keys", Some(OPERATOR), json!({"keys": [{"business": biz, "kind": "pk", "mode": "live", "key": raw}]})).await;
+    let (status, body) = server
+        .post("/v1/import/keys", Some(OPERATOR), json!({"keys": [{"business": biz, "kind": "pk", "mode": "live", "key": raw}]}))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["results"][0]["status"], json!("rejected"), "{body}");
     assert!(body["results"][0]["reason"].as_str().unwrap().contains("another business, kind or mode"));
@@ -216,13 +236,16 @@ async fn json_lines_import_exits_0_and_the_endpoint_guards_its_limits() {
     // Operator only; at most 1000 records; 1 MiB body.
     let (status, body) = server.post("/v1/import/keys", None, json!({"keys": []})).await;
     assert_error(status, &body, 401, "unauthorized");
-    let many: Vec<Value> = (0..1001).map(|i| json!({"business": biz, "kind": "sk", "mode": "live", "key": format!("many-keys-{i:05}")})).collect();
+    let many: Vec<Value> =
+        (0..1001).map(|i| json!({"business": biz, "kind": "sk", "mode": "live", "key": format!("many-keys-{i:05}")})).collect();
     let (status, body) = server.post("/v1/import/keys", Some(OPERATOR), json!({ "keys": many })).await;
     assert_error(status, &body, 400, "invalid_request");
     let (status, body) = server.raw(Method::POST, "/v1/import/keys", Some(OPERATOR), vec![b' '; 1024 * 1024 + 1]).await;
     assert_error(status, &body, 413, "payload_too_large");
     // A body over the global 64 KiB cap but under the import's is accepted.
-    let big: Vec<Value> = (0..1000).map(|i| json!({"business": biz, "kind": "sk", "mode": "live", "name": "n".repeat(100), "key": format!("big-batch-key-{i:05}")})).collect();
+    let big: Vec<Value> = (0..1000)
+        .map(|i| json!({"business": biz, "kind": "sk", "mode": "live", "name": "n".repeat(100), "key": format!("big-batch-key-{i:05}")}))
+        .collect();
     let (status, body) = server.post("/v1/import/keys", Some(OPERATOR), json!({ "keys": big })).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["imported"], json!(1000));

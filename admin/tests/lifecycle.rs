@@ -140,7 +140,11 @@ async fn rotating_a_key_keeps_its_id_and_retires_the_old_raw_key() {
     assert_ne!(fresh["access_token"], login["access_token"]);
     let (_, delta) = server.snapshot(&format!("?since={version}")).await;
     assert_eq!(delta["removed_keys"], json!([KeyHash::of_raw(&old_raw).to_hex()]), "{delta}");
-    assert!(delta["keys"].as_array().unwrap().iter().any(|k| k["hash"] == json!(KeyHash::of_raw(&new_raw).to_hex()) && k["id"] == json!(id)));
+    assert!(delta["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["hash"] == json!(KeyHash::of_raw(&new_raw).to_hex()) && k["id"] == json!(id)));
     assert_eq!(delta["revoked_sessions"][0]["sid"], json!(sid_of(login["access_token"].as_str().unwrap())));
     let (_, listed) = server.get(&format!("/v1/businesses/{biz}/keys"), Some(OPERATOR)).await;
     assert_eq!(listed["keys"].as_array().unwrap().len(), 1, "same record, not a new key");
@@ -202,12 +206,15 @@ async fn usage_reports_update_last_used_and_hourly_counts() {
     let (_, after) = server.snapshot("").await;
     assert_eq!(after["version"], before["version"]);
 
-    let (status, body) = server.post("/v1/usage", Some(PROXY), json!({"usage": [{"key_id": id, "count": "many", "last_used_at": at}]})).await;
+    let (status, body) =
+        server.post("/v1/usage", Some(PROXY), json!({"usage": [{"key_id": id, "count": "many", "last_used_at": at}]})).await;
     assert_error(status, &body, 400, "invalid_json");
     let (status, body) = server.post("/v1/usage", Some(PROXY), json!({"usage": [], "more": true})).await;
     assert_error(status, &body, 400, "invalid_json");
     // A full batch (10 000 keys, far over the 64 KiB of other routes) fits the route's limit.
-    let full: Vec<Value> = (0..keygate_core::usage::MAX_BATCH_KEYS).map(|i| json!({"key_id": format!("key_{i:016}"), "count": 1, "last_used_at": at})).collect();
+    let full: Vec<Value> = (0..keygate_core::usage::MAX_BATCH_KEYS)
+        .map(|i| json!({"key_id": format!("key_{i:016}"), "count": 1, "last_used_at": at}))
+        .collect();
     let body = serde_json::to_vec(&json!({ "usage": full })).unwrap();
     assert!(body.len() > 512 * 1024 && body.len() <= keygate_core::usage::MAX_REPORT_BYTES, "{}", body.len());
     let (status, answer) = server.raw(Method::POST, "/v1/usage", Some(PROXY), body).await;
@@ -280,7 +287,13 @@ async fn sign_in_failures_are_throttled_per_client_without_locking_the_owner_out
         let (status, body) = signin(&server, "ann@example.com", "wrong horse").await;
         assert_error(status, &body, 401, "invalid_credentials");
     }
-    let response = server.client.post(format!("{}/auth/signin", server.base)).json(&json!({"email": "ann@example.com", "password": "correct horse"})).send().await.unwrap();
+    let response = server
+        .client
+        .post(format!("{}/auth/signin", server.base))
+        .json(&json!({"email": "ann@example.com", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=300).contains(&retry));
@@ -289,7 +302,12 @@ async fn sign_in_failures_are_throttled_per_client_without_locking_the_owner_out
 
     // The owner, from another address, signs in.
     let elsewhere = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 2])).build().unwrap();
-    let response = elsewhere.post(format!("{}/auth/signin", server.base)).json(&json!({"email": "ann@example.com", "password": "correct horse"})).send().await.unwrap();
+    let response = elsewhere
+        .post(format!("{}/auth/signin", server.base))
+        .json(&json!({"email": "ann@example.com", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     server.stop().await;
 }
@@ -344,7 +362,8 @@ async fn expired_keys_are_refused_and_carry_their_expiry_in_the_feed() {
     let server = Server::start(dir.path()).await;
     let biz = server.business("Acme").await;
     let expires = keygate_admin::store::now() + 2;
-    let (status, key) = server.key_as(OPERATOR, &biz, json!({"kind": "sk", "mode": "test", "expires_at": keygate_admin::rfc3339::format(expires)})).await;
+    let (status, key) =
+        server.key_as(OPERATOR, &biz, json!({"kind": "sk", "mode": "test", "expires_at": keygate_admin::rfc3339::format(expires)})).await;
     assert_eq!(status, StatusCode::CREATED, "{key}");
     let raw = key["key"].as_str().unwrap();
     let (status, login) = server.login(raw, None).await;
@@ -417,7 +436,8 @@ async fn the_cli_covers_every_operation_with_readable_and_json_output() {
     assert!(ok && out.contains("total"), "{out}");
     let (ok, out, _) = cli(&server, &["rotate-signing-key", "--json"]).await;
     assert!(ok && out.contains("previous_kid") && !out.contains("seed"), "{out}");
-    let (ok, _, err) = cli(&server, &["create-user", "--email", "ann@example.com", "--password", "correct horse", "--business", &biz]).await;
+    let (ok, _, err) =
+        cli(&server, &["create-user", "--email", "ann@example.com", "--password", "correct horse", "--business", &biz]).await;
     assert!(ok, "{err}");
     let (ok, out, err) = cli(&server, &["signin", "--email", "ann@example.com", "--password", "correct horse", "--json"]).await;
     assert!(ok, "{err}");
@@ -441,14 +461,16 @@ fn client_from(last: u8) -> reqwest::Client {
 
 /// One API-key login from `client`: status, `Retry-After` (if any) and body.
 async fn login_from(server: &Server, client: &reqwest::Client, key: &str, session: &str) -> (StatusCode, Option<u64>, Value) {
-    let response = client.post(format!("{}/auth/login", server.base)).json(&json!({"api_key": key, "session_id": session})).send().await.unwrap();
+    let response =
+        client.post(format!("{}/auth/login", server.base)).json(&json!({"api_key": key, "session_id": session})).send().await.unwrap();
     let status = response.status();
     let retry = response.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
     (status, retry, response.json().await.unwrap())
 }
 
 async fn signin_from(server: &Server, client: &reqwest::Client, email: &str, password: &str) -> (StatusCode, Option<u64>, Value) {
-    let response = client.post(format!("{}/auth/signin", server.base)).json(&json!({"email": email, "password": password})).send().await.unwrap();
+    let response =
+        client.post(format!("{}/auth/signin", server.base)).json(&json!({"email": email, "password": password})).send().await.unwrap();
     let status = response.status();
     let retry = response.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
     (status, retry, response.json().await.unwrap())
@@ -539,7 +561,8 @@ async fn parallel_wrong_passwords_for_one_account_are_mostly_refused_before_argo
     server.user("ann@example.com", "correct horse", &[&biz]).await;
     let guesser = client_from(1);
     let owner = client_from(2);
-    let guesses = (0..60).map(|i| signin_from(&server, &guesser, "ann@example.com", if i % 2 == 0 { "wrong horse" } else { "wrong pony!" }));
+    let guesses =
+        (0..60).map(|i| signin_from(&server, &guesser, "ann@example.com", if i % 2 == 0 { "wrong horse" } else { "wrong pony!" }));
     let (answers, (owner_status, _, owner_body)) =
         tokio::join!(futures_util::future::join_all(guesses), signin_from(&server, &owner, "ann@example.com", "correct horse"));
     let checked = answers.iter().filter(|(s, _, _)| *s == StatusCode::UNAUTHORIZED).count();

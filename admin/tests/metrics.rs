@@ -112,7 +112,8 @@ async fn metrics_count_requests_by_route_template() {
     let member = signin["accessToken"].as_str().unwrap();
     assert_eq!(server.get("/v1/me", Some(member)).await.0, StatusCode::OK);
     assert_eq!(server.get("/v1/sessions", Some(member)).await.0, StatusCode::OK);
-    let (status, _) = server.send(reqwest::Method::PATCH, &format!("/v1/keys/{key_id}"), Some(OPERATOR), Some(json!({"expires_at": null}))).await;
+    let (status, _) =
+        server.send(reqwest::Method::PATCH, &format!("/v1/keys/{key_id}"), Some(OPERATOR), Some(json!({"expires_at": null}))).await;
     assert_eq!(status, StatusCode::OK);
     let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     for (path, want) in [("/ui", 301), ("/ui/", 200), ("/ui/app.js", 200), ("/ui/sk_live_typed.js", 404)] {

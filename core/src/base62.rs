@@ -21,12 +21,7 @@ pub fn is_base62(s: &str) -> bool {
 /// Maps random bytes to base62 characters without modulo bias: bytes ≥ 248 (= 4 × 62)
 /// are skipped. Returns `None` if `random` runs out before `len` characters are made.
 pub fn from_random_bytes(random: impl IntoIterator<Item = u8>, len: usize) -> Option<String> {
-    let out: String = random
-        .into_iter()
-        .filter(|b| *b < 248)
-        .map(|b| char::from(ALPHABET[usize::from(b % 62)]))
-        .take(len)
-        .collect();
+    let out: String = random.into_iter().filter(|b| *b < 248).map(|b| char::from(ALPHABET[usize::from(b % 62)])).take(len).collect();
     (out.len() == len).then_some(out)
 }
 

@@ -462,7 +462,10 @@ mod tests {
     fn demo_config_parses_with_defaults() {
         let cfg = parse(DEMO).unwrap();
         assert_eq!(cfg.policy.max_staleness_secs, 600);
-        assert_eq!(cfg.policy.rate_limits, RateLimits { sk_per_hour: 1000, pk_per_hour: 100, public_per_ip_per_hour: 200, ipv6_prefix_len: 64, counter_slots: 65_536 });
+        assert_eq!(
+            cfg.policy.rate_limits,
+            RateLimits { sk_per_hour: 1000, pk_per_hour: 100, public_per_ip_per_hour: 200, ipv6_prefix_len: 64, counter_slots: 65_536 }
+        );
         assert_eq!(cfg.policy.token.issuer, "keygate");
         assert_eq!(cfg.sync.proxy_token, "t");
         assert!(!format!("{:?}", cfg.sync).contains("\"t\""));
@@ -484,7 +487,8 @@ mod tests {
     fn dot_segments_and_encoded_separators_never_match_a_relaxed_route() {
         let cfg = parse(DEMO).unwrap();
         let p = &cfg.policy;
-        for path in ["/public/../orders", "/public/./x/..", "/public/%2e%2e/orders", "/public/%2F..", "/key/..\\orders", "/public/%2E%2E/x"] {
+        for path in ["/public/../orders", "/public/./x/..", "/public/%2e%2e/orders", "/public/%2F..", "/key/..\\orders", "/public/%2E%2E/x"]
+        {
             assert_eq!(p.route_for("GET", path).require, Requirement::All, "{path}");
         }
         assert_eq!(p.route_for("GET", "/public/a.b/c..d").require, Requirement::None);
@@ -494,7 +498,14 @@ mod tests {
     fn a_segment_is_its_part_before_a_semicolon_for_the_dot_segment_check() {
         let cfg = parse(DEMO).unwrap();
         let p = &cfg.policy;
-        for path in ["/public/..;/orders", "/public/..;x=1/orders", "/public/.;/x", "/key/..;jsessionid=1/orders", "/public/%2e%2e;/orders", "/public/x/..;"] {
+        for path in [
+            "/public/..;/orders",
+            "/public/..;x=1/orders",
+            "/public/.;/x",
+            "/key/..;jsessionid=1/orders",
+            "/public/%2e%2e;/orders",
+            "/public/x/..;",
+        ] {
             assert_eq!(p.route_for("GET", path).require, Requirement::All, "{path}");
         }
         // Matrix parameters inside a relaxed path keep its rule.

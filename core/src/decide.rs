@@ -297,13 +297,26 @@ pub fn decide(policy: &Policy, request: &RequestView<'_>, synced: Option<Synced<
 }
 
 /// [`decide`] with a cache of verified tokens.
-pub fn decide_cached(policy: &Policy, request: &RequestView<'_>, synced: Option<Synced<'_>>, now: UnixTime, tokens: &mut TokenCache) -> Decision {
+pub fn decide_cached(
+    policy: &Policy,
+    request: &RequestView<'_>,
+    synced: Option<Synced<'_>>,
+    now: UnixTime,
+    tokens: &mut TokenCache,
+) -> Decision {
     decide_on_route(policy, policy.route_for(request.method, request.path), request, synced, now, tokens)
 }
 
 /// [`decide_cached`] for a route the caller already matched with [`Policy::route_for`]
 /// (the filter needs the route first, to know whether to fetch the client address).
-pub fn decide_on_route(policy: &Policy, route: &Route, request: &RequestView<'_>, synced: Option<Synced<'_>>, now: UnixTime, tokens: &mut TokenCache) -> Decision {
+pub fn decide_on_route(
+    policy: &Policy,
+    route: &Route,
+    request: &RequestView<'_>,
+    synced: Option<Synced<'_>>,
+    now: UnixTime,
+    tokens: &mut TokenCache,
+) -> Decision {
     let outcome = match route.require {
         Requirement::None => Ok(public(policy, route, request)),
         Requirement::Key | Requirement::All => match fresh(policy, synced, now) {
@@ -420,7 +433,13 @@ enum TokenStage<'t> {
 
 /// The checks that cost no cryptography: not an API key, header shape, `alg`, `typ` and a
 /// published `kid` (or a still-valid cache entry).
-fn precheck_token<'t>(policy: &Policy, snapshot: &Snapshot, token: &'t str, now: UnixTime, cache: &TokenCache) -> Result<TokenStage<'t>, Denial> {
+fn precheck_token<'t>(
+    policy: &Policy,
+    snapshot: &Snapshot,
+    token: &'t str,
+    now: UnixTime,
+    cache: &TokenCache,
+) -> Result<TokenStage<'t>, Denial> {
     if parse_prefix(token).is_some() {
         return Err(Denial::new(DenyCode::InvalidToken, "Authorization carries an API key where an access token is required"));
     }
@@ -440,9 +459,18 @@ fn precheck_token<'t>(policy: &Policy, snapshot: &Snapshot, token: &'t str, now:
 }
 
 /// The signature (unless cached, or remembered as failed), the claims and the session.
-fn verify_token<'c>(policy: &Policy, snapshot: &Snapshot, revoked: &dyn RevocationLookup, stage: TokenStage<'_>, now: UnixTime, cache: &'c mut TokenCache) -> Result<Cow<'c, AccessClaims>, Denial> {
+fn verify_token<'c>(
+    policy: &Policy,
+    snapshot: &Snapshot,
+    revoked: &dyn RevocationLookup,
+    stage: TokenStage<'_>,
+    now: UnixTime,
+    cache: &'c mut TokenCache,
+) -> Result<Cow<'c, AccessClaims>, Denial> {
     let claims = match stage {
-        TokenStage::Cached(token) => Cow::Borrowed(cache.entries.get(token).map(|(_, c)| c).ok_or_else(|| invalid_token(TokenError::Malformed))?),
+        TokenStage::Cached(token) => {
+            Cow::Borrowed(cache.entries.get(token).map(|(_, c)| c).ok_or_else(|| invalid_token(TokenError::Malformed))?)
+        }
         TokenStage::Verify(token, kid) => {
             let digest = token_digest(token);
             if let Some(err) = cache.failure(&digest, now) {
@@ -483,7 +511,14 @@ fn check_key(keys: &dyn KeyLookup, raw: &str, now: UnixTime) -> Result<KeyRecord
     Ok(record)
 }
 
-fn check_credentials(policy: &Policy, route: &Route, request: &RequestView<'_>, synced: Synced<'_>, now: UnixTime, tokens: &mut TokenCache) -> Result<Allowed, Denial> {
+fn check_credentials(
+    policy: &Policy,
+    route: &Route,
+    request: &RequestView<'_>,
+    synced: Synced<'_>,
+    now: UnixTime,
+    tokens: &mut TokenCache,
+) -> Result<Allowed, Denial> {
     let creds = presented(route, request.headers)?;
     // Everything cheap first (the token's shape and kid, then the key's checksum, record
     // and state), so a forged token costs a signature check only next to a valid key.

@@ -195,9 +195,13 @@ impl Leader {
     /// The `:path` of the next feed request.
     pub fn next_path(&self, wait_secs: u64) -> String {
         match (&self.full, &self.meta) {
-            (Some(FullBuild { revoking: Some(Stream { after: Some(after), .. }), .. }), _) => format!("{SNAPSHOT_PATH}?limit={}&revoked=1&after={}", self.page_keys, after.to_hex()),
+            (Some(FullBuild { revoking: Some(Stream { after: Some(after), .. }), .. }), _) => {
+                format!("{SNAPSHOT_PATH}?limit={}&revoked=1&after={}", self.page_keys, after.to_hex())
+            }
             (Some(FullBuild { revoking: Some(_), .. }), _) => format!("{SNAPSHOT_PATH}?limit={}&revoked=1", self.page_keys),
-            (Some(FullBuild { keys: Stream { after: Some(after), .. }, .. }), _) => format!("{SNAPSHOT_PATH}?after={}&limit={}", after.to_hex(), self.page_keys),
+            (Some(FullBuild { keys: Stream { after: Some(after), .. }, .. }), _) => {
+                format!("{SNAPSHOT_PATH}?after={}&limit={}", after.to_hex(), self.page_keys)
+            }
             (Some(_), _) | (None, None) => format!("{SNAPSHOT_PATH}?limit={}", self.page_keys),
             (None, Some(_)) if self.need_full => format!("{SNAPSHOT_PATH}?limit={}", self.page_keys),
             (None, Some(meta)) => match &meta.history {
@@ -295,7 +299,11 @@ impl Leader {
         step.ops.extend(wire.keys.into_iter().map(BucketOp::Upsert));
         step.ops.extend(wire.revoked_sessions.into_iter().filter(|r| r.until > now).map(|session| BucketOp::Revoke { session, now }));
         *meta = next;
-        step.outcome = Some(if changed { SyncOutcome::Applied { version: wire.version, full: false, keys: usize::try_from(meta.keys).unwrap_or(usize::MAX) } } else { SyncOutcome::Unchanged { version: wire.version } });
+        step.outcome = Some(if changed {
+            SyncOutcome::Applied { version: wire.version, full: false, keys: usize::try_from(meta.keys).unwrap_or(usize::MAX) }
+        } else {
+            SyncOutcome::Unchanged { version: wire.version }
+        });
         if changed {
             step.meta = Some(meta.clone());
         }
@@ -307,7 +315,13 @@ impl Leader {
         let mut build = match self.full.take() {
             Some(build) => build,
             None => {
-                let meta = Meta { version: wire.version, keys: 0, signing_keys: wire.signing_keys.clone(), revoked_sessions: Vec::new(), history: wire.history };
+                let meta = Meta {
+                    version: wire.version,
+                    keys: 0,
+                    signing_keys: wire.signing_keys.clone(),
+                    revoked_sessions: Vec::new(),
+                    history: wire.history,
+                };
                 meta.snapshot().map_err(SyncFailure::Rejected)?;
                 FullBuild { meta, keys: Stream::default(), revoking: None, inline_revoked: wire.revoked_sessions.clone() }
             }
@@ -359,7 +373,8 @@ impl Leader {
     fn finish(&mut self, build: FullBuild, ops: Vec<BucketOp>, now: UnixTime, step: &mut Step) -> Result<(), SyncFailure> {
         let meta = build.meta;
         step.ops = ops;
-        step.outcome = Some(SyncOutcome::Applied { version: meta.version, full: true, keys: usize::try_from(meta.keys).unwrap_or(usize::MAX) });
+        step.outcome =
+            Some(SyncOutcome::Applied { version: meta.version, full: true, keys: usize::try_from(meta.keys).unwrap_or(usize::MAX) });
         step.seen = Some(Seen { version: meta.version, confirmed_at: now });
         step.meta = Some(meta.clone());
         self.meta = Some(meta);

@@ -179,7 +179,16 @@ mod tests {
 
     fn entry(seed: u8, scopes: Vec<String>, expires_at: Option<u64>) -> KeyEntry {
         let key = ApiKey::generate(KeyKind::Pk, Mode::Test, (0..200u8).map(|i| i.wrapping_mul(17).wrapping_add(seed))).unwrap();
-        KeyEntry { hash: key.hash(), id: format!("key_{seed}"), business: "biz_x".into(), kind: KeyKind::Pk, mode: Mode::Test, scopes, expires_at, active: seed.is_multiple_of(2) }
+        KeyEntry {
+            hash: key.hash(),
+            id: format!("key_{seed}"),
+            business: "biz_x".into(),
+            kind: KeyKind::Pk,
+            mode: Mode::Test,
+            scopes,
+            expires_at,
+            active: seed.is_multiple_of(2),
+        }
     }
 
     #[test]
@@ -190,7 +199,10 @@ mod tests {
         bucket = replace(&bucket, &b.hash, Some(&encode(&b).unwrap()));
         assert_eq!(count(&bucket), 2);
         let got = find(&bucket, &b.hash).unwrap();
-        assert_eq!((got.id.as_str(), got.scopes.len(), got.expires_at, got.active, got.kind, got.mode), ("key_2", 2, Some(1_900_000_000), true, KeyKind::Pk, Mode::Test));
+        assert_eq!(
+            (got.id.as_str(), got.scopes.len(), got.expires_at, got.active, got.kind, got.mode),
+            ("key_2", 2, Some(1_900_000_000), true, KeyKind::Pk, Mode::Test)
+        );
         assert!(!find(&bucket, &a.hash).unwrap().active);
         // Upsert replaces, removal removes.
         let a2 = KeyEntry { active: true, ..a.clone() };

@@ -15,17 +15,19 @@ pub mod feed;
 pub mod key;
 pub mod keystore;
 pub mod lease;
-pub mod signing;
 pub mod pair;
 pub mod ratelimit;
 pub mod revoked;
+pub mod signing;
 pub mod snapshot;
 pub mod sync;
 pub mod token;
 pub mod usage;
 
 pub use config::{FilterConfig, Policy, Requirement, Route};
-pub use decide::{decide, decide_cached, decide_on_route, Allowed, Decision, DenyCode, Denial, RateLimitTarget, RequestView, Synced, TokenCache};
+pub use decide::{
+    decide, decide_cached, decide_on_route, Allowed, Decision, Denial, DenyCode, RateLimitTarget, RequestView, Synced, TokenCache,
+};
 pub use key::{ApiKey, KeyHash, KeyKind, Mode};
 pub use snapshot::{Snapshot, SnapshotWire};
 pub use token::{AccessClaims, ACCESS_TOKEN_TYP};

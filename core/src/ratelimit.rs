@@ -92,7 +92,8 @@ fn table(bucket: &str) -> &'static str {
 /// a client cannot pick addresses that land on a chosen victim's slots. Slot names start
 /// with the plugin's shared-data namespace `ns`.
 pub fn place(ns: &str, seed: &[u8], bucket: &str, slots: u32) -> Placement {
-    let digest = Sha256::new().chain_update((seed.len() as u64).to_le_bytes()).chain_update(seed).chain_update(bucket.as_bytes()).finalize();
+    let digest =
+        Sha256::new().chain_update((seed.len() as u64).to_le_bytes()).chain_update(seed).chain_update(bucket.as_bytes()).finalize();
     let word = |i: usize| digest.get(i * 8..i * 8 + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
     let slots = u64::from(slots.max(1));
     let (first, step) = (word(1) % slots, word(2) % slots);
@@ -221,7 +222,12 @@ mod tests {
         let now = 9 * WINDOW_SECS + 1;
         let busy = |fingerprint, count| Slot { fingerprint, start: now - 1, count };
         let old = Slot { fingerprint: 5, start: now - 1 - WINDOW_SECS, count: 9 };
-        let tables = [[busy(1, 3), busy(FP, 2), Slot::default(), busy(2, 1)], [busy(1, 3), old, busy(FP, 2), busy(2, 1)], [busy(1, 3), busy(2, 1), busy(3, 1), busy(4, 0)], [Slot::default(); PROBES]];
+        let tables = [
+            [busy(1, 3), busy(FP, 2), Slot::default(), busy(2, 1)],
+            [busy(1, 3), old, busy(FP, 2), busy(2, 1)],
+            [busy(1, 3), busy(2, 1), busy(3, 1), busy(4, 0)],
+            [Slot::default(); PROBES],
+        ];
         for slots in tables {
             let read = slots.iter().position(|s| settles(FP, s, now)).map_or(PROBES, |i| i + 1);
             assert_eq!(admit(FP, &slots[..read], 3, now), admit(FP, &slots, 3, now), "{slots:?}");

@@ -131,7 +131,13 @@ mod tests {
         b.record("key_b", 11);
         let mut report = b.drain();
         report.usage.sort_by(|x, y| x.key_id.cmp(&y.key_id));
-        assert_eq!(report.usage, vec![KeyUsage { key_id: "key_a".into(), count: 2, last_used_at: 12 }, KeyUsage { key_id: "key_b".into(), count: 1, last_used_at: 11 }]);
+        assert_eq!(
+            report.usage,
+            vec![
+                KeyUsage { key_id: "key_a".into(), count: 2, last_used_at: 12 },
+                KeyUsage { key_id: "key_b".into(), count: 1, last_used_at: 11 }
+            ]
+        );
         assert!(b.is_empty());
         b.record("key_a", 20);
         b.restore(report.usage);

@@ -29,7 +29,16 @@ fn key(kind: KeyKind, mode: Mode, seed: u8) -> ApiKey {
 }
 
 fn entry(k: &ApiKey, id: &str, business: &str) -> KeyEntry {
-    KeyEntry { hash: k.hash(), id: id.into(), business: business.into(), kind: k.kind(), mode: k.mode(), scopes: vec![], expires_at: None, active: true }
+    KeyEntry {
+        hash: k.hash(),
+        id: id.into(),
+        business: business.into(),
+        kind: k.kind(),
+        mode: k.mode(),
+        scopes: vec![],
+        expires_at: None,
+        active: true,
+    }
 }
 
 fn world() -> World {
@@ -47,8 +56,18 @@ fn world() -> World {
     .unwrap()
     .policy;
     let signer = SigningKeyPair::from_seed("k1", [7u8; 32]);
-    let (sk, pk, sk_test, scoped) = (key(KeyKind::Sk, Mode::Live, 1), key(KeyKind::Pk, Mode::Live, 2), key(KeyKind::Sk, Mode::Test, 3), key(KeyKind::Sk, Mode::Live, 4));
-    let (inactive, expired, other_biz, unknown) = (key(KeyKind::Sk, Mode::Live, 5), key(KeyKind::Sk, Mode::Live, 6), key(KeyKind::Sk, Mode::Live, 8), key(KeyKind::Sk, Mode::Live, 9));
+    let (sk, pk, sk_test, scoped) = (
+        key(KeyKind::Sk, Mode::Live, 1),
+        key(KeyKind::Pk, Mode::Live, 2),
+        key(KeyKind::Sk, Mode::Test, 3),
+        key(KeyKind::Sk, Mode::Live, 4),
+    );
+    let (inactive, expired, other_biz, unknown) = (
+        key(KeyKind::Sk, Mode::Live, 5),
+        key(KeyKind::Sk, Mode::Live, 6),
+        key(KeyKind::Sk, Mode::Live, 8),
+        key(KeyKind::Sk, Mode::Live, 9),
+    );
     let wire = SnapshotWire {
         version: 3,
         keys: vec![
@@ -127,7 +146,11 @@ fn allowed(d: Decision) -> keygate_core::Allowed {
 fn all_three_valid_is_allowed_with_identity_headers_and_stripping() {
     let w = world();
     let bearer = format!("Bearer {}", w.token());
-    let a = allowed(w.run("GET", "/orders", &[("Authorization", &bearer), ("SECRET_KEY", w.sk.expose()), ("businessId", BIZ), ("X-Keygate-Business", "biz_evil")]));
+    let a = allowed(w.run(
+        "GET",
+        "/orders",
+        &[("Authorization", &bearer), ("SECRET_KEY", w.sk.expose()), ("businessId", BIZ), ("X-Keygate-Business", "biz_evil")],
+    ));
     assert!(a.remove_headers.contains(&"secret_key".to_string()));
     assert!(a.remove_headers.contains(&"x-keygate-business".to_string()));
     assert!(!a.remove_headers.contains(&"authorization".to_string()));
@@ -166,8 +189,14 @@ fn each_missing_header_is_401_missing_credentials() {
         assert_eq!(denied(&w.run("GET", "/orders", &headers)), (401, DenyCode::MissingCredentials), "without {}", full[skip].0);
     }
     // Empty values count as missing.
-    assert_eq!(denied(&w.run("GET", "/orders", &[("authorization", &bearer), ("secret_key", ""), ("businessid", BIZ)])).1, DenyCode::MissingCredentials);
-    assert_eq!(denied(&w.run("GET", "/orders", &[("authorization", "Bearer "), ("secret_key", w.sk.expose()), ("businessid", BIZ)])).1, DenyCode::MissingCredentials);
+    assert_eq!(
+        denied(&w.run("GET", "/orders", &[("authorization", &bearer), ("secret_key", ""), ("businessid", BIZ)])).1,
+        DenyCode::MissingCredentials
+    );
+    assert_eq!(
+        denied(&w.run("GET", "/orders", &[("authorization", "Bearer "), ("secret_key", w.sk.expose()), ("businessid", BIZ)])).1,
+        DenyCode::MissingCredentials
+    );
 }
 
 #[test]
@@ -176,11 +205,23 @@ fn malformed_or_repeated_headers_are_401() {
     let bearer = format!("Bearer {}", w.token());
     let basic = w.run("GET", "/orders", &[("authorization", "Basic dXNlcjpwYXNz"), ("secret_key", w.sk.expose()), ("businessid", BIZ)]);
     assert_eq!(denied(&basic), (401, DenyCode::InvalidToken));
-    let twice = w.run("GET", "/orders", &[("authorization", &bearer), ("authorization", &bearer), ("secret_key", w.sk.expose()), ("businessid", BIZ)]);
+    let twice = w.run(
+        "GET",
+        "/orders",
+        &[("authorization", &bearer), ("authorization", &bearer), ("secret_key", w.sk.expose()), ("businessid", BIZ)],
+    );
     assert_eq!(denied(&twice), (401, DenyCode::InvalidToken));
-    let two_keys = w.run("GET", "/orders", &[("authorization", &bearer), ("secret_key", w.sk.expose()), ("secret_key", w.sk.expose()), ("businessid", BIZ)]);
+    let two_keys = w.run(
+        "GET",
+        "/orders",
+        &[("authorization", &bearer), ("secret_key", w.sk.expose()), ("secret_key", w.sk.expose()), ("businessid", BIZ)],
+    );
     assert_eq!(denied(&two_keys), (401, DenyCode::InvalidApiKey));
-    let lower_scheme = w.run("GET", "/orders", &[("authorization", &bearer.replace("Bearer", "bearer")), ("secret_key", w.sk.expose()), ("businessid", BIZ)]);
+    let lower_scheme = w.run(
+        "GET",
+        "/orders",
+        &[("authorization", &bearer.replace("Bearer", "bearer")), ("secret_key", w.sk.expose()), ("businessid", BIZ)],
+    );
     assert!(matches!(lower_scheme, Decision::Allow(_)));
 }
 
@@ -288,7 +329,9 @@ fn permission_failures_are_403_insufficient_permission() {
     let w = world();
     let token = w.token();
     let bearer = format!("Bearer {token}");
-    let with = |method: &str, path: &str, key: &ApiKey| w.run(method, path, &[("authorization", &bearer), ("secret_key", key.expose()), ("businessid", BIZ)]);
+    let with = |method: &str, path: &str, key: &ApiKey| {
+        w.run(method, path, &[("authorization", &bearer), ("secret_key", key.expose()), ("businessid", BIZ)])
+    };
     assert_eq!(denied(&with("POST", "/orders", &w.pk)), (403, DenyCode::InsufficientPermission));
     assert!(matches!(with("GET", "/orders", &w.pk), Decision::Allow(_)));
     assert!(matches!(with("HEAD", "/orders", &w.pk), Decision::Allow(_)));
@@ -319,7 +362,10 @@ fn key_only_route_takes_the_key_in_secret_key_or_bearer_and_strips_both() {
     let d = w.run("GET", "/key/orders", &[("authorization", &bearer), ("secret_key", w.pk.expose())]);
     assert_eq!(denied(&d), (401, DenyCode::InvalidApiKey));
     // businessId is optional here, but must agree when sent.
-    assert_eq!(denied(&w.run("GET", "/key/x", &[("secret_key", w.sk.expose()), ("businessid", OTHER_BIZ)])), (403, DenyCode::BusinessMismatch));
+    assert_eq!(
+        denied(&w.run("GET", "/key/x", &[("secret_key", w.sk.expose()), ("businessid", OTHER_BIZ)])),
+        (403, DenyCode::BusinessMismatch)
+    );
     // A JWT in the bearer position is not a key.
     let jwt = format!("Bearer {}", w.token());
     assert_eq!(denied(&w.run("GET", "/key/x", &[("authorization", &jwt)])), (401, DenyCode::MissingCredentials));
@@ -363,7 +409,15 @@ fn shadow_route_lets_a_bad_request_through_and_says_what_it_would_have_done() {
 
 #[test]
 fn every_code_has_its_status_and_a_json_body_without_secrets() {
-    let expected = [(401, "missing_credentials"), (401, "invalid_token"), (401, "invalid_api_key"), (403, "business_mismatch"), (403, "insufficient_permission"), (429, "rate_limited"), (503, "auth_unavailable")];
+    let expected = [
+        (401, "missing_credentials"),
+        (401, "invalid_token"),
+        (401, "invalid_api_key"),
+        (403, "business_mismatch"),
+        (403, "insufficient_permission"),
+        (429, "rate_limited"),
+        (503, "auth_unavailable"),
+    ];
     for (code, (status, name)) in DenyCode::ALL.iter().zip(expected) {
         assert_eq!((code.status(), code.as_str()), (status, name));
     }
@@ -379,7 +433,19 @@ fn every_code_has_its_status_and_a_json_body_without_secrets() {
 #[test]
 fn decide_never_panics_on_hostile_input() {
     let w = world();
-    let junk = ["", " ", "Bearer", "Bearer  ", "Bearer \u{0}", "\u{ffff}", "Bearer a.b.c.d", "Bearer ..", "Bearer sk_live_", "sk_live_\u{e9}\u{e9}", &"x".repeat(100_000)];
+    let junk = [
+        "",
+        " ",
+        "Bearer",
+        "Bearer  ",
+        "Bearer \u{0}",
+        "\u{ffff}",
+        "Bearer a.b.c.d",
+        "Bearer ..",
+        "Bearer sk_live_",
+        "sk_live_\u{e9}\u{e9}",
+        &"x".repeat(100_000),
+    ];
     for a in junk {
         for b in junk {
             for path in ["", "?", "/%", "/public/%2", "\u{e9}"] {
@@ -397,7 +463,8 @@ fn token_cache_skips_reverification_but_revocation_expiry_and_key_removal_still_
     let mut cache = TokenCache::new(2);
     let token = w.token();
     let bearer = format!("Bearer {token}");
-    let headers: Vec<(String, String)> = vec![("authorization".into(), bearer), ("secret_key".into(), w.sk.expose().into()), ("businessid".into(), BIZ.into())];
+    let headers: Vec<(String, String)> =
+        vec![("authorization".into(), bearer), ("secret_key".into(), w.sk.expose().into()), ("businessid".into(), BIZ.into())];
     let run = |w: &World, cache: &mut TokenCache, now: u64| {
         let request = RequestView { method: "GET", path: "/orders", headers: &headers, client_ip: None };
         decide_cached(&w.policy, &request, Some(Synced::local(&w.snapshot, now)), now, cache)
@@ -410,17 +477,33 @@ fn token_cache_skips_reverification_but_revocation_expiry_and_key_removal_still_
     assert_eq!(denied(&run(&w, &mut cache, NOW + 7200 + 30)).1, DenyCode::InvalidToken);
     // Revoked while cached: takes effect on the next request.
     assert!(matches!(run(&w, &mut cache, NOW), Decision::Allow(_)));
-    w.snapshot.apply(SnapshotWire { version: 4, since: Some(3), revoked_sessions: vec![RevokedSession { sid: "ses_1".into(), until: NOW + 9000 }], ..SnapshotWire::default() }).unwrap();
+    w.snapshot
+        .apply(SnapshotWire {
+            version: 4,
+            since: Some(3),
+            revoked_sessions: vec![RevokedSession { sid: "ses_1".into(), until: NOW + 9000 }],
+            ..SnapshotWire::default()
+        })
+        .unwrap();
     assert_eq!(denied(&run(&w, &mut cache, NOW)).1, DenyCode::InvalidToken);
     // Its signing key withdrawn while cached.
     let mut w2 = world();
     let mut cache2 = TokenCache::new(8);
     let token2 = w2.token();
-    let headers2: Vec<(String, String)> = vec![("authorization".into(), format!("Bearer {token2}")), ("secret_key".into(), w2.sk.expose().into()), ("businessid".into(), BIZ.into())];
+    let headers2: Vec<(String, String)> = vec![
+        ("authorization".into(), format!("Bearer {token2}")),
+        ("secret_key".into(), w2.sk.expose().into()),
+        ("businessid".into(), BIZ.into()),
+    ];
     let request2 = RequestView { method: "GET", path: "/orders", headers: &headers2, client_ip: None };
     assert!(matches!(decide_cached(&w2.policy, &request2, Some(Synced::local(&w2.snapshot, NOW)), NOW, &mut cache2), Decision::Allow(_)));
-    w2.snapshot.apply(SnapshotWire { version: 4, since: Some(3), removed_signing_keys: vec!["k1".into()], ..SnapshotWire::default() }).unwrap();
-    assert_eq!(denied(&decide_cached(&w2.policy, &request2, Some(Synced::local(&w2.snapshot, NOW)), NOW, &mut cache2)).1, DenyCode::InvalidToken);
+    w2.snapshot
+        .apply(SnapshotWire { version: 4, since: Some(3), removed_signing_keys: vec!["k1".into()], ..SnapshotWire::default() })
+        .unwrap();
+    assert_eq!(
+        denied(&decide_cached(&w2.policy, &request2, Some(Synced::local(&w2.snapshot, NOW)), NOW, &mut cache2)).1,
+        DenyCode::InvalidToken
+    );
 }
 
 #[test]
@@ -430,7 +513,11 @@ fn token_cache_stays_bounded() {
     let mut cache = TokenCache::new(3);
     for i in 0..10 {
         let token = w.signer.sign(&AccessClaims { jti: format!("j{i}"), ..claims() }).unwrap();
-        let headers: Vec<(String, String)> = vec![("authorization".into(), format!("Bearer {token}")), ("secret_key".into(), w.sk.expose().into()), ("businessid".into(), BIZ.into())];
+        let headers: Vec<(String, String)> = vec![
+            ("authorization".into(), format!("Bearer {token}")),
+            ("secret_key".into(), w.sk.expose().into()),
+            ("businessid".into(), BIZ.into()),
+        ];
         let request = RequestView { method: "GET", path: "/orders", headers: &headers, client_ip: None };
         assert!(matches!(decide_cached(&w.policy, &request, Some(Synced::local(&w.snapshot, NOW)), NOW, &mut cache), Decision::Allow(_)));
         assert!(cache.len() <= 3);
@@ -445,7 +532,16 @@ fn imported_keys_without_keygate_checksum_are_looked_up_by_hash_with_the_stored_
     let vendor_sk = "sk_live_4eC39HqLyjWDarjtT1zdp7dc";
     let vendor_pk = "pk_test_TYooMQauvdEDq54NiTphI7jx";
     let plain = "legacy-0123456789abcdef";
-    let legacy = |raw: &str, id: &str, kind, mode| KeyEntry { hash: KeyHash::of_raw(raw), id: id.into(), business: BIZ.into(), kind, mode, scopes: vec![], expires_at: None, active: true };
+    let legacy = |raw: &str, id: &str, kind, mode| KeyEntry {
+        hash: KeyHash::of_raw(raw),
+        id: id.into(),
+        business: BIZ.into(),
+        kind,
+        mode,
+        scopes: vec![],
+        expires_at: None,
+        active: true,
+    };
     let wire = SnapshotWire {
         version: 4,
         since: Some(3),
@@ -466,7 +562,10 @@ fn imported_keys_without_keygate_checksum_are_looked_up_by_hash_with_the_stored_
         assert!(a.add_headers.contains(&("x-keygate-mode", "live".to_owned())));
         // A POST is fine: both are stored as secret keys.
         let bearer = format!("Bearer {token}");
-        assert!(matches!(w.run("POST", "/orders", &[("authorization", &bearer), ("secret_key", raw), ("businessid", BIZ)]), Decision::Allow(_)));
+        assert!(matches!(
+            w.run("POST", "/orders", &[("authorization", &bearer), ("secret_key", raw), ("businessid", BIZ)]),
+            Decision::Allow(_)
+        ));
     }
     // The publishable test key: safe methods only, refused on a live route.
     let with = |method: &str, path: &str, raw: &str| w.run(method, path, &[("secret_key", raw)]);
@@ -484,7 +583,14 @@ fn imported_keys_without_keygate_checksum_are_looked_up_by_hash_with_the_stored_
     let mut typo = w.sk.expose().to_owned();
     let last = typo.pop().unwrap();
     typo.push(if last == 'a' { 'b' } else { 'a' });
-    w.snapshot.apply(SnapshotWire { version: 5, since: Some(4), keys: vec![legacy(&typo, "key_typo", KeyKind::Sk, Mode::Live)], ..SnapshotWire::default() }).unwrap();
+    w.snapshot
+        .apply(SnapshotWire {
+            version: 5,
+            since: Some(4),
+            keys: vec![legacy(&typo, "key_typo", KeyKind::Sk, Mode::Live)],
+            ..SnapshotWire::default()
+        })
+        .unwrap();
     assert_eq!(denied(&w.run("GET", "/key/x", &[("secret_key", &typo)])), (401, DenyCode::InvalidApiKey));
     // Deactivated or expired legacy keys are refused like any other.
     let off = KeyEntry { active: false, ..legacy(plain, "key_plain", KeyKind::Pk, Mode::Test) };
@@ -493,7 +599,8 @@ fn imported_keys_without_keygate_checksum_are_looked_up_by_hash_with_the_stored_
 }
 
 fn cached_run(w: &World, cache: &mut keygate_core::TokenCache, token: &str, raw_key: &str) -> Decision {
-    let headers: Vec<(String, String)> = vec![("authorization".into(), format!("Bearer {token}")), ("secret_key".into(), raw_key.into()), ("businessid".into(), BIZ.into())];
+    let headers: Vec<(String, String)> =
+        vec![("authorization".into(), format!("Bearer {token}")), ("secret_key".into(), raw_key.into()), ("businessid".into(), BIZ.into())];
     let request = RequestView { method: "GET", path: "/orders", headers: &headers, client_ip: None };
     keygate_core::decide_cached(&w.policy, &request, Some(Synced::local(&w.snapshot, NOW)), NOW, cache)
 }
@@ -548,7 +655,11 @@ fn failed_tokens_are_forgotten_after_a_while_and_a_flood_stays_bounded() {
     let forger = SigningKeyPair::from_seed("k1", [9u8; 32]);
     let forged = forger.sign(&claims()).unwrap();
     let at = |cache: &mut keygate_core::TokenCache, token: &str, now: u64| {
-        let headers: Vec<(String, String)> = vec![("authorization".into(), format!("Bearer {token}")), ("secret_key".into(), w.sk.expose().into()), ("businessid".into(), BIZ.into())];
+        let headers: Vec<(String, String)> = vec![
+            ("authorization".into(), format!("Bearer {token}")),
+            ("secret_key".into(), w.sk.expose().into()),
+            ("businessid".into(), BIZ.into()),
+        ];
         let request = RequestView { method: "GET", path: "/orders", headers: &headers, client_ip: None };
         keygate_core::decide_cached(&w.policy, &request, Some(Synced::local(&w.snapshot, now)), now, cache)
     };
@@ -588,7 +699,8 @@ fn filter_leeway_cannot_outlast_admins_revocation_margin() {
     let exp = NOW + 100;
     let token = w.signer.sign(&AccessClaims { sid: "ses_gone".into(), exp, ..claims() }).unwrap();
     let bearer = format!("Bearer {token}");
-    let headers: Vec<(String, String)> = vec![("authorization".into(), bearer), ("secret_key".into(), w.sk.expose().into()), ("businessid".into(), BIZ.into())];
+    let headers: Vec<(String, String)> =
+        vec![("authorization".into(), bearer), ("secret_key".into(), w.sk.expose().into()), ("businessid".into(), BIZ.into())];
     for leeway in [0, 30, REVOCATION_MARGIN_SECS, REVOCATION_MARGIN_SECS + 1, 120] {
         let json = format!(r#"{{"admin_cluster": "a", "proxy_token": "t", "leeway_secs": {leeway}}}"#);
         let policy = match FilterConfig::parse(json.as_bytes(), None) {
@@ -601,12 +713,23 @@ fn filter_leeway_cannot_outlast_admins_revocation_margin() {
         };
         // Admin revokes the session until exp + its margin; past that the entry leaves the feed.
         let mut snapshot = w.snapshot.clone();
-        snapshot.apply(SnapshotWire { version: 4, since: Some(3), revoked_sessions: vec![RevokedSession { sid: "ses_gone".into(), until: exp + REVOCATION_MARGIN_SECS }], ..SnapshotWire::default() }).unwrap();
+        snapshot
+            .apply(SnapshotWire {
+                version: 4,
+                since: Some(3),
+                revoked_sessions: vec![RevokedSession { sid: "ses_gone".into(), until: exp + REVOCATION_MARGIN_SECS }],
+                ..SnapshotWire::default()
+            })
+            .unwrap();
         for now in [exp - 1, exp + REVOCATION_MARGIN_SECS - 1, exp + REVOCATION_MARGIN_SECS, exp + 90, exp + 119] {
             snapshot.forget_expired_revocations(now);
             let request = RequestView { method: "GET", path: "/orders", headers: &headers, client_ip: None };
             let d = decide(&policy, &request, Some(Synced::local(&snapshot, now)), now);
-            assert!(matches!(&d, Decision::Deny(x) if x.code == DenyCode::InvalidToken), "leeway {leeway}, {}s after exp: {d:?}", now as i64 - exp as i64);
+            assert!(
+                matches!(&d, Decision::Deny(x) if x.code == DenyCode::InvalidToken),
+                "leeway {leeway}, {}s after exp: {d:?}",
+                now as i64 - exp as i64
+            );
         }
     }
 }

@@ -70,7 +70,16 @@ impl KeyLookup for Shared {
 fn entry(i: u32) -> KeyEntry {
     let seed = |salt: &str| KeyHash::of_raw(&format!("{salt}{i}")).0;
     let key = ApiKey::generate(KeyKind::Sk, Mode::Live, seed("a").into_iter().chain(seed("b")).chain(seed("c"))).unwrap();
-    KeyEntry { hash: key.hash(), id: format!("key_{i}"), business: "biz_1".into(), kind: KeyKind::Sk, mode: Mode::Live, scopes: vec![], expires_at: None, active: true }
+    KeyEntry {
+        hash: key.hash(),
+        id: format!("key_{i}"),
+        business: "biz_1".into(),
+        kind: KeyKind::Sk,
+        mode: Mode::Live,
+        scopes: vec![],
+        expires_at: None,
+        active: true,
+    }
 }
 
 fn signing() -> SigningKeyEntry {
@@ -186,7 +195,13 @@ fn gone_gaps_bad_pages_and_failures_keep_the_last_good_state() {
     assert!(step.ops.is_empty() && step.seen.is_none());
     assert!(step.health.is_some());
     // A bad signing key in a delta: refused whole.
-    let bad = SnapshotWire { version: 4, since: Some(3), keys: vec![entry(77)], signing_keys: vec![SigningKeyEntry { kid: "x".into(), alg: "EdDSA".into(), x: "bad".into() }], ..SnapshotWire::default() };
+    let bad = SnapshotWire {
+        version: 4,
+        since: Some(3),
+        keys: vec![entry(77)],
+        signing_keys: vec![SigningKeyEntry { kid: "x".into(), alg: "EdDSA".into(), x: "bad".into() }],
+        ..SnapshotWire::default()
+    };
     let step = leader.on_response(Some(200), &serde_json::to_vec(&bad).unwrap(), 1003, Some(HELD), 0);
     assert!(step.ops.is_empty());
     assert!(matches!(step.outcome, Some(SyncOutcome::Failed(_))));
@@ -200,7 +215,10 @@ fn gone_gaps_bad_pages_and_failures_keep_the_last_good_state() {
     keys.sort_by_key(|k| k.hash);
     keys.reverse();
     let unsorted = SnapshotWire { version: 9, keys, signing_keys: vec![signing()], ..SnapshotWire::default() };
-    assert!(matches!(leader.on_response(Some(200), &serde_json::to_vec(&unsorted).unwrap(), 1005, Some(HELD), 0).outcome, Some(SyncOutcome::Failed(_))));
+    assert!(matches!(
+        leader.on_response(Some(200), &serde_json::to_vec(&unsorted).unwrap(), 1005, Some(HELD), 0).outcome,
+        Some(SyncOutcome::Failed(_))
+    ));
     // An answer too large to read: a paged full snapshot next, the data kept meanwhile.
     let mut leader = Leader::adopt(Some(Meta { version: 3, ..Meta::default() }), PAGE_KEYS, HELD);
     assert_eq!(leader.on_oversized().outcome, Some(SyncOutcome::Resync));
@@ -208,7 +226,10 @@ fn gone_gaps_bad_pages_and_failures_keep_the_last_good_state() {
     // A delta with a version gap forces a full snapshot.
     let mut leader = Leader::adopt(Some(Meta { version: 3, ..Meta::default() }), PAGE_KEYS, HELD);
     let gap = SnapshotWire { version: 9, since: Some(6), ..SnapshotWire::default() };
-    assert!(matches!(leader.on_response(Some(200), &serde_json::to_vec(&gap).unwrap(), 1, Some(HELD), 0).outcome, Some(SyncOutcome::Failed(_))));
+    assert!(matches!(
+        leader.on_response(Some(200), &serde_json::to_vec(&gap).unwrap(), 1, Some(HELD), 0).outcome,
+        Some(SyncOutcome::Failed(_))
+    ));
     assert!(leader.next_path(20).contains("limit="));
 }
 
@@ -217,7 +238,9 @@ fn a_new_leader_continues_from_the_published_meta() {
     let leader = Leader::adopt(Some(Meta { version: 12, keys: 3, ..Meta::default() }), PAGE_KEYS, HELD);
     assert_eq!(leader.next_path(5), "/v1/snapshot?since=12&wait=5");
     // A meta from an older filter, revocations inline: still honoured, and replaced by a full sync.
-    let legacy: Meta = serde_json::from_str(r#"{"version":12,"keys":3,"signing_keys":[],"revoked_sessions":[{"sid":"ses_old","until":99999999999}]}"#).unwrap();
+    let legacy: Meta =
+        serde_json::from_str(r#"{"version":12,"keys":3,"signing_keys":[],"revoked_sessions":[{"sid":"ses_old","until":99999999999}]}"#)
+            .unwrap();
     assert!(legacy.snapshot().unwrap().is_revoked("ses_old"));
     let leader = Leader::adopt(Some(legacy), PAGE_KEYS, HELD);
     assert_eq!(leader.next_path(5), format!("/v1/snapshot?limit={PAGE_KEYS}"));
@@ -293,13 +316,21 @@ fn a_delta_from_another_history_forces_a_full_snapshot() {
     let theirs = History(KeyHash([2; 32]));
     let mut shared = Shared::default();
     let mut leader = Leader::adopt(None, PAGE_KEYS, HELD);
-    let mut first = SnapshotWire { version: 6, signing_keys: vec![signing()], keys: vec![entry(1)], history: Some(ours), ..SnapshotWire::default() };
+    let mut first =
+        SnapshotWire { version: 6, signing_keys: vec![signing()], keys: vec![entry(1)], history: Some(ours), ..SnapshotWire::default() };
     first.keys.sort_by_key(|k| k.hash);
     let step = leader.on_response(Some(200), &serde_json::to_vec(&first).unwrap(), 1000, Some(HELD), 0);
     shared.apply(step.ops);
     assert_eq!(step.meta.unwrap().history, Some(ours));
     assert_eq!(leader.next_path(20), format!("/v1/snapshot?since=6&wait=20&history={}", ours.to_hex()));
-    let other = SnapshotWire { version: 9, since: Some(6), keys: vec![entry(2)], history: Some(History(KeyHash([3; 32]))), since_history: Some(theirs), ..SnapshotWire::default() };
+    let other = SnapshotWire {
+        version: 9,
+        since: Some(6),
+        keys: vec![entry(2)],
+        history: Some(History(KeyHash([3; 32]))),
+        since_history: Some(theirs),
+        ..SnapshotWire::default()
+    };
     let step = leader.on_response(Some(200), &serde_json::to_vec(&other).unwrap(), 1001, Some(HELD), 0);
     assert!(step.ops.is_empty() && step.meta.is_none() && step.seen.is_none());
     assert_eq!(step.outcome, Some(SyncOutcome::Resync));
@@ -334,7 +365,12 @@ fn a_change_costs_the_proxy_the_size_of_the_change_whatever_the_revocations() {
     assert!(published < 2048, "one key change made every worker re-read a {published}-byte meta");
     assert!(shared.is_revoked("ses_0000000000000000") && shared.is_revoked("ses_0000000000099999") && !shared.is_revoked("ses_x"));
     // One more revocation: one bucket operation.
-    let revoke = SnapshotWire { version: 4, since: Some(3), revoked_sessions: vec![RevokedSession { sid: "ses_x".into(), until: u64::MAX }], ..SnapshotWire::default() };
+    let revoke = SnapshotWire {
+        version: 4,
+        since: Some(3),
+        revoked_sessions: vec![RevokedSession { sid: "ses_x".into(), until: u64::MAX }],
+        ..SnapshotWire::default()
+    };
     let step = leader.on_response(Some(200), &serde_json::to_vec(&revoke).unwrap(), 1003, Some(HELD), 0);
     assert_eq!(step.ops.len(), 1);
     assert!(serde_json::to_vec(&step.meta).unwrap().len() < 2048);
@@ -351,12 +387,24 @@ fn a_full_snapshot_pages_revocations_after_the_keys() {
     let mut leader = Leader::adopt(None, 3, HELD);
     let mut keys: Vec<KeyEntry> = (0..5).map(entry).collect();
     keys.sort_by_key(|k| k.hash);
-    let mut revoked: Vec<RevokedSession> = (0..7).map(|i| RevokedSession { sid: format!("ses_{i}"), until: if i == 6 { 10 } else { u64::MAX } }).collect();
+    let mut revoked: Vec<RevokedSession> =
+        (0..7).map(|i| RevokedSession { sid: format!("ses_{i}"), until: if i == 6 { 10 } else { u64::MAX } }).collect();
     revoked.sort_by_key(|r| revoked::digest(&r.sid));
     let page = |wire: SnapshotWire| serde_json::to_vec(&wire).unwrap();
-    let p1 = SnapshotWire { version: 4, keys: keys[..3].to_vec(), signing_keys: vec![signing()], next_after: Some(keys[2].hash), ..SnapshotWire::default() };
+    let p1 = SnapshotWire {
+        version: 4,
+        keys: keys[..3].to_vec(),
+        signing_keys: vec![signing()],
+        next_after: Some(keys[2].hash),
+        ..SnapshotWire::default()
+    };
     let p2 = SnapshotWire { version: 4, keys: keys[3..].to_vec(), revocation_pages: true, ..SnapshotWire::default() };
-    let r1 = SnapshotWire { version: 4, revoked_sessions: revoked[..4].to_vec(), next_after: Some(revoked::digest(&revoked[3].sid)), ..SnapshotWire::default() };
+    let r1 = SnapshotWire {
+        version: 4,
+        revoked_sessions: revoked[..4].to_vec(),
+        next_after: Some(revoked::digest(&revoked[3].sid)),
+        ..SnapshotWire::default()
+    };
     let r2 = SnapshotWire { version: 5, revoked_sessions: revoked[4..].to_vec(), ..SnapshotWire::default() };
     assert_eq!(leader.next_path(20), "/v1/snapshot?limit=3");
     for (body, then) in [(page(p1), None), (page(p2), None), (page(r1), Some("/v1/snapshot?limit=3&revoked=1&after=")), (page(r2), None)] {
@@ -376,9 +424,21 @@ fn a_full_snapshot_pages_revocations_after_the_keys() {
     assert!(!shared.is_revoked("ses_stale"), "a revocation absent from the full snapshot survived it");
     // An unsorted revocation page is refused.
     let mut leader = Leader::adopt(None, 3, HELD);
-    leader.on_response(Some(200), &page(SnapshotWire { version: 1, signing_keys: vec![signing()], revocation_pages: true, ..SnapshotWire::default() }), 1000, Some(HELD), 0);
+    leader.on_response(
+        Some(200),
+        &page(SnapshotWire { version: 1, signing_keys: vec![signing()], revocation_pages: true, ..SnapshotWire::default() }),
+        1000,
+        Some(HELD),
+        0,
+    );
     let mut backwards = revoked.clone();
     backwards.reverse();
-    let step = leader.on_response(Some(200), &page(SnapshotWire { version: 1, revoked_sessions: backwards, ..SnapshotWire::default() }), 1000, Some(HELD), 0);
+    let step = leader.on_response(
+        Some(200),
+        &page(SnapshotWire { version: 1, revoked_sessions: backwards, ..SnapshotWire::default() }),
+        1000,
+        Some(HELD),
+        0,
+    );
     assert!(matches!(step.outcome, Some(SyncOutcome::Failed(_))));
 }

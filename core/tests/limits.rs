@@ -4,7 +4,9 @@
 
 use keygate_core::decide::{after_rate_limit, rate_limited};
 use keygate_core::snapshot::{KeyEntry, SnapshotWire};
-use keygate_core::{decide, ApiKey, Decision, DenyCode, FilterConfig, KeyKind, Mode, Policy, RateLimitTarget, RequestView, Snapshot, Synced};
+use keygate_core::{
+    decide, ApiKey, Decision, DenyCode, FilterConfig, KeyKind, Mode, Policy, RateLimitTarget, RequestView, Snapshot, Synced,
+};
 
 const NOW: u64 = 1_800_000_000;
 
@@ -24,7 +26,16 @@ fn world() -> (Policy, Snapshot, ApiKey) {
     let sk = ApiKey::generate(KeyKind::Sk, Mode::Live, (0..200u8).map(|i| i.wrapping_mul(31).wrapping_add(5))).unwrap();
     let wire = SnapshotWire {
         version: 1,
-        keys: vec![KeyEntry { hash: sk.hash(), id: "key_1".into(), business: "biz_1".into(), kind: KeyKind::Sk, mode: Mode::Live, scopes: vec![], expires_at: None, active: true }],
+        keys: vec![KeyEntry {
+            hash: sk.hash(),
+            id: "key_1".into(),
+            business: "biz_1".into(),
+            kind: KeyKind::Sk,
+            mode: Mode::Live,
+            scopes: vec![],
+            expires_at: None,
+            active: true,
+        }],
         ..SnapshotWire::default()
     };
     (policy(""), Snapshot::from_full(wire).unwrap(), sk)
@@ -108,7 +119,8 @@ fn over_the_limit_a_normal_rule_refuses_with_retry_after() {
 #[test]
 fn public_clients_are_bucketed_per_ipv4_address_and_per_ipv6_prefix() {
     let (base, snapshot, _) = world();
-    let bucket = |policy: &Policy, path: &str, ip: Option<&str>| allowed(run(policy, &snapshot, "GET", path, &[], ip)).rate_limit.unwrap().bucket;
+    let bucket =
+        |policy: &Policy, path: &str, ip: Option<&str>| allowed(run(policy, &snapshot, "GET", path, &[], ip)).rate_limit.unwrap().bucket;
     assert_eq!(bucket(&base, "/public/x", Some("198.51.100.4")), "ip:198.51.100.4");
     assert_eq!(bucket(&base, "/public/x", Some("::ffff:198.51.100.4")), "ip:198.51.100.4");
     assert_eq!(bucket(&base, "/public/x", Some("2001:db8:a:b:1:2:3:4")), "ip:2001:db8:a:b::/64");

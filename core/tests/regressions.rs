@@ -31,8 +31,22 @@ struct World {
 fn world() -> World {
     let policy = FilterConfig::parse(br#"{"admin_cluster": "a", "proxy_token": "t", "leeway_secs": 30}"#, None).unwrap().policy;
     let key = ApiKey::generate(KeyKind::Sk, Mode::Live, (0..200u8).map(|i| i.wrapping_mul(31).wrapping_add(5))).unwrap();
-    let entry = KeyEntry { hash: key.hash(), id: "key_1".into(), business: BIZ.into(), kind: KeyKind::Sk, mode: Mode::Live, scopes: vec![], expires_at: None, active: true };
-    let wire = SnapshotWire { version: 1, keys: vec![entry], signing_keys: vec![SigningKeyPair::from_seed(KID, SEED).public_entry()], ..SnapshotWire::default() };
+    let entry = KeyEntry {
+        hash: key.hash(),
+        id: "key_1".into(),
+        business: BIZ.into(),
+        kind: KeyKind::Sk,
+        mode: Mode::Live,
+        scopes: vec![],
+        expires_at: None,
+        active: true,
+    };
+    let wire = SnapshotWire {
+        version: 1,
+        keys: vec![entry],
+        signing_keys: vec![SigningKeyPair::from_seed(KID, SEED).public_entry()],
+        ..SnapshotWire::default()
+    };
     World { policy, snapshot: Snapshot::from_full(wire).unwrap(), key }
 }
 
@@ -63,7 +77,11 @@ fn with(mut base: Value, changes: Value) -> Value {
 }
 
 fn decide_token(w: &World, token: &str) -> Decision {
-    let headers = vec![("authorization".to_owned(), format!("Bearer {token}")), ("SECRET_KEY".to_owned(), w.key.expose().to_owned()), ("businessId".to_owned(), BIZ.to_owned())];
+    let headers = vec![
+        ("authorization".to_owned(), format!("Bearer {token}")),
+        ("SECRET_KEY".to_owned(), w.key.expose().to_owned()),
+        ("businessId".to_owned(), BIZ.to_owned()),
+    ];
     let request = RequestView { method: "GET", path: "/orders", headers: &headers, client_ip: None };
     decide(&w.policy, &request, Some(Synced::local(&w.snapshot, NOW)), NOW)
 }
@@ -194,10 +212,16 @@ fn tampered_payload_with_the_original_signature_is_invalid_token() {
 fn an_unsorted_full_snapshot_page_is_refused_and_changes_nothing() {
     use keygate_core::feed::Leader;
     use keygate_core::sync::SyncOutcome;
-    let mut hashes: Vec<_> = (0..2u8).map(|i| ApiKey::generate(KeyKind::Sk, Mode::Live, (0..200u8).map(move |j| j.wrapping_add(i * 7))).unwrap().hash()).collect();
+    let mut hashes: Vec<_> = (0..2u8)
+        .map(|i| ApiKey::generate(KeyKind::Sk, Mode::Live, (0..200u8).map(move |j| j.wrapping_add(i * 7))).unwrap().hash())
+        .collect();
     hashes.sort();
     hashes.reverse();
-    let keys: Vec<Value> = hashes.iter().enumerate().map(|(i, h)| json!({"hash": h.to_hex(), "id": format!("key_{i}"), "business": BIZ, "kind": "sk", "mode": "live", "active": true})).collect();
+    let keys: Vec<Value> = hashes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| json!({"hash": h.to_hex(), "id": format!("key_{i}"), "business": BIZ, "kind": "sk", "mode": "live", "active": true}))
+        .collect();
     let body = json!({"version": 4, "keys": keys, "signing_keys": [], "revoked_sessions": []}).to_string();
     const HELD: Lease = Lease { holder: 1, until_ms: u64::MAX, term: 1 };
     let mut leader = Leader::adopt(None, 10, HELD);

@@ -10,13 +10,21 @@ fn key(seed: u8) -> ApiKey {
 }
 
 fn entry(k: &ApiKey, id: &str) -> KeyEntry {
-    KeyEntry { hash: k.hash(), id: id.into(), business: "biz_1".into(), kind: k.kind(), mode: k.mode(), scopes: vec![], expires_at: None, active: true }
+    KeyEntry {
+        hash: k.hash(),
+        id: id.into(),
+        business: "biz_1".into(),
+        kind: k.kind(),
+        mode: k.mode(),
+        scopes: vec![],
+        expires_at: None,
+        active: true,
+    }
 }
 
 fn full(version: u64, keys: Vec<KeyEntry>) -> SnapshotWire {
     SnapshotWire { version, keys, signing_keys: vec![SigningKeyPair::from_seed("k1", [1; 32]).public_entry()], ..SnapshotWire::default() }
 }
-
 
 #[test]
 fn deltas_upsert_remove_and_revoke() {
@@ -54,7 +62,12 @@ fn a_delta_from_another_version_or_with_a_bad_key_changes_nothing() {
         ..SnapshotWire::default()
     };
     assert!(matches!(snap.apply(bad_sig), Err(SnapshotError::BadSigningKey { .. })));
-    let hs = SnapshotWire { version: 6, since: Some(5), signing_keys: vec![SigningKeyEntry { alg: "HS256".into(), ..SigningKeyPair::from_seed("k3", [2; 32]).public_entry() }], ..SnapshotWire::default() };
+    let hs = SnapshotWire {
+        version: 6,
+        since: Some(5),
+        signing_keys: vec![SigningKeyEntry { alg: "HS256".into(), ..SigningKeyPair::from_seed("k3", [2; 32]).public_entry() }],
+        ..SnapshotWire::default()
+    };
     assert!(snap.apply(hs).is_err());
     assert_eq!(snap.version(), 5);
     assert!(snap.key(&a.hash()).is_some());

@@ -39,9 +39,7 @@ env: KEYGATE_ECHO_ADDR   listen address when --addr is not given
 ";
 
 fn parse_args() -> Result<SocketAddr, String> {
-    let mut addr = std::env::var("KEYGATE_ECHO_ADDR")
-        .ok()
-        .filter(|a| !a.is_empty());
+    let mut addr = std::env::var("KEYGATE_ECHO_ADDR").ok().filter(|a| !a.is_empty());
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -57,27 +55,18 @@ fn parse_args() -> Result<SocketAddr, String> {
         }
     }
     let addr = addr.unwrap_or_else(|| DEFAULT_ADDR.to_string());
-    addr.parse()
-        .map_err(|e| format!("bad address {addr:?}: {e}"))
+    addr.parse().map_err(|e| format!("bad address {addr:?}: {e}"))
 }
 
 /// The echo document for one request.
 fn echo(method: &Method, path: &str, query: &str, headers: &HeaderMap) -> serde_json::Value {
     let mut map = serde_json::Map::new();
     for name in headers.keys() {
-        let joined = headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let joined =
+            headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect::<Vec<_>>().join(", ");
         map.insert(name.as_str().to_string(), joined.into());
     }
-    let path = if query.is_empty() {
-        path.to_string()
-    } else {
-        format!("{path}?{query}")
-    };
+    let path = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
     serde_json::json!({ "method": method.as_str(), "path": path, "headers": map })
 }
 
@@ -122,26 +111,15 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let bound = listener
-        .local_addr()
-        .map_or_else(|_| addr.to_string(), |a| a.to_string());
+    let bound = listener.local_addr().map_or_else(|_| addr.to_string(), |a| a.to_string());
 
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    let route = warp::method()
-        .and(warp::path::full())
-        .and(query)
-        .and(warp::header::headers_cloned())
-        .and(warp::body::stream())
-        .then(
-            |method: Method,
-             path: warp::path::FullPath,
-             query: String,
-             headers: HeaderMap,
-             body| async move {
-                drain(body).await;
-                warp::reply::json(&echo(&method, path.as_str(), &query, &headers))
-            },
-        );
+    let route = warp::method().and(warp::path::full()).and(query).and(warp::header::headers_cloned()).and(warp::body::stream()).then(
+        |method: Method, path: warp::path::FullPath, query: String, headers: HeaderMap, body| async move {
+            drain(body).await;
+            warp::reply::json(&echo(&method, path.as_str(), &query, &headers))
+        },
+    );
 
     // Graceful: stop accepting at the signal, let requests in flight finish, but never
     // hang on a client that keeps its connection open: exit after at most 2 s regardless.

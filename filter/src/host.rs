@@ -64,9 +64,23 @@ pub fn plugin_configuration() -> Vec<u8> {
 
 /// Calls admin through its Envoy cluster; the answer arrives in the root context's
 /// `on_http_call_response` with the returned token.
-pub fn dispatch(cluster: &str, authority: &str, method: &str, path: &str, bearer: &str, body: Option<&[u8]>, timeout: Duration) -> Option<u32> {
+pub fn dispatch(
+    cluster: &str,
+    authority: &str,
+    method: &str,
+    path: &str,
+    bearer: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Option<u32> {
     let authorization = format!("Bearer {bearer}");
-    let mut headers = vec![(":method", method), (":path", path), (":authority", authority), ("authorization", authorization.as_str()), ("accept", "application/json")];
+    let mut headers = vec![
+        (":method", method),
+        (":path", path),
+        (":authority", authority),
+        ("authorization", authorization.as_str()),
+        ("accept", "application/json"),
+    ];
     if body.is_some() {
         headers.push(("content-type", "application/json"));
     }

@@ -45,13 +45,19 @@ impl HttpContext for RequestContext {
                 view.refresh(ns, seen);
             }
             let synced = match (&view.snapshot, seen, now) {
-                (Some(snapshot), Some(seen), Some(_)) => Some(Synced { snapshot, keys: &SharedKeys(ns), revoked: &SharedRevocations(ns), confirmed_at: seen.confirmed_at }),
+                (Some(snapshot), Some(seen), Some(_)) => {
+                    Some(Synced { snapshot, keys: &SharedKeys(ns), revoked: &SharedRevocations(ns), confirmed_at: seen.confirmed_at })
+                }
                 _ => None,
             };
             decide_on_route(&self.config.policy, route, &request, synced, now.unwrap_or(0), &mut self.vm.tokens.borrow_mut())
         };
         let decision = match decision {
-            Decision::Allow(allowed) => match allowed.rate_limit.as_ref().map(|t| limit::charge(ns, t, now.unwrap_or(0), self.config.policy.rate_limits.counter_slots)) {
+            Decision::Allow(allowed) => match allowed
+                .rate_limit
+                .as_ref()
+                .map(|t| limit::charge(ns, t, now.unwrap_or(0), self.config.policy.rate_limits.counter_slots))
+            {
                 Some(charged) => after_rate_limit(route, allowed, charged),
                 None => Decision::Allow(allowed),
             },
@@ -61,7 +67,12 @@ impl HttpContext for RequestContext {
         match decision {
             Decision::Allow(allowed) => {
                 if let Some(denial) = &allowed.shadow_denial {
-                    log::info!("shadow rule would deny {} {} ({})", request.method, request.path.split('?').next().unwrap_or(""), denial.code.as_str());
+                    log::info!(
+                        "shadow rule would deny {} {} ({})",
+                        request.method,
+                        request.path.split('?').next().unwrap_or(""),
+                        denial.code.as_str()
+                    );
                 }
                 if let Some(key_id) = &allowed.key_id {
                     self.vm.usage.borrow_mut().record(key_id, now.unwrap_or(0));

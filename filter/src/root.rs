@@ -59,7 +59,17 @@ fn vm_identity() -> u64 {
 impl KeygateRoot {
     pub fn new() -> KeygateRoot {
         let vm = VmState { metrics: Metrics::define(), ..VmState::default() };
-        KeygateRoot { config: None, vm: Rc::new(vm), me: vm_identity(), leader: None, feed_call: None, next_poll_at_ms: 0, usage_calls: Vec::new(), next_usage_at_ms: 0, usage_failing: false }
+        KeygateRoot {
+            config: None,
+            vm: Rc::new(vm),
+            me: vm_identity(),
+            leader: None,
+            feed_call: None,
+            next_poll_at_ms: 0,
+            usage_calls: Vec::new(),
+            next_usage_at_ms: 0,
+            usage_failing: false,
+        }
     }
 
     fn poll(&mut self, config: &FilterConfig) {
@@ -123,7 +133,15 @@ impl KeygateRoot {
         let sync = &config.sync;
         let timeout = Duration::from_millis(sync.admin_timeout_ms);
         for part in bodies {
-            match host::dispatch(&sync.admin_cluster, &sync.admin_authority, "POST", USAGE_PATH, &sync.proxy_token, Some(&part.body), timeout) {
+            match host::dispatch(
+                &sync.admin_cluster,
+                &sync.admin_authority,
+                "POST",
+                USAGE_PATH,
+                &sync.proxy_token,
+                Some(&part.body),
+                timeout,
+            ) {
                 Some(token) => self.usage_calls.push((token, part.items)),
                 None => {
                     self.usage_failing = true;
@@ -169,9 +187,13 @@ impl Default for KeygateRoot {
 
 fn log_sync(outcome: &SyncOutcome, health: Option<Health>) {
     match (outcome, health) {
-        (SyncOutcome::Applied { version, full, keys }, _) => log::info!("snapshot v{version} applied ({}, {keys} keys)", if *full { "full" } else { "delta" }),
+        (SyncOutcome::Applied { version, full, keys }, _) => {
+            log::info!("snapshot v{version} applied ({}, {keys} keys)", if *full { "full" } else { "delta" })
+        }
         (SyncOutcome::Resync, _) => log::info!("admin no longer has our changes; taking a full snapshot"),
-        (SyncOutcome::Failed(reason), Some(Health::Failing)) => log::warn!("snapshot sync failing ({reason}); the last good snapshot, if any, is enforced until max_staleness_secs"),
+        (SyncOutcome::Failed(reason), Some(Health::Failing)) => {
+            log::warn!("snapshot sync failing ({reason}); the last good snapshot, if any, is enforced until max_staleness_secs")
+        }
         (_, Some(Health::Healthy)) => log::info!("snapshot sync recovered"),
         _ => {}
     }
@@ -187,7 +209,9 @@ impl Context for KeygateRoot {
                 Some(200..=299) => {}
                 // A refused report is refused again: only an unreachable or failing admin
                 // (no answer, 408, 429, 5xx) is worth another try.
-                Some(status @ 400..=499) if !matches!(status, 408 | 429) => self.drop_usage(items.len(), &format!("admin answered {status}")),
+                Some(status @ 400..=499) if !matches!(status, 408 | 429) => {
+                    self.drop_usage(items.len(), &format!("admin answered {status}"))
+                }
                 _ => self.vm.usage.borrow_mut().restore(items),
             }
             return;

@@ -36,7 +36,9 @@ pub struct SharedRevocations<'a>(pub &'a str);
 impl RevocationLookup for SharedRevocations<'_> {
     fn is_revoked(&self, sid: &str) -> bool {
         let digest = revoked::digest(sid);
-        host::shared_get(&revoked_bucket_name(self.0, revoked::bucket_of(&digest))).0.is_some_and(|bucket| revoked::contains(&bucket, &digest))
+        host::shared_get(&revoked_bucket_name(self.0, revoked::bucket_of(&digest)))
+            .0
+            .is_some_and(|bucket| revoked::contains(&bucket, &digest))
     }
 }
 

@@ -23,7 +23,9 @@ use keygate_core::config::{RateLimits, Route};
 use keygate_core::signing::SigningKeyPair;
 use keygate_core::snapshot::{KeyEntry, RevokedSession, SnapshotWire};
 use keygate_core::token::{AccessClaims, TokenExpectations};
-use keygate_core::{decide, decide_cached, ApiKey, Decision, KeyKind, Mode, Policy, RequestView, Requirement, Snapshot, Synced, TokenCache};
+use keygate_core::{
+    decide, decide_cached, ApiKey, Decision, KeyKind, Mode, Policy, RequestView, Requirement, Snapshot, Synced, TokenCache,
+};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 
@@ -39,7 +41,19 @@ static SIGNER: LazyLock<SigningKeyPair> = LazyLock::new(|| SigningKeyPair::from_
 /// two keys; built from `SigningKeyPair::sign`'s own output and checked against it.
 static DIRECT: LazyLock<(String, [ed25519_dalek::SigningKey; 2])> = LazyLock::new(|| {
     let keys = SEEDS.map(|seed| ed25519_dalek::SigningKey::from_bytes(&seed));
-    let sample = AccessClaims { iss: "keygate".into(), aud: "keygate-api".into(), sub: "usr_1".into(), sid: "ses_1".into(), businesses: vec!["biz_1".into()], mode: None, scope: "a b".into(), iat: NOW, exp: NOW + 60, nbf: None, jti: "jti".into() };
+    let sample = AccessClaims {
+        iss: "keygate".into(),
+        aud: "keygate-api".into(),
+        sub: "usr_1".into(),
+        sid: "ses_1".into(),
+        businesses: vec!["biz_1".into()],
+        mode: None,
+        scope: "a b".into(),
+        iat: NOW,
+        exp: NOW + 60,
+        nbf: None,
+        jti: "jti".into(),
+    };
     let reference = SIGNER.sign(&sample).expect("sign");
     let header = reference.split('.').next().expect("a JWS").to_owned();
     let direct = (header, keys);
@@ -190,8 +204,24 @@ fuzz_target!(|input: Input| {
         let kind = if k.kind_sk { KeyKind::Sk } else { KeyKind::Pk };
         let mode = if k.live { Mode::Live } else { Mode::Test };
         let Some(key) = ApiKey::generate(kind, mode, k.random.iter().copied().chain(0..=255u8)) else { continue };
-        let other_kind = if k.flip_kind { if k.kind_sk { KeyKind::Pk } else { KeyKind::Sk } } else { kind };
-        let other_mode = if k.flip_mode { if k.live { Mode::Test } else { Mode::Live } } else { mode };
+        let other_kind = if k.flip_kind {
+            if k.kind_sk {
+                KeyKind::Pk
+            } else {
+                KeyKind::Sk
+            }
+        } else {
+            kind
+        };
+        let other_mode = if k.flip_mode {
+            if k.live {
+                Mode::Test
+            } else {
+                Mode::Live
+            }
+        } else {
+            mode
+        };
         entries.push(KeyEntry {
             hash: key.hash(),
             id: format!("key_{i}"),
@@ -209,7 +239,12 @@ fuzz_target!(|input: Input| {
         since: None,
         keys: entries.clone(),
         signing_keys: if input.publish_signing_key { vec![SIGNER.public_entry()] } else { Vec::new() },
-        revoked_sessions: input.revoked.iter().take(4).map(|s| RevokedSession { sid: format!("ses_{}", s % 4), until: NOW + 3600 }).collect(),
+        revoked_sessions: input
+            .revoked
+            .iter()
+            .take(4)
+            .map(|s| RevokedSession { sid: format!("ses_{}", s % 4), until: NOW + 3600 })
+            .collect(),
         ..SnapshotWire::default()
     };
     let Ok(snapshot) = Snapshot::from_full(wire) else { return };
@@ -234,8 +269,24 @@ fuzz_target!(|input: Input| {
             rate_limit_per_hour: None,
         })
         .collect();
-    let default_route = Route { prefix: "/".into(), methods: vec![], require: Requirement::All, key_in_bearer: false, scopes: vec![], mode: None, shadow: false, rate_limit_per_hour: None };
-    let policy = Policy { token: expect.clone(), max_staleness_secs: 600, rate_limits: RateLimits::default(), routes, default_route, token_cache_entries: 16 };
+    let default_route = Route {
+        prefix: "/".into(),
+        methods: vec![],
+        require: Requirement::All,
+        key_in_bearer: false,
+        scopes: vec![],
+        mode: None,
+        shadow: false,
+        rate_limit_per_hour: None,
+    };
+    let policy = Policy {
+        token: expect.clone(),
+        max_staleness_secs: 600,
+        rate_limits: RateLimits::default(),
+        routes,
+        default_route,
+        token_cache_entries: 16,
+    };
 
     // The request.
     let mut secrets: Vec<String> = Vec::new();
@@ -307,10 +358,17 @@ fuzz_target!(|input: Input| {
             }
             // A credentialled allow: some presented value is an active, unexpired key of the
             // snapshot whose stored kind and mode match the raw key's.
-            let presented: Vec<&str> = headers.iter().map(|(_, v)| v.as_str()).flat_map(|v| [v, v.trim(), v.trim().trim_start_matches("Bearer ").trim()]).collect();
+            let presented: Vec<&str> = headers
+                .iter()
+                .map(|(_, v)| v.as_str())
+                .flat_map(|v| [v, v.trim(), v.trim().trim_start_matches("Bearer ").trim()])
+                .collect();
             let key_id = allowed.key_id.as_deref().expect("allowed with a key id");
             let entry = entries.iter().find(|e| e.id == key_id).expect("the allowed key is in the snapshot");
-            let ok_key = presented.iter().filter_map(|v| keygate_core::key::classify(v).ok()).any(|k| k.hash() == entry.hash && k.claims().is_none_or(|(kind, mode)| kind == entry.kind && mode == entry.mode));
+            let ok_key = presented
+                .iter()
+                .filter_map(|v| keygate_core::key::classify(v).ok())
+                .any(|k| k.hash() == entry.hash && k.claims().is_none_or(|(kind, mode)| kind == entry.kind && mode == entry.mode));
             assert!(ok_key, "allowed without presenting the key it names");
             assert!(entry.active && entry.expires_at.is_none_or(|at| at > NOW), "allowed an inactive or expired key");
             if entry.kind == KeyKind::Pk {

@@ -10,9 +10,9 @@ use keygate_core::keystore;
 use keygate_core::lease::Lease;
 use keygate_core::revoked;
 use keygate_core::sync::SyncOutcome;
-use std::collections::HashMap;
 use keygate_core::Snapshot;
 use libfuzzer_sys::fuzz_target;
+use std::collections::HashMap;
 
 const HELD: Lease = Lease { holder: 1, until_ms: u64::MAX, term: 1 };
 

@@ -20,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
     let own = SigningKeyPair::from_seed("kid-fuzz", [7u8; 32]);
     let wire = SnapshotWire {
         version: 1,
-        signing_keys: vec![SigningKeyEntry { kid: SEED_KID.trim().to_owned(), alg: "EdDSA".into(), x: SEED_X.trim().to_owned() }, own.public_entry()],
+        signing_keys: vec![
+            SigningKeyEntry { kid: SEED_KID.trim().to_owned(), alg: "EdDSA".into(), x: SEED_X.trim().to_owned() },
+            own.public_entry(),
+        ],
         ..SnapshotWire::default()
     };
     let snapshot = Snapshot::from_full(wire).expect("the seed public key is valid");

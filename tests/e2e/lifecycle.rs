@@ -25,7 +25,10 @@ pub fn suites() -> Vec<Suite> {
 
 /// The filter reports usage every 30 s: the requests of a test land in one or two flushes.
 fn usage_every_30s() -> StackOptions {
-    StackOptions { plugin_json: Some(plugin_json(&format!("\n  \"usage_flush_secs\": {USAGE_FLUSH_SECS},"), "")), ..StackOptions::default() }
+    StackOptions {
+        plugin_json: Some(plugin_json(&format!("\n  \"usage_flush_secs\": {USAGE_FLUSH_SECS},"), "")),
+        ..StackOptions::default()
+    }
 }
 
 const USAGE_FLUSH_SECS: u64 = 30;
@@ -292,14 +295,34 @@ fn bad_input(stack: &Stack) {
     let t = stack.tenant();
     let keys = format!("/v1/businesses/{}/keys", t.business_id);
     let cases: Vec<(&str, (u16, Value), u16, &str)> = vec![
-        ("malformed JSON", raw_post(stack, &keys, OPERATOR_TOKEN, "application/json", br#"{"kind": "sk", "mode": "#.to_vec()), 400, "invalid_json"),
+        (
+            "malformed JSON",
+            raw_post(stack, &keys, OPERATOR_TOKEN, "application/json", br#"{"kind": "sk", "mode": "#.to_vec()),
+            400,
+            "invalid_json",
+        ),
         ("wrong type", stack.operator_post(&keys, json!({"kind": "sk", "mode": "live", "scopes": "read"})), 400, "invalid_json"),
         ("unknown field", stack.operator_post(&keys, json!({"kind": "sk", "mode": "live", "admin": true})), 400, "invalid_json"),
         ("oversized body", raw_post(stack, &keys, OPERATOR_TOKEN, "application/json", vec![b' '; 100 * 1024]), 413, "payload_too_large"),
         ("unknown key id", stack.operator_post("/v1/keys/key_0000000000000000/rotate", json!({})), 404, "key_not_found"),
-        ("unknown business", stack.operator_post("/v1/businesses/biz_0000000000000000/keys", json!({"kind": "sk", "mode": "live"})), 404, "business_not_found"),
-        ("bad refresh token type", stack.admin(Method::POST, "/auth/refresh", None, Some(json!({"refresh_token": ["x"]}))), 400, "invalid_json"),
-        ("bad usage report", raw_post(stack, "/v1/usage", keygate_e2e::PROXY_TOKEN, "application/json", br#"{"usage": [{"key_id": 1}]}"#.to_vec()), 400, "invalid_json"),
+        (
+            "unknown business",
+            stack.operator_post("/v1/businesses/biz_0000000000000000/keys", json!({"kind": "sk", "mode": "live"})),
+            404,
+            "business_not_found",
+        ),
+        (
+            "bad refresh token type",
+            stack.admin(Method::POST, "/auth/refresh", None, Some(json!({"refresh_token": ["x"]}))),
+            400,
+            "invalid_json",
+        ),
+        (
+            "bad usage report",
+            raw_post(stack, "/v1/usage", keygate_e2e::PROXY_TOKEN, "application/json", br#"{"usage": [{"key_id": 1}]}"#.to_vec()),
+            400,
+            "invalid_json",
+        ),
         ("bad expiry", stack.operator_post(&keys, json!({"kind": "sk", "mode": "live", "expires_at": "tomorrow"})), 400, "invalid_request"),
     ];
     for (what, resp, status, code) in cases {
@@ -323,18 +346,18 @@ fn usage(stack: &Stack) {
         let (_, listed) = stack.admin(Method::GET, &format!("/v1/businesses/{}/keys", t.business_id), Some(&t.access_token), None);
         listed["keys"].as_array().unwrap().iter().find(|k| k["id"] == id).map(|k| k["last_used_at"].clone()).unwrap_or(Value::Null)
     };
-    assert!(
-        eventually(Duration::from_secs(15), || !listed_use().is_null()),
-        "last_used_at still empty 15 s after requests through Envoy"
-    );
+    assert!(eventually(Duration::from_secs(15), || !listed_use().is_null()), "last_used_at still empty 15 s after requests through Envoy");
     eprintln!("usage reached admin in {} ms", sent.elapsed().as_millis());
     let (status, usage) = stack.admin(Method::GET, &format!("/v1/keys/{id}/usage"), Some(OPERATOR_TOKEN), None);
     assert_eq!(status, 200, "{usage}");
     // wait_for_key's probe may have counted too; at least our three requests.
-    assert!(eventually(Duration::from_secs(12), || {
-        let (_, u) = stack.admin(Method::GET, &format!("/v1/keys/{id}/usage"), Some(OPERATOR_TOKEN), None);
-        u["total"].as_u64().unwrap_or(0) >= 3
-    }), "{usage}");
+    assert!(
+        eventually(Duration::from_secs(12), || {
+            let (_, u) = stack.admin(Method::GET, &format!("/v1/keys/{id}/usage"), Some(OPERATOR_TOKEN), None);
+            u["total"].as_u64().unwrap_or(0) >= 3
+        }),
+        "{usage}"
+    );
 }
 
 /// More distinct keys in one flush than one usage body used to hold (~936): every key's
@@ -345,9 +368,11 @@ fn usage(stack: &Stack) {
 fn usage_many_keys(stack: &Stack) {
     const KEYS: usize = 4000;
     let t = stack.tenant();
-    let raws: Vec<String> = (0..KEYS).map(|_| ApiKey::generate(KeyKind::Sk, Mode::Live, random_bytes(128)).unwrap().expose().to_owned()).collect();
+    let raws: Vec<String> =
+        (0..KEYS).map(|_| ApiKey::generate(KeyKind::Sk, Mode::Live, random_bytes(128)).unwrap().expose().to_owned()).collect();
     for chunk in raws.chunks(1000) {
-        let records: Vec<Value> = chunk.iter().map(|raw| json!({"business": t.business_id, "kind": "sk", "mode": "live", "key": raw})).collect();
+        let records: Vec<Value> =
+            chunk.iter().map(|raw| json!({"business": t.business_id, "kind": "sk", "mode": "live", "key": raw})).collect();
         let (status, result) = stack.operator_post("/v1/import/keys", json!({ "keys": records }));
         assert_eq!(status, 200, "{result}");
         assert_eq!(result["imported"], json!(chunk.len()), "{result}");
@@ -371,7 +396,12 @@ fn usage_many_keys(stack: &Stack) {
         std::thread::sleep(Duration::from_millis(500));
         seen = used();
     }
-    assert_eq!(seen, KEYS, "{} s after one request per key through Envoy, only {seen} of {KEYS} keys have a last_used_at", USAGE_FLUSH_SECS * 3 / 2);
+    assert_eq!(
+        seen,
+        KEYS,
+        "{} s after one request per key through Envoy, only {seen} of {KEYS} keys have a last_used_at",
+        USAGE_FLUSH_SECS * 3 / 2
+    );
     eprintln!("usage of {KEYS} keys reached admin in {} ms", sent.elapsed().as_millis());
 }
 

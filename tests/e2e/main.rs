@@ -26,7 +26,10 @@ pub struct Suite {
 
 fn main() {
     let args = Arguments::from_args();
-    let suites: Vec<Suite> = [path::suites(), lifecycle::suites(), filter::suites(), attacks::suites(), ui::suites(), import::suites()].into_iter().flatten().collect();
+    let suites: Vec<Suite> = [path::suites(), lifecycle::suites(), filter::suites(), attacks::suites(), ui::suites(), import::suites()]
+        .into_iter()
+        .flatten()
+        .collect();
     let mut stacks = Vec::new();
     let mut trials = Vec::new();
     for suite in suites {
@@ -37,7 +40,8 @@ fn main() {
             trials.push(Trial::test(format!("{}::{name}", suite.name), move || {
                 let stack = stack.get_or_init(|| Stack::start(options()));
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(stack))).map_err(|e| {
-                    let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                    let msg =
+                        e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
                     format!("{msg}\n(stack logs: {})", stack.dir.display()).into()
                 })
             }));

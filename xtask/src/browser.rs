@@ -14,12 +14,7 @@ const PACKAGES: &[&str] = &["chromium", "chromium-driver"];
 const STAMP: &str = "node_modules/.keygate-installed-lock.json";
 
 fn runs(bin: &str, arg: &str) -> bool {
-    Command::new(bin)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    Command::new(bin).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn apt_install(packages: &[&str]) -> Result<(), String> {
@@ -31,25 +26,12 @@ fn apt_install(packages: &[&str]) -> Result<(), String> {
         ));
     }
     step("apt-get update -qq");
-    run(
-        Command::new("apt-get").args(["update", "-qq", "-o", "DPkg::Lock::Timeout=300"]),
-        "apt-get update",
-    )?;
-    let what = format!(
-        "apt-get install -y -qq --no-install-recommends {}",
-        packages.join(" ")
-    );
+    run(Command::new("apt-get").args(["update", "-qq", "-o", "DPkg::Lock::Timeout=300"]), "apt-get update")?;
+    let what = format!("apt-get install -y -qq --no-install-recommends {}", packages.join(" "));
     step(&what);
     run(
         Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-qq",
-                "--no-install-recommends",
-                "-o",
-                "DPkg::Lock::Timeout=300",
-            ])
+            .args(["install", "-y", "-qq", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=300"])
             .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
         &what,
@@ -58,8 +40,7 @@ fn apt_install(packages: &[&str]) -> Result<(), String> {
 
 /// Debian's Chromium and chromedriver, installed when missing.
 fn ensure_chromium() -> Result<(), String> {
-    let present =
-        Path::new(CHROMIUM).is_file() && Path::new("/usr/bin/chromedriver").is_file();
+    let present = Path::new(CHROMIUM).is_file() && Path::new("/usr/bin/chromedriver").is_file();
     if present && runs(CHROMIUM, "--version") {
         step(&format!("chromium: installed ({CHROMIUM})"));
         return Ok(());
@@ -78,10 +59,9 @@ fn ensure_node_modules(p: &Paths) -> Result<(), String> {
         apt_install(&["nodejs", "npm"])?;
     }
     let dir = p.root.join("tests/browser");
-    let lock = std::fs::read(dir.join("package-lock.json"))
-        .map_err(|e| format!("tests/browser/package-lock.json: {e}"))?;
-    let fresh = dir.join("node_modules/playwright-core/package.json").is_file()
-        && std::fs::read(dir.join(STAMP)).is_ok_and(|stamp| stamp == lock);
+    let lock = std::fs::read(dir.join("package-lock.json")).map_err(|e| format!("tests/browser/package-lock.json: {e}"))?;
+    let fresh =
+        dir.join("node_modules/playwright-core/package.json").is_file() && std::fs::read(dir.join(STAMP)).is_ok_and(|stamp| stamp == lock);
     if fresh {
         step("tests/browser/node_modules: installed");
         return Ok(());

@@ -123,7 +123,7 @@ fn random_below(n: u64) -> u64 {
 
 pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String> {
     crate::setup_and_build(p)?; // Envoy, the .wasm, admin and echo; each step is skipped when done
-    // One directory per run: two runs at once (CI and a developer) never share a store.
+                                // One directory per run: two runs at once (CI and a developer) never share a store.
     let work: PathBuf = p.root.join("target").join("crash-test").join(format!("run-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
@@ -133,13 +133,20 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
     let admin_addr = format!("127.0.0.1:{}", free_port()?);
     let mut admin = start_admin(&p.admin, &data, &log, &admin_addr)?;
     let created = post(&admin.addr, "/v1/businesses", Some(OPERATOR), r#"{"name": "Crash Test"}"#)?;
-    let business = Json::parse(&created.body).ok().and_then(|j| j.str("id").map(str::to_owned)).ok_or_else(|| format!("create business: {} {}", created.status, created.body))?;
+    let business = Json::parse(&created.body)
+        .ok()
+        .and_then(|j| j.str("id").map(str::to_owned))
+        .ok_or_else(|| format!("create business: {} {}", created.status, created.body))?;
     let envoy = Envoy::start(p, &work, &admin_addr)?;
     step(&format!("Envoy on {} with the keygate filter; admin on {admin_addr}", envoy.addr));
 
     let mut acked: Vec<Acked> = Vec::new();
     // The checks can fail: a write admin never acknowledged is reported lost, by admin and by Envoy.
-    let fake = Acked { id: "key_NeverIssued00000".into(), key: "sk_live_NeverIssuedNeverIssuedNeverIssue000000".into(), sessions: vec![("never".into(), "never".into())] };
+    let fake = Acked {
+        id: "key_NeverIssued00000".into(),
+        key: "sk_live_NeverIssuedNeverIssuedNeverIssue000000".into(),
+        sessions: vec![("never".into(), "never".into())],
+    };
     if verify(&admin.addr, &business, std::slice::from_ref(&fake))?.1.len() != 3 {
         return Err("the crash test's check does not notice a missing key and session".into());
     }
@@ -157,7 +164,8 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
         let attempts = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
         for client in 0..clients {
-            let (addr, business, round_acked, stop, attempts) = (admin.addr.clone(), business.clone(), Arc::clone(&round_acked), Arc::clone(&stop), Arc::clone(&attempts));
+            let (addr, business, round_acked, stop, attempts) =
+                (admin.addr.clone(), business.clone(), Arc::clone(&round_acked), Arc::clone(&stop), Arc::clone(&attempts));
             threads.push(std::thread::spawn(move || {
                 let mut n = 0;
                 while !stop.load(Ordering::SeqCst) {
@@ -200,7 +208,8 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
         acked.extend(this_round.iter().cloned());
         envoy.alive()?;
 
-        admin = start_admin(&p.admin, &data, &log, &admin_addr).map_err(|e| format!("round {round}: the store did not reopen after SIGKILL: {e}"))?;
+        admin = start_admin(&p.admin, &data, &log, &admin_addr)
+            .map_err(|e| format!("round {round}: the store did not reopen after SIGKILL: {e}"))?;
         let (checked, mut lost) = verify(&admin.addr, &business, &acked)?;
         // Through Envoy: once a key made now passes, the filter has applied every earlier change.
         let synced = Instant::now();
@@ -307,15 +316,28 @@ impl Envoy {
         yaml = replace_once(&yaml, "port_value: 10000", &format!("port_value: {port}"))?;
         yaml = replace_once(&yaml, "port_value: 8080", &format!("port_value: {admin_port}"))?;
         yaml = replace_once(&yaml, "port_value: 8081", &format!("port_value: {echo_port}"))?;
-        yaml = replace_once(&yaml, "filename: target/wasm32-wasip1/release/keygate_filter.wasm", &format!("filename: {}", p.wasm.display()))?;
+        yaml =
+            replace_once(&yaml, "filename: target/wasm32-wasip1/release/keygate_filter.wasm", &format!("filename: {}", p.wasm.display()))?;
         // Every acknowledged key is checked after every round: lift the per-key hourly limit.
-        yaml = replace_once(&yaml, "\"max_staleness_secs\": 600,", "\"max_staleness_secs\": 600, \"rate_limits\": {\"sk_per_hour\": 1000000000},")?;
+        yaml = replace_once(
+            &yaml,
+            "\"max_staleness_secs\": 600,",
+            "\"max_staleness_secs\": 600, \"rate_limits\": {\"sk_per_hour\": 1000000000},",
+        )?;
         let config = work.join("envoy.yaml");
         std::fs::write(&config, yaml).map_err(|e| format!("{}: {e}", config.display()))?;
         let mut cmd = Command::new(&p.envoy);
-        cmd.arg("-c").arg(&config).args(["--concurrency", "2", "--disable-hot-restart", "--log-level", "warn"]).env("KEYGATE_PROXY_TOKEN", PROXY);
+        cmd.arg("-c")
+            .arg(&config)
+            .args(["--concurrency", "2", "--disable-hot-restart", "--log-level", "warn"])
+            .env("KEYGATE_PROXY_TOKEN", PROXY);
         let envoy = Proc::spawn("envoy", cmd, work.join("envoy.log"))?;
-        let envoy = Envoy { envoy: Mutex::new(envoy), _echo: echo, addr: format!("127.0.0.1:{port}"), admin_addr: format!("127.0.0.1:{envoy_admin_port}") };
+        let envoy = Envoy {
+            envoy: Mutex::new(envoy),
+            _echo: echo,
+            addr: format!("127.0.0.1:{port}"),
+            admin_addr: format!("127.0.0.1:{envoy_admin_port}"),
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !http::get(&envoy.admin_addr, "/ready", TIMEOUT).is_ok_and(|r| r.status == 200) {
             envoy.alive()?;
@@ -339,8 +361,16 @@ impl Envoy {
 /// Creates a key and waits (30 s at most) until it passes through Envoy: the filter then
 /// holds every change admin made before it. Returns it as an acknowledged write.
 fn sync_sentinel(admin: &str, envoy: &Envoy, business: &str) -> Result<Acked, String> {
-    let resp = post(admin, &format!("/v1/businesses/{business}/keys"), Some(OPERATOR), r#"{"kind": "sk", "mode": "live", "name": "sync sentinel"}"#)?;
-    let j = Json::parse(&resp.body).ok().filter(|_| resp.status == 201).ok_or_else(|| format!("create the sync sentinel key: {} {}", resp.status, resp.body))?;
+    let resp = post(
+        admin,
+        &format!("/v1/businesses/{business}/keys"),
+        Some(OPERATOR),
+        r#"{"kind": "sk", "mode": "live", "name": "sync sentinel"}"#,
+    )?;
+    let j = Json::parse(&resp.body)
+        .ok()
+        .filter(|_| resp.status == 201)
+        .ok_or_else(|| format!("create the sync sentinel key: {} {}", resp.status, resp.body))?;
     let (Some(id), Some(key)) = (j.str("id"), j.str("key")) else { return Err(format!("create key answered {}", resp.body)) };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -350,7 +380,10 @@ fn sync_sentinel(admin: &str, envoy: &Envoy, business: &str) -> Result<Acked, St
             return Ok(Acked { id: id.to_owned(), key: key.to_owned(), sessions: Vec::new() });
         }
         if Instant::now() > deadline {
-            return Err(format!("the filter did not sync a new key within 30 s after admin restarted (last answer {} {})", r.status, r.body));
+            return Err(format!(
+                "the filter did not sync a new key within 30 s after admin restarted (last answer {} {})",
+                r.status, r.body
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -368,9 +401,17 @@ fn verify_through_envoy(envoy: &Envoy, business: &str, acked: &[Acked]) -> Resul
         for _ in 0..8 {
             scope.spawn(|| {
                 while let Some(a) = usize::try_from(next.fetch_add(1, Ordering::SeqCst)).ok().and_then(|i| acked.get(i)) {
-                    let mut requests: Vec<(String, Vec<(&str, String)>)> = vec![(format!("key {}", a.id), vec![("SECRET_KEY", a.key.clone())])];
+                    let mut requests: Vec<(String, Vec<(&str, String)>)> =
+                        vec![(format!("key {}", a.id), vec![("SECRET_KEY", a.key.clone())])];
                     for (session, token) in &a.sessions {
-                        requests.push((format!("login token of session {session} (key {})", a.id), vec![("Authorization", format!("Bearer {token}")), ("SECRET_KEY", a.key.clone()), ("businessId", business.to_owned())]));
+                        requests.push((
+                            format!("login token of session {session} (key {})", a.id),
+                            vec![
+                                ("Authorization", format!("Bearer {token}")),
+                                ("SECRET_KEY", a.key.clone()),
+                                ("businessId", business.to_owned()),
+                            ],
+                        ));
                     }
                     for (i, (what, headers)) in requests.iter().enumerate() {
                         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -378,7 +419,11 @@ fn verify_through_envoy(envoy: &Envoy, business: &str, acked: &[Acked]) -> Resul
                         checked.fetch_add(1, Ordering::SeqCst);
                         match envoy.get(path, &headers) {
                             Ok(r) if r.status == 200 => {}
-                            Ok(r) => lost.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{what}: Envoy answered {} {}", r.status, r.body.chars().take(200).collect::<String>())),
+                            Ok(r) => lost.lock().unwrap_or_else(|e| e.into_inner()).push(format!(
+                                "{what}: Envoy answered {} {}",
+                                r.status,
+                                r.body.chars().take(200).collect::<String>()
+                            )),
                             Err(e) => {
                                 *error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
                                 return;
@@ -400,7 +445,14 @@ fn verify_through_envoy(envoy: &Envoy, business: &str, acked: &[Acked]) -> Resul
 /// Checks every acknowledged write against the restarted admin; returns how many writes
 /// were checked and a description of each lost one.
 fn verify(addr: &str, business: &str, acked: &[Acked]) -> Result<(usize, Vec<String>), String> {
-    let listed = http::request("GET", addr, &format!("/v1/businesses/{business}/keys"), &[("Authorization", &format!("Bearer {OPERATOR}"))], None, TIMEOUT)?;
+    let listed = http::request(
+        "GET",
+        addr,
+        &format!("/v1/businesses/{business}/keys"),
+        &[("Authorization", &format!("Bearer {OPERATOR}"))],
+        None,
+        TIMEOUT,
+    )?;
     if listed.status != 200 {
         return Err(format!("list keys after restart: {} {}", listed.status, listed.body));
     }
@@ -421,7 +473,8 @@ fn verify(addr: &str, business: &str, acked: &[Acked]) -> Result<(usize, Vec<Str
             checked += 1;
             let again = format!(r#"{{"api_key": {}, "session_id": {}}}"#, quote(&a.key), quote(session));
             let r = post(addr, "/auth/login", None, &again)?;
-            let same = r.status == 200 && Json::parse(&r.body).ok().and_then(|j| j.str("access_token").map(str::to_owned)).as_deref() == Some(token.as_str());
+            let same = r.status == 200
+                && Json::parse(&r.body).ok().and_then(|j| j.str("access_token").map(str::to_owned)).as_deref() == Some(token.as_str());
             if !same {
                 lost.push(format!("session {session} of key {}: a new token instead of the acknowledged one ({})", a.id, r.status));
             }

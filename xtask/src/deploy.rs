@@ -15,15 +15,8 @@ const PACKAGE: &str = "docker-compose";
 /// `docker-compose` on PATH, as an absolute path, if it runs.
 fn find() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    let bin = std::env::split_paths(&path)
-        .map(|dir| dir.join(PACKAGE))
-        .find(|p| p.is_file())?;
-    let works = Command::new(&bin)
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let bin = std::env::split_paths(&path).map(|dir| dir.join(PACKAGE)).find(|p| p.is_file())?;
+    let works = Command::new(&bin).arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     works.then_some(bin)
 }
 
@@ -33,11 +26,7 @@ pub fn docker_compose() -> Result<PathBuf, String> {
         step(&format!("{PACKAGE}: installed ({})", bin.display()));
         return Ok(bin);
     }
-    let has_apt = Command::new("apt-get")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let has_apt = Command::new("apt-get").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
     if !has_apt {
         return Err(format!(
             "{PACKAGE} is missing and there is no apt-get to install it with; install \
@@ -48,9 +37,7 @@ pub fn docker_compose() -> Result<PathBuf, String> {
     run(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
     step(&format!("apt-get install -y -qq --no-install-recommends {PACKAGE}"));
     run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends", PACKAGE])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends", PACKAGE]).env("DEBIAN_FRONTEND", "noninteractive"),
         "apt-get install docker-compose",
     )?;
     find().ok_or_else(|| format!("{PACKAGE} does not run after apt-get install"))

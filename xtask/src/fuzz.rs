@@ -80,9 +80,13 @@ pub fn fuzz(p: &Paths, targets: &[&str], secs: u64) -> Result<(), String> {
         if admin {
             c.args(["--features", "admin"]);
         }
-        c.arg(format!("corpus/{target}"))
-            .arg(format!("seeds/{target}"))
-            .args(["--", &format!("-max_total_time={secs}"), "-print_final_stats=1", "-timeout=10", "-rss_limit_mb=4096"]);
+        c.arg(format!("corpus/{target}")).arg(format!("seeds/{target}")).args([
+            "--",
+            &format!("-max_total_time={secs}"),
+            "-print_final_stats=1",
+            "-timeout=10",
+            "-rss_limit_mb=4096",
+        ]);
         step(&format!("fuzz {target} for {secs} s"));
         let started = Instant::now();
         let out = c.stdin(Stdio::null()).output().map_err(|e| format!("cargo fuzz run {target}: {e}"))?;
@@ -92,7 +96,12 @@ pub fn fuzz(p: &Paths, targets: &[&str], secs: u64) -> Result<(), String> {
         let execs = stat(&log, "stat::number_of_executed_units").unwrap_or(0);
         let elapsed = started.elapsed().as_secs_f64();
         let ok = out.status.success();
-        println!("==> fuzz {target}: {} executions in {elapsed:.0} s ({:.0}/s){}", execs, execs as f64 / elapsed.max(1.0), if ok { "" } else { " FAILED" });
+        println!(
+            "==> fuzz {target}: {} executions in {elapsed:.0} s ({:.0}/s){}",
+            execs,
+            execs as f64 / elapsed.max(1.0),
+            if ok { "" } else { " FAILED" }
+        );
         if !ok {
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
@@ -139,7 +148,10 @@ impl Toolchain {
             return Ok(Toolchain::Nightly);
         }
         step("rustup toolchain install nightly --profile minimal");
-        match run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]).stdin(Stdio::null()), "rustup toolchain install nightly") {
+        match run(
+            Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]).stdin(Stdio::null()),
+            "rustup toolchain install nightly",
+        ) {
             Ok(()) => Ok(Toolchain::Nightly),
             Err(e) => {
                 step(&format!("{e}; falling back to the stable toolchain with RUSTC_BOOTSTRAP=1"));
@@ -194,7 +206,14 @@ fn ensure_cargo_fuzz(p: &Paths) -> Result<OsString, String> {
     let mut dirs = vec![tools.join("bin")];
     dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
     let path = std::env::join_paths(dirs).map_err(|e| format!("PATH: {e}"))?;
-    let has = || Command::new("cargo").args(["fuzz", "--version"]).env("PATH", &path).env_remove("RUSTUP_TOOLCHAIN").output().is_ok_and(|o| o.status.success());
+    let has = || {
+        Command::new("cargo")
+            .args(["fuzz", "--version"])
+            .env("PATH", &path)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     if has() {
         step("cargo-fuzz: installed");
         return Ok(path);

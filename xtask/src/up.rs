@@ -24,10 +24,7 @@ pub fn cmd_up(p: &Paths) -> ExitCode {
     if let Err(e) = crate::setup_and_build(p) {
         return fail(&e);
     }
-    let mut stack = Stack {
-        procs: Vec::new(),
-        root: p.root.clone(),
-    };
+    let mut stack = Stack { procs: Vec::new(), root: p.root.clone() };
     let result = start_and_serve(p, &mut stack);
     let interrupted = sys::caught().is_some();
     if !stack.procs.is_empty() {
@@ -61,12 +58,7 @@ fn start_and_serve(p: &Paths, stack: &mut Stack) -> Result<(), String> {
     let logs = p.state.join("logs");
     fs::create_dir_all(&logs).map_err(|e| format!("create {}: {e}", logs.display()))?;
 
-    for (what, addr) in [
-        ("echo", ECHO_ADDR),
-        ("keygate-admin", admin.as_str()),
-        ("Envoy", ENVOY_ADDR),
-        ("Envoy admin", ENVOY_ADMIN_ADDR),
-    ] {
+    for (what, addr) in [("echo", ECHO_ADDR), ("keygate-admin", admin.as_str()), ("Envoy", ENVOY_ADDR), ("Envoy admin", ENVOY_ADMIN_ADDR)] {
         if let Ok(sa) = addr.parse::<SocketAddr>() {
             if TcpStream::connect_timeout(&sa, Duration::from_millis(300)).is_ok() {
                 return Err(format!(
@@ -93,44 +85,26 @@ fn start_and_serve(p: &Paths, stack: &mut Stack) -> Result<(), String> {
     stack.spawn("admin", &logs.join("admin.log"), admin_cmd)?;
 
     let mut envoy = Command::new(&p.envoy);
-    envoy
-        .arg("-c")
-        .arg(&p.envoy_yaml)
-        .args(["--disable-hot-restart", "--log-level", "warn"])
-        .env("KEYGATE_PROXY_TOKEN", &tokens.proxy);
+    envoy.arg("-c").arg(&p.envoy_yaml).args(["--disable-hot-restart", "--log-level", "warn"]).env("KEYGATE_PROXY_TOKEN", &tokens.proxy);
     stack.spawn("envoy", &logs.join("envoy.log"), envoy)?;
 
-    step(&format!(
-        "waiting for keygate-admin: GET http://{admin}/healthz"
-    ));
-    stack.wait_until(
-        "keygate-admin /healthz",
-        Duration::from_secs(60),
-        &["admin"],
-        || http::get(&admin, "/healthz", HTTP_TIMEOUT).is_ok_and(|r| r.status == 200),
-    )?;
-    step(&format!(
-        "waiting for Envoy: GET http://{ENVOY_ADMIN_ADDR}/ready"
-    ));
+    step(&format!("waiting for keygate-admin: GET http://{admin}/healthz"));
+    stack.wait_until("keygate-admin /healthz", Duration::from_secs(60), &["admin"], || {
+        http::get(&admin, "/healthz", HTTP_TIMEOUT).is_ok_and(|r| r.status == 200)
+    })?;
+    step(&format!("waiting for Envoy: GET http://{ENVOY_ADMIN_ADDR}/ready"));
     stack.wait_until("Envoy /ready", Duration::from_secs(60), &["envoy"], || {
         http::get(ENVOY_ADMIN_ADDR, "/ready", HTTP_TIMEOUT).is_ok_and(|r| r.status == 200)
     })?;
     step("waiting for the filter's first snapshot: GET /orders through Envoy until it is not 503");
-    stack.wait_until(
-        "the filter's first snapshot",
-        Duration::from_secs(60),
-        &["envoy", "admin"],
-        || http::get(ENVOY_ADDR, "/orders", HTTP_TIMEOUT).is_ok_and(|r| r.status != 503),
-    )?;
+    stack.wait_until("the filter's first snapshot", Duration::from_secs(60), &["envoy", "admin"], || {
+        http::get(ENVOY_ADDR, "/orders", HTTP_TIMEOUT).is_ok_and(|r| r.status != 503)
+    })?;
 
     let demo = seed(p, &admin, &tokens.operator)?;
     let (access, expires_in) = match sign_in(&admin, &demo.email, &demo.password)? {
-        SignIn::Ok {
-            access, expires_in, ..
-        } => (access, expires_in),
-        SignIn::Rejected(r) => {
-            return Err(format!("sign-in of {} failed: {}", demo.email, show(&r)))
-        }
+        SignIn::Ok { access, expires_in, .. } => (access, expires_in),
+        SignIn::Rejected(r) => return Err(format!("sign-in of {} failed: {}", demo.email, show(&r))),
     };
     check_through_envoy(stack, &demo, &access)?;
     print_banner(p, &admin, &tokens, &demo, &access, expires_in);
@@ -148,10 +122,7 @@ fn start_and_serve(p: &Paths, stack: &mut Stack) -> Result<(), String> {
 }
 
 fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
+    std::env::var(key).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
 }
 
 /// The address to connect to for a listen address: `0.0.0.0:P` → `127.0.0.1:P`.
@@ -170,9 +141,7 @@ fn probe_addr(listen: &str) -> String {
 
 fn random_hex(bytes: usize) -> Result<String, String> {
     let mut buf = vec![0u8; bytes];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).map_err(|e| format!("/dev/urandom: {e}"))?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -194,11 +163,7 @@ fn tokens(p: &Paths) -> Result<Tokens, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    let kept_value = |key: &str| {
-        kept.iter()
-            .find(|(k, v)| k == key && !v.is_empty())
-            .map(|(_, v)| v.clone())
-    };
+    let kept_value = |key: &str| kept.iter().find(|(k, v)| k == key && !v.is_empty()).map(|(_, v)| v.clone());
 
     let mut generated = false;
     let mut pick = |key: &str, prefix: &str| -> Result<(String, Option<String>), String> {
@@ -221,10 +186,7 @@ fn tokens(p: &Paths) -> Result<Tokens, String> {
             "# keygate demo tokens, made by `cargo xtask up` and reused by every `up`.\n\
              # KEYGATE_OPERATOR_TOKEN / KEYGATE_PROXY_TOKEN in the environment override these.\n",
         );
-        for (k, v) in [
-            ("KEYGATE_OPERATOR_TOKEN", op_keep),
-            ("KEYGATE_PROXY_TOKEN", px_keep),
-        ] {
+        for (k, v) in [("KEYGATE_OPERATOR_TOKEN", op_keep), ("KEYGATE_PROXY_TOKEN", px_keep)] {
             if let Some(v) = v {
                 text.push_str(&format!("{k}={v}\n"));
             }
@@ -250,10 +212,7 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
 }
 
 fn rel(p: &Paths, path: &Path) -> String {
-    path.strip_prefix(&p.root)
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    path.strip_prefix(&p.root).unwrap_or(path).display().to_string()
 }
 
 // ---------------------------------------------------------------- the demo
@@ -291,44 +250,22 @@ impl Demo {
 }
 
 enum SignIn {
-    Ok {
-        access: String,
-        expires_in: f64,
-        businesses: Vec<String>,
-    },
+    Ok { access: String, expires_in: f64, businesses: Vec<String> },
     Rejected(Response),
 }
 
 fn sign_in(admin: &str, email: &str, password: &str) -> Result<SignIn, String> {
-    let body = format!(
-        "{{\"email\":{},\"password\":{}}}",
-        quote(email),
-        quote(password)
-    );
-    let r = http::request(
-        "POST",
-        admin,
-        "/auth/signin",
-        &[],
-        Some(&body),
-        HTTP_TIMEOUT,
-    )?;
+    let body = format!("{{\"email\":{},\"password\":{}}}", quote(email), quote(password));
+    let r = http::request("POST", admin, "/auth/signin", &[], Some(&body), HTTP_TIMEOUT)?;
     if r.status != 200 {
         return Ok(SignIn::Rejected(r));
     }
     let v = Json::parse(&r.body).map_err(|e| format!("/auth/signin answer: {e}: {}", r.body))?;
-    let access = v
-        .str("accessToken")
-        .ok_or_else(|| format!("/auth/signin: no accessToken in {}", r.body))?;
+    let access = v.str("accessToken").ok_or_else(|| format!("/auth/signin: no accessToken in {}", r.body))?;
     Ok(SignIn::Ok {
         access: access.to_string(),
         expires_in: v.num("expiresIn").unwrap_or(0.0),
-        businesses: v
-            .arr("businesses")
-            .iter()
-            .filter_map(|b| b.str("id"))
-            .map(str::to_string)
-            .collect(),
+        businesses: v.arr("businesses").iter().filter_map(|b| b.str("id")).map(str::to_string).collect(),
     })
 }
 
@@ -340,34 +277,20 @@ fn show(r: &Response) -> String {
 /// fresh business, user and sk/pk keys (written there).
 fn seed(p: &Paths, admin: &str, operator: &str) -> Result<Demo, String> {
     let file = p.state.join("demo.json");
-    if let Some(d) = fs::read_to_string(&file)
-        .ok()
-        .and_then(|t| Demo::from_json(&t))
-    {
+    if let Some(d) = fs::read_to_string(&file).ok().and_then(|t| Demo::from_json(&t)) {
         match sign_in(admin, &d.email, &d.password)? {
             SignIn::Ok { businesses, .. } if businesses.contains(&d.business_id) => {
-                step(&format!(
-                    "demo: reusing {} ({})",
-                    rel(p, &file),
-                    d.business_id
-                ));
+                step(&format!("demo: reusing {} ({})", rel(p, &file), d.business_id));
                 return Ok(d);
             }
-            SignIn::Ok { .. } => {
-                step("demo: the stored user is no longer in the stored business; seeding afresh")
-            }
-            SignIn::Rejected(r) => step(&format!(
-                "demo: the stored user no longer signs in (HTTP {}); seeding afresh",
-                r.status
-            )),
+            SignIn::Ok { .. } => step("demo: the stored user is no longer in the stored business; seeding afresh"),
+            SignIn::Rejected(r) => step(&format!("demo: the stored user no longer signs in (HTTP {}); seeding afresh", r.status)),
         }
     }
     step("demo: creating a business, a user and sk/pk live keys");
     let auth = format!("Bearer {operator}");
     let op = [("Authorization", auth.as_str())];
-    let post = |path: &str, body: String| {
-        http::request("POST", admin, path, &op, Some(&body), HTTP_TIMEOUT)
-    };
+    let post = |path: &str, body: String| http::request("POST", admin, path, &op, Some(&body), HTTP_TIMEOUT);
     let expect_201 = |what: &str, r: Response| -> Result<Json, String> {
         if r.status == 401 || r.status == 403 {
             return Err(format!(
@@ -383,29 +306,15 @@ fn seed(p: &Paths, admin: &str, operator: &str) -> Result<Demo, String> {
         Json::parse(&r.body).map_err(|e| format!("{what}: {e}: {}", r.body))
     };
 
-    let biz = expect_201(
-        "POST /v1/businesses",
-        post("/v1/businesses", "{\"name\":\"Demo business\"}".into())?,
-    )?;
-    let business_id = biz
-        .str("id")
-        .ok_or("POST /v1/businesses: no id in the answer")?
-        .to_string();
+    let biz = expect_201("POST /v1/businesses", post("/v1/businesses", "{\"name\":\"Demo business\"}".into())?)?;
+    let business_id = biz.str("id").ok_or("POST /v1/businesses: no id in the answer")?.to_string();
 
     let password = format!("demo-{}", random_hex(8)?);
     let mut email = String::new();
     for attempt in 0..5 {
-        let candidate = if attempt == 0 {
-            "demo@example.com".to_string()
-        } else {
-            format!("demo-{}@example.com", random_hex(3)?)
-        };
-        let body = format!(
-            "{{\"email\":{},\"password\":{},\"businesses\":[{}]}}",
-            quote(&candidate),
-            quote(&password),
-            quote(&business_id)
-        );
+        let candidate = if attempt == 0 { "demo@example.com".to_string() } else { format!("demo-{}@example.com", random_hex(3)?) };
+        let body =
+            format!("{{\"email\":{},\"password\":{},\"businesses\":[{}]}}", quote(&candidate), quote(&password), quote(&business_id));
         let r = post("/v1/users", body)?;
         if r.status == 409 {
             continue; // email_taken: a user from an earlier seed; make another
@@ -422,17 +331,9 @@ fn seed(p: &Paths, admin: &str, operator: &str) -> Result<Demo, String> {
         let body = format!("{{\"kind\":\"{kind}\",\"mode\":\"live\",\"name\":\"demo {kind}\"}}");
         let path = format!("/v1/businesses/{business_id}/keys");
         let v = expect_201(&format!("POST {path} ({kind})"), post(&path, body)?)?;
-        v.str("key")
-            .map(str::to_string)
-            .ok_or_else(|| format!("POST {path}: no key in the answer"))
+        v.str("key").map(str::to_string).ok_or_else(|| format!("POST {path}: no key in the answer"))
     };
-    let demo = Demo {
-        sk: key("sk")?,
-        pk: key("pk")?,
-        business_id,
-        email,
-        password,
-    };
+    let demo = Demo { sk: key("sk")?, pk: key("pk")?, business_id, email, password };
     fs::create_dir_all(&p.state).map_err(|e| format!("create {}: {e}", p.state.display()))?;
     write_private(&file, &demo.to_json())?;
     step(&format!("demo: kept in {}", rel(p, &file)));
@@ -443,11 +344,7 @@ fn seed(p: &Paths, admin: &str, operator: &str) -> Result<Demo, String> {
 /// (new keys reach the filter with its next snapshot, so allow a few seconds), none → 401.
 fn check_through_envoy(stack: &mut Stack, d: &Demo, access: &str) -> Result<(), String> {
     let bearer = format!("Bearer {access}");
-    let all = [
-        ("Authorization", bearer.as_str()),
-        ("SECRET_KEY", d.sk.as_str()),
-        ("businessId", d.business_id.as_str()),
-    ];
+    let all = [("Authorization", bearer.as_str()), ("SECRET_KEY", d.sk.as_str()), ("businessId", d.business_id.as_str())];
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last;
     loop {
@@ -472,30 +369,16 @@ fn check_through_envoy(stack: &mut Stack, d: &Demo, access: &str) -> Result<(), 
         std::thread::sleep(TICK);
     }
     let without_key = [all[0], all[2]];
-    match http::request(
-        "GET",
-        ENVOY_ADDR,
-        "/orders",
-        &without_key,
-        None,
-        HTTP_TIMEOUT,
-    ) {
+    match http::request("GET", ENVOY_ADDR, "/orders", &without_key, None, HTTP_TIMEOUT) {
         Ok(r) if r.status == 401 => step("check: the same without SECRET_KEY → 401"),
-        Ok(r) => println!(
-            "warning: GET /orders without SECRET_KEY answers {}",
-            show(&r)
-        ),
+        Ok(r) => println!("warning: GET /orders without SECRET_KEY answers {}", show(&r)),
         Err(e) => println!("warning: GET /orders without SECRET_KEY: {e}"),
     }
     Ok(())
 }
 
 fn print_banner(p: &Paths, admin: &str, t: &Tokens, d: &Demo, access: &str, expires_in: f64) {
-    let signin_body = format!(
-        "{{\"email\":{},\"password\":{}}}",
-        quote(&d.email),
-        quote(&d.password)
-    );
+    let signin_body = format!("{{\"email\":{},\"password\":{}}}", quote(&d.email), quote(&d.password));
     println!(
         "
 keygate demo is up. Ctrl-C stops everything. Logs: {logs}/{{admin,envoy,echo}}.log
@@ -546,28 +429,12 @@ struct Stack {
 impl Stack {
     fn spawn(&mut self, name: &'static str, log: &Path, mut cmd: Command) -> Result<(), String> {
         let out = File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log.display()))?;
-        cmd.current_dir(&self.root)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
+        cmd.current_dir(&self.root).stdin(Stdio::null()).stdout(out).stderr(err);
         sys::own_group_die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("start {name} ({:?}): {e}", cmd.get_program()))?;
-        step(&format!(
-            "started {name} (pid {}), log {}",
-            child.id(),
-            log.strip_prefix(&self.root).unwrap_or(log).display()
-        ));
-        self.procs.push(Proc {
-            name,
-            child,
-            log: log.to_path_buf(),
-            exited: None,
-        });
+        let child = cmd.spawn().map_err(|e| format!("start {name} ({:?}): {e}", cmd.get_program()))?;
+        step(&format!("started {name} (pid {}), log {}", child.id(), log.strip_prefix(&self.root).unwrap_or(log).display()));
+        self.procs.push(Proc { name, child, log: log.to_path_buf(), exited: None });
         Ok(())
     }
 
@@ -577,11 +444,7 @@ impl Stack {
             if proc.exited.is_none() {
                 if let Ok(Some(status)) = proc.child.try_wait() {
                     proc.exited = Some(status);
-                    return Some(format!(
-                        "{} exited ({status}); {}",
-                        proc.name,
-                        tail(&proc.log, 25)
-                    ));
+                    return Some(format!("{} exited ({status}); {}", proc.name, tail(&proc.log, 25)));
                 }
             }
         }
@@ -589,21 +452,12 @@ impl Stack {
     }
 
     fn log_of(&self, name: &str) -> Option<&Path> {
-        self.procs
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.log.as_path())
+        self.procs.iter().find(|p| p.name == name).map(|p| p.log.as_path())
     }
 
     /// Polls `ready` until it holds; fails on timeout (with the logs of `logs`), a dead
     /// child or a signal.
-    fn wait_until(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        logs: &[&str],
-        mut ready: impl FnMut() -> bool,
-    ) -> Result<(), String> {
+    fn wait_until(&mut self, what: &str, timeout: Duration, logs: &[&str], mut ready: impl FnMut() -> bool) -> Result<(), String> {
         let start = Instant::now();
         loop {
             if sys::caught().is_some() {
@@ -613,23 +467,12 @@ impl Stack {
                 return Err(format!("while waiting for {what}: {dead}"));
             }
             if ready() {
-                step(&format!(
-                    "{what}: ready in {:.1} s",
-                    start.elapsed().as_secs_f64()
-                ));
+                step(&format!("{what}: ready in {:.1} s", start.elapsed().as_secs_f64()));
                 return Ok(());
             }
             if start.elapsed() > timeout {
-                let tails: Vec<String> = logs
-                    .iter()
-                    .filter_map(|n| self.log_of(n))
-                    .map(|l| tail(l, 25))
-                    .collect();
-                return Err(format!(
-                    "timed out after {} s waiting for {what}; {}",
-                    timeout.as_secs(),
-                    tails.join("; ")
-                ));
+                let tails: Vec<String> = logs.iter().filter_map(|n| self.log_of(n)).map(|l| tail(l, 25)).collect();
+                return Err(format!("timed out after {} s waiting for {what}; {}", timeout.as_secs(), tails.join("; ")));
             }
             std::thread::sleep(TICK);
         }
@@ -688,11 +531,7 @@ fn tail(log: &Path, lines: usize) -> String {
     if all.is_empty() {
         format!("{} is empty", log.display())
     } else {
-        format!(
-            "last lines of {}:\n    {}",
-            log.display(),
-            all[from..].join("\n    ")
-        )
+        format!("last lines of {}:\n    {}", log.display(), all[from..].join("\n    "))
     }
 }
 
@@ -718,9 +557,7 @@ mod tests {
             pk: "pk_live_y".into(),
         };
         let back = Demo::from_json(&d.to_json());
-        assert!(back.is_some_and(|b| b.business_id == "biz_1"
-            && b.password == "p\"w"
-            && b.pk == "pk_live_y"));
+        assert!(back.is_some_and(|b| b.business_id == "biz_1" && b.password == "p\"w" && b.pk == "pk_live_y"));
         assert!(Demo::from_json("{\"businessId\":\"x\"}").is_none());
     }
 
@@ -735,45 +572,29 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xtask-test-{}", std::process::id()));
         fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let log = dir.join("echo.log");
-        let mut stack = Stack {
-            procs: Vec::new(),
-            root: dir.clone(),
-        };
+        let mut stack = Stack { procs: Vec::new(), root: dir.clone() };
         let mut cmd = Command::new(bin);
         cmd.args(["--addr", "127.0.0.1:0"]);
         stack.spawn("echo", &log, cmd)?;
         let pid = stack.procs.first().map(|p| p.child.id()).unwrap_or(0);
 
         let mut addr = String::new();
-        stack.wait_until(
-            "echo's listening line",
-            Duration::from_secs(20),
-            &["echo"],
-            || {
-                let text = fs::read_to_string(&log).unwrap_or_default();
-                match text
-                    .lines()
-                    .next()
-                    .and_then(|l| l.strip_prefix("keygate-echo listening on "))
-                {
-                    Some(a) => {
-                        addr = a.trim().to_string();
-                        true
-                    }
-                    None => false,
+        stack.wait_until("echo's listening line", Duration::from_secs(20), &["echo"], || {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            match text.lines().next().and_then(|l| l.strip_prefix("keygate-echo listening on ")) {
+                Some(a) => {
+                    addr = a.trim().to_string();
+                    true
                 }
-            },
-        )?;
+                None => false,
+            }
+        })?;
 
         let r = http::request(
             "POST",
             &addr,
             "/v1/orders?limit=2&x=%20",
-            &[
-                ("X-Multi", "a"),
-                ("x-multi", "b"),
-                ("SECRET_KEY", "sk_test"),
-            ],
+            &[("X-Multi", "a"), ("x-multi", "b"), ("SECRET_KEY", "sk_test")],
             Some("{\"ignored\": true}"),
             HTTP_TIMEOUT,
         )?;
@@ -787,30 +608,14 @@ mod tests {
         assert_eq!(headers.str("user-agent"), Some("keygate-xtask"));
         for method in ["GET", "DELETE", "PATCH", "OPTIONS"] {
             let r = http::request(method, &addr, "/", &[], None, HTTP_TIMEOUT)?;
-            assert_eq!(
-                (
-                    r.status,
-                    Json::parse(&r.body)?.str("method").map(str::to_string)
-                ),
-                (200, Some(method.into()))
-            );
+            assert_eq!((r.status, Json::parse(&r.body)?.str("method").map(str::to_string)), (200, Some(method.into())));
         }
 
         let t = Instant::now();
         stack.stop();
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "echo took {:?} to stop on SIGTERM",
-            t.elapsed()
-        );
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "echo (pid {pid}) still exists"
-        );
-        assert!(
-            http::get(&addr, "/", Duration::from_millis(500)).is_err(),
-            "echo still answers"
-        );
+        assert!(t.elapsed() < Duration::from_secs(2), "echo took {:?} to stop on SIGTERM", t.elapsed());
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "echo (pid {pid}) still exists");
+        assert!(http::get(&addr, "/", Duration::from_millis(500)).is_err(), "echo still answers");
         let _ = fs::remove_dir_all(&dir);
         Ok(())
     }

@@ -29,8 +29,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use keygate_core::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry};
 use keygate_core::revoked;
+use keygate_core::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry};
 use keygate_core::{KeyHash, SnapshotWire, UnixTime};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -376,7 +376,9 @@ pub enum RefreshOutcome {
 pub enum ImportOutcome {
     Imported,
     /// Already stored as this key (same hash, business, kind and mode).
-    Skipped { key_id: String },
+    Skipped {
+        key_id: String,
+    },
     Refused(&'static str),
 }
 
@@ -499,7 +501,11 @@ impl Tx<'_> {
 /// Builds `index` afresh from every record of `source` (`entry` gives the index's key and
 /// value for one record), in batches. From scratch, so an interrupted build is simply done
 /// again on the next open (the schema version is written only after a flush).
-fn rebuild_index(source: &sled::Tree, index: &sled::Tree, entry: impl Fn(&[u8], &[u8]) -> Result<(Vec<u8>, Vec<u8>), StoreError>) -> Result<(), StoreError> {
+fn rebuild_index(
+    source: &sled::Tree,
+    index: &sled::Tree,
+    entry: impl Fn(&[u8], &[u8]) -> Result<(Vec<u8>, Vec<u8>), StoreError>,
+) -> Result<(), StoreError> {
     index.clear()?;
     let mut batch = sled::Batch::default();
     let mut pending = 0;
@@ -620,7 +626,11 @@ impl Store {
     /// [`Store::write`], with `read` run first under the same writer mutex (so no other write
     /// comes between) and its result handed to `f`: for what a transaction cannot read
     /// itself, such as a whole tree (sled's iterators would deadlock inside one).
-    fn write_after<P, T>(&self, read: impl FnOnce(&Store) -> Result<P, StoreError>, f: impl Fn(&Tx<'_>, &P) -> TxResult<T>) -> Result<(T, Ticket), StoreError> {
+    fn write_after<P, T>(
+        &self,
+        read: impl FnOnce(&Store) -> Result<P, StoreError>,
+        f: impl Fn(&Tx<'_>, &P) -> TxResult<T>,
+    ) -> Result<(T, Ticket), StoreError> {
         let t = &self.inner.trees;
         let mut w = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let read = read(self)?;
@@ -811,7 +821,9 @@ impl Store {
                 if let Some(id) = tx.key_hashes.get_raw(&key.hash.0)? {
                     let existing: Option<Key> = tx.keys.get(&id)?;
                     out.push(match existing {
-                        Some(k) if k.business == key.business && k.kind == key.kind && k.mode == key.mode => ImportOutcome::Skipped { key_id: k.id },
+                        Some(k) if k.business == key.business && k.kind == key.kind && k.mode == key.mode => {
+                            ImportOutcome::Skipped { key_id: k.id }
+                        }
                         _ => ImportOutcome::Refused("this key is already stored under another business, kind or mode"),
                     });
                     continue;
@@ -891,7 +903,8 @@ impl Store {
             }
             let old = key.hash;
             let now = tx.now;
-            let (mut earlier, lapsed): (Vec<GraceHash>, Vec<GraceHash>) = std::mem::take(&mut key.grace).into_iter().partition(|g| g.until > now);
+            let (mut earlier, lapsed): (Vec<GraceHash>, Vec<GraceHash>) =
+                std::mem::take(&mut key.grace).into_iter().partition(|g| g.until > now);
             let mut stopped: Vec<KeyHash> = lapsed.into_iter().map(|g| g.hash).collect();
             let mut revoked = Vec::new();
             if grace_secs > 0 {
@@ -1080,7 +1093,9 @@ impl Store {
         let t = &self.inner.trees;
         let Some(sid) = t.key_sessions.get(key_session_index(key_id, client_session))? else { return Ok(None) };
         let session: Option<Session> = Self::read(&t.sessions, "sessions", &sid)?;
-        let Some(session) = session.filter(|s| s.revoked_at.is_none() && s.current.as_ref().is_some_and(&reusable)) else { return Ok(None) };
+        let Some(session) = session.filter(|s| s.revoked_at.is_none() && s.current.as_ref().is_some_and(&reusable)) else {
+            return Ok(None);
+        };
         Ok(Some((session, self.read_ticket())))
     }
 
@@ -1406,7 +1421,13 @@ impl Store {
     /// the page is read, so the page may hold later changes too, which the deltas since
     /// `version` replay in order. Returns the page and the head after reading it (the
     /// caller waits for that to be durable before serving).
-    pub fn snapshot_page(&self, now: UnixTime, after: Option<KeyHash>, limit: usize, revoked: bool) -> Result<(SnapshotWire, u64), StoreError> {
+    pub fn snapshot_page(
+        &self,
+        now: UnixTime,
+        after: Option<KeyHash>,
+        limit: usize,
+        revoked: bool,
+    ) -> Result<(SnapshotWire, u64), StoreError> {
         let t = &self.inner.trees;
         let head = || self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner).head;
         let mut wire = SnapshotWire { version: head(), since: None, ..SnapshotWire::default() };
@@ -1522,7 +1543,14 @@ impl Store {
         }
         let history = self.history_at(upto)?;
         let since_history = self.history_at(since)?;
-        let mut wire = SnapshotWire { version: upto, since: Some(since), revoked_sessions: revoked, history, since_history, ..SnapshotWire::default() };
+        let mut wire = SnapshotWire {
+            version: upto,
+            since: Some(since),
+            revoked_sessions: revoked,
+            history,
+            since_history,
+            ..SnapshotWire::default()
+        };
         for (hash, entry) in keys {
             match entry {
                 Some(entry) => wire.keys.push(entry),

@@ -210,7 +210,11 @@ pub struct SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).field("retired_at", &self.retired_at).field("remove_after", &self.remove_after).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("retired_at", &self.retired_at)
+            .field("remove_after", &self.remove_after)
+            .finish_non_exhaustive()
     }
 }
 

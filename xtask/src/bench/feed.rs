@@ -66,7 +66,8 @@ impl Feed {
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("feed: bind: {e}"))?;
         let port = listener.local_addr().map_err(|e| format!("feed: {e}"))?.port();
         listener.set_nonblocking(true).map_err(|e| format!("feed: {e}"))?;
-        let shared = Arc::new(Shared { data, version, open: AtomicBool::new(false), stop: AtomicBool::new(false), full_served: AtomicU64::new(0) });
+        let shared =
+            Arc::new(Shared { data, version, open: AtomicBool::new(false), stop: AtomicBool::new(false), full_served: AtomicU64::new(0) });
         let s = Arc::clone(&shared);
         let accept = std::thread::spawn(move || {
             while !s.stop.load(Ordering::SeqCst) {

@@ -107,8 +107,14 @@ fn run(p: &Paths, n: usize, with_envoy: bool) -> Result<(), String> {
     if imported != n {
         return Err(format!("imported {imported} of {n}: {stdout}"));
     }
-    let size = std::fs::metadata(dir.join("admin-data")).map(|_| super::sh("du", &["-sh", &dir.join("admin-data").to_string_lossy()])).unwrap_or_default();
-    println!("==> import of {n} keys: {secs:.1} s ({:.0} keys/s); store on disk: {}", n as f64 / secs, size.split_whitespace().next().unwrap_or("?"));
+    let size = std::fs::metadata(dir.join("admin-data"))
+        .map(|_| super::sh("du", &["-sh", &dir.join("admin-data").to_string_lossy()]))
+        .unwrap_or_default();
+    println!(
+        "==> import of {n} keys: {secs:.1} s ({:.0} keys/s); store on disk: {}",
+        n as f64 / secs,
+        size.split_whitespace().next().unwrap_or("?")
+    );
 
     // The same file again: everything skipped.
     let t1 = Instant::now();
@@ -127,7 +133,9 @@ fn run(p: &Paths, n: usize, with_envoy: bool) -> Result<(), String> {
     let mut envoy = start_envoy(p, &dir, "import", "keygate.yaml", &[("KEYGATE_WASM", &wasm), ("KEYGATE_JSON", &json)], admin_port, None)?;
     envoy_ready(&mut envoy)?;
     let want = n as u64;
-    wait_for(Duration::from_secs(600), Duration::from_millis(50), &format!("filter holding {want} keys"), || Ok(envoy.snapshot_keys().filter(|&k| k >= want)))?;
+    wait_for(Duration::from_secs(600), Duration::from_millis(50), &format!("filter holding {want} keys"), || {
+        Ok(envoy.snapshot_keys().filter(|&k| k >= want))
+    })?;
     let sync = t2.elapsed().as_secs_f64();
     let through = |key: &str| http::request("GET", &envoy.addr(), "/orders", &[("secret_key", key)], None, T).map(|r| r.status);
     let (a, b, wrong) = (through(&first)?, through(&last)?, through(&format!("{last}x"))?);

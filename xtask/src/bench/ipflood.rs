@@ -77,9 +77,14 @@ fn wait_until(what: &str, procs: &mut [&mut Proc], mut ok: impl FnMut() -> bool)
 /// (VmRSS kB, `server.memory_allocated`, `server.memory_heap_size`).
 fn memory(envoy_pid: u32, envoy_admin: &str) -> Result<(u64, u64, u64), String> {
     let status = std::fs::read_to_string(format!("/proc/{envoy_pid}/status")).map_err(|e| e.to_string())?;
-    let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).ok_or("no VmRSS")?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or("no VmRSS")?;
     let stats = http::get(envoy_admin, "/stats?filter=server.memory", T)?.body;
-    let stat = |name: &str| stats.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok())).unwrap_or(0);
+    let stat =
+        |name: &str| stats.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok())).unwrap_or(0);
     Ok((rss, stat("server.memory_allocated"), stat("server.memory_heap_size")))
 }
 
@@ -97,7 +102,11 @@ fn run(p: &Paths, o: &Options) -> Result<(), String> {
     let mut echo = Proc::spawn("keygate-echo", echo_cmd, dir.join("echo.log"))?;
     let mut admin_cmd = Command::new(&p.admin);
     admin_cmd.args(["serve", "--addr", &format!("127.0.0.1:{admin_port}"), "--data"]).arg(dir.join("data"));
-    admin_cmd.env("KEYGATE_OPERATOR_TOKEN", OPERATOR_TOKEN).env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN).env("RUST_LOG", "warn").env("NO_COLOR", "1");
+    admin_cmd
+        .env("KEYGATE_OPERATOR_TOKEN", OPERATOR_TOKEN)
+        .env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1");
     let mut admin = Proc::spawn("keygate-admin", admin_cmd, dir.join("admin.log"))?;
 
     let mut yaml = std::fs::read_to_string(&p.envoy_yaml).map_err(|e| e.to_string())?;
@@ -109,13 +118,18 @@ fn run(p: &Paths, o: &Options) -> Result<(), String> {
     let config = dir.join("envoy.yaml");
     std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
     let mut envoy_cmd = Command::new(&p.envoy);
-    envoy_cmd.arg("-c").arg(&config).args(["--concurrency", "2", "--disable-hot-restart", "--log-level", "warn"]).env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN);
+    envoy_cmd
+        .arg("-c")
+        .arg(&config)
+        .args(["--concurrency", "2", "--disable-hot-restart", "--log-level", "warn"])
+        .env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN);
     let mut envoy = Proc::spawn("envoy", envoy_cmd, dir.join("envoy.log"))?;
 
     let envoy_admin = format!("127.0.0.1:{envoy_admin_port}");
     let envoy_addr = format!("127.0.0.1:{listen_port}");
     wait_until("the stack ready (a snapshot in the filter)", &mut [&mut echo, &mut admin, &mut envoy], || {
-        http::get(&envoy_admin, "/ready", T).is_ok_and(|r| r.status == 200) && http::get(&envoy_addr, "/orders", T).is_ok_and(|r| r.status == 401)
+        http::get(&envoy_admin, "/ready", T).is_ok_and(|r| r.status == 200)
+            && http::get(&envoy_addr, "/orders", T).is_ok_and(|r| r.status == 401)
     })?;
     step(&format!("ip-flood: {} addresses, wasm {}, logs in {}", o.addresses, wasm.display(), dir.display()));
     let pid = envoy.pid();
@@ -163,7 +177,14 @@ fn run(p: &Paths, o: &Options) -> Result<(), String> {
     let after = memory(pid, &envoy_admin)?;
     let mb = |kb: u64| kb as f64 / 1024.0;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    println!("ip-flood: {} requests from distinct addresses in {secs:.0} s: {} × 200, {} × 429, {} other, {} errors", c.iter().sum::<u64>(), c[0], c[1], c[2], c[3]);
+    println!(
+        "ip-flood: {} requests from distinct addresses in {secs:.0} s: {} × 200, {} × 429, {} other, {} errors",
+        c.iter().sum::<u64>(),
+        c[0],
+        c[1],
+        c[2],
+        c[3]
+    );
     println!("ip-flood: Envoy RSS {:.1} MB -> {:.1} MB (+{:.1} MB)", mb(before.0), mb(after.0), mb(after.0.saturating_sub(before.0)));
     println!(
         "ip-flood: server.memory_allocated {:.1} MiB -> {:.1} MiB (+{:.1} MiB); server.memory_heap_size {:.1} MiB -> {:.1} MiB",

@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{admin_call, envoy_ready, keygate_json, login, lua_script, start_admin_with, start_envoy_workers, step, vm_rss_kb, wait_for, write, wrk, Admin, Envoy, OPERATOR_TOKEN, PROXY_TOKEN, T};
+use super::{
+    admin_call, envoy_ready, keygate_json, login, lua_script, start_admin_with, start_envoy_workers, step, vm_rss_kb, wait_for, write, wrk,
+    Admin, Envoy, OPERATOR_TOKEN, PROXY_TOKEN, T,
+};
 use crate::json::{quote, Json};
 use crate::{http, Paths};
 
@@ -116,13 +119,22 @@ fn run(p: &Paths, o: &Options) -> Result<(), String> {
         let load = load?;
         envoy.proc.alive()?;
         let (rss_kb, _) = vm_rss_kb(envoy.proc.pid())?;
-        let page = http::request("GET", &admin.addr, "/v1/snapshot?limit=10000", &[("Authorization", &format!("Bearer {PROXY_TOKEN}"))], None, T)?;
+        let page =
+            http::request("GET", &admin.addr, "/v1/snapshot?limit=10000", &[("Authorization", &format!("Bearer {PROXY_TOKEN}"))], None, T)?;
         if page.status != 200 {
             return Err(format!("first feed page: HTTP {}", page.status));
         }
         let revoked = revoked_sessions(&admin, &page.body)?;
         let fresh_sync_ms = fresh_sync(p, &dir, label, &wasm, &json, feed_port, &all3)?;
-        Ok(Sample { rps: load.rps, non2xx: load.non2xx, changes: made.load(Ordering::SeqCst), rss_mb: rss_kb as f64 / 1024.0, first_page_kb: page.body.len() as f64 / 1024.0, revoked, fresh_sync_ms })
+        Ok(Sample {
+            rps: load.rps,
+            non2xx: load.non2xx,
+            changes: made.load(Ordering::SeqCst),
+            rss_mb: rss_kb as f64 / 1024.0,
+            first_page_kb: page.body.len() as f64 / 1024.0,
+            revoked,
+            fresh_sync_ms,
+        })
     };
 
     let before = measure("before the flood", &mut envoy)?;
@@ -153,7 +165,10 @@ fn run(p: &Paths, o: &Options) -> Result<(), String> {
     row("first feed page, KiB", before.first_page_kb, after.first_page_kb, 1);
     row("fresh Envoy: start → first 200, ms", before.fresh_sync_ms, after.fresh_sync_ms, 0);
     println!("| revoked sessions in the feed | {} | {} | |", before.revoked, after.revoked);
-    println!("| changes during the req/s run (non-2xx answers) | {} ({}) | {} ({}) | |", before.changes, before.non2xx, after.changes, after.non2xx);
+    println!(
+        "| changes during the req/s run (non-2xx answers) | {} ({}) | {} ({}) | |",
+        before.changes, before.non2xx, after.changes, after.non2xx
+    );
     println!("| login answers | | {} | |", counts.join(", "));
     if before.non2xx > 0 || after.non2xx > 0 {
         return Err("some measured requests were refused".into());
@@ -164,7 +179,9 @@ fn run(p: &Paths, o: &Options) -> Result<(), String> {
 /// Waits until Envoy allows a request with `headers` (it holds a snapshot).
 fn answering(envoy: &Envoy, headers: &[(&str, &str)]) -> Result<(), String> {
     let addr = envoy.addr();
-    wait_for(Duration::from_secs(60), Duration::from_millis(5), "Envoy allowing a valid request", || Ok(http::request("GET", &addr, "/orders", headers, None, T).ok().filter(|r| r.status == 200).map(|_| ())))
+    wait_for(Duration::from_secs(60), Duration::from_millis(5), "Envoy allowing a valid request", || {
+        Ok(http::request("GET", &addr, "/orders", headers, None, T).ok().filter(|r| r.status == 200).map(|_| ()))
+    })
 }
 
 /// A new Envoy (2 workers): from the moment its admin says ready to its first 200.
