@@ -27,22 +27,25 @@ pub const OPERATOR_TOKEN: &str = "kgo_e2e_operator_token_for_tests_only";
 pub const PROXY_TOKEN: &str = "kgp_e2e_proxy_token_for_tests_only";
 pub const PASSWORD: &str = "correct horse battery staple";
 
-fn repo_root() -> PathBuf {
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn artifact(var: &str, default: &str) -> PathBuf {
+/// A built binary or file: the path in `var` (set by `cargo xtask test`), else `default`
+/// under the repository root; panics when it does not exist.
+pub fn artifact(var: &str, default: &str) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| repo_root().join(default));
     assert!(
         path.exists(),
-        "{} not found ({var}); run the end-to-end tests with `cargo xtask test`, which builds and installs everything",
+        "{} not found ({var}); run these tests with `cargo xtask test`, which builds and installs everything",
         path.display()
     );
     path
 }
 
 /// A child process killed (SIGKILL) and reaped on drop.
-struct ChildGuard {
+pub struct ChildGuard {
     name: &'static str,
     child: Child,
 }
@@ -55,6 +58,10 @@ impl Drop for ChildGuard {
 }
 
 impl ChildGuard {
+    pub fn new(name: &'static str, child: Child) -> ChildGuard {
+        ChildGuard { name, child }
+    }
+
     fn assert_running(&mut self, logs: &Path) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!("{} exited early ({status}); logs in {}", self.name, logs.display());
@@ -63,7 +70,8 @@ impl ChildGuard {
 }
 
 /// Spawns a binary that prints `<name> listening on <addr>` once bound; returns its address.
-fn spawn_listening(name: &'static str, mut cmd: Command, log_dir: &Path) -> (ChildGuard, String) {
+/// Its stderr goes to `<name>.log` and its stdout to `<name>.stdout` in `log_dir`.
+pub fn spawn_listening(name: &'static str, mut cmd: Command, log_dir: &Path) -> (ChildGuard, String) {
     // Appended, so a restarted process keeps its earlier log.
     let open = |file: String| std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(file)).unwrap();
     let log = open(format!("{name}.log"));
@@ -103,7 +111,8 @@ fn add_second_listener(yaml: &str, from_port: u16, port: u16, admin_port: &str) 
     format!("{}{}{}{}", &yaml[..end], copy, yaml[end..].trim_end_matches('\n'), cluster)
 }
 
-fn free_port() -> u16 {
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

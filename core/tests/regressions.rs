@@ -1,6 +1,6 @@
 //! Issue 6: the RFC 8725 token attacks against `decide`, with tokens *validly signed* by a
 //! published signing key where the attack allows it, so each refusal is the claim or header
-//! check itself and not a failed signature (the end-to-end suite, tests/e2e/attacks.rs, can
+//! check itself and not a failed signature (the end-to-end suite, tests/e2e/jwt_attacks.rs, can
 //! only forge with keys admin never published). Also the regression inputs the fuzz targets
 //! (fuzz/) have turned up.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

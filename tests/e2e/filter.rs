@@ -1,4 +1,4 @@
-//! Issue 5: every rule of the decision inside Envoy, live sync, last-known-good, limits.
+//! Every rule of the decision inside Envoy, live sync, last-known-good, limits.
 
 use base64::Engine;
 use keygate_e2e::{Stack, StackOptions};

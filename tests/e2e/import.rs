@@ -1,4 +1,4 @@
-//! Issue 9: keys imported from another gateway pass through Envoy. A raw key in another
+//! Keys imported from another gateway pass through Envoy. A raw key in another
 //! vendor's format (no keygate checksum) and a key imported only by its SHA-256 are found
 //! by the filter's hash fallback, with the kind and mode of the import; near misses and a
 //! keygate-shaped typo are refused.

@@ -1,4 +1,4 @@
-//! Issue 4: the credential lifecycle through the real admin binary, and through Envoy
+//! The credential lifecycle through the real admin binary, and through Envoy
 //! where the filter is involved: login sessions, revocation, key rotation, activation,
 //! expiry, refresh with reuse detection, business boundaries, bad input, usage.
 

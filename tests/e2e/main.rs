@@ -5,10 +5,13 @@
 //! Run with `cargo xtask test`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod attacks;
 mod filter;
+mod flapping;
 mod import;
+mod jwt_attacks;
+mod key_attacks;
 mod lifecycle;
+mod log_secrets;
 mod path;
 mod ui;
 
@@ -26,15 +29,33 @@ pub struct Suite {
 
 fn main() {
     let args = Arguments::from_args();
-    let suites: Vec<Suite> = [path::suites(), lifecycle::suites(), filter::suites(), attacks::suites(), ui::suites(), import::suites()]
-        .into_iter()
-        .flatten()
-        .collect();
-    let mut stacks = Vec::new();
+    let suites: Vec<Suite> = [
+        path::suites(),
+        lifecycle::suites(),
+        filter::suites(),
+        jwt_attacks::suites(),
+        key_attacks::suites(),
+        log_secrets::suites(),
+        flapping::suites(),
+        ui::suites(),
+        import::suites(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut stacks: Vec<(&str, Arc<OnceLock<Stack>>)> = Vec::new();
     let mut trials = Vec::new();
     for suite in suites {
-        let stack: Arc<OnceLock<Stack>> = Arc::new(OnceLock::new());
-        stacks.push(Arc::clone(&stack));
+        // Suites of one name (declared in several files) share one stack, started with the
+        // options of the first.
+        let stack = match stacks.iter().find(|(name, _)| *name == suite.name) {
+            Some((_, stack)) => Arc::clone(stack),
+            None => {
+                let stack: Arc<OnceLock<Stack>> = Arc::new(OnceLock::new());
+                stacks.push((suite.name, Arc::clone(&stack)));
+                stack
+            }
+        };
         for &(name, case) in suite.cases {
             let (stack, options) = (Arc::clone(&stack), suite.options);
             trials.push(Trial::test(format!("{}::{name}", suite.name), move || {
@@ -48,7 +69,7 @@ fn main() {
         }
     }
     let conclusion = libtest_mimic::run(&args, trials);
-    for stack in stacks.iter().filter_map(|s| s.get()) {
+    for stack in stacks.iter().filter_map(|(_, s)| s.get()) {
         if conclusion.has_failed() {
             stack.keep_logs.store(true, std::sync::atomic::Ordering::SeqCst);
         }

@@ -1,4 +1,4 @@
-//! Issue 3's path: the three credentials checked inside Envoy, end to end.
+//! The request path: the three credentials checked inside Envoy, end to end.
 
 use keygate_core::{ApiKey, KeyKind, Mode};
 use keygate_e2e::{plugin_json, random_bytes, Stack, StackOptions, OPERATOR_TOKEN};

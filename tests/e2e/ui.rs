@@ -1,4 +1,4 @@
-//! Issue 9: the key dashboard in a real browser. Debian's Chromium, driven by
+//! The key dashboard in a real browser. Debian's Chromium, driven by
 //! `playwright-core` from `tests/browser/` (installed by `cargo xtask setup`), runs
 //! `tests/browser/dashboard.mjs` against this suite's stack: sign in, pick the business,
 //! create a key (shown once), use it through Envoy, see `last used` and the usage chart

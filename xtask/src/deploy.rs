@@ -1,4 +1,4 @@
-//! Set-up for `tests/deploy.rs`: a compose parser to validate `docker-compose.yml` with.
+//! Set-up for `tests/deploy/`: a compose parser to validate `docker-compose.yml` with.
 //!
 //! Docker's engine is not needed (nor here): `docker-compose config` (Debian's
 //! `docker-compose` 1.29 package, Python) parses, validates against the compose schema and
@@ -30,7 +30,7 @@ pub fn docker_compose() -> Result<PathBuf, String> {
     if !has_apt {
         return Err(format!(
             "{PACKAGE} is missing and there is no apt-get to install it with; install \
-             docker-compose 1.29 (it validates docker-compose.yml for tests/deploy.rs)"
+             docker-compose 1.29 (it validates docker-compose.yml for tests/deploy/)"
         ));
     }
     step("apt-get update -qq");
