@@ -14,13 +14,13 @@ pub mod ipflood;
 pub mod logins;
 
 use std::fmt::Write as _;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::json::{quote, Json};
-use crate::{http, sys, Paths};
+use crate::proc::{free_port, wait_for, Proc};
+use crate::{http, Paths};
 
 static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
@@ -83,46 +83,6 @@ pub fn smoke(p: &Paths) -> Result<(), String> {
 
 // ----- processes -----
 
-/// A child in its own process group, SIGKILLed (group) and reaped on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Proc, String> {
-        let out = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        sys::own_group_die_with_parent(&mut cmd);
-        let child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
-        Ok(Proc { name: name.to_owned(), child, log })
-    }
-
-    fn alive(&mut self) -> Result<(), String> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            _ => Err(format!("{} exited; log: {}", self.name, self.log.display())),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        sys::kill_group(self.child.id(), sys::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| format!("no free port: {e}"))
-}
-
 /// `taskset -c CORE cmd…` when there are at least two cores (else unpinned).
 fn pinned(core: Option<usize>, program: &Path) -> Command {
     match core {
@@ -147,20 +107,6 @@ fn cores() -> Cores {
         Cores { envoy: Some(n - 1), load: Some(0) }
     } else {
         Cores { envoy: None, load: None }
-    }
-}
-
-/// Polls `f` every `every` until it returns Some, at most `limit`.
-fn wait_for<X>(limit: Duration, every: Duration, what: &str, mut f: impl FnMut() -> Result<Option<X>, String>) -> Result<X, String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(x) = f()? {
-            return Ok(x);
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("{what}: not within {} s", limit.as_secs()));
-        }
-        std::thread::sleep(every);
     }
 }
 
@@ -435,7 +381,7 @@ fn start_envoy_on(
 /// Waits until Envoy's admin says ready (so several can start at once).
 fn envoy_ready(envoy: &mut Envoy) -> Result<(), String> {
     let a = envoy.admin_addr();
-    let what = format!("{} ready", envoy.proc.name);
+    let what = format!("{} ready", envoy.proc.name());
     wait_for(Duration::from_secs(60), Duration::from_millis(50), &what, || {
         envoy.proc.alive()?;
         Ok(http::get(&a, "/ready", T).ok().filter(|r| r.status == 200).map(|_| ()))

@@ -21,13 +21,14 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::json::{quote, Json};
-use crate::{fail, http, step, sys, Paths};
+use crate::proc::{free_port, Proc};
+use crate::{fail, http, step, Paths};
 
 pub(crate) const OPERATOR: &str = "kgo_crash_test_operator_token_000000";
 pub(crate) const PROXY: &str = "kgp_crash_test_proxy_token_000000000";
@@ -60,34 +61,22 @@ struct Acked {
 }
 
 pub(crate) struct Admin {
-    child: Child,
+    proc: Proc,
     pub(crate) addr: String,
-}
-
-impl Drop for Admin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts admin on `addr` (a fixed port, so Envoy's cluster finds it after each restart).
 pub(crate) fn start_admin(bin: &Path, data: &Path, log: &Path, addr: &str) -> Result<Admin, String> {
-    let err = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let mut child = Command::new(bin)
-        .args(["serve", "--addr", addr, "--data"])
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--addr", addr, "--data"])
         .arg(data)
         // Every acknowledged key is logged in again from this one address when checking.
         .env("KEYGATE_LOGIN_RATE_PER_CLIENT", "1000000")
         .env("KEYGATE_OPERATOR_TOKEN", OPERATOR)
         .env("KEYGATE_PROXY_TOKEN", PROXY)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(err)
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
+        .env("RUST_LOG", "warn");
+    let mut proc = Proc::spawn_piped("keygate-admin", cmd, log.to_path_buf())?;
+    let stdout = proc.take_stdout().ok_or("no stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -96,7 +85,7 @@ pub(crate) fn start_admin(bin: &Path, data: &Path, log: &Path, addr: &str) -> Re
             }
         }
     });
-    let mut admin = Admin { child, addr: String::new() };
+    let mut admin = Admin { proc, addr: String::new() };
     match rx.recv_timeout(Duration::from_secs(60)) {
         Ok(addr) => admin.addr = addr,
         Err(_) => return Err(format!("keygate-admin did not open its store and listen within 60 s; log {}", log.display())),
@@ -197,8 +186,7 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
         }
         // Kill at a random moment: 100 ms to 1.6 s into the round.
         std::thread::sleep(Duration::from_millis(100 + random_below(1500)));
-        let _ = admin.child.kill(); // SIGKILL
-        let _ = admin.child.wait();
+        admin.proc.kill(); // SIGKILL
         stop.store(true, Ordering::SeqCst);
         for t in threads {
             let _ = t.join();
@@ -245,42 +233,6 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
     drop(admin);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
-}
-
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| format!("no free port: {e}"))
-}
-
-/// A child in its own process group, SIGKILLed (group) and reaped on drop, and dying with xtask.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Result<Proc, String> {
-        let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        sys::own_group_die_with_parent(&mut cmd);
-        let child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
-        Ok(Proc { name, child, log })
-    }
-
-    fn alive(&mut self) -> Result<(), String> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            _ => Err(format!("{} exited; log {}", self.name, self.log.display())),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        sys::kill_group(self.child.id(), sys::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// keygate-echo and an Envoy running envoy.yaml with the real filter, in front of admin.

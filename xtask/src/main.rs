@@ -9,6 +9,7 @@ mod deploy;
 mod fuzz;
 mod http;
 mod json;
+mod proc;
 mod sys;
 mod up;
 

@@ -5,11 +5,12 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use crate::http::{self, Response};
 use crate::json::{quote, Json};
+use crate::proc::{self, Proc};
 use crate::{fail, step, sys, Paths};
 
 const ECHO_ADDR: &str = "127.0.0.1:8081";
@@ -414,13 +415,6 @@ Without SECRET_KEY → 401 {{\"success\":false,…,\"code\":\"missing_credential
 
 // ---------------------------------------------------------------- children
 
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-    exited: Option<ExitStatus>,
-}
-
 struct Stack {
     procs: Vec<Proc>,
     root: PathBuf,
@@ -428,23 +422,19 @@ struct Stack {
 
 impl Stack {
     fn spawn(&mut self, name: &'static str, log: &Path, mut cmd: Command) -> Result<(), String> {
-        let out = File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
-        cmd.current_dir(&self.root).stdin(Stdio::null()).stdout(out).stderr(err);
-        sys::own_group_die_with_parent(&mut cmd);
-        let child = cmd.spawn().map_err(|e| format!("start {name} ({:?}): {e}", cmd.get_program()))?;
-        step(&format!("started {name} (pid {}), log {}", child.id(), log.strip_prefix(&self.root).unwrap_or(log).display()));
-        self.procs.push(Proc { name, child, log: log.to_path_buf(), exited: None });
+        cmd.current_dir(&self.root);
+        let proc = Proc::spawn(name, cmd, log.to_path_buf())?;
+        step(&format!("started {name} (pid {}), log {}", proc.pid(), log.strip_prefix(&self.root).unwrap_or(log).display()));
+        self.procs.push(proc);
         Ok(())
     }
 
-    /// The first child that has exited, described with the tail of its log.
+    /// The first child that has exited (since last asked), described with the tail of its log.
     fn dead(&mut self) -> Option<String> {
         for proc in &mut self.procs {
-            if proc.exited.is_none() {
-                if let Ok(Some(status)) = proc.child.try_wait() {
-                    proc.exited = Some(status);
-                    return Some(format!("{} exited ({status}); {}", proc.name, tail(&proc.log, 25)));
+            if proc.exit_status().is_none() {
+                if let Some(status) = proc.exited() {
+                    return Some(format!("{} exited ({status}); {}", proc.name(), tail(proc.log(), 25)));
                 }
             }
         }
@@ -452,7 +442,7 @@ impl Stack {
     }
 
     fn log_of(&self, name: &str) -> Option<&Path> {
-        self.procs.iter().find(|p| p.name == name).map(|p| p.log.as_path())
+        self.procs.iter().find(|p| p.name() == name).map(Proc::log)
     }
 
     /// Polls `ready` until it holds; fails on timeout (with the logs of `logs`), a dead
@@ -480,39 +470,7 @@ impl Stack {
 
     /// SIGTERM to every child's process group, SIGKILL to those still there after 3 s.
     fn stop(&mut self) {
-        for proc in self.procs.iter_mut().rev() {
-            if proc.exited.is_none() {
-                if let Ok(Some(status)) = proc.child.try_wait() {
-                    proc.exited = Some(status);
-                } else {
-                    sys::kill_group(proc.child.id(), sys::SIGTERM);
-                }
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            let mut running = 0;
-            for proc in &mut self.procs {
-                if proc.exited.is_none() {
-                    match proc.child.try_wait() {
-                        Ok(Some(status)) => proc.exited = Some(status),
-                        Ok(None) => running += 1,
-                        Err(_) => proc.exited = proc.child.wait().ok(),
-                    }
-                }
-            }
-            if running == 0 || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for proc in &mut self.procs {
-            if proc.exited.is_none() {
-                println!("==> {} did not stop within 3 s: SIGKILL", proc.name);
-                sys::kill_group(proc.child.id(), sys::SIGKILL);
-                proc.exited = proc.child.wait().ok();
-            }
-        }
+        proc::stop_all(&mut self.procs, Duration::from_secs(3));
         self.procs.clear();
     }
 }
@@ -576,7 +534,7 @@ mod tests {
         let mut cmd = Command::new(bin);
         cmd.args(["--addr", "127.0.0.1:0"]);
         stack.spawn("echo", &log, cmd)?;
-        let pid = stack.procs.first().map(|p| p.child.id()).unwrap_or(0);
+        let pid = stack.procs.first().map(Proc::pid).unwrap_or(0);
 
         let mut addr = String::new();
         stack.wait_until("echo's listening line", Duration::from_secs(20), &["echo"], || {

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{free_port, Proc};
 use crate::crash::replace_once;
+use crate::proc::{free_port, Proc};
 use crate::{http, step, Paths};
 
 const PROXY_TOKEN: &str = "kgp_ip_flood_proxy_token_for_measurement";
