@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::json::{quote, Json};
 use crate::proc::{free_port, wait_for, Proc};
+use crate::stack::{self, Admin};
 use crate::{http, Paths};
 
 static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -157,11 +158,6 @@ fn build(p: &Paths, mode: &Mode) -> Result<Bins, String> {
 
 // ----- admin -----
 
-struct Admin {
-    proc: Proc,
-    addr: String,
-}
-
 fn start_admin(bin: &Path, dir: &Path, core: Option<usize>) -> Result<Admin, String> {
     // Configuration 8 and the revocations need thousands of live sessions of one key
     // (admin's default of 100 would revoke the oldest, the bench's own token among them),
@@ -178,15 +174,9 @@ fn start_admin(bin: &Path, dir: &Path, core: Option<usize>) -> Result<Admin, Str
 fn start_admin_with(bin: &Path, dir: &Path, core: Option<usize>, args: &[&str]) -> Result<Admin, String> {
     let addr = format!("127.0.0.1:{}", free_port()?);
     let mut cmd = pinned(core, bin);
-    cmd.arg("serve").arg("--addr").arg(&addr).arg("--data").arg(dir.join("admin-data"));
+    stack::admin_serve(&mut cmd, &addr, &dir.join("admin-data"), OPERATOR_TOKEN, PROXY_TOKEN);
     cmd.args(args);
-    cmd.env("KEYGATE_OPERATOR_TOKEN", OPERATOR_TOKEN).env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN).env("RUST_LOG", "warn").env("NO_COLOR", "1");
-    let mut proc = Proc::spawn("keygate-admin", cmd, dir.join("admin.log"))?;
-    wait_for(Duration::from_secs(30), Duration::from_millis(50), "keygate-admin /healthz", || {
-        proc.alive()?;
-        Ok(http::get(&addr, "/healthz", T).ok().filter(|r| r.status == 200))
-    })?;
-    Ok(Admin { proc, addr })
+    stack::start_admin(cmd, dir.join("admin.log"), &addr)
 }
 
 fn admin_call(admin: &Admin, method: &str, path: &str, bearer: Option<&str>, body: Option<&str>, expect: u16) -> Result<Json, String> {
@@ -372,8 +362,7 @@ fn start_envoy_on(
     let config = dir.join(format!("envoy-{name}.yaml"));
     write(&config, &yaml)?;
     let mut cmd = pinned(core, &p.envoy);
-    cmd.arg("-c").arg(&config).args(["--concurrency", &workers.to_string(), "--disable-hot-restart", "--log-level", "warn"]);
-    cmd.env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN);
+    stack::envoy_args(&mut cmd, &config, Some(workers), PROXY_TOKEN);
     let proc = Proc::spawn(&format!("envoy ({name})"), cmd, dir.join(format!("envoy-{name}.log")))?;
     Ok(Envoy { proc, port, admin_port })
 }

@@ -10,6 +10,7 @@ mod fuzz;
 mod http;
 mod json;
 mod proc;
+mod stack;
 mod sys;
 mod up;
 

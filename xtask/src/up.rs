@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::http::{self, Response};
 use crate::json::{quote, Json};
 use crate::proc::{self, Proc};
+use crate::stack;
 use crate::{fail, step, sys, Paths};
 
 const ECHO_ADDR: &str = "127.0.0.1:8081";
@@ -71,9 +72,7 @@ fn start_and_serve(p: &Paths, stack: &mut Stack) -> Result<(), String> {
     }
 
     sys::catch_signals();
-    let mut echo = Command::new(&p.echo);
-    echo.args(["--addr", ECHO_ADDR]);
-    stack.spawn("echo", &logs.join("echo.log"), echo)?;
+    stack.spawn("echo", &logs.join("echo.log"), stack::echo_command(p, ECHO_ADDR))?;
 
     let mut admin_cmd = Command::new(&p.admin);
     admin_cmd
@@ -86,7 +85,7 @@ fn start_and_serve(p: &Paths, stack: &mut Stack) -> Result<(), String> {
     stack.spawn("admin", &logs.join("admin.log"), admin_cmd)?;
 
     let mut envoy = Command::new(&p.envoy);
-    envoy.arg("-c").arg(&p.envoy_yaml).args(["--disable-hot-restart", "--log-level", "warn"]).env("KEYGATE_PROXY_TOKEN", &tokens.proxy);
+    stack::envoy_args(&mut envoy, &p.envoy_yaml, None, &tokens.proxy);
     stack.spawn("envoy", &logs.join("envoy.log"), envoy)?;
 
     step(&format!("waiting for keygate-admin: GET http://{admin}/healthz"));
