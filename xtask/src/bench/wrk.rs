@@ -67,12 +67,26 @@ pub(super) fn wrk(script: &Path, url: &str, secs: u32, core: Option<usize>) -> R
     })
 }
 
-pub(super) fn median(mut v: Vec<f64>) -> f64 {
+fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The median of each figure over `runs`, with their total request count.
+pub(super) fn median_load(runs: &[Load]) -> Load {
+    let m = |f: fn(&Load) -> f64| median(runs.iter().map(f).collect());
+    Load {
+        rps: m(|l| l.rps),
+        p50_ms: m(|l| l.p50_ms),
+        p99_ms: m(|l| l.p99_ms),
+        p999_ms: m(|l| l.p999_ms),
+        requests: runs.iter().map(|l| l.requests).sum(),
+        non2xx: 0,
+        socket_errors: 0,
     }
 }
 
