@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--quick]`: keygate against Envoy's native auth filters, side by side
-//! in one run (issue 8). See `bench/` for the Envoy configurations and `docs/benchmarks.md`
-//! for what a full run wrote last.
+//! in one run. See `bench/` for the Envoy configurations and `docs/benchmarks.md` for what a
+//! full run wrote last. `run` measures, `report` writes the two files, `wrk` drives the load
+//! generator; this file holds what they and the other measurements share.
 //!
 //! Everything runs on 127.0.0.1. Envoy (`--concurrency 1`) is pinned to the last core and
 //! the load generator (Debian's `wrk`) to core 0 with `taskset`; the route answers with
