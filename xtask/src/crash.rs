@@ -19,15 +19,17 @@
 //! Prints rounds, writes acknowledged, writes lost; fails if any write was lost, the store
 //! did not open or the filter did not sync.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::json::{quote, Json};
-use crate::{fail, http, step, sys, Paths};
+use crate::proc::{free_port, Proc};
+use crate::stack::{self, Admin, EnvoyYaml};
+use crate::{fail, http, step, Paths};
 
 pub(crate) const OPERATOR: &str = "kgo_crash_test_operator_token_000000";
 pub(crate) const PROXY: &str = "kgp_crash_test_proxy_token_000000000";
@@ -59,53 +61,13 @@ struct Acked {
     sessions: Vec<(String, String)>,
 }
 
-pub(crate) struct Admin {
-    child: Child,
-    pub(crate) addr: String,
-}
-
-impl Drop for Admin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts admin on `addr` (a fixed port, so Envoy's cluster finds it after each restart).
 pub(crate) fn start_admin(bin: &Path, data: &Path, log: &Path, addr: &str) -> Result<Admin, String> {
-    let err = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let mut child = Command::new(bin)
-        .args(["serve", "--addr", addr, "--data"])
-        .arg(data)
-        // Every acknowledged key is logged in again from this one address when checking.
-        .env("KEYGATE_LOGIN_RATE_PER_CLIENT", "1000000")
-        .env("KEYGATE_OPERATOR_TOKEN", OPERATOR)
-        .env("KEYGATE_PROXY_TOKEN", PROXY)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(err)
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split(" listening on ").nth(1) {
-                let _ = tx.send(addr.trim().to_owned());
-            }
-        }
-    });
-    let mut admin = Admin { child, addr: String::new() };
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(addr) => admin.addr = addr,
-        Err(_) => return Err(format!("keygate-admin did not open its store and listen within 60 s; log {}", log.display())),
-    }
-    let health = http::get(&admin.addr, "/healthz", TIMEOUT)?;
-    if health.status != 200 {
-        return Err(format!("/healthz answered {} after restart: {}", health.status, health.body));
-    }
-    Ok(admin)
+    let mut cmd = Command::new(bin);
+    stack::admin_serve(&mut cmd, addr, data, OPERATOR, PROXY);
+    // Every acknowledged key is logged in again from this one address when checking.
+    cmd.env("KEYGATE_LOGIN_RATE_PER_CLIENT", "1000000");
+    stack::start_admin_listening(cmd, log)
 }
 
 pub(crate) fn post(addr: &str, path: &str, bearer: Option<&str>, body: &str) -> Result<http::Response, String> {
@@ -197,8 +159,7 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
         }
         // Kill at a random moment: 100 ms to 1.6 s into the round.
         std::thread::sleep(Duration::from_millis(100 + random_below(1500)));
-        let _ = admin.child.kill(); // SIGKILL
-        let _ = admin.child.wait();
+        admin.proc.kill(); // SIGKILL
         stop.store(true, Ordering::SeqCst);
         for t in threads {
             let _ = t.join();
@@ -247,106 +208,26 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
     Ok(())
 }
 
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| format!("no free port: {e}"))
-}
-
-/// A child in its own process group, SIGKILLed (group) and reaped on drop, and dying with xtask.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Result<Proc, String> {
-        let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        sys::own_group_die_with_parent(&mut cmd);
-        let child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
-        Ok(Proc { name, child, log })
-    }
-
-    fn alive(&mut self) -> Result<(), String> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            _ => Err(format!("{} exited; log {}", self.name, self.log.display())),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        sys::kill_group(self.child.id(), sys::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// keygate-echo and an Envoy running envoy.yaml with the real filter, in front of admin.
 struct Envoy {
     envoy: Mutex<Proc>,
     _echo: Proc,
     addr: String,
-    admin_addr: String,
-}
-
-/// `text` with `from` replaced, which must occur exactly once (a drifting envoy.yaml fails
-/// the test instead of silently testing something else).
-pub(crate) fn replace_once(text: &str, from: &str, to: &str) -> Result<String, String> {
-    match text.matches(from).count() {
-        1 => Ok(text.replacen(from, to, 1)),
-        n => Err(format!("envoy.yaml should contain {from:?} exactly once, found {n}")),
-    }
 }
 
 impl Envoy {
     fn start(p: &Paths, work: &Path, admin_addr: &str) -> Result<Envoy, String> {
-        // keygate-echo picks its port and prints it.
-        let echo_log = work.join("echo.log");
-        let echo_port = free_port()?;
-        let mut echo_cmd = Command::new(&p.echo);
-        echo_cmd.args(["--addr", &format!("127.0.0.1:{echo_port}")]);
-        let echo = Proc::spawn("keygate-echo", echo_cmd, echo_log)?;
-
-        let (port, envoy_admin_port) = (free_port()?, free_port()?);
-        let admin_port = admin_addr.rsplit(':').next().unwrap_or_default();
-        let mut yaml = std::fs::read_to_string(&p.envoy_yaml).map_err(|e| format!("{}: {e}", p.envoy_yaml.display()))?;
-        yaml = replace_once(&yaml, "port_value: 9901", &format!("port_value: {envoy_admin_port}"))?;
-        yaml = replace_once(&yaml, "port_value: 10000", &format!("port_value: {port}"))?;
-        yaml = replace_once(&yaml, "port_value: 8080", &format!("port_value: {admin_port}"))?;
-        yaml = replace_once(&yaml, "port_value: 8081", &format!("port_value: {echo_port}"))?;
-        yaml =
-            replace_once(&yaml, "filename: target/wasm32-wasip1/release/keygate_filter.wasm", &format!("filename: {}", p.wasm.display()))?;
-        // Every acknowledged key is checked after every round: lift the per-key hourly limit.
-        yaml = replace_once(
-            &yaml,
-            "\"max_staleness_secs\": 600,",
-            "\"max_staleness_secs\": 600, \"rate_limits\": {\"sk_per_hour\": 1000000000},",
-        )?;
-        let config = work.join("envoy.yaml");
-        std::fs::write(&config, yaml).map_err(|e| format!("{}: {e}", config.display()))?;
-        let mut cmd = Command::new(&p.envoy);
-        cmd.arg("-c")
-            .arg(&config)
-            .args(["--concurrency", "2", "--disable-hot-restart", "--log-level", "warn"])
-            .env("KEYGATE_PROXY_TOKEN", PROXY);
-        let envoy = Proc::spawn("envoy", cmd, work.join("envoy.log"))?;
-        let envoy = Envoy {
-            envoy: Mutex::new(envoy),
-            _echo: echo,
-            addr: format!("127.0.0.1:{port}"),
-            admin_addr: format!("127.0.0.1:{envoy_admin_port}"),
+        let (echo, echo_port) = stack::start_echo(p, work)?;
+        let admin_port = admin_addr.rsplit(':').next().and_then(|x| x.parse().ok()).ok_or("admin port")?;
+        let yaml = EnvoyYaml {
+            admin_port,
+            echo_port,
+            wasm: &p.wasm,
+            // Every acknowledged key is checked after every round: lift the per-key hourly limit.
+            extra: &[("\"max_staleness_secs\": 600,", "\"max_staleness_secs\": 600, \"rate_limits\": {\"sk_per_hour\": 1000000000},")],
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !http::get(&envoy.admin_addr, "/ready", TIMEOUT).is_ok_and(|r| r.status == 200) {
-            envoy.alive()?;
-            if Instant::now() > deadline {
-                return Err(format!("Envoy was not ready within 60 s; log {}", work.join("envoy.log").display()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(envoy)
+        let envoy = stack::start_envoy(p, work, &yaml, PROXY)?;
+        Ok(Envoy { envoy: Mutex::new(envoy.proc), _echo: echo, addr: envoy.addr })
     }
 
     fn alive(&self) -> Result<(), String> {

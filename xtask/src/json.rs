@@ -52,6 +52,51 @@ impl Json {
     }
 }
 
+impl Json {
+    /// Compact text: no spaces, integral numbers without a fraction.
+    pub fn compact(&self) -> String {
+        self.text(",", ":", None)
+    }
+
+    /// Readable text: a top-level object one member a line, an array of objects in it one
+    /// object a line, everything else inline (`{"a": 1, "b": [1, 2]}`).
+    pub fn pretty(&self) -> String {
+        self.text(", ", ": ", Some(0))
+    }
+
+    fn text(&self, comma: &str, colon: &str, depth: Option<usize>) -> String {
+        let lines = |items: Vec<String>, open: &str, close: &str, d: usize| {
+            let pad = "  ".repeat(d + 1);
+            format!("{open}\n{pad}{}\n{}{close}", items.join(&format!(",\n{pad}")), "  ".repeat(d))
+        };
+        match self {
+            Json::Null => "null".into(),
+            Json::Bool(b) => b.to_string(),
+            Json::Num(x) if !x.is_finite() => "null".into(),
+            Json::Num(x) if x.fract() == 0.0 && x.abs() < 9e15 => format!("{}", *x as i64),
+            Json::Num(x) => x.to_string(),
+            Json::Str(s) => quote(s),
+            Json::Arr(items) => {
+                let objects = !items.is_empty() && items.iter().all(|i| matches!(i, Json::Obj(_)));
+                let texts: Vec<String> = items.iter().map(|i| i.text(comma, colon, None)).collect();
+                match depth {
+                    Some(d @ 1) if objects => lines(texts, "[", "]", d),
+                    _ => format!("[{}]", texts.join(comma)),
+                }
+            }
+            Json::Obj(fields) => {
+                let inner = depth.map(|d| d + 1);
+                let texts: Vec<String> =
+                    fields.iter().map(|(k, v)| format!("{}{colon}{}", quote(k), v.text(comma, colon, inner))).collect();
+                match depth {
+                    Some(d @ 0) if !fields.is_empty() => lines(texts, "{", "}", d),
+                    _ => format!("{{{}}}", texts.join(comma)),
+                }
+            }
+        }
+    }
+}
+
 /// `s` as a JSON string literal, quotes included.
 pub fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -253,6 +298,18 @@ mod tests {
         assert!(Json::parse("{\"a\":1,}").is_err());
         assert!(Json::parse("[1 2]").is_err());
         assert!(Json::parse("\"\\ud83d\\ude00\"").is_ok_and(|v| v == Json::Str("😀".into())));
+    }
+
+    #[test]
+    fn writes_compact_and_pretty() {
+        let v = Json::parse(r#"{"a": 1, "b": [{"x": 1.5, "s": "q\", r: s"}, {"x": null}], "c": [1, 2], "d": {"e": true}}"#)
+            .unwrap_or(Json::Null);
+        assert_eq!(v.compact(), r#"{"a":1,"b":[{"x":1.5,"s":"q\", r: s"},{"x":null}],"c":[1,2],"d":{"e":true}}"#);
+        assert_eq!(
+            v.pretty(),
+            "{\n  \"a\": 1,\n  \"b\": [\n    {\"x\": 1.5, \"s\": \"q\\\", r: s\"},\n    {\"x\": null}\n  ],\n  \"c\": [1, 2],\n  \"d\": {\"e\": true}\n}"
+        );
+        assert_eq!(Json::parse(&v.pretty()), Ok(v));
     }
 
     #[test]

@@ -9,6 +9,8 @@ mod deploy;
 mod fuzz;
 mod http;
 mod json;
+mod proc;
+mod stack;
 mod sys;
 mod up;
 

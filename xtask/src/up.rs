@@ -5,12 +5,16 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use crate::http::{self, Response};
-use crate::json::{quote, Json};
+use crate::http;
+use crate::proc::{self, Proc};
+use crate::stack;
+
+mod demo;
 use crate::{fail, step, sys, Paths};
+use demo::{check_through_envoy, print_banner, seed, show, sign_in, SignIn};
 
 const ECHO_ADDR: &str = "127.0.0.1:8081";
 const ENVOY_ADDR: &str = "127.0.0.1:10000";
@@ -70,9 +74,7 @@ fn start_and_serve(p: &Paths, stack: &mut Stack) -> Result<(), String> {
     }
 
     sys::catch_signals();
-    let mut echo = Command::new(&p.echo);
-    echo.args(["--addr", ECHO_ADDR]);
-    stack.spawn("echo", &logs.join("echo.log"), echo)?;
+    stack.spawn("echo", &logs.join("echo.log"), stack::echo_command(p, ECHO_ADDR))?;
 
     let mut admin_cmd = Command::new(&p.admin);
     admin_cmd
@@ -85,7 +87,7 @@ fn start_and_serve(p: &Paths, stack: &mut Stack) -> Result<(), String> {
     stack.spawn("admin", &logs.join("admin.log"), admin_cmd)?;
 
     let mut envoy = Command::new(&p.envoy);
-    envoy.arg("-c").arg(&p.envoy_yaml).args(["--disable-hot-restart", "--log-level", "warn"]).env("KEYGATE_PROXY_TOKEN", &tokens.proxy);
+    stack::envoy_args(&mut envoy, &p.envoy_yaml, None, &tokens.proxy);
     stack.spawn("envoy", &logs.join("envoy.log"), envoy)?;
 
     step(&format!("waiting for keygate-admin: GET http://{admin}/healthz"));
@@ -215,211 +217,7 @@ fn rel(p: &Paths, path: &Path) -> String {
     path.strip_prefix(&p.root).unwrap_or(path).display().to_string()
 }
 
-// ---------------------------------------------------------------- the demo
-
-struct Demo {
-    business_id: String,
-    email: String,
-    password: String,
-    sk: String,
-    pk: String,
-}
-
-impl Demo {
-    fn to_json(&self) -> String {
-        format!(
-            "{{\n  \"businessId\": {},\n  \"email\": {},\n  \"password\": {},\n  \"secretKey\": {},\n  \"publishableKey\": {}\n}}\n",
-            quote(&self.business_id),
-            quote(&self.email),
-            quote(&self.password),
-            quote(&self.sk),
-            quote(&self.pk)
-        )
-    }
-
-    fn from_json(text: &str) -> Option<Demo> {
-        let v = Json::parse(text).ok()?;
-        Some(Demo {
-            business_id: v.str("businessId")?.to_string(),
-            email: v.str("email")?.to_string(),
-            password: v.str("password")?.to_string(),
-            sk: v.str("secretKey")?.to_string(),
-            pk: v.str("publishableKey")?.to_string(),
-        })
-    }
-}
-
-enum SignIn {
-    Ok { access: String, expires_in: f64, businesses: Vec<String> },
-    Rejected(Response),
-}
-
-fn sign_in(admin: &str, email: &str, password: &str) -> Result<SignIn, String> {
-    let body = format!("{{\"email\":{},\"password\":{}}}", quote(email), quote(password));
-    let r = http::request("POST", admin, "/auth/signin", &[], Some(&body), HTTP_TIMEOUT)?;
-    if r.status != 200 {
-        return Ok(SignIn::Rejected(r));
-    }
-    let v = Json::parse(&r.body).map_err(|e| format!("/auth/signin answer: {e}: {}", r.body))?;
-    let access = v.str("accessToken").ok_or_else(|| format!("/auth/signin: no accessToken in {}", r.body))?;
-    Ok(SignIn::Ok {
-        access: access.to_string(),
-        expires_in: v.num("expiresIn").unwrap_or(0.0),
-        businesses: v.arr("businesses").iter().filter_map(|b| b.str("id")).map(str::to_string).collect(),
-    })
-}
-
-fn show(r: &Response) -> String {
-    format!("HTTP {} {}", r.status, r.body.trim())
-}
-
-/// The demo kept in .keygate/demo.json if its user still signs in to its business, else a
-/// fresh business, user and sk/pk keys (written there).
-fn seed(p: &Paths, admin: &str, operator: &str) -> Result<Demo, String> {
-    let file = p.state.join("demo.json");
-    if let Some(d) = fs::read_to_string(&file).ok().and_then(|t| Demo::from_json(&t)) {
-        match sign_in(admin, &d.email, &d.password)? {
-            SignIn::Ok { businesses, .. } if businesses.contains(&d.business_id) => {
-                step(&format!("demo: reusing {} ({})", rel(p, &file), d.business_id));
-                return Ok(d);
-            }
-            SignIn::Ok { .. } => step("demo: the stored user is no longer in the stored business; seeding afresh"),
-            SignIn::Rejected(r) => step(&format!("demo: the stored user no longer signs in (HTTP {}); seeding afresh", r.status)),
-        }
-    }
-    step("demo: creating a business, a user and sk/pk live keys");
-    let auth = format!("Bearer {operator}");
-    let op = [("Authorization", auth.as_str())];
-    let post = |path: &str, body: String| http::request("POST", admin, path, &op, Some(&body), HTTP_TIMEOUT);
-    let expect_201 = |what: &str, r: Response| -> Result<Json, String> {
-        if r.status == 401 || r.status == 403 {
-            return Err(format!(
-                "{what}: {} (the operator token was refused: if {} holds data made with another \
-                 token, set KEYGATE_OPERATOR_TOKEN to that token or delete that directory)",
-                show(&r),
-                env_or("KEYGATE_DATA", "./data")
-            ));
-        }
-        if r.status != 201 && r.status != 200 {
-            return Err(format!("{what}: {}", show(&r)));
-        }
-        Json::parse(&r.body).map_err(|e| format!("{what}: {e}: {}", r.body))
-    };
-
-    let biz = expect_201("POST /v1/businesses", post("/v1/businesses", "{\"name\":\"Demo business\"}".into())?)?;
-    let business_id = biz.str("id").ok_or("POST /v1/businesses: no id in the answer")?.to_string();
-
-    let password = format!("demo-{}", random_hex(8)?);
-    let mut email = String::new();
-    for attempt in 0..5 {
-        let candidate = if attempt == 0 { "demo@example.com".to_string() } else { format!("demo-{}@example.com", random_hex(3)?) };
-        let body =
-            format!("{{\"email\":{},\"password\":{},\"businesses\":[{}]}}", quote(&candidate), quote(&password), quote(&business_id));
-        let r = post("/v1/users", body)?;
-        if r.status == 409 {
-            continue; // email_taken: a user from an earlier seed; make another
-        }
-        expect_201("POST /v1/users", r)?;
-        email = candidate;
-        break;
-    }
-    if email.is_empty() {
-        return Err("POST /v1/users: every demo email tried is taken".into());
-    }
-
-    let key = |kind: &str| -> Result<String, String> {
-        let body = format!("{{\"kind\":\"{kind}\",\"mode\":\"live\",\"name\":\"demo {kind}\"}}");
-        let path = format!("/v1/businesses/{business_id}/keys");
-        let v = expect_201(&format!("POST {path} ({kind})"), post(&path, body)?)?;
-        v.str("key").map(str::to_string).ok_or_else(|| format!("POST {path}: no key in the answer"))
-    };
-    let demo = Demo { sk: key("sk")?, pk: key("pk")?, business_id, email, password };
-    fs::create_dir_all(&p.state).map_err(|e| format!("create {}: {e}", p.state.display()))?;
-    write_private(&file, &demo.to_json())?;
-    step(&format!("demo: kept in {}", rel(p, &file)));
-    Ok(demo)
-}
-
-/// The two curl lines the banner prints, tried first: all three headers → 200 from echo
-/// (new keys reach the filter with its next snapshot, so allow a few seconds), none → 401.
-fn check_through_envoy(stack: &mut Stack, d: &Demo, access: &str) -> Result<(), String> {
-    let bearer = format!("Bearer {access}");
-    let all = [("Authorization", bearer.as_str()), ("SECRET_KEY", d.sk.as_str()), ("businessId", d.business_id.as_str())];
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut last;
-    loop {
-        if sys::caught().is_some() {
-            return Err("interrupted".into());
-        }
-        if let Some(dead) = stack.dead() {
-            return Err(dead);
-        }
-        match http::request("GET", ENVOY_ADDR, "/orders", &all, None, HTTP_TIMEOUT) {
-            Ok(r) if r.status == 200 => {
-                step("check: GET /orders through Envoy with all three headers → 200 from the echo upstream");
-                break;
-            }
-            Ok(r) => last = show(&r),
-            Err(e) => last = e,
-        }
-        if Instant::now() > deadline {
-            println!("warning: GET /orders with all three headers still answers {last}");
-            break;
-        }
-        std::thread::sleep(TICK);
-    }
-    let without_key = [all[0], all[2]];
-    match http::request("GET", ENVOY_ADDR, "/orders", &without_key, None, HTTP_TIMEOUT) {
-        Ok(r) if r.status == 401 => step("check: the same without SECRET_KEY → 401"),
-        Ok(r) => println!("warning: GET /orders without SECRET_KEY answers {}", show(&r)),
-        Err(e) => println!("warning: GET /orders without SECRET_KEY: {e}"),
-    }
-    Ok(())
-}
-
-fn print_banner(p: &Paths, admin: &str, t: &Tokens, d: &Demo, access: &str, expires_in: f64) {
-    let signin_body = format!("{{\"email\":{},\"password\":{}}}", quote(&d.email), quote(&d.password));
-    println!(
-        "
-keygate demo is up. Ctrl-C stops everything. Logs: {logs}/{{admin,envoy,echo}}.log
-
-  Envoy (keygate filter)  http://{ENVOY_ADDR}   → echo upstream http://{ECHO_ADDR}
-  Envoy admin             http://{ENVOY_ADMIN_ADDR}
-  keygate-admin           http://{admin}   operator token: {op}
-  dashboard               http://{admin}/ui/   (sign in as the user below: Settings → API Keys)
-  business id             {biz}
-  user                    {email}   password: {pw}
-  secret key (sk)         {sk}
-  publishable key (pk)    {pk}
-  access token            {access}
-                          (valid {mins} min; a fresh one: curl -s -X POST http://{admin}/auth/signin -H 'Content-Type: application/json' -d '{signin_body}')
-
-All three headers → 200, the echo upstream shows what keygate forwarded:
-  curl -i http://{ENVOY_ADDR}/orders -H \"Authorization: Bearer {access}\" -H \"SECRET_KEY: {sk}\" -H \"businessId: {biz}\"
-
-Without SECRET_KEY → 401 {{\"success\":false,…,\"code\":\"missing_credentials\"}}:
-  curl -i http://{ENVOY_ADDR}/orders -H \"Authorization: Bearer {access}\" -H \"businessId: {biz}\"
-",
-        logs = rel(p, &p.state.join("logs")),
-        op = t.operator,
-        biz = d.business_id,
-        email = d.email,
-        pw = d.password,
-        sk = d.sk,
-        pk = d.pk,
-        mins = (expires_in / 60.0).round(),
-    );
-    let _ = std::io::stdout().flush();
-}
-
 // ---------------------------------------------------------------- children
-
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-    exited: Option<ExitStatus>,
-}
 
 struct Stack {
     procs: Vec<Proc>,
@@ -428,23 +226,19 @@ struct Stack {
 
 impl Stack {
     fn spawn(&mut self, name: &'static str, log: &Path, mut cmd: Command) -> Result<(), String> {
-        let out = File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
-        cmd.current_dir(&self.root).stdin(Stdio::null()).stdout(out).stderr(err);
-        sys::own_group_die_with_parent(&mut cmd);
-        let child = cmd.spawn().map_err(|e| format!("start {name} ({:?}): {e}", cmd.get_program()))?;
-        step(&format!("started {name} (pid {}), log {}", child.id(), log.strip_prefix(&self.root).unwrap_or(log).display()));
-        self.procs.push(Proc { name, child, log: log.to_path_buf(), exited: None });
+        cmd.current_dir(&self.root);
+        let proc = Proc::spawn(name, cmd, log.to_path_buf())?;
+        step(&format!("started {name} (pid {}), log {}", proc.pid(), log.strip_prefix(&self.root).unwrap_or(log).display()));
+        self.procs.push(proc);
         Ok(())
     }
 
-    /// The first child that has exited, described with the tail of its log.
+    /// The first child that has exited (since last asked), described with the tail of its log.
     fn dead(&mut self) -> Option<String> {
         for proc in &mut self.procs {
-            if proc.exited.is_none() {
-                if let Ok(Some(status)) = proc.child.try_wait() {
-                    proc.exited = Some(status);
-                    return Some(format!("{} exited ({status}); {}", proc.name, tail(&proc.log, 25)));
+            if proc.exit_status().is_none() {
+                if let Some(status) = proc.exited() {
+                    return Some(format!("{} exited ({status}); {}", proc.name(), tail(proc.log(), 25)));
                 }
             }
         }
@@ -452,7 +246,7 @@ impl Stack {
     }
 
     fn log_of(&self, name: &str) -> Option<&Path> {
-        self.procs.iter().find(|p| p.name == name).map(|p| p.log.as_path())
+        self.procs.iter().find(|p| p.name() == name).map(Proc::log)
     }
 
     /// Polls `ready` until it holds; fails on timeout (with the logs of `logs`), a dead
@@ -480,39 +274,7 @@ impl Stack {
 
     /// SIGTERM to every child's process group, SIGKILL to those still there after 3 s.
     fn stop(&mut self) {
-        for proc in self.procs.iter_mut().rev() {
-            if proc.exited.is_none() {
-                if let Ok(Some(status)) = proc.child.try_wait() {
-                    proc.exited = Some(status);
-                } else {
-                    sys::kill_group(proc.child.id(), sys::SIGTERM);
-                }
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            let mut running = 0;
-            for proc in &mut self.procs {
-                if proc.exited.is_none() {
-                    match proc.child.try_wait() {
-                        Ok(Some(status)) => proc.exited = Some(status),
-                        Ok(None) => running += 1,
-                        Err(_) => proc.exited = proc.child.wait().ok(),
-                    }
-                }
-            }
-            if running == 0 || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for proc in &mut self.procs {
-            if proc.exited.is_none() {
-                println!("==> {} did not stop within 3 s: SIGKILL", proc.name);
-                sys::kill_group(proc.child.id(), sys::SIGKILL);
-                proc.exited = proc.child.wait().ok();
-            }
-        }
+        proc::stop_all(&mut self.procs, Duration::from_secs(3));
         self.procs.clear();
     }
 }
@@ -538,6 +300,7 @@ fn tail(log: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::Json;
 
     #[test]
     fn probe_addr_maps_unspecified_to_loopback() {
@@ -545,20 +308,6 @@ mod tests {
         assert_eq!(probe_addr("[::]:8080"), "[::1]:8080");
         assert_eq!(probe_addr("127.0.0.2:1"), "127.0.0.2:1");
         assert_eq!(probe_addr("localhost:8080"), "localhost:8080");
-    }
-
-    #[test]
-    fn demo_state_round_trips() {
-        let d = Demo {
-            business_id: "biz_1".into(),
-            email: "demo@example.com".into(),
-            password: "p\"w".into(),
-            sk: "sk_live_x".into(),
-            pk: "pk_live_y".into(),
-        };
-        let back = Demo::from_json(&d.to_json());
-        assert!(back.is_some_and(|b| b.business_id == "biz_1" && b.password == "p\"w" && b.pk == "pk_live_y"));
-        assert!(Demo::from_json("{\"businessId\":\"x\"}").is_none());
     }
 
     /// The mini client against the real keygate-echo, started and stopped the way `up` does.
@@ -576,7 +325,7 @@ mod tests {
         let mut cmd = Command::new(bin);
         cmd.args(["--addr", "127.0.0.1:0"]);
         stack.spawn("echo", &log, cmd)?;
-        let pid = stack.procs.first().map(|p| p.child.id()).unwrap_or(0);
+        let pid = stack.procs.first().map(Proc::pid).unwrap_or(0);
 
         let mut addr = String::new();
         stack.wait_until("echo's listening line", Duration::from_secs(20), &["echo"], || {

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{free_port, Proc};
-use crate::crash::replace_once;
+use crate::proc::{free_port, Proc};
+use crate::stack::{self, EnvoyYaml};
 use crate::{http, step, Paths};
 
 const PROXY_TOKEN: &str = "kgp_ip_flood_proxy_token_for_measurement";
@@ -96,37 +96,14 @@ fn run(p: &Paths, o: &Options) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
 
-    let (echo_port, admin_port, listen_port, envoy_admin_port) = (free_port()?, free_port()?, free_port()?, free_port()?);
-    let mut echo_cmd = Command::new(&p.echo);
-    echo_cmd.args(["--addr", &format!("127.0.0.1:{echo_port}")]);
-    let mut echo = Proc::spawn("keygate-echo", echo_cmd, dir.join("echo.log"))?;
+    let (mut echo, echo_port) = stack::start_echo(p, &dir)?;
+    let admin_port = free_port()?;
     let mut admin_cmd = Command::new(&p.admin);
-    admin_cmd.args(["serve", "--addr", &format!("127.0.0.1:{admin_port}"), "--data"]).arg(dir.join("data"));
-    admin_cmd
-        .env("KEYGATE_OPERATOR_TOKEN", OPERATOR_TOKEN)
-        .env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN)
-        .env("RUST_LOG", "warn")
-        .env("NO_COLOR", "1");
+    stack::admin_serve(&mut admin_cmd, &format!("127.0.0.1:{admin_port}"), &dir.join("data"), OPERATOR_TOKEN, PROXY_TOKEN);
     let mut admin = Proc::spawn("keygate-admin", admin_cmd, dir.join("admin.log"))?;
-
-    let mut yaml = std::fs::read_to_string(&p.envoy_yaml).map_err(|e| e.to_string())?;
-    yaml = replace_once(&yaml, "port_value: 9901", &format!("port_value: {envoy_admin_port}"))?;
-    yaml = replace_once(&yaml, "port_value: 10000", &format!("port_value: {listen_port}"))?;
-    yaml = replace_once(&yaml, "port_value: 8080", &format!("port_value: {admin_port}"))?;
-    yaml = replace_once(&yaml, "port_value: 8081", &format!("port_value: {echo_port}"))?;
-    yaml = replace_once(&yaml, "filename: target/wasm32-wasip1/release/keygate_filter.wasm", &format!("filename: {}", wasm.display()))?;
-    let config = dir.join("envoy.yaml");
-    std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
-    let mut envoy_cmd = Command::new(&p.envoy);
-    envoy_cmd
-        .arg("-c")
-        .arg(&config)
-        .args(["--concurrency", "2", "--disable-hot-restart", "--log-level", "warn"])
-        .env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN);
-    let mut envoy = Proc::spawn("envoy", envoy_cmd, dir.join("envoy.log"))?;
-
-    let envoy_admin = format!("127.0.0.1:{envoy_admin_port}");
-    let envoy_addr = format!("127.0.0.1:{listen_port}");
+    let yaml = EnvoyYaml { admin_port, echo_port, wasm: &wasm, extra: &[] };
+    let stack::Envoy { proc: mut envoy, addr: envoy_addr, admin_addr: envoy_admin } = stack::start_envoy(p, &dir, &yaml, PROXY_TOKEN)?;
+    let listen_port: u16 = envoy_addr.rsplit(':').next().and_then(|x| x.parse().ok()).ok_or("Envoy's port")?;
     wait_until("the stack ready (a snapshot in the filter)", &mut [&mut echo, &mut admin, &mut envoy], || {
         http::get(&envoy_admin, "/ready", T).is_ok_and(|r| r.status == 200)
             && http::get(&envoy_addr, "/orders", T).is_ok_and(|r| r.status == 401)
