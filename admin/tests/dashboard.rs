@@ -1,4 +1,4 @@
-//! The endpoints the dashboard (issue 9) needs, over real HTTP: `GET /v1/me`,
+//! The endpoints the dashboard needs, over real HTTP: `GET /v1/me`,
 //! `GET /v1/sessions`, `PATCH /v1/keys/{id}` (expiry, through the changelog), and the
 //! page itself under `/ui/` with its security headers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

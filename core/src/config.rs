@@ -30,7 +30,7 @@ pub struct Route {
     pub methods: Vec<String>,
     #[serde(default = "default_requirement")]
     pub require: Requirement,
-    /// Accept the API key as `Authorization: Bearer sk_…` (seed 004 style).
+    /// Accept the API key as `Authorization: Bearer sk_…` (as some APIs take it).
     #[serde(default)]
     pub key_in_bearer: bool,
     /// Scopes the key (and the token, if it carries any) must all have.

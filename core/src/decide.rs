@@ -1,5 +1,5 @@
 //! `decide(policy, request, snapshot, now) -> Decision`: the whole per-request check,
-//! in the order of DESIGN.md's table. Pure: no I/O, no clock, no panics on any input.
+//! in the order of the README's decision table. Pure: no I/O, no clock, no panics on any input.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -290,7 +290,7 @@ impl TokenCache {
     }
 }
 
-/// The per-request decision. See DESIGN.md, "The decision". Verifies every token; the
+/// The per-request decision. The checks run in the order of the README's decision table. Verifies every token; the
 /// filter uses [`decide_cached`].
 pub fn decide(policy: &Policy, request: &RequestView<'_>, synced: Option<Synced<'_>>, now: UnixTime) -> Decision {
     decide_cached(policy, request, synced, now, &mut TokenCache::new(0))

@@ -1,4 +1,4 @@
-//! Every row of DESIGN.md's decision table and every error code, natively.
+//! Every row of the README's decision table and every error code, natively.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keygate_core::config::FilterConfig;

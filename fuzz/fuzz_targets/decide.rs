@@ -9,7 +9,7 @@
 //!   needs one; the key header is always stripped;
 //! - a denial's body is the stable JSON shape and never echoes a presented secret.
 //!
-//! Speed (issue 6 asks for 10 M executions; a profile showed key derivation and signing
+//! Speed (the goal was 10 M executions; a profile showed key derivation and signing
 //! taking most of each input): the two Ed25519 key pairs are derived once per process, and a
 //! token is signed with the derived key directly (byte for byte what `SigningKeyPair::sign`
 //! makes, which re-derives the key from PKCS#8 on every call; checked at start-up). What

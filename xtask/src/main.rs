@@ -349,7 +349,7 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
             let what = format!("cargo {}", a.join(" "));
             step(&what);
             let mut c = cargo(p, &a);
-            c.env("KEYGATE_COMPOSE_BIN", deploy::docker_compose()?); // tests/deploy.rs
+            c.env("KEYGATE_COMPOSE_BIN", deploy::docker_compose()?); // tests/deploy/
             c.env("KEYGATE_ENVOY_BIN", &p.envoy)
                 .env("KEYGATE_WASM", &p.wasm)
                 .env("KEYGATE_ADMIN_BIN", &p.admin)
@@ -360,14 +360,14 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
             run(&mut c, &what)
         });
         if cargo_args.is_empty() {
-            // issue 6: `cargo xtask fuzz --quick`, every target a few seconds; fails on a crash.
+            // `cargo xtask fuzz --quick`: every target a few seconds; fails on a crash.
             phase("fuzz-quick", &mut || fuzz::quick(p));
         }
         if cargo_args.is_empty() {
-            phase("crash-test", &mut || crash::crash_test(p, 3, 64)); // issue 6: `cargo xtask crash-test` quick form
+            phase("crash-test", &mut || crash::crash_test(p, 3, 64)); // `cargo xtask crash-test`, quick form
         }
         if cargo_args.is_empty() {
-            phase("api-fuzz", &mut || apifuzz::api_fuzz(p, 25)); // issue 6: schemathesis against /openapi.json
+            phase("api-fuzz", &mut || apifuzz::api_fuzz(p, 25)); // schemathesis against /openapi.json
         }
         if cargo_args.is_empty() {
             // `cargo xtask bench --quick`: each configuration answers correctly (never a speed).

@@ -1,4 +1,4 @@
-//! `cargo xtask import-bench [--keys N] [--no-envoy]` (issue 9): how long
+//! `cargo xtask import-bench [--keys N] [--no-envoy]`: how long
 //! `keygate-admin import` takes for N keys (default 1 000 000) against a release
 //! `keygate-admin serve`, and then how long a fresh Envoy with the keygate filter takes to
 //! hold them all, checked with an imported raw key through Envoy. Half the lines are raw

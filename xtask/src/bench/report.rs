@@ -124,7 +124,7 @@ fn markdown(p: &Paths, mode: &Mode, r: &Report, cores: &Cores, m: &Machine) -> S
     }
     let mark = |ok: bool| if ok { "met" } else { "**missed**" };
     let big = r.keys.iter().max_by_key(|k| k.keys);
-    let _ = writeln!(md, "\n## Targets (issue 8)\n");
+    let _ = writeln!(md, "\n## Targets\n");
     let _ = writeln!(md, "| target | measured | |");
     let _ = writeln!(md, "| --- | --- | --- |");
     let (r52, r53, r54) = (rps(5) / rps(2), rps(5) / rps(3), rps(5) / rps(4));
