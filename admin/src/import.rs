@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
+use crate::api::{blocking, clean_name};
 use crate::error::{json_response, AdminError};
-use crate::handlers::{blocking, clean_name};
 use crate::state::AppState;
 use crate::store::{now, ImportOutcome, Key};
 use crate::{random, rfc3339};

@@ -11,7 +11,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::handlers;
+use crate::api;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,29 +21,29 @@ use crate::handlers;
 Errors always answer `{\"success\": false, \"error\": \"<words>\", \"code\": \"<code>\"}`."
     ),
     paths(
-        handlers::healthz,
-        handlers::metrics,
-        handlers::openapi,
-        handlers::jwks,
-        handlers::create_business,
-        handlers::create_user,
-        handlers::signin,
-        handlers::refresh,
-        handlers::logout,
-        handlers::login,
-        handlers::create_key,
-        handlers::list_keys,
-        handlers::deactivate_key,
-        handlers::activate_key,
-        handlers::rotate_key,
-        handlers::key_usage,
-        handlers::usage,
-        handlers::rotate_signing_key,
-        handlers::revoke_session,
-        handlers::snapshot,
-        handlers::me,
-        handlers::list_sessions,
-        handlers::update_key,
+        api::health::healthz,
+        api::health::metrics,
+        api::health::openapi,
+        api::tokens::jwks,
+        api::businesses::create_business,
+        api::users::create_user,
+        api::auth::signin,
+        api::auth::refresh,
+        api::auth::logout,
+        api::auth::login,
+        api::keys::create_key,
+        api::keys::list_keys,
+        api::keys::deactivate_key,
+        api::keys::activate_key,
+        api::keys::rotate_key,
+        api::keys::key_usage,
+        api::feed::usage,
+        api::tokens::rotate_signing_key,
+        api::sessions::revoke_session,
+        api::feed::snapshot,
+        api::sessions::me,
+        api::sessions::list_sessions,
+        api::keys::update_key,
         crate::import::import_keys,
         crate::ui::redirect,
         crate::ui::page,
