@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::{blocking, normalize_email, ok_json, BusinessView, SessionRevoked};
+use super::{business_views, durable_write, normalize_email, ok_json, BusinessView, SessionRevoked};
 use crate::error::{AdminError, ErrorBody};
 use crate::random;
 use crate::state::AppState;
@@ -43,12 +43,7 @@ pub struct SignInResponse {
 /// The sign-in answer for `user`'s session: its access token, refresh token and businesses.
 fn signin_response(state: &AppState, user: &User, issued: &IssuedToken, refresh: String, now: UnixTime) -> Result<Response, AdminError> {
     let access_token = state.tokens().sign(issued)?;
-    let mut businesses = Vec::with_capacity(user.businesses.len());
-    for id in &user.businesses {
-        if let Some(b) = state.store().business(id)? {
-            businesses.push(BusinessView { id: b.id, name: b.name });
-        }
-    }
+    let businesses = business_views(state, &user.businesses)?;
     ok_json(
         StatusCode::OK,
         &SignInResponse {
@@ -111,8 +106,7 @@ pub async fn signin(state: AppState, client: IpAddr, body: SignIn) -> Result<Res
         revoked_at: None,
     };
     let (cap, leeway) = (state.config().max_sessions_per_user, state.config().token_leeway_secs);
-    let (evicted, ticket) = blocking(state.store(), move |s| s.create_signin_session(&session, &refresh_hash, cap, leeway)).await?;
-    state.store().wait_durable(ticket).await?;
+    let evicted = durable_write(state.store(), move |s| s.create_signin_session(&session, &refresh_hash, cap, leeway)).await?;
     for old in &evicted {
         tracing::info!(user = %user.id, session = %old.sid, "oldest session revoked: the account is at its session cap");
     }
@@ -152,8 +146,7 @@ pub async fn refresh(state: AppState, body: Refresh) -> Result<Response, AdminEr
     let new = random::sha256(&refresh);
     let (refresh_ttl, leeway) = (state.config().refresh_ttl_secs, state.config().token_leeway_secs);
     let record = issued.clone();
-    let (outcome, ticket) = blocking(state.store(), move |s| s.refresh(&old, &new, &record, refresh_ttl, leeway)).await?;
-    state.store().wait_durable(ticket).await?;
+    let outcome = durable_write(state.store(), move |s| s.refresh(&old, &new, &record, refresh_ttl, leeway)).await?;
     match outcome {
         RefreshOutcome::Refreshed(_) => {
             tracing::info!(user = %user.id, session = %sid, "refreshed");
@@ -182,8 +175,7 @@ pub async fn logout(state: AppState, header: Option<String>) -> Result<Response,
     }
     let leeway = state.config().token_leeway_secs;
     let sid = claims.sid.clone();
-    let (revoked, ticket) = blocking(state.store(), move |s| s.revoke_session(&sid, leeway)).await?;
-    state.store().wait_durable(ticket).await?;
+    let revoked = durable_write(state.store(), move |s| s.revoke_session(&sid, leeway)).await?;
     tracing::info!(session = %revoked.sid, "logged out");
     ok_json(StatusCode::OK, &SessionRevoked { sid: revoked.sid, revoked: true, until: revoked.until })
 }
@@ -288,10 +280,9 @@ pub async fn login(state: AppState, client: IpAddr, body: Login) -> Result<Respo
     let key_id = key.id.clone();
     let pair_session = client_session.clone();
     let client_net = crate::throttle::client_net(client).to_string();
-    let (session, ticket) =
-        blocking(state.store(), move |s| s.key_session_token(&key_id, &pair_session, &client_net, &candidate, reusable, cap, leeway))
+    let session =
+        durable_write(state.store(), move |s| s.key_session_token(&key_id, &pair_session, &client_net, &candidate, reusable, cap, leeway))
             .await?;
-    state.store().wait_durable(ticket).await?;
     let issued = session.current.ok_or(AdminError::Internal("a key session without a token"))?;
     if !tokens.still_good(&issued, now) {
         return Err(AdminError::Internal("a key session holds a token that cannot be reused"));

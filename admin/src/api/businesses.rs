@@ -5,7 +5,7 @@ use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::{blocking, clean_name, ok_json, BusinessView};
+use super::{clean_name, durable_write, ok_json, BusinessView};
 use crate::error::{AdminError, ErrorBody};
 use crate::random;
 use crate::state::AppState;
@@ -29,8 +29,7 @@ pub async fn create_business(state: AppState, body: CreateBusiness) -> Result<Re
     let name = clean_name(&body.name, "name")?;
     let business = Business { id: random::id("biz_")?, name, created_at: now() };
     let record = business.clone();
-    let ticket = blocking(state.store(), move |s| s.create_business(&record)).await?;
-    state.store().wait_durable(ticket).await?;
+    durable_write(state.store(), move |s| s.create_business(&record)).await?;
     tracing::info!(business = %business.id, "business created");
     ok_json(StatusCode::CREATED, &BusinessView { id: business.id, name: business.name })
 }

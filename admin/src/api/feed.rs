@@ -74,7 +74,8 @@ pub struct SnapshotQuery {
 /// Largest page a client may ask for.
 pub const MAX_PAGE_KEYS: u64 = 100_000;
 
-/// Parses `since=V&wait=S` (both optional, nothing else allowed).
+/// Parses the feed's query: `since`, `wait`, `limit`, `after`, `history` and `revoked`, each
+/// optional and at most once, in the combinations [`snapshot`] serves; anything else is refused.
 pub fn parse_snapshot_query(raw: &str) -> Result<SnapshotQuery, AdminError> {
     let mut query = SnapshotQuery::default();
     let mut wait = None;

@@ -1,12 +1,14 @@
 //! API keys: create, list, (de)activate, change, rotate, and their usage.
 
-use keygate_core::{ApiKey, KeyKind, Mode, UnixTime};
+use keygate_core::{ApiKey, KeyKind, Mode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::{blocking, clean_name, clean_scopes, is_id, ok_json};
+use std::future::Future;
+
+use super::{blocking, clean_name, clean_scopes, durable_write, is_id, ok_json, request_expiry};
 use crate::auth::Caller;
 use crate::error::{AdminError, ErrorBody};
 use crate::openapi::{KeyKindSchema, ModeSchema};
@@ -101,24 +103,12 @@ pub async fn create_key(state: AppState, caller: Caller, business: String, body:
     let name = body.name.as_deref().map(|n| clean_name(n, "name")).transpose()?;
     let scopes = clean_scopes(body.scopes)?;
     let now = now();
-    let expires_at: Option<UnixTime> = match body.expires_at.as_deref() {
-        None => None,
-        Some(text) => {
-            let at =
-                rfc3339::parse(text).ok_or_else(|| AdminError::InvalidRequest("expires_at must be an RFC 3339 date-time".to_owned()))?;
-            if at <= now {
-                return Err(AdminError::InvalidRequest("expires_at must be in the future".to_owned()));
-            }
-            Some(at)
-        }
-    };
+    let expires_at = body.expires_at.as_deref().map(|text| request_expiry(text, now)).transpose()?;
     if state.store().business(&business)?.is_none() {
         return Err(AdminError::BusinessNotFound);
     }
-    // A collision of a fresh id or hash is astronomically unlikely; retry rather than fail.
-    for _ in 0..3 {
-        let api_key = ApiKey::generate(body.kind, body.mode, random::key_material()?)
-            .ok_or(AdminError::Internal("key generation ran out of randomness"))?;
+    let store = state.store();
+    let (api_key, key) = with_fresh_key(body.kind, body.mode, |api_key| {
         let key = Key {
             id: random::id("key_")?,
             business: business.clone(),
@@ -136,17 +126,52 @@ pub async fn create_key(state: AppState, caller: Caller, business: String, body:
             grace: vec![],
         };
         let record = key.clone();
-        match blocking(state.store(), move |s| s.create_key(&record)).await {
-            Ok(ticket) => {
-                state.store().wait_durable(ticket).await?;
-                tracing::info!(key = %key.id, business = %key.business, prefix = %key.prefix, "api key created");
-                return ok_json(StatusCode::CREATED, &KeyView::of(&key, Some(api_key.expose().to_owned())));
-            }
+        Ok(async move { durable_write(store, move |s| s.create_key(&record)).await.map(|()| key) })
+    })
+    .await?;
+    tracing::info!(key = %key.id, business = %key.business, prefix = %key.prefix, "api key created");
+    ok_json(StatusCode::CREATED, &KeyView::of(&key, Some(api_key.expose().to_owned())))
+}
+
+/// Stores a key record with a fresh raw key from `write`, drawing another raw key if a
+/// fresh id or hash collides (astronomically unlikely) rather than failing.
+async fn with_fresh_key<T, Fut>(
+    kind: KeyKind,
+    mode: Mode,
+    mut write: impl FnMut(&ApiKey) -> Result<Fut, AdminError>,
+) -> Result<(ApiKey, T), AdminError>
+where
+    Fut: Future<Output = Result<T, AdminError>>,
+{
+    for _ in 0..3 {
+        let api_key =
+            ApiKey::generate(kind, mode, random::key_material()?).ok_or(AdminError::Internal("key generation ran out of randomness"))?;
+        match write(&api_key)?.await {
+            Ok(value) => return Ok((api_key, value)),
             Err(AdminError::Store(StoreError::Collision)) => continue,
             Err(e) => return Err(e),
         }
     }
     Err(AdminError::Internal("could not generate a unique key"))
+}
+
+/// The key `key_id` names, when the caller may manage its business.
+fn managed_key(state: &AppState, caller: &Caller, key_id: &str) -> Result<Key, AdminError> {
+    check_key_id(key_id)?;
+    let key = state.store().key(key_id)?.ok_or(AdminError::KeyNotFound)?;
+    if !caller.may_manage(&key.business) {
+        return Err(AdminError::Forbidden);
+    }
+    Ok(key)
+}
+
+/// A malformed key id names no key.
+fn check_key_id(key_id: &str) -> Result<(), AdminError> {
+    if is_id(key_id, "key_") {
+        Ok(())
+    } else {
+        Err(AdminError::KeyNotFound)
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -187,15 +212,8 @@ pub async fn activate_key(state: AppState, caller: Caller, key_id: String) -> Re
 }
 
 async fn set_key_active(state: AppState, caller: Caller, key_id: String, active: bool) -> Result<Response, AdminError> {
-    if !is_id(&key_id, "key_") {
-        return Err(AdminError::KeyNotFound);
-    }
-    let key = state.store().key(&key_id)?.ok_or(AdminError::KeyNotFound)?;
-    if !caller.may_manage(&key.business) {
-        return Err(AdminError::Forbidden);
-    }
-    let (key, ticket) = blocking(state.store(), move |s| s.set_key_active(&key_id, active)).await?;
-    state.store().wait_durable(ticket).await?;
+    managed_key(&state, &caller, &key_id)?;
+    let key = durable_write(state.store(), move |s| s.set_key_active(&key_id, active)).await?;
     tracing::info!(key = %key.id, active, "api key activation changed");
     ok_json(StatusCode::OK, &KeyView::of(&key, None))
 }
@@ -223,29 +241,14 @@ pub struct UpdateKey {
     )
 )]
 pub async fn update_key(state: AppState, caller: Caller, key_id: String, body: UpdateKey) -> Result<Response, AdminError> {
-    if !is_id(&key_id, "key_") {
-        return Err(AdminError::KeyNotFound);
-    }
+    // Checked before the body, as it always was: a malformed id answers 404 first.
+    check_key_id(&key_id)?;
     let Some(expires_at) = body.expires_at else {
         return Err(AdminError::InvalidRequest("nothing to change: give expires_at (an RFC 3339 date-time, or null for none)".to_owned()));
     };
-    let expires_at = match expires_at.as_deref() {
-        None => None,
-        Some(text) => {
-            let at =
-                rfc3339::parse(text).ok_or_else(|| AdminError::InvalidRequest("expires_at must be an RFC 3339 date-time".to_owned()))?;
-            if at <= now() {
-                return Err(AdminError::InvalidRequest("expires_at must be in the future".to_owned()));
-            }
-            Some(at)
-        }
-    };
-    let key = state.store().key(&key_id)?.ok_or(AdminError::KeyNotFound)?;
-    if !caller.may_manage(&key.business) {
-        return Err(AdminError::Forbidden);
-    }
-    let (key, ticket) = blocking(state.store(), move |s| s.set_key_expiry(&key_id, expires_at)).await?;
-    state.store().wait_durable(ticket).await?;
+    let expires_at = expires_at.as_deref().map(|text| request_expiry(text, now())).transpose()?;
+    managed_key(&state, &caller, &key_id)?;
+    let key = durable_write(state.store(), move |s| s.set_key_expiry(&key_id, expires_at)).await?;
     tracing::info!(key = %key.id, expires_at = ?key.expires_at, "api key expiry changed");
     ok_json(StatusCode::OK, &KeyView::of(&key, None))
 }
@@ -271,33 +274,22 @@ pub const MAX_ROTATION_GRACE_SECS: u64 = 30 * 24 * 3600;
     )
 )]
 pub async fn rotate_key(state: AppState, caller: Caller, key_id: String, body: RotateKey) -> Result<Response, AdminError> {
-    if !is_id(&key_id, "key_") {
-        return Err(AdminError::KeyNotFound);
-    }
+    // Checked before the body, as it always was: a malformed id answers 404 first.
+    check_key_id(&key_id)?;
     let grace = body.grace_secs.unwrap_or(0);
     if grace > MAX_ROTATION_GRACE_SECS {
         return Err(AdminError::InvalidRequest(format!("grace_secs must be 0 to {MAX_ROTATION_GRACE_SECS}")));
     }
-    let key = state.store().key(&key_id)?.ok_or(AdminError::KeyNotFound)?;
-    if !caller.may_manage(&key.business) {
-        return Err(AdminError::Forbidden);
-    }
+    let key = managed_key(&state, &caller, &key_id)?;
     let leeway = state.config().token_leeway_secs;
-    for _ in 0..3 {
-        let api_key = ApiKey::generate(key.kind, key.mode, random::key_material()?)
-            .ok_or(AdminError::Internal("key generation ran out of randomness"))?;
+    let store = state.store();
+    let (api_key, (rotated, revoked)) = with_fresh_key(key.kind, key.mode, |api_key| {
         let (id, hash, prefix) = (key_id.clone(), api_key.hash(), api_key.display_prefix().to_owned());
-        match blocking(state.store(), move |s| s.rotate_key(&id, hash, &prefix, grace, leeway)).await {
-            Ok((rotated, revoked, ticket)) => {
-                state.store().wait_durable(ticket).await?;
-                tracing::info!(key = %rotated.id, prefix = %rotated.prefix, grace_secs = grace, sessions_revoked = revoked.len(), "api key rotated");
-                return ok_json(StatusCode::OK, &KeyView::of(&rotated, Some(api_key.expose().to_owned())));
-            }
-            Err(AdminError::Store(StoreError::Collision)) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(AdminError::Internal("could not generate a unique key"))
+        Ok(durable_write(store, move |s| s.rotate_key(&id, hash, &prefix, grace, leeway)))
+    })
+    .await?;
+    tracing::info!(key = %rotated.id, prefix = %rotated.prefix, grace_secs = grace, sessions_revoked = revoked.len(), "api key rotated");
+    ok_json(StatusCode::OK, &KeyView::of(&rotated, Some(api_key.expose().to_owned())))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -324,13 +316,7 @@ pub struct KeyUsageView {
     )
 )]
 pub async fn key_usage(state: AppState, caller: Caller, key_id: String) -> Result<Response, AdminError> {
-    if !is_id(&key_id, "key_") {
-        return Err(AdminError::KeyNotFound);
-    }
-    let key = state.store().key(&key_id)?.ok_or(AdminError::KeyNotFound)?;
-    if !caller.may_manage(&key.business) {
-        return Err(AdminError::Forbidden);
-    }
+    let key = managed_key(&state, &caller, &key_id)?;
     let id = key_id.clone();
     let record = blocking(state.store(), move |s| s.key_usage(&id)).await?;
     let hours: Vec<HourCount> =

@@ -11,7 +11,7 @@ pub mod sessions;
 pub mod tokens;
 pub mod users;
 
-use keygate_core::base62;
+use keygate_core::{base62, UnixTime};
 use serde::Serialize;
 use utoipa::ToSchema;
 use warp::http::StatusCode;
@@ -19,7 +19,9 @@ use warp::reply::Response;
 
 use crate::error::{json_response, AdminError};
 use crate::random;
-use crate::store::{Store, StoreError};
+use crate::rfc3339;
+use crate::state::AppState;
+use crate::store::{Store, StoreError, Ticket};
 
 pub const MAX_NAME_CHARS: usize = 200;
 pub const MAX_SCOPES: usize = 50;
@@ -33,6 +35,45 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T, AdminError> {
     let store = store.clone();
     Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
+}
+
+/// What a store write returns: its answer and the ticket to wait on before telling anyone.
+pub(crate) trait Written {
+    type Value;
+    fn split(self) -> (Self::Value, Ticket);
+}
+
+impl Written for Ticket {
+    type Value = ();
+    fn split(self) -> ((), Ticket) {
+        ((), self)
+    }
+}
+
+impl<A> Written for (A, Ticket) {
+    type Value = A;
+    fn split(self) -> (A, Ticket) {
+        self
+    }
+}
+
+impl<A, B> Written for (A, B, Ticket) {
+    type Value = (A, B);
+    fn split(self) -> ((A, B), Ticket) {
+        let (a, b, ticket) = self;
+        ((a, b), ticket)
+    }
+}
+
+/// Runs a store write on the blocking pool and waits until it is durable: nothing is
+/// answered about a write that a crash could still undo.
+pub(crate) async fn durable_write<W: Written + Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(&Store) -> Result<W, StoreError> + Send + 'static,
+) -> Result<W::Value, AdminError> {
+    let (value, ticket) = blocking(store, f).await?.split();
+    store.wait_durable(ticket).await?;
+    Ok(value)
 }
 
 fn ok_json<T: Serialize>(status: StatusCode, body: &T) -> Result<Response, AdminError> {
@@ -55,12 +96,13 @@ pub(crate) fn clean_name(raw: &str, field: &str) -> Result<String, AdminError> {
     Ok(name.to_owned())
 }
 
-/// Trimmed and lowercased; loosely validated: one `@`, something before it, a dot in
-/// the domain, no spaces or control characters, at most 254 bytes.
+/// An email as stored and looked up: trimmed and lowercased.
 pub fn normalize_email(raw: &str) -> String {
     raw.trim().to_lowercase()
 }
 
+/// Loosely validated: one `@`, something before it, a dot in the domain, no spaces or
+/// control characters, at most 254 bytes.
 fn valid_email(email: &str) -> bool {
     let Some((local, domain)) = email.split_once('@') else {
         return false;
@@ -114,6 +156,46 @@ pub struct SessionRevoked {
     revoked: bool,
     /// Unix seconds until which the revocation is published to the filters.
     until: u64,
+}
+
+/// Why an `expires_at` was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadExpiry {
+    NotRfc3339,
+    NotInFuture,
+}
+
+/// An `expires_at` as the API and the import take it: an RFC 3339 time after `now`.
+pub(crate) fn parse_expiry(text: &str, now: UnixTime) -> Result<UnixTime, BadExpiry> {
+    let at = rfc3339::parse(text).ok_or(BadExpiry::NotRfc3339)?;
+    if at <= now {
+        return Err(BadExpiry::NotInFuture);
+    }
+    Ok(at)
+}
+
+/// `parse_expiry` for a request body, with the API's messages.
+fn request_expiry(text: &str, now: UnixTime) -> Result<UnixTime, AdminError> {
+    parse_expiry(text, now).map_err(|bad| {
+        AdminError::InvalidRequest(
+            match bad {
+                BadExpiry::NotRfc3339 => "expires_at must be an RFC 3339 date-time",
+                BadExpiry::NotInFuture => "expires_at must be in the future",
+            }
+            .to_owned(),
+        )
+    })
+}
+
+/// The named businesses that exist, with their names, in the order given.
+fn business_views(state: &AppState, ids: &[String]) -> Result<Vec<BusinessView>, AdminError> {
+    let mut views = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(b) = state.store().business(id)? {
+            views.push(BusinessView { id: b.id, name: b.name });
+        }
+    }
+    Ok(views)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::{blocking, is_id, ok_json, BusinessView, SessionRevoked};
+use super::{blocking, business_views, durable_write, is_id, ok_json, BusinessView, SessionRevoked};
 use crate::auth::Caller;
 use crate::error::{AdminError, ErrorBody};
 use crate::rfc3339;
@@ -39,12 +39,7 @@ pub async fn me(state: AppState, caller: Caller) -> Result<Response, AdminError>
         return Err(AdminError::InvalidRequest("the operator token has no account; sign in as a member".to_owned()));
     };
     let user = state.store().user(&user_id)?.ok_or(AdminError::Unauthorized)?;
-    let mut views = Vec::with_capacity(businesses.len());
-    for id in &businesses {
-        if let Some(b) = state.store().business(id)? {
-            views.push(BusinessView { id: b.id, name: b.name });
-        }
-    }
+    let views = business_views(&state, &businesses)?;
     ok_json(StatusCode::OK, &MeView { user: MeUser { id: user.id, email: user.email }, session_id, businesses: views })
 }
 
@@ -114,8 +109,7 @@ pub async fn revoke_session(state: AppState, caller: Caller, sid: String) -> Res
         return Err(AdminError::Forbidden);
     }
     let leeway = state.config().token_leeway_secs;
-    let (revoked, ticket) = blocking(state.store(), move |s| s.revoke_session(&sid, leeway)).await?;
-    state.store().wait_durable(ticket).await?;
+    let revoked = durable_write(state.store(), move |s| s.revoke_session(&sid, leeway)).await?;
     tracing::info!(session = %revoked.sid, "session revoked");
     ok_json(StatusCode::OK, &SessionRevoked { sid: revoked.sid, revoked: true, until: revoked.until })
 }

@@ -5,7 +5,7 @@ use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::{blocking, is_id, normalize_email, ok_json, valid_email};
+use super::{durable_write, is_id, normalize_email, ok_json, valid_email};
 use crate::error::{AdminError, ErrorBody};
 use crate::passwords::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};
 use crate::random;
@@ -67,8 +67,7 @@ pub async fn create_user(state: AppState, body: CreateUser) -> Result<Response, 
     let password_phc = state.passwords().hash(body.password).await?;
     let user = User { id: random::id("usr_")?, email, password_phc, businesses, created_at: now() };
     let (id, email, businesses) = (user.id.clone(), user.email.clone(), user.businesses.clone());
-    let ticket = blocking(state.store(), move |s| s.create_user(&user)).await?;
-    state.store().wait_durable(ticket).await?;
+    durable_write(state.store(), move |s| s.create_user(&user)).await?;
     tracing::info!(user = %id, "user created");
     ok_json(StatusCode::CREATED, &UserView { id, email, businesses })
 }
