@@ -191,8 +191,7 @@ pub fn check_record(record: &ImportRecord, now: UnixTime) -> Result<Key, String>
 #[utoipa::path(post, path = "/v1/import/keys", tag = "keys", summary = "Import existing keys (raw or SHA-256) from another gateway; idempotent",
     security(("operator" = [])), request_body(content = ImportBatch, description = "Up to 1000 records, at most 1 MiB"),
     responses(
-        (status = 200, description = "One result per record, in order; stored on disk before this answer", body = BatchResult),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = crate::error::ErrorBody)
+        (status = 200, description = "One result per record, in order; stored on disk before this answer", body = BatchResult)
     )
 )]
 pub async fn import_keys(state: AppState, batch: ImportBatch) -> Result<Response, AdminError> {

@@ -9,7 +9,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::{business_views, durable_write, normalize_email, ok_json, BusinessView, SessionRevoked};
-use crate::error::{AdminError, ErrorBody};
+use crate::error::AdminError;
 use crate::random;
 use crate::state::AppState;
 use crate::store::{now, IssuedToken, RefreshOutcome, Session, SessionOwner, User};
@@ -58,8 +58,7 @@ fn signin_response(state: &AppState, user: &User, issued: &IssuedToken, refresh:
 
 #[utoipa::path(post, path = "/auth/signin", tag = "auth", summary = "Sign a member in with email and password", request_body = SignIn,
     responses(
-        (status = 200, description = "Signed in", body = SignInResponse),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "Signed in", body = SignInResponse)
     )
 )]
 pub async fn signin(state: AppState, client: IpAddr, body: SignIn) -> Result<Response, AdminError> {
@@ -122,8 +121,7 @@ pub struct Refresh {
 
 #[utoipa::path(post, path = "/auth/refresh", tag = "auth", summary = "Trade a refresh token for new tokens (the old refresh token is spent)", request_body = Refresh,
     responses(
-        (status = 200, description = "New tokens", body = SignInResponse),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "New tokens", body = SignInResponse)
     )
 )]
 pub async fn refresh(state: AppState, body: Refresh) -> Result<Response, AdminError> {
@@ -163,8 +161,7 @@ pub async fn refresh(state: AppState, body: Refresh) -> Result<Response, AdminEr
 /// Revokes the session of the bearer token (a sign-in or an API-key login token).
 #[utoipa::path(post, path = "/auth/logout", tag = "auth", summary = "Revoke the session of the bearer token", security(("member" = []), ("operator" = [])),
     responses(
-        (status = 200, description = "Revoked", body = SessionRevoked),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "Revoked", body = SessionRevoked)
     )
 )]
 pub async fn logout(state: AppState, header: Option<String>) -> Result<Response, AdminError> {
@@ -201,8 +198,7 @@ pub struct LoginResponse {
 
 #[utoipa::path(post, path = "/auth/login", tag = "auth", summary = "Log an API key in: an access token for the key and a client session", request_body = Login,
     responses(
-        (status = 200, description = "An access token (the same one again for the same key and session while it is valid)", body = LoginResponse),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "An access token (the same one again for the same key and session while it is valid)", body = LoginResponse)
     )
 )]
 pub async fn login(state: AppState, client: IpAddr, body: Login) -> Result<Response, AdminError> {

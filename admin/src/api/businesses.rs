@@ -6,7 +6,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::{clean_name, durable_write, ok_json, BusinessView};
-use crate::error::{AdminError, ErrorBody};
+use crate::error::AdminError;
 use crate::random;
 use crate::state::AppState;
 use crate::store::{now, Business};
@@ -21,8 +21,7 @@ pub struct CreateBusiness {
 
 #[utoipa::path(post, path = "/v1/businesses", tag = "businesses", summary = "Create a business (a tenant)", security(("operator" = [])), request_body = CreateBusiness,
     responses(
-        (status = 201, description = "Created", body = BusinessView),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 201, description = "Created", body = BusinessView)
     )
 )]
 pub async fn create_business(state: AppState, body: CreateBusiness) -> Result<Response, AdminError> {

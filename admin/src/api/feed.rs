@@ -10,7 +10,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::{blocking, ok_json, raw_json, MAX_WAIT_SECS};
-use crate::error::{AdminError, ErrorBody};
+use crate::error::AdminError;
 use crate::state::AppState;
 use crate::store::{now, StoreError};
 
@@ -28,8 +28,7 @@ pub struct UsageAccepted {
 
 #[utoipa::path(post, path = "/v1/usage", tag = "feed", summary = "Filters report per-key request counts", security(("proxy" = [])), request_body(content = crate::openapi::UsageReportSchema, description = "At most 10 000 keys and 1 MiB per report"),
     responses(
-        (status = 200, description = "Recorded", body = UsageAccepted),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "Recorded", body = UsageAccepted)
     )
 )]
 pub async fn usage(state: AppState, report: keygate_core::usage::UsageReport) -> Result<Response, AdminError> {
@@ -159,8 +158,7 @@ pub fn parse_snapshot_query(raw: &str) -> Result<SnapshotQuery, AdminError> {
         ("history" = Option<String>, Query, description = "With since: the history the client was sent with version since (64 hex digits); another history → 410"),
     ),
     responses(
-        (status = 200, description = "A snapshot or delta (see DESIGN.md for the wire format)", body = Object),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "A snapshot or delta (see DESIGN.md for the wire format)", body = Object)
     )
 )]
 pub async fn snapshot(state: AppState, query: SnapshotQuery) -> Result<Response, AdminError> {

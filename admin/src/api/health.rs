@@ -6,7 +6,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::{ok_json, raw_json};
-use crate::error::{AdminError, ErrorBody};
+use crate::error::AdminError;
 use crate::state::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -18,8 +18,7 @@ pub struct Health {
 
 #[utoipa::path(get, path = "/healthz", tag = "health", summary = "Liveness and the durable changelog version",
     responses(
-        (status = 200, description = "The server is up", body = Health),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "The server is up", body = Health)
     )
 )]
 pub async fn healthz(state: AppState) -> Result<Response, AdminError> {
@@ -29,8 +28,7 @@ pub async fn healthz(state: AppState) -> Result<Response, AdminError> {
 /// The Prometheus exposition (text format 0.0.4).
 #[utoipa::path(get, path = "/metrics", tag = "health", summary = "Prometheus metrics (text exposition format 0.0.4)",
     responses(
-        (status = 200, description = "The metrics", body = String, content_type = "text/plain"),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "The metrics", body = String, content_type = "text/plain")
     )
 )]
 pub async fn metrics(state: AppState) -> Result<Response, AdminError> {
@@ -46,8 +44,7 @@ pub async fn metrics(state: AppState) -> Result<Response, AdminError> {
 
 #[utoipa::path(get, path = "/openapi.json", tag = "health", summary = "This document: the admin API in OpenAPI 3.1",
     responses(
-        (status = 200, description = "The OpenAPI document", body = Object),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "The OpenAPI document", body = Object)
     )
 )]
 pub async fn openapi() -> Result<Response, AdminError> {

@@ -10,7 +10,7 @@ use std::future::Future;
 
 use super::{blocking, clean_name, clean_scopes, durable_write, is_id, ok_json, request_expiry};
 use crate::auth::Caller;
-use crate::error::{AdminError, ErrorBody};
+use crate::error::AdminError;
 use crate::openapi::{KeyKindSchema, ModeSchema};
 use crate::random;
 use crate::rfc3339;
@@ -94,8 +94,7 @@ fn check_business_access(caller: &Caller, business: &str) -> Result<(), AdminErr
 
 #[utoipa::path(post, path = "/v1/businesses/{id}/keys", tag = "keys", summary = "Create an API key; the raw key is in this answer only", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Business id")), request_body = CreateKey,
     responses(
-        (status = 201, description = "Created", body = KeyView),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 201, description = "Created", body = KeyView)
     )
 )]
 pub async fn create_key(state: AppState, caller: Caller, business: String, body: CreateKey) -> Result<Response, AdminError> {
@@ -182,8 +181,7 @@ pub struct KeyList {
 
 #[utoipa::path(get, path = "/v1/businesses/{id}/keys", tag = "keys", summary = "List a business's keys (never the raw keys)", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Business id")),
     responses(
-        (status = 200, description = "The keys", body = KeyList),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "The keys", body = KeyList)
     )
 )]
 pub async fn list_keys(state: AppState, caller: Caller, business: String) -> Result<Response, AdminError> {
@@ -198,14 +196,14 @@ pub async fn list_keys(state: AppState, caller: Caller, business: String) -> Res
 }
 
 #[utoipa::path(post, path = "/v1/keys/{id}/deactivate", tag = "keys", summary = "Deactivate a key (its tokens stop at once)", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")),
-    responses((status = 200, description = "The key", body = KeyView), (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody))
+    responses((status = 200, description = "The key", body = KeyView))
 )]
 pub async fn deactivate_key(state: AppState, caller: Caller, key_id: String) -> Result<Response, AdminError> {
     set_key_active(state, caller, key_id, false).await
 }
 
 #[utoipa::path(post, path = "/v1/keys/{id}/activate", tag = "keys", summary = "Activate a deactivated key", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")),
-    responses((status = 200, description = "The key", body = KeyView), (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody))
+    responses((status = 200, description = "The key", body = KeyView))
 )]
 pub async fn activate_key(state: AppState, caller: Caller, key_id: String) -> Result<Response, AdminError> {
     set_key_active(state, caller, key_id, true).await
@@ -236,8 +234,7 @@ pub struct UpdateKey {
 /// filters through the changelog like an activation change.
 #[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", summary = "Change a key's settings: set, move or clear its expiry", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")), request_body = UpdateKey,
     responses(
-        (status = 200, description = "The key", body = KeyView),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "The key", body = KeyView)
     )
 )]
 pub async fn update_key(state: AppState, caller: Caller, key_id: String, body: UpdateKey) -> Result<Response, AdminError> {
@@ -269,8 +266,7 @@ pub const MAX_ROTATION_GRACE_SECS: u64 = 30 * 24 * 3600;
 /// expiry). The old raw key stops at once, or after `grace_secs`.
 #[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", summary = "A new raw key for the same key record", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")), request_body(content = Option<RotateKey>, description = "Optional; an empty body means no grace"),
     responses(
-        (status = 200, description = "The key with its new raw key", body = KeyView),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "The key with its new raw key", body = KeyView)
     )
 )]
 pub async fn rotate_key(state: AppState, caller: Caller, key_id: String, body: RotateKey) -> Result<Response, AdminError> {
@@ -311,8 +307,7 @@ pub struct KeyUsageView {
 
 #[utoipa::path(get, path = "/v1/keys/{id}/usage", tag = "keys", summary = "A key's hourly request counts, as the filters reported them", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")),
     responses(
-        (status = 200, description = "Usage", body = KeyUsageView),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "Usage", body = KeyUsageView)
     )
 )]
 pub async fn key_usage(state: AppState, caller: Caller, key_id: String) -> Result<Response, AdminError> {

@@ -7,7 +7,7 @@ use warp::reply::Response;
 
 use super::{blocking, business_views, durable_write, is_id, ok_json, BusinessView, SessionRevoked};
 use crate::auth::Caller;
-use crate::error::{AdminError, ErrorBody};
+use crate::error::AdminError;
 use crate::rfc3339;
 use crate::state::AppState;
 use crate::store::{now, SessionOwner};
@@ -30,8 +30,7 @@ pub struct MeView {
 /// and the session their token belongs to. Members only (the operator has no account).
 #[utoipa::path(get, path = "/v1/me", tag = "auth", summary = "The signed-in member, their businesses and current session", security(("member" = [])),
     responses(
-        (status = 200, description = "The member", body = MeView),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "The member", body = MeView)
     )
 )]
 pub async fn me(state: AppState, caller: Caller) -> Result<Response, AdminError> {
@@ -66,8 +65,7 @@ pub struct SessionList {
 /// The caller's live sign-in sessions, oldest first. Members only.
 #[utoipa::path(get, path = "/v1/sessions", tag = "auth", summary = "The signed-in member's live sessions", security(("member" = [])),
     responses(
-        (status = 200, description = "The sessions", body = SessionList),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "The sessions", body = SessionList)
     )
 )]
 pub async fn list_sessions(state: AppState, caller: Caller) -> Result<Response, AdminError> {
@@ -91,8 +89,7 @@ pub async fn list_sessions(state: AppState, caller: Caller) -> Result<Response, 
 
 #[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "auth", summary = "Revoke a session (a member may revoke their own)", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Session id")),
     responses(
-        (status = 200, description = "Revoked", body = SessionRevoked),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "Revoked", body = SessionRevoked)
     )
 )]
 pub async fn revoke_session(state: AppState, caller: Caller, sid: String) -> Result<Response, AdminError> {

@@ -6,15 +6,14 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::ok_json;
-use crate::error::{json_response, AdminError, ErrorBody};
+use crate::error::{json_response, AdminError};
 use crate::rfc3339;
 use crate::state::AppState;
 use crate::store::now;
 
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "tokens", summary = "The published Ed25519 token signing keys (JWKS)",
     responses(
-        (status = 200, description = "A JSON Web Key Set", body = Object),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "A JSON Web Key Set", body = Object)
     )
 )]
 pub async fn jwks(state: AppState) -> Result<Response, AdminError> {
@@ -35,8 +34,7 @@ pub struct SigningKeyRotated {
 /// snapshot) until every token it signed has expired, then is withdrawn by housekeeping.
 #[utoipa::path(post, path = "/v1/signing-keys/rotate", tag = "tokens", summary = "Rotate the token signing key", security(("operator" = [])),
     responses(
-        (status = 200, description = "Rotated", body = SigningKeyRotated),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 200, description = "Rotated", body = SigningKeyRotated)
     )
 )]
 pub async fn rotate_signing_key(state: AppState) -> Result<Response, AdminError> {

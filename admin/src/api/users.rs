@@ -6,7 +6,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::{durable_write, is_id, normalize_email, ok_json, valid_email};
-use crate::error::{AdminError, ErrorBody};
+use crate::error::AdminError;
 use crate::passwords::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};
 use crate::random;
 use crate::state::AppState;
@@ -35,8 +35,7 @@ pub struct UserView {
 
 #[utoipa::path(post, path = "/v1/users", tag = "businesses", summary = "Create a member (email + password) of one or more businesses", security(("operator" = [])), request_body = CreateUser,
     responses(
-        (status = 201, description = "Created", body = UserView),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = ErrorBody)
+        (status = 201, description = "Created", body = UserView)
     )
 )]
 pub async fn create_user(state: AppState, body: CreateUser) -> Result<Response, AdminError> {
