@@ -22,11 +22,11 @@ use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
+use crate::api::{clean_name, durable_write, parse_expiry, BadExpiry};
 use crate::error::{json_response, AdminError};
-use crate::handlers::{blocking, clean_name};
+use crate::random;
 use crate::state::AppState;
 use crate::store::{now, ImportOutcome, Key};
-use crate::{random, rfc3339};
 
 /// Records per request, at most.
 pub const BATCH_MAX: usize = 1000;
@@ -134,13 +134,10 @@ pub fn check_record(record: &ImportRecord, now: UnixTime) -> Result<Key, String>
         record.name.as_deref().filter(|n| !n.trim().is_empty()).map(|n| clean_name(n, "name")).transpose().map_err(|e| e.to_string())?;
     let expires_at = match record.expires_at.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
         None => None,
-        Some(text) => {
-            let at = rfc3339::parse(text).ok_or("expires_at must be an RFC 3339 date-time (e.g. 2030-01-01T00:00:00Z)")?;
-            if at <= now {
-                return Err("expires_at is in the past".to_owned());
-            }
-            Some(at)
-        }
+        Some(text) => Some(parse_expiry(text, now).map_err(|bad| match bad {
+            BadExpiry::NotRfc3339 => "expires_at must be an RFC 3339 date-time (e.g. 2030-01-01T00:00:00Z)".to_owned(),
+            BadExpiry::NotInFuture => "expires_at is in the past".to_owned(),
+        })?),
     };
     let (hash, prefix) = match (record.key.as_deref(), record.key_sha256.as_deref()) {
         (Some(_), Some(_)) => return Err("give key or key_sha256, not both".to_owned()),
@@ -194,8 +191,7 @@ pub fn check_record(record: &ImportRecord, now: UnixTime) -> Result<Key, String>
 #[utoipa::path(post, path = "/v1/import/keys", tag = "keys", summary = "Import existing keys (raw or SHA-256) from another gateway; idempotent",
     security(("operator" = [])), request_body(content = ImportBatch, description = "Up to 1000 records, at most 1 MiB"),
     responses(
-        (status = 200, description = "One result per record, in order; stored on disk before this answer", body = BatchResult),
-        (status = "default", description = "An error: `code` says which (see the README's error table)", body = crate::error::ErrorBody)
+        (status = 200, description = "One result per record, in order; stored on disk before this answer", body = BatchResult)
     )
 )]
 pub async fn import_keys(state: AppState, batch: ImportBatch) -> Result<Response, AdminError> {
@@ -219,8 +215,7 @@ pub async fn import_keys(state: AppState, batch: ImportBatch) -> Result<Response
     }
     if !keys.is_empty() {
         let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
-        let (outcomes, ticket) = blocking(state.store(), move |s| s.import_keys(&keys)).await?;
-        state.store().wait_durable(ticket).await?;
+        let outcomes = durable_write(state.store(), move |s| s.import_keys(&keys)).await?;
         for ((slot, id), outcome) in slots.into_iter().zip(ids).zip(outcomes) {
             results[slot] = Some(match outcome {
                 ImportOutcome::Imported => RecordResult::Imported { key_id: id },

@@ -12,10 +12,10 @@
 //! # }
 //! ```
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
-pub mod handlers;
 pub mod import;
 pub mod metrics;
 pub mod openapi;

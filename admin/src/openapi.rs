@@ -9,9 +9,11 @@ use std::sync::OnceLock;
 
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::handlers;
+use crate::api;
+use crate::error::ErrorBody;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,35 +23,36 @@ use crate::handlers;
 Errors always answer `{\"success\": false, \"error\": \"<words>\", \"code\": \"<code>\"}`."
     ),
     paths(
-        handlers::healthz,
-        handlers::metrics,
-        handlers::openapi,
-        handlers::jwks,
-        handlers::create_business,
-        handlers::create_user,
-        handlers::signin,
-        handlers::refresh,
-        handlers::logout,
-        handlers::login,
-        handlers::create_key,
-        handlers::list_keys,
-        handlers::deactivate_key,
-        handlers::activate_key,
-        handlers::rotate_key,
-        handlers::key_usage,
-        handlers::usage,
-        handlers::rotate_signing_key,
-        handlers::revoke_session,
-        handlers::snapshot,
-        handlers::me,
-        handlers::list_sessions,
-        handlers::update_key,
+        api::health::healthz,
+        api::health::metrics,
+        api::health::openapi,
+        api::tokens::jwks,
+        api::businesses::create_business,
+        api::users::create_user,
+        api::auth::signin,
+        api::auth::refresh,
+        api::auth::logout,
+        api::auth::login,
+        api::keys::create_key,
+        api::keys::list_keys,
+        api::keys::deactivate_key,
+        api::keys::activate_key,
+        api::keys::rotate_key,
+        api::keys::key_usage,
+        api::feed::usage,
+        api::tokens::rotate_signing_key,
+        api::sessions::revoke_session,
+        api::feed::snapshot,
+        api::sessions::me,
+        api::sessions::list_sessions,
+        api::keys::update_key,
         crate::import::import_keys,
         crate::ui::redirect,
         crate::ui::page,
         crate::ui::asset,
     ),
-    modifiers(&BearerSchemes),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerSchemes, &ErrorResponses),
     tags(
         (name = "health", description = "Liveness, metrics and this document"),
         (name = "auth", description = "Member sign-in, API-key login, refresh, logout, sessions"),
@@ -76,6 +79,28 @@ impl Modify for BearerSchemes {
         for (name, description) in schemes {
             let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(description)).build();
             components.add_security_scheme(name, SecurityScheme::Http(scheme));
+        }
+    }
+}
+
+/// The error answer every API operation may give, described once: each operation outside
+/// the dashboard's files gets it as its `default` response.
+struct ErrorResponses;
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let response = ResponseBuilder::new()
+            .description("An error: `code` says which (see the README's error table)")
+            .content("application/json", Content::new(Some(Ref::from_schema_name("ErrorBody"))))
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
+            for operation in operations.into_iter().flatten() {
+                if operation.tags.iter().flatten().any(|tag| tag == "dashboard") {
+                    continue;
+                }
+                operation.responses.responses.insert("default".to_owned(), response.clone().into());
+            }
         }
     }
 }

@@ -12,9 +12,9 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+use crate::api;
 use crate::auth::{self, Caller};
 use crate::error::{recover, AdminError};
-use crate::handlers;
 use crate::state::AppState;
 
 /// Largest request body accepted, bytes.
@@ -193,11 +193,11 @@ fn json_up_to<T: DeserializeOwned + Send + 'static>(limit: u64) -> BoxedFilter<(
         .boxed()
 }
 
-fn snapshot_query() -> BoxedFilter<(handlers::SnapshotQuery,)> {
+fn snapshot_query() -> BoxedFilter<(api::feed::SnapshotQuery,)> {
     warp::query::raw()
         .or(warp::any().map(String::new))
         .unify()
-        .and_then(|raw: String| async move { handlers::parse_snapshot_query(&raw).map_err(warp::reject::custom) })
+        .and_then(|raw: String| async move { api::feed::parse_snapshot_query(&raw).map_err(warp::reject::custom) })
         .boxed()
 }
 
@@ -259,122 +259,122 @@ pub fn routes(
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .and(with_state(s.clone()))
-        .and_then(|st| async move { reject(handlers::healthz(st).await) });
+        .and_then(|st| async move { reject(api::health::healthz(st).await) });
 
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_state(s.clone()))
-        .and_then(|st| async move { reject(handlers::metrics(st).await) });
+        .and_then(|st| async move { reject(api::health::metrics(st).await) });
 
-    let openapi = warp::path!("openapi.json").and(warp::get()).and_then(|| async move { reject(handlers::openapi().await) });
+    let openapi = warp::path!("openapi.json").and(warp::get()).and_then(|| async move { reject(api::health::openapi().await) });
 
     let jwks = warp::path!(".well-known" / "jwks.json")
         .and(warp::get())
         .and(with_state(s.clone()))
-        .and_then(|st| async move { reject(handlers::jwks(st).await) });
+        .and_then(|st| async move { reject(api::tokens::jwks(st).await) });
 
     let create_business = warp::path!("v1" / "businesses")
         .and(warp::post())
         .and(operator(s.clone()))
         .and(json())
-        .and_then(|st, body| async move { reject(handlers::create_business(st, body).await) });
+        .and_then(|st, body| async move { reject(api::businesses::create_business(st, body).await) });
 
     let create_user = warp::path!("v1" / "users")
         .and(warp::post())
         .and(operator(s.clone()))
         .and(json())
-        .and_then(|st, body| async move { reject(handlers::create_user(st, body).await) });
+        .and_then(|st, body| async move { reject(api::users::create_user(st, body).await) });
 
     let signin = warp::path!("auth" / "signin")
         .and(warp::post())
         .and(with_state(s.clone()))
         .and(client_ip(s.clone()))
         .and(json())
-        .and_then(|st, ip, body| async move { reject(handlers::signin(st, ip, body).await) });
+        .and_then(|st, ip, body| async move { reject(api::auth::signin(st, ip, body).await) });
 
     let refresh = warp::path!("auth" / "refresh")
         .and(warp::post())
         .and(with_state(s.clone()))
         .and(json())
-        .and_then(|st, body| async move { reject(handlers::refresh(st, body).await) });
+        .and_then(|st, body| async move { reject(api::auth::refresh(st, body).await) });
 
     let logout = warp::path!("auth" / "logout")
         .and(warp::post())
         .and(with_state(s.clone()))
         .and(authorization())
-        .and_then(|st, header| async move { reject(handlers::logout(st, header).await) });
+        .and_then(|st, header| async move { reject(api::auth::logout(st, header).await) });
 
     let rotate = warp::path!("v1" / "keys" / String / "rotate")
         .and(warp::post())
         .and(caller(s.clone()))
         .and(optional_json())
-        .and_then(|key, st, caller, body| async move { reject(handlers::rotate_key(st, caller, key, body).await) });
+        .and_then(|key, st, caller, body| async move { reject(api::keys::rotate_key(st, caller, key, body).await) });
 
     let key_usage = warp::path!("v1" / "keys" / String / "usage")
         .and(warp::get())
         .and(caller(s.clone()))
-        .and_then(|key, st, caller| async move { reject(handlers::key_usage(st, caller, key).await) });
+        .and_then(|key, st, caller| async move { reject(api::keys::key_usage(st, caller, key).await) });
 
     // Sized to what a filter sends: the same constant its reports are split to fit.
     let usage = warp::path!("v1" / "usage")
         .and(warp::post())
         .and(proxy(s.clone()))
         .and(json_up_to(keygate_core::usage::MAX_REPORT_BYTES as u64))
-        .and_then(|st, body| async move { reject(handlers::usage(st, body).await) });
+        .and_then(|st, body| async move { reject(api::feed::usage(st, body).await) });
 
     let rotate_signing = warp::path!("v1" / "signing-keys" / "rotate")
         .and(warp::post())
         .and(operator(s.clone()))
-        .and_then(|st| async move { reject(handlers::rotate_signing_key(st).await) });
+        .and_then(|st| async move { reject(api::tokens::rotate_signing_key(st).await) });
 
     let login = warp::path!("auth" / "login")
         .and(warp::post())
         .and(with_state(s.clone()))
         .and(client_ip(s.clone()))
         .and(json())
-        .and_then(|st, ip, body| async move { reject(handlers::login(st, ip, body).await) });
+        .and_then(|st, ip, body| async move { reject(api::auth::login(st, ip, body).await) });
 
     let create_key = warp::path!("v1" / "businesses" / String / "keys")
         .and(warp::post())
         .and(caller(s.clone()))
         .and(json())
-        .and_then(|business, st, caller, body| async move { reject(handlers::create_key(st, caller, business, body).await) });
+        .and_then(|business, st, caller, body| async move { reject(api::keys::create_key(st, caller, business, body).await) });
 
     let list_keys = warp::path!("v1" / "businesses" / String / "keys")
         .and(warp::get())
         .and(caller(s.clone()))
-        .and_then(|business, st, caller| async move { reject(handlers::list_keys(st, caller, business).await) });
+        .and_then(|business, st, caller| async move { reject(api::keys::list_keys(st, caller, business).await) });
 
     let deactivate = warp::path!("v1" / "keys" / String / "deactivate")
         .and(warp::post())
         .and(caller(s.clone()))
-        .and_then(|key, st, caller| async move { reject(handlers::deactivate_key(st, caller, key).await) });
+        .and_then(|key, st, caller| async move { reject(api::keys::deactivate_key(st, caller, key).await) });
 
     let activate = warp::path!("v1" / "keys" / String / "activate")
         .and(warp::post())
         .and(caller(s.clone()))
-        .and_then(|key, st, caller| async move { reject(handlers::activate_key(st, caller, key).await) });
+        .and_then(|key, st, caller| async move { reject(api::keys::activate_key(st, caller, key).await) });
 
     let revoke = warp::path!("v1" / "sessions" / String)
         .and(warp::delete())
         .and(caller(s.clone()))
-        .and_then(|sid, st, caller| async move { reject(handlers::revoke_session(st, caller, sid).await) });
+        .and_then(|sid, st, caller| async move { reject(api::sessions::revoke_session(st, caller, sid).await) });
 
     let me = warp::path!("v1" / "me")
         .and(warp::get())
         .and(caller(s.clone()))
-        .and_then(|st, caller| async move { reject(handlers::me(st, caller).await) });
+        .and_then(|st, caller| async move { reject(api::sessions::me(st, caller).await) });
 
     let list_sessions = warp::path!("v1" / "sessions")
         .and(warp::get())
         .and(caller(s.clone()))
-        .and_then(|st, caller| async move { reject(handlers::list_sessions(st, caller).await) });
+        .and_then(|st, caller| async move { reject(api::sessions::list_sessions(st, caller).await) });
 
     let update_key = warp::path!("v1" / "keys" / String)
         .and(warp::patch())
         .and(caller(s.clone()))
         .and(json())
-        .and_then(|key, st, caller, body| async move { reject(handlers::update_key(st, caller, key, body).await) });
+        .and_then(|key, st, caller, body| async move { reject(api::keys::update_key(st, caller, key, body).await) });
 
     // The dashboard: `/ui` redirects to `/ui/`, whose files are embedded (see `ui`).
     let ui = warp::path("ui").and(warp::get()).and(warp::path::full()).and(warp::path::tail()).map(
@@ -394,7 +394,7 @@ pub fn routes(
         .and(warp::get())
         .and(proxy(s.clone()))
         .and(snapshot_query())
-        .and_then(|st, query| async move { reject(handlers::snapshot(st, query).await) });
+        .and_then(|st, query| async move { reject(api::feed::snapshot(st, query).await) });
 
     let observed = s.clone();
     let log = warp::log::custom(move |info| {

@@ -3,7 +3,12 @@
 //! normalisation and the log-safe path template.
 #![no_main]
 
-use keygate_admin::handlers::{self, CreateBusiness, CreateKey, CreateUser, Login, SignIn};
+use keygate_admin::api::auth::{Login, SignIn};
+use keygate_admin::api::businesses::CreateBusiness;
+use keygate_admin::api::feed::parse_snapshot_query;
+use keygate_admin::api::keys::CreateKey;
+use keygate_admin::api::normalize_email;
+use keygate_admin::api::users::CreateUser;
 use keygate_admin::{rfc3339, routes};
 use libfuzzer_sys::fuzz_target;
 
@@ -21,13 +26,13 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => {
             let text = String::from_utf8_lossy(rest);
-            if let Ok(q) = handlers::parse_snapshot_query(&text) {
+            if let Ok(q) = parse_snapshot_query(&text) {
                 assert!(q.wait == 0 || q.since.is_some());
             }
             if let Some(t) = rfc3339::parse(&text) {
                 assert_eq!(rfc3339::parse(&rfc3339::format(t)), Some(t), "RFC 3339 round trip");
             }
-            let _ = handlers::normalize_email(&text);
+            let _ = normalize_email(&text);
             let template = routes::path_template(&text);
             assert!(template.starts_with('/'));
             // Nothing but known words, id prefixes and masks reaches a log line: a segment is

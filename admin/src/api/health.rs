@@ -1,0 +1,54 @@
+//! Liveness, metrics and the OpenAPI document.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use super::{ok_json, raw_json};
+use crate::error::AdminError;
+use crate::state::AppState;
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    status: &'static str,
+    /// The latest durable changelog version.
+    version: u64,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "health", summary = "Liveness and the durable changelog version",
+    responses(
+        (status = 200, description = "The server is up", body = Health)
+    )
+)]
+pub async fn healthz(state: AppState) -> Result<Response, AdminError> {
+    ok_json(StatusCode::OK, &Health { status: "ok", version: state.store().durable_version() })
+}
+
+/// The Prometheus exposition (text format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "health", summary = "Prometheus metrics (text exposition format 0.0.4)",
+    responses(
+        (status = 200, description = "The metrics", body = String, content_type = "text/plain")
+    )
+)]
+pub async fn metrics(state: AppState) -> Result<Response, AdminError> {
+    let store = state.store().clone();
+    let store_size_bytes = tokio::task::spawn_blocking(move || store.size_on_disk()).await??;
+    let gauges = crate::metrics::Gauges { changelog_version: state.store().durable_version(), store_size_bytes };
+    let mut response = Response::new(state.metrics().render(gauges).into());
+    let headers = response.headers_mut();
+    headers.insert(warp::http::header::CONTENT_TYPE, warp::http::HeaderValue::from_static("text/plain; version=0.0.4"));
+    headers.insert(warp::http::header::CACHE_CONTROL, warp::http::HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "health", summary = "This document: the admin API in OpenAPI 3.1",
+    responses(
+        (status = 200, description = "The OpenAPI document", body = Object)
+    )
+)]
+pub async fn openapi() -> Result<Response, AdminError> {
+    let mut response = raw_json(crate::openapi::document_json().to_vec());
+    response.headers_mut().insert(warp::http::header::CACHE_CONTROL, warp::http::HeaderValue::from_static("public, max-age=300"));
+    Ok(response)
+}
