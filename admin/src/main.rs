@@ -78,7 +78,7 @@ struct ServeArgs {
     /// Live sign-in sessions per account. A new sign-in beyond this revokes the oldest.
     #[arg(long, env = "KEYGATE_MAX_SESSIONS_PER_USER", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_sessions_per_user: u64,
-    /// Seconds a refresh token stays usable after its access token expired (seed 002: 30 days).
+    /// Seconds a refresh token stays usable after its access token expired (default 30 days).
     #[arg(long, env = "KEYGATE_REFRESH_GRACE_SECS", default_value_t = 30 * 24 * 3600)]
     refresh_grace_secs: u64,
     /// How often dead sessions, lapsed revocations, ended key-rotation graces and

@@ -98,7 +98,7 @@ pub async fn signin(state: AppState, client: IpAddr, body: SignIn) -> Result<Res
         owner: SessionOwner::User { user_id: user.id.clone() },
         created_at: now,
         refresh_sha256: Some(random::hex(&refresh_hash)),
-        // Refreshable until the access token's expiry plus the grace (seed 002: 30 days).
+        // Refreshable until the access token's expiry plus the grace (default 30 days).
         refresh_expires_at: Some(issued.claims.exp.saturating_add(state.config().refresh_ttl_secs)),
         last_exp: issued.claims.exp,
         current: Some(issued.clone()),

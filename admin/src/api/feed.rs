@@ -158,7 +158,7 @@ pub fn parse_snapshot_query(raw: &str) -> Result<SnapshotQuery, AdminError> {
         ("history" = Option<String>, Query, description = "With since: the history the client was sent with version since (64 hex digits); another history → 410"),
     ),
     responses(
-        (status = 200, description = "A snapshot or delta (see DESIGN.md for the wire format)", body = Object)
+        (status = 200, description = "A snapshot page or a delta (the README's feed section describes the wire format)", body = Object)
     )
 )]
 pub async fn snapshot(state: AppState, query: SnapshotQuery) -> Result<Response, AdminError> {
