@@ -1,15 +1,6 @@
 //! The store: the only module that touches sled.
 //!
-//! Trees: `businesses`, `users`, `users_by_email`, `keys` (by id), `key_hashes` (SHA-256 →
-//! key id, for the current raw key and any still in a rotation grace), `sessions`,
-//! `key_sessions` ((key id, client session id) → session id), `refresh_tokens` (SHA-256 →
-//! session id), `spent_refresh` (SHA-256 of rotated-away refresh tokens → session id, for
-//! reuse detection), `revocations` (session id → until), `revoked_by_digest` (SHA-256 of
-//! the session id → until and session id: the order a full snapshot pages them in), `owner_sessions` (`k:<key id>` /
-//! `u:<user id>` → that owner's live sessions, for the per-owner cap), `usage` (key id →
-//! hourly counts), `business_keys` (`<business id>\0<key id>` → empty, so listing one
-//! business's keys reads only its own), `signing_keys`, `meta` (token hashes, changelog
-//! head and floor, schema version) and `changelog` (big-endian version → [`ChangeRecord`]).
+//! The trees are declared once, each with what it holds, in the `trees!` list below.
 //!
 //! Every write is one sled transaction over all trees, taken under one writer mutex, so
 //! changelog versions are assigned in commit order and a change and its changelog entry
@@ -99,26 +90,6 @@ const META_HISTORY_FLOOR: &[u8] = b"history_floor";
 /// 2: the `business_keys` index (built from the keys on opening a schema-1 store).
 /// 3: the `revoked_by_digest` index (built from the revocations on opening an older store).
 const SCHEMA_VERSION: u64 = 3;
-
-struct Trees {
-    businesses: sled::Tree,
-    users: sled::Tree,
-    users_by_email: sled::Tree,
-    keys: sled::Tree,
-    key_hashes: sled::Tree,
-    sessions: sled::Tree,
-    key_sessions: sled::Tree,
-    refresh_tokens: sled::Tree,
-    revocations: sled::Tree,
-    signing_keys: sled::Tree,
-    meta: sled::Tree,
-    changelog: sled::Tree,
-    owner_sessions: sled::Tree,
-    spent_refresh: sled::Tree,
-    usage: sled::Tree,
-    business_keys: sled::Tree,
-    revoked_by_digest: sled::Tree,
-}
 
 struct WriterState {
     /// Count of committed writes that changed something.
@@ -245,7 +216,7 @@ fn key_session_index(key_id: &str, client_session: &str) -> Vec<u8> {
 }
 
 /// One tree inside a transaction, with typed helpers.
-struct TxTree<'a> {
+pub(super) struct TxTree<'a> {
     tree: &'a TransactionalTree,
     name: &'static str,
     dirty: &'a Cell<bool>,
@@ -290,28 +261,85 @@ impl TxTree<'_> {
     }
 }
 
-/// The view a write closure gets: every tree, plus the changelog appender.
-struct Tx<'a> {
-    businesses: TxTree<'a>,
-    users: TxTree<'a>,
-    users_by_email: TxTree<'a>,
-    keys: TxTree<'a>,
-    key_hashes: TxTree<'a>,
-    sessions: TxTree<'a>,
-    key_sessions: TxTree<'a>,
-    refresh_tokens: TxTree<'a>,
-    revocations: TxTree<'a>,
-    signing_keys: TxTree<'a>,
-    meta: TxTree<'a>,
-    changelog: TxTree<'a>,
-    owner_sessions: TxTree<'a>,
-    spent_refresh: TxTree<'a>,
-    usage: TxTree<'a>,
-    business_keys: TxTree<'a>,
-    revoked_by_digest: TxTree<'a>,
-    appended: Cell<Option<u64>>,
-    now: UnixTime,
-    retain: u64,
+/// Declares the trees once: `Trees` (the open sled trees), `Tx` (the view a write closure
+/// gets: every tree, plus the changelog appender) and the list a transaction spans all
+/// follow from this one list, in this order.
+macro_rules! trees {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        pub(super) struct Trees {
+            $($(#[$doc])* pub(super) $name: sled::Tree,)*
+        }
+
+        impl Trees {
+            fn open(db: &sled::Db) -> sled::Result<Trees> {
+                Ok(Trees { $($name: db.open_tree(stringify!($name))?,)* })
+            }
+
+            /// Every tree, in declaration order: what a transaction spans.
+            fn all(&self) -> Vec<&sled::Tree> {
+                vec![$(&self.$name,)*]
+            }
+        }
+
+        pub(super) struct Tx<'a> {
+            $(pub(super) $name: TxTree<'a>,)*
+            appended: Cell<Option<u64>>,
+            pub(super) now: UnixTime,
+            retain: u64,
+        }
+
+        impl<'a> Tx<'a> {
+            /// The view over `views`, which sled hands out in the order of [`Trees::all`].
+            fn new(views: &'a [TransactionalTree], dirty: &'a Cell<bool>, now: UnixTime, retain: u64) -> TxResult<Tx<'a>> {
+                let [$($name,)*] = views else {
+                    return abort(StoreError::Task("a transaction's views do not match the trees".into()));
+                };
+                Ok(Tx {
+                    $($name: TxTree { tree: $name, name: stringify!($name), dirty },)*
+                    appended: Cell::new(None),
+                    now,
+                    retain,
+                })
+            }
+        }
+    };
+}
+
+trees! {
+    /// Business id → [`Business`].
+    businesses,
+    /// User id → [`User`].
+    users,
+    /// Email → user id.
+    users_by_email,
+    /// Key id → [`Key`].
+    keys,
+    /// SHA-256 → key id, for the current raw key and any still in a rotation grace.
+    key_hashes,
+    /// Session id → [`Session`].
+    sessions,
+    /// (key id, client session id) → session id.
+    key_sessions,
+    /// SHA-256 → session id.
+    refresh_tokens,
+    /// Session id → until.
+    revocations,
+    /// Kid → [`SigningKey`].
+    signing_keys,
+    /// Token hashes, changelog head and floor, history, schema version.
+    meta,
+    /// Big-endian version → [`ChangeRecord`].
+    changelog,
+    /// `k:<key id>` / `u:<user id>` → that owner's live sessions, for the per-owner cap.
+    owner_sessions,
+    /// SHA-256 of rotated-away refresh tokens → session id, for reuse detection.
+    spent_refresh,
+    /// Key id → hourly counts.
+    usage,
+    /// `<business id>\0<key id>` → empty, so listing one business's keys reads only its own.
+    business_keys,
+    /// SHA-256 of the session id → until and session id: the order a full snapshot pages them in.
+    revoked_by_digest,
 }
 
 impl Tx<'_> {
@@ -551,26 +579,7 @@ impl Store {
             // Durability is ours: the group-commit flusher flushes before every 2xx.
             .flush_every_ms(None)
             .open()?;
-        let tree = |name: &str| db.open_tree(name);
-        let trees = Trees {
-            businesses: tree("businesses")?,
-            users: tree("users")?,
-            users_by_email: tree("users_by_email")?,
-            keys: tree("keys")?,
-            key_hashes: tree("key_hashes")?,
-            sessions: tree("sessions")?,
-            key_sessions: tree("key_sessions")?,
-            refresh_tokens: tree("refresh_tokens")?,
-            revocations: tree("revocations")?,
-            signing_keys: tree("signing_keys")?,
-            meta: tree("meta")?,
-            changelog: tree("changelog")?,
-            owner_sessions: tree("owner_sessions")?,
-            spent_refresh: tree("spent_refresh")?,
-            usage: tree("usage")?,
-            business_keys: tree("business_keys")?,
-            revoked_by_digest: tree("revoked_by_digest")?,
-        };
+        let trees = Trees::open(&db)?;
         let log_file = std::fs::File::open(path.join("db")).ok();
         // A store written before the schema was recorded is schema 1.
         let schema = trees.meta.get(META_SCHEMA)?.and_then(|b| from_be(&b)).unwrap_or(1);
@@ -631,55 +640,13 @@ impl Store {
         read: impl FnOnce(&Store) -> Result<P, StoreError>,
         f: impl Fn(&Tx<'_>, &P) -> TxResult<T>,
     ) -> Result<(T, Ticket), StoreError> {
-        let t = &self.inner.trees;
         let mut w = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let read = read(self)?;
         let now = now();
         let retain = self.inner.changelog_retain;
-        let all: [&sled::Tree; 17] = [
-            &t.businesses,
-            &t.users,
-            &t.users_by_email,
-            &t.keys,
-            &t.key_hashes,
-            &t.sessions,
-            &t.key_sessions,
-            &t.refresh_tokens,
-            &t.revocations,
-            &t.signing_keys,
-            &t.meta,
-            &t.changelog,
-            &t.owner_sessions,
-            &t.spent_refresh,
-            &t.usage,
-            &t.business_keys,
-            &t.revoked_by_digest,
-        ];
-        let result = all[..].transaction(|views: &Vec<TransactionalTree>| {
+        let result = self.inner.trees.all()[..].transaction(|views: &Vec<TransactionalTree>| {
             let dirty = Cell::new(false);
-            let tt = |i: usize, name| TxTree { tree: &views[i], name, dirty: &dirty };
-            let tx = Tx {
-                businesses: tt(0, "businesses"),
-                users: tt(1, "users"),
-                users_by_email: tt(2, "users_by_email"),
-                keys: tt(3, "keys"),
-                key_hashes: tt(4, "key_hashes"),
-                sessions: tt(5, "sessions"),
-                key_sessions: tt(6, "key_sessions"),
-                refresh_tokens: tt(7, "refresh_tokens"),
-                revocations: tt(8, "revocations"),
-                signing_keys: tt(9, "signing_keys"),
-                meta: tt(10, "meta"),
-                changelog: tt(11, "changelog"),
-                owner_sessions: tt(12, "owner_sessions"),
-                spent_refresh: tt(13, "spent_refresh"),
-                usage: tt(14, "usage"),
-                business_keys: tt(15, "business_keys"),
-                revoked_by_digest: tt(16, "revoked_by_digest"),
-                appended: Cell::new(None),
-                now,
-                retain,
-            };
+            let tx = Tx::new(views, &dirty, now, retain)?;
             let out = f(&tx, &read)?;
             let appended = tx.appended.get();
             Ok((out, dirty.get(), appended))
