@@ -82,30 +82,23 @@ impl Store {
     /// Activates or deactivates a key (kept, never deleted); a changelog entry tells the
     /// filters. Unchanged keys write nothing.
     pub fn set_key_active(&self, key_id: &str, active: bool) -> Result<(Key, Ticket), StoreError> {
-        self.write(|tx| {
-            let Some(mut key) = tx.keys.get::<Key>(key_id.as_bytes())? else {
-                return abort(StoreError::UnknownKey);
-            };
-            if key.active != active {
-                key.active = active;
-                tx.keys.put(key_id.as_bytes(), &key)?;
-                for entry in key.entries(tx.now) {
-                    tx.append(Change::KeyUpsert { key: entry })?;
-                }
-            }
-            Ok(key)
-        })
+        self.update_key(key_id, |key| std::mem::replace(&mut key.active, active) != active)
     }
 
     /// Sets or clears a key's expiry; a changelog entry tells the filters (as for
     /// activation). Unchanged keys write nothing.
     pub fn set_key_expiry(&self, key_id: &str, expires_at: Option<UnixTime>) -> Result<(Key, Ticket), StoreError> {
+        self.update_key(key_id, |key| std::mem::replace(&mut key.expires_at, expires_at) != expires_at)
+    }
+
+    /// Applies `change` to a stored key; when it reports a change, the key is written and
+    /// its entries go to the changelog.
+    fn update_key(&self, key_id: &str, change: impl Fn(&mut Key) -> bool) -> Result<(Key, Ticket), StoreError> {
         self.write(|tx| {
             let Some(mut key) = tx.keys.get::<Key>(key_id.as_bytes())? else {
                 return abort(StoreError::UnknownKey);
             };
-            if key.expires_at != expires_at {
-                key.expires_at = expires_at;
+            if change(&mut key) {
                 tx.keys.put(key_id.as_bytes(), &key)?;
                 for entry in key.entries(tx.now) {
                     tx.append(Change::KeyUpsert { key: entry })?;
@@ -247,7 +240,7 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
-    use crate::store::now;
+    use crate::clock::now;
     use crate::store::testing::{key, open};
     use crate::store::tx::KEY_DECODES;
     use crate::store::Business;

@@ -19,6 +19,8 @@ mod signing;
 mod sweep;
 mod tx;
 
+/// Re-exported from [`crate::clock`] for callers that name it `store::now`.
+pub use crate::clock::now;
 pub use accounts::TokenRole;
 pub use durable::{Durable, Flusher, Ticket, FLUSH_TIMEOUT};
 pub use keys::ImportOutcome;
@@ -33,7 +35,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use keygate_core::snapshot::History;
-use keygate_core::{KeyHash, UnixTime};
+use keygate_core::KeyHash;
 
 use durable::Durability;
 use tx::{chain, from_be, versioned, Trees, META_HEAD, META_HISTORY, META_HISTORY_BASE};
@@ -116,10 +118,6 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions { cache_capacity_bytes: 64 * 1024 * 1024, changelog_retain: 100_000, flush_per_write: false }
     }
-}
-
-pub fn now() -> UnixTime {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Store {

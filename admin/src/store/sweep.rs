@@ -160,7 +160,7 @@ impl Store {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use crate::store::now;
+    use crate::clock::now;
     use crate::store::testing::{key, open};
     use crate::store::Business;
     use keygate_core::KeyHash;

@@ -12,7 +12,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sled::transaction::{abort, ConflictableTransactionResult, TransactionError, Transactional, TransactionalTree};
 
-use super::{now, Change, ChangeRecord, Store, StoreError, Ticket};
+use super::{Change, ChangeRecord, Store, StoreError, Ticket};
+use crate::clock::now;
 
 pub(super) type TxResult<T> = ConflictableTransactionResult<T, StoreError>;
 
