@@ -2,9 +2,9 @@
 
 use keygate_core::token::MAX_TOKEN_LEN;
 
+use crate::clock::now;
 use crate::error::AdminError;
 use crate::state::AppState;
-use crate::store::now;
 
 /// The token of an `Authorization: Bearer <token>` header.
 pub fn bearer(header: Option<&str>) -> Option<&str> {

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod import;
@@ -94,7 +95,7 @@ async fn housekeeping(state: AppState) {
 pub async fn sweep_once(state: &AppState) -> Result<store::SweepReport, AdminError> {
     let leeway = state.config().token_leeway_secs;
     let store = state.store().clone();
-    let (report, ticket) = tokio::task::spawn_blocking(move || store.sweep(store::now(), leeway)).await??;
+    let (report, ticket) = tokio::task::spawn_blocking(move || store.sweep(clock::now(), leeway)).await??;
     if let Some(ticket) = ticket {
         state.store().wait_durable(ticket).await?;
     }

@@ -61,7 +61,7 @@ fn new_signing_key() -> Result<SigningKey, AdminError> {
         kid,
         seed_hex: random::hex(&seed),
         public: pair.public_entry(),
-        created_at: crate::store::now(),
+        created_at: crate::clock::now(),
         retired_at: None,
         remove_after: None,
     })

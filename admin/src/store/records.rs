@@ -240,3 +240,21 @@ pub struct ChangeRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<History>,
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hourly_usage_is_bounded_to_a_week() {
+        let mut record = KeyUsageRecord::default();
+        for h in 0..400u64 {
+            record.add(1_000_000 * 3600 + h * 3600 + 5, 2);
+        }
+        record.add(1_000_000 * 3600 + 399 * 3600, 1);
+        assert_eq!(record.hours.len() as u64, USAGE_HOURS);
+        assert_eq!(record.hours.last().unwrap().1, 3);
+        assert!(record.hours.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+}

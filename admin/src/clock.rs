@@ -1,0 +1,8 @@
+//! The wall clock, in whole seconds since the Unix epoch.
+
+use keygate_core::UnixTime;
+
+/// Now; a clock set before 1970 reads as 0.
+pub fn now() -> UnixTime {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -1,0 +1,85 @@
+//! Businesses, users, and the hashes of the operator and proxy tokens.
+
+use sled::transaction::abort;
+
+use super::{Business, Store, StoreError, Ticket, User};
+
+/// Which shared secret a stored hash belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRole {
+    Operator,
+    Proxy,
+}
+
+impl TokenRole {
+    pub(super) fn meta_key(self) -> &'static [u8] {
+        match self {
+            TokenRole::Operator => b"operator_token_sha256",
+            TokenRole::Proxy => b"proxy_token_sha256",
+        }
+    }
+}
+
+impl Store {
+    pub fn token_hash(&self, role: TokenRole) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self.inner.trees.meta.get(role.meta_key())?.and_then(|b| <[u8; 32]>::try_from(b.as_ref()).ok()))
+    }
+
+    pub fn set_token_hash(&self, role: TokenRole, hash: [u8; 32]) -> Result<Ticket, StoreError> {
+        let (_, ticket) = self.write(|tx| {
+            if tx.meta.get_raw(role.meta_key())?.as_deref() != Some(&hash[..]) {
+                tx.meta.put_raw(role.meta_key(), &hash)?;
+            }
+            Ok(())
+        })?;
+        Ok(ticket)
+    }
+
+    pub fn create_business(&self, business: &Business) -> Result<Ticket, StoreError> {
+        let (_, ticket) = self.write(|tx| {
+            if tx.businesses.contains(business.id.as_bytes())? {
+                return abort(StoreError::Collision);
+            }
+            tx.businesses.put(business.id.as_bytes(), business)
+        })?;
+        Ok(ticket)
+    }
+
+    pub fn business(&self, id: &str) -> Result<Option<Business>, StoreError> {
+        Self::read(&self.inner.trees.businesses, "businesses", id.as_bytes())
+    }
+
+    pub fn create_user(&self, user: &User) -> Result<Ticket, StoreError> {
+        let (_, ticket) = self.write(|tx| {
+            if tx.users_by_email.contains(user.email.as_bytes())? {
+                return abort(StoreError::EmailTaken);
+            }
+            for business in &user.businesses {
+                if !tx.businesses.contains(business.as_bytes())? {
+                    return abort(StoreError::UnknownBusiness);
+                }
+            }
+            if tx.users.contains(user.id.as_bytes())? {
+                return abort(StoreError::Collision);
+            }
+            tx.users.put(user.id.as_bytes(), user)?;
+            tx.users_by_email.put_raw(user.email.as_bytes(), user.id.as_bytes())
+        })?;
+        Ok(ticket)
+    }
+
+    pub fn email_taken(&self, email: &str) -> Result<bool, StoreError> {
+        Ok(self.inner.trees.users_by_email.contains_key(email.as_bytes())?)
+    }
+
+    pub fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        Self::read(&self.inner.trees.users, "users", id.as_bytes())
+    }
+
+    pub fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        match self.inner.trees.users_by_email.get(email.as_bytes())? {
+            None => Ok(None),
+            Some(id) => Self::read(&self.inner.trees.users, "users", &id),
+        }
+    }
+}
