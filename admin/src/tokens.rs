@@ -114,7 +114,7 @@ impl TokenService {
         // Read under the lock: of two concurrent reloads, the later one to swap in also
         // read later, so an older view never replaces a newer one.
         let mut current = self.keys.write().unwrap_or_else(PoisonError::into_inner);
-        *current = Arc::new(keys_of(&store.signing_keys()?)?);
+        *current = Arc::new(keys_of(&store.signing_keys_settled()?)?);
         Ok(())
     }
 

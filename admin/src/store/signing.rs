@@ -16,6 +16,13 @@ impl Store {
         Ok(out)
     }
 
+    /// [`Store::signing_keys`] read between two commits: a plain read can land in the middle
+    /// of a rotation's commit and see the old key retired but not yet the new one.
+    pub fn signing_keys_settled(&self) -> Result<Vec<SigningKey>, StoreError> {
+        let _writer = self.inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.signing_keys()
+    }
+
     /// Stores a new signing key and publishes its public half through the changelog.
     pub fn add_signing_key(&self, key: &SigningKey) -> Result<Ticket, StoreError> {
         let (_, ticket) = self.write(|tx| {
