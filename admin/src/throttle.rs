@@ -337,16 +337,14 @@ mod tests {
         IpAddr::from([10, 0, 0, last])
     }
 
+    /// Backoff of 1 s doubling to 8 s, forgotten after 15 idle minutes.
+    fn throttle(pair_free: u32, client_free: u32, max_entries: usize) -> Throttle {
+        Throttle::new(ThrottleConfig { pair_free, client_free, base_secs: 1, max_secs: 8, forget_secs: 900, max_entries })
+    }
+
     #[test]
     fn pairs_block_after_free_failures_and_back_off() {
-        let t = Throttle::new(ThrottleConfig {
-            pair_free: 3,
-            client_free: 100,
-            base_secs: 1,
-            max_secs: 8,
-            forget_secs: 900,
-            max_entries: 1000,
-        });
+        let t = throttle(3, 100, 1000);
         let now = Instant::now();
         for _ in 0..2 {
             t.failure_at(ip(1), "a@x.io", now);
@@ -371,8 +369,7 @@ mod tests {
 
     #[test]
     fn a_client_spraying_accounts_is_blocked_and_memory_is_bounded() {
-        let t =
-            Throttle::new(ThrottleConfig { pair_free: 5, client_free: 4, base_secs: 1, max_secs: 8, forget_secs: 900, max_entries: 50 });
+        let t = throttle(5, 4, 50);
         let now = Instant::now();
         for i in 0..4 {
             t.failure_at(ip(9), &format!("u{i}@x.io"), now);
@@ -386,14 +383,7 @@ mod tests {
 
     #[test]
     fn attempts_in_flight_count_as_failures_until_they_succeed() {
-        let t = Throttle::new(ThrottleConfig {
-            pair_free: 3,
-            client_free: 100,
-            base_secs: 1,
-            max_secs: 8,
-            forget_secs: 900,
-            max_entries: 1000,
-        });
+        let t = throttle(3, 100, 1000);
         let now = Instant::now();
         for _ in 0..3 {
             t.begin_at(ip(1), "a@x.io", now).unwrap();

@@ -219,17 +219,15 @@ impl Store {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::store::testing::{key, open};
-    use crate::store::Business;
+    use crate::store::testing::{key, with_business};
+
     use keygate_core::revoked;
 
     /// A page of the full snapshot stays within its size whatever the number of sessions
     /// revoked (past ~1.2 M the first page outgrew the filter's 64 MiB limit).
     #[test]
     fn snapshot_pages_are_bounded_whatever_the_revocations() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), 100);
-        let _ = store.create_business(&Business { id: "biz_a".into(), name: "A".into(), created_at: 1 }).unwrap();
+        let (_dir, store) = with_business(100);
         for i in 1..=3u8 {
             let _ = store.create_key(&key(&format!("key_{i}"), "biz_a", i)).unwrap();
         }
@@ -270,9 +268,7 @@ mod tests {
 
     #[test]
     fn trimmed_changelog_answers_gone() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), 2);
-        let _ = store.create_business(&Business { id: "biz_a".into(), name: "A".into(), created_at: 1 }).unwrap();
+        let (_dir, store) = with_business(2);
         for i in 1..=5u8 {
             let _ = store.create_key(&key(&format!("key_{i}"), "biz_a", i)).unwrap();
         }

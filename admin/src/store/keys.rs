@@ -241,15 +241,12 @@ mod tests {
 
     use super::*;
     use crate::clock::now;
-    use crate::store::testing::{key, open};
+    use crate::store::testing::{add_business, key, open, with_business};
     use crate::store::tx::KEY_DECODES;
-    use crate::store::Business;
 
     #[test]
     fn rotation_without_grace_stops_every_earlier_raw_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), 100);
-        let _ = store.create_business(&Business { id: "biz_a".into(), name: "A".into(), created_at: 1 }).unwrap();
+        let (_dir, store) = with_business(100);
         let t0 = store.create_key(&key("key_1", "biz_a", 1)).unwrap();
         let (k1, _, _) = store.rotate_key("key_1", KeyHash([2; 32]), "sk_test_k1", 86_400, 0).unwrap();
         let now = now();
@@ -269,9 +266,7 @@ mod tests {
 
     #[test]
     fn a_second_grace_never_extends_an_earlier_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), 100);
-        let _ = store.create_business(&Business { id: "biz_a".into(), name: "A".into(), created_at: 1 }).unwrap();
+        let (_dir, store) = with_business(100);
         let _ = store.create_key(&key("key_1", "biz_a", 1)).unwrap();
         let (k1, _, _) = store.rotate_key("key_1", KeyHash([2; 32]), "sk_test_k1", 100, 0).unwrap();
         let k0_until = k1.grace[0].until;
@@ -295,7 +290,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), 1000);
         for b in ["biz_a", "biz_b"] {
-            let _ = store.create_business(&Business { id: b.into(), name: b.into(), created_at: 1 }).unwrap();
+            add_business(&store, b);
         }
         let _ = store.create_key(&key("key_a1", "biz_a", 1)).unwrap();
         let _ = store.create_key(&key("key_a2", "biz_a", 2)).unwrap();

@@ -174,7 +174,7 @@ impl Store {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use super::testing::{key, open};
+    use super::testing::{add_business, key, open};
     use super::*;
 
     #[test]
@@ -182,7 +182,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = open(dir.path(), 100);
-            let _ = store.create_business(&Business { id: "biz_a".into(), name: "A".into(), created_at: 1 }).unwrap();
+            add_business(&store, "biz_a");
             let _ = store.create_key(&key("key_1", "biz_a", 1)).unwrap();
             store.flush_blocking().unwrap();
             assert_eq!(store.durable_version(), 1);
@@ -203,7 +203,9 @@ mod testing {
 
     use keygate_core::{KeyHash, KeyKind, Mode};
 
-    use super::{Key, Store, StoreOptions};
+    use tempfile::TempDir;
+
+    use super::{Business, Key, Store, StoreOptions};
 
     pub(super) fn key(id: &str, business: &str, byte: u8) -> Key {
         Key {
@@ -226,5 +228,19 @@ mod testing {
 
     pub(super) fn open(dir: &Path, retain: u64) -> Store {
         Store::open(dir, &StoreOptions { cache_capacity_bytes: 1 << 20, changelog_retain: retain, ..StoreOptions::default() }).unwrap()
+    }
+
+    /// Creates business `id` (named after itself).
+    pub(super) fn add_business(store: &Store, id: &str) {
+        let _ = store.create_business(&Business { id: id.into(), name: id.into(), created_at: 1 }).unwrap();
+    }
+
+    /// A fresh store (keeping `retain` changelog records) holding one business, `biz_a`;
+    /// the directory lives as long as the returned guard.
+    pub(super) fn with_business(retain: u64) -> (TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), retain);
+        add_business(&store, "biz_a");
+        (dir, store)
     }
 }

@@ -83,9 +83,9 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
-    use crate::store::testing::{key, open};
+    use crate::store::testing::{add_business, key, open};
     use crate::store::tx::KEY_DECODES;
-    use crate::store::Business;
+
     use keygate_core::KeyHash;
 
     #[test]
@@ -115,7 +115,7 @@ mod tests {
         {
             let store = open(dir.path(), 100);
             for b in ["biz_a", "biz_b"] {
-                let _ = store.create_business(&Business { id: b.into(), name: b.into(), created_at: 1 }).unwrap();
+                add_business(&store, b);
             }
             for i in 0..5u8 {
                 let _ = store.create_key(&key(&format!("key_a{i}"), "biz_a", 1 + i)).unwrap();

@@ -161,15 +161,13 @@ impl Store {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use crate::clock::now;
-    use crate::store::testing::{key, open};
-    use crate::store::Business;
+    use crate::store::testing::{key, with_business};
+
     use keygate_core::KeyHash;
 
     #[test]
     fn rotation_grace_ends_with_a_sweep_that_removes_the_old_hash() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), 100);
-        let _ = store.create_business(&Business { id: "biz_a".into(), name: "A".into(), created_at: 1 }).unwrap();
+        let (_dir, store) = with_business(100);
         let _ = store.create_key(&key("key_1", "biz_a", 1)).unwrap();
         let (rotated, revoked, t) = store.rotate_key("key_1", KeyHash([2; 32]), "sk_test_efgh", 1, 0).unwrap();
         assert!(revoked.is_empty());

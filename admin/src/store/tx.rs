@@ -301,14 +301,12 @@ impl Store {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use crate::store::testing::{key, open};
-    use crate::store::{Business, StoreError};
+    use crate::store::testing::{key, with_business};
+    use crate::store::StoreError;
 
     #[test]
     fn changelog_versions_follow_commits_and_deltas_fold_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), 100);
-        let _ = store.create_business(&Business { id: "biz_a".into(), name: "A".into(), created_at: 1 }).unwrap();
+        let (_dir, store) = with_business(100);
         let t1 = store.create_key(&key("key_1", "biz_a", 1)).unwrap();
         let t2 = store.create_key(&key("key_2", "biz_a", 2)).unwrap();
         assert_eq!((t1.version, t2.version), (1, 2));
