@@ -164,8 +164,7 @@ async fn members_manage_keys_of_their_own_businesses_only() {
     let server = Server::fresh().await;
     let mine = server.business("Mine").await;
     let theirs = server.business("Theirs").await;
-    server.user("m@example.com", "password1", &[&mine]).await;
-    let (_, signin) = server.signin("m@example.com", "password1").await;
+    let signin = server.signed_in("m@example.com", "password1", &[&mine]).await;
     let member = signin["accessToken"].as_str().unwrap().to_owned();
 
     let (status, body) = server.key_as(&member, &mine, json!({"kind": "sk", "mode": "test"})).await;

@@ -29,8 +29,7 @@ async fn refresh_rotates_and_a_reused_refresh_token_revokes_the_session() {
     })
     .await;
     let biz = server.business("Acme").await;
-    server.user("ann@example.com", "correct horse", &[&biz]).await;
-    let (_, first) = server.signin("ann@example.com", "correct horse").await;
+    let first = server.signed_in("ann@example.com", "correct horse", &[&biz]).await;
     let sid = sid_of(first["accessToken"].as_str().unwrap());
 
     // After the access token expired: still refreshable (grace), same shape as sign-in.
@@ -71,8 +70,7 @@ async fn refresh_rotates_and_a_reused_refresh_token_revokes_the_session() {
 async fn logout_revokes_the_callers_session() {
     let server = Server::fresh().await;
     let biz = server.business("Acme").await;
-    server.user("ann@example.com", "correct horse", &[&biz]).await;
-    let (_, s) = server.signin("ann@example.com", "correct horse").await;
+    let s = server.signed_in("ann@example.com", "correct horse", &[&biz]).await;
     let token = s["accessToken"].as_str().unwrap();
     let (status, body) = server.post("/auth/logout", Some(token), json!({})).await;
     assert_eq!((status, body["revoked"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
@@ -101,8 +99,7 @@ async fn rotating_a_key_keeps_its_id_and_retires_the_old_raw_key() {
     let server = Server::fresh().await;
     let biz = server.business("Acme").await;
     let other = server.business("Other").await;
-    server.user("o@example.com", "correct horse", &[&other]).await;
-    let (_, outsider) = server.signin("o@example.com", "correct horse").await;
+    let outsider = server.signed_in("o@example.com", "correct horse", &[&other]).await;
     let key = server.key(&biz).await;
     let (id, old_raw) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap().to_owned());
     let (_, login) = server.login(&old_raw, None).await;
@@ -221,8 +218,7 @@ async fn signing_key_rotation_keeps_the_old_key_published_until_its_tokens_expir
     })
     .await;
     let biz = server.business("Acme").await;
-    server.user("ann@example.com", "correct horse", &[&biz]).await;
-    let (_, old) = server.signin("ann@example.com", "correct horse").await;
+    let old = server.signed_in("ann@example.com", "correct horse", &[&biz]).await;
     let old_token = old["accessToken"].as_str().unwrap();
     let old_kid = kid_of(old_token);
     let (_, before) = server.snapshot("").await;

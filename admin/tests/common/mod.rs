@@ -125,12 +125,17 @@ impl Server {
         self.post("/auth/signin", None, json!({"email": email, "password": password})).await
     }
 
-    /// Creates a user of `businesses` who signs in; their access token.
-    pub async fn member(&self, email: &str, password: &str, businesses: &[&str]) -> String {
+    /// Creates a user of `businesses` who signs in; the sign-in answer.
+    pub async fn signed_in(&self, email: &str, password: &str, businesses: &[&str]) -> Value {
         self.user(email, password, businesses).await;
         let (status, signin) = self.signin(email, password).await;
         assert_eq!(status, StatusCode::OK, "{signin}");
-        signin["accessToken"].as_str().unwrap().to_owned()
+        signin
+    }
+
+    /// [`Server::signed_in`]: the access token.
+    pub async fn member(&self, email: &str, password: &str, businesses: &[&str]) -> String {
+        self.signed_in(email, password, businesses).await["accessToken"].as_str().unwrap().to_owned()
     }
 
     pub async fn login(&self, api_key: &str, session_id: Option<&str>) -> (StatusCode, Value) {
