@@ -11,10 +11,10 @@
 //! Paths come from the environment `cargo xtask test` sets (`KEYGATE_ENVOY_BIN`,
 //! `KEYGATE_WASM`, `KEYGATE_ADMIN_BIN`, `KEYGATE_ECHO_BIN`, `KEYGATE_ENVOY_YAML`), with the
 //! usual build locations as fallback.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //!
 //! `process`: child processes and ports; `envoy_config`: rewriting envoy.yaml; `stack`:
 //! starting and stopping the stack; `client`: requests to admin and through Envoy.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod client;
 mod envoy_config;
