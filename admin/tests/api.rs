@@ -35,8 +35,7 @@ async fn verify(server: &Server, jwt: &str) -> AccessClaims {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn business_user_and_signin() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
 
     let (status, health) = server.get("/healthz", None).await;
     assert_eq!((status, health["status"].as_str()), (StatusCode::OK, Some("ok")));
@@ -59,7 +58,7 @@ async fn business_user_and_signin() {
         .await;
     assert_error(status, &body, 404, "business_not_found");
 
-    let (status, signin) = server.post("/auth/signin", None, json!({"email": "ann@example.com", "password": "correct horse"})).await;
+    let (status, signin) = server.signin("ann@example.com", "correct horse").await;
     assert_eq!(status, StatusCode::OK, "{signin}");
     assert_eq!((signin["tokenType"].as_str(), signin["expiresIn"].as_u64()), (Some("Bearer"), Some(7200)));
     assert_eq!(signin["businesses"], json!([{"id": biz, "name": "Acme"}]));
@@ -97,8 +96,7 @@ async fn business_user_and_signin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_and_api_key_login_sessions() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let biz = server.business("Acme").await;
 
     let (status, created) = server
@@ -163,12 +161,10 @@ async fn keys_and_api_key_login_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_manage_keys_of_their_own_businesses_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let mine = server.business("Mine").await;
     let theirs = server.business("Theirs").await;
-    server.user("m@example.com", "password1", &[&mine]).await;
-    let (_, signin) = server.post("/auth/signin", None, json!({"email": "m@example.com", "password": "password1"})).await;
+    let signin = server.signed_in("m@example.com", "password1", &[&mine]).await;
     let member = signin["accessToken"].as_str().unwrap().to_owned();
 
     let (status, body) = server.key_as(&member, &mine, json!({"kind": "sk", "mode": "test"})).await;
@@ -223,8 +219,7 @@ async fn body_key(server: &Server, business: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_full_delta_and_long_poll() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let biz = server.business("Acme").await;
     let first = server.key(&biz).await;
 
@@ -344,10 +339,10 @@ async fn a_restored_admin_sends_no_delta_of_another_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changelog_trimmed_past_since_answers_gone() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = common::config(dir.path());
-    config.changelog_retain = 2;
-    let server = Server::start_with(config).await;
+    let server = Server::fresh_with(|config| {
+        config.changelog_retain = 2;
+    })
+    .await;
     let biz = server.business("Acme").await;
     for _ in 0..4 {
         server.key(&biz).await;
@@ -361,8 +356,7 @@ async fn changelog_trimmed_past_since_answers_gone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_json_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let biz = server.business("Acme").await;
     let keys = format!("/v1/businesses/{biz}/keys");
 
@@ -422,8 +416,7 @@ async fn bad_input_gets_json_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_or_missing_bearers_are_unauthorized() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let biz = server.business("Acme").await;
     for bearer in [None, Some("nope"), Some(PROXY)] {
         let (s, b) = server.post("/v1/businesses", bearer, json!({"name": "x"})).await;
@@ -560,8 +553,7 @@ fn binary_prints_tokens_once_and_stops_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_flushes_and_keep_versions_contiguous() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = std::sync::Arc::new(Server::start(dir.path()).await);
+    let server = std::sync::Arc::new(Server::fresh().await);
     let biz = server.business("Acme").await;
     let (_, before) = server.snapshot("").await;
     let base = before["version"].as_u64().unwrap();
@@ -587,8 +579,7 @@ async fn concurrent_writes_share_flushes_and_keep_versions_contiguous() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_pending_long_polls() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let (_, full) = server.snapshot("").await;
     let version = full["version"].as_u64().unwrap();
     let poll = {

@@ -5,33 +5,19 @@
 
 mod common;
 
-use common::{assert_error, Server, OPERATOR, PROXY};
+use common::{assert_error, sid_of, Server, OPERATOR, PROXY};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 const PASSWORD: &str = "correct horse";
 
-async fn member(server: &Server, email: &str, businesses: &[&str]) -> String {
-    server.user(email, PASSWORD, businesses).await;
-    let (status, signin) = server.post("/auth/signin", None, json!({"email": email, "password": PASSWORD})).await;
-    assert_eq!(status, StatusCode::OK, "{signin}");
-    signin["accessToken"].as_str().unwrap().to_owned()
-}
-
-fn sid_of(jwt: &str) -> String {
-    use base64::Engine;
-    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwt.split('.').nth(1).unwrap()).unwrap();
-    serde_json::from_slice::<Value>(&payload).unwrap()["sid"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn me_names_the_member_and_their_businesses_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let acme = server.business("Acme").await;
     let globex = server.business("Globex").await;
     let _other = server.business("Initech").await;
-    let token = member(&server, "ann@example.com", &[&acme, &globex]).await;
+    let token = server.member("ann@example.com", PASSWORD, &[&acme, &globex]).await;
 
     let (status, me) = server.get("/v1/me", Some(&token)).await;
     assert_eq!(status, StatusCode::OK, "{me}");
@@ -58,13 +44,12 @@ async fn me_names_the_member_and_their_businesses_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_lists_the_callers_live_sessions_and_revoke_removes_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let acme = server.business("Acme").await;
-    let first = member(&server, "ann@example.com", &[&acme]).await;
-    let (_, again) = server.post("/auth/signin", None, json!({"email": "ann@example.com", "password": PASSWORD})).await;
+    let first = server.member("ann@example.com", PASSWORD, &[&acme]).await;
+    let (_, again) = server.signin("ann@example.com", PASSWORD).await;
     let second = again["accessToken"].as_str().unwrap().to_owned();
-    let bob = member(&server, "bob@example.com", &[&acme]).await;
+    let bob = server.member("bob@example.com", PASSWORD, &[&acme]).await;
 
     let (status, listed) = server.get("/v1/sessions", Some(&first)).await;
     assert_eq!(status, StatusCode::OK, "{listed}");
@@ -100,8 +85,8 @@ async fn patch_key_sets_and_clears_the_expiry_through_the_changelog() {
     let server = Server::start(dir.path()).await;
     let acme = server.business("Acme").await;
     let globex = server.business("Globex").await;
-    let ann = member(&server, "ann@example.com", &[&acme]).await;
-    let outsider = member(&server, "eve@example.com", &[&globex]).await;
+    let ann = server.member("ann@example.com", PASSWORD, &[&acme]).await;
+    let outsider = server.member("eve@example.com", PASSWORD, &[&globex]).await;
     let (status, key) = server.key_as(&ann, &acme, json!({"kind": "sk", "mode": "live"})).await;
     assert_eq!(status, StatusCode::CREATED, "{key}");
     let id = key["id"].as_str().unwrap().to_owned();
@@ -167,8 +152,7 @@ async fn patch_key_sets_and_clears_the_expiry_through_the_changelog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_is_served_embedded_with_security_headers() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let get = |path: &str| client.get(format!("{}{path}", server.base)).send();
 

@@ -7,25 +7,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_error, config, Server, OPERATOR, PROXY};
+use common::{assert_error, sid_of, Server, OPERATOR, PROXY};
 use keygate_core::KeyHash;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-fn sid_of(jwt: &str) -> String {
-    use base64::Engine;
-    let payload = jwt.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap();
-    let claims: Value = serde_json::from_slice(&bytes).unwrap();
-    claims["sid"].as_str().unwrap().to_owned()
-}
-
 fn kid_of(jwt: &str) -> String {
     keygate_core::token::checked_kid(jwt).unwrap()
-}
-
-async fn signin(server: &Server, email: &str, password: &str) -> (StatusCode, Value) {
-    server.post("/auth/signin", None, json!({"email": email, "password": password})).await
 }
 
 async fn revoked(server: &Server) -> Vec<String> {
@@ -35,14 +23,13 @@ async fn revoked(server: &Server) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_rotates_and_a_reused_refresh_token_revokes_the_session() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.token_ttl_secs = 3;
-    cfg.token_leeway_secs = 0;
-    let server = Server::start_with(cfg).await;
+    let server = Server::fresh_with(|cfg| {
+        cfg.token_ttl_secs = 3;
+        cfg.token_leeway_secs = 0;
+    })
+    .await;
     let biz = server.business("Acme").await;
-    server.user("ann@example.com", "correct horse", &[&biz]).await;
-    let (_, first) = signin(&server, "ann@example.com", "correct horse").await;
+    let first = server.signed_in("ann@example.com", "correct horse", &[&biz]).await;
     let sid = sid_of(first["accessToken"].as_str().unwrap());
 
     // After the access token expired: still refreshable (grace), same shape as sign-in.
@@ -81,11 +68,9 @@ async fn refresh_rotates_and_a_reused_refresh_token_revokes_the_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_revokes_the_callers_session() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let biz = server.business("Acme").await;
-    server.user("ann@example.com", "correct horse", &[&biz]).await;
-    let (_, s) = signin(&server, "ann@example.com", "correct horse").await;
+    let s = server.signed_in("ann@example.com", "correct horse", &[&biz]).await;
     let token = s["accessToken"].as_str().unwrap();
     let (status, body) = server.post("/auth/logout", Some(token), json!({})).await;
     assert_eq!((status, body["revoked"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
@@ -111,12 +96,10 @@ async fn logout_revokes_the_callers_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_a_key_keeps_its_id_and_retires_the_old_raw_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let biz = server.business("Acme").await;
     let other = server.business("Other").await;
-    server.user("o@example.com", "correct horse", &[&other]).await;
-    let (_, outsider) = signin(&server, "o@example.com", "correct horse").await;
+    let outsider = server.signed_in("o@example.com", "correct horse", &[&other]).await;
     let key = server.key(&biz).await;
     let (id, old_raw) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap().to_owned());
     let (_, login) = server.login(&old_raw, None).await;
@@ -176,8 +159,7 @@ async fn rotating_a_key_keeps_its_id_and_retires_the_old_raw_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_reports_update_last_used_and_hourly_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let biz = server.business("Acme").await;
     let key = server.key(&biz).await;
     let id = key["id"].as_str().unwrap();
@@ -230,14 +212,13 @@ async fn usage_reports_update_last_used_and_hourly_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_key_rotation_keeps_the_old_key_published_until_its_tokens_expire() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.token_ttl_secs = 2;
-    cfg.token_leeway_secs = 0;
-    let server = Server::start_with(cfg).await;
+    let server = Server::fresh_with(|cfg| {
+        cfg.token_ttl_secs = 2;
+        cfg.token_leeway_secs = 0;
+    })
+    .await;
     let biz = server.business("Acme").await;
-    server.user("ann@example.com", "correct horse", &[&biz]).await;
-    let (_, old) = signin(&server, "ann@example.com", "correct horse").await;
+    let old = server.signed_in("ann@example.com", "correct horse", &[&biz]).await;
     let old_token = old["accessToken"].as_str().unwrap();
     let old_kid = kid_of(old_token);
     let (_, before) = server.snapshot("").await;
@@ -259,7 +240,7 @@ async fn signing_key_rotation_keeps_the_old_key_published_until_its_tokens_expir
     // Old tokens still verify; new ones carry the new kid.
     let (status, _) = server.get(&format!("/v1/businesses/{biz}/keys"), Some(old_token)).await;
     assert_eq!(status, StatusCode::OK);
-    let (_, new) = signin(&server, "ann@example.com", "correct horse").await;
+    let (_, new) = server.signin("ann@example.com", "correct horse").await;
     assert_eq!(kid_of(new["accessToken"].as_str().unwrap()), new_kid);
 
     // Once every token of the old key has expired, housekeeping withdraws it.
@@ -277,14 +258,14 @@ async fn signing_key_rotation_keeps_the_old_key_published_until_its_tokens_expir
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_failures_are_throttled_per_client_without_locking_the_owner_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.throttle.pair_free = 3;
-    let server = Server::start_with(cfg).await;
+    let server = Server::fresh_with(|cfg| {
+        cfg.throttle.pair_free = 3;
+    })
+    .await;
     let biz = server.business("Acme").await;
     server.user("ann@example.com", "correct horse", &[&biz]).await;
     for _ in 0..3 {
-        let (status, body) = signin(&server, "ann@example.com", "wrong horse").await;
+        let (status, body) = server.signin("ann@example.com", "wrong horse").await;
         assert_error(status, &body, 401, "invalid_credentials");
     }
     let response = server
@@ -314,12 +295,12 @@ async fn sign_in_failures_are_throttled_per_client_without_locking_the_owner_out
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_capped_per_key_and_per_user_and_swept_when_dead() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.max_sessions_per_key = 2;
-    cfg.max_sessions_per_user = 2;
-    cfg.token_leeway_secs = 0;
-    let server = Server::start_with(cfg).await;
+    let server = Server::fresh_with(|cfg| {
+        cfg.max_sessions_per_key = 2;
+        cfg.max_sessions_per_user = 2;
+        cfg.token_leeway_secs = 0;
+    })
+    .await;
     let biz = server.business("Acme").await;
     let key = server.key(&biz).await;
     let raw = key["key"].as_str().unwrap();
@@ -337,7 +318,7 @@ async fn sessions_are_capped_per_key_and_per_user_and_swept_when_dead() {
     server.user("ann@example.com", "correct horse", &[&biz]).await;
     let mut users = Vec::new();
     for _ in 0..3 {
-        let (_, s) = signin(&server, "ann@example.com", "correct horse").await;
+        let (_, s) = server.signin("ann@example.com", "correct horse").await;
         users.push(sid_of(s["accessToken"].as_str().unwrap()));
     }
     assert!(revoked(&server).await.contains(&users[0]));
@@ -358,8 +339,7 @@ async fn sessions_are_capped_per_key_and_per_user_and_swept_when_dead() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_keys_are_refused_and_carry_their_expiry_in_the_feed() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let biz = server.business("Acme").await;
     let expires = keygate_admin::store::now() + 2;
     let (status, key) =
@@ -478,8 +458,7 @@ async fn signin_from(server: &Server, client: &reqwest::Client, email: &str, pas
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_logins_are_throttled_and_never_end_another_clients_session() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let biz = server.business("Acme").await;
     let (status, key) = server.key_as(OPERATOR, &biz, json!({"kind": "pk", "mode": "test"})).await;
     assert_eq!(status, StatusCode::CREATED, "{key}");
@@ -517,12 +496,12 @@ async fn api_key_logins_are_throttled_and_never_end_another_clients_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_key_session_cap_a_login_displaces_only_its_own_clients_sessions() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.max_sessions_per_key = 3;
-    cfg.login_limit.per_client_per_minute = 1000;
-    cfg.login_limit.per_key_per_minute = 1000;
-    let server = Server::start_with(cfg).await;
+    let server = Server::fresh_with(|cfg| {
+        cfg.max_sessions_per_key = 3;
+        cfg.login_limit.per_client_per_minute = 1000;
+        cfg.login_limit.per_key_per_minute = 1000;
+    })
+    .await;
     let biz = server.business("Acme").await;
     let (_, key) = server.key_as(OPERATOR, &biz, json!({"kind": "pk", "mode": "test"})).await;
     let raw = key["key"].as_str().unwrap();
@@ -555,8 +534,7 @@ async fn past_the_key_session_cap_a_login_displaces_only_its_own_clients_session
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_wrong_passwords_for_one_account_are_mostly_refused_before_argon2() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let biz = server.business("Acme").await;
     server.user("ann@example.com", "correct horse", &[&biz]).await;
     let guesser = client_from(1);
@@ -584,13 +562,13 @@ async fn parallel_wrong_passwords_for_one_account_are_mostly_refused_before_argo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_password_check_queue_is_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.max_concurrent_password_hashes = 1;
-    cfg.max_queued_password_hashes = 2;
-    cfg.throttle.pair_free = 1000;
-    cfg.throttle.client_free = 1000;
-    let server = Server::start_with(cfg).await;
+    let server = Server::fresh_with(|cfg| {
+        cfg.max_concurrent_password_hashes = 1;
+        cfg.max_queued_password_hashes = 2;
+        cfg.throttle.pair_free = 1000;
+        cfg.throttle.client_free = 1000;
+    })
+    .await;
     let client = client_from(1);
     let attempts = (0..30).map(|i| {
         let email = format!("nobody{i}@example.com");
@@ -618,8 +596,7 @@ async fn the_password_check_queue_is_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_signing_key_rotations_leave_exactly_one_signer() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let biz = server.business("Acme").await;
     let key = server.key(&biz).await;
     for round in 0..5 {

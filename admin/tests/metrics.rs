@@ -82,10 +82,10 @@ async fn scrape(server: &Server) -> (String, Vec<Sample>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_by_route_template() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = common::config(dir.path());
-    config.throttle.pair_free = 1;
-    let server = Server::start_with(config).await;
+    let server = Server::fresh_with(|config| {
+        config.throttle.pair_free = 1;
+    })
+    .await;
 
     let biz = server.business("Acme").await;
     let user = server.user("ann@example.com", "correct horse", &[&biz]).await;
@@ -99,12 +99,12 @@ async fn metrics_count_requests_by_route_template() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = server.get("/sk_test_not-a-route", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, signin) = server.post("/auth/signin", None, json!({"email": "ann@example.com", "password": "correct horse"})).await;
+    let (status, signin) = server.signin("ann@example.com", "correct horse").await;
     assert_eq!(status, StatusCode::OK, "{signin}");
     // One failure blocks the pair (pair_free = 1): the next attempt is answered 429.
-    let (status, _) = server.post("/auth/signin", None, json!({"email": "ann@example.com", "password": "wrong horse"})).await;
+    let (status, _) = server.signin("ann@example.com", "wrong horse").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, _) = server.post("/auth/signin", None, json!({"email": "ann@example.com", "password": "correct horse"})).await;
+    let (status, _) = server.signin("ann@example.com", "correct horse").await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let (status, _) = server.snapshot("").await;
     assert_eq!(status, StatusCode::OK);
@@ -197,8 +197,7 @@ async fn metrics_count_requests_by_route_template() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn longpoll_gauge_counts_held_polls() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Arc::new(Server::start(dir.path()).await);
+    let server = Arc::new(Server::fresh().await);
     let biz = server.business("Acme").await;
     let (_, health) = server.get("/healthz", None).await;
     let version = health["version"].as_u64().unwrap();
@@ -269,8 +268,7 @@ fn generated(id: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_echoed_or_generated_and_logged() {
     let log = captured_log();
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     use reqwest::header::HeaderValue;
 
     let sane = "trace-Me_1.2-3";

@@ -36,8 +36,7 @@ fn normalised(template: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answered_route_is_described_and_every_described_route_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
 
     let response = server.client.get(format!("{}/openapi.json", server.base)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -91,8 +90,7 @@ async fn every_answered_route_is_described_and_every_described_route_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemas_describe_real_answers() {
     // A few real answers, checked against the fields the document promises.
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let doc: Value = server.client.get(format!("{}/openapi.json", server.base)).send().await.unwrap().json().await.unwrap();
     let schema = |name: &str| doc["components"]["schemas"][name].clone();
 
@@ -121,8 +119,7 @@ async fn schemas_describe_real_answers() {
 async fn bodies_are_json_objects() {
     // Found by schemathesis: serde builds a struct from an array of its fields, so
     // `["Acme"]` created a business and `[]` rotated a key.
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    let server = Server::fresh().await;
     let (status, body) = server.raw(Method::POST, "/v1/businesses", Some(OPERATOR), br#"["Acme"]"#.to_vec()).await;
     common::assert_error(status, &body, 400, "invalid_json");
     let business = server.business("Acme").await;

@@ -1,6 +1,8 @@
 //! The leader's feed state machine, applied to an in-memory stand-in for shared data.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use keygate_core::feed::{BucketOp, Leader, Meta, Seen, PAGE_KEYS};
 use keygate_core::keystore::{self, bucket_of, KeyLookup};
 use keygate_core::lease::{Lease, LeaseStep, LEASE_MS};
@@ -70,16 +72,7 @@ impl KeyLookup for Shared {
 fn entry(i: u32) -> KeyEntry {
     let seed = |salt: &str| KeyHash::of_raw(&format!("{salt}{i}")).0;
     let key = ApiKey::generate(KeyKind::Sk, Mode::Live, seed("a").into_iter().chain(seed("b")).chain(seed("c"))).unwrap();
-    KeyEntry {
-        hash: key.hash(),
-        id: format!("key_{i}"),
-        business: "biz_1".into(),
-        kind: KeyKind::Sk,
-        mode: Mode::Live,
-        scopes: vec![],
-        expires_at: None,
-        active: true,
-    }
+    support::entry(&key, &format!("key_{i}"), "biz_1")
 }
 
 fn signing() -> SigningKeyEntry {

@@ -2,13 +2,12 @@
 //! rules, and how public clients are bucketed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use keygate_core::decide::{after_rate_limit, rate_limited};
-use keygate_core::snapshot::{KeyEntry, SnapshotWire};
-use keygate_core::{
-    decide, ApiKey, Decision, DenyCode, FilterConfig, KeyKind, Mode, Policy, RateLimitTarget, RequestView, Snapshot, Synced,
-};
+mod support;
 
-const NOW: u64 = 1_800_000_000;
+use keygate_core::decide::{after_rate_limit, rate_limited};
+use keygate_core::snapshot::SnapshotWire;
+use keygate_core::{decide, ApiKey, Decision, DenyCode, FilterConfig, Policy, RateLimitTarget, RequestView, Snapshot, Synced};
+use support::{allowed, entry, live_sk, owned, NOW};
 
 fn policy(extra: &str) -> Policy {
     let json = format!(
@@ -23,35 +22,15 @@ fn policy(extra: &str) -> Policy {
 }
 
 fn world() -> (Policy, Snapshot, ApiKey) {
-    let sk = ApiKey::generate(KeyKind::Sk, Mode::Live, (0..200u8).map(|i| i.wrapping_mul(31).wrapping_add(5))).unwrap();
-    let wire = SnapshotWire {
-        version: 1,
-        keys: vec![KeyEntry {
-            hash: sk.hash(),
-            id: "key_1".into(),
-            business: "biz_1".into(),
-            kind: KeyKind::Sk,
-            mode: Mode::Live,
-            scopes: vec![],
-            expires_at: None,
-            active: true,
-        }],
-        ..SnapshotWire::default()
-    };
+    let sk = live_sk();
+    let wire = SnapshotWire { version: 1, keys: vec![entry(&sk, "key_1", "biz_1")], ..SnapshotWire::default() };
     (policy(""), Snapshot::from_full(wire).unwrap(), sk)
 }
 
 fn run(policy: &Policy, snapshot: &Snapshot, method: &str, path: &str, headers: &[(&str, &str)], ip: Option<&str>) -> Decision {
-    let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let headers = owned(headers);
     let request = RequestView { method, path, headers: &headers, client_ip: ip };
     decide(policy, &request, Some(Synced::local(snapshot, NOW - 1)), NOW)
-}
-
-fn allowed(d: Decision) -> keygate_core::Allowed {
-    match d {
-        Decision::Allow(a) => a,
-        Decision::Deny(denial) => panic!("expected allow, got {denial:?}"),
-    }
 }
 
 #[test]

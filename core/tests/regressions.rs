@@ -5,22 +5,23 @@
 //! (fuzz/) have turned up.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey};
 use keygate_core::config::FilterConfig;
 use keygate_core::lease::Lease;
 use keygate_core::signing::SigningKeyPair;
-use keygate_core::snapshot::{KeyEntry, SnapshotWire};
+use keygate_core::snapshot::SnapshotWire;
 use keygate_core::token::{self, TokenError, TokenExpectations};
 use keygate_core::{decide, ApiKey, Decision, DenyCode, KeyKind, Mode, Policy, RequestView, Snapshot, Synced};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use support::{entry, live_sk, BIZ, NOW};
 
-const NOW: u64 = 1_800_000_000;
 const SEED: [u8; 32] = [42; 32];
 const KID: &str = "sig_regress";
-const BIZ: &str = "biz_acme";
 
 struct World {
     policy: Policy,
@@ -30,20 +31,10 @@ struct World {
 
 fn world() -> World {
     let policy = FilterConfig::parse(br#"{"admin_cluster": "a", "proxy_token": "t", "leeway_secs": 30}"#, None).unwrap().policy;
-    let key = ApiKey::generate(KeyKind::Sk, Mode::Live, (0..200u8).map(|i| i.wrapping_mul(31).wrapping_add(5))).unwrap();
-    let entry = KeyEntry {
-        hash: key.hash(),
-        id: "key_1".into(),
-        business: BIZ.into(),
-        kind: KeyKind::Sk,
-        mode: Mode::Live,
-        scopes: vec![],
-        expires_at: None,
-        active: true,
-    };
+    let key = live_sk();
     let wire = SnapshotWire {
         version: 1,
-        keys: vec![entry],
+        keys: vec![entry(&key, "key_1", BIZ)],
         signing_keys: vec![SigningKeyPair::from_seed(KID, SEED).public_entry()],
         ..SnapshotWire::default()
     };

@@ -1,6 +1,8 @@
 //! Snapshot decoding and deltas.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use keygate_core::signing::SigningKeyPair;
 use keygate_core::snapshot::{KeyEntry, RevokedSession, SigningKeyEntry, SnapshotError, SnapshotWire};
 use keygate_core::{ApiKey, KeyKind, Mode, Snapshot};
@@ -10,16 +12,7 @@ fn key(seed: u8) -> ApiKey {
 }
 
 fn entry(k: &ApiKey, id: &str) -> KeyEntry {
-    KeyEntry {
-        hash: k.hash(),
-        id: id.into(),
-        business: "biz_1".into(),
-        kind: k.kind(),
-        mode: k.mode(),
-        scopes: vec![],
-        expires_at: None,
-        active: true,
-    }
+    support::entry(k, id, "biz_1")
 }
 
 fn full(version: u64, keys: Vec<KeyEntry>) -> SnapshotWire {

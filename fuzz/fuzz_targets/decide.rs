@@ -201,27 +201,12 @@ fuzz_target!(|input: Input| {
     let mut raws = Vec::new();
     let mut entries = Vec::new();
     for (i, k) in input.keys.iter().take(8).enumerate() {
-        let kind = if k.kind_sk { KeyKind::Sk } else { KeyKind::Pk };
-        let mode = if k.live { Mode::Live } else { Mode::Test };
+        let kind_of = |sk: bool| if sk { KeyKind::Sk } else { KeyKind::Pk };
+        let mode_of = |live: bool| if live { Mode::Live } else { Mode::Test };
+        let (kind, mode) = (kind_of(k.kind_sk), mode_of(k.live));
         let Some(key) = ApiKey::generate(kind, mode, k.random.iter().copied().chain(0..=255u8)) else { continue };
-        let other_kind = if k.flip_kind {
-            if k.kind_sk {
-                KeyKind::Pk
-            } else {
-                KeyKind::Sk
-            }
-        } else {
-            kind
-        };
-        let other_mode = if k.flip_mode {
-            if k.live {
-                Mode::Test
-            } else {
-                Mode::Live
-            }
-        } else {
-            mode
-        };
+        // With `flip_kind` or `flip_mode` the stored record claims another kind or mode than the key has.
+        let (other_kind, other_mode) = (kind_of(k.kind_sk != k.flip_kind), mode_of(k.live != k.flip_mode));
         entries.push(KeyEntry {
             hash: key.hash(),
             id: format!("key_{i}"),

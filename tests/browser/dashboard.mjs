@@ -9,16 +9,9 @@
 // KEYGATE_UI_BUSINESS, KEYGATE_UI_SCREENSHOTS, KEYGATE_CHROMIUM (default /usr/bin/chromium).
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { chromium } from 'playwright-core';
-
-function env(name) {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set (run through tests/e2e/ui.rs)`);
-  return value;
-}
+import { env, run, withChromium } from './browser.mjs';
 
 const ADMIN = env('KEYGATE_ADMIN_URL');
 const ENVOY = env('KEYGATE_ENVOY_URL');
@@ -26,7 +19,6 @@ const EMAIL = env('KEYGATE_UI_EMAIL');
 const PASSWORD = env('KEYGATE_UI_PASSWORD');
 const BUSINESS = env('KEYGATE_UI_BUSINESS');
 const SHOTS = resolve(env('KEYGATE_UI_SCREENSHOTS'));
-const CHROMIUM = process.env.KEYGATE_CHROMIUM || '/usr/bin/chromium';
 const XSS_NAME = '<img src=x onerror="window.__pwned=1">Billing';
 
 const started = Date.now();
@@ -125,18 +117,10 @@ async function main() {
   assert.equal(member.status, 200, JSON.stringify(member.body));
   const memberToken = member.body.accessToken;
 
-  const profile = mkdtempSync(join(tmpdir(), 'keygate-ui-chromium-'));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    viewport: { width: 1280, height: 860 },
-    timeout: 60000,
-  });
   const secrets = []; // raw keys seen: none may reach the console or the URL
   const consoleLines = [];
   const pageErrors = [];
-  try {
+  await withChromium(async (context) => {
     await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: ADMIN });
     const page = context.pages()[0] || (await context.newPage());
     page.setDefaultTimeout(15000);
@@ -150,6 +134,13 @@ async function main() {
       console.log(`screenshot: ${path}`);
     };
     const errorText = () => page.locator('#error-text').textContent();
+    // The raw key the secret dialog shows once, noted among the secrets.
+    const shownSecret = async () => {
+      await page.locator('#secret-dialog').waitFor();
+      const secret = (await page.locator('#secret-value').textContent()).trim();
+      secrets.push(secret);
+      return secret;
+    };
 
     // 1. The sign-in page; a wrong password is an API error shown in words.
     await page.goto(`${ADMIN}/ui/`);
@@ -180,9 +171,7 @@ async function main() {
     await page.fill('#create-name', XSS_NAME);
     await page.selectOption('#create-kind', 'sk');
     await page.click('#create-button');
-    await page.locator('#secret-dialog').waitFor();
-    const raw = (await page.locator('#secret-value').textContent()).trim();
-    secrets.push(raw);
+    const raw = await shownSecret();
     assert.match(raw, /^sk_live_[A-Za-z0-9]+/, 'a raw live secret key is shown');
     assert.match(await page.locator('#secret-warning').textContent(), /will not be shown again/);
     await page.click('#secret-copy');
@@ -257,9 +246,7 @@ async function main() {
     await page.locator('#confirm-dialog').waitFor();
     await page.selectOption('#grace', '0');
     await page.click('#confirm-ok');
-    await page.locator('#secret-dialog').waitFor();
-    const rotated = (await page.locator('#secret-value').textContent()).trim();
-    secrets.push(rotated);
+    const rotated = await shownSecret();
     assert.match(rotated, /^sk_live_/);
     assert.notEqual(rotated, raw);
     await shot('rotated-new-key-shown-once');
@@ -293,9 +280,7 @@ async function main() {
     assert.equal(await page.locator(`#keys-body tr[data-key-id="${keyId}"]`).count(), 0, 'live keys are not listed under test');
     await page.fill('#create-name', 'CI runner');
     await page.click('#create-button');
-    await page.locator('#secret-dialog').waitFor();
-    const testKey = (await page.locator('#secret-value').textContent()).trim();
-    secrets.push(testKey);
+    const testKey = await shownSecret();
     assert.match(testKey, /^sk_test_/);
     await page.click('#secret-done');
     await page.locator('#secret-dialog').waitFor({ state: 'hidden' });
@@ -337,13 +322,7 @@ async function main() {
       assert.ok(!page.url().includes(secret), 'no raw key in the URL');
     }
     log('all dashboard checks passed');
-  } finally {
-    await context.close();
-    rmSync(profile, { recursive: true, force: true });
-  }
+  });
 }
 
-main().catch((e) => {
-  console.error(`dashboard test FAILED: ${e && e.stack ? e.stack : e}`);
-  process.exit(1);
-});
+run('dashboard', main);

@@ -4,34 +4,20 @@
 // with the reason in words. Same env as dashboard.mjs.
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { chromium } from 'playwright-core';
+import { env, run, withChromium } from './browser.mjs';
 
-const env = (name) => {
-  if (!process.env[name]) throw new Error(`${name} is not set (run through tests/e2e/ui.rs)`);
-  return process.env[name];
-};
 const ADMIN = env('KEYGATE_ADMIN_URL');
 const EMAIL = env('KEYGATE_UI_EMAIL');
 const PASSWORD = env('KEYGATE_UI_PASSWORD');
 const BUSINESS = env('KEYGATE_UI_BUSINESS');
 const SHOTS = resolve(env('KEYGATE_UI_SCREENSHOTS'));
-const CHROMIUM = process.env.KEYGATE_CHROMIUM || '/usr/bin/chromium';
 const TTL_MS = Number(process.env.KEYGATE_UI_TOKEN_TTL_SECS || '3') * 1000;
 
 async function main() {
   mkdirSync(SHOTS, { recursive: true });
-  const profile = mkdtempSync(join(tmpdir(), 'keygate-ui-chromium-'));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    viewport: { width: 1280, height: 860 },
-    timeout: 60000,
-  });
-  try {
+  await withChromium(async (context) => {
     const page = context.pages()[0] || (await context.newPage());
     page.setDefaultTimeout(15000);
     const refreshes = [];
@@ -73,13 +59,7 @@ async function main() {
     await page.screenshot({ path: path2, fullPage: true });
     console.log(`screenshot: ${path2}`);
     console.log('[ui] token refresh checks passed');
-  } finally {
-    await context.close();
-    rmSync(profile, { recursive: true, force: true });
-  }
+  });
 }
 
-main().catch((e) => {
-  console.error(`refresh test FAILED: ${e && e.stack ? e.stack : e}`);
-  process.exit(1);
-});
+run('refresh', main);

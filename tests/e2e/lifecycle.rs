@@ -176,21 +176,28 @@ fn rotate(stack: &Stack) {
     assert_denied(&login(stack, old, None), 401, "invalid_api_key");
 }
 
+/// Rotates key `id` as the operator with `grace_secs` of grace; the new raw key, once the
+/// filter holds it.
+fn rotate_with_grace_secs(stack: &Stack, id: &str, grace_secs: u64) -> String {
+    let (status, rotated) = stack.operator_post(&format!("/v1/keys/{id}/rotate"), json!({"grace_secs": grace_secs}));
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["key"].as_str().unwrap().to_owned();
+    stack.wait_for_key(&new);
+    new
+}
+
 fn rotate_with_grace(stack: &Stack) {
     let t = stack.tenant();
     let key = key_json(stack, &t.business_id, json!({"kind": "sk", "mode": "live"}));
     let (id, old) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
     stack.wait_for_key(old);
-    let (status, rotated) = stack.operator_post(&format!("/v1/keys/{id}/rotate"), json!({"grace_secs": 5}));
-    assert_eq!(status, 200, "{rotated}");
-    let new = rotated["key"].as_str().unwrap();
-    stack.wait_for_key(new);
+    let new = rotate_with_grace_secs(stack, id, 5);
     assert_eq!(status_at_envoy(stack, &t.access_token, old, &t.business_id).0, 200, "the old key works during the grace");
     assert!(
         eventually(Duration::from_secs(8), || status_at_envoy(stack, &t.access_token, old, &t.business_id).0 == 401),
         "the old key still passes after its grace"
     );
-    assert_eq!(status_at_envoy(stack, &t.access_token, new, &t.business_id).0, 200);
+    assert_eq!(status_at_envoy(stack, &t.access_token, &new, &t.business_id).0, 200);
 }
 
 /// K0 → rotate with a day of grace (K1) → rotate with no grace (K2): "no grace" stops every
@@ -200,16 +207,10 @@ fn rotate_after_grace(stack: &Stack) {
     let key = key_json(stack, &t.business_id, json!({"kind": "sk", "mode": "live"}));
     let (id, k0) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
     stack.wait_for_key(k0);
-    let (status, first) = stack.operator_post(&format!("/v1/keys/{id}/rotate"), json!({"grace_secs": 86_400}));
-    assert_eq!(status, 200, "{first}");
-    let k1 = first["key"].as_str().unwrap();
-    stack.wait_for_key(k1);
+    let k1 = rotate_with_grace_secs(stack, id, 86_400);
     assert_eq!(status_at_envoy(stack, &t.access_token, k0, &t.business_id).0, 200, "K0 works during its grace");
-    let (status, second) = stack.operator_post(&format!("/v1/keys/{id}/rotate"), json!({"grace_secs": 0}));
-    assert_eq!(status, 200, "{second}");
-    let k2 = second["key"].as_str().unwrap();
-    stack.wait_for_key(k2);
-    for (name, old) in [("K1", k1), ("K0", k0)] {
+    let k2 = rotate_with_grace_secs(stack, id, 0);
+    for (name, old) in [("K1", k1.as_str()), ("K0", k0)] {
         assert!(
             eventually(Duration::from_secs(2), || status_at_envoy(stack, &t.access_token, old, &t.business_id).0 == 401),
             "{name} still passes Envoy 2 s after a rotation with no grace"
@@ -217,7 +218,7 @@ fn rotate_after_grace(stack: &Stack) {
         assert_denied(&status_at_envoy(stack, &t.access_token, old, &t.business_id), 401, "invalid_api_key");
         assert_denied(&login(stack, old, None), 401, "invalid_api_key");
     }
-    assert_eq!(status_at_envoy(stack, &t.access_token, k2, &t.business_id).0, 200);
+    assert_eq!(status_at_envoy(stack, &t.access_token, &k2, &t.business_id).0, 200);
 }
 
 fn deactivate_activate(stack: &Stack) {

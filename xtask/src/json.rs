@@ -141,6 +141,30 @@ impl Parser<'_> {
         }
     }
 
+    /// The comma-separated items of an array or object, each read by `item`, from its opening
+    /// byte through `close`.
+    fn items<T>(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Result<T, String>) -> Result<Vec<T>, String> {
+        self.i += 1;
+        let mut items = Vec::new();
+        self.ws();
+        if self.s.get(self.i) == Some(&close) {
+            self.i += 1;
+            return Ok(items);
+        }
+        loop {
+            items.push(item(self)?);
+            self.ws();
+            match self.s.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(&c) if c == close => {
+                    self.i += 1;
+                    return Ok(items);
+                }
+                _ => return self.err(&format!("expected , or {}", char::from(close))),
+            }
+        }
+    }
+
     fn value(&mut self, depth: usize) -> Result<Json, String> {
         if depth > 64 {
             return self.err("nested too deep");
@@ -152,56 +176,19 @@ impl Parser<'_> {
             Some(b't') => self.eat("true").map(|_| Json::Bool(true)),
             Some(b'f') => self.eat("false").map(|_| Json::Bool(false)),
             Some(b'"') => self.string().map(Json::Str),
-            Some(b'[') => {
-                self.i += 1;
-                let mut items = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    items.push(self.value(depth + 1)?);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Json::Arr(items));
-                        }
-                        _ => return self.err("expected , or ]"),
+            Some(b'[') => self.items(b']', |p| p.value(depth + 1)).map(Json::Arr),
+            Some(b'{') => self
+                .items(b'}', |p| {
+                    p.ws();
+                    if p.s.get(p.i) != Some(&b'"') {
+                        return p.err("expected a key");
                     }
-                }
-            }
-            Some(b'{') => {
-                self.i += 1;
-                let mut fields = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(fields));
-                }
-                loop {
-                    self.ws();
-                    if self.s.get(self.i) != Some(&b'"') {
-                        return self.err("expected a key");
-                    }
-                    let k = self.string()?;
-                    self.ws();
-                    self.eat(":")?;
-                    let v = self.value(depth + 1)?;
-                    fields.push((k, v));
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Json::Obj(fields));
-                        }
-                        _ => return self.err("expected , or }"),
-                    }
-                }
-            }
+                    let k = p.string()?;
+                    p.ws();
+                    p.eat(":")?;
+                    Ok((k, p.value(depth + 1)?))
+                })
+                .map(Json::Obj),
             Some(_) => {
                 let start = self.i;
                 while let Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') = self.s.get(self.i) {

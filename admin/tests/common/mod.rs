@@ -18,6 +18,8 @@ pub struct Server {
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), AdminError>>>,
+    /// The data directory of a server made by [`Server::fresh`], removed after the server.
+    temp_dir: Option<tempfile::TempDir>,
 }
 
 pub fn config(dir: &Path) -> Config {
@@ -29,6 +31,19 @@ pub fn config(dir: &Path) -> Config {
 }
 
 impl Server {
+    /// A server on a new temporary directory, with the test configuration.
+    pub async fn fresh() -> Server {
+        Server::fresh_with(|_| {}).await
+    }
+
+    /// [`Server::fresh`] with the test configuration changed by `edit`.
+    pub async fn fresh_with(edit: impl FnOnce(&mut Config)) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        edit(&mut config);
+        Server { temp_dir: Some(dir), ..Server::start_with(config).await }
+    }
+
     pub async fn start(dir: &Path) -> Server {
         Server::start_with(config(dir)).await
     }
@@ -41,7 +56,7 @@ impl Server {
         let task = tokio::spawn(keygate_admin::run(listener, state.clone(), async move {
             let _ = stopped.await;
         }));
-        Server { base, client: Client::new(), state, stop: Some(stop), task: Some(task) }
+        Server { base, client: Client::new(), state, stop: Some(stop), task: Some(task), temp_dir: None }
     }
 
     /// Graceful stop; returns once the store's last flush is done and every handle on it
@@ -63,11 +78,7 @@ impl Server {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
-        (status, value)
+        json_reply(request).await
     }
 
     pub async fn raw(&self, method: Method, path: &str, bearer: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
@@ -75,11 +86,7 @@ impl Server {
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
-        (status, value)
+        json_reply(request).await
     }
 
     pub async fn post(&self, path: &str, bearer: Option<&str>, body: Value) -> (StatusCode, Value) {
@@ -114,6 +121,23 @@ impl Server {
         body
     }
 
+    pub async fn signin(&self, email: &str, password: &str) -> (StatusCode, Value) {
+        self.post("/auth/signin", None, json!({"email": email, "password": password})).await
+    }
+
+    /// Creates a user of `businesses` who signs in; the sign-in answer.
+    pub async fn signed_in(&self, email: &str, password: &str, businesses: &[&str]) -> Value {
+        self.user(email, password, businesses).await;
+        let (status, signin) = self.signin(email, password).await;
+        assert_eq!(status, StatusCode::OK, "{signin}");
+        signin
+    }
+
+    /// [`Server::signed_in`]: the access token.
+    pub async fn member(&self, email: &str, password: &str, businesses: &[&str]) -> String {
+        self.signed_in(email, password, businesses).await["accessToken"].as_str().unwrap().to_owned()
+    }
+
     pub async fn login(&self, api_key: &str, session_id: Option<&str>) -> (StatusCode, Value) {
         let mut body = json!({ "api_key": api_key });
         if let Some(sid) = session_id {
@@ -125,6 +149,22 @@ impl Server {
     pub async fn snapshot(&self, query: &str) -> (StatusCode, Value) {
         self.get(&format!("/v1/snapshot{query}"), Some(PROXY)).await
     }
+}
+
+/// Sends `request`; the status and the JSON body (panics on any other body).
+async fn json_reply(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    (status, value)
+}
+
+/// The session id (`sid`) an access token carries.
+pub fn sid_of(jwt: &str) -> String {
+    use base64::Engine;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwt.split('.').nth(1).unwrap()).unwrap();
+    serde_json::from_slice::<Value>(&payload).unwrap()["sid"].as_str().unwrap().to_owned()
 }
 
 /// Copies a directory tree: a crash image of a sled directory taken while it is in use.

@@ -1,0 +1,127 @@
+//! The plugin configuration as written in envoy.yaml: the serde shapes, their defaults and
+//! bounds. Unknown fields are errors, so a typo never silently opens a route.
+
+use serde::Deserialize;
+
+use crate::key::Mode;
+
+/// Which credentials a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Requirement {
+    /// `Authorization: Bearer <access token>`, `SECRET_KEY` and `businessId` (the default).
+    All,
+    /// An API key only, in `SECRET_KEY` (or as the bearer value with `key_in_bearer`).
+    Key,
+    /// Nothing: a public path, limited per client IP.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Path prefix, e.g. `/public/`. The first route whose prefix and method match wins.
+    pub prefix: String,
+    /// Upper-case methods the route applies to; empty means every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default = "default_requirement")]
+    pub require: Requirement,
+    /// Accept the API key as `Authorization: Bearer sk_…` (as some APIs take it).
+    #[serde(default)]
+    pub key_in_bearer: bool,
+    /// Scopes the key (and the token, if it carries any) must all have.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Only keys of this mode may use the route.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Decide and count, but let a denied request through (for rolling out rules).
+    #[serde(default)]
+    pub shadow: bool,
+    /// Requests per hour per key (or per client IP on public routes); overrides the defaults.
+    #[serde(default)]
+    pub rate_limit_per_hour: Option<u32>,
+}
+
+fn default_requirement() -> Requirement {
+    Requirement::All
+}
+
+/// A field left out takes its value from [`RateLimits::default`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    pub sk_per_hour: u32,
+    pub pk_per_hour: u32,
+    pub public_per_ip_per_hour: u32,
+    /// Public routes count an IPv6 client by this many leading bits of its address.
+    pub ipv6_prefix_len: u8,
+    /// Counter slots in each of the two tables (per key, per client address) in Envoy's
+    /// shared data: the bound on the memory rate limiting uses.
+    pub counter_slots: u32,
+}
+
+/// Most counter slots a table may have (about 2.5 GB of shared data at that size).
+pub const MAX_COUNTER_SLOTS: u32 = 1 << 24;
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits { sk_per_hour: 1000, pk_per_hour: 100, public_per_ip_per_hour: 200, ipv6_prefix_len: 64, counter_slots: 65_536 }
+    }
+}
+
+/// The plugin configuration as written in envoy.yaml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) admin_cluster: String,
+    #[serde(default = "default_authority")]
+    pub(super) admin_authority: String,
+    #[serde(default)]
+    pub(super) proxy_token: Option<String>,
+    #[serde(default = "default_issuer")]
+    pub(super) issuer: String,
+    #[serde(default = "default_audience")]
+    pub(super) audience: String,
+    #[serde(default = "number::<1000>")]
+    pub(super) poll_interval_ms: u64,
+    #[serde(default = "number::<5000>")]
+    pub(super) admin_timeout_ms: u64,
+    #[serde(default = "number::<20>")]
+    pub(super) long_poll_secs: u64,
+    #[serde(default = "number::<600>")]
+    pub(super) max_staleness_secs: u64,
+    #[serde(default = "number::<30>")]
+    pub(super) leeway_secs: u64,
+    #[serde(default = "count::<10_000>")]
+    pub(super) token_cache_entries: usize,
+    #[serde(default = "number::<10>")]
+    pub(super) usage_flush_secs: u64,
+    #[serde(default = "count::<{ crate::feed::PAGE_KEYS }>")]
+    pub(super) snapshot_page_keys: usize,
+    #[serde(default)]
+    pub(super) rate_limits: RateLimits,
+    #[serde(default)]
+    pub(super) routes: Vec<Route>,
+}
+
+/// A constant default for a `u64` field (serde takes a function).
+fn number<const N: u64>() -> u64 {
+    N
+}
+
+/// A constant default for a `usize` field.
+fn count<const N: usize>() -> usize {
+    N
+}
+
+fn default_authority() -> String {
+    "keygate-admin".to_owned()
+}
+fn default_issuer() -> String {
+    "keygate".to_owned()
+}
+fn default_audience() -> String {
+    "keygate-api".to_owned()
+}

@@ -1,0 +1,263 @@
+//! The filter's plugin configuration: parsed and validated once (in `on_configure`) into
+//! an immutable [`FilterConfig`]. The fields as written, with their defaults, are in
+//! `fields`; which route a request gets, in `routing`.
+
+mod fields;
+mod routing;
+
+pub use fields::{RateLimits, Requirement, Route, MAX_COUNTER_SLOTS};
+
+use sha2::{Digest, Sha256};
+
+use crate::token::{TokenExpectations, REVOCATION_MARGIN_SECS};
+use fields::RawConfig;
+
+/// Everything `decide` needs from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub token: TokenExpectations,
+    pub max_staleness_secs: u64,
+    pub rate_limits: RateLimits,
+    pub routes: Vec<Route>,
+    /// Applies when no route matches: all three credentials.
+    pub default_route: Route,
+    /// Verified access tokens kept per worker VM (0: verify every request).
+    pub token_cache_entries: usize,
+}
+
+/// How the filter reaches admin.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    pub admin_cluster: String,
+    pub admin_authority: String,
+    pub proxy_token: String,
+    pub poll_interval_ms: u64,
+    pub admin_timeout_ms: u64,
+    /// How long admin may hold a `?since=V&wait=S` poll open when nothing changed.
+    pub long_poll_secs: u64,
+    /// How often batched key usage is posted to admin.
+    pub usage_flush_secs: u64,
+    /// Keys per page of a full snapshot.
+    pub snapshot_page_keys: usize,
+    /// Prefix of every name this plugin uses in Envoy's shared data (see [`shared_data_prefix`]).
+    pub shared_prefix: String,
+}
+
+/// `keygate.<12 hex>.`: the prefix of every shared-data name, from the admin the plugin is
+/// fed by. Envoy keeps one shared-data store per `vm_id`, so two plugin configurations with
+/// the same `vm_id` but different admins would otherwise share key buckets, the leader
+/// lease, the meta and the rate-limit counters, and one admin's keys would work on the
+/// other's listeners.
+pub fn shared_data_prefix(admin_cluster: &str, admin_authority: &str) -> String {
+    let mut hasher = Sha256::new();
+    // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+    for part in [admin_cluster, admin_authority] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("keygate.{hex}.")
+}
+
+impl std::fmt::Debug for SyncConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncConfig")
+            .field("admin_cluster", &self.admin_cluster)
+            .field("admin_authority", &self.admin_authority)
+            .field("proxy_token", &"<redacted>")
+            .field("poll_interval_ms", &self.poll_interval_ms)
+            .field("admin_timeout_ms", &self.admin_timeout_ms)
+            .field("long_poll_secs", &self.long_poll_secs)
+            .field("usage_flush_secs", &self.usage_flush_secs)
+            .field("snapshot_page_keys", &self.snapshot_page_keys)
+            .field("shared_prefix", &self.shared_prefix)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterConfig {
+    pub policy: Policy,
+    pub sync: SyncConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("plugin configuration is not valid: {0}")]
+    Json(String),
+    #[error("plugin configuration: {0}")]
+    Invalid(String),
+}
+
+const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
+
+impl FilterConfig {
+    /// Parses and validates the plugin JSON. `env_proxy_token` is the VM environment's
+    /// `KEYGATE_PROXY_TOKEN`, used when the JSON carries no `proxy_token`.
+    pub fn parse(json: &[u8], env_proxy_token: Option<&str>) -> Result<FilterConfig, ConfigError> {
+        let raw: RawConfig = serde_json::from_slice(json).map_err(|e| ConfigError::Json(e.to_string()))?;
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let proxy_token = match (raw.proxy_token, env_proxy_token) {
+            (Some(t), _) if !t.is_empty() => t,
+            (_, Some(t)) if !t.is_empty() => t.to_owned(),
+            _ => return invalid("no proxy token: set proxy_token or the VM environment's KEYGATE_PROXY_TOKEN".into()),
+        };
+        if raw.admin_cluster.is_empty() {
+            return invalid("admin_cluster must name the Envoy cluster of keygate-admin".into());
+        }
+        if raw.poll_interval_ms == 0 || raw.admin_timeout_ms == 0 {
+            return invalid("poll_interval_ms and admin_timeout_ms must be positive".into());
+        }
+        if raw.max_staleness_secs == 0 {
+            return invalid("max_staleness_secs must be positive".into());
+        }
+        if raw.snapshot_page_keys == 0 || raw.snapshot_page_keys > 100_000 {
+            return invalid("snapshot_page_keys must be between 1 and 100000".into());
+        }
+        if raw.usage_flush_secs == 0 || raw.usage_flush_secs > 3600 {
+            return invalid("usage_flush_secs must be between 1 and 3600".into());
+        }
+        if raw.long_poll_secs > 60 || raw.long_poll_secs >= raw.max_staleness_secs {
+            return invalid("long_poll_secs must be at most 60 and below max_staleness_secs".into());
+        }
+        if !(1..=128).contains(&raw.rate_limits.ipv6_prefix_len) {
+            return invalid("rate_limits.ipv6_prefix_len must be between 1 and 128".into());
+        }
+        if raw.rate_limits.counter_slots == 0 || raw.rate_limits.counter_slots > MAX_COUNTER_SLOTS {
+            return invalid(format!("rate_limits.counter_slots must be between 1 and {MAX_COUNTER_SLOTS}"));
+        }
+        if raw.leeway_secs > REVOCATION_MARGIN_SECS {
+            // Past exp + this margin a revoked session has left admin's feed: a longer leeway
+            // would accept its tokens again.
+            return invalid(format!("leeway_secs must be at most {REVOCATION_MARGIN_SECS} (how long past a token's expiry admin keeps its revoked session in the feed)"));
+        }
+        if raw.issuer.is_empty() || raw.audience.is_empty() {
+            return invalid("issuer and audience must not be empty".into());
+        }
+        for (i, route) in raw.routes.iter().enumerate() {
+            if !route.prefix.starts_with('/') {
+                return invalid(format!("routes[{i}].prefix must start with '/'"));
+            }
+            if let Some(m) = route.methods.iter().find(|m| !KNOWN_METHODS.contains(&m.as_str())) {
+                return invalid(format!("routes[{i}].methods: {m:?} is not an upper-case HTTP method"));
+            }
+            if route.key_in_bearer && route.require != Requirement::Key {
+                return invalid(format!("routes[{i}]: key_in_bearer needs require = \"key\""));
+            }
+            if route.require == Requirement::None && (!route.scopes.is_empty() || route.mode.is_some()) {
+                return invalid(format!("routes[{i}]: a public route cannot require scopes or a mode"));
+            }
+            if route.rate_limit_per_hour == Some(0) {
+                return invalid(format!("routes[{i}].rate_limit_per_hour must be positive"));
+            }
+        }
+        let default_route = Route {
+            prefix: "/".into(),
+            methods: Vec::new(),
+            require: Requirement::All,
+            key_in_bearer: false,
+            scopes: Vec::new(),
+            mode: None,
+            shadow: false,
+            rate_limit_per_hour: None,
+        };
+        Ok(FilterConfig {
+            policy: Policy {
+                token: TokenExpectations { issuer: raw.issuer, audience: raw.audience, leeway: raw.leeway_secs },
+                max_staleness_secs: raw.max_staleness_secs,
+                rate_limits: raw.rate_limits,
+                routes: raw.routes,
+                default_route,
+                token_cache_entries: raw.token_cache_entries,
+            },
+            sync: SyncConfig {
+                shared_prefix: shared_data_prefix(&raw.admin_cluster, &raw.admin_authority),
+                admin_cluster: raw.admin_cluster,
+                admin_authority: raw.admin_authority,
+                proxy_token,
+                poll_interval_ms: raw.poll_interval_ms,
+                admin_timeout_ms: raw.admin_timeout_ms,
+                long_poll_secs: raw.long_poll_secs,
+                usage_flush_secs: raw.usage_flush_secs,
+                snapshot_page_keys: raw.snapshot_page_keys,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn parse(json: &str) -> Result<FilterConfig, ConfigError> {
+        FilterConfig::parse(json.as_bytes(), None)
+    }
+
+    /// Public, key-only (also as the bearer value) and scoped live-only routes.
+    pub(super) const DEMO: &str = r#"{
+        "admin_cluster": "keygate_admin", "proxy_token": "t",
+        "routes": [
+            {"prefix": "/public/", "require": "none"},
+            {"prefix": "/key/", "require": "key", "key_in_bearer": true},
+            {"prefix": "/reports/", "methods": ["GET"], "scopes": ["reports:read"], "mode": "live"}
+        ]
+    }"#;
+
+    #[test]
+    fn demo_config_parses_with_defaults() {
+        let cfg = parse(DEMO).unwrap();
+        assert_eq!(cfg.policy.max_staleness_secs, 600);
+        assert_eq!(
+            cfg.policy.rate_limits,
+            RateLimits { sk_per_hour: 1000, pk_per_hour: 100, public_per_ip_per_hour: 200, ipv6_prefix_len: 64, counter_slots: 65_536 }
+        );
+        assert_eq!(cfg.policy.token.issuer, "keygate");
+        assert_eq!(cfg.sync.proxy_token, "t");
+        assert!(!format!("{:?}", cfg.sync).contains("\"t\""));
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        let cases = [
+            (r#"{"admin_cluster": "a"}"#, "proxy token"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "routes": [{"prefix": "nope"}]}"#, "start with '/'"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "routes": [{"prefix": "/", "methods": ["get"]}]}"#, "upper-case"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "routes": [{"prefix": "/", "require": "some"}]}"#, "unknown variant"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rutes": []}"#, "unknown field"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "routes": [{"prefix": "/", "key_in_bearer": true}]}"#, "key_in_bearer"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "max_staleness_secs": 0}"#, "max_staleness"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"ipv6_prefix_len": 0}}"#, "ipv6_prefix_len"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"ipv6_prefix_len": 129}}"#, "ipv6_prefix_len"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"counter_slots": 0}}"#, "counter_slots"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"counter_slots": 16777217}}"#, "counter_slots"),
+            (r#"{"admin_cluster": "", "proxy_token": "t"}"#, "admin_cluster"),
+            ("not json", "not valid"),
+        ];
+        for (json, needle) in cases {
+            let err = parse(json).unwrap_err().to_string();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn shared_data_names_are_namespaced_by_the_admin_that_feeds_the_plugin() {
+        let prefix = |extra: &str| parse(&format!(r#"{{"proxy_token": "t", {extra}}}"#)).unwrap().sync.shared_prefix;
+        let a = prefix(r#""admin_cluster": "admin_a""#);
+        assert!(a.starts_with("keygate.") && a.ends_with('.') && a.len() == "keygate.".len() + 13, "{a}");
+        // The same admin (whatever else differs) shares; another cluster or authority does not.
+        assert_eq!(a, prefix(r#""admin_cluster": "admin_a", "leeway_secs": 5, "routes": [{"prefix": "/x/"}]"#));
+        assert_eq!(a, prefix(r#""admin_cluster": "admin_a", "admin_authority": "keygate-admin""#));
+        assert_ne!(a, prefix(r#""admin_cluster": "admin_b""#));
+        assert_ne!(a, prefix(r#""admin_cluster": "admin_a", "admin_authority": "other""#));
+        assert_ne!(shared_data_prefix("ab", "c"), shared_data_prefix("a", "bc"));
+    }
+
+    #[test]
+    fn proxy_token_falls_back_to_the_environment() {
+        let cfg = FilterConfig::parse(br#"{"admin_cluster": "a"}"#, Some("from-env")).unwrap();
+        assert_eq!(cfg.sync.proxy_token, "from-env");
+        let cfg = FilterConfig::parse(br#"{"admin_cluster": "a", "proxy_token": "cfg"}"#, Some("env")).unwrap();
+        assert_eq!(cfg.sync.proxy_token, "cfg");
+    }
+}

@@ -1,0 +1,243 @@
+//! `decide(policy, request, snapshot, now) -> Decision`: the whole per-request check,
+//! in the order of the README's decision table. Pure: no I/O, no clock, no panics on any input.
+//! The request's headers are read in `request`, refusals built in `denial`, and access
+//! tokens checked (and cached) in `tokens`.
+
+mod denial;
+mod request;
+mod tokens;
+
+pub use denial::{rate_limited, Denial, DenyCode};
+pub use request::{RequestView, AUTHORIZATION, BUSINESS_ID, SECRET_KEY};
+pub use tokens::{TokenCache, FAILED_TOKEN_TTL_SECS};
+
+use crate::config::{Policy, Requirement, Route};
+use crate::key::{self, KeyKind};
+use crate::keystore::KeyLookup;
+use crate::revoked::RevocationLookup;
+use crate::snapshot::{KeyRecord, Snapshot};
+use crate::UnixTime;
+use request::{is_safe_method, presented, stripped_headers};
+use tokens::{precheck_token, verify_token};
+
+/// Seconds a client is told to wait when the snapshot is missing or stale.
+pub const UNAVAILABLE_RETRY_AFTER: u64 = 5;
+
+/// The snapshot, where its keys are looked up, and when admin last confirmed it current.
+#[derive(Clone, Copy)]
+pub struct Synced<'a> {
+    /// Signing keys and revoked sessions (and, natively, the keys too).
+    pub snapshot: &'a Snapshot,
+    /// Usually `snapshot` itself; in the filter, the buckets in Envoy's shared data.
+    pub keys: &'a dyn KeyLookup,
+    /// Likewise for revoked sessions.
+    pub revoked: &'a dyn RevocationLookup,
+    pub confirmed_at: UnixTime,
+}
+
+impl<'a> Synced<'a> {
+    /// A snapshot that holds its own keys.
+    pub fn local(snapshot: &'a Snapshot, confirmed_at: UnixTime) -> Synced<'a> {
+        Synced { snapshot, keys: snapshot, revoked: snapshot, confirmed_at }
+    }
+}
+
+/// Which counter a request is charged to, and its hourly allowance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitTarget {
+    /// `key:<key id>` or `ip:<client address>`.
+    pub bucket: String,
+    pub per_hour: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Allowed {
+    /// Lower-case names of request headers to remove before the upstream.
+    pub remove_headers: Vec<String>,
+    /// Identity headers to set for the upstream.
+    pub add_headers: Vec<(&'static str, String)>,
+    pub rate_limit: Option<RateLimitTarget>,
+    /// The key that was used, for usage reporting.
+    pub key_id: Option<String>,
+    /// Set on a shadow route: what would have been refused.
+    pub shadow_denial: Option<Denial>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow(Allowed),
+    Deny(Denial),
+}
+
+/// The per-request decision. The checks run in the order of the README's decision table. Verifies every token; the
+/// filter uses [`decide_cached`].
+pub fn decide(policy: &Policy, request: &RequestView<'_>, synced: Option<Synced<'_>>, now: UnixTime) -> Decision {
+    decide_cached(policy, request, synced, now, &mut TokenCache::new(0))
+}
+
+/// [`decide`] with a cache of verified tokens.
+pub fn decide_cached(
+    policy: &Policy,
+    request: &RequestView<'_>,
+    synced: Option<Synced<'_>>,
+    now: UnixTime,
+    tokens: &mut TokenCache,
+) -> Decision {
+    decide_on_route(policy, policy.route_for(request.method, request.path), request, synced, now, tokens)
+}
+
+/// [`decide_cached`] for a route the caller already matched with [`Policy::route_for`]
+/// (the filter needs the route first, to know whether to fetch the client address).
+pub fn decide_on_route(
+    policy: &Policy,
+    route: &Route,
+    request: &RequestView<'_>,
+    synced: Option<Synced<'_>>,
+    now: UnixTime,
+    tokens: &mut TokenCache,
+) -> Decision {
+    let outcome = match route.require {
+        Requirement::None => Ok(public(policy, route, request)),
+        Requirement::Key | Requirement::All => match fresh(policy, synced, now) {
+            Ok(synced) => check_credentials(policy, route, request, synced, now, tokens),
+            Err(denial) => Err(denial),
+        },
+    };
+    match outcome {
+        Ok(allowed) => Decision::Allow(allowed),
+        Err(denial) if route.shadow => Decision::Allow(Allowed {
+            remove_headers: stripped_headers(request.headers),
+            shadow_denial: Some(denial),
+            ..Allowed::default()
+        }),
+        Err(denial) => Decision::Deny(denial),
+    }
+}
+
+fn public(policy: &Policy, route: &Route, request: &RequestView<'_>) -> Allowed {
+    let client = crate::ratelimit::client_id(request.client_ip, policy.rate_limits.ipv6_prefix_len);
+    Allowed {
+        remove_headers: stripped_headers(request.headers),
+        rate_limit: Some(match route.rate_limit_per_hour {
+            Some(per_hour) => RateLimitTarget { bucket: format!("ip:{client}@{}", route.prefix), per_hour },
+            None => RateLimitTarget { bucket: format!("ip:{client}"), per_hour: policy.rate_limits.public_per_ip_per_hour },
+        }),
+        ..Allowed::default()
+    }
+}
+
+fn fresh<'a>(policy: &Policy, synced: Option<Synced<'a>>, now: UnixTime) -> Result<Synced<'a>, Denial> {
+    let unavailable = Denial {
+        code: DenyCode::AuthUnavailable,
+        message: "Authorization data is unavailable; retry later",
+        retry_after: Some(UNAVAILABLE_RETRY_AFTER),
+    };
+    match synced {
+        Some(s) if now.saturating_sub(s.confirmed_at) <= policy.max_staleness_secs => Ok(s),
+        _ => Err(unavailable),
+    }
+}
+
+fn check_key(keys: &dyn KeyLookup, raw: &str, now: UnixTime) -> Result<KeyRecord, Denial> {
+    let invalid = || Denial::new(DenyCode::InvalidApiKey, "Invalid API key");
+    // keygate's format is checksum-checked before any lookup; a value in no keygate shape
+    // (a key imported from another gateway) is looked up by its hash, and then its kind
+    // and mode are the stored record's.
+    let key = key::classify(raw).map_err(|_| invalid())?;
+    let record = keys.key(&key.hash()).ok_or_else(invalid)?;
+    let expired = record.expires_at.is_some_and(|at| at <= now);
+    let claims_differ = key.claims().is_some_and(|(kind, mode)| record.kind != kind || record.mode != mode);
+    if !record.active || expired || claims_differ {
+        return Err(invalid());
+    }
+    Ok(record)
+}
+
+fn check_credentials(
+    policy: &Policy,
+    route: &Route,
+    request: &RequestView<'_>,
+    synced: Synced<'_>,
+    now: UnixTime,
+    tokens: &mut TokenCache,
+) -> Result<Allowed, Denial> {
+    let creds = presented(route, request.headers)?;
+    // Everything cheap first (the token's shape and kid, then the key's checksum, record
+    // and state), so a forged token costs a signature check only next to a valid key.
+    let stage = match creds.token {
+        Some(token) => Some(precheck_token(policy, synced.snapshot, token, now, tokens)?),
+        None => None,
+    };
+    let key = check_key(synced.keys, creds.key, now)?;
+    let claims = match stage {
+        Some(stage) => Some(verify_token(policy, synced.snapshot, synced.revoked, stage, now, tokens)?),
+        None => None,
+    };
+
+    // Business: the key's, and (with a token) among the token's.
+    if let Some(business) = creds.business {
+        if business != key.business {
+            return Err(Denial::new(DenyCode::BusinessMismatch, "businessId does not match the API key's business"));
+        }
+        if claims.as_ref().is_some_and(|c| !c.businesses.iter().any(|b| b == business)) {
+            return Err(Denial::new(DenyCode::BusinessMismatch, "businessId is not among the access token's businesses"));
+        }
+    }
+
+    // Permission: kind, mode, scopes.
+    let forbidden = |message| Denial::new(DenyCode::InsufficientPermission, message);
+    if key.kind == KeyKind::Pk && !is_safe_method(request.method) {
+        return Err(forbidden("Publishable keys may only use GET, HEAD and OPTIONS"));
+    }
+    if route.mode.is_some_and(|m| m != key.mode) || claims.as_ref().and_then(|c| c.mode).is_some_and(|m| m != key.mode) {
+        return Err(forbidden("Test and live credentials cannot be mixed on this route"));
+    }
+    let key_has = |scope: &String| key.scopes.is_empty() || key.scopes.contains(scope);
+    let token_has = |scope: &String| claims.as_ref().is_none_or(|c| c.scope.is_empty() || c.scopes().any(|s| s == scope));
+    if !route.scopes.iter().all(|s| key_has(s) && token_has(s)) {
+        return Err(forbidden("The credentials lack a scope this route requires"));
+    }
+
+    let mut remove_headers = stripped_headers(request.headers);
+    if creds.key_in_bearer {
+        // The upstream must never see a raw key, in whichever header it came.
+        remove_headers.push(AUTHORIZATION.to_owned());
+    }
+    let mut add_headers = vec![
+        ("x-keygate-business", key.business.clone()),
+        ("x-keygate-key-id", key.id.clone()),
+        ("x-keygate-mode", key.mode.as_str().to_owned()),
+    ];
+    if let Some(c) = &claims {
+        add_headers.push(("x-keygate-subject", c.sub.clone()));
+    }
+    if !key.scopes.is_empty() {
+        add_headers.push(("x-keygate-scopes", key.scopes.join(" ")));
+    }
+    let default_limit = match key.kind {
+        KeyKind::Sk => policy.rate_limits.sk_per_hour,
+        KeyKind::Pk => policy.rate_limits.pk_per_hour,
+    };
+    Ok(Allowed {
+        remove_headers,
+        add_headers,
+        rate_limit: Some(match route.rate_limit_per_hour {
+            // A rule with its own limit counts in its own bucket, apart from the key's default one.
+            Some(per_hour) => RateLimitTarget { bucket: format!("key:{}@{}", key.id, route.prefix), per_hour },
+            None => RateLimitTarget { bucket: format!("key:{}", key.id), per_hour: default_limit },
+        }),
+        key_id: Some(key.id.clone()),
+        shadow_denial: None,
+    })
+}
+
+/// What charging an allowed request to its rate limit makes of it: over the limit, a
+/// refusal; but a shadow rule never refuses, so there the request goes through with the
+/// refusal noted (and counted as `shadow_denied`).
+pub fn after_rate_limit(route: &Route, allowed: Allowed, charged: Result<(), Denial>) -> Decision {
+    match charged {
+        Ok(()) => Decision::Allow(allowed),
+        Err(denial) if route.shadow => Decision::Allow(Allowed { shadow_denial: allowed.shadow_denial.or(Some(denial)), ..allowed }),
+        Err(denial) => Decision::Deny(denial),
+    }
+}

@@ -1,0 +1,214 @@
+//! Starting the stack (echo, admin, Envoy; optionally a second admin), restarting admin, and
+//! cleaning up when the stack drops.
+
+use reqwest::blocking::Client;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::client::{seed, seed_revoked};
+use crate::envoy_config::{add_second_listener, replace_once, replace_plugin_json};
+use crate::process::{admin_command, free_port, spawn_listening, AdminArgs, ChildGuard};
+use crate::{artifact, PROXY_TOKEN};
+
+#[derive(Default, Clone)]
+pub struct StackOptions {
+    /// Replaces the reference plugin JSON (`admin_cluster` etc. must be included).
+    pub plugin_json: Option<String>,
+    /// Extra `keygate-admin serve` arguments (e.g. `--token-ttl-secs 3`).
+    pub admin_args: Vec<String>,
+    /// Envoy's `--log-level` (default `info`); admin gets the matching `RUST_LOG`.
+    pub log_level: Option<&'static str>,
+    /// Live sk keys to create in one business before Envoy starts, so the filter's first
+    /// sync is a full snapshot holding them (see [`Stack::seeded`]).
+    pub seed_keys: usize,
+    /// Also start a second admin and a second listener whose filter has the same `vm_id`
+    /// but is fed by that admin (see [`Stack::second`]).
+    pub second_admin: bool,
+    /// With `seed_keys`: API-key logins (of the first seeded key) revoked before Envoy
+    /// starts, so the first full sync carries them (see [`Stack::seeded_revoked`]).
+    pub seed_revoked: usize,
+}
+
+/// The second admin and listener of a stack started with [`StackOptions::second_admin`].
+pub struct Second {
+    pub admin_url: String,
+    pub envoy_url: String,
+}
+
+pub struct Stack {
+    pub admin_url: String,
+    pub envoy_url: String,
+    pub envoy_admin_url: String,
+    pub dir: PathBuf,
+    pub http: Client,
+    /// With [`StackOptions::seed_keys`]: the business and the raw keys made before Envoy started.
+    pub seeded: Option<(String, Vec<String>)>,
+    /// With [`StackOptions::second_admin`].
+    pub second: Option<Second>,
+    /// With [`StackOptions::seed_revoked`]: access tokens whose sessions were revoked before Envoy started.
+    pub seeded_revoked: Vec<String>,
+    /// Envoy, admin, echo: killed (in that order) when the stack drops.
+    children: std::sync::Mutex<Vec<ChildGuard>>,
+    admin_bin: PathBuf,
+    admin_addr: String,
+    admin_args: AdminArgs,
+    counter: AtomicU64,
+    /// Keep the log directory after the stack drops (set when a test failed).
+    pub keep_logs: std::sync::atomic::AtomicBool,
+}
+
+impl Stack {
+    pub fn start(options: StackOptions) -> Stack {
+        let envoy_bin = artifact("KEYGATE_ENVOY_BIN", ".venv/bin/envoy");
+        let wasm = artifact("KEYGATE_WASM", "target/wasm32-wasip1/release/keygate_filter.wasm");
+        let admin_bin = artifact("KEYGATE_ADMIN_BIN", "target/debug/keygate-admin");
+        let echo_bin = artifact("KEYGATE_ECHO_BIN", "target/debug/keygate-echo");
+        let yaml_path = artifact("KEYGATE_ENVOY_YAML", "envoy.yaml");
+
+        static STACKS: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!("keygate-e2e-{}-{}", std::process::id(), STACKS.fetch_add(1, Ordering::SeqCst)));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+
+        let mut echo_cmd = Command::new(&echo_bin);
+        echo_cmd.args(["--addr", "127.0.0.1:0"]);
+        let (echo, echo_addr) = spawn_listening("echo", echo_cmd, &dir);
+
+        let data = dir.join("data");
+        let admin_args = AdminArgs { extra: options.admin_args.clone(), log_level: options.log_level.unwrap_or("info") };
+        let (admin, admin_addr) = spawn_listening("admin", admin_command(&admin_bin, &data, "127.0.0.1:0", &admin_args), &dir);
+
+        let second_admin = options
+            .second_admin
+            .then(|| spawn_listening("admin_b", admin_command(&admin_bin, &dir.join("data_b"), "127.0.0.1:0", &admin_args), &dir));
+
+        let http = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        let seeded = (options.seed_keys > 0).then(|| seed(&http, &format!("http://{admin_addr}"), options.seed_keys));
+        let seeded_revoked = match &seeded {
+            Some((_, keys)) => seed_revoked(&http, &format!("http://{admin_addr}"), &keys[0], options.seed_revoked),
+            None => Vec::new(),
+        };
+
+        let (listen_port, envoy_admin_port) = (free_port(), free_port());
+        let port_of = |addr: &str| addr.rsplit(':').next().unwrap().to_owned();
+        let mut yaml = std::fs::read_to_string(&yaml_path).unwrap();
+        yaml = replace_once(&yaml, "port_value: 9901", &format!("port_value: {envoy_admin_port}"));
+        yaml = replace_once(&yaml, "port_value: 10000", &format!("port_value: {listen_port}"));
+        yaml = replace_once(&yaml, "port_value: 8080", &format!("port_value: {}", port_of(&admin_addr)));
+        yaml = replace_once(&yaml, "port_value: 8081", &format!("port_value: {}", port_of(&echo_addr)));
+        yaml = replace_once(&yaml, "filename: target/wasm32-wasip1/release/keygate_filter.wasm", &format!("filename: {}", wasm.display()));
+        if let Some(json) = &options.plugin_json {
+            yaml = replace_plugin_json(&yaml, json);
+        }
+        let mut second = None;
+        if let Some((_, addr)) = &second_admin {
+            let port = free_port();
+            yaml = add_second_listener(&yaml, listen_port, port, &port_of(addr));
+            second = Some(Second { admin_url: format!("http://{addr}"), envoy_url: format!("http://127.0.0.1:{port}") });
+        }
+        let config = dir.join("envoy.yaml");
+        std::fs::write(&config, yaml).unwrap();
+
+        let envoy_log = std::fs::File::create(dir.join("envoy.log")).unwrap();
+        let envoy_child = Command::new(&envoy_bin)
+            .args([
+                "-c",
+                config.to_str().unwrap(),
+                "--disable-hot-restart",
+                "--concurrency",
+                &std::env::var("KEYGATE_E2E_CONCURRENCY").unwrap_or_else(|_| "2".into()),
+                "--log-level",
+                options.log_level.unwrap_or("info"),
+            ])
+            .env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN)
+            .stdout(envoy_log.try_clone().unwrap())
+            .stderr(envoy_log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stack = Stack {
+            admin_url: format!("http://{admin_addr}"),
+            envoy_url: format!("http://127.0.0.1:{listen_port}"),
+            envoy_admin_url: format!("http://127.0.0.1:{envoy_admin_port}"),
+            dir,
+            http,
+            seeded,
+            second,
+            seeded_revoked,
+            children: std::sync::Mutex::new(
+                [ChildGuard::new("envoy", envoy_child), admin, echo].into_iter().chain(second_admin.map(|(guard, _)| guard)).collect(),
+            ),
+            admin_bin,
+            admin_addr: admin_addr.clone(),
+            admin_args,
+            counter: AtomicU64::new(0),
+            keep_logs: std::sync::atomic::AtomicBool::new(false),
+        };
+        stack.wait_ready();
+        stack
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = self.http.get(format!("{}/ready", self.envoy_admin_url)).send().is_ok_and(|r| r.status() == 200)
+                && self.http.get(format!("{}/orders", self.envoy_url)).send().is_ok_and(|r| r.status() != 503);
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the stack did not become ready in 60 s (Envoy ready and the filter holding a snapshot); logs in {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Panics (with the log directory) if a process of the stack has died.
+    pub fn assert_alive(&self) {
+        self.children.lock().unwrap().iter_mut().for_each(|c| c.assert_running(&self.dir));
+    }
+
+    /// SIGKILLs keygate-admin (no flush, no goodbye).
+    pub fn kill_admin(&self) {
+        self.children.lock().unwrap().retain(|c| c.name != "admin");
+    }
+
+    /// Starts keygate-admin again on the same address and data directory.
+    pub fn restart_admin(&self) {
+        self.kill_admin();
+        let (guard, addr) =
+            spawn_listening("admin", admin_command(&self.admin_bin, &self.dir.join("data"), &self.admin_addr, &self.admin_args), &self.dir);
+        assert_eq!(addr, self.admin_addr);
+        self.children.lock().unwrap().push(guard);
+    }
+
+    /// A name no other test in this run has used.
+    pub fn unique(&self, what: &str) -> String {
+        format!("{what}{}-{}", std::process::id(), self.counter.fetch_add(1, Ordering::SeqCst))
+    }
+
+    pub fn envoy_stats(&self) -> String {
+        self.http.get(format!("{}/stats", self.envoy_admin_url)).send().unwrap().text().unwrap()
+    }
+
+    pub fn envoy_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.children.lock().unwrap().clear();
+        // Keep the logs of a failed run (and on request); remove the rest.
+        let keep = self.keep_logs.load(Ordering::SeqCst) || std::thread::panicking() || std::env::var_os("KEYGATE_E2E_KEEP").is_some();
+        if keep {
+            eprintln!("keygate e2e: logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
