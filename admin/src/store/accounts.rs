@@ -1,7 +1,6 @@
 //! Businesses, users, and the hashes of the operator and proxy tokens.
 
-use sled::transaction::abort;
-
+use super::tx::abort;
 use super::{Business, Store, StoreError, Ticket, User};
 
 /// Which shared secret a stored hash belongs to.
@@ -22,7 +21,7 @@ impl TokenRole {
 
 impl Store {
     pub fn token_hash(&self, role: TokenRole) -> Result<Option<[u8; 32]>, StoreError> {
-        Ok(self.inner.trees.meta.get(role.meta_key())?.and_then(|b| <[u8; 32]>::try_from(b.as_ref()).ok()))
+        Ok(self.trees().meta.get(role.meta_key())?.and_then(|b| <[u8; 32]>::try_from(b.as_ref()).ok()))
     }
 
     pub fn set_token_hash(&self, role: TokenRole, hash: [u8; 32]) -> Result<Ticket, StoreError> {
@@ -46,7 +45,7 @@ impl Store {
     }
 
     pub fn business(&self, id: &str) -> Result<Option<Business>, StoreError> {
-        Self::read(&self.inner.trees.businesses, "businesses", id.as_bytes())
+        self.trees().businesses.read(id.as_bytes())
     }
 
     pub fn create_user(&self, user: &User) -> Result<Ticket, StoreError> {
@@ -69,17 +68,17 @@ impl Store {
     }
 
     pub fn email_taken(&self, email: &str) -> Result<bool, StoreError> {
-        Ok(self.inner.trees.users_by_email.contains_key(email.as_bytes())?)
+        self.trees().users_by_email.contains_key(email.as_bytes())
     }
 
     pub fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
-        Self::read(&self.inner.trees.users, "users", id.as_bytes())
+        self.trees().users.read(id.as_bytes())
     }
 
     pub fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        match self.inner.trees.users_by_email.get(email.as_bytes())? {
+        match self.trees().users_by_email.get(email.as_bytes())? {
             None => Ok(None),
-            Some(id) => Self::read(&self.inner.trees.users, "users", &id),
+            Some(id) => self.trees().users.read(&id),
         }
     }
 }

@@ -15,7 +15,7 @@ impl Store {
     /// while reading so the trees and the version agree. The head may not be durable yet:
     /// the caller waits for [`Store::wait_version`] before serving it.
     pub fn full_snapshot(&self, now: UnixTime) -> Result<SnapshotWire, StoreError> {
-        let t = &self.inner.trees;
+        let t = self.trees();
         let w = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let mut wire = SnapshotWire { version: w.head, since: None, ..SnapshotWire::default() };
         for item in t.keys.iter() {
@@ -44,7 +44,7 @@ impl Store {
         limit: usize,
         revoked: bool,
     ) -> Result<(SnapshotWire, u64), StoreError> {
-        let t = &self.inner.trees;
+        let t = self.trees();
         let head = || self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner).head;
         let mut wire = SnapshotWire { version: head(), since: None, ..SnapshotWire::default() };
         let start = match after {
@@ -53,7 +53,7 @@ impl Store {
         };
         if revoked {
             let mut last = None;
-            for item in t.revoked_by_digest.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
+            for item in t.revoked_by_digest.range::<Vec<u8>>((start, std::ops::Bound::Unbounded)) {
                 let (digest, entry) = item?;
                 if wire.revoked_sessions.len() >= limit {
                     wire.next_after = last;
@@ -67,7 +67,7 @@ impl Store {
                 }
             }
         } else {
-            for item in t.key_hashes.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
+            for item in t.key_hashes.range::<Vec<u8>>((start, std::ops::Bound::Unbounded)) {
                 let (hash, id) = item?;
                 if wire.keys.len() >= limit {
                     wire.next_after = wire.keys.last().map(|k| k.hash);
@@ -80,14 +80,14 @@ impl Store {
             if after.is_none() {
                 self.signing_extras(&mut wire)?;
             }
-            wire.revocation_pages = wire.next_after.is_none() && !t.revoked_by_digest.is_empty();
+            wire.revocation_pages = wire.next_after.is_none() && !t.revoked_by_digest.is_empty()?;
         }
         wire.history = self.history_at(wire.version)?;
         Ok((wire, head()))
     }
 
     pub(super) fn signing_extras(&self, wire: &mut SnapshotWire) -> Result<(), StoreError> {
-        for item in self.inner.trees.signing_keys.iter() {
+        for item in self.trees().signing_keys.iter() {
             let (_, bytes) = item?;
             wire.signing_keys.push(decode::<SigningKey>("signing_keys", &bytes)?.public);
         }
@@ -98,7 +98,7 @@ impl Store {
     /// and the revocations still in force.
     pub(super) fn snapshot_extras(&self, now: UnixTime, wire: &mut SnapshotWire) -> Result<(), StoreError> {
         self.signing_extras(wire)?;
-        for item in self.inner.trees.revocations.iter() {
+        for item in self.trees().revocations.iter() {
             let (sid, until) = item?;
             let until = from_be(&until).unwrap_or(0);
             if until > now {
@@ -115,7 +115,7 @@ impl Store {
         if since > upto {
             return Err(StoreError::Gone);
         }
-        let t = &self.inner.trees;
+        let t = self.trees();
         let floor = t.meta.get(META_FLOOR)?.and_then(|b| from_be(&b)).unwrap_or(0);
         if since < floor {
             return Err(StoreError::Gone);
@@ -185,8 +185,8 @@ impl Store {
     /// The store's history at `version`: `None` when no longer known (before the floor,
     /// or from before histories existed).
     pub fn history_at(&self, version: u64) -> Result<Option<History>, StoreError> {
-        let t = &self.inner.trees;
-        if let Some(record) = Store::read::<ChangeRecord>(&t.changelog, "changelog", &be(version))? {
+        let t = self.trees();
+        if let Some(record) = t.changelog.read::<ChangeRecord>(&be(version))? {
             return Ok(record.history);
         }
         for name in [META_HISTORY_BASE, META_HISTORY_FLOOR] {
@@ -211,7 +211,7 @@ impl Store {
 
     /// The oldest `since` a delta can still be built from.
     pub fn changelog_floor(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.trees.meta.get(META_FLOOR)?.and_then(|b| from_be(&b)).unwrap_or(0))
+        Ok(self.trees().meta.get(META_FLOOR)?.and_then(|b| from_be(&b)).unwrap_or(0))
     }
 }
 

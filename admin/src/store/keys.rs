@@ -2,8 +2,8 @@
 
 use keygate_core::snapshot::RevokedSession;
 use keygate_core::{KeyHash, UnixTime};
-use sled::transaction::abort;
 
+use super::tx::abort;
 use super::{Change, GraceHash, Key, KeyUsageRecord, Store, StoreError, Ticket};
 
 /// `<business>\0<key id>`: a business's keys are one prefix scan of `business_keys`.
@@ -201,30 +201,30 @@ impl Store {
     }
 
     pub fn key_usage(&self, key_id: &str) -> Result<KeyUsageRecord, StoreError> {
-        Ok(Self::read(&self.inner.trees.usage, "usage", key_id.as_bytes())?.unwrap_or_default())
+        Ok(self.trees().usage.read(key_id.as_bytes())?.unwrap_or_default())
     }
 
     pub fn key(&self, id: &str) -> Result<Option<Key>, StoreError> {
-        Self::read(&self.inner.trees.keys, "keys", id.as_bytes())
+        self.trees().keys.read(id.as_bytes())
     }
 
     pub fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<Key>, StoreError> {
-        match self.inner.trees.key_hashes.get(hash.0)? {
+        match self.trees().key_hashes.get(hash.0)? {
             None => Ok(None),
-            Some(id) => Self::read(&self.inner.trees.keys, "keys", &id),
+            Some(id) => self.trees().keys.read(&id),
         }
     }
 
     /// A business's keys, by key id: one prefix scan of `business_keys`, then one read per
     /// key of that business (no other business's records are read).
     pub fn keys_of_business(&self, business: &str) -> Result<Vec<Key>, StoreError> {
-        let t = &self.inner.trees;
+        let t = self.trees();
         let prefix = business_key_index(business, "");
         let mut out = Vec::new();
         for item in t.business_keys.scan_prefix(&prefix) {
             let (index, _) = item?;
             let id = &index[prefix.len()..];
-            if let Some(key) = Self::read::<Key>(&t.keys, "keys", id)? {
+            if let Some(key) = t.keys.read::<Key>(id)? {
                 if key.business == business {
                     out.push(key);
                 }

@@ -1,21 +1,25 @@
-//! The store: the only module that touches sled.
+//! The store: every rule about what is kept, written once over a storage engine
+//! (`engine`: named trees of ordered bytes and transactions over all of them) that only
+//! stores bytes. `sled_engine` is the embedded one, and the only module that touches sled.
 //!
 //! The trees are declared once, each with what it holds, in the `trees!` list of `tx`.
 //! By concern: `tx` (transaction plumbing), `accounts`, `keys`, `sessions`, `signing`,
 //! `sweep`, `feed` and `schema`; [`records`] are the stored values.
 //!
-//! Every write is one sled transaction over all trees, taken under one writer mutex, so
+//! Every write is one engine transaction over all trees, taken under one writer mutex, so
 //! changelog versions are assigned in commit order and a change and its changelog entry
 //! commit together or not at all. Durability is [`durable`]'s group commit.
 
 mod accounts;
 mod durable;
+mod engine;
 mod feed;
 mod keys;
 pub mod records;
 mod schema;
 mod sessions;
 mod signing;
+mod sled_engine;
 mod sweep;
 mod tx;
 
@@ -38,7 +42,9 @@ use keygate_core::snapshot::History;
 use keygate_core::KeyHash;
 
 use durable::Durability;
-use tx::{chain, from_be, versioned, Trees, META_HEAD, META_HISTORY, META_HISTORY_BASE};
+use engine::Engine;
+use sled_engine::SledEngine;
+use tx::{chain, from_be, versioned, Trees, META_HEAD, META_HISTORY, META_HISTORY_BASE, TREE_NAMES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,14 +85,11 @@ struct WriterState {
 }
 
 pub(crate) struct Inner {
-    db: sled::Db,
-    trees: Trees,
+    engine: Box<dyn Engine>,
     writer: Mutex<WriterState>,
     durability: Durability,
     changelog_retain: u64,
     flush_per_write: bool,
-    /// sled's log file, for an `fdatasync` after each flush (see [`Store::flush_to_disk`]).
-    log_file: Option<std::fs::File>,
 }
 
 /// A handle on the store; clones share it.
@@ -121,16 +124,16 @@ impl Default for StoreOptions {
 }
 
 impl Store {
+    /// Opens (or creates) the sled store at `path`.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_capacity_bytes)
-            // Durability is ours: the group-commit flusher flushes before every 2xx.
-            .flush_every_ms(None)
-            .open()?;
-        let trees = Trees::open(&db)?;
-        let log_file = std::fs::File::open(path.join("db")).ok();
-        schema::upgrade(&db, &trees, log_file.as_ref())?;
+        let engine = SledEngine::open(path, options.cache_capacity_bytes, TREE_NAMES)?;
+        Store::over(Box::new(engine), options)
+    }
+
+    /// The store over an opened engine: its schema brought up to date and its history begun.
+    fn over(engine: Box<dyn Engine>, options: &StoreOptions) -> Result<Store, StoreError> {
+        let trees = Trees::new(&*engine);
+        schema::upgrade(&*engine, &trees)?;
         let head = trees.meta.get(META_HEAD)?.and_then(|b| from_be(&b)).unwrap_or(0);
         if trees.meta.get(META_HISTORY)?.is_none() {
             // A new store (or one from before histories): a random start, so no two stores
@@ -139,35 +142,27 @@ impl Store {
             getrandom::fill(&mut seed).map_err(|e| StoreError::Task(format!("no random history id: {e}")))?;
             let start = chain(&History(KeyHash(seed)), b"");
             trees.meta.insert(META_HISTORY_BASE, versioned(head, &start))?;
-            trees.meta.insert(META_HISTORY, &start.0 .0)?;
+            trees.meta.insert(META_HISTORY, start.0 .0)?;
         }
-        // Whatever sled recovered on open was on disk, so it is durable.
+        // Whatever the engine recovered on open was on disk, so it is durable.
         let inner = Inner {
-            db,
-            trees,
+            engine,
             writer: Mutex::new(WriterState { seq: 0, head }),
             durability: Durability::new(head),
             changelog_retain: options.changelog_retain.max(1),
             flush_per_write: options.flush_per_write,
-            log_file,
         };
         Ok(Store { inner: Arc::new(inner) })
     }
 
-    /// sled's `flush` writes its buffers out with `sync_file_range` on Linux, which
-    /// survives a killed process but neither flushes the drive's write cache nor the
-    /// file's size; an `fdatasync` of its log file afterwards does both.
+    /// Makes every committed write durable.
     pub(crate) fn flush_to_disk(&self) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
-        if let Some(file) = &self.inner.log_file {
-            file.sync_data().map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        }
-        Ok(())
+        self.inner.engine.flush()
     }
 
     /// The store's size on disk, bytes (sled's estimate; reads file metadata).
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.db.size_on_disk()?)
+        self.inner.engine.size_on_disk()
     }
 }
 

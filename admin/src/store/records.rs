@@ -1,4 +1,4 @@
-//! What the store keeps, one serde_json value per sled entry. Every struct that holds a
+//! What the store keeps, one serde_json value per tree entry. Every struct that holds a
 //! secret-derived value (password PHC string, signing seed, refresh-token hash) has a
 //! hand-written `Debug` that leaves it out.
 

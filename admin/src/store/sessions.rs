@@ -4,9 +4,8 @@
 use keygate_core::revoked;
 use keygate_core::snapshot::RevokedSession;
 use keygate_core::UnixTime;
-use sled::transaction::abort;
 
-use super::tx::{be, from_be, Tx, TxResult};
+use super::tx::{abort, be, from_be, Tx, TxResult};
 use super::{Change, IssuedToken, OwnedSession, Session, SessionOwner, Store, StoreError, Ticket};
 
 pub(super) fn key_session_index(key_id: &str, client_session: &str) -> Vec<u8> {
@@ -180,7 +179,7 @@ impl Store {
 
     /// The session a refresh token (current or spent) belongs to.
     pub fn refresh_session_id(&self, refresh_sha256: &[u8; 32]) -> Result<Option<String>, StoreError> {
-        let t = &self.inner.trees;
+        let t = self.trees();
         let found = match t.refresh_tokens.get(refresh_sha256)? {
             Some(sid) => Some(sid),
             None => t.spent_refresh.get(refresh_sha256)?,
@@ -240,9 +239,9 @@ impl Store {
         client_session: &str,
         reusable: impl Fn(&IssuedToken) -> bool,
     ) -> Result<Option<(Session, Ticket)>, StoreError> {
-        let t = &self.inner.trees;
+        let t = self.trees();
         let Some(sid) = t.key_sessions.get(key_session_index(key_id, client_session))? else { return Ok(None) };
-        let session: Option<Session> = Self::read(&t.sessions, "sessions", &sid)?;
+        let session: Option<Session> = t.sessions.read(&sid)?;
         let Some(session) = session.filter(|s| s.revoked_at.is_none() && s.current.as_ref().is_some_and(&reusable)) else {
             return Ok(None);
         };
@@ -305,14 +304,14 @@ impl Store {
     }
 
     pub fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
-        Self::read(&self.inner.trees.sessions, "sessions", id.as_bytes())
+        self.trees().sessions.read(id.as_bytes())
     }
 
     /// A user's live sign-in sessions (unrevoked, still refreshable), oldest first.
     pub fn live_user_sessions(&self, user_id: &str, now: UnixTime) -> Result<Vec<Session>, StoreError> {
-        let t = &self.inner.trees;
+        let t = self.trees();
         let owner = owner_key(&SessionOwner::User { user_id: user_id.to_owned() });
-        let list: Vec<OwnedSession> = Self::read(&t.owner_sessions, "owner_sessions", &owner)?.unwrap_or_default();
+        let list: Vec<OwnedSession> = t.owner_sessions.read(&owner)?.unwrap_or_default();
         let mut live = Vec::with_capacity(list.len());
         for entry in list {
             if let Some(session) = self.session(&entry.sid)? {
@@ -327,7 +326,7 @@ impl Store {
 
     /// When the session is revoked and still matters (`until` in the future), that time.
     pub fn revoked_until(&self, sid: &str) -> Result<Option<UnixTime>, StoreError> {
-        Ok(self.inner.trees.revocations.get(sid.as_bytes())?.and_then(|b| from_be(&b)))
+        Ok(self.trees().revocations.get(sid.as_bytes())?.and_then(|b| from_be(&b)))
     }
 
     /// Revokes a session: its tokens fail everywhere until `until` (its last token's

@@ -1,15 +1,14 @@
 //! The keys that sign access tokens, and their rotation.
 
 use keygate_core::UnixTime;
-use sled::transaction::abort;
 
-use super::tx::decode;
+use super::tx::{abort, decode};
 use super::{Change, SigningKey, Store, StoreError, Ticket};
 
 impl Store {
     pub fn signing_keys(&self) -> Result<Vec<SigningKey>, StoreError> {
         let mut out = Vec::new();
-        for item in self.inner.trees.signing_keys.iter() {
+        for item in self.trees().signing_keys.iter() {
             let (_, bytes) = item?;
             out.push(decode("signing_keys", &bytes)?);
         }

@@ -24,7 +24,7 @@ impl Store {
     /// `remove_after` (changelog `SigningKeyRemoved`). Bounded work per call.
     pub fn sweep(&self, now: UnixTime, leeway: u64) -> Result<(SweepReport, Option<Ticket>), StoreError> {
         const BATCH: usize = 512;
-        let t = &self.inner.trees;
+        let t = self.trees();
         let mut report = SweepReport::default();
         let mut last = None;
 

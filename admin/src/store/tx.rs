@@ -1,21 +1,26 @@
 //! Transaction plumbing: the trees, declared once; the typed view a write gets; the writer
-//! (one sled transaction over every tree, under the writer mutex); the changelog appender
+//! (one engine transaction over every tree, under the writer mutex); the changelog appender
 //! with its history digest; and how values are encoded.
 
 use std::cell::Cell;
+use std::ops::{Bound, RangeBounds};
 use std::sync::PoisonError;
 
+use super::engine::{Engine, EngineTx, Entries, Entry, TxError};
+use super::{Change, ChangeRecord, Store, StoreError, Ticket};
+use crate::clock::now;
 use keygate_core::snapshot::History;
 use keygate_core::{KeyHash, UnixTime};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sled::transaction::{abort, ConflictableTransactionResult, TransactionError, Transactional, TransactionalTree};
 
-use super::{Change, ChangeRecord, Store, StoreError, Ticket};
-use crate::clock::now;
+pub(super) type TxResult<T> = Result<T, TxError>;
 
-pub(super) type TxResult<T> = ConflictableTransactionResult<T, StoreError>;
+/// Ends a transaction's body with `e`: nothing it wrote is kept.
+pub(super) fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(TxError::Abort(e))
+}
 
 pub(super) const META_HEAD: &[u8] = b"changelog_head";
 pub(super) const META_FLOOR: &[u8] = b"changelog_floor";
@@ -78,67 +83,117 @@ pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 
 /// One tree inside a transaction, with typed helpers.
 pub(super) struct TxTree<'a> {
-    tree: &'a TransactionalTree,
+    tx: &'a dyn EngineTx,
+    tree: usize,
     name: &'static str,
     dirty: &'a Cell<bool>,
 }
 
 impl TxTree<'_> {
-    pub(super) fn get_raw(&self, key: &[u8]) -> TxResult<Option<sled::IVec>> {
-        Ok(self.tree.get(key)?)
+    pub(super) fn get_raw(&self, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
+        self.tx.get(self.tree, key)
     }
 
     pub(super) fn get<T: DeserializeOwned>(&self, key: &[u8]) -> TxResult<Option<T>> {
-        match self.tree.get(key)? {
+        match self.get_raw(key)? {
             None => Ok(None),
-            Some(bytes) => match decode(self.name, &bytes) {
-                Ok(v) => Ok(Some(v)),
-                Err(e) => abort(e),
-            },
+            Some(bytes) => Ok(Some(decode(self.name, &bytes)?)),
         }
     }
 
     pub(super) fn contains(&self, key: &[u8]) -> TxResult<bool> {
-        Ok(self.tree.get(key)?.is_some())
+        Ok(self.get_raw(key)?.is_some())
     }
 
     pub(super) fn put_raw(&self, key: &[u8], value: &[u8]) -> TxResult<()> {
-        self.tree.insert(key, value)?;
+        self.tx.insert(self.tree, key, value)?;
         self.dirty.set(true);
         Ok(())
     }
 
     pub(super) fn put<T: Serialize>(&self, key: &[u8], value: &T) -> TxResult<()> {
-        match encode(value) {
-            Ok(bytes) => self.put_raw(key, &bytes),
-            Err(e) => abort(e),
-        }
+        self.put_raw(key, &encode(value)?)
     }
 
     pub(super) fn remove(&self, key: &[u8]) -> TxResult<()> {
-        self.tree.remove(key)?;
+        self.tx.remove(self.tree, key)?;
         self.dirty.set(true);
         Ok(())
     }
 }
 
-/// Declares the trees once: `Trees` (the open sled trees), `Tx` (the view a write closure
-/// gets: every tree, plus the changelog appender) and the list a transaction spans all
-/// follow from this one list, in this order.
+/// One tree outside any transaction: reads see what is committed.
+pub(super) struct Tree<'a> {
+    engine: &'a dyn Engine,
+    tree: usize,
+    name: &'static str,
+}
+
+impl Tree<'_> {
+    pub(super) fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
+        self.engine.get(self.tree, key.as_ref())
+    }
+
+    /// The value at `key`, decoded.
+    pub(super) fn read<T: DeserializeOwned>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>, StoreError> {
+        self.get(key)?.map(|bytes| decode(self.name, &bytes)).transpose()
+    }
+
+    pub(super) fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool, StoreError> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    pub(super) fn iter(&self) -> Entries<'_> {
+        self.engine.range(self.tree, Bound::Unbounded, Bound::Unbounded)
+    }
+
+    pub(super) fn range<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Entries<'_> {
+        let owned = |b: Bound<&K>| b.map(|k| k.as_ref().to_vec());
+        self.engine.range(self.tree, owned(range.start_bound()), owned(range.end_bound()))
+    }
+
+    pub(super) fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Entries<'_> {
+        self.engine.scan_prefix(self.tree, prefix.as_ref())
+    }
+
+    pub(super) fn is_empty(&self) -> Result<bool, StoreError> {
+        self.engine.is_empty(self.tree)
+    }
+
+    /// A write outside any transaction: for opening and migrations only.
+    pub(super) fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), StoreError> {
+        self.engine.put(self.tree, key.as_ref(), value.as_ref())
+    }
+
+    /// Empties the tree, outside any transaction: for rebuilding an index.
+    pub(super) fn clear(&self) -> Result<(), StoreError> {
+        self.engine.clear(self.tree)
+    }
+
+    /// Writes `entries` at once, outside any transaction: for rebuilding an index.
+    pub(super) fn put_many(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        self.engine.put_many(self.tree, entries)
+    }
+}
+
+/// Declares the trees once: their names (the order an engine opens them in), `Trees` (each
+/// tree outside a transaction) and `Tx` (the view a write closure gets: every tree, plus
+/// the changelog appender) all follow from this one list.
 macro_rules! trees {
     ($($(#[$doc:meta])* $name:ident,)*) => {
-        pub(super) struct Trees {
-            $($(#[$doc])* pub(super) $name: sled::Tree,)*
+        /// Every tree's name, in declaration order: a tree's number is its place here.
+        pub(super) const TREE_NAMES: &[&str] = &[$(stringify!($name),)*];
+
+        #[allow(non_camel_case_types)]
+        enum TreeNumber { $($name,)* }
+
+        pub(super) struct Trees<'a> {
+            $($(#[$doc])* pub(super) $name: Tree<'a>,)*
         }
 
-        impl Trees {
-            pub(super) fn open(db: &sled::Db) -> sled::Result<Trees> {
-                Ok(Trees { $($name: db.open_tree(stringify!($name))?,)* })
-            }
-
-            /// Every tree, in declaration order: what a transaction spans.
-            fn all(&self) -> Vec<&sled::Tree> {
-                vec![$(&self.$name,)*]
+        impl<'a> Trees<'a> {
+            pub(super) fn new(engine: &'a dyn Engine) -> Trees<'a> {
+                Trees { $($name: Tree { engine, tree: TreeNumber::$name as usize, name: stringify!($name) },)* }
             }
         }
 
@@ -150,17 +205,13 @@ macro_rules! trees {
         }
 
         impl<'a> Tx<'a> {
-            /// The view over `views`, which sled hands out in the order of [`Trees::all`].
-            fn new(views: &'a [TransactionalTree], dirty: &'a Cell<bool>, now: UnixTime, retain: u64) -> TxResult<Tx<'a>> {
-                let [$($name,)*] = views else {
-                    return abort(StoreError::Task("a transaction's views do not match the trees".into()));
-                };
-                Ok(Tx {
-                    $($name: TxTree { tree: $name, name: stringify!($name), dirty },)*
+            fn new(tx: &'a dyn EngineTx, dirty: &'a Cell<bool>, now: UnixTime, retain: u64) -> Tx<'a> {
+                Tx {
+                    $($name: TxTree { tx, tree: TreeNumber::$name as usize, name: stringify!($name), dirty },)*
                     appended: Cell::new(None),
                     now,
                     retain,
-                })
+                }
             }
         }
     };
@@ -212,7 +263,7 @@ impl Tx<'_> {
         let mut record = ChangeRecord { version, at: self.now, change, history: None };
         let previous = self.meta.get_raw(META_HISTORY)?.and_then(|b| digest(&b));
         if let Some(previous) = previous {
-            let history = chain(&previous, &encode(&record).map_err(sled::transaction::ConflictableTransactionError::Abort)?);
+            let history = chain(&previous, &encode(&record)?);
             self.meta.put_raw(META_HISTORY, &history.0 .0)?;
             record.history = Some(history);
         }
@@ -247,7 +298,7 @@ impl Store {
 
     /// [`Store::write`], with `read` run first under the same writer mutex (so no other write
     /// comes between) and its result handed to `f`: for what a transaction cannot read
-    /// itself, such as a whole tree (sled's iterators would deadlock inside one).
+    /// itself, such as a whole tree (an engine need not offer scans inside a transaction).
     pub(super) fn write_after<P, T>(
         &self,
         read: impl FnOnce(&Store) -> Result<P, StoreError>,
@@ -257,17 +308,15 @@ impl Store {
         let read = read(self)?;
         let now = now();
         let retain = self.inner.changelog_retain;
-        let result = self.inner.trees.all()[..].transaction(|views: &Vec<TransactionalTree>| {
+        let mut done = None;
+        self.inner.engine.transact(&mut |etx| {
             let dirty = Cell::new(false);
-            let tx = Tx::new(views, &dirty, now, retain)?;
+            let tx = Tx::new(etx, &dirty, now, retain);
             let out = f(&tx, &read)?;
-            let appended = tx.appended.get();
-            Ok((out, dirty.get(), appended))
-        });
-        let (out, dirty, appended) = result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
+            done = Some((out, dirty.get(), tx.appended.get()));
+            Ok(())
         })?;
+        let (out, dirty, appended) = done.ok_or_else(|| StoreError::Task("a transaction ended without running".into()))?;
         if dirty {
             w.seq += 1;
         }
@@ -285,8 +334,9 @@ impl Store {
         Ok((out, ticket))
     }
 
-    pub(super) fn read<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str, key: &[u8]) -> Result<Option<T>, StoreError> {
-        tree.get(key)?.map(|bytes| decode(name, &bytes)).transpose()
+    /// Every tree, outside any transaction.
+    pub(super) fn trees(&self) -> Trees<'_> {
+        Trees::new(&*self.inner.engine)
     }
 
     /// A ticket covering every write visible to a read made before this call: a write is

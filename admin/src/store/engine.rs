@@ -1,0 +1,64 @@
+//! What the store needs of a storage engine: named trees of ordered byte keys, reads
+//! outside transactions, one transaction at a time over every tree, and a flush that makes
+//! what was committed durable. The store's rules (indexes, the changelog, session caps)
+//! are written once above this; an engine only stores bytes.
+//!
+//! A tree is named by its position in the list the engine was opened with.
+
+use std::ops::Bound;
+
+use super::StoreError;
+
+/// One stored entry: key and value.
+pub(super) type Entry = (Vec<u8>, Vec<u8>);
+
+/// Entries in key order, each read as the iterator reaches it.
+pub(super) type Entries<'a> = Box<dyn Iterator<Item = Result<Entry, StoreError>> + 'a>;
+
+/// Why a transaction's body stopped early.
+#[derive(Debug)]
+pub(super) enum TxError {
+    /// A rule refused the change (or the engine failed): nothing is written and the
+    /// error reaches the caller.
+    Abort(StoreError),
+    /// The engine saw a concurrent change: the body runs again from the start.
+    Conflict,
+}
+
+impl From<StoreError> for TxError {
+    fn from(e: StoreError) -> TxError {
+        TxError::Abort(e)
+    }
+}
+
+/// The reads and writes a transaction's body makes; nothing is visible to others, and
+/// nothing is kept, unless the body returns `Ok`.
+pub(super) trait EngineTx {
+    fn get(&self, tree: usize, key: &[u8]) -> Result<Option<Vec<u8>>, TxError>;
+    fn insert(&self, tree: usize, key: &[u8], value: &[u8]) -> Result<(), TxError>;
+    fn remove(&self, tree: usize, key: &[u8]) -> Result<(), TxError>;
+}
+
+/// A transaction's body: it may run more than once (see [`TxError::Conflict`]).
+pub(super) type TxBody<'a> = dyn FnMut(&dyn EngineTx) -> Result<(), TxError> + 'a;
+
+pub(super) trait Engine: Send + Sync {
+    fn get(&self, tree: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The entries whose keys fall between `from` and `to`, in key order.
+    fn range(&self, tree: usize, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Entries<'_>;
+    /// The entries whose keys start with `prefix`, in key order.
+    fn scan_prefix(&self, tree: usize, prefix: &[u8]) -> Entries<'_>;
+    fn is_empty(&self, tree: usize) -> Result<bool, StoreError>;
+    /// Runs `body` as one transaction over every tree; callers run one at a time.
+    fn transact(&self, body: &mut TxBody<'_>) -> Result<(), StoreError>;
+    /// Writes outside any transaction, for opening and migrations only.
+    fn put(&self, tree: usize, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    /// Empties a tree, for rebuilding an index; outside any transaction.
+    fn clear(&self, tree: usize) -> Result<(), StoreError>;
+    /// Writes many entries at once, outside any transaction, for rebuilding an index.
+    fn put_many(&self, tree: usize, entries: Vec<Entry>) -> Result<(), StoreError>;
+    /// Makes everything committed so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// Bytes on disk (an estimate).
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,148 @@
+//! The embedded engine: one sled database, one sled tree per store tree, and every
+//! transaction a sled transaction over all of them.
+
+use std::cell::RefCell;
+use std::ops::Bound;
+use std::path::Path;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional, TransactionalTree, UnabortableTransactionError};
+
+use super::engine::{Engine, EngineTx, Entries, Entry, TxBody, TxError};
+use super::StoreError;
+
+pub(super) struct SledEngine {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+    /// sled's log file, for an `fdatasync` after each flush (see [`SledEngine::flush`]).
+    log_file: Option<std::fs::File>,
+}
+
+impl SledEngine {
+    /// Opens (or creates) the database at `path` with one tree per name, in that order.
+    pub(super) fn open(path: &Path, cache_capacity_bytes: u64, names: &[&str]) -> Result<SledEngine, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity_bytes)
+            // Durability is the store's: its group-commit flusher flushes before every 2xx.
+            .flush_every_ms(None)
+            .open()?;
+        let trees = names.iter().map(|name| db.open_tree(name)).collect::<sled::Result<Vec<_>>>()?;
+        let log_file = std::fs::File::open(path.join("db")).ok();
+        Ok(SledEngine { db, trees, log_file })
+    }
+
+    fn tree(&self, tree: usize) -> Result<&sled::Tree, StoreError> {
+        self.trees.get(tree).ok_or_else(|| StoreError::Task(format!("no tree number {tree}")))
+    }
+
+    fn entries(iter: sled::Iter) -> Entries<'static> {
+        Box::new(iter.map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::Sled)))
+    }
+}
+
+fn tx_error(e: UnabortableTransactionError) -> TxError {
+    match e {
+        UnabortableTransactionError::Conflict => TxError::Conflict,
+        UnabortableTransactionError::Storage(e) => TxError::Abort(StoreError::Sled(e)),
+    }
+}
+
+/// The views sled hands a transaction, in the order the trees were opened.
+struct SledTx<'a> {
+    views: &'a [TransactionalTree],
+}
+
+impl SledTx<'_> {
+    fn view(&self, tree: usize) -> Result<&TransactionalTree, TxError> {
+        self.views.get(tree).ok_or_else(|| TxError::Abort(StoreError::Task(format!("no tree number {tree}"))))
+    }
+}
+
+impl EngineTx for SledTx<'_> {
+    fn get(&self, tree: usize, key: &[u8]) -> Result<Option<Vec<u8>>, TxError> {
+        Ok(self.view(tree)?.get(key).map_err(tx_error)?.map(|v| v.to_vec()))
+    }
+
+    fn insert(&self, tree: usize, key: &[u8], value: &[u8]) -> Result<(), TxError> {
+        self.view(tree)?.insert(key, value).map_err(tx_error)?;
+        Ok(())
+    }
+
+    fn remove(&self, tree: usize, key: &[u8]) -> Result<(), TxError> {
+        self.view(tree)?.remove(key).map_err(tx_error)?;
+        Ok(())
+    }
+}
+
+impl Engine for SledEngine {
+    fn get(&self, tree: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree(tree)?.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn range(&self, tree: usize, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Entries<'_> {
+        match self.tree(tree) {
+            Ok(t) => Self::entries(t.range::<Vec<u8>, _>((from, to))),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
+    fn scan_prefix(&self, tree: usize, prefix: &[u8]) -> Entries<'_> {
+        match self.tree(tree) {
+            Ok(t) => Self::entries(t.scan_prefix(prefix)),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
+    fn is_empty(&self, tree: usize) -> Result<bool, StoreError> {
+        Ok(self.tree(tree)?.is_empty())
+    }
+
+    fn transact(&self, body: &mut TxBody<'_>) -> Result<(), StoreError> {
+        // sled wants a `Fn` it may call again on a conflict; the body is called one at a time.
+        let body = RefCell::new(body);
+        let result = self.trees[..].transaction(|views: &Vec<TransactionalTree>| {
+            let mut body = body.borrow_mut();
+            match (*body)(&SledTx { views }) {
+                Ok(()) => Ok(()),
+                Err(TxError::Conflict) => Err(ConflictableTransactionError::Conflict),
+                Err(TxError::Abort(e)) => Err(ConflictableTransactionError::Abort(e)),
+            }
+        });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })
+    }
+
+    fn put(&self, tree: usize, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.tree(tree)?.insert(key, value)?;
+        Ok(())
+    }
+
+    fn clear(&self, tree: usize) -> Result<(), StoreError> {
+        Ok(self.tree(tree)?.clear()?)
+    }
+
+    fn put_many(&self, tree: usize, entries: Vec<Entry>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in entries {
+            batch.insert(key, value);
+        }
+        Ok(self.tree(tree)?.apply_batch(batch)?)
+    }
+
+    /// sled's `flush` writes its buffers out with `sync_file_range` on Linux, which
+    /// survives a killed process but neither flushes the drive's write cache nor the
+    /// file's size; an `fdatasync` of its log file afterwards does both.
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        if let Some(file) = &self.log_file {
+            file.sync_data().map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        }
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
