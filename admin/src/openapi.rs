@@ -149,24 +149,6 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
     DOC.get_or_init(ApiDoc::openapi)
 }
 
-/// The methods the document gives for the route that `path` falls under, e.g. `"GET, POST"`
-/// (for the `Allow` header of a 405); `None` when no route matches.
-pub fn allowed_methods(path: &str) -> Option<String> {
-    let item =
-        document().paths.paths.iter().find_map(|(template, item)| crate::metrics::template_matches(template, path).then_some(item))?;
-    let methods: Vec<&str> = [
-        ("GET", item.get.is_some()),
-        ("POST", item.post.is_some()),
-        ("PUT", item.put.is_some()),
-        ("PATCH", item.patch.is_some()),
-        ("DELETE", item.delete.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, present)| present.then_some(name))
-    .collect();
-    (!methods.is_empty()).then(|| methods.join(", "))
-}
-
 /// The document as JSON bytes, built once.
 pub fn document_json() -> &'static [u8] {
     static JSON: OnceLock<Vec<u8>> = OnceLock::new();
@@ -193,16 +175,6 @@ mod tests {
         assert_eq!(serde_json::to_value(KeyKind::Pk).unwrap(), serde_json::to_value(KeyKindSchema::Pk).unwrap());
         assert_eq!(serde_json::to_value(Mode::Live).unwrap(), serde_json::to_value(ModeSchema::Live).unwrap());
         assert_eq!(serde_json::to_value(Mode::Test).unwrap(), serde_json::to_value(ModeSchema::Test).unwrap());
-    }
-
-    #[test]
-    fn allow_lists_come_from_the_document() {
-        assert_eq!(allowed_methods("/healthz").as_deref(), Some("GET"));
-        assert_eq!(allowed_methods("/v1/businesses/biz_1/keys").as_deref(), Some("GET, POST"));
-        assert_eq!(allowed_methods("/v1/keys/key_1/rotate").as_deref(), Some("POST"));
-        assert_eq!(allowed_methods("/v1/nothing"), None);
-        assert_eq!(allowed_methods("/v1/keys/key_1").as_deref(), Some("PATCH"));
-        assert_eq!(allowed_methods("/v1/keys/key_1/fly"), None);
     }
 
     #[test]
