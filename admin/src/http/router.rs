@@ -83,7 +83,7 @@ fn answer(row: &Route, s: &AppState) -> Option<Answer> {
     let filter = match row.endpoint {
         Endpoint::Healthz => path(t).and(m).and(with_state(s)).and_then(|st| async move { reject(api::health::healthz(st).await) }).boxed(),
         Endpoint::Metrics => path(t).and(m).and(with_state(s)).and_then(|st| async move { reject(api::health::metrics(st).await) }).boxed(),
-        Endpoint::OpenApi => path(t).and(m).and_then(|| async move { reject(api::health::openapi().await) }).boxed(),
+        Endpoint::OpenApi => path(t).and(m).map(crate::openapi::openapi).boxed(),
         Endpoint::Jwks => path(t).and(m).and(with_state(s)).and_then(|st| async move { reject(api::tokens::jwks(st).await) }).boxed(),
         Endpoint::CreateBusiness => path(t)
             .and(m)
