@@ -264,3 +264,37 @@ fn request_id() -> impl Filter<Extract = (String,), Error = std::convert::Infall
         id
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path that `template` fits: each `{id}` becomes a dashboard file name (any id
+    /// will do for the API's rows, and the dashboard's answers 404 for unknown files).
+    fn concrete(template: &str) -> String {
+        template.replace("{id}", "app.js")
+    }
+
+    /// Each row reaches a handler at its own method (its path filter has the template's
+    /// shape), and another method on that path is a 405 listing the table's methods.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_row_is_routed_at_its_method() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = AppState::open(crate::Config::new(dir.path())).unwrap();
+        let filter = routes(state);
+        for row in TABLE {
+            let path = concrete(row.template);
+            let response = warp::test::request().method(row.method.as_str()).path(&path).reply(&filter).await;
+            let code = serde_json::from_slice::<serde_json::Value>(response.body()).ok().map(|v| v["code"].clone());
+            let unrouted = response.status() == 405 || (response.status() == 404 && code == Some(serde_json::json!("not_found")));
+            assert!(!unrouted, "{} {path} → {}", row.method.as_str(), response.status());
+
+            let response = warp::test::request().method("PUT").path(&path).reply(&filter).await;
+            assert_eq!(response.status(), 405, "PUT {path}");
+            let allow = response.headers().get("allow").map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(allow, route_table::allowed_methods(&path), "PUT {path}");
+        }
+        let response = warp::test::request().path("/v1/nothing").reply(&filter).await;
+        assert_eq!(response.status(), 404);
+    }
+}
