@@ -3,6 +3,10 @@
 use std::fmt;
 use std::path::PathBuf;
 
+/// Largest request body accepted, bytes (the bulk import and usage reports have their own,
+/// larger caps).
+pub const BODY_LIMIT: u64 = 64 * 1024;
+
 /// A secret string (operator or proxy token). Never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);

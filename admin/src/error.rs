@@ -235,7 +235,7 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     } else if rejection.find::<reject::MethodNotAllowed>().is_some() {
         AdminError::MethodNotAllowed
     } else if rejection.find::<reject::PayloadTooLarge>().is_some() {
-        AdminError::PayloadTooLarge { limit: crate::routes::BODY_LIMIT }
+        AdminError::PayloadTooLarge { limit: crate::config::BODY_LIMIT }
     } else if rejection.find::<reject::InvalidQuery>().is_some() {
         AdminError::InvalidQuery("the query string could not be parsed".to_owned())
     } else if let Some(h) = rejection.find::<reject::InvalidHeader>() {

@@ -16,14 +16,16 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod digest;
 pub mod error;
+pub mod http;
 pub mod import;
 pub mod metrics;
 pub mod openapi;
 pub mod passwords;
 pub mod random;
 pub mod rfc3339;
-pub mod routes;
+pub mod route_table;
 pub mod state;
 pub mod store;
 pub mod throttle;
@@ -47,7 +49,7 @@ pub async fn run(
     let callers = state.handles();
     let flusher = state.store().start_flusher();
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
-    let routes = routes::routes(state.clone());
+    let routes = http::router::routes(state.clone());
     let stopping = state.clone();
     warp::serve(routes)
         .incoming(listener)

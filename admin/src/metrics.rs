@@ -2,8 +2,8 @@
 //! the per-request id.
 //!
 //! Every label value is a compile-time constant: the route label is one of [`ROUTES`]
-//! (matched from [`crate::routes::path_template`], so nothing a client typed reaches a
-//! label) or `unmatched`, the method one of a fixed list or `OTHER`, the status a number.
+//! (matched from [`route_table::path_template`], so nothing a client typed reaches a label) or
+//! `unmatched`, the method one of a fixed list or `OTHER`, the status a number.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,34 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-/// The route templates the server answers; `{id}` stands for any one path segment.
-pub const ROUTES: &[&str] = &[
-    "/healthz",
-    "/metrics",
-    "/openapi.json",
-    "/.well-known/jwks.json",
-    "/v1/businesses",
-    "/v1/users",
-    "/v1/businesses/{id}/keys",
-    "/v1/keys/{id}/rotate",
-    "/v1/keys/{id}/deactivate",
-    "/v1/keys/{id}/activate",
-    "/v1/keys/{id}/usage",
-    "/v1/sessions/{id}",
-    "/v1/sessions",
-    "/v1/me",
-    "/v1/keys/{id}",
-    "/ui",
-    "/ui/{id}",
-    "/v1/snapshot",
-    "/v1/usage",
-    "/v1/signing-keys/rotate",
-    "/v1/import/keys",
-    "/auth/signin",
-    "/auth/login",
-    "/auth/refresh",
-    "/auth/logout",
-];
+use crate::route_table;
+
+/// The route labels (every template of [`route_table::TABLE`] once).
+pub const ROUTES: &[&str] = route_table::LABELS;
 
 /// The route label of any path that no route template matches.
 pub const UNMATCHED: &str = "unmatched";
@@ -49,22 +25,7 @@ const BUCKET_LABELS: [&str; 8] = ["0.001", "0.005", "0.01", "0.05", "0.1", "0.5"
 
 /// The route template of `path` (one of [`ROUTES`]), or [`UNMATCHED`].
 pub fn route_label(path: &str) -> &'static str {
-    let template = crate::routes::path_template(path);
-    ROUTES.iter().find(|route| template_matches(route, &template)).copied().unwrap_or(UNMATCHED)
-}
-
-/// Does `path` fall under `template`? A `{…}` segment of the template stands for any one
-/// segment; empty segments (doubled or trailing slashes) are ignored on both sides.
-pub fn template_matches(template: &str, path: &str) -> bool {
-    let mut wanted = template.split('/').filter(|s| !s.is_empty());
-    let mut given = path.split('/').filter(|s| !s.is_empty());
-    loop {
-        match (wanted.next(), given.next()) {
-            (None, None) => return true,
-            (Some(w), Some(g)) if w.starts_with('{') || w == g => {}
-            _ => return false,
-        }
-    }
+    route_table::route_label(path).unwrap_or(UNMATCHED)
 }
 
 fn method_label(method: &warp::http::Method) -> &'static str {

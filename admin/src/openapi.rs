@@ -7,10 +7,11 @@
 
 use std::sync::OnceLock;
 
-use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, ResponseBuilder};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
+use warp::http::{header, HeaderValue};
+use warp::reply::Response;
 
 use crate::api;
 use crate::error::ErrorBody;
@@ -25,7 +26,7 @@ Errors always answer `{\"success\": false, \"error\": \"<words>\", \"code\": \"<
     paths(
         api::health::healthz,
         api::health::metrics,
-        api::health::openapi,
+        openapi,
         api::tokens::jwks,
         api::businesses::create_business,
         api::users::create_user,
@@ -105,66 +106,10 @@ impl Modify for ErrorResponses {
     }
 }
 
-/// `sk` (secret, server side) or `pk` (publishable, safe methods only).
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[schema(as = KeyKind)]
-pub enum KeyKindSchema {
-    Sk,
-    Pk,
-}
-
-/// `live` or `test`.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[schema(as = Mode)]
-pub enum ModeSchema {
-    Live,
-    Test,
-}
-
-/// The shape of `keygate_core::usage::UsageReport` (core has no OpenAPI dependency; a
-/// test below keeps the two in step).
-#[derive(Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = UsageReport)]
-pub struct UsageReportSchema {
-    usage: Vec<KeyUsageSchema>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = KeyUsage)]
-pub struct KeyUsageSchema {
-    key_id: String,
-    /// Requests since the filter's last report.
-    count: u64,
-    /// Unix seconds.
-    last_used_at: u64,
-}
-
 /// The document, built once.
 pub fn document() -> &'static utoipa::openapi::OpenApi {
     static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
     DOC.get_or_init(ApiDoc::openapi)
-}
-
-/// The methods the document gives for the route that `path` falls under, e.g. `"GET, POST"`
-/// (for the `Allow` header of a 405); `None` when no route matches.
-pub fn allowed_methods(path: &str) -> Option<String> {
-    let item =
-        document().paths.paths.iter().find_map(|(template, item)| crate::metrics::template_matches(template, path).then_some(item))?;
-    let methods: Vec<&str> = [
-        ("GET", item.get.is_some()),
-        ("POST", item.post.is_some()),
-        ("PUT", item.put.is_some()),
-        ("PATCH", item.patch.is_some()),
-        ("DELETE", item.delete.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, present)| present.then_some(name))
-    .collect();
-    (!methods.is_empty()).then(|| methods.join(", "))
 }
 
 /// The document as JSON bytes, built once.
@@ -173,48 +118,51 @@ pub fn document_json() -> &'static [u8] {
     JSON.get_or_init(|| serde_json::to_vec(document()).unwrap_or_else(|_| b"{}".to_vec()))
 }
 
+#[utoipa::path(get, path = "/openapi.json", tag = "health", summary = "This document: the admin API in OpenAPI 3.1",
+    responses(
+        (status = 200, description = "The OpenAPI document", body = Object)
+    )
+)]
+pub fn openapi() -> Response {
+    let mut response = Response::new(document_json().to_vec().into());
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    response
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+    use crate::route_table::TABLE;
 
-    #[test]
-    fn usage_report_schema_matches_core() {
-        let report = keygate_core::usage::UsageReport {
-            usage: vec![keygate_core::usage::KeyUsage { key_id: "key_x".to_owned(), count: 3, last_used_at: 7 }],
-        };
-        let mirror = UsageReportSchema { usage: vec![KeyUsageSchema { key_id: "key_x".to_owned(), count: 3, last_used_at: 7 }] };
-        assert_eq!(serde_json::to_value(&report).unwrap(), serde_json::to_value(&mirror).unwrap());
+    /// `{key_id}`-style parameter names as the table's `{id}`.
+    fn normalised(template: &str) -> String {
+        template.split('/').map(|s| if s.starts_with('{') { "{id}" } else { s }).collect::<Vec<_>>().join("/")
     }
 
     #[test]
-    fn kind_and_mode_schemas_match_core() {
-        use keygate_core::{KeyKind, Mode};
-        assert_eq!(serde_json::to_value(KeyKind::Sk).unwrap(), serde_json::to_value(KeyKindSchema::Sk).unwrap());
-        assert_eq!(serde_json::to_value(KeyKind::Pk).unwrap(), serde_json::to_value(KeyKindSchema::Pk).unwrap());
-        assert_eq!(serde_json::to_value(Mode::Live).unwrap(), serde_json::to_value(ModeSchema::Live).unwrap());
-        assert_eq!(serde_json::to_value(Mode::Test).unwrap(), serde_json::to_value(ModeSchema::Test).unwrap());
-    }
-
-    #[test]
-    fn allow_lists_come_from_the_document() {
-        assert_eq!(allowed_methods("/healthz").as_deref(), Some("GET"));
-        assert_eq!(allowed_methods("/v1/businesses/biz_1/keys").as_deref(), Some("GET, POST"));
-        assert_eq!(allowed_methods("/v1/keys/key_1/rotate").as_deref(), Some("POST"));
-        assert_eq!(allowed_methods("/v1/nothing"), None);
-        assert_eq!(allowed_methods("/v1/keys/key_1").as_deref(), Some("PATCH"));
-        assert_eq!(allowed_methods("/v1/keys/key_1/fly"), None);
-    }
-
-    #[test]
-    fn the_document_is_openapi_3_1_with_every_path() {
+    fn the_document_is_openapi_3_1() {
         let doc: serde_json::Value = serde_json::from_slice(document_json()).unwrap();
         assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
-        let paths = doc["paths"].as_object().unwrap();
-        let concrete = |t: &str| t.split('/').map(|s| if s.starts_with('{') { "x" } else { s }).collect::<Vec<_>>().join("/");
-        let labels: Vec<&str> = paths.keys().map(|t| crate::metrics::route_label(&concrete(t))).collect();
-        for template in crate::metrics::ROUTES {
-            assert!(labels.contains(template), "{template} is not described");
+    }
+
+    #[test]
+    fn the_document_describes_exactly_the_route_table() {
+        let doc: serde_json::Value = serde_json::from_slice(document_json()).unwrap();
+        let mut described = BTreeSet::new();
+        for (template, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                described.insert((method.to_uppercase(), normalised(template)));
+            }
         }
-        assert!(!labels.contains(&crate::metrics::UNMATCHED), "a described path has no metrics label: {labels:?}");
+        let routed: BTreeSet<(String, String)> =
+            TABLE.iter().map(|row| (row.method.as_str().to_owned(), row.template.to_owned())).collect();
+        assert_eq!(routed.len(), TABLE.len(), "a (method, template) pair twice in the table");
+        let undescribed: Vec<_> = routed.difference(&described).collect();
+        let unrouted: Vec<_> = described.difference(&routed).collect();
+        assert!(undescribed.is_empty(), "in the route table but not in the document: {undescribed:?}");
+        assert!(unrouted.is_empty(), "in the document but not in the route table: {unrouted:?}");
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::{Config, Secret};
+use crate::digest;
 use crate::error::AdminError;
 use crate::metrics::Metrics;
 use crate::passwords::Passwords;
@@ -72,7 +73,7 @@ fn resolve_token(
     };
     if let Some(token) = configured {
         check_token_text(name, token)?;
-        let hash = random::sha256(token.expose());
+        let hash = digest::sha256(token.expose());
         let _ticket = store.set_token_hash(role, hash)?;
         return Ok((hash, None));
     }
@@ -80,7 +81,7 @@ fn resolve_token(
         return Ok((hash, None));
     }
     let token = Secret::new(random::secret(prefix)?);
-    let hash = random::sha256(token.expose());
+    let hash = digest::sha256(token.expose());
     let _ticket = store.set_token_hash(role, hash)?;
     Ok((hash, Some(token)))
 }
@@ -98,7 +99,7 @@ impl AppState {
         let store = Store::open(&config.data_dir, &options)?;
         let (operator_hash, operator) = resolve_token(&store, TokenRole::Operator, config.operator_token.as_ref(), "kgo_")?;
         let (proxy_hash, proxy) = resolve_token(&store, TokenRole::Proxy, config.proxy_token.as_ref(), "kgp_")?;
-        if random::digest_eq(&operator_hash, &proxy_hash) {
+        if digest::digest_eq(&operator_hash, &proxy_hash) {
             return Err(AdminError::Config("the operator and proxy tokens must differ".to_owned()));
         }
         let tokens = TokenService::load(&store, &config)?;
@@ -156,11 +157,11 @@ impl AppState {
     }
 
     pub fn is_operator_token(&self, token: &str) -> bool {
-        random::digest_eq(&random::sha256(token), &self.inner.operator_hash)
+        digest::digest_eq(&digest::sha256(token), &self.inner.operator_hash)
     }
 
     pub fn is_proxy_token(&self, token: &str) -> bool {
-        random::digest_eq(&random::sha256(token), &self.inner.proxy_hash)
+        digest::digest_eq(&digest::sha256(token), &self.inner.proxy_hash)
     }
 
     /// Tells long-polls to answer now: the server is shutting down.

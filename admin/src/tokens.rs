@@ -13,6 +13,7 @@ use keygate_core::{AccessClaims, Mode, UnixTime};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::digest;
 use crate::error::AdminError;
 use crate::random;
 use crate::store::{IssuedToken, SigningKey, Store};
@@ -59,7 +60,7 @@ fn new_signing_key() -> Result<SigningKey, AdminError> {
     let pair = SigningKeyPair::from_seed(kid.clone(), seed);
     Ok(SigningKey {
         kid,
-        seed_hex: random::hex(&seed),
+        seed_hex: digest::hex(&seed),
         public: pair.public_entry(),
         created_at: crate::clock::now(),
         retired_at: None,
@@ -82,7 +83,7 @@ fn keys_of(stored: &[SigningKey]) -> Result<Keys, AdminError> {
 }
 
 fn pair_of(key: &SigningKey) -> Result<SigningKeyPair, AdminError> {
-    let seed = random::unhex::<32>(&key.seed_hex).ok_or(AdminError::Internal("a stored signing seed is corrupt"))?;
+    let seed = digest::unhex::<32>(&key.seed_hex).ok_or(AdminError::Internal("a stored signing seed is corrupt"))?;
     Ok(SigningKeyPair::from_seed(key.kid.clone(), seed))
 }
 

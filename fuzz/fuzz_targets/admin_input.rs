@@ -9,7 +9,8 @@ use keygate_admin::api::feed::parse_snapshot_query;
 use keygate_admin::api::keys::CreateKey;
 use keygate_admin::api::normalize_email;
 use keygate_admin::api::users::CreateUser;
-use keygate_admin::{rfc3339, routes};
+use keygate_admin::route_table;
+use keygate_admin::rfc3339;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -33,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(rfc3339::parse(&rfc3339::format(t)), Some(t), "RFC 3339 round trip");
             }
             let _ = normalize_email(&text);
-            let template = routes::path_template(&text);
+            let template = route_table::path_template(&text);
             assert!(template.starts_with('/'));
             // Nothing but known words, id prefixes and masks reaches a log line: a segment is
             // a mask, a bare id prefix, or a route word kept verbatim from the path (route

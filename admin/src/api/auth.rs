@@ -9,6 +9,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::{business_views, durable_write, normalize_email, ok_json, BusinessView, SessionRevoked};
+use crate::digest;
 use crate::error::AdminError;
 use crate::random;
 use crate::state::AppState;
@@ -90,14 +91,14 @@ pub async fn signin(state: AppState, client: IpAddr, body: SignIn) -> Result<Res
     let ttl = state.config().token_ttl_secs;
     let sid = random::id("ses_")?;
     let refresh = random::secret("rt_")?;
-    let refresh_hash = random::sha256(&refresh);
+    let refresh_hash = digest::sha256(&refresh);
     let grant = Grant { sub: user.id.clone(), sid: sid.clone(), businesses: user.businesses.clone(), mode: None, scope: String::new() };
     let issued = state.tokens().claims(grant, now, now.saturating_add(ttl))?;
     let session = Session {
         id: sid,
         owner: SessionOwner::User { user_id: user.id.clone() },
         created_at: now,
-        refresh_sha256: Some(random::hex(&refresh_hash)),
+        refresh_sha256: Some(digest::hex(&refresh_hash)),
         // Refreshable until the access token's expiry plus the grace (default 30 days).
         refresh_expires_at: Some(issued.claims.exp.saturating_add(state.config().refresh_ttl_secs)),
         last_exp: issued.claims.exp,
@@ -129,7 +130,7 @@ pub async fn refresh(state: AppState, body: Refresh) -> Result<Response, AdminEr
     if !text.starts_with("rt_") || text.len() > 128 {
         return Err(AdminError::InvalidRefreshToken);
     }
-    let old = random::sha256(&text);
+    let old = digest::sha256(&text);
     let sid = state.store().refresh_session_id(&old)?.ok_or(AdminError::InvalidRefreshToken)?;
     let session = state.store().session(&sid)?.ok_or(AdminError::InvalidRefreshToken)?;
     let SessionOwner::User { user_id } = &session.owner else {
@@ -141,7 +142,7 @@ pub async fn refresh(state: AppState, body: Refresh) -> Result<Response, AdminEr
     let grant = Grant { sub: user.id.clone(), sid: sid.clone(), businesses: user.businesses.clone(), mode: None, scope: String::new() };
     let issued = state.tokens().claims(grant, now, now.saturating_add(ttl))?;
     let refresh = random::secret("rt_")?;
-    let new = random::sha256(&refresh);
+    let new = digest::sha256(&refresh);
     let (refresh_ttl, leeway) = (state.config().refresh_ttl_secs, state.config().token_leeway_secs);
     let record = issued.clone();
     let outcome = durable_write(state.store(), move |s| s.refresh(&old, &new, &record, refresh_ttl, leeway)).await?;

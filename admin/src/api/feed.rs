@@ -26,7 +26,27 @@ pub struct UsageAccepted {
     ignored: usize,
 }
 
-#[utoipa::path(post, path = "/v1/usage", tag = "feed", summary = "Filters report per-key request counts", security(("proxy" = [])), request_body(content = crate::openapi::UsageReportSchema, description = "At most 10 000 keys and 1 MiB per report"),
+/// The shape of `keygate_core::usage::UsageReport` (core has no OpenAPI dependency; a
+/// test below keeps the two in step).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = UsageReport)]
+pub struct UsageReportSchema {
+    usage: Vec<KeyUsageSchema>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = KeyUsage)]
+pub struct KeyUsageSchema {
+    key_id: String,
+    /// Requests since the filter's last report.
+    count: u64,
+    /// Unix seconds.
+    last_used_at: u64,
+}
+
+#[utoipa::path(post, path = "/v1/usage", tag = "feed", summary = "Filters report per-key request counts", security(("proxy" = [])), request_body(content = UsageReportSchema, description = "At most 10 000 keys and 1 MiB per report"),
     responses(
         (status = 200, description = "Recorded", body = UsageAccepted)
     )
@@ -217,6 +237,15 @@ pub async fn snapshot(state: AppState, query: SnapshotQuery) -> Result<Response,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_report_schema_matches_core() {
+        let report = keygate_core::usage::UsageReport {
+            usage: vec![keygate_core::usage::KeyUsage { key_id: "key_x".to_owned(), count: 3, last_used_at: 7 }],
+        };
+        let mirror = UsageReportSchema { usage: vec![KeyUsageSchema { key_id: "key_x".to_owned(), count: 3, last_used_at: 7 }] };
+        assert_eq!(serde_json::to_value(&report).unwrap(), serde_json::to_value(&mirror).unwrap());
+    }
 
     #[test]
     fn snapshot_queries() {

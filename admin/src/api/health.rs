@@ -1,11 +1,11 @@
-//! Liveness, metrics and the OpenAPI document.
+//! Liveness and metrics (the OpenAPI document is served by [`crate::openapi`]).
 
 use serde::Serialize;
 use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::{ok_json, raw_json};
+use super::ok_json;
 use crate::error::AdminError;
 use crate::state::AppState;
 
@@ -39,16 +39,5 @@ pub async fn metrics(state: AppState) -> Result<Response, AdminError> {
     let headers = response.headers_mut();
     headers.insert(warp::http::header::CONTENT_TYPE, warp::http::HeaderValue::from_static("text/plain; version=0.0.4"));
     headers.insert(warp::http::header::CACHE_CONTROL, warp::http::HeaderValue::from_static("no-store"));
-    Ok(response)
-}
-
-#[utoipa::path(get, path = "/openapi.json", tag = "health", summary = "This document: the admin API in OpenAPI 3.1",
-    responses(
-        (status = 200, description = "The OpenAPI document", body = Object)
-    )
-)]
-pub async fn openapi() -> Result<Response, AdminError> {
-    let mut response = raw_json(crate::openapi::document_json().to_vec());
-    response.headers_mut().insert(warp::http::header::CACHE_CONTROL, warp::http::HeaderValue::from_static("public, max-age=300"));
     Ok(response)
 }

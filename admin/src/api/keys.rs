@@ -11,11 +11,28 @@ use std::future::Future;
 use super::{blocking, clean_name, clean_scopes, durable_write, is_id, ok_json, request_expiry};
 use crate::auth::Caller;
 use crate::error::AdminError;
-use crate::openapi::{KeyKindSchema, ModeSchema};
 use crate::random;
 use crate::rfc3339;
 use crate::state::AppState;
 use crate::store::{now, Key, StoreError};
+
+/// `sk` (secret, server side) or `pk` (publishable, safe methods only).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = KeyKind)]
+pub enum KeyKindSchema {
+    Sk,
+    Pk,
+}
+
+/// `live` or `test`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = Mode)]
+pub enum ModeSchema {
+    Live,
+    Test,
+}
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -318,4 +335,18 @@ pub async fn key_usage(state: AppState, caller: Caller, key_id: String) -> Resul
         record.hours.iter().map(|(hour, count)| HourCount { hour: rfc3339::format(*hour), count: *count }).collect();
     let total: u64 = record.hours.iter().map(|(_, c)| *c).sum();
     ok_json(StatusCode::OK, &KeyUsageView { key_id, last_used_at: key.last_used_at.map(rfc3339::format), total, hours })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_and_mode_schemas_match_core() {
+        use keygate_core::{KeyKind, Mode};
+        assert_eq!(serde_json::to_value(KeyKind::Sk).unwrap(), serde_json::to_value(KeyKindSchema::Sk).unwrap());
+        assert_eq!(serde_json::to_value(KeyKind::Pk).unwrap(), serde_json::to_value(KeyKindSchema::Pk).unwrap());
+        assert_eq!(serde_json::to_value(Mode::Live).unwrap(), serde_json::to_value(ModeSchema::Live).unwrap());
+        assert_eq!(serde_json::to_value(Mode::Test).unwrap(), serde_json::to_value(ModeSchema::Test).unwrap());
+    }
 }

@@ -138,7 +138,7 @@ impl Tx<'_> {
                 self.key_sessions.remove(&index)?;
             }
         }
-        if let Some(hash) = session.refresh_sha256.as_deref().and_then(crate::random::unhex::<32>) {
+        if let Some(hash) = session.refresh_sha256.as_deref().and_then(crate::digest::unhex::<32>) {
             if self.refresh_tokens.get_raw(&hash)?.as_deref() == Some(sid) {
                 self.refresh_tokens.remove(&hash)?;
             }
@@ -208,7 +208,7 @@ impl Store {
             }
             let Some(sid) = tx.refresh_tokens.get_raw(old)? else { return Ok(RefreshOutcome::Invalid) };
             let Some(mut session) = tx.sessions.get::<Session>(&sid)? else { return Ok(RefreshOutcome::Invalid) };
-            let current = session.refresh_sha256.as_deref().and_then(crate::random::unhex::<32>);
+            let current = session.refresh_sha256.as_deref().and_then(crate::digest::unhex::<32>);
             let window_open = session.refresh_expires_at.is_some_and(|at| at > tx.now);
             if session.revoked_at.is_some() || current.as_ref() != Some(old) || !window_open || issued.claims.sid != session.id {
                 return Ok(RefreshOutcome::Invalid);
@@ -219,7 +219,7 @@ impl Store {
             tx.refresh_tokens.remove(old)?;
             tx.spent_refresh.put_raw(old, &sid)?;
             tx.refresh_tokens.put_raw(new, &sid)?;
-            session.refresh_sha256 = Some(crate::random::hex(new));
+            session.refresh_sha256 = Some(crate::digest::hex(new));
             session.last_exp = session.last_exp.max(issued.claims.exp);
             session.refresh_expires_at = Some(issued.claims.exp.saturating_add(refresh_ttl));
             session.current = Some(issued.clone());
