@@ -17,7 +17,6 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
-pub mod import;
 pub mod metrics;
 pub mod openapi;
 pub mod passwords;

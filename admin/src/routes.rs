@@ -387,8 +387,8 @@ pub fn routes(
     let import_keys = warp::path!("v1" / "import" / "keys")
         .and(warp::post())
         .and(operator(s.clone()))
-        .and(json_up_to(crate::import::BATCH_BODY_LIMIT))
-        .and_then(|st, body| async move { reject(crate::import::import_keys(st, body).await) });
+        .and(json_up_to(api::import::BATCH_BODY_LIMIT))
+        .and_then(|st, body| async move { reject(api::import::import_keys(st, body).await) });
 
     let snapshot = warp::path!("v1" / "snapshot")
         .and(warp::get())

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_error, Server, OPERATOR, PROXY};
+use common::{assert_error, sid_of, Server, OPERATOR, PROXY};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -16,12 +16,6 @@ async fn member(server: &Server, email: &str, businesses: &[&str]) -> String {
     let (status, signin) = server.post("/auth/signin", None, json!({"email": email, "password": PASSWORD})).await;
     assert_eq!(status, StatusCode::OK, "{signin}");
     signin["accessToken"].as_str().unwrap().to_owned()
-}
-
-fn sid_of(jwt: &str) -> String {
-    use base64::Engine;
-    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwt.split('.').nth(1).unwrap()).unwrap();
-    serde_json::from_slice::<Value>(&payload).unwrap()["sid"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

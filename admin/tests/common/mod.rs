@@ -148,3 +148,12 @@ pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, code: &s
     assert_eq!(body["code"], json!(code), "{body}");
     assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
 }
+
+/// The `sid` claim of an access token (read without checking the signature).
+pub fn sid_of(jwt: &str) -> String {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap();
+    let claims: Value = serde_json::from_slice(&bytes).unwrap();
+    claims["sid"].as_str().unwrap().to_owned()
+}
