@@ -52,33 +52,26 @@ fn binary_prints_tokens_once_and_stops_on_sigterm() {
     assert_ne!(addr.port(), 0);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let created = rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("http://{addr}/v1/businesses"))
-            .bearer_auth(&operator)
-            .json(&json!({"name": "Acme"}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    assert_eq!(created, StatusCode::CREATED);
+    // Creates a business on the server at `addr` with the generated operator token.
+    let create_business = |addr: &str, name: &str| {
+        rt.block_on(async {
+            reqwest::Client::new()
+                .post(format!("http://{addr}/v1/businesses"))
+                .bearer_auth(&operator)
+                .json(&json!({ "name": name }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    assert_eq!(create_business(&addr.to_string(), "Acme"), StatusCode::CREATED);
     stop(child);
 
     // Second start: nothing generated, the first operator token still works.
     let (child, lines) = start();
     assert_eq!(lines.len(), 1, "{lines:?}");
     let addr = lines[0].trim_start_matches("keygate-admin listening on ").to_owned();
-    let status = rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("http://{addr}/v1/businesses"))
-            .bearer_auth(&operator)
-            .json(&json!({"name": "Again"}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(create_business(&addr, "Again"), StatusCode::CREATED);
     stop(child);
 }
