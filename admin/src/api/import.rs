@@ -162,22 +162,8 @@ pub fn check_record(record: &ImportRecord, now: UnixTime) -> Result<Key, String>
             }
         },
     };
-    Ok(Key {
-        id: String::new(),
-        business: business.to_owned(),
-        kind,
-        mode,
-        hash,
-        prefix,
-        name,
-        scopes: vec![],
-        expires_at,
-        created_at: now,
-        active: true,
-        last_used_at: None,
-        rotated_at: None,
-        grace: vec![],
-    })
+    // The id is drawn only for the records that pass.
+    Ok(Key { name, expires_at, ..Key::new(String::new(), business.to_owned(), kind, mode, hash, prefix, now) })
 }
 
 /// `POST /v1/import/keys` (operator).
