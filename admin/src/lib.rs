@@ -19,7 +19,6 @@ pub mod config;
 pub mod digest;
 pub mod error;
 pub mod http;
-pub mod import;
 pub mod metrics;
 pub mod openapi;
 pub mod passwords;

@@ -47,7 +47,7 @@ Errors always answer `{\"success\": false, \"error\": \"<words>\", \"code\": \"<
         api::sessions::me,
         api::sessions::list_sessions,
         api::keys::update_key,
-        crate::import::import_keys,
+        api::import::import_keys,
         crate::ui::redirect,
         crate::ui::page,
         crate::ui::asset,

@@ -1,5 +1,5 @@
 //! The admin API over real HTTP: a server bound to 127.0.0.1:0 over a temporary sled
-//! directory (see `common`), plus the real binary for the CLI contract.
+//! directory (see `common`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -471,84 +471,6 @@ async fn acknowledged_writes_are_on_disk() {
     assert_eq!(full["version"].as_u64(), Some(3));
     assert!(full["keys"].as_array().unwrap().iter().any(|k| k["hash"] == json!(KeyHash::of_raw(&raw).to_hex())));
     server.stop().await;
-}
-
-/// The binary itself: generated tokens printed once, the listening line, SIGTERM.
-#[test]
-fn binary_prints_tokens_once_and_stops_on_sigterm() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
-    let dir = tempfile::tempdir().unwrap();
-    let start = || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keygate-admin"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--data"])
-            .arg(dir.path())
-            .env_remove("KEYGATE_OPERATOR_TOKEN")
-            .env_remove("KEYGATE_PROXY_TOKEN")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = Vec::new();
-        let mut reader = BufReader::new(child.stdout.take().unwrap());
-        loop {
-            let mut line = String::new();
-            assert!(reader.read_line(&mut line).unwrap() > 0, "exited early: {lines:?}");
-            let done = line.starts_with("keygate-admin listening on ");
-            lines.push(line.trim_end().to_owned());
-            if done {
-                break;
-            }
-        }
-        (child, lines)
-    };
-    let stop = |mut child: std::process::Child| {
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        let exit = child.wait().unwrap();
-        assert!(exit.success(), "{exit:?}");
-    };
-
-    let (child, lines) = start();
-    assert_eq!(lines.len(), 3, "{lines:?}");
-    let operator = lines[0].rsplit(' ').next().unwrap().to_owned();
-    assert!(lines[0].contains("operator") && operator.starts_with("kgo_") && operator.len() >= 36, "{lines:?}");
-    assert!(lines[1].contains("proxy") && lines[1].rsplit(' ').next().unwrap().starts_with("kgp_"), "{lines:?}");
-    let addr: std::net::SocketAddr = lines[2].trim_start_matches("keygate-admin listening on ").parse().unwrap();
-    assert_ne!(addr.port(), 0);
-
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let created = rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("http://{addr}/v1/businesses"))
-            .bearer_auth(&operator)
-            .json(&json!({"name": "Acme"}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    assert_eq!(created, StatusCode::CREATED);
-    stop(child);
-
-    // Second start: nothing generated, the first operator token still works.
-    let (child, lines) = start();
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    let addr = lines[0].trim_start_matches("keygate-admin listening on ").to_owned();
-    let status = rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("http://{addr}/v1/businesses"))
-            .bearer_auth(&operator)
-            .json(&json!({"name": "Again"}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    assert_eq!(status, StatusCode::CREATED);
-    stop(child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

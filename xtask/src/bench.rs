@@ -153,8 +153,8 @@ fn build(p: &Paths, mode: &Mode) -> Result<Bins, String> {
     let (admin, admin_build) = if mode.quick {
         (p.admin.clone(), "debug")
     } else {
-        step("cargo build --release -p keygate-admin");
-        crate::run(&mut crate::cargo(p, &["build", "--release", "-p", "keygate-admin"]), "cargo build --release -p keygate-admin")?;
+        step("cargo build --release -p keygate-admin-cli");
+        crate::run(&mut crate::cargo(p, &["build", "--release", "-p", "keygate-admin-cli"]), "cargo build --release -p keygate-admin-cli")?;
         (target.join("release/keygate-admin"), "release")
     };
     Ok(Bins { admin, admin_build, noop_wasm: target.join("wasm32-wasip1/release/keygate_bench_noop.wasm") })

@@ -72,7 +72,7 @@ set-up steps (idempotent; each prints one line and is skipped when already done)
     (playwright-core into tests/browser/node_modules, when missing or older than its
     package-lock.json): the dashboard's browser test (tests/e2e/ui.rs)
   cargo build --release -p keygate-filter --target wasm32-wasip1   (the .wasm envoy.yaml loads)
-  cargo build -p keygate-admin -p keygate-echo
+  cargo build -p keygate-admin-cli -p keygate-echo
   Builds always go to the repo's target/ (CARGO_TARGET_DIR is ignored): envoy.yaml names
   target/wasm32-wasip1/release/keygate_filter.wasm.
 
@@ -280,7 +280,7 @@ fn ensure_envoy(p: &Paths) -> Result<(), String> {
 
 pub fn build(p: &Paths) -> Result<(), String> {
     run_cargo(p, &["build", "--release", "-p", "keygate-filter", "--target", "wasm32-wasip1"])?;
-    run_cargo(p, &["build", "-p", "keygate-admin", "-p", "keygate-echo"])
+    run_cargo(p, &["build", "-p", "keygate-admin-cli", "-p", "keygate-echo"])
 }
 
 fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
@@ -321,6 +321,8 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
                     "keygate-core",
                     "-p",
                     "keygate-admin",
+                    "-p",
+                    "keygate-admin-cli",
                     "-p",
                     "keygate-echo",
                     "-p",

@@ -321,22 +321,15 @@ mod tests {
         let ticket = state.store().create_business(&business).unwrap();
         state.store().wait_durable(ticket).await.unwrap();
         let api_key = ApiKey::generate(KeyKind::Sk, Mode::Test, random::key_material().unwrap()).unwrap();
-        let key = Key {
-            id: random::id("key_").unwrap(),
-            business: business.id.clone(),
-            kind: KeyKind::Sk,
-            mode: Mode::Test,
-            hash: api_key.hash(),
-            prefix: api_key.display_prefix().to_owned(),
-            name: None,
-            scopes: vec![],
-            expires_at: None,
-            created_at: now(),
-            active: true,
-            last_used_at: None,
-            rotated_at: None,
-            grace: vec![],
-        };
+        let key = Key::new(
+            random::id("key_").unwrap(),
+            business.id.clone(),
+            KeyKind::Sk,
+            Mode::Test,
+            api_key.hash(),
+            api_key.display_prefix().to_owned(),
+            now(),
+        );
         let ticket = state.store().create_key(&key).unwrap();
         state.store().wait_durable(ticket).await.unwrap();
         let raw = api_key.expose().to_owned();

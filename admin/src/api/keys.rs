@@ -125,21 +125,12 @@ pub async fn create_key(state: AppState, caller: Caller, business: String, body:
     }
     let store = state.store();
     let (api_key, key) = with_fresh_key(body.kind, body.mode, |api_key| {
+        let id = random::id("key_")?;
         let key = Key {
-            id: random::id("key_")?,
-            business: business.clone(),
-            kind: body.kind,
-            mode: body.mode,
-            hash: api_key.hash(),
-            prefix: api_key.display_prefix().to_owned(),
             name: name.clone(),
             scopes: scopes.clone(),
             expires_at,
-            created_at: now,
-            active: true,
-            last_used_at: None,
-            rotated_at: None,
-            grace: vec![],
+            ..Key::new(id, business.clone(), body.kind, body.mode, api_key.hash(), api_key.display_prefix().to_owned(), now)
         };
         let record = key.clone();
         Ok(async move { durable_write(store, move |s| s.create_key(&record)).await.map(|()| key) })

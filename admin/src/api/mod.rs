@@ -6,6 +6,7 @@ pub mod auth;
 pub mod businesses;
 pub mod feed;
 pub mod health;
+pub mod import;
 pub mod keys;
 pub mod sessions;
 pub mod tokens;

@@ -193,8 +193,8 @@ fn answer(row: &Route, s: &AppState) -> Option<Answer> {
         Endpoint::ImportKeys => path(t)
             .and(m)
             .and(operator(s))
-            .and(json_up_to(crate::import::BATCH_BODY_LIMIT))
-            .and_then(|st, body| async move { reject(crate::import::import_keys(st, body).await) })
+            .and(json_up_to(api::import::BATCH_BODY_LIMIT))
+            .and_then(|st, body| async move { reject(api::import::import_keys(st, body).await) })
             .boxed(),
         Endpoint::DashboardRedirect => dashboard(m),
         Endpoint::DashboardPage | Endpoint::DashboardFile => return None,

@@ -67,6 +67,27 @@ pub struct GraceHash {
 }
 
 impl Key {
+    /// A key as it is first stored, created or imported: active, never used or rotated,
+    /// without name, scopes or expiry until the caller sets them.
+    pub fn new(id: String, business: String, kind: KeyKind, mode: Mode, hash: KeyHash, prefix: String, created_at: UnixTime) -> Key {
+        Key {
+            id,
+            business,
+            kind,
+            mode,
+            hash,
+            prefix,
+            name: None,
+            scopes: vec![],
+            expires_at: None,
+            created_at,
+            active: true,
+            last_used_at: None,
+            rotated_at: None,
+            grace: vec![],
+        }
+    }
+
     /// The key as the filter sees it in a snapshot (its current raw key).
     pub fn entry(&self) -> KeyEntry {
         KeyEntry {

@@ -78,8 +78,8 @@ fn run(p: &Paths, n: usize, with_envoy: bool) -> Result<(), String> {
     if with_envoy {
         crate::setup_and_build(p)?;
     }
-    step("cargo build --release -p keygate-admin");
-    crate::run(&mut crate::cargo(p, &["build", "--release", "-p", "keygate-admin"]), "cargo build --release -p keygate-admin")?;
+    step("cargo build --release -p keygate-admin-cli");
+    crate::run(&mut crate::cargo(p, &["build", "--release", "-p", "keygate-admin-cli"]), "cargo build --release -p keygate-admin-cli")?;
     let bin = p.root.join("target/release/keygate-admin");
     let dir = p.root.join("target/import-bench");
     let _ = std::fs::remove_dir_all(&dir);

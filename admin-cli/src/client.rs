@@ -1,0 +1,311 @@
+//! The subcommands that call a running server's HTTP API, one call each: the shared
+//! connection flags, the call itself (bearer, errors), and which output shape each shows.
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+
+use crate::output::{show, Shape};
+
+// The flags of every subcommand that calls the server (import too). Plain comments, not
+// doc comments, on these derive types: clap would take a doc comment for help text.
+#[derive(clap::Args)]
+pub struct ClientArgs {
+    /// Base URL of the running keygate-admin server.
+    #[arg(long, env = "KEYGATE_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Operator bearer token (for business, user, key and session management).
+    #[arg(long, env = "KEYGATE_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: Option<String>,
+    /// A member's access token (from `signin`) instead of the operator token: manages the
+    /// keys of the member's own businesses.
+    #[arg(long, env = "KEYGATE_ACCESS_TOKEN", hide_env_values = true, conflicts_with = "operator_token")]
+    pub access_token: Option<String>,
+    /// Print the server's JSON answer as is (for scripts) instead of a readable summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+// Flattened into the top-level subcommands, between `serve` and `import`.
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Create a business (POST /v1/businesses; operator).
+    CreateBusiness {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Display name of the business.
+        #[arg(long)]
+        name: String,
+    },
+    /// Create an account (POST /v1/users; operator).
+    CreateUser {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The account's email (trimmed and lowercased by the server).
+        #[arg(long)]
+        email: String,
+        /// The password (at least 8 characters). Prefer the environment variable.
+        #[arg(long, env = "KEYGATE_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// A business id the user belongs to; repeat for several.
+        #[arg(long = "business", required = true)]
+        businesses: Vec<String>,
+    },
+    /// Create an API key (POST /v1/businesses/{id}/keys; operator or member). The raw key
+    /// is printed only this once: store it now.
+    CreateKey {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The business id (biz_…).
+        #[arg(long)]
+        business: String,
+        /// sk (secret, full access) or pk (publishable, read-only).
+        #[arg(long, default_value = "sk", value_parser = ["sk", "pk"])]
+        kind: String,
+        /// live or test.
+        #[arg(long, default_value = "test", value_parser = ["live", "test"])]
+        mode: String,
+        /// A display name for the key.
+        #[arg(long)]
+        name: Option<String>,
+        /// A scope; repeat for several.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Expiry, RFC 3339 (e.g. 2030-01-01T00:00:00Z).
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// List a business's keys (GET /v1/businesses/{id}/keys): prefix, state, last use;
+    /// never the raw key.
+    ListKeys {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The business id (biz_…).
+        #[arg(long)]
+        business: String,
+    },
+    /// Give a key a new raw key, same key id (POST /v1/keys/{id}/rotate). The old raw key
+    /// stops working at once (and the key's login sessions are revoked), or after
+    /// --grace-secs. The new raw key is printed only this once.
+    RotateKey {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key id (key_…).
+        #[arg(long)]
+        key: String,
+        /// Seconds during which the old raw key still works (default: none).
+        #[arg(long)]
+        grace_secs: Option<u64>,
+    },
+    /// Deactivate a key (kept, not deleted): every proxy refuses it within a second.
+    DeactivateKey {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key id (key_…).
+        #[arg(long)]
+        key: String,
+    },
+    /// Activate a deactivated key again.
+    ActivateKey {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key id (key_…).
+        #[arg(long)]
+        key: String,
+    },
+    /// A key's request counts per hour over the last week, as reported by the proxies.
+    KeyUsage {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key id (key_…).
+        #[arg(long)]
+        key: String,
+    },
+    /// Revoke a session (DELETE /v1/sessions/{sid}; the `sid` claim of its tokens):
+    /// its tokens fail at every proxy.
+    RevokeSession {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The session id (ses_…).
+        #[arg(long)]
+        session: String,
+    },
+    /// Start signing tokens with a new Ed25519 key (POST /v1/signing-keys/rotate; operator).
+    /// The previous public key stays published until every token it signed has expired.
+    RotateSigningKey {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Sign in with email and password (POST /auth/signin): prints an access token, a
+    /// refresh token and the account's businesses.
+    Signin {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        email: String,
+        /// Prefer the environment variable.
+        #[arg(long, env = "KEYGATE_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
+    /// Exchange a refresh token for a new access token and a new refresh token
+    /// (POST /auth/refresh). The old refresh token is spent; presenting it again revokes
+    /// the session.
+    Refresh {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long, env = "KEYGATE_REFRESH_TOKEN", hide_env_values = true)]
+        refresh_token: String,
+    },
+    /// Log in with an API key (POST /auth/login): the same token while it is valid for the
+    /// same key and session id; a new --session-id gives a new token.
+    Login {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Prefer the environment variable.
+        #[arg(long, env = "KEYGATE_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[arg(long)]
+        session_id: Option<String>,
+    },
+    /// Revoke the session of --access-token (POST /auth/logout).
+    Logout {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Which bearer a call sends.
+enum As {
+    Nobody,
+    Admin,
+    Token,
+}
+
+/// One request to `client.url`; an answer other than 2xx is an error (with `--json`, the
+/// answer is printed first).
+async fn call(
+    client: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+    bearer: As,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}{}", client.url.trim_end_matches('/'), path);
+    let mut request = reqwest::Client::new().request(method, &url);
+    match bearer {
+        As::Nobody => {}
+        As::Admin => match (&client.operator_token, &client.access_token) {
+            (Some(token), _) | (None, Some(token)) => request = request.bearer_auth(token),
+            (None, None) => bail!("this command needs --operator-token (KEYGATE_OPERATOR_TOKEN) or --access-token (KEYGATE_ACCESS_TOKEN)"),
+        },
+        As::Token => match &client.access_token {
+            Some(token) => request = request.bearer_auth(token),
+            None => bail!("this command needs --access-token (KEYGATE_ACCESS_TOKEN)"),
+        },
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let text = response.text().await.context("cannot read the answer")?;
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    if !status.is_success() {
+        if client.json {
+            println!("{value}");
+        }
+        return Err(refusal(status, &value));
+    }
+    Ok(value)
+}
+
+/// The error for a non-2xx answer: its status and the server's message and code.
+pub fn refusal(status: reqwest::StatusCode, answer: &serde_json::Value) -> anyhow::Error {
+    let message = answer.get("error").and_then(|e| e.as_str()).unwrap_or("no details");
+    let code = answer.get("code").and_then(|e| e.as_str()).unwrap_or("?");
+    anyhow::anyhow!("the server answered {status}: {message} ({code})")
+}
+
+/// The note after a readable answer that carries a raw key.
+const SHOWN_ONCE: &str = "The raw key above is shown only this once; store it now.";
+
+/// Runs one client subcommand: one call, its answer shown.
+pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    match command {
+        ClientCommand::CreateBusiness { client, name } => {
+            let v = call(&client, Method::POST, "/v1/businesses", As::Admin, Some(serde_json::json!({ "name": name }))).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
+        ClientCommand::CreateUser { client, email, password, businesses } => {
+            let body = serde_json::json!({ "email": email, "password": password, "businesses": businesses });
+            let v = call(&client, Method::POST, "/v1/users", As::Admin, Some(body)).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
+        ClientCommand::CreateKey { client, business, kind, mode, name, scopes, expires_at } => {
+            let mut body = serde_json::json!({ "kind": kind, "mode": mode, "scopes": scopes });
+            if let Some(name) = name {
+                body["name"] = serde_json::Value::String(name);
+            }
+            if let Some(expires_at) = expires_at {
+                body["expires_at"] = serde_json::Value::String(expires_at);
+            }
+            let v = call(&client, Method::POST, &format!("/v1/businesses/{business}/keys"), As::Admin, Some(body)).await?;
+            show(&client, &v, Shape::Fields, Some(SHOWN_ONCE));
+        }
+        ClientCommand::ListKeys { client, business } => {
+            let v = call(&client, Method::GET, &format!("/v1/businesses/{business}/keys"), As::Admin, None).await?;
+            show(&client, &v, Shape::Keys, None);
+        }
+        ClientCommand::RotateKey { client, key, grace_secs } => {
+            let body = match grace_secs {
+                Some(g) => serde_json::json!({ "grace_secs": g }),
+                None => serde_json::json!({}),
+            };
+            let v = call(&client, Method::POST, &format!("/v1/keys/{key}/rotate"), As::Admin, Some(body)).await?;
+            show(&client, &v, Shape::Fields, Some(SHOWN_ONCE));
+        }
+        ClientCommand::DeactivateKey { client, key } => {
+            let v = call(&client, Method::POST, &format!("/v1/keys/{key}/deactivate"), As::Admin, None).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
+        ClientCommand::ActivateKey { client, key } => {
+            let v = call(&client, Method::POST, &format!("/v1/keys/{key}/activate"), As::Admin, None).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
+        ClientCommand::KeyUsage { client, key } => {
+            let v = call(&client, Method::GET, &format!("/v1/keys/{key}/usage"), As::Admin, None).await?;
+            show(&client, &v, Shape::Usage, None);
+        }
+        ClientCommand::RevokeSession { client, session } => {
+            let v = call(&client, Method::DELETE, &format!("/v1/sessions/{session}"), As::Admin, None).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
+        ClientCommand::RotateSigningKey { client } => {
+            let v = call(&client, Method::POST, "/v1/signing-keys/rotate", As::Admin, None).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
+        ClientCommand::Signin { client, email, password } => {
+            let body = serde_json::json!({ "email": email, "password": password });
+            let v = call(&client, Method::POST, "/auth/signin", As::Nobody, Some(body)).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
+        ClientCommand::Refresh { client, refresh_token } => {
+            let body = serde_json::json!({ "refresh_token": refresh_token });
+            let v = call(&client, Method::POST, "/auth/refresh", As::Nobody, Some(body)).await?;
+            show(&client, &v, Shape::Fields, Some("The previous refresh token is now spent; presenting it again revokes the session."));
+        }
+        ClientCommand::Login { client, api_key, session_id } => {
+            let mut body = serde_json::json!({ "api_key": api_key });
+            if let Some(sid) = session_id {
+                body["session_id"] = serde_json::Value::String(sid);
+            }
+            let v = call(&client, Method::POST, "/auth/login", As::Nobody, Some(body)).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
+        ClientCommand::Logout { client } => {
+            let v = call(&client, Method::POST, "/auth/logout", As::Token, None).await?;
+            show(&client, &v, Shape::Fields, None);
+        }
+    }
+    Ok(())
+}

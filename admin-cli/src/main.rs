@@ -1,0 +1,46 @@
+//! The `keygate-admin` command: `serve` runs the server; every other subcommand calls a
+//! running server's HTTP API (human-readable output, or `--json`).
+
+mod client;
+mod import;
+mod output;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "keygate-admin",
+    version,
+    about = "keygate's admin server: accounts, API keys, tokens and the filter's snapshot feed.",
+    after_help = "Every command but `serve` talks to a running server over HTTP (--url, KEYGATE_URL), \
+                  with the operator token or a member's access token where one is needed (sled lets only one \
+                  process open a data directory, and the server holds it). Output is readable by people; \
+                  --json prints the server's JSON answer for scripts. Errors exit with status 1."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands, listed in `--help` in this order.
+#[derive(Subcommand)]
+enum Command {
+    /// Run the admin server.
+    Serve(serve::ServeArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
+    /// Import existing API keys from another gateway (POST /v1/import/keys; operator), so
+    /// clients keep their keys. Safe to re-run: keys already imported are skipped.
+    #[command(after_help = import::IMPORT_HELP)]
+    Import(import::ImportArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Client(command) => client::run(command).await,
+        Command::Import(args) => import::run(args).await,
+    }
+}
