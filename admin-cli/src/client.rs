@@ -234,12 +234,12 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
     match command {
         ClientCommand::CreateBusiness { client, name } => {
             let v = call(&client, Method::POST, "/v1/businesses", As::Admin, Some(serde_json::json!({ "name": name }))).await?;
-            show(&client, &v, Shape::Fields, None);
+            show(client.json, &v, Shape::Fields, None);
         }
         ClientCommand::CreateUser { client, email, password, businesses } => {
             let body = serde_json::json!({ "email": email, "password": password, "businesses": businesses });
             let v = call(&client, Method::POST, "/v1/users", As::Admin, Some(body)).await?;
-            show(&client, &v, Shape::Fields, None);
+            show(client.json, &v, Shape::Fields, None);
         }
         ClientCommand::CreateKey { client, business, kind, mode, name, scopes, expires_at } => {
             let mut body = serde_json::json!({ "kind": kind, "mode": mode, "scopes": scopes });
@@ -250,11 +250,11 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
                 body["expires_at"] = serde_json::Value::String(expires_at);
             }
             let v = call(&client, Method::POST, &format!("/v1/businesses/{business}/keys"), As::Admin, Some(body)).await?;
-            show(&client, &v, Shape::Fields, Some(SHOWN_ONCE));
+            show(client.json, &v, Shape::Fields, Some(SHOWN_ONCE));
         }
         ClientCommand::ListKeys { client, business } => {
             let v = call(&client, Method::GET, &format!("/v1/businesses/{business}/keys"), As::Admin, None).await?;
-            show(&client, &v, Shape::Keys, None);
+            show(client.json, &v, Shape::Keys, None);
         }
         ClientCommand::RotateKey { client, key, grace_secs } => {
             let body = match grace_secs {
@@ -262,37 +262,37 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
                 None => serde_json::json!({}),
             };
             let v = call(&client, Method::POST, &format!("/v1/keys/{key}/rotate"), As::Admin, Some(body)).await?;
-            show(&client, &v, Shape::Fields, Some(SHOWN_ONCE));
+            show(client.json, &v, Shape::Fields, Some(SHOWN_ONCE));
         }
         ClientCommand::DeactivateKey { client, key } => {
             let v = call(&client, Method::POST, &format!("/v1/keys/{key}/deactivate"), As::Admin, None).await?;
-            show(&client, &v, Shape::Fields, None);
+            show(client.json, &v, Shape::Fields, None);
         }
         ClientCommand::ActivateKey { client, key } => {
             let v = call(&client, Method::POST, &format!("/v1/keys/{key}/activate"), As::Admin, None).await?;
-            show(&client, &v, Shape::Fields, None);
+            show(client.json, &v, Shape::Fields, None);
         }
         ClientCommand::KeyUsage { client, key } => {
             let v = call(&client, Method::GET, &format!("/v1/keys/{key}/usage"), As::Admin, None).await?;
-            show(&client, &v, Shape::Usage, None);
+            show(client.json, &v, Shape::Usage, None);
         }
         ClientCommand::RevokeSession { client, session } => {
             let v = call(&client, Method::DELETE, &format!("/v1/sessions/{session}"), As::Admin, None).await?;
-            show(&client, &v, Shape::Fields, None);
+            show(client.json, &v, Shape::Fields, None);
         }
         ClientCommand::RotateSigningKey { client } => {
             let v = call(&client, Method::POST, "/v1/signing-keys/rotate", As::Admin, None).await?;
-            show(&client, &v, Shape::Fields, None);
+            show(client.json, &v, Shape::Fields, None);
         }
         ClientCommand::Signin { client, email, password } => {
             let body = serde_json::json!({ "email": email, "password": password });
             let v = call(&client, Method::POST, "/auth/signin", As::Nobody, Some(body)).await?;
-            show(&client, &v, Shape::Fields, None);
+            show(client.json, &v, Shape::Fields, None);
         }
         ClientCommand::Refresh { client, refresh_token } => {
             let body = serde_json::json!({ "refresh_token": refresh_token });
             let v = call(&client, Method::POST, "/auth/refresh", As::Nobody, Some(body)).await?;
-            show(&client, &v, Shape::Fields, Some("The previous refresh token is now spent; presenting it again revokes the session."));
+            show(client.json, &v, Shape::Fields, Some("The previous refresh token is now spent; presenting it again revokes the session."));
         }
         ClientCommand::Login { client, api_key, session_id } => {
             let mut body = serde_json::json!({ "api_key": api_key });
@@ -300,11 +300,11 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
                 body["session_id"] = serde_json::Value::String(sid);
             }
             let v = call(&client, Method::POST, "/auth/login", As::Nobody, Some(body)).await?;
-            show(&client, &v, Shape::Fields, None);
+            show(client.json, &v, Shape::Fields, None);
         }
         ClientCommand::Logout { client } => {
             let v = call(&client, Method::POST, "/auth/logout", As::Token, None).await?;
-            show(&client, &v, Shape::Fields, None);
+            show(client.json, &v, Shape::Fields, None);
         }
     }
     Ok(())

@@ -1,8 +1,5 @@
 //! What the client subcommands print: the server's JSON answer as is (`--json`), or a
 //! readable form of it.
-
-use crate::client::ClientArgs;
-
 /// A JSON value as one cell of readable output: `-` for null or an empty list, a list of
 /// plain values joined with commas, strings without quotes.
 fn scalar(value: &serde_json::Value) -> String {
@@ -74,10 +71,10 @@ pub enum Shape {
     Usage,
 }
 
-/// Prints `value` for `client`'s choice of output; `note` goes to stderr after a readable
-/// answer.
-pub fn show(client: &ClientArgs, value: &serde_json::Value, shape: Shape, note: Option<&str>) {
-    if client.json {
+/// Prints `value` as is (`json`, for scripts) or readably in `shape`; `note` goes to stderr
+/// after a readable answer.
+pub fn show(json: bool, value: &serde_json::Value, shape: Shape, note: Option<&str>) {
+    if json {
         println!("{value}");
         return;
     }

@@ -9,13 +9,20 @@
 //! scopes (len u8 + bytes each).
 
 use crate::key::{KeyHash, KeyKind, Mode};
-use crate::snapshot::{KeyEntry, KeyRecord};
+use crate::snapshot::{KeyEntry, KeyRecord, Snapshot};
 
 pub const BUCKETS: usize = 65_536;
 
 /// Where decide looks keys up: the snapshot's own map, or the filter's shared buckets.
 pub trait KeyLookup {
     fn key(&self, hash: &KeyHash) -> Option<KeyRecord>;
+}
+
+/// The native snapshot's map answers the same way the shared buckets do.
+impl KeyLookup for Snapshot {
+    fn key(&self, hash: &KeyHash) -> Option<KeyRecord> {
+        Snapshot::key(self, hash).cloned()
+    }
 }
 
 pub fn bucket_of(hash: &KeyHash) -> u16 {

@@ -162,12 +162,6 @@ impl crate::revoked::RevocationLookup for Snapshot {
     }
 }
 
-impl crate::keystore::KeyLookup for Snapshot {
-    fn key(&self, hash: &KeyHash) -> Option<KeyRecord> {
-        self.keys.get(hash).cloned()
-    }
-}
-
 impl Snapshot {
     pub fn decode(bytes: &[u8]) -> Result<SnapshotWire, SnapshotError> {
         serde_json::from_slice(bytes).map_err(|e| SnapshotError::Decode(e.to_string()))

@@ -8,8 +8,8 @@ use std::rc::Rc;
 
 use crate::host;
 use crate::limit;
-use crate::root::VmState;
 use crate::shared::{self, SharedKeys, SharedRevocations};
+use crate::vm::VmState;
 
 pub struct RequestContext {
     config: Rc<FilterConfig>,

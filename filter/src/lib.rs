@@ -4,6 +4,7 @@
 //!   replica of admin's snapshot current (long-poll on a tick), defines the metrics.
 //! - [`http`]: one context per request: gathers the request, calls `core::decide`, and
 //!   maps the decision to header edits or a local JSON reply.
+//! - [`vm`]: what one VM's contexts share (the snapshot view, token cache, usage, metrics).
 //! - [`host`]: the host calls, wrapped so that a host error is a value, never a panic.
 //!
 //! `proxy_wasm::set_log_level` also installs the SDK's panic hook, which logs any panic
@@ -15,6 +16,7 @@ pub mod limit;
 pub mod metrics;
 pub mod root;
 pub mod shared;
+pub mod vm;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

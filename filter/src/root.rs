@@ -8,11 +8,10 @@
 
 use keygate_core::feed::Leader;
 use keygate_core::sync::{Health, SyncOutcome};
-use keygate_core::usage::{self, KeyUsage, UsageBatch};
+use keygate_core::usage::{self, KeyUsage};
 use keygate_core::{FilterConfig, TokenCache};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
-use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
@@ -21,18 +20,10 @@ use crate::host;
 use crate::http::RequestContext;
 use crate::metrics::Metrics;
 use crate::shared::{self, View};
+use crate::vm::VmState;
 
 const TICK: Duration = Duration::from_millis(100);
 const USAGE_PATH: &str = "/v1/usage";
-
-/// What the request contexts of one VM share with its root context.
-#[derive(Debug, Default)]
-pub struct VmState {
-    pub view: RefCell<View>,
-    pub tokens: RefCell<TokenCache>,
-    pub usage: RefCell<UsageBatch>,
-    pub metrics: Metrics,
-}
 
 pub struct KeygateRoot {
     config: Option<Rc<FilterConfig>>,

@@ -9,8 +9,8 @@ use keygate_admin::api::feed::parse_snapshot_query;
 use keygate_admin::api::keys::CreateKey;
 use keygate_admin::api::normalize_email;
 use keygate_admin::api::users::CreateUser;
-use keygate_admin::route_table;
 use keygate_admin::rfc3339;
+use keygate_admin::route_table;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -134,7 +134,13 @@ impl Paths {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let p = Paths::new();
+    // `cargo xtask test --help` explains rather than starts a run (after `--`, flags are the tests').
+    let asks_help = args.iter().take_while(|a| *a != "--").any(|a| a == "-h" || a == "--help");
     match args.first().map(String::as_str) {
+        _ if asks_help => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
+        }
         None | Some("help" | "-h" | "--help") => {
             print!("{HELP}");
             ExitCode::SUCCESS

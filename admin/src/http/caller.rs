@@ -17,24 +17,27 @@ pub fn authorization() -> BoxedFilter<(Option<String>,)> {
     warp::header::optional::<String>("authorization").boxed()
 }
 
+/// Passes only a caller whose bearer token `check` accepts.
+fn holding(state: AppState, check: fn(&AppState, Option<&str>) -> Result<(), crate::error::AdminError>) -> BoxedFilter<(AppState,)> {
+    with_state(state)
+        .and(authorization())
+        .and_then(move |state: AppState, header: Option<String>| async move {
+            check(&state, header.as_deref()).map(|()| state).map_err(warp::reject::custom)
+        })
+        .boxed()
+}
+
+/// The operator token only.
 pub fn operator(state: AppState) -> BoxedFilter<(AppState,)> {
-    with_state(state)
-        .and(authorization())
-        .and_then(|state: AppState, header: Option<String>| async move {
-            auth::require_operator(&state, header.as_deref()).map(|()| state).map_err(warp::reject::custom)
-        })
-        .boxed()
+    holding(state, auth::require_operator)
 }
 
+/// The proxy token only.
 pub fn proxy(state: AppState) -> BoxedFilter<(AppState,)> {
-    with_state(state)
-        .and(authorization())
-        .and_then(|state: AppState, header: Option<String>| async move {
-            auth::require_proxy(&state, header.as_deref()).map(|()| state).map_err(warp::reject::custom)
-        })
-        .boxed()
+    holding(state, auth::require_proxy)
 }
 
+/// Any caller the API knows (operator, member, API-key session), and which one.
 pub fn caller(state: AppState) -> BoxedFilter<(AppState, Caller)> {
     with_state(state)
         .and(authorization())
