@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use keygate_admin::{AppState, Config, Secret};
+use keygate_admin::{AppState, Config, Secret, StoreLocation};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -22,8 +22,15 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_ADDR", default_value = "127.0.0.1:8080")]
     addr: String,
     /// Directory of the sled database (created if missing). One process at a time.
+    /// The same as `--store sled:<DIR>`.
     #[arg(long, env = "KEYGATE_DATA", default_value = "./data")]
     data: PathBuf,
+    /// Where the store lives, instead of --data: `sled:<DIR>`, or a PostgreSQL URL
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME` (the table is created if missing).
+    /// PostgreSQL: one admin per database for now (a second one is refused), and no TLS:
+    /// reach the database over loopback, a local socket or a TLS-terminating sidecar.
+    #[arg(long, env = "KEYGATE_STORE", hide_env_values = true, value_parser = StoreLocation::parse)]
+    store: Option<StoreLocation>,
     /// Operator bearer token (business, user and key management). Unset: the stored one
     /// is kept, or on first start one is generated, printed once, and only its SHA-256 kept.
     #[arg(long, env = "KEYGATE_OPERATOR_TOKEN", hide_env_values = true)]
@@ -84,7 +91,7 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The server's configuration from the flags.
     fn into_config(self) -> Config {
-        let mut config = Config::new(&self.data);
+        let mut config = Config::at(self.store.unwrap_or(StoreLocation::Sled(self.data)));
         // An empty value (`KEYGATE_OPERATOR_TOKEN=` in a compose file) means unset.
         config.operator_token = self.operator_token.filter(|t| !t.is_empty()).map(Secret::new);
         config.proxy_token = self.proxy_token.filter(|t| !t.is_empty()).map(Secret::new);
@@ -153,10 +160,16 @@ async fn shutdown_signal() {
 /// (what scripts and tests wait for), and serves until ctrl-c or SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format);
-    let data = args.data.display().to_string();
+    // Never the URL itself: it may hold a password.
+    let data = match &args.store {
+        None => args.data.display().to_string(),
+        Some(StoreLocation::Sled(dir)) => dir.display().to_string(),
+        Some(location) => location.describe(),
+    };
     let listen = args.addr.clone();
     let config = args.into_config();
-    // sled's open runs blocking file I/O; fine before serving starts.
+    // Opening runs blocking I/O (sled's files, or PostgreSQL on its own threads); fine
+    // before serving starts.
     let (state, generated) = AppState::open(config).with_context(|| format!("cannot open the store in {data}"))?;
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;

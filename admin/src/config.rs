@@ -27,10 +27,88 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Where the store lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A sled directory (created if missing), for one admin on one machine.
+    Sled(PathBuf),
+    /// A PostgreSQL connection URL (`postgres://user@host:port/dbname`); one admin per
+    /// database. The URL may hold a password: it is never printed (see [`StoreLocation::describe`]).
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// Reads `sled:PATH` or a `postgres://` / `postgresql://` URL.
+    pub fn parse(text: &str) -> Result<StoreLocation, String> {
+        if let Some(path) = text.strip_prefix("sled:") {
+            if path.is_empty() {
+                return Err("`sled:` needs a directory, as in sled:./data".to_owned());
+            }
+            return Ok(StoreLocation::Sled(PathBuf::from(path)));
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(StoreLocation::Postgres(text.to_owned()));
+        }
+        Err("the store must be sled:PATH or a postgres:// URL".to_owned())
+    }
+
+    /// For logs and error messages: the sled directory, or the database's host, port and
+    /// name only (never the user's password).
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLocation::Sled(path) => format!("sled:{}", path.display()),
+            StoreLocation::Postgres(url) => match url.parse::<postgres_url::Parts>() {
+                Ok(parts) => parts.to_string(),
+                Err(()) => "postgres (an unreadable URL)".to_owned(),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// The parts of a PostgreSQL URL that are safe to print.
+mod postgres_url {
+    use std::fmt;
+    use std::str::FromStr;
+
+    pub struct Parts {
+        hosts: Vec<String>,
+        dbname: Option<String>,
+    }
+
+    impl FromStr for Parts {
+        type Err = ();
+
+        fn from_str(url: &str) -> Result<Parts, ()> {
+            let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).ok_or(())?;
+            let rest = rest.split(['?', '#']).next().unwrap_or("");
+            let (authority, dbname) = match rest.split_once('/') {
+                Some((authority, dbname)) => (authority, Some(dbname.to_owned()).filter(|d| !d.is_empty())),
+                None => (rest, None),
+            };
+            // user:password@ comes before the last '@'.
+            let hosts = authority.rsplit_once('@').map_or(authority, |(_, hosts)| hosts);
+            Ok(Parts { hosts: hosts.split(',').filter(|h| !h.is_empty()).map(str::to_owned).collect(), dbname })
+        }
+    }
+
+    impl fmt::Display for Parts {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let hosts = if self.hosts.is_empty() { "localhost".to_owned() } else { self.hosts.join(",") };
+            write!(f, "postgres://{hosts}/{}", self.dbname.as_deref().unwrap_or(""))
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The sled directory.
-    pub data_dir: PathBuf,
+    /// Where the store lives.
+    pub store: StoreLocation,
     /// When set, replaces the stored operator token hash; when unset and none is stored,
     /// one is generated and handed back once by `AppState::open`.
     pub operator_token: Option<Secret>,
@@ -49,7 +127,7 @@ pub struct Config {
     /// for it: below that, a filter could accept a revoked token once its revocation left
     /// the feed. (Tests lower it to see expiries quickly.)
     pub token_leeway_secs: u64,
-    /// sled's page cache, bytes.
+    /// sled's page cache, bytes (unused by PostgreSQL).
     pub cache_capacity_bytes: u64,
     /// Changelog entries kept for `?since=` deltas.
     pub changelog_retain: u64,
@@ -120,10 +198,15 @@ impl Default for LoginLimitConfig {
 }
 
 impl Config {
-    /// Defaults for everything but the data directory.
+    /// Defaults for everything but the store, sled in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config::at(StoreLocation::Sled(data_dir.into()))
+    }
+
+    /// Defaults for everything but the store.
+    pub fn at(store: StoreLocation) -> Config {
         Config {
-            data_dir: data_dir.into(),
+            store,
             operator_token: None,
             proxy_token: None,
             issuer: "keygate".to_owned(),
@@ -147,8 +230,21 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_locations_parse_and_never_print_a_password() {
+        assert_eq!(StoreLocation::parse("sled:./data"), Ok(StoreLocation::Sled(PathBuf::from("./data"))));
+        assert!(StoreLocation::parse("sled:").is_err());
+        assert!(StoreLocation::parse("./data").is_err());
+        let pg = StoreLocation::parse("postgres://admin:s3cret@db.internal:5433/keygate?sslmode=disable").unwrap();
+        assert_eq!(pg.describe(), "postgres://db.internal:5433/keygate");
+        assert!(!format!("{pg:?}").contains("s3cret"));
+        let bare = StoreLocation::parse("postgresql://db").unwrap();
+        assert_eq!(bare.describe(), "postgres://db/");
+    }
 
     #[test]
     fn revocations_outlast_every_leeway_a_filter_accepts() {

@@ -33,7 +33,7 @@ pub mod ui;
 
 use std::future::Future;
 
-pub use config::{Config, LoginLimitConfig, Secret, ThrottleConfig};
+pub use config::{Config, LoginLimitConfig, Secret, StoreLocation, ThrottleConfig};
 pub use error::AdminError;
 pub use state::{AppState, GeneratedTokens};
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::config::{Config, Secret};
+use crate::config::{Config, Secret, StoreLocation};
 use crate::digest;
 use crate::error::AdminError;
 use crate::metrics::Metrics;
@@ -44,7 +44,7 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("data_dir", &self.inner.config.data_dir).finish_non_exhaustive()
+        f.debug_struct("AppState").field("store", &self.inner.config.store).finish_non_exhaustive()
     }
 }
 
@@ -87,16 +87,21 @@ fn resolve_token(
 }
 
 impl AppState {
-    /// Opens (or creates) the store under `config.data_dir`, settles the operator and
+    /// Opens (or creates) the store at `config.store`, settles the operator and
     /// proxy tokens and the signing key, and flushes all of that to disk.
     pub fn open(config: Config) -> Result<(AppState, GeneratedTokens), AdminError> {
-        std::fs::create_dir_all(&config.data_dir)?;
         let options = StoreOptions {
             cache_capacity_bytes: config.cache_capacity_bytes,
             changelog_retain: config.changelog_retain,
             flush_per_write: config.flush_per_write,
         };
-        let store = Store::open(&config.data_dir, &options)?;
+        let store = match &config.store {
+            StoreLocation::Sled(dir) => {
+                std::fs::create_dir_all(dir)?;
+                Store::open(dir, &options)?
+            }
+            StoreLocation::Postgres(url) => Store::open_postgres(url, &options)?,
+        };
         let (operator_hash, operator) = resolve_token(&store, TokenRole::Operator, config.operator_token.as_ref(), "kgo_")?;
         let (proxy_hash, proxy) = resolve_token(&store, TokenRole::Proxy, config.proxy_token.as_ref(), "kgp_")?;
         if digest::digest_eq(&operator_hash, &proxy_hash) {

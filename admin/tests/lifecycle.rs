@@ -394,6 +394,7 @@ async fn api_key_logins_are_throttled_and_never_end_another_clients_session() {
 
     let me = client_from(1);
     let (mut ok, mut throttled) = (0, 0);
+    let started = std::time::Instant::now();
     for i in 0..300 {
         let (status, retry, body) = login_from(&server, &me, raw, &format!("s-{i}")).await;
         match status.as_u16() {
@@ -408,7 +409,14 @@ async fn api_key_logins_are_throttled_and_never_end_another_clients_session() {
     }
     let gone = revoked(&server).await;
     println!("300 logins from one client: {ok} × 200, {throttled} × 429, {} revocations", gone.len());
-    assert!(throttled > 0 && ok <= 30, "one client's logins are throttled: {ok} × 200, {throttled} × 429, {} revocations", gone.len());
+    // The client's 30 a minute refill evenly (one per 2 s), so a slower store's loop earns
+    // the logins that refilled while it ran, and no more.
+    let refilled = started.elapsed().as_secs() / 2 + 1;
+    assert!(
+        throttled > 0 && ok <= 30 + refilled,
+        "one client's logins are throttled: {ok} × 200 (allowed 30 + {refilled} refilled), {throttled} × 429, {} revocations",
+        gone.len()
+    );
     assert!(!gone.contains(&theirs), "another client's session was revoked ({} revocations)", gone.len());
     // The other client still gets its own token back.
     let (status, _, again) = login_from(&server, &other, raw, "theirs").await;

@@ -9,6 +9,7 @@ mod deploy;
 mod fuzz;
 mod http;
 mod json;
+mod postgres;
 mod proc;
 mod stack;
 mod sys;
@@ -35,7 +36,10 @@ commands:
           set up and build, `cargo fmt --check` (rustfmt.toml), `cargo clippy -D warnings` (native crates and the wasm filter),
           then `cargo test --workspace` (or CARGO_TEST_ARGS if they pick packages) with the
           KEYGATE_* paths below; TEST_ARGS go to the test binaries (e.g. -- --nocapture).
-          Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`),
+          Then admin-postgres: a throwaway PostgreSQL (Debian's postgresql, installed when missing;
+          a new cluster in target/keygate-pg/ on a loopback port) and `cargo test -p keygate-admin`
+          again with KEYGATE_TEST_POSTGRES set, so its servers store there (when the packages
+          run include keygate-admin). Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`),
           crash-test (3 rounds), api-fuzz (25 examples), bench-quick. Prints each phase's wall time; exits non-zero
           if any phase fails. `.ci/run` runs this.
   bench [--quick]
@@ -73,6 +77,8 @@ set-up steps (idempotent; each prints one line and is skipped when already done)
     package-lock.json): the dashboard's browser test (tests/e2e/ui.rs)
   cargo build --release -p keygate-filter --target wasm32-wasip1   (the .wasm envoy.yaml loads)
   cargo build -p keygate-admin-cli -p keygate-echo
+  Debian's postgresql (apt-get, when missing; `setup` and `test` only, never `up`): the
+    admin-postgres test phase
   Builds always go to the repo's target/ (CARGO_TARGET_DIR is ignored): envoy.yaml names
   target/wasm32-wasip1/release/keygate_filter.wasm.
 
@@ -86,10 +92,11 @@ environment set for `cargo test` (absolute paths):
   KEYGATE_WASM        target/wasm32-wasip1/release/keygate_filter.wasm
   KEYGATE_ECHO_BIN    target/debug/keygate-echo KEYGATE_ENVOY_YAML envoy.yaml
   KEYGATE_REPO        the repo root           KEYGATE_CHROMIUM   /usr/bin/chromium
+  KEYGATE_TEST_POSTGRES   (admin-postgres phase only) postgres://postgres@127.0.0.1:PORT/postgres
 
 files: .venv/ (Envoy), tests/browser/node_modules/ (playwright-core), target/ (and
        target/ui-screenshots/ from the browser test), data/ (admin's store), .keygate/demo.env (tokens),
-       .keygate/demo.json (demo business, user, keys), .keygate/logs/
+       .keygate/demo.json (demo business, user, keys), .keygate/logs/, target/keygate-pg/ (the tests' PostgreSQL)
 ";
 
 /// Where everything lives, all absolute.
@@ -147,7 +154,7 @@ fn main() -> ExitCode {
         Some("login-flood") => bench::logins::cmd(&p, &args[1..]),
         Some("ip-flood") => bench::ipflood::cmd(&p, &args[1..]),
         Some("up") if args.len() == 1 => up::cmd_up(&p),
-        Some("setup") if args.len() == 1 => match setup_and_build(&p) {
+        Some("setup") if args.len() == 1 => match setup_and_build(&p).and_then(|()| postgres::ensure().map(|_| ())) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
@@ -314,7 +321,17 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
         ok
     };
 
-    let ready = phase("setup", &mut || setup(p).and_then(|()| ensure_clippy(p))) && phase("build", &mut || build(p));
+    let tests_admin = !picks_packages
+        || cargo_args.iter().any(|a| matches!(a.as_str(), "--workspace" | "--all" | "--package=keygate-admin"))
+        || cargo_args.windows(2).any(|w| matches!(w[0].as_str(), "-p" | "--package") && w[1] == "keygate-admin");
+    let ready = phase("setup", &mut || {
+        setup(p)?;
+        ensure_clippy(p)?;
+        if tests_admin {
+            postgres::ensure()?;
+        }
+        Ok(())
+    }) && phase("build", &mut || build(p));
     if ready {
         phase("clippy", &mut || {
             // Every run, so one report shows every warning and every unformatted file.
@@ -367,6 +384,22 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
                 .env("KEYGATE_CHROMIUM", browser::CHROMIUM);
             run(&mut c, &what)
         });
+        if tests_admin {
+            phase("admin-postgres", &mut || {
+                // The admin suite again, each of its fresh servers in a database of its own.
+                let cluster = postgres::start(p)?;
+                let mut a = vec!["test", "-p", "keygate-admin"];
+                if !test_args.is_empty() {
+                    a.push("--");
+                    a.extend(test_args.iter().map(String::as_str));
+                }
+                let what = format!("KEYGATE_TEST_POSTGRES={} cargo {}", cluster.url, a.join(" "));
+                step(&what);
+                let result = run(cargo(p, &a).env("KEYGATE_TEST_POSTGRES", &cluster.url), &what);
+                drop(cluster);
+                result
+            });
+        }
         if cargo_args.is_empty() {
             // `cargo xtask fuzz --quick`: every target a few seconds; fails on a crash.
             phase("fuzz-quick", &mut || fuzz::quick(p));

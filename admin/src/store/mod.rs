@@ -1,6 +1,7 @@
 //! The store: every rule about what is kept, written once over a storage engine
 //! (`engine`: named trees of ordered bytes and transactions over all of them) that only
-//! stores bytes. `sled_engine` is the embedded one, and the only module that touches sled.
+//! stores bytes. `sled_engine` is the embedded one, and the only module that touches sled;
+//! `pg_engine` keeps the same trees in one PostgreSQL table.
 //!
 //! The trees are declared once, each with what it holds, in the `trees!` list of `tx`.
 //! By concern: `tx` (transaction plumbing), `accounts`, `keys`, `sessions`, `signing`,
@@ -15,6 +16,7 @@ mod durable;
 mod engine;
 mod feed;
 mod keys;
+mod pg_engine;
 pub mod records;
 mod schema;
 mod sessions;
@@ -43,6 +45,7 @@ use keygate_core::KeyHash;
 
 use durable::Durability;
 use engine::Engine;
+use pg_engine::PgEngine;
 use sled_engine::SledEngine;
 use tx::{chain, from_be, versioned, Trees, META_HEAD, META_HISTORY, META_HISTORY_BASE, TREE_NAMES};
 
@@ -50,6 +53,11 @@ use tx::{chain, from_be, versioned, Trees, META_HEAD, META_HISTORY, META_HISTORY
 pub enum StoreError {
     #[error("storage engine error")]
     Sled(#[from] sled::Error),
+    #[error("PostgreSQL error")]
+    Postgres(#[from] postgres::Error),
+    /// Another process holds the database's one-admin lock.
+    #[error("another keygate-admin is using this database")]
+    InUse,
     /// `detail` is the decoder's category and position only: its message could quote
     /// the stored value, which may be a secret's hash.
     #[error("a stored value in tree {tree} is corrupt ({detail})")]
@@ -107,7 +115,7 @@ impl std::fmt::Debug for Store {
 /// Options for [`Store::open`].
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// sled's page cache, bytes.
+    /// sled's page cache, bytes (unused by PostgreSQL).
     pub cache_capacity_bytes: u64,
     /// How many changelog entries to keep for deltas; older `since` values get 410.
     pub changelog_retain: u64,
@@ -128,6 +136,12 @@ impl Store {
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         let engine = SledEngine::open(path, options.cache_capacity_bytes, TREE_NAMES)?;
         Store::over(Box::new(engine), options)
+    }
+
+    /// Opens (or creates) the store in the PostgreSQL database at `url`
+    /// (`postgres://user@host:port/dbname`); one admin per database.
+    pub fn open_postgres(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
+        Store::over(Box::new(PgEngine::open(url)?), options)
     }
 
     /// The store over an opened engine: its schema brought up to date and its history begun.
@@ -160,7 +174,8 @@ impl Store {
         self.inner.engine.flush()
     }
 
-    /// The store's size on disk, bytes (sled's estimate; reads file metadata).
+    /// The store's size on disk, bytes (sled's estimate from file metadata, or the
+    /// PostgreSQL table's size with its index).
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.inner.engine.size_on_disk()
     }

@@ -1,9 +1,12 @@
-//! A real server on 127.0.0.1:0 over a temporary sled directory, driven over HTTP.
+//! A real server on 127.0.0.1:0, driven over HTTP. [`Server::fresh`] stores in a temporary
+//! sled directory, or, when `KEYGATE_TEST_POSTGRES` holds a PostgreSQL URL, in a new
+//! database of that server of its own; [`Server::start`] is always sled (for the tests about
+//! directories: reopening, copying).
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::path::{Path, PathBuf};
 
-use keygate_admin::{AdminError, AppState, Config, Secret};
+use keygate_admin::{AdminError, AppState, Config, Secret, StoreLocation};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -22,8 +25,14 @@ pub struct Server {
     temp_dir: Option<tempfile::TempDir>,
 }
 
+/// The test configuration over sled in `dir`.
 pub fn config(dir: &Path) -> Config {
-    let mut config = Config::new(dir);
+    config_at(StoreLocation::Sled(dir.to_owned()))
+}
+
+/// The test configuration over `store`.
+pub fn config_at(store: StoreLocation) -> Config {
+    let mut config = Config::at(store);
     config.operator_token = Some(Secret::new(OPERATOR));
     config.proxy_token = Some(Secret::new(PROXY));
     config.cache_capacity_bytes = 8 * 1024 * 1024;
@@ -31,13 +40,18 @@ pub fn config(dir: &Path) -> Config {
 }
 
 impl Server {
-    /// A server on a new temporary directory, with the test configuration.
+    /// A server on a new store (see the module's note), with the test configuration.
     pub async fn fresh() -> Server {
         Server::fresh_with(|_| {}).await
     }
 
     /// [`Server::fresh`] with the test configuration changed by `edit`.
     pub async fn fresh_with(edit: impl FnOnce(&mut Config)) -> Server {
+        if let Some(url) = postgres_under_test() {
+            let mut config = config_at(StoreLocation::Postgres(fresh_database(&url)));
+            edit(&mut config);
+            return Server::start_with(config).await;
+        }
         let dir = tempfile::tempdir().unwrap();
         let mut config = config(dir.path());
         edit(&mut config);
@@ -187,4 +201,28 @@ pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, code: &s
     assert_eq!(body["success"], json!(false), "{body}");
     assert_eq!(body["code"], json!(code), "{body}");
     assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+}
+
+/// The PostgreSQL server the tests use instead of sled, if any.
+pub fn postgres_under_test() -> Option<String> {
+    std::env::var("KEYGATE_TEST_POSTGRES").ok().filter(|url| !url.is_empty())
+}
+
+/// Creates an empty database on the server at `server_url` and returns its URL. The blocking
+/// client runs on a thread of its own: it cannot run inside the tests' tokio runtime.
+pub fn fresh_database(server_url: &str) -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("kg_{}_{n}_{nanos}", std::process::id());
+    let url = server_url.to_owned();
+    let create = format!("CREATE DATABASE {name}");
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect to KEYGATE_TEST_POSTGRES");
+        client.batch_execute(&create).expect("create a test database");
+    })
+    .join()
+    .unwrap();
+    let (server, _) = server_url.rsplit_once('/').expect("KEYGATE_TEST_POSTGRES is postgres://USER@HOST:PORT/DBNAME");
+    format!("{server}/{name}")
 }
