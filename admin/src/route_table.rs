@@ -184,9 +184,13 @@ pub fn route_label(path: &str) -> Option<&'static str> {
     TABLE.iter().find(|row| template_matches(row.template, &template)).map(|row| row.template)
 }
 
-/// Is `segment` a literal word of some template?
+/// Is `segment` a literal word of some template? (The words are gathered once: every
+/// request's log line and metrics label ask.)
 fn is_route_word(segment: &str) -> bool {
-    TABLE.iter().flat_map(|row| row.template.split('/')).any(|word| !word.is_empty() && !word.starts_with('{') && word == segment)
+    static WORDS: std::sync::OnceLock<std::collections::BTreeSet<&'static str>> = std::sync::OnceLock::new();
+    WORDS
+        .get_or_init(|| TABLE.iter().flat_map(|row| row.template.split('/')).filter(|w| !w.is_empty() && !w.starts_with('{')).collect())
+        .contains(segment)
 }
 
 /// A loggable rendering of a request path: the table's words kept, ids reduced to their

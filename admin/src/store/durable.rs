@@ -1,7 +1,8 @@
-//! Group commit. Writers commit to sled's memory under the writer mutex and get a
-//! [`Ticket`]; before answering 2xx they wait for a flush (sled's flush plus an
-//! `fdatasync`, [`Store::flush_to_disk`]) that *started after* their write to finish. One flusher task runs sled's blocking `flush()` on the blocking pool (never
-//! `flush_async`, which can hang: sled issues 1241 and 1357) and publishes what it made
+//! Group commit. Writers commit under the writer mutex and get a [`Ticket`]; before
+//! answering 2xx they wait for a flush ([`Store::flush_to_disk`]: for sled its flush plus an
+//! `fdatasync`; for PostgreSQL nothing, its commit was already durable) that *started after*
+//! their write to finish. One flusher task runs the blocking flush on the blocking pool (for
+//! sled never `flush_async`, which can hang: sled issues 1241 and 1357) and publishes what it made
 //! durable on a `watch` channel, so one fsync covers every write that queued behind it.
 //! The snapshot feed reads the same channel and never serves a version a crash could undo.
 
