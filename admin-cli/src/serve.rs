@@ -27,8 +27,8 @@ pub struct ServeArgs {
     data: PathBuf,
     /// Where the store lives, instead of --data: `sled:<DIR>`, or a PostgreSQL URL
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME` (the table is created if missing).
-    /// PostgreSQL: one admin per database for now (a second one is refused), and no TLS:
-    /// reach the database over loopback, a local socket or a TLS-terminating sidecar.
+    /// PostgreSQL: any number of admin replicas may share one database; no TLS: reach the
+    /// database over loopback, a local socket or a TLS-terminating sidecar.
     #[arg(long, env = "KEYGATE_STORE", hide_env_values = true, value_parser = StoreLocation::parse)]
     store: Option<StoreLocation>,
     /// Operator bearer token (business, user and key management). Unset: the stored one

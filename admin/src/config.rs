@@ -32,8 +32,8 @@ impl fmt::Debug for Secret {
 pub enum StoreLocation {
     /// A sled directory (created if missing), for one admin on one machine.
     Sled(PathBuf),
-    /// A PostgreSQL connection URL (`postgres://user@host:port/dbname`); one admin per
-    /// database. The URL may hold a password: it is never printed (see [`StoreLocation::describe`]).
+    /// A PostgreSQL connection URL (`postgres://user@host:port/dbname`); any number of
+    /// admin replicas may share one database. The URL may hold a password: it is never printed (see [`StoreLocation::describe`]).
     Postgres(String),
 }
 

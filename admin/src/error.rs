@@ -59,6 +59,8 @@ pub enum AdminError {
     NotDurable(#[source] StoreError),
     #[error("storage failure")]
     Store(#[source] StoreError),
+    #[error("the store cannot be reached right now; try again")]
+    StoreUnavailable(#[source] StoreError),
     #[error("the operating system's random generator failed")]
     Random(#[source] getrandom::Error),
     #[error("token signing failed")]
@@ -87,6 +89,7 @@ impl From<StoreError> for AdminError {
             StoreError::Gone => AdminError::SnapshotGone,
             StoreError::SessionLimit { retry_after_secs } => AdminError::SessionLimitReached { retry_after_secs },
             e @ StoreError::NotDurable => AdminError::NotDurable(e),
+            e @ StoreError::Unavailable(_) => AdminError::StoreUnavailable(e),
             e => AdminError::Store(e),
         }
     }
@@ -113,7 +116,7 @@ impl AdminError {
             BusinessNotFound | KeyNotFound | SessionNotFound | RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             SnapshotGone => StatusCode::GONE,
-            NotDurable(_) | Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            NotDurable(_) | StoreUnavailable(_) | Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Store(_) | Random(_) | Signing(_) | PasswordHash(_) | Task(_) | Encode(_) | Config(_) | Io(_) | Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -143,7 +146,7 @@ impl AdminError {
             RouteNotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             SnapshotGone => "snapshot_gone",
-            NotDurable(_) => "storage_unavailable",
+            NotDurable(_) | StoreUnavailable(_) => "storage_unavailable",
             Store(_) => "storage_error",
             Random(_) | Signing(_) | PasswordHash(_) | Task(_) | Encode(_) | Config(_) | Io(_) | Internal(_) => "internal_error",
         }
@@ -151,7 +154,9 @@ impl AdminError {
 
     /// What the client reads. Server-side failures get a generic text.
     fn public_message(&self) -> String {
-        if self.status().is_server_error() && !matches!(self, AdminError::NotDurable(_) | AdminError::Busy { .. }) {
+        if self.status().is_server_error()
+            && !matches!(self, AdminError::NotDurable(_) | AdminError::StoreUnavailable(_) | AdminError::Busy { .. })
+        {
             "internal error".to_owned()
         } else {
             self.to_string()
@@ -186,13 +191,15 @@ impl AdminError {
             // keeps clients from reusing it for their next request.
             response.headers_mut().insert(warp::http::header::CONNECTION, warp::http::HeaderValue::from_static("close"));
         }
-        if let AdminError::RateLimited { retry_after_secs }
-        | AdminError::SessionLimitReached { retry_after_secs }
-        | AdminError::Busy { retry_after_secs } = self
-        {
-            if let Ok(value) = warp::http::HeaderValue::from_str(&retry_after_secs.max(&1).to_string()) {
-                response.headers_mut().insert(warp::http::header::RETRY_AFTER, value);
-            }
+        let retry_after_secs = match self {
+            AdminError::RateLimited { retry_after_secs }
+            | AdminError::SessionLimitReached { retry_after_secs }
+            | AdminError::Busy { retry_after_secs } => Some(*retry_after_secs),
+            AdminError::StoreUnavailable(_) => Some(1),
+            _ => None,
+        };
+        if let Some(value) = retry_after_secs.and_then(|secs| warp::http::HeaderValue::from_str(&secs.max(1).to_string()).ok()) {
+            response.headers_mut().insert(warp::http::header::RETRY_AFTER, value);
         }
         response
     }

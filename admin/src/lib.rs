@@ -77,17 +77,26 @@ pub async fn run(
 }
 
 /// Sweeps the store every `sweep_interval_secs` (see [`store::Store::sweep`]) and
-/// reloads the signing keys when one was withdrawn.
+/// reloads the signing keys when one was withdrawn, here or through another replica.
 async fn housekeeping(state: AppState) {
     let every = std::time::Duration::from_secs(state.config().sweep_interval_secs.max(1));
+    let mut sweeps = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = state.shutting_down();
+    let mut signing = state.store().signing_changes();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stopping.wait_for(|stop| *stop) => return,
-        }
-        if let Err(e) = sweep_once(&state).await {
-            tracing::error!(error = %e.chain(), "housekeeping sweep failed");
+            _ = sweeps.tick() => {
+                if let Err(e) = sweep_once(&state).await {
+                    tracing::error!(error = %e.chain(), "housekeeping sweep failed");
+                }
+            }
+            Ok(()) = signing.changed() => {
+                if let Err(e) = state.tokens().reload(state.store()) {
+                    tracing::error!(error = %e.chain(), "cannot reload the signing keys another replica changed");
+                }
+            }
+            _ = async { stopping.wait_for(|stop| *stop).await.is_ok() } => return,
         }
     }
 }
@@ -96,7 +105,17 @@ async fn housekeeping(state: AppState) {
 pub async fn sweep_once(state: &AppState) -> Result<store::SweepReport, AdminError> {
     let leeway = state.config().token_leeway_secs;
     let store = state.store().clone();
-    let (report, ticket) = tokio::task::spawn_blocking(move || store.sweep(clock::now(), leeway)).await??;
+    // Shared sign-in and login counters idle for longer than any of them matters.
+    let idle = (state.config().throttle.forget_secs).max(state.config().throttle.max_secs).max(3600);
+    let (report, ticket) = tokio::task::spawn_blocking(move || {
+        if let Some(shared) = store.shared_limits() {
+            if let Err(e) = shared.prune(idle) {
+                tracing::warn!(error = %e, "cannot prune the shared sign-in and login counters");
+            }
+        }
+        store.sweep(clock::now(), leeway)
+    })
+    .await??;
     if let Some(ticket) = ticket {
         state.store().wait_durable(ticket).await?;
     }

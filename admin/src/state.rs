@@ -110,9 +110,11 @@ impl AppState {
         let tokens = TokenService::load(&store, &config)?;
         let passwords = Passwords::new(config.max_concurrent_password_hashes, config.max_queued_password_hashes)?;
         store.flush_blocking()?;
+        // Everything set up once per database is in place: other replicas may start.
+        store.startup_done();
         let (shutdown, _) = watch::channel(false);
-        let throttle = Throttle::new(config.throttle.clone());
-        let login_limiter = LoginLimiter::new(config.login_limit.clone());
+        let throttle = Throttle::new(config.throttle.clone()).sharing(store.clone());
+        let login_limiter = LoginLimiter::new(config.login_limit.clone()).sharing(store.clone());
         let inner = Inner {
             config,
             store,

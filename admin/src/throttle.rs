@@ -8,6 +8,11 @@
 //! flight, so parallel guesses cannot all pass the check before the first one fails.
 //!
 //! [`LoginLimiter`] rate-limits API-key logins per key and per client address.
+//!
+//! On a store other replicas share, the counts and blocks live in the database
+//! ([`SharedLimits`]) so they hold across the fleet; the in-memory table still keeps each
+//! replica's attempts in flight. If the database cannot be reached, each replica falls back
+//! to counting alone (and says so in its log) rather than refusing every attempt.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,6 +20,19 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::{LoginLimitConfig, ThrottleConfig};
+use crate::digest;
+use crate::store::limits::{self, FailureRule, SharedLimits, Subject as SharedSubject};
+use crate::store::Store;
+
+/// A counter's name in the shared table: a digest, so no email or address is stored.
+fn shared_subject(kind: &str, what: &str) -> SharedSubject {
+    digest::sha256(&format!("{kind}\0{what}"))
+}
+
+/// The store's shared counters, if it has any.
+fn shared(store: &Option<Store>) -> Option<&dyn SharedLimits> {
+    store.as_ref().and_then(Store::shared_limits)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Subject {
@@ -41,6 +59,8 @@ impl Entry {
 pub struct Throttle {
     config: ThrottleConfig,
     entries: Mutex<HashMap<Subject, Entry>>,
+    /// Where the counts are shared with other replicas.
+    store: Option<Store>,
 }
 
 /// Whole seconds, rounded up: Retry-After is in seconds.
@@ -90,7 +110,45 @@ impl Drop for Attempt<'_> {
 
 impl Throttle {
     pub fn new(config: ThrottleConfig) -> Throttle {
-        Throttle { config, entries: Mutex::new(HashMap::new()) }
+        Throttle { config, entries: Mutex::new(HashMap::new()), store: None }
+    }
+
+    /// Counts in `store`'s shared counters too, when it has them.
+    pub fn sharing(self, store: Store) -> Throttle {
+        Throttle { store: Some(store), ..self }
+    }
+
+    /// The pair's and the client's names in the shared counters, with their rules.
+    fn shared_subjects(&self, ip: IpAddr, email: &str) -> [(SharedSubject, FailureRule); 2] {
+        let c = &self.config;
+        let rule = |free| FailureRule { free, base_secs: c.base_secs, max_secs: c.max_secs, forget_secs: c.forget_secs };
+        [
+            (shared_subject("signin-pair", &format!("{ip}\0{email}")), rule(c.pair_free)),
+            (shared_subject("signin-client", &ip.to_string()), rule(c.client_free)),
+        ]
+    }
+
+    /// Seconds the fleet-wide counts block this attempt for (0: not blocked).
+    fn shared_block(&self, ip: IpAddr, email: &str) -> u64 {
+        let Some(shared) = shared(&self.store) else { return 0 };
+        let subjects = self.shared_subjects(ip, email).map(|(s, _)| s);
+        shared.blocked_secs(&subjects).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the shared sign-in throttle; counting on this replica alone");
+            0
+        })
+    }
+
+    fn shared_outcome(&self, ip: IpAddr, email: &str, outcome: Outcome) {
+        let Some(shared) = shared(&self.store) else { return };
+        let [pair, client] = self.shared_subjects(ip, email);
+        let written = match outcome {
+            Outcome::Abandoned => Ok(()),
+            Outcome::Succeeded => shared.clear(pair.0),
+            Outcome::Failed => shared.count_failure(pair.0, pair.1).and_then(|()| shared.count_failure(client.0, client.1)),
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot update the shared sign-in throttle; counting on this replica alone");
+        }
     }
 
     fn subjects(ip: IpAddr, email: &str) -> [Subject; 2] {
@@ -109,7 +167,14 @@ impl Throttle {
     /// flight reach its free count (past it, one attempt at a time).
     pub fn begin(&self, ip: IpAddr, email: &str) -> Result<Attempt<'_>, u64> {
         self.begin_at(ip, email, Instant::now())?;
-        Ok(Attempt { throttle: self, ip, email: email.to_owned(), settled: false })
+        let attempt = Attempt { throttle: self, ip, email: email.to_owned(), settled: false };
+        match self.shared_block(ip, email) {
+            0 => Ok(attempt),
+            wait => {
+                attempt.abandon();
+                Err(wait)
+            }
+        }
     }
 
     fn begin_at(&self, ip: IpAddr, email: &str, now: Instant) -> Result<(), u64> {
@@ -142,6 +207,7 @@ impl Throttle {
 
     /// Ends a reserved attempt: a failure counts (and may block), a success clears the pair.
     fn finish(&self, ip: IpAddr, email: &str, outcome: Outcome, now: Instant) {
+        self.shared_outcome(ip, email, outcome);
         {
             let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
             for subject in Self::subjects(ip, email) {
@@ -216,9 +282,7 @@ impl Throttle {
             }
             entry.failures = entry.failures.saturating_add(1);
             entry.last_failure = now;
-            if entry.failures >= free {
-                let doublings = (entry.failures - free).min(30);
-                let secs = c.base_secs.max(1).saturating_mul(1u64 << doublings).min(c.max_secs.max(1));
+            if let Some(secs) = limits::block_secs(entry.failures, free, c.base_secs, c.max_secs) {
                 entry.blocked_until = Some(now + Duration::from_secs(secs));
             }
         }
@@ -266,11 +330,18 @@ enum Bucket {
 pub struct LoginLimiter {
     config: LoginLimitConfig,
     buckets: Mutex<HashMap<Bucket, (f64, Instant)>>,
+    /// Where the buckets are shared with other replicas.
+    store: Option<Store>,
 }
 
 impl LoginLimiter {
     pub fn new(config: LoginLimitConfig) -> LoginLimiter {
-        LoginLimiter { config, buckets: Mutex::new(HashMap::new()) }
+        LoginLimiter { config, buckets: Mutex::new(HashMap::new()), store: None }
+    }
+
+    /// Keeps the buckets in `store`'s shared counters, when it has them.
+    pub fn sharing(self, store: Store) -> LoginLimiter {
+        LoginLimiter { store: Some(store), ..self }
     }
 
     fn capacity(&self, bucket: &Bucket) -> f64 {
@@ -283,6 +354,17 @@ impl LoginLimiter {
     /// Takes one login from `key_id`'s and `client`'s buckets, or neither and
     /// `Err(seconds)` until both hold one.
     pub fn take(&self, key_id: &str, client: IpAddr) -> Result<(), u64> {
+        if let Some(shared) = shared(&self.store) {
+            let buckets = [
+                (shared_subject("login-key", key_id), self.capacity(&Bucket::Key(String::new()))),
+                (shared_subject("login-client", &client_net(client).to_string()), self.capacity(&Bucket::Client(client))),
+            ];
+            match shared.take(&buckets) {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(wait)) => return Err(retry_secs(Duration::from_secs_f64(wait.clamp(0.0, 3600.0)))),
+                Err(e) => tracing::warn!(error = %e, "cannot reach the shared login buckets; counting on this replica alone"),
+            }
+        }
         self.take_at(key_id, client, Instant::now())
     }
 
@@ -293,14 +375,11 @@ impl LoginLimiter {
         let mut wait = 0.0f64;
         for (subject, level) in subjects.iter().zip(levels.iter_mut()) {
             let capacity = self.capacity(subject);
-            let per_sec = capacity / 60.0;
             *level = match buckets.get(subject) {
-                Some((tokens, at)) => (tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec).min(capacity),
+                Some((tokens, at)) => limits::refilled(*tokens, now.saturating_duration_since(*at).as_secs_f64(), capacity),
                 None => capacity,
             };
-            if *level < 1.0 {
-                wait = wait.max((1.0 - *level) / per_sec);
-            }
+            wait = wait.max(limits::wait_for_one(*level, capacity));
         }
         if wait > 0.0 {
             return Err(retry_secs(Duration::from_secs_f64(wait.min(3600.0))));

@@ -7,6 +7,7 @@
 
 use std::ops::Bound;
 
+use super::limits::SharedLimits;
 use super::StoreError;
 
 /// One stored entry: key and value.
@@ -31,12 +32,30 @@ impl From<StoreError> for TxError {
     }
 }
 
+/// What a commit tells the other processes sharing the store (replicas on one database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Announcement {
+    /// A commit reached changelog `version`; `signing` when it added or removed a signing key.
+    Committed { version: u64, signing: bool },
+    /// Announcements may have been missed (the listening connection was lost): read the
+    /// head again.
+    Missed,
+}
+
+/// Called for every announcement, on a thread of the engine's.
+pub(super) type OnAnnouncement = Box<dyn Fn(Announcement) + Send + Sync>;
+
 /// The reads and writes a transaction's body makes; nothing is visible to others, and
 /// nothing is kept, unless the body returns `Ok`.
 pub(super) trait EngineTx {
     fn get(&self, tree: usize, key: &[u8]) -> Result<Option<Vec<u8>>, TxError>;
     fn insert(&self, tree: usize, key: &[u8], value: &[u8]) -> Result<(), TxError>;
     fn remove(&self, tree: usize, key: &[u8]) -> Result<(), TxError>;
+    /// Announces `what` to every follower when (and only if) this transaction commits.
+    /// An engine only one process can open has no one to tell.
+    fn announce(&self, _what: Announcement) -> Result<(), TxError> {
+        Ok(())
+    }
 }
 
 /// A transaction's body: it may run more than once (see [`TxError::Conflict`]).
@@ -61,4 +80,22 @@ pub(super) trait Engine: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
     /// Bytes on disk (an estimate).
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+    /// Calls `on_announcement` for each commit announced from now on, by any process on
+    /// the same store, until the engine is dropped. An engine only one process can open
+    /// never calls it: the store sees all its own commits.
+    fn follow(&self, _on_announcement: OnAnnouncement) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Whether other processes may write to this store at the same time (replicas on one
+    /// database).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// The counters replicas share, if other processes can open this store.
+    fn shared_limits(&self) -> Option<&dyn SharedLimits> {
+        None
+    }
+    /// Ends the start-up section that keeps two processes from setting up one store at
+    /// once (see [`super::Store::startup_done`]).
+    fn end_startup(&self) {}
 }

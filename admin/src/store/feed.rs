@@ -17,7 +17,7 @@ impl Store {
     pub fn full_snapshot(&self, now: UnixTime) -> Result<SnapshotWire, StoreError> {
         let t = self.trees();
         let w = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut wire = SnapshotWire { version: w.head, since: None, ..SnapshotWire::default() };
+        let mut wire = SnapshotWire { version: w.head.max(self.durable_version()), since: None, ..SnapshotWire::default() };
         for item in t.keys.iter() {
             let (_, bytes) = item?;
             wire.keys.extend(decode::<Key>("keys", &bytes)?.entries(now));
@@ -45,7 +45,7 @@ impl Store {
         revoked: bool,
     ) -> Result<(SnapshotWire, u64), StoreError> {
         let t = self.trees();
-        let head = || self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner).head;
+        let head = || self.head();
         let mut wire = SnapshotWire { version: head(), since: None, ..SnapshotWire::default() };
         let start = match after {
             Some(hash) => std::ops::Bound::Excluded(hash.0.to_vec()),

@@ -16,6 +16,7 @@ mod durable;
 mod engine;
 mod feed;
 mod keys;
+pub mod limits;
 mod pg_engine;
 pub mod records;
 mod schema;
@@ -38,13 +39,13 @@ pub use sessions::RefreshOutcome;
 pub use sweep::SweepReport;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use keygate_core::snapshot::History;
 use keygate_core::KeyHash;
 
 use durable::Durability;
-use engine::Engine;
+use engine::{Announcement, Engine};
 use pg_engine::PgEngine;
 use sled_engine::SledEngine;
 use tx::{chain, from_be, versioned, Trees, META_HEAD, META_HISTORY, META_HISTORY_BASE, TREE_NAMES};
@@ -54,9 +55,12 @@ pub enum StoreError {
     #[error("storage engine error")]
     Sled(#[from] sled::Error),
     #[error("PostgreSQL error")]
-    Postgres(#[from] postgres::Error),
-    /// Another process holds the database's one-admin lock.
-    #[error("another keygate-admin is using this database")]
+    Postgres(#[source] postgres::Error),
+    /// The database cannot be reached (down, restarting, out of connections): worth a retry.
+    #[error("the database cannot be reached")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Another replica held the database's start-up lock for longer than a start-up takes.
+    #[error("another keygate-admin has been starting up on this database for a minute")]
     InUse,
     /// `detail` is the decoder's category and position only: its message could quote
     /// the stored value, which may be a secret's hash.
@@ -85,6 +89,34 @@ pub enum StoreError {
     SessionLimit { retry_after_secs: u64 },
 }
 
+impl From<postgres::Error> for StoreError {
+    /// Tells an unreachable database (worth a retry: 503) from a failed statement (a bug: 500).
+    fn from(e: postgres::Error) -> StoreError {
+        use postgres::error::SqlState;
+        let unreachable_codes = [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::CONNECTION_EXCEPTION,
+            SqlState::CONNECTION_DOES_NOT_EXIST,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+        ];
+        let unreachable = match e.code() {
+            Some(code) => unreachable_codes.contains(code),
+            // No SQL state: the connection itself failed (refused, reset, closed).
+            None => true,
+        };
+        if unreachable {
+            StoreError::Unavailable(Box::new(e))
+        } else {
+            StoreError::Postgres(e)
+        }
+    }
+}
+
 struct WriterState {
     /// Count of committed writes that changed something.
     seq: u64,
@@ -96,8 +128,32 @@ pub(crate) struct Inner {
     engine: Box<dyn Engine>,
     writer: Mutex<WriterState>,
     durability: Durability,
+    /// Counts the changes to the signing keys made through other replicas.
+    signing_changes: tokio::sync::watch::Sender<u64>,
     changelog_retain: u64,
     flush_per_write: bool,
+}
+
+/// What another replica's commit means here: the changelog it reached is committed, so
+/// durable (the feed may serve it and its long-polls wake), and the signing keys may need a
+/// reload.
+fn hear(store: &Weak<Inner>, what: Announcement) {
+    let Some(inner) = store.upgrade() else { return };
+    let store = Store { inner };
+    let (version, signing) = match what {
+        Announcement::Committed { version, signing } => (version, signing),
+        Announcement::Missed => match store.trees().meta.get(META_HEAD) {
+            Ok(head) => (head.and_then(|b| from_be(&b)).unwrap_or(0), true),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the changelog head after missing announcements");
+                return;
+            }
+        },
+    };
+    store.inner.durability.publish(0, version);
+    if signing {
+        store.inner.signing_changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 /// A handle on the store; clones share it.
@@ -139,7 +195,9 @@ impl Store {
     }
 
     /// Opens (or creates) the store in the PostgreSQL database at `url`
-    /// (`postgres://user@host:port/dbname`); one admin per database.
+    /// (`postgres://user@host:port/dbname`), which any number of replicas may share. It
+    /// holds the database's start-up lock (other replicas wait in their `open_postgres`)
+    /// until [`Store::startup_done`] is called or the store is dropped.
     pub fn open_postgres(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
         Store::over(Box::new(PgEngine::open(url)?), options)
     }
@@ -163,10 +221,33 @@ impl Store {
             engine,
             writer: Mutex::new(WriterState { seq: 0, head }),
             durability: Durability::new(head),
+            signing_changes: tokio::sync::watch::channel(0).0,
             changelog_retain: options.changelog_retain.max(1),
             flush_per_write: options.flush_per_write,
         };
-        Ok(Store { inner: Arc::new(inner) })
+        let inner = Arc::new(inner);
+        // Weak: the engine's listener must not keep the store alive.
+        let store = Arc::downgrade(&inner);
+        inner.engine.follow(Box::new(move |what| hear(&store, what)))?;
+        Ok(Store { inner })
+    }
+
+    /// Lets other replicas start: what had to be set up once (schema, history, tokens,
+    /// the first signing key) is in place.
+    pub fn startup_done(&self) {
+        self.inner.engine.end_startup();
+    }
+
+    /// Changes when another replica adds or removes a signing key: reload them then.
+    pub fn signing_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.signing_changes.subscribe()
+    }
+
+    /// The changelog head as far as this replica knows: its own last commit, or a later
+    /// one announced by another replica.
+    pub(super) fn head(&self) -> u64 {
+        let own = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner).head;
+        own.max(self.durable_version())
     }
 
     /// Makes every committed write durable.

@@ -6,7 +6,7 @@ use std::cell::Cell;
 use std::ops::{Bound, RangeBounds};
 use std::sync::PoisonError;
 
-use super::engine::{Engine, EngineTx, Entries, Entry, TxError};
+use super::engine::{Announcement, Engine, EngineTx, Entries, Entry, TxError};
 use super::{Change, ChangeRecord, Store, StoreError, Ticket};
 use crate::clock::now;
 use keygate_core::snapshot::History;
@@ -200,6 +200,8 @@ macro_rules! trees {
         pub(super) struct Tx<'a> {
             $(pub(super) $name: TxTree<'a>,)*
             appended: Cell<Option<u64>>,
+            /// Whether a signing key was added or removed.
+            signing: Cell<bool>,
             pub(super) now: UnixTime,
             retain: u64,
         }
@@ -209,6 +211,7 @@ macro_rules! trees {
                 Tx {
                     $($name: TxTree { tx, tree: TreeNumber::$name as usize, name: stringify!($name), dirty },)*
                     appended: Cell::new(None),
+                    signing: Cell::new(false),
                     now,
                     retain,
                 }
@@ -260,6 +263,9 @@ impl Tx<'_> {
     pub(super) fn append(&self, change: Change) -> TxResult<u64> {
         let head = self.meta.get_raw(META_HEAD)?.and_then(|b| from_be(&b)).unwrap_or(0);
         let version = head.saturating_add(1);
+        if matches!(change, Change::SigningKeyAdded { .. } | Change::SigningKeyRemoved { .. }) {
+            self.signing.set(true);
+        }
         let mut record = ChangeRecord { version, at: self.now, change, history: None };
         let previous = self.meta.get_raw(META_HISTORY)?.and_then(|b| digest(&b));
         if let Some(previous) = previous {
@@ -296,23 +302,37 @@ impl Store {
         self.write_after(|_| Ok(()), |tx, ()| f(tx))
     }
 
-    /// [`Store::write`], with `read` run first under the same writer mutex (so no other write
-    /// comes between) and its result handed to `f`: for what a transaction cannot read
-    /// itself, such as a whole tree (an engine need not offer scans inside a transaction).
+    /// [`Store::write`], with `read` run first, once no other write can come between, and
+    /// its result handed to `f`: for what a transaction cannot read itself, such as a whole
+    /// tree (an engine need not offer scans inside a transaction). Under the writer mutex
+    /// that is before the transaction; on a store other replicas write too, only inside it
+    /// (after the write lock every replica takes), so there it runs again on a retry. (Not
+    /// inside for sled: a plain read inside its transaction would wait for that transaction.)
     pub(super) fn write_after<P, T>(
         &self,
-        read: impl FnOnce(&Store) -> Result<P, StoreError>,
+        read: impl Fn(&Store) -> Result<P, StoreError>,
         f: impl Fn(&Tx<'_>, &P) -> TxResult<T>,
     ) -> Result<(T, Ticket), StoreError> {
         let mut w = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let read = read(self)?;
+        let before = if self.inner.engine.shared() { None } else { Some(read(self)?) };
         let now = now();
         let retain = self.inner.changelog_retain;
         let mut done = None;
         self.inner.engine.transact(&mut |etx| {
+            let inside;
+            let read = match &before {
+                Some(read) => read,
+                None => {
+                    inside = read(self)?;
+                    &inside
+                }
+            };
             let dirty = Cell::new(false);
             let tx = Tx::new(etx, &dirty, now, retain);
-            let out = f(&tx, &read)?;
+            let out = f(&tx, read)?;
+            if let Some(version) = tx.appended.get() {
+                etx.announce(Announcement::Committed { version, signing: tx.signing.get() })?;
+            }
             done = Some((out, dirty.get(), tx.appended.get()));
             Ok(())
         })?;

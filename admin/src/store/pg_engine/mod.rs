@@ -9,8 +9,16 @@
 //! pool of connection threads takes jobs from one channel, and each engine call sends a
 //! job and blocks on its reply, as a sled call blocks on its disk. A transaction holds one
 //! connection thread from `BEGIN` to `COMMIT`/`ROLLBACK`, feeding it one job per read or
-//! write. One more connection, on its own thread, holds the session-level advisory lock
-//! that keeps a second admin off the database for as long as the engine lives.
+//! write.
+//!
+//! Replicas: any number of admins may share one database. Every transaction takes one
+//! transaction-level advisory lock right after `BEGIN`, so writes from all replicas run
+//! one at a time, as they do under one admin's writer mutex: changelog versions are
+//! assigned in commit order across the fleet, and a read-then-write (a refresh token's
+//! reuse check) sees every earlier commit. A commit that moved the changelog sends a
+//! `NOTIFY` (delivered only if it commits, in commit order) that a listening connection
+//! on every replica turns into an [`Announcement`] (`follow.rs`). Start-up (schema,
+//! history, the first signing key) runs under a session-level lock, one replica at a time.
 //!
 //! Durability: a `COMMIT` under PostgreSQL's default `synchronous_commit = on` returns
 //! only once the commit is on disk, so [`Engine::flush`] has nothing left to do.
@@ -26,8 +34,11 @@ use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
 
-use super::engine::{Engine, EngineTx, Entries, Entry, TxBody, TxError};
+use super::engine::{Announcement, Engine, EngineTx, Entries, Entry, OnAnnouncement, TxBody, TxError};
 use super::StoreError;
+
+mod follow;
+mod limits;
 
 /// Connections for reads and transactions.
 const POOL_SIZE: usize = 4;
@@ -35,8 +46,12 @@ const POOL_SIZE: usize = 4;
 const PAGE: i64 = 1000;
 /// Entries written per statement by `put_many`.
 const PUT_BATCH: usize = 1000;
-/// The advisory lock one admin holds on its database ("keygate" in ASCII).
-const ADMIN_LOCK: i64 = 0x006b_6579_6761_7465;
+/// The advisory lock every write transaction takes ("keygate" in ASCII).
+const WRITE_LOCK: i64 = 0x006b_6579_6761_7465;
+/// The advisory lock a replica holds while it starts up ("keygate" + 1).
+const STARTUP_LOCK: i64 = WRITE_LOCK + 1;
+/// The channel commits are announced on.
+const CHANNEL: &str = "keygate_changes";
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS keygate_kv (
     tree smallint NOT NULL,
@@ -66,10 +81,10 @@ impl Connection {
         }
         match &mut self.client {
             Some(client) => Ok(client),
-            _ if self.in_transaction => Err(StoreError::Task("the PostgreSQL connection was lost during a transaction".to_owned())),
+            _ if self.in_transaction => Err(StoreError::Unavailable("the PostgreSQL connection was lost during a transaction".into())),
             slot => {
                 self.statements.clear();
-                Ok(slot.insert(self.config.connect(NoTls)?))
+                Ok(slot.insert(self.config.connect(NoTls).map_err(StoreError::from)?))
             }
         }
     }
@@ -136,22 +151,28 @@ impl Connection {
 type TxJob = Box<dyn FnOnce(&mut Connection) -> Result<Option<Vec<u8>>, StoreError> + Send>;
 
 pub(super) struct PgEngine {
+    config: Arc<postgres::Config>,
     jobs: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
-    /// Dropped to end the lock holder's session (and so release the lock).
-    lock_release: Option<Sender<()>>,
-    lock_holder: Option<JoinHandle<()>>,
+    /// Held from open until start-up ends (see [`Engine::end_startup`]).
+    startup: Mutex<Option<follow::SessionLock>>,
+    /// Tells the listener, if any, to stop.
+    listener: Mutex<Option<follow::Listener>>,
 }
 
 impl PgEngine {
-    /// Connects to the database at `url`, takes the one-admin lock, and creates the table
-    /// if it is missing.
+    /// Connects to the database at `url`, waits for any other replica's start-up to end,
+    /// and creates the table if it is missing.
     pub(super) fn open(url: &str) -> Result<PgEngine, StoreError> {
         // The parser's message could quote the URL, password and all.
-        let config = Arc::new(
-            postgres::Config::from_str(url).map_err(|_| StoreError::Task("the PostgreSQL connection URL is not valid".to_owned()))?,
-        );
-        let (lock_release, lock_holder) = hold_admin_lock(&config)?;
+        let mut config =
+            postgres::Config::from_str(url).map_err(|_| StoreError::Task("the PostgreSQL connection URL is not valid".to_owned()))?;
+        if config.get_connect_timeout().is_none() {
+            // An unreachable server answers 503 in seconds rather than holding requests.
+            config.connect_timeout(std::time::Duration::from_secs(5));
+        }
+        let config = Arc::new(config);
+        let startup = follow::SessionLock::take(&config, STARTUP_LOCK)?;
         let (jobs, receiver) = channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
         let mut workers = Vec::with_capacity(POOL_SIZE);
@@ -166,9 +187,10 @@ impl PgEngine {
                 .map_err(|e| StoreError::Task(format!("cannot start a PostgreSQL connection thread: {e}")))?;
             workers.push(worker);
         }
-        let engine = PgEngine { jobs: Some(jobs), workers, lock_release: Some(lock_release), lock_holder: Some(lock_holder) };
+        let engine = PgEngine { config, jobs: Some(jobs), workers, startup: Mutex::new(Some(startup)), listener: Mutex::new(None) };
         engine.run(|c| {
             c.client()?.batch_execute(CREATE_TABLE)?;
+            c.client()?.batch_execute(limits::CREATE_LIMITS)?;
             Ok(())
         })?;
         Ok(engine)
@@ -205,45 +227,6 @@ fn serve_jobs(mut connection: Connection, jobs: &Mutex<Receiver<Job>>) {
     }
 }
 
-/// Connects on a thread of its own and takes the one-admin advisory lock there; the lock
-/// lasts as long as that session, which ends when the returned sender is dropped.
-fn hold_admin_lock(config: &Arc<postgres::Config>) -> Result<(Sender<()>, JoinHandle<()>), StoreError> {
-    let config = Arc::clone(config);
-    let (taken, outcome) = sync_channel::<Result<(), StoreError>>(1);
-    let (release, released) = channel::<()>();
-    let holder = std::thread::Builder::new()
-        .name("keygate-pg-lock".to_owned())
-        .spawn(move || {
-            let locked = config.connect(NoTls).and_then(|mut client| {
-                let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&ADMIN_LOCK])?;
-                Ok((client, row.try_get::<_, bool>(0)?))
-            });
-            match locked {
-                Ok((client, true)) => {
-                    let _ = taken.send(Ok(()));
-                    // Until the engine is dropped; then the session, and the lock, end.
-                    let _ = released.recv();
-                    drop(client);
-                }
-                Ok((_, false)) => {
-                    let _ = taken.send(Err(StoreError::InUse));
-                }
-                Err(e) => {
-                    let _ = taken.send(Err(StoreError::Postgres(e)));
-                }
-            }
-        })
-        .map_err(|e| StoreError::Task(format!("cannot start the PostgreSQL lock thread: {e}")))?;
-    match outcome.recv() {
-        Ok(Ok(())) => Ok((release, holder)),
-        Ok(Err(e)) => {
-            let _ = holder.join();
-            Err(e)
-        }
-        Err(_) => Err(gone()),
-    }
-}
-
 impl Drop for PgEngine {
     /// Closes every connection before returning, so the database can be opened again
     /// (its lock free) as soon as the store is gone.
@@ -252,9 +235,9 @@ impl Drop for PgEngine {
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
-        self.lock_release = None;
-        if let Some(holder) = self.lock_holder.take() {
-            let _ = holder.join();
+        self.end_startup();
+        if let Some(listener) = self.listener.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
+            listener.stop();
         }
     }
 }
@@ -356,11 +339,18 @@ impl EngineTx for PgTx {
         self.run(Box::new(move |c| c.remove(tree, &key).map(|()| None)))?;
         Ok(())
     }
+
+    fn announce(&self, what: Announcement) -> Result<(), TxError> {
+        let payload = follow::payload(what);
+        self.run(Box::new(move |c| c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).map(|_| None)))?;
+        Ok(())
+    }
 }
 
+/// `BEGIN`, then the write lock: held until `COMMIT` or `ROLLBACK`.
 fn begin() -> TxJob {
     Box::new(|c| {
-        c.client()?.batch_execute("BEGIN")?;
+        c.client()?.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"))?;
         c.in_transaction = true;
         Ok(None)
     })
@@ -476,6 +466,28 @@ impl Engine for PgEngine {
         let row = self.run(|c| c.query("SELECT pg_total_relation_size('keygate_kv')", &[]))?;
         let bytes: i64 = row.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0);
         Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
+    fn follow(&self, on_announcement: OnAnnouncement) -> Result<(), StoreError> {
+        let listener = follow::Listener::start(Arc::clone(&self.config), on_announcement)?;
+        if let Some(old) = self.listener.lock().unwrap_or_else(PoisonError::into_inner).replace(listener) {
+            old.stop();
+        }
+        Ok(())
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn shared_limits(&self) -> Option<&dyn crate::store::limits::SharedLimits> {
+        Some(self)
+    }
+
+    fn end_startup(&self) {
+        if let Some(lock) = self.startup.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            lock.release();
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The PostgreSQL engine against a real server (`KEYGATE_TEST_POSTGRES`); skipped without one.
 
 use super::*;
+use crate::store::{Key, Store, StoreOptions};
+use std::time::{Duration, Instant};
 
 /// A new, empty database on the test server, or `None` (with a note) without one.
 fn fresh_database() -> Option<String> {
@@ -94,15 +96,23 @@ fn an_aborted_transaction_leaves_nothing_and_a_committed_one_everything() {
 }
 
 #[test]
-fn a_second_admin_is_refused_and_a_reopened_database_has_its_data() {
+fn replicas_share_a_database_and_start_up_one_at_a_time() {
     let Some(url) = fresh_database() else { return };
     let first = PgEngine::open(&url).unwrap();
     first.put(4, b"k", b"v").unwrap();
-    first.flush().unwrap();
-    assert!(matches!(PgEngine::open(&url), Err(StoreError::InUse)));
-    drop(first);
+    let (opened, second) = sync_channel(1);
+    let url2 = url.clone();
+    let opener = std::thread::spawn(move || opened.send(PgEngine::open(&url2).map(|_| ()).is_ok()).unwrap());
+    // The second waits while the first is starting up...
+    assert!(second.recv_timeout(std::time::Duration::from_millis(500)).is_err(), "opened during another's start-up");
+    first.end_startup();
+    // ...and opens once it is done, with both running on the same data.
+    assert!(second.recv_timeout(std::time::Duration::from_secs(10)).unwrap());
+    opener.join().unwrap();
     let again = PgEngine::open(&url).unwrap();
     assert_eq!(again.get(4, b"k").unwrap(), Some(b"v".to_vec()));
+    again.transact(&mut |tx| tx.insert(4, b"k2", b"w")).unwrap();
+    assert_eq!(first.get(4, b"k2").unwrap(), Some(b"w".to_vec()));
 }
 
 #[test]
@@ -115,4 +125,106 @@ fn works_from_inside_a_tokio_runtime() {
         assert_eq!(engine.get(0, b"k").unwrap(), Some(b"v".to_vec()));
         drop(engine);
     });
+}
+
+/// Two replicas (two stores on one database), the first started up.
+fn two_replicas(url: &str) -> (Store, Store) {
+    let a = Store::open_postgres(url, &StoreOptions::default()).unwrap();
+    a.startup_done();
+    let b = Store::open_postgres(url, &StoreOptions::default()).unwrap();
+    b.startup_done();
+    (a, b)
+}
+
+fn key_numbered(n: u32) -> Key {
+    let mut hash = [0u8; 32];
+    hash[..4].copy_from_slice(&n.to_be_bytes());
+    hash[4] = 1;
+    let mut key = crate::store::testing::key(&format!("key_{n}"), "biz_a", 0);
+    key.hash = keygate_core::KeyHash(hash);
+    key
+}
+
+/// A commit through one replica is announced to the other: its feed sees the new head
+/// within milliseconds (its long-polls wake on this), and a signing-key change asks it to
+/// reload its signing keys.
+#[test]
+fn a_commit_through_one_replica_reaches_the_other() {
+    let Some(url) = fresh_database() else { return };
+    let (a, b) = two_replicas(&url);
+    crate::store::testing::add_business(&a, "biz_a");
+    let mut durable = b.durable();
+    let signing = b.signing_changes();
+    let seen_signing = *signing.borrow();
+    let started = Instant::now();
+    let ticket = a.create_key(&key_numbered(1)).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), durable.wait_for(|d| d.version >= ticket.version)).await })
+        .expect("the other replica heard of the commit")
+        .unwrap();
+    let heard_in = started.elapsed();
+    assert!(b.full_snapshot(0).unwrap().keys.iter().any(|k| k.hash == key_numbered(1).hash));
+    assert_eq!(*signing.borrow(), seen_signing, "a key is not a signing key");
+    eprintln!("heard in {heard_in:?}");
+    // A new store has no signing key: the token service adds the first.
+    let _tokens = crate::tokens::TokenService::load(&a, &crate::config::Config::new("unused")).unwrap();
+    let mut signing = signing;
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), signing.wait_for(|n| *n != seen_signing)).await })
+        .expect("the other replica was asked to reload its signing keys")
+        .unwrap();
+}
+
+/// Writers on two replicas at once, and a reader that reads the changelog through either
+/// replica in turn: versions become visible in order, with no gap ever filled later (a
+/// lower version never appears after a higher one), and every write has its version.
+#[test]
+fn changelog_versions_become_visible_in_order_across_replicas() {
+    let Some(url) = fresh_database() else { return };
+    let (a, b) = two_replicas(&url);
+    crate::store::testing::add_business(&a, "biz_a");
+    const WRITERS_PER_REPLICA: u32 = 3;
+    const WRITES: u32 = 60;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (seen, acknowledged) = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut last = 0;
+            let mut reads = 0u32;
+            let mut finishing = false;
+            loop {
+                let replica = if reads.is_multiple_of(2) { &a } else { &b };
+                reads += 1;
+                let fresh: Vec<u64> = replica
+                    .trees()
+                    .changelog
+                    .range(crate::store::tx::be(last + 1)..)
+                    .map(|e| crate::store::tx::from_be(&e.unwrap().0).unwrap())
+                    .collect();
+                for (i, version) in fresh.iter().enumerate() {
+                    assert_eq!(*version, last + 1 + i as u64, "version {version} visible before a lower one (read {reads})");
+                }
+                last += fresh.len() as u64;
+                if finishing {
+                    return last;
+                }
+                finishing = done.load(std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let writers: Vec<_> = (0..2 * WRITERS_PER_REPLICA)
+            .map(|w| {
+                let replica = if w.is_multiple_of(2) { &a } else { &b };
+                scope.spawn(move || {
+                    (0..WRITES).map(|i| replica.create_key(&key_numbered(w * 10_000 + i)).unwrap().version).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut versions: Vec<u64> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        versions.sort_unstable();
+        (reader.join().unwrap(), versions)
+    });
+    let total = u64::from(2 * WRITERS_PER_REPLICA * WRITES);
+    assert_eq!(acknowledged, (1..=total).collect::<Vec<_>>(), "each write has its own version, none skipped");
+    assert_eq!(seen, total);
 }

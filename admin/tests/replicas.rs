@@ -1,0 +1,135 @@
+//! Two admin replicas on one PostgreSQL database (`KEYGATE_TEST_POSTGRES`; skipped on sled,
+//! which one process opens at a time): what one replica does, the other knows.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use keygate_admin::{Config, StoreLocation};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+/// Two replicas on one new database, each with the test configuration changed by `edit`;
+/// `None` (with a note) without a PostgreSQL server.
+async fn two_replicas(edit: impl Fn(&mut Config)) -> Option<(Server, Server)> {
+    let Some(server) = postgres_under_test() else {
+        eprintln!("note: KEYGATE_TEST_POSTGRES is unset; replica test skipped");
+        return None;
+    };
+    let url = fresh_database(&server);
+    let mut configs = [0, 1].map(|_| config_at(StoreLocation::Postgres(url.clone())));
+    configs.iter_mut().for_each(&edit);
+    let [a, b] = configs;
+    Some((Server::start_with(a).await, Server::start_with(b).await))
+}
+
+/// A key created through one replica wakes a long-poll waiting on the other at once, and the
+/// delta it answers carries the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_one_replica_wakes_the_long_polls_of_the_other() {
+    let Some((a, b)) = two_replicas(|_| {}).await else { return };
+    let biz = a.business("Acme").await;
+    let (_, start) = b.snapshot("").await;
+    let version = start["version"].as_u64().unwrap();
+    let history = start["history"].as_str().unwrap().to_owned();
+    let poll = {
+        let (client, base) = (b.client.clone(), b.base.clone());
+        tokio::spawn(async move {
+            let response = client
+                .get(format!("{base}/v1/snapshot?since={version}&history={history}&wait=20"))
+                .bearer_auth(PROXY)
+                .send()
+                .await
+                .unwrap();
+            (Instant::now(), response.json::<serde_json::Value>().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let created_at = Instant::now();
+    let _key = a.key(&biz).await;
+    let (answered_at, delta) = poll.await.unwrap();
+    let latency = answered_at.saturating_duration_since(created_at);
+    assert!(latency < Duration::from_secs(2), "the other replica's long-poll answered after {latency:?}");
+    assert_eq!(delta["since"], json!(version), "{delta}");
+    assert!(delta["version"].as_u64().unwrap() > version, "{delta}");
+    assert_eq!(delta["keys"].as_array().map(Vec::len), Some(1), "{delta}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Wrong passwords through both replicas count together: the pair is blocked after its free
+/// failures in all, not after that many on each replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_failures_through_both_replicas_count_together() {
+    let Some((a, b)) = two_replicas(|c| c.throttle.pair_free = 4).await else { return };
+    let biz = a.business("Acme").await;
+    let _ = a.user("ann@example.com", "correct horse", &[&biz]).await;
+    for n in 0..4 {
+        let replica = if n % 2 == 0 { &a } else { &b };
+        let (status, body) = replica.signin("ann@example.com", "wrong").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "failure {n}: {body}");
+    }
+    for replica in [&a, &b] {
+        let (status, body) = replica.signin("ann@example.com", "correct horse").await;
+        assert_error(status, &body, 429, "rate_limited");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// An API key's logins through both replicas draw on one bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_logins_through_both_replicas_share_one_bucket() {
+    let Some((a, b)) = two_replicas(|c| {
+        c.login_limit.per_key_per_minute = 4;
+        c.login_limit.per_client_per_minute = 1000;
+    })
+    .await
+    else {
+        return;
+    };
+    let biz = a.business("Acme").await;
+    let key = a.key(&biz).await;
+    let raw = key["key"].as_str().unwrap();
+    for n in 0..4 {
+        let replica = if n % 2 == 0 { &a } else { &b };
+        let (status, body) = replica.login(raw, Some(&format!("client-session-{n}"))).await;
+        assert_eq!(status, StatusCode::OK, "login {n}: {body}");
+    }
+    for replica in [&a, &b] {
+        let (status, body) = replica.login(raw, Some("client-session-over")).await;
+        assert_error(status, &body, 429, "rate_limited");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A signing key rotated through one replica signs the other's next token, and the tokens
+/// each replica signs verify on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_key_rotated_through_one_replica_signs_on_the_other() {
+    let Some((a, b)) = two_replicas(|_| {}).await else { return };
+    let biz = a.business("Acme").await;
+    let _ = a.user("ann@example.com", "correct horse", &[&biz]).await;
+    let (status, rotated) = a.send(Method::POST, "/v1/signing-keys/rotate", Some(OPERATOR), None).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_kid = rotated["kid"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let token = loop {
+        let (status, signin) = b.signin("ann@example.com", "correct horse").await;
+        assert_eq!(status, StatusCode::OK, "{signin}");
+        let token = signin["accessToken"].as_str().unwrap().to_owned();
+        if keygate_core::token::checked_kid(&token).ok().as_deref() == Some(new_kid.as_str()) {
+            break token;
+        }
+        assert!(Instant::now() < deadline, "the other replica still signs with the old key");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (status, body) = a.get(&format!("/v1/businesses/{biz}/keys"), Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, jwks) = b.get("/.well-known/jwks.json", None).await;
+    assert!(jwks.to_string().contains(&new_kid), "{jwks}");
+    a.stop().await;
+    b.stop().await;
+}
