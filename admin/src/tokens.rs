@@ -37,6 +37,10 @@ pub struct Grant {
 /// The signing keys in use: swapped whole when a key is rotated in or withdrawn.
 struct Keys {
     signer: SigningKeyPair,
+    /// Every stored key's pair by kid, so claims picked just before a rotation (or a
+    /// reload after one made through another replica) are still signed by the key they
+    /// name, which stays published until its `remove_after`.
+    pairs: HashMap<String, SigningKeyPair>,
     verifiers: HashMap<String, DecodingKey>,
     published: Vec<SigningKeyEntry>,
 }
@@ -73,13 +77,15 @@ fn keys_of(stored: &[SigningKey]) -> Result<Keys, AdminError> {
         stored.iter().filter(|k| k.retired_at.is_none()).max_by_key(|k| k.created_at).ok_or(AdminError::Internal("no signing key"))?;
     let signer = pair_of(current)?;
     let mut verifiers = HashMap::new();
+    let mut pairs = HashMap::new();
     let mut published = Vec::new();
     for key in stored {
+        pairs.insert(key.kid.clone(), pair_of(key)?);
         let decoding = DecodingKey::from_ed_components(&key.public.x).map_err(AdminError::Signing)?;
         verifiers.insert(key.kid.clone(), decoding);
         published.push(key.public.clone());
     }
-    Ok(Keys { signer, verifiers, published })
+    Ok(Keys { signer, pairs, verifiers, published })
 }
 
 fn pair_of(key: &SigningKey) -> Result<SigningKeyPair, AdminError> {
@@ -170,13 +176,12 @@ impl TokenService {
             && issued.claims.exp > now
     }
 
-    /// Signs the claims. Ed25519 is deterministic: the same claims give the same token.
+    /// Signs the claims with the key they name. Ed25519 is deterministic: the same claims
+    /// give the same token.
     pub fn sign(&self, issued: &IssuedToken) -> Result<String, AdminError> {
         let keys = self.keys();
-        if issued.kid != keys.signer.kid() {
-            return Err(AdminError::Internal("asked to sign with a key that is not the current signer"));
-        }
-        keys.signer.sign(&issued.claims).map_err(AdminError::Signing)
+        let pair = keys.pairs.get(&issued.kid).ok_or(AdminError::Internal("asked to sign with a withdrawn signing key"))?;
+        pair.sign(&issued.claims).map_err(AdminError::Signing)
     }
 
     /// Checks a bearer token the way a proxy would (header, kid, signature, iss/aud,

@@ -183,6 +183,14 @@ async fn usage_reports_update_last_used_and_hourly_counts() {
     let (status, usage) = server.get(&format!("/v1/keys/{id}/usage"), Some(OPERATOR)).await;
     assert_eq!(status, StatusCode::OK, "{usage}");
     assert_eq!(usage["total"], json!(5));
+    // One key twice in one report: both count, the later time wins.
+    let twice = json!({"usage": [{"key_id": id, "count": 3, "last_used_at": at + 1}, {"key_id": id, "count": 4, "last_used_at": at + 2}]});
+    let (status, body) = server.post("/v1/usage", Some(PROXY), twice).await;
+    assert_eq!(body, json!({"accepted": 2, "ignored": 0}), "{status}");
+    let (_, usage) = server.get(&format!("/v1/keys/{id}/usage"), Some(OPERATOR)).await;
+    assert_eq!(usage["total"], json!(12), "{usage}");
+    let (_, listed) = server.get(&format!("/v1/businesses/{biz}/keys"), Some(OPERATOR)).await;
+    assert_eq!(listed["keys"][0]["last_used_at"], json!(keygate_admin::rfc3339::format(at + 2)));
     assert!(!usage["hours"].as_array().unwrap().is_empty());
     // Usage is not in the changelog.
     let (_, after) = server.snapshot("").await;
@@ -543,4 +551,39 @@ async fn concurrent_signing_key_rotations_leave_exactly_one_signer() {
         assert_eq!(kid_of(login["access_token"].as_str().unwrap()), current[0]);
     }
     server.stop().await;
+}
+
+/// Claims picked just before a rotation are signed by the key they name (still published),
+/// never refused with a 500: logins and rotations race here on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_racing_signing_key_rotations_all_succeed() {
+    let server = Server::fresh_with(|cfg| {
+        cfg.login_limit.per_client_per_minute = 1000;
+        cfg.login_limit.per_key_per_minute = 1000;
+    })
+    .await;
+    let biz = server.business("Acme").await;
+    let key = server.key(&biz).await;
+    let raw = key["key"].as_str().unwrap();
+    let owned = server;
+    let server = &owned;
+    let rotations = async {
+        for _ in 0..30 {
+            let (status, body) = server.send(Method::POST, "/v1/signing-keys/rotate", Some(OPERATOR), None).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    let logins = futures_util::future::join_all((0..90).map(|i| async move {
+        let session = format!("race-{i}");
+        server.login(raw, Some(&session)).await
+    }));
+    let ((), answers) = tokio::join!(rotations, logins);
+    let (_, jwks) = server.get("/.well-known/jwks.json", None).await;
+    let published: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+        let kid = kid_of(body["access_token"].as_str().unwrap());
+        assert!(published.contains(&kid.as_str()), "{kid} not in {published:?}");
+    }
+    owned.stop().await;
 }

@@ -51,6 +51,15 @@ pub(super) trait EngineTx {
     fn get(&self, tree: usize, key: &[u8]) -> Result<Option<Vec<u8>>, TxError>;
     fn insert(&self, tree: usize, key: &[u8], value: &[u8]) -> Result<(), TxError>;
     fn remove(&self, tree: usize, key: &[u8]) -> Result<(), TxError>;
+    /// The values of `keys`, in the order asked (an engine over a network reads them in
+    /// one round trip).
+    fn get_many(&self, tree: usize, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, TxError> {
+        keys.iter().map(|key| self.get(tree, key)).collect()
+    }
+    /// Writes every entry; of two with one key, the later wins.
+    fn insert_many(&self, tree: usize, entries: Vec<Entry>) -> Result<(), TxError> {
+        entries.iter().try_for_each(|(key, value)| self.insert(tree, key, value))
+    }
     /// Announces `what` to every follower when (and only if) this transaction commits.
     /// An engine only one process can open has no one to tell.
     fn announce(&self, _what: Announcement) -> Result<(), TxError> {

@@ -1,5 +1,7 @@
 //! API keys: create, import, activate, expiry, rotate, usage, and the per-business index.
 
+use std::collections::{BTreeSet, HashMap};
+
 use keygate_core::snapshot::RevokedSession;
 use keygate_core::{KeyHash, UnixTime};
 
@@ -176,26 +178,36 @@ impl Store {
     /// future) and hourly counts. Unknown keys are skipped. Not in the changelog.
     /// Returns (accepted, ignored).
     pub fn record_usage(&self, items: &[keygate_core::usage::KeyUsage]) -> Result<((usize, usize), Ticket), StoreError> {
+        let wanted: Vec<_> = items.iter().filter(|item| item.key_id.len() <= 64 && item.key_id.starts_with("key_")).collect();
+        let ids: Vec<Vec<u8>> = wanted.iter().map(|item| item.key_id.as_bytes().to_vec()).collect();
         self.write(|tx| {
-            let (mut accepted, mut ignored) = (0, 0);
-            for item in items {
-                let known = item.key_id.len() <= 64 && item.key_id.starts_with("key_");
-                let Some(mut key) = (if known { tx.keys.get::<Key>(item.key_id.as_bytes())? } else { None }) else {
+            // Read together and written together: over a network each is one round trip
+            // rather than one per key, and the write lock is held that much shorter.
+            let mut keys: HashMap<&[u8], Key> =
+                ids.iter().zip(tx.keys.get_many::<Key>(&ids)?).filter_map(|(id, key)| Some((id.as_slice(), key?))).collect();
+            let mut records: HashMap<&[u8], KeyUsageRecord> =
+                ids.iter().zip(tx.usage.get_many::<KeyUsageRecord>(&ids)?).filter_map(|(id, r)| Some((id.as_slice(), r?))).collect();
+            let (mut keys_used, mut records_used) = (BTreeSet::new(), BTreeSet::new());
+            let (mut accepted, mut ignored) = (0, items.len() - wanted.len());
+            for item in &wanted {
+                let id = item.key_id.as_bytes();
+                let Some(key) = keys.get_mut(id) else {
                     ignored += 1;
                     continue;
                 };
                 let at = item.last_used_at.min(tx.now.saturating_add(60));
                 if key.last_used_at.is_none_or(|last| last < at) {
                     key.last_used_at = Some(at);
-                    tx.keys.put(item.key_id.as_bytes(), &key)?;
+                    keys_used.insert(id);
                 }
                 if item.count > 0 {
-                    let mut record: KeyUsageRecord = tx.usage.get(item.key_id.as_bytes())?.unwrap_or_default();
-                    record.add(at, item.count);
-                    tx.usage.put(item.key_id.as_bytes(), &record)?;
+                    records.entry(id).or_default().add(at, item.count);
+                    records_used.insert(id);
                 }
                 accepted += 1;
             }
+            tx.keys.put_many(keys_used.iter().filter_map(|id| Some((*id, keys.get(id)?))))?;
+            tx.usage.put_many(records_used.iter().filter_map(|id| Some((*id, records.get(id)?))))?;
             Ok((accepted, ignored))
         })
     }

@@ -101,6 +101,22 @@ impl TxTree<'_> {
         }
     }
 
+    /// The values of `keys`, in the order asked, read together.
+    pub(super) fn get_many<T: DeserializeOwned>(&self, keys: &[Vec<u8>]) -> TxResult<Vec<Option<T>>> {
+        let values = self.tx.get_many(self.tree, keys)?;
+        Ok(values.iter().map(|value| value.as_deref().map(|bytes| decode(self.name, bytes)).transpose()).collect::<Result<_, _>>()?)
+    }
+
+    /// Writes every entry together.
+    pub(super) fn put_many<'v, T: Serialize + 'v>(&self, entries: impl IntoIterator<Item = (&'v [u8], &'v T)>) -> TxResult<()> {
+        let entries = entries.into_iter().map(|(key, value)| Ok((key.to_vec(), encode(value)?))).collect::<Result<Vec<_>, StoreError>>()?;
+        if !entries.is_empty() {
+            self.tx.insert_many(self.tree, entries)?;
+            self.dirty.set(true);
+        }
+        Ok(())
+    }
+
     pub(super) fn contains(&self, key: &[u8]) -> TxResult<bool> {
         Ok(self.get_raw(key)?.is_some())
     }

@@ -31,14 +31,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use postgres::error::SqlState;
-use postgres::types::ToSql;
-use postgres::{Client, NoTls, Statement};
 
 use super::engine::{Announcement, Engine, EngineTx, Entries, Entry, OnAnnouncement, TxBody, TxError};
 use super::StoreError;
 
+mod connection;
 mod follow;
 mod limits;
+
+use connection::Connection;
 
 /// Connections for reads and transactions.
 const POOL_SIZE: usize = 4;
@@ -63,92 +64,9 @@ const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS keygate_kv (
 /// Work for a connection thread.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
-/// One connection, opened again on its next job if it was lost, with its prepared
-/// statements.
-struct Connection {
-    config: Arc<postgres::Config>,
-    client: Option<Client>,
-    statements: HashMap<String, Statement>,
-    /// Inside a transaction: a lost connection is an error, never silently replaced (the
-    /// statements after it would run outside the transaction).
-    in_transaction: bool,
-}
-
-impl Connection {
-    fn client(&mut self) -> Result<&mut Client, StoreError> {
-        if self.client.as_ref().is_some_and(Client::is_closed) {
-            self.client = None;
-        }
-        match &mut self.client {
-            Some(client) => Ok(client),
-            _ if self.in_transaction => Err(StoreError::Unavailable("the PostgreSQL connection was lost during a transaction".into())),
-            slot => {
-                self.statements.clear();
-                Ok(slot.insert(self.config.connect(NoTls).map_err(StoreError::from)?))
-            }
-        }
-    }
-
-    /// `sql`, prepared once per connection.
-    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
-        if let Some(statement) = self.statements.get(sql) {
-            return Ok(statement.clone());
-        }
-        let statement = self.client()?.prepare(sql)?;
-        self.statements.insert(sql.to_owned(), statement.clone());
-        Ok(statement)
-    }
-
-    fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<postgres::Row>, StoreError> {
-        let statement = self.statement(sql)?;
-        Ok(self.client()?.query(&statement, params)?)
-    }
-
-    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
-        let statement = self.statement(sql)?;
-        Ok(self.client()?.execute(&statement, params)?)
-    }
-
-    fn get(&mut self, tree: i16, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let rows = self.query("SELECT value FROM keygate_kv WHERE tree = $1 AND key = $2", &[&tree, &key])?;
-        Ok(rows.first().map(|row| row.try_get(0)).transpose()?)
-    }
-
-    fn insert(&mut self, tree: i16, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO keygate_kv (tree, key, value) VALUES ($1, $2, $3) ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
-            &[&tree, &key, &value],
-        )?;
-        Ok(())
-    }
-
-    fn remove(&mut self, tree: i16, key: &[u8]) -> Result<(), StoreError> {
-        self.execute("DELETE FROM keygate_kv WHERE tree = $1 AND key = $2", &[&tree, &key])?;
-        Ok(())
-    }
-
-    /// Up to [`PAGE`] entries of `tree` between the bounds, in key order.
-    fn page(&mut self, tree: i16, from: &Bound<Vec<u8>>, to: &Bound<Vec<u8>>) -> Result<Vec<Entry>, StoreError> {
-        let mut sql = "SELECT key, value FROM keygate_kv WHERE tree = $1".to_owned();
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&tree];
-        for (bound, included, excluded) in [(from, ">=", ">"), (to, "<=", "<")] {
-            let (op, key) = match bound {
-                Bound::Included(key) => (included, key),
-                Bound::Excluded(key) => (excluded, key),
-                Bound::Unbounded => continue,
-            };
-            params.push(key);
-            sql.push_str(&format!(" AND key {op} ${}", params.len()));
-        }
-        params.push(&PAGE);
-        sql.push_str(&format!(" ORDER BY key LIMIT ${}", params.len()));
-        let rows = self.query(&sql, &params)?;
-        Ok(rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect::<Result<_, postgres::Error>>()?)
-    }
-}
-
 /// What a transaction runs on its connection.
-type TxJob = Box<dyn FnOnce(&mut Connection) -> Result<Option<Vec<u8>>, StoreError> + Send>;
+/// Its answer: the values read, if it read any.
+type TxJob = Box<dyn FnOnce(&mut Connection) -> Result<Vec<Option<Vec<u8>>>, StoreError> + Send>;
 
 pub(super) struct PgEngine {
     config: Arc<postgres::Config>,
@@ -295,11 +213,11 @@ impl Iterator for RangePages<'_> {
 /// A transaction's side of its connection thread: each read or write is a job there.
 struct PgTx {
     jobs: Sender<TxJob>,
-    answers: Receiver<Result<Option<Vec<u8>>, StoreError>>,
+    answers: Receiver<Result<Vec<Option<Vec<u8>>>, StoreError>>,
 }
 
 impl PgTx {
-    fn run(&self, job: TxJob) -> Result<Option<Vec<u8>>, TxError> {
+    fn run(&self, job: TxJob) -> Result<Vec<Option<Vec<u8>>>, TxError> {
         self.jobs.send(job).map_err(|_| TxError::Abort(gone()))?;
         match self.answers.recv() {
             Ok(Ok(value)) => Ok(value),
@@ -325,24 +243,37 @@ fn tx_error(e: StoreError) -> TxError {
 impl EngineTx for PgTx {
     fn get(&self, tree: usize, key: &[u8]) -> Result<Option<Vec<u8>>, TxError> {
         let (tree, key) = (tree_number(tree)?, key.to_vec());
-        self.run(Box::new(move |c| c.get(tree, &key)))
+        Ok(self.run(Box::new(move |c| c.get(tree, &key).map(|value| vec![value])))?.into_iter().next().flatten())
+    }
+
+    fn get_many(&self, tree: usize, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, TxError> {
+        let (tree, keys) = (tree_number(tree)?, keys.to_vec());
+        self.run(Box::new(move |c| c.get_many(tree, &keys)))
+    }
+
+    fn insert_many(&self, tree: usize, entries: Vec<Entry>) -> Result<(), TxError> {
+        let tree = tree_number(tree)?;
+        let entries: BTreeMap<Vec<u8>, Vec<u8>> = entries.into_iter().collect();
+        let (keys, values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = entries.into_iter().unzip();
+        self.run(Box::new(move |c| c.insert_many(tree, &keys, &values).map(|()| Vec::new())))?;
+        Ok(())
     }
 
     fn insert(&self, tree: usize, key: &[u8], value: &[u8]) -> Result<(), TxError> {
         let (tree, key, value) = (tree_number(tree)?, key.to_vec(), value.to_vec());
-        self.run(Box::new(move |c| c.insert(tree, &key, &value).map(|()| None)))?;
+        self.run(Box::new(move |c| c.insert(tree, &key, &value).map(|()| Vec::new())))?;
         Ok(())
     }
 
     fn remove(&self, tree: usize, key: &[u8]) -> Result<(), TxError> {
         let (tree, key) = (tree_number(tree)?, key.to_vec());
-        self.run(Box::new(move |c| c.remove(tree, &key).map(|()| None)))?;
+        self.run(Box::new(move |c| c.remove(tree, &key).map(|()| Vec::new())))?;
         Ok(())
     }
 
     fn announce(&self, what: Announcement) -> Result<(), TxError> {
         let payload = follow::payload(what);
-        self.run(Box::new(move |c| c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).map(|_| None)))?;
+        self.run(Box::new(move |c| c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).map(|_| Vec::new())))?;
         Ok(())
     }
 }
@@ -352,7 +283,7 @@ fn begin() -> TxJob {
     Box::new(|c| {
         c.client()?.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"))?;
         c.in_transaction = true;
-        Ok(None)
+        Ok(Vec::new())
     })
 }
 
@@ -361,7 +292,7 @@ fn end(sql: &'static str) -> TxJob {
     Box::new(move |c| {
         c.client()?.batch_execute(sql)?;
         c.in_transaction = false;
-        Ok(None)
+        Ok(Vec::new())
     })
 }
 
@@ -445,14 +376,7 @@ impl Engine for PgEngine {
         let mut entries = entries.into_iter().peekable();
         while entries.peek().is_some() {
             let (keys, values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = entries.by_ref().take(PUT_BATCH).unzip();
-            self.run(move |c| {
-                c.execute(
-                    "INSERT INTO keygate_kv (tree, key, value) SELECT $1, k, v FROM unnest($2::bytea[], $3::bytea[]) AS e(k, v)
-                     ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
-                    &[&tree, &keys, &values],
-                )
-                .map(|_| ())
-            })?;
+            self.run(move |c| c.insert_many(tree, &keys, &values))?;
         }
         Ok(())
     }

@@ -15,7 +15,9 @@ fn fresh_database() -> Option<String> {
     let name = format!("kg_unit_{:016x}", u64::from_le_bytes(seed));
     let create = format!("CREATE DATABASE {name}");
     let admin_url = server.clone();
-    std::thread::spawn(move || postgres::Client::connect(&admin_url, NoTls).unwrap().batch_execute(&create).unwrap()).join().unwrap();
+    std::thread::spawn(move || postgres::Client::connect(&admin_url, postgres::NoTls).unwrap().batch_execute(&create).unwrap())
+        .join()
+        .unwrap();
     let (base, _) = server.rsplit_once('/').expect("postgres://USER@HOST:PORT/DBNAME");
     Some(format!("{base}/{name}"))
 }
