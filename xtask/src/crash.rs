@@ -36,29 +36,87 @@ pub(crate) const PROXY: &str = "kgp_crash_test_proxy_token_000000000";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn cmd_crash_test(p: &Paths, args: &[String]) -> ExitCode {
+    const USAGE: &str = "usage: cargo xtask crash-test [--rounds N] [--clients C] [--store sled|postgres]";
     let mut rounds = 20;
     let mut clients = 64;
+    let mut postgres = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let value = it.next().and_then(|v| v.parse::<usize>().ok()).filter(|v| *v > 0);
-        match (a.as_str(), value) {
-            ("--rounds", Some(v)) => rounds = v,
-            ("--clients", Some(v)) => clients = v,
-            _ => return fail("usage: cargo xtask crash-test [--rounds N] [--clients C]"),
+        let Some(value) = it.next() else { return fail(USAGE) };
+        let number = value.parse::<usize>().ok().filter(|v| *v > 0);
+        match (a.as_str(), number, value.as_str()) {
+            ("--rounds", Some(v), _) => rounds = v,
+            ("--clients", Some(v), _) => clients = v,
+            ("--store", _, "sled") => postgres = false,
+            ("--store", _, "postgres") => postgres = true,
+            _ => return fail(USAGE),
         }
     }
-    match crash_test(p, rounds, clients) {
+    let outcome = if postgres { crate::crash_replicas::crash_test_replicas(p, rounds, clients) } else { crash_test(p, rounds, clients) };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
 }
 
-/// A key admin acknowledged (201), and the sessions acknowledged for it (200 on login).
+/// A key admin acknowledged (201), the sessions acknowledged for it (200 on login), and
+/// whether its deactivation was acknowledged.
 #[derive(Clone)]
-struct Acked {
-    id: String,
-    key: String,
-    sessions: Vec<(String, String)>,
+pub(crate) struct Acked {
+    pub(crate) id: String,
+    pub(crate) key: String,
+    pub(crate) sessions: Vec<(String, String)>,
+    pub(crate) deactivated: Deactivation,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deactivation {
+    /// Never asked: the key must pass.
+    No,
+    /// Acknowledged (200): the key must be refused, by admin and by Envoy.
+    Yes,
+    /// Asked, but the answer never came (the admin died): either outcome is right.
+    Unknown,
+}
+
+/// Every `DEACTIVATE_EVERY`th key a client creates is deactivated again.
+const DEACTIVATE_EVERY: usize = 4;
+
+/// One client's writes until `stop`: create a key, log in with it under a new session id,
+/// deactivate every [`DEACTIVATE_EVERY`]th one; each acknowledged write is recorded.
+pub(crate) fn client_writes(addr: &str, business: &str, label: &str, acked: &Mutex<Vec<Acked>>, stop: &AtomicBool, attempts: &AtomicU64) {
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        attempts.fetch_add(1, Ordering::SeqCst);
+        let body = format!(r#"{{"kind": "sk", "mode": "live", "name": {}}}"#, quote(&format!("{label}n{n}")));
+        let Ok(resp) = post(addr, &format!("/v1/businesses/{business}/keys"), Some(OPERATOR), &body) else { break };
+        if resp.status != 201 {
+            continue;
+        }
+        let Some(j) = Json::parse(&resp.body).ok() else { continue };
+        let (Some(id), Some(key)) = (j.str("id"), j.str("key")) else { continue };
+        let index = {
+            let mut list = acked.lock().unwrap_or_else(|e| e.into_inner());
+            list.push(Acked { id: id.to_owned(), key: key.to_owned(), sessions: Vec::new(), deactivated: Deactivation::No });
+            list.len() - 1
+        };
+        let session = format!("crash-{label}-n{n}");
+        let login = format!(r#"{{"api_key": {}, "session_id": {}}}"#, quote(key), quote(&session));
+        n += 1;
+        let Ok(resp) = post(addr, "/auth/login", None, &login) else { break };
+        if resp.status == 200 {
+            if let Some(token) = Json::parse(&resp.body).ok().and_then(|j| j.str("access_token").map(str::to_owned)) {
+                acked.lock().unwrap_or_else(|e| e.into_inner())[index].sessions.push((session, token));
+            }
+        }
+        if n % DEACTIVATE_EVERY == 0 {
+            acked.lock().unwrap_or_else(|e| e.into_inner())[index].deactivated = Deactivation::Unknown;
+            let Ok(resp) = post(addr, &format!("/v1/keys/{id}/deactivate"), Some(OPERATOR), "{}") else { break };
+            if resp.status == 200 {
+                acked.lock().unwrap_or_else(|e| e.into_inner())[index].deactivated = Deactivation::Yes;
+            }
+        }
+    }
 }
 
 /// Starts admin on `addr` (a fixed port, so Envoy's cluster finds it after each restart).
@@ -77,7 +135,7 @@ pub(crate) fn post(addr: &str, path: &str, bearer: Option<&str>, body: &str) -> 
 }
 
 /// A random number below `n` from the OS (std has no generator).
-fn random_below(n: u64) -> u64 {
+pub(crate) fn random_below(n: u64) -> u64 {
     let mut b = [0u8; 8];
     let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
     u64::from_le_bytes(b) % n.max(1)
@@ -99,7 +157,7 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
         .ok()
         .and_then(|j| j.str("id").map(str::to_owned))
         .ok_or_else(|| format!("create business: {} {}", created.status, created.body))?;
-    let envoy = Envoy::start(p, &work, &admin_addr)?;
+    let envoy = Envoy::start(p, &work, &[admin_addr.as_str()])?;
     step(&format!("Envoy on {} with the keygate filter; admin on {admin_addr}", envoy.addr));
 
     let mut acked: Vec<Acked> = Vec::new();
@@ -108,6 +166,7 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
         id: "key_NeverIssued00000".into(),
         key: "sk_live_NeverIssuedNeverIssuedNeverIssue000000".into(),
         sessions: vec![("never".into(), "never".into())],
+        deactivated: Deactivation::No,
     };
     if verify(&admin.addr, &business, std::slice::from_ref(&fake))?.1.len() != 3 {
         return Err("the crash test's check does not notice a missing key and session".into());
@@ -117,6 +176,13 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
     // Lost: the unknown key, its session's token, the bad token; passes: the sentinel key.
     if verify_through_envoy(&envoy, &business, &[fake, bogus_token])?.1.len() != 3 {
         return Err("the crash test's check through Envoy does not notice a missing key and a bad token".into());
+    }
+    // A key said to be deactivated that still passes is a wrong decision, and is noticed.
+    let not_deactivated = Acked { deactivated: Deactivation::Yes, sessions: Vec::new(), ..acked[0].clone() };
+    if verify(&admin.addr, &business, std::slice::from_ref(&not_deactivated))?.1.len() != 1
+        || verify_through_envoy(&envoy, &business, std::slice::from_ref(&not_deactivated))?.1.len() != 1
+    {
+        return Err("the crash test's checks do not notice an active key that should be deactivated".into());
     }
     let (mut total_acked, mut total_lost) = (0usize, 0usize);
     let started = Instant::now();
@@ -129,32 +195,7 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
             let (addr, business, round_acked, stop, attempts) =
                 (admin.addr.clone(), business.clone(), Arc::clone(&round_acked), Arc::clone(&stop), Arc::clone(&attempts));
             threads.push(std::thread::spawn(move || {
-                let mut n = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    attempts.fetch_add(1, Ordering::SeqCst);
-                    let body = format!(r#"{{"kind": "sk", "mode": "live", "name": {}}}"#, quote(&format!("r{round}c{client}n{n}")));
-                    let Ok(resp) = post(&addr, &format!("/v1/businesses/{business}/keys"), Some(OPERATOR), &body) else { break };
-                    if resp.status != 201 {
-                        continue;
-                    }
-                    let Some(j) = Json::parse(&resp.body).ok() else { continue };
-                    let (Some(id), Some(key)) = (j.str("id"), j.str("key")) else { continue };
-                    let index = {
-                        let mut list = round_acked.lock().unwrap_or_else(|e| e.into_inner());
-                        list.push(Acked { id: id.to_owned(), key: key.to_owned(), sessions: Vec::new() });
-                        list.len() - 1
-                    };
-                    let session = format!("crash-r{round}-c{client}-n{n}");
-                    let login = format!(r#"{{"api_key": {}, "session_id": {}}}"#, quote(key), quote(&session));
-                    n += 1;
-                    let Ok(resp) = post(&addr, "/auth/login", None, &login) else { break };
-                    if resp.status == 200 {
-                        if let Some(token) = Json::parse(&resp.body).ok().and_then(|j| j.str("access_token").map(str::to_owned)) {
-                            let mut list = round_acked.lock().unwrap_or_else(|e| e.into_inner());
-                            list[index].sessions.push((session, token));
-                        }
-                    }
-                }
+                client_writes(&addr, &business, &format!("r{round}-c{client}"), &round_acked, &stop, &attempts);
             }));
         }
         // Kill at a random moment: 100 ms to 1.6 s into the round.
@@ -209,28 +250,36 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
 }
 
 /// keygate-echo and an Envoy running envoy.yaml with the real filter, in front of admin.
-struct Envoy {
+pub(crate) struct Envoy {
     envoy: Mutex<Proc>,
     _echo: Proc,
     addr: String,
 }
 
 impl Envoy {
-    fn start(p: &Paths, work: &Path, admin_addr: &str) -> Result<Envoy, String> {
+    /// Envoy whose admin cluster lists every address in `admins` (replicas of one store).
+    pub(crate) fn start(p: &Paths, work: &Path, admins: &[&str]) -> Result<Envoy, String> {
         let (echo, echo_port) = stack::start_echo(p, work)?;
-        let admin_port = admin_addr.rsplit(':').next().and_then(|x| x.parse().ok()).ok_or("admin port")?;
-        let yaml = EnvoyYaml {
-            admin_port,
-            echo_port,
-            wasm: &p.wasm,
-            // Every acknowledged key is checked after every round: lift the per-key hourly limit.
-            extra: &[("\"max_staleness_secs\": 600,", "\"max_staleness_secs\": 600, \"rate_limits\": {\"sk_per_hour\": 1000000000},")],
-        };
+        let port = |addr: &str| addr.rsplit(':').next().and_then(|x| x.parse::<u16>().ok()).ok_or(format!("no port in {addr}"));
+        let admin_port = port(admins.first().ok_or("no admin")?)?;
+        // Every acknowledged key is checked after every round: lift the per-key hourly limit.
+        let mut extra = vec![(
+            "\"max_staleness_secs\": 600,".to_owned(),
+            "\"max_staleness_secs\": 600, \"rate_limits\": {\"sk_per_hour\": 1000000000},".to_owned(),
+        )];
+        let endpoint = |port: u16| format!("- endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}");
+        let mut endpoints = endpoint(admin_port);
+        for other in &admins[1..] {
+            endpoints.push_str(&format!("\n        {}", endpoint(port(other)?)));
+        }
+        extra.push((endpoint(admin_port), endpoints));
+        let extra: Vec<(&str, &str)> = extra.iter().map(|(from, to)| (from.as_str(), to.as_str())).collect();
+        let yaml = EnvoyYaml { admin_port, echo_port, wasm: &p.wasm, extra: &extra };
         let envoy = stack::start_envoy(p, work, &yaml, PROXY)?;
         Ok(Envoy { envoy: Mutex::new(envoy.proc), _echo: echo, addr: envoy.addr })
     }
 
-    fn alive(&self) -> Result<(), String> {
+    pub(crate) fn alive(&self) -> Result<(), String> {
         self.envoy.lock().unwrap_or_else(|e| e.into_inner()).alive()
     }
 
@@ -241,7 +290,7 @@ impl Envoy {
 
 /// Creates a key and waits (30 s at most) until it passes through Envoy: the filter then
 /// holds every change admin made before it. Returns it as an acknowledged write.
-fn sync_sentinel(admin: &str, envoy: &Envoy, business: &str) -> Result<Acked, String> {
+pub(crate) fn sync_sentinel(admin: &str, envoy: &Envoy, business: &str) -> Result<Acked, String> {
     let resp = post(
         admin,
         &format!("/v1/businesses/{business}/keys"),
@@ -258,7 +307,7 @@ fn sync_sentinel(admin: &str, envoy: &Envoy, business: &str) -> Result<Acked, St
         envoy.alive()?;
         let r = envoy.get("/key/crash-sync", &[("SECRET_KEY", key)])?;
         if r.status == 200 {
-            return Ok(Acked { id: id.to_owned(), key: key.to_owned(), sessions: Vec::new() });
+            return Ok(Acked { id: id.to_owned(), key: key.to_owned(), sessions: Vec::new(), deactivated: Deactivation::No });
         }
         if Instant::now() > deadline {
             return Err(format!(
@@ -273,7 +322,7 @@ fn sync_sentinel(admin: &str, envoy: &Envoy, business: &str) -> Result<Acked, St
 /// Checks every acknowledged write through Envoy (8 clients): each key on a key route, each
 /// login token with its key and business on a route that needs all three. Returns how many
 /// requests were made and a description of each write that did not pass.
-fn verify_through_envoy(envoy: &Envoy, business: &str, acked: &[Acked]) -> Result<(usize, Vec<String>), String> {
+pub(crate) fn verify_through_envoy(envoy: &Envoy, business: &str, acked: &[Acked]) -> Result<(usize, Vec<String>), String> {
     let next = AtomicU64::new(0);
     let checked = AtomicU64::new(0);
     let lost: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -282,6 +331,12 @@ fn verify_through_envoy(envoy: &Envoy, business: &str, acked: &[Acked]) -> Resul
         for _ in 0..8 {
             scope.spawn(|| {
                 while let Some(a) = usize::try_from(next.fetch_add(1, Ordering::SeqCst)).ok().and_then(|i| acked.get(i)) {
+                    // A deactivated key is refused (401) with or without its tokens.
+                    let want = match a.deactivated {
+                        Deactivation::No => 200,
+                        Deactivation::Yes => 401,
+                        Deactivation::Unknown => continue,
+                    };
                     let mut requests: Vec<(String, Vec<(&str, String)>)> =
                         vec![(format!("key {}", a.id), vec![("SECRET_KEY", a.key.clone())])];
                     for (session, token) in &a.sessions {
@@ -299,9 +354,9 @@ fn verify_through_envoy(envoy: &Envoy, business: &str, acked: &[Acked]) -> Resul
                         let path = if i == 0 { "/key/crash-check" } else { "/crash-check" };
                         checked.fetch_add(1, Ordering::SeqCst);
                         match envoy.get(path, &headers) {
-                            Ok(r) if r.status == 200 => {}
+                            Ok(r) if r.status == want => {}
                             Ok(r) => lost.lock().unwrap_or_else(|e| e.into_inner()).push(format!(
-                                "{what}: Envoy answered {} {}",
+                                "{what}: Envoy answered {} (want {want}) {}",
                                 r.status,
                                 r.body.chars().take(200).collect::<String>()
                             )),
@@ -325,7 +380,7 @@ fn verify_through_envoy(envoy: &Envoy, business: &str, acked: &[Acked]) -> Resul
 
 /// Checks every acknowledged write against the restarted admin; returns how many writes
 /// were checked and a description of each lost one.
-fn verify(addr: &str, business: &str, acked: &[Acked]) -> Result<(usize, Vec<String>), String> {
+pub(crate) fn verify(addr: &str, business: &str, acked: &[Acked]) -> Result<(usize, Vec<String>), String> {
     let listed = http::request(
         "GET",
         addr,
@@ -344,11 +399,19 @@ fn verify(addr: &str, business: &str, acked: &[Acked]) -> Result<(usize, Vec<Str
         if !listed.body.contains(&quote(&a.id)) {
             lost.push(format!("key {} is not listed", a.id));
         }
+        let want = match a.deactivated {
+            Deactivation::No => 200,
+            Deactivation::Yes => 401,
+            Deactivation::Unknown => continue,
+        };
         let login = format!(r#"{{"api_key": {}}}"#, quote(&a.key));
         match post(addr, "/auth/login", None, &login) {
-            Ok(r) if r.status == 200 => {}
-            Ok(r) => lost.push(format!("key {}: login answered {}", a.id, r.status)),
+            Ok(r) if r.status == want => {}
+            Ok(r) => lost.push(format!("key {}: login answered {} (want {want})", a.id, r.status)),
             Err(e) => return Err(e),
+        }
+        if a.deactivated == Deactivation::Yes {
+            continue;
         }
         for (session, token) in &a.sessions {
             checked += 1;

@@ -5,6 +5,7 @@ mod apifuzz;
 mod bench;
 mod browser;
 mod crash;
+mod crash_replicas;
 mod deploy;
 mod fuzz;
 mod http;
@@ -40,7 +41,7 @@ commands:
           a new cluster in target/keygate-pg/ on a loopback port) and `cargo test -p keygate-admin`
           again with KEYGATE_TEST_POSTGRES set, so its servers store there (when the packages
           run include keygate-admin). Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`),
-          crash-test (3 rounds), api-fuzz (25 examples), bench-quick. Prints each phase's wall time; exits non-zero
+          crash-test (3 rounds), crash-test-postgres (3 rounds, 32 clients), api-fuzz (25 examples), bench-quick. Prints each phase's wall time; exits non-zero
           if any phase fails. `.ci/run` runs this.
   bench [--quick]
           keygate vs Envoy's native auth filters side by side (installs wrk, pins Envoy and
@@ -51,7 +52,11 @@ commands:
           when missing, else stable with RUSTC_BOOTSTRAP=1; cargo-fuzz into target/tools when
           missing). N s per target (default 60); --quick: every target 5 s, as test's
           fuzz-quick phase runs it. Build output: fuzz/target/ (gitignored)
-  crash-test [--rounds N] [--clients C]   kill -9 admin under concurrent writes; 0 acknowledged writes lost
+  crash-test [--rounds N] [--clients C] [--store sled|postgres]
+          kill -9 admin under concurrent writes (keys created, logged in, deactivated); 0
+          acknowledged writes lost, 0 wrong decisions through Envoy. --store postgres: a
+          throwaway PostgreSQL (as admin-postgres), two replicas behind one Envoy, a random one
+          killed each round; prints how long the filter took to move to the survivor
   api-fuzz [--examples N]   schemathesis (pinned, into .venv/) against admin's /openapi.json (default 25 per operation)
   import-bench [--keys N] [--no-envoy]
           time `keygate-admin import` of N keys (default 1 000 000; release build), then a
@@ -406,6 +411,8 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
         }
         if cargo_args.is_empty() {
             phase("crash-test", &mut || crash::crash_test(p, 3, 64)); // `cargo xtask crash-test`, quick form
+                                                                      // `cargo xtask crash-test --store postgres`: two replicas, one killed each round.
+            phase("crash-test-postgres", &mut || crash_replicas::crash_test_replicas(p, 3, 32));
         }
         if cargo_args.is_empty() {
             phase("api-fuzz", &mut || apifuzz::api_fuzz(p, 25)); // schemathesis against /openapi.json

@@ -156,11 +156,17 @@ fn a_commit_through_one_replica_reaches_the_other() {
     let (a, b) = two_replicas(&url);
     crate::store::testing::add_business(&a, "biz_a");
     let mut durable = b.durable();
-    let signing = b.signing_changes();
+    let mut signing = b.signing_changes();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    // Once listening, a replica's listener reports `Missed` (it may have missed commits
+    // while connecting), which also asks for a signing-key reload: wait for that first.
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), signing.wait_for(|n| *n > 0)).await })
+        .expect("the other replica's listener started")
+        .unwrap();
     let seen_signing = *signing.borrow();
     let started = Instant::now();
     let ticket = a.create_key(&key_numbered(1)).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     runtime
         .block_on(async { tokio::time::timeout(Duration::from_secs(5), durable.wait_for(|d| d.version >= ticket.version)).await })
         .expect("the other replica heard of the commit")

@@ -1,0 +1,138 @@
+//! `cargo xtask crash-test --store postgres`: the crash test over PostgreSQL, with two admin
+//! replicas on one database behind one Envoy whose admin cluster lists both.
+//!
+//! Each round, C clients write through both replicas (half each): create a key, log in with
+//! it under a new session id, deactivate every fourth key. At a random moment one replica,
+//! picked at random, is SIGKILLed; the other keeps serving its clients. Then:
+//! - failover: a key created through the survivor must pass through Envoy; the time from
+//!   the kill is how long the filter took to move its feed to the survivor (printed per
+//!   round; bounded by the sentinel's 30 s);
+//! - the killed replica is restarted on its port, and every write acknowledged so far, by
+//!   either replica, is checked through it (keys listed and logging in, sessions giving back
+//!   their acknowledged token, deactivated keys refused) and through Envoy (keys pass,
+//!   tokens pass with their key and business, deactivated keys get 401: a 200 there would be
+//!   a wrong decision).
+//!
+//! The database is a throwaway cluster (`postgres::start`); stopped when the test ends.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::crash::{client_writes, post, random_below, sync_sentinel, verify, verify_through_envoy, Acked, Envoy, OPERATOR, PROXY};
+use crate::json::Json;
+use crate::proc::free_port;
+use crate::stack::{self, Admin};
+use crate::{postgres, step, Paths};
+
+/// A fixed seal key for the throwaway database (admin seals signing keys with it).
+pub(crate) const SEAL_KEY: &str = "kgseal_Y3Jhc2gtdGVzdC1zZWFsLWtleS0wMDAwMDAwMDAwMDA";
+
+/// Starts one replica on `addr` over the database at `url`.
+fn start_replica(p: &Paths, url: &str, log: &std::path::Path, addr: &str) -> Result<Admin, String> {
+    let mut cmd = Command::new(&p.admin);
+    cmd.args(["serve", "--addr", addr]);
+    cmd.env("KEYGATE_STORE", url).env("KEYGATE_SEAL_KEY", SEAL_KEY);
+    cmd.env("KEYGATE_OPERATOR_TOKEN", OPERATOR).env("KEYGATE_PROXY_TOKEN", PROXY).env("RUST_LOG", "warn").env("NO_COLOR", "1");
+    // Every acknowledged key is logged in again from this one address when checking.
+    cmd.env("KEYGATE_LOGIN_RATE_PER_CLIENT", "1000000").env("KEYGATE_LOGIN_RATE_PER_KEY", "1000000");
+    stack::start_admin_listening(cmd, log)
+}
+
+pub fn crash_test_replicas(p: &Paths, rounds: usize, clients: usize) -> Result<(), String> {
+    crate::setup_and_build(p)?;
+    let work: PathBuf = p.root.join("target").join("crash-test").join(format!("replicas-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let cluster = postgres::start(p)?;
+    step(&format!("crash test over PostgreSQL: {rounds} rounds x {clients} clients through 2 replicas, one SIGKILLed at random"));
+    let addrs = [format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?)];
+    let logs = [work.join("admin-a.log"), work.join("admin-b.log")];
+    let mut replicas = Vec::new();
+    for (addr, log) in addrs.iter().zip(&logs) {
+        replicas.push(start_replica(p, &cluster.url, log, addr)?);
+    }
+    let created = post(&addrs[0], "/v1/businesses", Some(OPERATOR), r#"{"name": "Crash Test"}"#)?;
+    let business = Json::parse(&created.body)
+        .ok()
+        .and_then(|j| j.str("id").map(str::to_owned))
+        .ok_or_else(|| format!("create business: {} {}", created.status, created.body))?;
+    let envoy = Envoy::start(p, &work, &[addrs[0].as_str(), addrs[1].as_str()])?;
+    step(&format!("Envoy on its own port, admin cluster {} + {}", addrs[0], addrs[1]));
+    let mut acked: Vec<Acked> = vec![sync_sentinel(&addrs[1], &envoy, &business)?];
+    let (mut total_acked, mut total_lost, mut slowest_failover) = (0usize, 0usize, Duration::ZERO);
+    let started = Instant::now();
+    for round in 1..=rounds {
+        let round_acked: Arc<Mutex<Vec<Acked>>> = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let attempts = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for client in 0..clients {
+            let (addr, business, round_acked, stop, attempts) =
+                (addrs[client % 2].clone(), business.clone(), Arc::clone(&round_acked), Arc::clone(&stop), Arc::clone(&attempts));
+            threads.push(std::thread::spawn(move || {
+                client_writes(&addr, &business, &format!("r{round}-c{client}"), &round_acked, &stop, &attempts);
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(100 + random_below(1500)));
+        let victim = usize::from(random_below(2) == 1);
+        let survivor = 1 - victim;
+        replicas[victim].proc.kill(); // SIGKILL
+        let killed = Instant::now();
+        // The survivor's clients keep writing while the filter moves over.
+        let failover = sync_sentinel(&addrs[survivor], &envoy, &business)
+            .map_err(|e| format!("round {round}: after replica {victim} was killed: {e}"))?;
+        let failover_ms = killed.elapsed();
+        slowest_failover = slowest_failover.max(failover_ms);
+        stop.store(true, Ordering::SeqCst);
+        for t in threads {
+            let _ = t.join();
+        }
+        let this_round = std::mem::take(&mut *round_acked.lock().unwrap_or_else(|e| e.into_inner()));
+        acked.extend(this_round.iter().cloned());
+        acked.push(failover);
+        envoy.alive()?;
+        replicas[victim] = start_replica(p, &cluster.url, &logs[victim], &addrs[victim])
+            .map_err(|e| format!("round {round}: the killed replica did not start again: {e}"))?;
+        let (checked, mut lost) = verify(&addrs[victim], &business, &acked)?;
+        acked.push(sync_sentinel(&addrs[victim], &envoy, &business).map_err(|e| format!("round {round}: {e}"))?);
+        let (through_envoy, envoy_lost) = verify_through_envoy(&envoy, &business, &acked)?;
+        lost.extend(envoy_lost);
+        let sessions: usize = this_round.iter().map(|a| a.sessions.len()).sum();
+        total_acked = checked;
+        total_lost += lost.len();
+        println!(
+            "==> round {round}/{rounds}: replica {} killed; {} requests, {} keys + {sessions} sessions acknowledged this round; filter moved to the survivor in {} ms; {checked} writes re-checked through the restarted replica, {through_envoy} through Envoy, {} lost or wrong",
+            ["a", "b"][victim],
+            attempts.load(Ordering::SeqCst),
+            this_round.len(),
+            failover_ms.as_millis(),
+            lost.len()
+        );
+        for l in lost.iter().take(10) {
+            eprintln!("xtask crash-test: LOST {l}");
+        }
+        if !lost.is_empty() {
+            break;
+        }
+    }
+    println!(
+        "==> crash test over PostgreSQL: {rounds} rounds in {:.0} s, {total_acked} writes acknowledged, {total_lost} lost or wrong; slowest failover {} ms",
+        started.elapsed().as_secs_f64(),
+        slowest_failover.as_millis()
+    );
+    if total_lost > 0 {
+        return Err(format!("{total_lost} acknowledged writes were lost or decided wrongly after kill -9 (logs in {})", work.display()));
+    }
+    if total_acked == 0 {
+        return Err("no write was acknowledged before the kill; the test proved nothing".into());
+    }
+    envoy.alive()?;
+    drop(envoy);
+    drop(replicas);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
