@@ -12,7 +12,11 @@
 mod feed;
 pub mod import;
 pub mod ipflood;
+mod keepalive;
 pub mod logins;
+mod proxies;
+mod replicas;
+mod replicas_report;
 mod report;
 mod run;
 mod wrk;
@@ -66,13 +70,22 @@ impl Mode {
 }
 
 pub fn cmd_bench(p: &Paths, args: &[String]) -> ExitCode {
-    let quick = match args {
-        [] => false,
-        [a] if a == "--quick" => true,
-        _ => return crate::fail(&format!("bench takes only --quick, not {}", args.join(" "))),
-    };
+    let (mut quick, mut only_replicas) = (false, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), it.clone().next().map(String::as_str)) {
+            ("--quick", _) => quick = true,
+            ("--only", Some("replicas")) => {
+                only_replicas = true;
+                it.next();
+            }
+            _ => return crate::fail(&format!("bench takes only --quick and --only replicas, not {}", args.join(" "))),
+        }
+    }
     let start = Instant::now();
-    match run::run(p, &Mode::new(quick)) {
+    let mode = Mode::new(quick);
+    let done = if only_replicas { run::run_replicas(p, &mode) } else { run::run(p, &mode) };
+    match done {
         Ok(()) => {
             println!("==> bench: done in {:.0} s", start.elapsed().as_secs_f64());
             ExitCode::SUCCESS
