@@ -406,6 +406,11 @@ fn vm_rss_kb(pid: u32) -> Result<(u64, u64), String> {
     Ok((field("VmRSS:").ok_or("no VmRSS")?, field("VmHWM:").ok_or("no VmHWM")?))
 }
 
+/// The load averages over 1, 5 and 15 minutes (`/proc/loadavg`).
+fn loadavg() -> String {
+    read(Path::new("/proc/loadavg")).map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+}
+
 /// The trimmed stdout of `cmd args…` (empty when it cannot run).
 fn sh(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd).args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()

@@ -43,10 +43,18 @@ commands:
           run include keygate-admin). Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`),
           crash-test (3 rounds), crash-test-postgres (3 rounds, 32 clients), api-fuzz (25 examples), bench-quick. Prints each phase's wall time; exits non-zero
           if any phase fails. `.ci/run` runs this.
-  bench [--quick]
+  bench [--quick] [--only replicas]
           keygate vs Envoy's native auth filters side by side (installs wrk, pins Envoy and
-          wrk with taskset); writes docs/benchmarks.md and docs/benchmarks.json. --quick only
-          checks every configuration's answers (test's last phase); figures in target/bench-run/
+          wrk with taskset); writes docs/benchmarks.md and docs/benchmarks.json. Then the
+          replica part (a throwaway PostgreSQL, as admin-postgres): durable key creates at 64
+          clients on sled vs PostgreSQL with one and two replicas; a key deactivated through
+          replica A until two Envoys fed by replica B refuse it; 1000 simulated proxies
+          long-polling both replicas plus the two Envoys through a burst of 100 deactivations
+          (per change until all have it, p99 target 250 ms; each replica's CPU and RSS).
+          --only replicas: that part alone, rewriting only its section and JSON member.
+          --quick only checks every configuration's answers (test's last phase; the replica
+          part shrunk to 1 s of creates, 3 revocations, 20 simulated proxies); figures in
+          target/bench-run/
   fuzz [--secs N] [--quick] [TARGET...]
           cargo-fuzz over every parser of untrusted input (fuzz/; nightly, installed with rustup
           when missing, else stable with RUSTC_BOOTSTRAP=1; cargo-fuzz into target/tools when

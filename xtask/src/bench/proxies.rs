@@ -35,6 +35,9 @@ pub(super) struct Usage {
 }
 
 pub(super) struct Fanout {
+    pub(super) label: &'static str,
+    /// The replicas' names, in the order of `idle_rss_mb`, `rest` and `burst`.
+    pub(super) names: Vec<&'static str>,
     pub(super) proxies: usize,
     pub(super) envoys: usize,
     /// Per change, from the deactivation's request to the last of every proxy and Envoy
@@ -51,6 +54,9 @@ pub(super) struct Fanout {
     pub(super) rest: Vec<Usage>,
     pub(super) burst: Vec<Usage>,
     pub(super) rest_secs: f64,
+    /// CPU shares (100 % = one core) of PostgreSQL and of xtask, at rest and over the burst.
+    pub(super) others_rest: [f64; 2],
+    pub(super) others_burst: [f64; 2],
     /// Feed answers the simulated proxies received, and connections they had to reopen.
     pub(super) answers: u64,
     pub(super) reconnects: u64,
@@ -69,15 +75,46 @@ struct Shared {
     watch: HashMap<String, usize>,
 }
 
-/// CPU seconds (user + system) `pid` has used so far.
-fn cpu_secs(pid: u32) -> Result<f64, String> {
+/// The fields of /proc/PID/stat after the command name (which may hold spaces), so
+/// `[1]` is the parent's pid and `[11]`, `[12]` are utime and stime.
+fn stat_fields(pid: &str) -> Result<Vec<String>, String> {
     let stat = read(std::path::Path::new(&format!("/proc/{pid}/stat")))?;
-    // Fields after the command name (which may hold spaces) in parentheses; utime and
-    // stime are the 14th and 15th fields of the line.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or("unreadable /proc/PID/stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
+    Ok(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn stat_cpu(f: &[String]) -> Result<f64, String> {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).ok_or("unreadable /proc/PID/stat");
     Ok((ticks(11)? + ticks(12)?) as f64 / sys::clock_ticks() as f64)
+}
+
+/// CPU seconds (user + system) `pid` has used so far.
+fn cpu_secs(pid: u32) -> Result<f64, String> {
+    stat_cpu(&stat_fields(&pid.to_string())?)
+}
+
+/// CPU seconds used so far by PostgreSQL (the postmaster of `pg_data` and its children,
+/// the connections' backends among them; a backend that ended takes its time with it) and
+/// by xtask itself (the simulated proxies and the probes).
+fn others_cpu_secs(pg_data: Option<&std::path::Path>) -> Result<[f64; 2], String> {
+    let xtask = stat_cpu(&stat_fields("self")?)?;
+    let Some(pg_data) = pg_data else { return Ok([f64::NAN, xtask]) };
+    let pidfile = read(&pg_data.join("postmaster.pid"))?;
+    let postmaster = pidfile.lines().next().unwrap_or("").trim().to_owned();
+    let mut pg = stat_cpu(&stat_fields(&postmaster)?)?;
+    for entry in std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // Processes come and go while /proc is read: skip those gone.
+        if let Ok(f) = stat_fields(&name) {
+            if f.get(1) == Some(&postmaster) {
+                pg += stat_cpu(&f).unwrap_or(0.0);
+            }
+        }
+    }
+    Ok([pg, xtask])
 }
 
 /// Usage of `pids` from `before` (CPU seconds at `since`) until now.
@@ -167,9 +204,20 @@ fn proxy(addr: &str, mut since: u64, s: &Shared, changes: usize) -> Result<Vec<O
     Ok(seen)
 }
 
-pub(super) fn fanout(replicas: &[&Admin; 2], business: &str, envoys: &[String], sizes: &Sizes) -> Result<Fanout, String> {
-    let (a, n, changes) = (replicas[0], sizes.proxies, sizes.burst);
-    step(&format!("fan-out: {n} simulated proxies over replicas A and B + {} Envoys on B; {changes} keys for the burst", envoys.len()));
+/// The fan-out over `replicas` (1 or 2: the simulated proxies go to each in turn, the
+/// writes through the first), named `names`, with `envoys` (fed by the last); PostgreSQL's
+/// CPU is measured when `pg_data` (its data directory) is given.
+pub(super) fn fanout(
+    label: &'static str,
+    replicas: &[(&Admin, &'static str)],
+    business: &str,
+    envoys: &[String],
+    sizes: &Sizes,
+    pg_data: Option<&std::path::Path>,
+) -> Result<Fanout, String> {
+    let (names, replicas): (Vec<&'static str>, Vec<&Admin>) = replicas.iter().map(|(a, n)| (*n, *a)).unzip();
+    let (a, n, changes) = (*replicas.first().ok_or("no replica")?, sizes.proxies, sizes.burst);
+    step(&format!("fan-out, {label}: {n} simulated proxies + {} Envoys; {changes} keys for the burst", envoys.len()));
     let mut keys = Vec::with_capacity(changes);
     for _ in 0..changes {
         let (id, key) = create_key(&a.addr, business)?;
@@ -178,9 +226,11 @@ pub(super) fn fanout(replicas: &[&Admin; 2], business: &str, envoys: &[String], 
     }
     // Every proxy starts from A's version, once B has it too (else B answers 410).
     let v0 = healthz_version(&a.addr)?;
-    wait_for(Duration::from_secs(30), Duration::from_millis(20), "replica B at replica A's version", || {
-        Ok((healthz_version(&replicas[1].addr)? >= v0).then_some(()))
-    })?;
+    for r in &replicas[1..] {
+        wait_for(Duration::from_secs(30), Duration::from_millis(20), "replica B at replica A's version", || {
+            Ok((healthz_version(&r.addr)? >= v0).then_some(()))
+        })?;
+    }
     let pids: Vec<u32> = replicas.iter().map(|r| r.proc.pid()).collect();
     let idle_rss_mb = pids.iter().map(|&p| Ok(vm_rss_kb(p)?.0 as f64 / 1024.0)).collect::<Result<Vec<f64>, String>>()?;
 
@@ -194,7 +244,7 @@ pub(super) fn fanout(replicas: &[&Admin; 2], business: &str, envoys: &[String], 
     });
     let mut threads: Vec<JoinHandle<Result<Vec<Option<Instant>>, String>>> = Vec::with_capacity(n);
     for i in 0..n {
-        let (addr, s) = (replicas[i % 2].addr.clone(), Arc::clone(&shared));
+        let (addr, s) = (replicas[i % replicas.len()].addr.clone(), Arc::clone(&shared));
         let t = std::thread::Builder::new()
             .name(format!("proxy-{i}"))
             .stack_size(256 * 1024)
@@ -203,7 +253,7 @@ pub(super) fn fanout(replicas: &[&Admin; 2], business: &str, envoys: &[String], 
         threads.push(t);
     }
     // Stops and joins every proxy thread, whatever happens below.
-    let result = measure(replicas, envoys, &keys, &shared, &pids, sizes);
+    let result = measure(&replicas, envoys, &keys, &shared, &pids, sizes, pg_data);
     shared.stop.store(true, Ordering::SeqCst);
     for c in shared.closers.lock().unwrap_or_else(PoisonError::into_inner).iter() {
         let _ = c.shutdown(Shutdown::Both);
@@ -216,7 +266,7 @@ pub(super) fn fanout(replicas: &[&Admin; 2], business: &str, envoys: &[String], 
             Err(e) => first_err = first_err.or(Some(e)),
         }
     }
-    let (t0s, ack_ms, envoy_at, burst_secs, rest, burst, rest_secs) = result?;
+    let Measured { t0s, ack_ms, envoy_at, burst_secs, rest, burst, rest_secs, others_rest, others_burst } = result?;
     if let Some(e) = first_err {
         return Err(format!("a simulated proxy failed: {e}"));
     }
@@ -233,6 +283,8 @@ pub(super) fn fanout(replicas: &[&Admin; 2], business: &str, envoys: &[String], 
         v.sort_by(f64::total_cmp);
     }
     let f = Fanout {
+        label,
+        names,
         proxies: n,
         envoys: envoys.len(),
         all_ms,
@@ -244,6 +296,8 @@ pub(super) fn fanout(replicas: &[&Admin; 2], business: &str, envoys: &[String], 
         rest,
         burst,
         rest_secs,
+        others_rest,
+        others_burst,
         answers: shared.answers.load(Ordering::SeqCst),
         reconnects: shared.reconnects.load(Ordering::SeqCst),
     };
@@ -257,37 +311,62 @@ pub(super) fn fanout(replicas: &[&Admin; 2], business: &str, envoys: &[String], 
         percentile(&f.envoys_ms, 99.0),
         f.burst_secs
     );
-    for (i, name) in ["A", "B"].iter().enumerate() {
+    for (i, name) in f.names.iter().enumerate() {
         println!(
-            "    replica {name}: RSS {:.0} MB idle → {:.0} MB with the polls held; CPU {:.1} % at rest, {:.1} % during the burst (RSS {:.0} MB)",
+            "    {name}: RSS {:.0} MB idle → {:.0} MB with the polls held; CPU {:.1} % at rest, {:.1} % during the burst (RSS {:.0} MB)",
             f.idle_rss_mb[i], f.rest[i].rss_mb, f.rest[i].cpu_pct, f.burst[i].cpu_pct, f.burst[i].rss_mb
         );
     }
+    println!(
+        "    PostgreSQL CPU {:.1} % at rest, {:.1} % during the burst; xtask (proxies, probes) {:.1} % / {:.1} %",
+        f.others_rest[0], f.others_burst[0], f.others_rest[1], f.others_burst[1]
+    );
     Ok(f)
 }
 
-type Measured = (Vec<Instant>, Vec<f64>, Vec<Vec<Instant>>, f64, Vec<Usage>, Vec<Usage>, f64);
+/// What [`measure`] brings back.
+struct Measured {
+    /// When each deactivation was sent, and how long until A acknowledged it (sorted).
+    t0s: Vec<Instant>,
+    ack_ms: Vec<f64>,
+    /// Per Envoy, per change: its first 401.
+    envoy_at: Vec<Vec<Instant>>,
+    burst_secs: f64,
+    rest: Vec<Usage>,
+    burst: Vec<Usage>,
+    rest_secs: f64,
+    others_rest: [f64; 2],
+    others_burst: [f64; 2],
+}
+
+/// CPU shares (%) from `before` (seconds) over `wall` seconds.
+fn shares(now: [f64; 2], before: [f64; 2], wall: f64) -> [f64; 2] {
+    [(now[0] - before[0]) / wall * 100.0, (now[1] - before[1]) / wall * 100.0]
+}
 
 /// With the proxies started: wait until every poll is held, rest, then the burst.
 fn measure(
-    replicas: &[&Admin; 2],
+    replicas: &[&Admin],
     envoys: &[String],
     keys: &[(String, String)],
     s: &Arc<Shared>,
     pids: &[u32],
     sizes: &Sizes,
+    pg_data: Option<&std::path::Path>,
 ) -> Result<Measured, String> {
     // The Envoys' leaders hold one poll each on B.
     let want = (sizes.proxies + envoys.len()) as u64;
     wait_for(Duration::from_secs(120), Duration::from_millis(50), &format!("{want} long-polls held by the replicas"), || {
-        Ok((held_polls(&replicas[..])? >= want).then_some(()))
+        Ok((held_polls(replicas)? >= want).then_some(()))
     })?;
     step(&format!("{want} long-polls held; {} s at rest", sizes.rest_secs));
     let before: Vec<f64> = pids.iter().map(|&p| cpu_secs(p)).collect::<Result<_, _>>()?;
+    let others_before = others_cpu_secs(pg_data)?;
     let t = Instant::now();
     std::thread::sleep(Duration::from_secs(sizes.rest_secs));
     let rest = usage_since(pids, &before, t)?;
     let rest_secs = t.elapsed().as_secs_f64();
+    let others_rest = shares(others_cpu_secs(pg_data)?, others_before, rest_secs);
     if s.answers.load(Ordering::SeqCst) > 0 {
         return Err("a simulated proxy was answered before any change (its poll was not held)".into());
     }
@@ -301,6 +380,7 @@ fn measure(
         })
         .collect();
     let before: Vec<f64> = pids.iter().map(|&p| cpu_secs(p)).collect::<Result<_, _>>()?;
+    let others_before = others_cpu_secs(pg_data)?;
     let start = Instant::now();
     let auth = format!("Bearer {OPERATOR_TOKEN}");
     let mut conn = Conn::open(&replicas[0].addr, T)?;
@@ -323,6 +403,7 @@ fn measure(
     })?;
     let burst_secs = start.elapsed().as_secs_f64();
     let burst = usage_since(pids, &before, start)?;
+    let others_burst = shares(others_cpu_secs(pg_data)?, others_before, start.elapsed().as_secs_f64());
     ack_ms.sort_by(f64::total_cmp);
-    Ok((t0s, ack_ms, envoy_at, burst_secs, rest, burst, rest_secs))
+    Ok(Measured { t0s, ack_ms, envoy_at, burst_secs, rest, burst, rest_secs, others_rest, others_burst })
 }

@@ -35,6 +35,7 @@ const KEY_ROUTE: &str = r#","routes":[{"prefix":"/key/","require":"key"}]"#;
 
 /// How much each measurement does (quick: a smoke that checks answers, a few seconds).
 pub(super) struct Sizes {
+    pub(super) quick: bool,
     pub(super) create_secs: u64,
     pub(super) create_rounds: usize,
     pub(super) revocations: usize,
@@ -46,9 +47,9 @@ pub(super) struct Sizes {
 impl Sizes {
     pub(super) fn new(quick: bool) -> Sizes {
         if quick {
-            Sizes { create_secs: 1, create_rounds: 1, revocations: 3, proxies: 20, burst: 3, rest_secs: 1 }
+            Sizes { quick, create_secs: 1, create_rounds: 1, revocations: 3, proxies: 20, burst: 3, rest_secs: 1 }
         } else {
-            Sizes { create_secs: 5, create_rounds: 3, revocations: 100, proxies: 1000, burst: 100, rest_secs: 5 }
+            Sizes { quick, create_secs: 5, create_rounds: 3, revocations: 100, proxies: 1000, burst: 100, rest_secs: 5 }
         }
     }
 }
@@ -72,8 +73,11 @@ pub(super) struct ReplicaReport {
     pub(super) cross_ms: Vec<f64>,
     /// Of which: until A acknowledged the deactivation, sorted.
     pub(super) cross_ack_ms: Vec<f64>,
-    pub(super) fanout: Fanout,
+    /// Over two PostgreSQL replicas, and (full runs) over one sled admin as the baseline.
+    pub(super) fanouts: Vec<Fanout>,
     pub(super) nofile: u64,
+    /// `/proc/loadavg` (1, 5, 15 min) when the part started.
+    pub(super) loadavg_start: String,
 }
 
 /// A business created through `admin`.
@@ -156,6 +160,7 @@ pub(super) fn until_refused(addr: &str, key: &str, limit: Duration) -> Result<In
 
 pub(super) fn run(p: &Paths, admin_bin: &Path, admin_build: &'static str, quick: bool, dir: &Path) -> Result<ReplicaReport, String> {
     let sizes = Sizes::new(quick);
+    let loadavg_start = super::loadavg();
     // Every simulated proxy holds a socket in xtask and one in a replica.
     let nofile = crate::sys::raise_nofile_limit()?;
     if nofile < (sizes.proxies as u64) * 2 + 256 {
@@ -203,7 +208,6 @@ pub(super) fn run(p: &Paths, admin_bin: &Path, admin_build: &'static str, quick:
             Creates { label, rate, p50_ms: percentile(&lat, 50.0), p99_ms: percentile(&lat, 99.0), created: lat.len() as u64, rounds }
         })
         .collect();
-    drop(sled);
     drop(one);
 
     step("two Envoys (2 workers each) long-polling replica B only");
@@ -215,14 +219,30 @@ pub(super) fn run(p: &Paths, admin_bin: &Path, admin_build: &'static str, quick:
     let biz = &businesses[2];
     let (cross_ms, cross_ack_ms) = cross_replica(&a.addr, biz, &envoy_addrs, sizes.revocations)?;
 
-    let fanout = proxies::fanout(&[&a, &b], biz, &envoy_addrs, &sizes)?;
+    let pg_data = p.root.join("target/keygate-pg/data");
+    let replicas = [(&a, "replica A (takes the writes)"), (&b, "replica B (feeds the Envoys)")];
+    let mut fanouts = vec![proxies::fanout("two PostgreSQL replicas", &replicas, biz, &envoy_addrs, &sizes, Some(&pg_data))?];
     for e in &mut envoys {
         e.proc.alive()?;
     }
     drop(envoys);
     drop((a, b));
+    if !quick {
+        // The same fan-out on one sled admin: the side-by-side baseline on this machine.
+        step("two Envoys (2 workers each) on the sled admin, for the baseline");
+        let mut envoys = vec![start_feed_envoy(p, &dir, "feed-sled-1", &sled)?, start_feed_envoy(p, &dir, "feed-sled-2", &sled)?];
+        for e in &mut envoys {
+            envoy_ready(e)?;
+        }
+        let envoy_addrs: Vec<String> = envoys.iter().map(Envoy::addr).collect();
+        fanouts.push(proxies::fanout("one sled admin (baseline)", &[(&sled, "sled admin")], &businesses[0], &envoy_addrs, &sizes, None)?);
+        for e in &mut envoys {
+            e.proc.alive()?;
+        }
+    }
+    drop(sled);
     drop(cluster);
-    Ok(ReplicaReport { admin_build, sizes, creates, cross_ms, cross_ack_ms, fanout, nofile })
+    Ok(ReplicaReport { admin_build, sizes, creates, cross_ms, cross_ack_ms, fanouts, nofile, loadavg_start })
 }
 
 /// `CLIENTS` threads, each on its own keep-alive connection to one of `addrs` (in turn),
