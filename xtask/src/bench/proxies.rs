@@ -243,17 +243,19 @@ pub(super) fn fanout(
         watch: keys.iter().enumerate().map(|(i, (id, _))| (id.clone(), i)).collect(),
     });
     let mut threads: Vec<JoinHandle<Result<Vec<Option<Instant>>, String>>> = Vec::with_capacity(n);
+    let mut started = Ok(());
     for i in 0..n {
         let (addr, s) = (replicas[i % replicas.len()].addr.clone(), Arc::clone(&shared));
-        let t = std::thread::Builder::new()
-            .name(format!("proxy-{i}"))
-            .stack_size(256 * 1024)
-            .spawn(move || proxy(&addr, v0, &s, changes))
-            .map_err(|e| format!("cannot start simulated proxy {i}: {e}"))?;
-        threads.push(t);
+        match std::thread::Builder::new().name(format!("proxy-{i}")).stack_size(256 * 1024).spawn(move || proxy(&addr, v0, &s, changes)) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                started = Err(format!("cannot start simulated proxy {i}: {e}"));
+                break;
+            }
+        }
     }
-    // Stops and joins every proxy thread, whatever happens below.
-    let result = measure(&replicas, envoys, &keys, &shared, &pids, sizes, pg_data);
+    // Stops and joins every proxy thread started, whatever happens below.
+    let result = started.and_then(|()| measure(&replicas, envoys, &keys, &shared, &pids, sizes, pg_data));
     shared.stop.store(true, Ordering::SeqCst);
     for c in shared.closers.lock().unwrap_or_else(PoisonError::into_inner).iter() {
         let _ = c.shutdown(Shutdown::Both);

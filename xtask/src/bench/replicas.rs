@@ -73,6 +73,8 @@ pub(super) struct ReplicaReport {
     pub(super) cross_ms: Vec<f64>,
     /// Of which: until A acknowledged the deactivation, sorted.
     pub(super) cross_ack_ms: Vec<f64>,
+    /// A's own request histogram for the deactivations: (answered within 0.5 s, all).
+    pub(super) cross_admin_within: (u64, u64),
     /// Over two PostgreSQL replicas, and (full runs) over one sled admin as the baseline.
     pub(super) fanouts: Vec<Fanout>,
     pub(super) nofile: u64,
@@ -217,7 +219,10 @@ pub(super) fn run(p: &Paths, admin_bin: &Path, admin_build: &'static str, quick:
     }
     let envoy_addrs: Vec<String> = envoys.iter().map(Envoy::addr).collect();
     let biz = &businesses[2];
+    let before = deactivations_timed(&a.addr)?;
     let (cross_ms, cross_ack_ms) = cross_replica(&a.addr, biz, &envoy_addrs, sizes.revocations)?;
+    let after = deactivations_timed(&a.addr)?;
+    let cross_admin_within = (after.0 - before.0, after.1 - before.1);
 
     let pg_data = p.root.join("target/keygate-pg/data");
     let replicas = [(&a, "replica A (takes the writes)"), (&b, "replica B (feeds the Envoys)")];
@@ -242,7 +247,19 @@ pub(super) fn run(p: &Paths, admin_bin: &Path, admin_build: &'static str, quick:
     }
     drop(sled);
     drop(cluster);
-    Ok(ReplicaReport { admin_build, sizes, creates, cross_ms, cross_ack_ms, fanouts, nofile, loadavg_start })
+    Ok(ReplicaReport { admin_build, sizes, creates, cross_ms, cross_ack_ms, cross_admin_within, fanouts, nofile, loadavg_start })
+}
+
+/// From admin's `/metrics`: deactivations it answered within 0.5 s, and all of them (its
+/// own clock, from request to answer: tells its time from the client's and the network's).
+fn deactivations_timed(addr: &str) -> Result<(u64, u64), String> {
+    let metrics = http::get(addr, "/metrics", T)?.body;
+    let count = |prefix: &str| metrics.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+    let route = "route=\"/v1/keys/{id}/deactivate\"";
+    Ok((
+        count(&format!("keygate_admin_request_duration_seconds_bucket{{{route},le=\"0.5\"}} ")),
+        count(&format!("keygate_admin_request_duration_seconds_count{{{route}}} ")),
+    ))
 }
 
 /// `CLIENTS` threads, each on its own keep-alive connection to one of `addrs` (in turn),

@@ -70,6 +70,8 @@ impl ReplicaReport {
             p(&self.cross_ack_ms, 99.0),
             max(&self.cross_ack_ms)
         );
+        let (within, all) = self.cross_admin_within;
+        let _ = writeln!(md, "\nA's own request histogram (`keygate_admin_request_duration_seconds`, route `/v1/keys/{{id}}/deactivate`) answered {within} of these {all} deactivations within 0.5 s.");
         let Some(f) = self.fanouts.first() else { return md };
         let _ = writeln!(md, "\n### Fan-out: {} simulated proxies on two replicas, plus two Envoys\n", f.proxies);
         let _ = writeln!(md, "{} simulated proxies (one thread each in xtask, one keep-alive connection each, half on A and half on B) speak the feed protocol as the filter's leader does once it holds a snapshot: `GET /v1/snapshot?since=V&wait=20&history=H` with the proxy token, again at once after each answer. With them the two Envoys above (fed by B). Once the replicas held every poll ({} = {} + {}, from `keygate_admin_longpoll_waiters`), {} s at rest, then a burst of {} deactivations sent through A one after the other (each waits for its 2xx). Per change: from sending it to the last simulated proxy receiving the key as inactive and the last Envoy refusing it (each Envoy probed in a tight loop, key after key).", f.proxies, f.proxies + f.envoys, f.proxies, f.envoys, s.rest_secs, f.all_ms.len());
@@ -162,6 +164,10 @@ impl ReplicaReport {
             ("creates", Json::Arr(creates)),
             ("cross_replica_revocation_ms", dist(&self.cross_ms)),
             ("cross_replica_ack_ms", dist(&self.cross_ack_ms)),
+            (
+                "cross_replica_admin_within_500ms",
+                obj(vec![("within", Json::Num(self.cross_admin_within.0 as f64)), ("all", Json::Num(self.cross_admin_within.1 as f64))]),
+            ),
             ("fanouts", Json::Arr(self.fanouts.iter().map(fanout_json).collect())),
             ("nofile_limit", Json::Num(self.nofile as f64)),
         ])
