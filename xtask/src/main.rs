@@ -55,7 +55,7 @@ commands:
   crash-test [--rounds N] [--clients C] [--store sled|postgres]
           kill -9 admin under concurrent writes (keys created, logged in, deactivated); 0
           acknowledged writes lost, 0 wrong decisions through Envoy. --store postgres: a
-          throwaway PostgreSQL (as admin-postgres), two replicas behind one Envoy, a random one
+          throwaway PostgreSQL (as admin-postgres), two replicas behind two Envoys, a random one
           killed each round; prints how long the filter took to move to the survivor
   api-fuzz [--examples N]   schemathesis (pinned, into .venv/) against admin's /openapi.json (default 25 per operation)
   import-bench [--keys N] [--no-envoy]
