@@ -37,8 +37,26 @@ impl Connection {
         }
     }
 
+    /// Runs `work`, and once more on a new connection if a connection that had served
+    /// before turned out to be dead: after the server restarted, every pooled connection
+    /// is, and each would otherwise fail one request. Never inside a transaction (what it
+    /// did so far is gone); each `work` here is a whole statement or transaction of its own.
+    pub(super) fn retrying<T>(&mut self, work: impl Fn(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let had_connection = self.client.is_some();
+        match work(self) {
+            Err(StoreError::Unavailable(_)) if had_connection && !self.in_transaction => {
+                self.client = None;
+                self.statements.clear();
+                work(self)
+            }
+            other => other,
+        }
+    }
+
     /// `sql`, prepared once per connection.
     pub(super) fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        // Connect first: a new connection forgets the old one's statements.
+        self.client()?;
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }

@@ -115,13 +115,10 @@ impl PgEngine {
     }
 
     /// Runs `work` on a pooled connection and waits for its answer.
-    fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
+    fn run<T: Send + 'static>(&self, work: impl Fn(&mut Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
         let (reply, answer) = sync_channel(1);
         self.send(Box::new(move |connection| {
-            let _ = reply.send(work(connection));
+            let _ = reply.send(connection.retrying(&work));
         }))?;
         answer.recv().map_err(|_| gone())?
     }
@@ -281,9 +278,11 @@ impl EngineTx for PgTx {
 /// `BEGIN`, then the write lock: held until `COMMIT` or `ROLLBACK`.
 fn begin() -> TxJob {
     Box::new(|c| {
-        c.client()?.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"))?;
-        c.in_transaction = true;
-        Ok(Vec::new())
+        c.retrying(|c| {
+            c.client()?.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"))?;
+            c.in_transaction = true;
+            Ok(Vec::new())
+        })
     })
 }
 

@@ -236,3 +236,40 @@ fn changelog_versions_become_visible_in_order_across_replicas() {
     assert_eq!(acknowledged, (1..=total).collect::<Vec<_>>(), "each write has its own version, none skipped");
     assert_eq!(seen, total);
 }
+
+/// Ends every other connection to the database at `url`, as a server restart does;
+/// returns how many there were.
+fn drop_connections(url: &str) -> usize {
+    let server = std::env::var("KEYGATE_TEST_POSTGRES").unwrap();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&server, postgres::NoTls).unwrap();
+        let sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()";
+        client.query(sql, &[&database]).unwrap().len()
+    })
+    .join()
+    .unwrap()
+}
+
+/// After the server drops every connection (as when it restarts), each pooled connection
+/// is dead: the next calls open new ones instead of each failing once.
+#[test]
+fn calls_after_the_server_dropped_every_connection_succeed() {
+    let Some(url) = fresh_database() else { return };
+    let engine = PgEngine::open(&url).unwrap();
+    engine.put(1, b"k", b"v").unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..POOL_SIZE * 2 {
+            s.spawn(|| engine.get(1, b"k").unwrap());
+        }
+    });
+    assert!(drop_connections(&url) > 0, "no connection to drop");
+    for read in 0..POOL_SIZE * 2 {
+        assert_eq!(engine.get(1, b"k").unwrap(), Some(b"v".to_vec()), "read {read}");
+    }
+    assert!(drop_connections(&url) > 0, "no connection to drop");
+    for write in 0..POOL_SIZE * 2 {
+        engine.transact(&mut |tx| tx.insert(1, format!("w{write}").as_bytes(), b"x")).unwrap();
+    }
+    assert_eq!(engine.get(1, b"w0").unwrap(), Some(b"x".to_vec()));
+}
