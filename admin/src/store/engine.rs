@@ -40,6 +40,9 @@ pub(super) enum Announcement {
     /// Announcements may have been missed (the listening connection was lost): read the
     /// head again.
     Missed,
+    /// The listening connection is lost: until the next `Missed`, other processes'
+    /// commits go unheard.
+    Lost,
 }
 
 /// Called for every announcement, on a thread of the engine's.

@@ -130,6 +130,9 @@ pub(crate) struct Inner {
     durability: Durability,
     /// Counts the changes to the signing keys made through other replicas.
     signing_changes: tokio::sync::watch::Sender<u64>,
+    /// Whether this process hears every commit (always, unless other processes share the
+    /// store and the connection that listens for their commits is lost).
+    following: tokio::sync::watch::Sender<bool>,
     changelog_retain: u64,
     flush_per_write: bool,
 }
@@ -141,6 +144,10 @@ fn hear(store: &Weak<Inner>, what: Announcement) {
     let Some(inner) = store.upgrade() else { return };
     let store = Store { inner };
     let (version, signing) = match what {
+        Announcement::Lost => {
+            store.inner.following.send_replace(false);
+            return;
+        }
         Announcement::Committed { version, signing } => (version, signing),
         Announcement::Missed => match store.trees().meta.get(META_HEAD) {
             Ok(head) => (head.and_then(|b| from_be(&b)).unwrap_or(0), true),
@@ -151,6 +158,7 @@ fn hear(store: &Weak<Inner>, what: Announcement) {
         },
     };
     store.inner.durability.publish(0, version);
+    store.inner.following.send_if_modified(|following| !std::mem::replace(following, true));
     if signing {
         store.inner.signing_changes.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -222,6 +230,7 @@ impl Store {
             writer: Mutex::new(WriterState { seq: 0, head }),
             durability: Durability::new(head),
             signing_changes: tokio::sync::watch::channel(0).0,
+            following: tokio::sync::watch::channel(true).0,
             changelog_retain: options.changelog_retain.max(1),
             flush_per_write: options.flush_per_write,
         };
@@ -239,6 +248,12 @@ impl Store {
     }
 
     /// Changes when another replica adds or removes a signing key: reload them then.
+    /// Whether this process hears every commit: `false` while a replica cannot hear the
+    /// others' (its feed could then be behind without knowing it).
+    pub fn following(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.following.subscribe()
+    }
+
     pub fn signing_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.signing_changes.subscribe()
     }

@@ -28,7 +28,7 @@ pub(super) fn payload(what: Announcement) -> String {
     match what {
         Announcement::Committed { version, signing: true } => format!("{version} signing"),
         Announcement::Committed { version, signing: false } => version.to_string(),
-        Announcement::Missed => String::new(),
+        Announcement::Missed | Announcement::Lost => String::new(),
     }
 }
 
@@ -141,6 +141,7 @@ fn listen(
             Ok(client) => client,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for other replicas' commits; trying again");
+                on(Announcement::Lost);
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
@@ -158,11 +159,13 @@ fn listen(
                 // A closed connection reads as "nothing yet", not as an error.
                 Ok(None) if client.is_closed() => {
                     tracing::warn!("lost the connection that listens for other replicas' commits; reconnecting");
+                    on(Announcement::Lost);
                     break;
                 }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "lost the connection that listens for other replicas' commits; reconnecting");
+                    on(Announcement::Lost);
                     break;
                 }
             }
