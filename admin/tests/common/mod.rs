@@ -2,7 +2,7 @@
 //! sled directory, or, when `KEYGATE_TEST_POSTGRES` holds a PostgreSQL URL, in a new
 //! database of that server of its own; [`Server::start`] is always sled (for the tests about
 //! directories: reopening, copying).
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use std::path::{Path, PathBuf};
 
