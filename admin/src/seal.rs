@@ -222,19 +222,19 @@ impl SealKeys {
         let key = self.keys().find(|k| k.id == sealed.seal_key).ok_or_else(|| missing(kid, sealed))?;
         let corrupt = |what: &str| StoreError::Corrupt {
             tree: "signing_keys",
-            detail: format!("the sealed seed of signing key {kid} {what} with seal key {}", sealed.seal_key),
+            detail: format!("the sealed seed of signing key {kid} (seal key {}) {what}", sealed.seal_key),
         };
         let nonce = URL_SAFE_NO_PAD.decode(&sealed.nonce).ok().and_then(|n| <[u8; NONCE_LEN]>::try_from(n).ok());
         let ciphertext = URL_SAFE_NO_PAD.decode(&sealed.ciphertext).ok();
         let (Some(nonce), Some(ciphertext)) = (nonce, ciphertext) else {
-            return Err(corrupt("is not a nonce and a ciphertext in base64url, sealed"));
+            return Err(corrupt("is not a nonce and a ciphertext in base64url"));
         };
         let aad = associated_data(kid);
         let seed = key
             .cipher()
             .decrypt(&XNonce::from(nonce), Payload { msg: &ciphertext, aad: &aad })
-            .map_err(|_| corrupt("does not open (altered, or moved from another record)"))?;
-        <[u8; 32]>::try_from(seed.as_slice()).map_err(|_| corrupt("is not 32 bytes, opened"))
+            .map_err(|_| corrupt("does not open: altered, or moved from another record"))?;
+        <[u8; 32]>::try_from(seed.as_slice()).map_err(|_| corrupt("is not 32 bytes once opened"))
     }
 }
 
