@@ -298,6 +298,80 @@ async fn postgres_needs_a_seal_key_and_sled_seals_once_given_one() {
     assert!(refusal.contains(&id_of(SEAL_KEY)), "{refusal}");
 }
 
+/// Signs in through `server` until its token is signed by `kid` (a rotation through another
+/// replica reaches it by a notification); that token.
+async fn token_signed_by(server: &Server, email: &str, kid: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, signin) = server.signin(email, "correct horse").await;
+        assert_eq!(status, StatusCode::OK, "{signin}");
+        let token = signin["accessToken"].as_str().unwrap().to_owned();
+        if keygate_core::token::checked_kid(&token).ok().as_deref() == Some(kid) {
+            return token;
+        }
+        assert!(std::time::Instant::now() < deadline, "{kid} never signed here");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Rotates the signing key through `server`; the new kid.
+async fn rotate_signing_key(server: &Server) -> String {
+    let (status, body) = server.send(Method::POST, "/v1/signing-keys/rotate", Some(OPERATOR), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["kid"].as_str().unwrap().to_owned()
+}
+
+/// README's rotation over two replicas on one PostgreSQL database, restarted one at a time:
+/// one always serves, and in step 2 each opens what the other seals (the new key on one, the
+/// old on the other) while signing keys are rotated through both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seal_key_rotates_across_live_replicas() {
+    let place = Place::new();
+    if !place.is_postgres() {
+        eprintln!("note: KEYGATE_TEST_POSTGRES is unset; replica test skipped");
+        return;
+    }
+    let (old, new) = (SEAL_KEY, SEAL_KEY_B);
+    let r1 = place.start(&[old]).await;
+    let mut r2 = place.start(&[old]).await;
+    let before = member_token(&r1, "ann@example.com").await;
+
+    // 1: the new key second, one replica at a time.
+    r1.stop().await;
+    assert_verifies(&r2, &before).await;
+    let r1 = place.start(&[old, new]).await;
+    r2.stop().await;
+    assert_verifies(&r1, &before).await;
+    r2 = place.start(&[old, new]).await;
+
+    // 2: the new key first. r1 re-seals on its start and seals its next signing key with the
+    // new key, which r2 (not yet restarted) opens; r2 seals with the old one, which r1 opens.
+    r1.stop().await;
+    let r1 = place.start(&[new, old]).await;
+    let kid = rotate_signing_key(&r1).await;
+    let _ = token_signed_by(&r2, "ann@example.com", &kid).await;
+    let kid = rotate_signing_key(&r2).await;
+    let _ = token_signed_by(&r1, "ann@example.com", &kid).await;
+    r2.stop().await;
+    assert_verifies(&r1, &before).await;
+    let r2 = place.start(&[new, old]).await;
+    for (_, _, record) in place.signing_records() {
+        opened(&record, new);
+    }
+
+    // 3: the old key removed.
+    r1.stop().await;
+    let r1 = place.start(&[new]).await;
+    r2.stop().await;
+    let r2 = place.start(&[new]).await;
+    for replica in [&r1, &r2] {
+        assert_verifies(replica, &before).await;
+        assert_verifies(replica, &token_signed_by(replica, "ann@example.com", &kid).await).await;
+    }
+    r1.stop().await;
+    r2.stop().await;
+}
+
 #[test]
 fn the_test_keys_are_three_different_keys() {
     let keys = SealKeys::new([SEAL_KEY, SEAL_KEY_B, SEAL_KEY_C].iter().map(|k| keygate_admin::seal::SealKey::parse(k).unwrap()).collect());
