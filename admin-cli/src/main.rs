@@ -4,6 +4,7 @@
 mod client;
 mod import;
 mod output;
+mod seal_key;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,10 @@ enum Command {
     /// clients keep their keys. Safe to re-run: keys already imported are skipped.
     #[command(after_help = import::IMPORT_HELP)]
     Import(import::ImportArgs),
+    /// Seal keys, which seal the token signing keys' private seeds in the store: make one, or
+    /// show the ids of those configured (README, Sealing signing keys).
+    #[command(subcommand)]
+    SealKey(seal_key::SealKeyCommand),
 }
 
 #[tokio::main]
@@ -42,5 +47,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::serve(args).await,
         Command::Client(command) => client::run(command).await,
         Command::Import(args) => import::run(args).await,
+        Command::SealKey(command) => seal_key::run(command),
     }
 }

@@ -20,6 +20,7 @@ pub mod limits;
 mod pg_engine;
 pub mod records;
 mod schema;
+mod sealing;
 mod sessions;
 mod signing;
 mod sled_engine;
@@ -87,6 +88,9 @@ pub enum StoreError {
     /// The key is at its session cap and no live session is the caller's client's to give up.
     #[error("the key is at its session limit")]
     SessionLimit { retry_after_secs: u64 },
+    /// A stored signing seed is sealed with a seal key that is not configured (named by its id).
+    #[error("signing key {kid} is sealed with seal key {seal_key}, which is not configured: list it among the seal keys (keygate-admin seal-key id shows the ids of those configured)")]
+    SealKeyMissing { kid: String, seal_key: String },
 }
 
 impl From<postgres::Error> for StoreError {
