@@ -86,7 +86,7 @@ fn keys_of(stored: &[SigningKey], seal_keys: Option<&SealKeys>) -> Result<Keys, 
     let mut pairs = HashMap::new();
     let mut published = Vec::new();
     for key in stored {
-        pairs.insert(key.kid.clone(), pair_of(key)?);
+        pairs.insert(key.kid.clone(), SigningKeyPair::from_seed(key.kid.clone(), key.seed(seal_keys)?));
         let decoding = DecodingKey::from_ed_components(&key.public.x).map_err(AdminError::Signing)?;
         verifiers.insert(key.kid.clone(), decoding);
         published.push(key.public.clone());
