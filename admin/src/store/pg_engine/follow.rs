@@ -18,6 +18,9 @@ use super::{Announcement, OnAnnouncement, StoreError, CHANNEL};
 const WAKE: Duration = Duration::from_millis(250);
 /// Longest pause between attempts to connect again.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often a listening replica reads the head again anyway: a safety net should a
+/// notification be lost, or the read after a reconnect have failed.
+const RECHECK: Duration = Duration::from_secs(30);
 /// How long `start` waits for the first `LISTEN` before going on without it.
 const FIRST_LISTEN: Duration = Duration::from_secs(5);
 /// How long a replica waits for another's start-up to end.
@@ -150,7 +153,12 @@ fn listen(
         backoff = Duration::from_millis(50);
         let _ = listening.try_send(());
         on(Announcement::Missed);
+        let mut checked = std::time::Instant::now();
         loop {
+            if checked.elapsed() >= RECHECK {
+                on(Announcement::Missed);
+                checked = std::time::Instant::now();
+            }
             // A fresh iterator each time: one whose timeout has fired returns at once ever after.
             let heard = client.notifications().timeout_iter(WAKE).next();
             match heard {
