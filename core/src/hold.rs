@@ -29,8 +29,8 @@ impl Held {
 /// What becomes of a pending request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Held; `first` when nothing else was (the filter then ticks faster).
-    Held { first: bool },
+    /// Held until the snapshot moves or its time is up.
+    Held,
     /// Refused at once: it timed out a moment ago.
     NegativeHit,
     /// Refused at once: `max_held` requests are held already.
@@ -75,13 +75,19 @@ impl NegativeCache {
 }
 
 /// The held requests and the negative cache of one worker VM.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Holding {
     settings: HoldUnknown,
     held: HashMap<u32, Held>,
     negative: NegativeCache,
     /// The filter set its fast tick for the held requests.
     pub fast_tick: bool,
+}
+
+impl Default for Holding {
+    fn default() -> Holding {
+        Holding::new(HoldUnknown::default())
+    }
 }
 
 impl Holding {
@@ -92,6 +98,14 @@ impl Holding {
             ..NegativeCache::default()
         };
         Holding { settings, held: HashMap::new(), negative, fast_tick: false }
+    }
+
+    /// New settings (a new plugin configuration); requests held already stay, with their
+    /// deadlines, and the negative cache starts empty.
+    pub fn configure(&mut self, settings: HoldUnknown) {
+        let held = std::mem::take(&mut self.held);
+        let fast_tick = self.fast_tick;
+        *self = Holding { held, fast_tick, ..Holding::new(settings) };
     }
 
     pub fn enabled(&self) -> bool {
@@ -119,10 +133,9 @@ impl Holding {
         if self.held.len() >= self.settings.max_held && !self.held.contains_key(&context) {
             return Admission::Full;
         }
-        let first = self.held.is_empty();
         let deadline_ms = now_ms.saturating_add(self.settings.timeout_ms);
         self.held.insert(context, Held { context, awaited: digest, deadline_ms, version });
-        Admission::Held { first }
+        Admission::Held
     }
 
     /// Takes out the held requests to decide again: those whose snapshot moved on from
@@ -170,13 +183,13 @@ mod tests {
     #[test]
     fn holds_up_to_max_held_and_refuses_beyond() {
         let mut h = Holding::new(settings(2, 16));
-        assert_eq!(h.admit(1, &key(1), 1000, Some(5)), Admission::Held { first: true });
-        assert_eq!(h.admit(2, &key(2), 1000, Some(5)), Admission::Held { first: false });
+        assert_eq!(h.admit(1, &key(1), 1000, Some(5)), Admission::Held);
+        assert_eq!(h.admit(2, &key(2), 1000, Some(5)), Admission::Held);
         assert_eq!(h.admit(3, &key(3), 1000, Some(5)), Admission::Full);
         assert_eq!(h.len(), 2);
         assert!(h.forget(1));
         assert!(!h.forget(1));
-        assert_eq!(h.admit(3, &key(3), 1001, Some(5)), Admission::Held { first: false });
+        assert_eq!(h.admit(3, &key(3), 1001, Some(5)), Admission::Held);
     }
 
     #[test]
@@ -214,9 +227,9 @@ mod tests {
         let mut h = Holding::new(settings(8, 16));
         h.timed_out(&key(1), 1000);
         assert_eq!(h.admit(1, &key(1), 1001, None), Admission::NegativeHit);
-        assert_eq!(h.admit(2, &Awaited::SigningKey("k9".into()), 1001, None), Admission::Held { first: true });
+        assert_eq!(h.admit(2, &Awaited::SigningKey("k9".into()), 1001, None), Admission::Held);
         assert_eq!(h.admit(3, &key(1), 10_999, None), Admission::NegativeHit);
-        assert_eq!(h.admit(3, &key(1), 11_000, None), Admission::Held { first: false });
+        assert_eq!(h.admit(3, &key(1), 11_000, None), Admission::Held);
     }
 
     #[test]
@@ -227,7 +240,7 @@ mod tests {
             assert!(h.negative_len() <= 3);
         }
         assert_eq!(h.admit(1, &key(99), 1200, None), Admission::NegativeHit);
-        assert_eq!(h.admit(2, &key(0), 1200, None), Admission::Held { first: true });
+        assert_eq!(h.admit(2, &key(0), 1200, None), Admission::Held);
         // Timing out again refreshes an entry; the older copy going out keeps the new one.
         let mut h = Holding::new(settings(8, 2));
         h.timed_out(&key(1), 0);
@@ -237,7 +250,7 @@ mod tests {
         // No negative cache at all.
         let mut h = Holding::new(settings(8, 0));
         h.timed_out(&key(1), 0);
-        assert_eq!(h.admit(1, &key(1), 1, None), Admission::Held { first: true });
+        assert_eq!(h.admit(1, &key(1), 1, None), Admission::Held);
     }
 
     #[test]
