@@ -31,6 +31,20 @@ pub fn suites() -> Vec<Suite> {
             cases: &[("without_holding_fresh_keys_are_counted_not_asserted", fresh_keys_without_holding)],
         },
         Suite {
+            name: "hold_replicas",
+            options: || StackOptions { plugin_json: Some(plugin_json("", "")), postgres_replica: true, ..StackOptions::default() },
+            cases: &[("keys_created_through_another_admin_replica_pass_on_their_first_request", fresh_keys_through_a_replica)],
+        },
+        Suite {
+            name: "hold_off_replicas",
+            options: || StackOptions {
+                plugin_json: Some(plugin_json("\n  \"hold_unknown\": {\"timeout_ms\": 0},", "")),
+                postgres_replica: true,
+                ..StackOptions::default()
+            },
+            cases: &[("without_holding_keys_through_another_replica_are_counted_not_asserted", fresh_keys_through_a_replica_unheld)],
+        },
+        Suite {
             name: "hold_late",
             options: || StackOptions {
                 plugin_json: Some(plugin_json("\n  \"hold_unknown\": {\"timeout_ms\": 5000},", "")),
@@ -109,6 +123,60 @@ fn fresh_keys_pass_first_time(stack: &Stack) {
         stat(stack, "wasmcustom.keygate.hold.released") - released
     );
     assert_eq!(passed, FRESH_KEYS, "statuses of the first requests: {statuses:?}");
+}
+
+/// Over PostgreSQL: Envoy is fed by one admin replica, the keys are created through the
+/// other, and each is used on its very first request; the statuses with their times, or
+/// `None` (with a note) without a PostgreSQL server.
+fn first_requests_through_a_replica(stack: &Stack) -> Option<Vec<(u16, Duration)>> {
+    let Some(replica) = stack.replica_url.clone() else {
+        eprintln!("note: KEYGATE_TEST_POSTGRES is unset; the admin-replica read-your-writes test is skipped");
+        return None;
+    };
+    let t = stack.tenant();
+    stack.wait_for_key(&t.sk);
+    let create = |business: &str| -> String {
+        let resp = stack
+            .http
+            .post(format!("{replica}/v1/businesses/{business}/keys"))
+            .bearer_auth(keygate_e2e::OPERATOR_TOKEN)
+            .json(&json!({"kind": "sk", "mode": "live"}))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 201, "create a key through the replica");
+        resp.json::<serde_json::Value>().unwrap()["key"].as_str().unwrap().to_owned()
+    };
+    let answers = (0..FRESH_KEYS)
+        .map(|_| {
+            let key = create(&t.business_id);
+            let sent = Instant::now();
+            let resp = stack.through_envoy("GET", "/key/replica", &[("SECRET_KEY", key.as_bytes())]);
+            (resp.0, sent.elapsed())
+        })
+        .collect();
+    Some(answers)
+}
+
+fn fresh_keys_through_a_replica(stack: &Stack) {
+    let released = stat(stack, "wasmcustom.keygate.hold.released");
+    let Some(answers) = first_requests_through_a_replica(stack) else { return };
+    let passed = answers.iter().filter(|(s, _)| *s == 200).count();
+    let slowest = answers.iter().map(|(_, took)| *took).max().unwrap_or_default();
+    eprintln!(
+        "through another admin replica (PostgreSQL): {passed} of {FRESH_KEYS} fresh keys passed on their first request; \
+         slowest first answer {slowest:?}; {} requests held and released",
+        stat(stack, "wasmcustom.keygate.hold.released") - released
+    );
+    assert_eq!(passed, FRESH_KEYS, "{answers:?}");
+}
+
+fn fresh_keys_through_a_replica_unheld(stack: &Stack) {
+    let Some(answers) = first_requests_through_a_replica(stack) else { return };
+    let refused = answers.iter().filter(|(s, _)| *s != 200).count();
+    eprintln!(
+        "through another admin replica (PostgreSQL), without holding: {refused} of {FRESH_KEYS} fresh keys refused on their first request"
+    );
+    assert!(answers.iter().all(|(s, _)| *s == 200 || *s == 401), "{answers:?}");
 }
 
 fn fresh_keys_without_holding(stack: &Stack) {
