@@ -29,6 +29,10 @@ pub struct StackOptions {
     /// With `seed_keys`: API-key logins (of the first seeded key) revoked before Envoy
     /// starts, so the first full sync carries them (see [`Stack::seeded_revoked`]).
     pub seed_revoked: usize,
+    /// When `KEYGATE_TEST_POSTGRES` names a PostgreSQL server: admin stores in a new database
+    /// there, and a second admin replica on the same database serves at
+    /// [`Stack::replica_url`] (Envoy is fed by the first). Without it, sled and no replica.
+    pub postgres_replica: bool,
 }
 
 /// The second admin and listener of a stack started with [`StackOptions::second_admin`].
@@ -49,6 +53,8 @@ pub struct Stack {
     pub second: Option<Second>,
     /// With [`StackOptions::seed_revoked`]: access tokens whose sessions were revoked before Envoy started.
     pub seeded_revoked: Vec<String>,
+    /// With [`StackOptions::postgres_replica`] and a PostgreSQL server: the second admin replica.
+    pub replica_url: Option<String>,
     /// Envoy, admin, echo: killed (in that order) when the stack drops.
     children: std::sync::Mutex<Vec<ChildGuard>>,
     admin_bin: PathBuf,
@@ -77,8 +83,16 @@ impl Stack {
         let (echo, echo_addr) = spawn_listening("echo", echo_cmd, &dir);
 
         let data = dir.join("data");
-        let admin_args = AdminArgs { extra: options.admin_args.clone(), log_level: options.log_level.unwrap_or("info") };
+        let database = options.postgres_replica.then(fresh_postgres_database).flatten();
+        let mut extra = options.admin_args.clone();
+        if let Some(url) = &database {
+            extra.extend(["--store".to_owned(), url.clone()]);
+        }
+        let admin_args = AdminArgs { extra, log_level: options.log_level.unwrap_or("info") };
         let (admin, admin_addr) = spawn_listening("admin", admin_command(&admin_bin, &data, "127.0.0.1:0", &admin_args), &dir);
+        let replica = database.is_some().then(|| {
+            spawn_listening("admin_replica", admin_command(&admin_bin, &dir.join("data_replica"), "127.0.0.1:0", &admin_args), &dir)
+        });
 
         let second_admin = options
             .second_admin
@@ -137,8 +151,13 @@ impl Stack {
             seeded,
             second,
             seeded_revoked,
+            replica_url: replica.as_ref().map(|(_, addr)| format!("http://{addr}")),
             children: std::sync::Mutex::new(
-                [ChildGuard::new("envoy", envoy_child), admin, echo].into_iter().chain(second_admin.map(|(guard, _)| guard)).collect(),
+                [ChildGuard::new("envoy", envoy_child), admin, echo]
+                    .into_iter()
+                    .chain(second_admin.map(|(guard, _)| guard))
+                    .chain(replica.map(|(guard, _)| guard))
+                    .collect(),
             ),
             admin_bin,
             admin_addr: admin_addr.clone(),
@@ -211,4 +230,22 @@ impl Drop for Stack {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A new, empty database on the PostgreSQL server in `KEYGATE_TEST_POSTGRES`
+/// (`postgres://USER@HOST:PORT/DB`), made with `psql`; its URL. `None` when the variable is unset.
+fn fresh_postgres_database() -> Option<String> {
+    let server = std::env::var("KEYGATE_TEST_POSTGRES").ok().filter(|url| !url.is_empty())?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let name = format!("kg_e2e_{}_{nanos}", std::process::id());
+    let psql =
+        ["/usr/bin/psql", "/usr/lib/postgresql/15/bin/psql"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("psql");
+    let status = Command::new(psql)
+        .args([server.as_str(), "-q", "-v", "ON_ERROR_STOP=1", "-c", &format!("CREATE DATABASE {name}")])
+        .stdin(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {psql}: {e}"));
+    assert!(status.success(), "creating a database on KEYGATE_TEST_POSTGRES failed");
+    let (base, _) = server.rsplit_once('/').expect("KEYGATE_TEST_POSTGRES is postgres://USER@HOST:PORT/DB");
+    Some(format!("{base}/{name}"))
 }

@@ -7,6 +7,7 @@
 
 mod filter;
 mod flapping;
+mod hold;
 mod import;
 mod jwt_attacks;
 mod key_attacks;
@@ -37,6 +38,7 @@ fn main() {
         key_attacks::suites(),
         log_secrets::suites(),
         flapping::suites(),
+        hold::suites(),
         ui::suites(),
         import::suites(),
     ]
