@@ -130,5 +130,13 @@ fn compose_stack_runs_with_the_real_binaries() {
     let (status, body) = http_get(listen_at, "/public/hello");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"path\":\"/public/hello\""), "{body}");
+
+    // Envoy's active health check of the admin cluster (GET /healthz) passes against the real admin.
+    let healthy = format!("keygate_admin::127.0.0.1:{admin_at}::health_flags::healthy");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(envoy_admin_at, "/clusters").1.contains(&healthy) {
+        assert!(Instant::now() < deadline, "Envoy never found admin healthy: {}", http_get(envoy_admin_at, "/clusters").1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
