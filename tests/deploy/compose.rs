@@ -164,7 +164,10 @@ fn compose_postgres_profile_agrees_with_the_repo() {
     let image = s(pg, "/image", "postgres");
     let major = image.strip_prefix("postgres:").unwrap_or_else(|| panic!("postgres: the official image, got {image}"));
     assert!(!major.is_empty() && major.chars().all(|c| c.is_ascii_digit()), "postgres: pin a major version (postgres:17), got {image}");
-    assert!(pg.get("build").is_none() && pg.get("ports").is_none(), "postgres: the official image, reachable only inside the compose network");
+    assert!(
+        pg.get("build").is_none() && pg.get("ports").is_none(),
+        "postgres: the official image, reachable only inside the compose network"
+    );
     let pg_env = env_map(pg);
     let volume = strings(&pg["volumes"]).into_iter().find(|v| v.ends_with(":/var/lib/postgresql/data")).expect("postgres: data volume");
     assert!(compose["volumes"].get(volume.split(':').next().unwrap()).is_some(), "postgres: data on a named volume");
@@ -311,7 +314,9 @@ fn compose_file_passes_docker_compose_config() {
         let env = &normalised["services"][svc]["environment"];
         assert_eq!(env["KEYGATE_SEAL_KEY"], SEAL_KEY, "{svc} gets the seal key");
         assert_eq!(env["KEYGATE_PROXY_TOKEN"], PROXY_TOKEN, "{svc} gets the proxy token");
-        assert!(env["KEYGATE_STORE"].as_str().is_some_and(|u| u.starts_with("postgres://keygate:") && u.ends_with("@postgres:5432/keygate")));
+        assert!(env["KEYGATE_STORE"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("postgres://keygate:") && u.ends_with("@postgres:5432/keygate")));
     }
     assert!(normalised["volumes"].get("keygate-pg").is_some());
 

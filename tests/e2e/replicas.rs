@@ -147,6 +147,16 @@ fn killed_replica(stack: &Stack) {
     assert_eq!(key_status(stack, &good), 200);
     assert_eq!(key_status(stack, &bad), 401);
     assert_eq!(full_syncs(stack), full_before, "the filter took a full snapshot after the failover; the feed's versions are global");
+
+    // Envoy's health check took the dead replica out of the cluster; the survivor stays in.
+    let flags = |url: &str| format!("keygate_admin::{}::health_flags::", url.trim_start_matches("http://"));
+    let (dead, alive) = (format!("{}/failed_active_hc", flags(&victim.1)), format!("{}healthy", flags(&survivor.1)));
+    let clusters = || stack.http.get(format!("{}/clusters", stack.envoy_admin_url)).send().and_then(|r| r.text()).unwrap_or_default();
+    let start = Instant::now();
+    while !(clusters().contains(&dead) && clusters().contains(&alive)) {
+        assert!(start.elapsed() < Duration::from_secs(15), "Envoy did not mark the killed replica failed: {}", clusters());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A write (503 expected while the database is down) and a read that needs the database,

@@ -167,8 +167,9 @@ fn start_and_serve(p: &Paths, stack: &mut Stack, store: UpStore, postgres: &mut 
             stack.procs.iter().filter(|c| c.name().starts_with("admin")).map(|c| format!("{} pid {}", c.name(), c.pid())).collect();
         println!(
             "admin replicas: http://{} and http://{} ({}), both over {} (target/keygate-up-pg/, \
-             dropped on Ctrl-C); Envoy lists both (.keygate/envoy-replicas.yaml). Kill one \
-             (kill -9 PID): the filter follows the other. Logs: .keygate/logs/admin.log, admin-2.log\n",
+             stopped on Ctrl-C, made afresh by the next `up`); Envoy lists both \
+             (.keygate/envoy-replicas.yaml). Kill one (kill -9 PID): the filter follows the other. \
+             Logs: .keygate/logs/admin.log, admin-2.log\n",
             replicas::REPLICAS[0],
             replicas::REPLICAS[1],
             pids.join(", "),
@@ -182,7 +183,12 @@ fn start_and_serve(p: &Paths, stack: &mut Stack, store: UpStore, postgres: &mut 
             return Ok(());
         }
         if let Some(dead) = stack.dead() {
-            return Err(dead);
+            // A replica may die (that is what replicas are for) while another one serves.
+            let replica_left = stack.procs.iter().any(|c| c.name().starts_with("admin") && c.exit_status().is_none());
+            if !(replicated && dead.starts_with("admin") && replica_left) {
+                return Err(dead);
+            }
+            println!("warning: {dead}\nthe other admin replica serves on; Ctrl-C stops the rest");
         }
         std::thread::sleep(TICK);
     }
