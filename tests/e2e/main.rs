@@ -2,7 +2,9 @@
 //! echo upstream. Tests are grouped in suites; each suite gets one stack (started on first
 //! use, so a filtered run starts only what it needs), shared by its tests, which make their
 //! own businesses. A suite whose tests kill admin or need other rules has its own stack.
-//! Run with `cargo xtask test`.
+//! Run with `cargo xtask test`. With `KEYGATE_TEST_POSTGRES` (its e2e-postgres phase) every
+//! stack's admin stores in a new database on that server, and the suites that run admin
+//! replicas (`replicas_*`) run; without it they are ignored.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod filter;

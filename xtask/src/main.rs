@@ -32,6 +32,13 @@ commands:
           keys (reused on the next `up`), print them with ready-to-paste curl lines, and run
           until Ctrl-C; then stop every child (SIGTERM, SIGKILL after 3 s). If a child dies,
           say which and exit non-zero. Logs: .keygate/logs/{admin,envoy,echo}.log
+  up --store postgres
+          the same over a throwaway PostgreSQL (Debian's postgresql, never installed by `up`:
+          run `setup` first; initdb into target/keygate-up-pg/ on a free loopback port, stopped
+          on Ctrl-C) with two admin replicas, 127.0.0.1:8080 and :8082 (KEYGATE_ADDR and
+          KEYGATE_DATA ignored), and Envoy listing both (.keygate/envoy-replicas.yaml, made
+          from envoy.yaml). One replica may die while the other serves. Seal key:
+          KEYGATE_SEAL_KEY, else kept in .keygate/seal.env. Logs also .keygate/logs/admin-2.log
   test [CARGO_TEST_ARGS] [-- TEST_ARGS]
           set up and build, `cargo fmt --check` (rustfmt.toml), `cargo clippy -D warnings` (native crates and the wasm filter),
           then `cargo test --workspace` (or CARGO_TEST_ARGS if they pick packages) with the
@@ -39,7 +46,11 @@ commands:
           Then admin-postgres: a throwaway PostgreSQL (Debian's postgresql, installed when missing;
           a new cluster in target/keygate-pg/ on a loopback port) and `cargo test -p keygate-admin`
           again with KEYGATE_TEST_POSTGRES set, so its servers store there (when the packages
-          run include keygate-admin). Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`),
+          run include keygate-admin). Then e2e-postgres (same cluster, ~2 min; when keygate-e2e's
+          e2e tests run): the e2e suites that exercise admin's store, each stack's admin in a
+          database of its own, and the replicas_* suites (two replicas behind one Envoy: one
+          killed; PostgreSQL stopped 30 s); not the browser and request-parsing suites, nor the
+          4000-key usage test. Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`),
           crash-test (3 rounds), api-fuzz (25 examples), bench-quick. Prints each phase's wall time; exits non-zero
           if any phase fails. `.ci/run` runs this.
   bench [--quick]
@@ -78,7 +89,7 @@ set-up steps (idempotent; each prints one line and is skipped when already done)
   cargo build --release -p keygate-filter --target wasm32-wasip1   (the .wasm envoy.yaml loads)
   cargo build -p keygate-admin-cli -p keygate-echo
   Debian's postgresql (apt-get, when missing; `setup` and `test` only, never `up`): the
-    admin-postgres test phase
+    admin-postgres and e2e-postgres test phases, and `up --store postgres`
   Builds always go to the repo's target/ (CARGO_TARGET_DIR is ignored): envoy.yaml names
   target/wasm32-wasip1/release/keygate_filter.wasm.
 
@@ -92,11 +103,12 @@ environment set for `cargo test` (absolute paths):
   KEYGATE_WASM        target/wasm32-wasip1/release/keygate_filter.wasm
   KEYGATE_ECHO_BIN    target/debug/keygate-echo KEYGATE_ENVOY_YAML envoy.yaml
   KEYGATE_REPO        the repo root           KEYGATE_CHROMIUM   /usr/bin/chromium
-  KEYGATE_TEST_POSTGRES   (admin-postgres phase only) postgres://postgres@127.0.0.1:PORT/postgres
+  KEYGATE_TEST_POSTGRES   (admin-postgres and e2e-postgres phases only) postgres://postgres@127.0.0.1:PORT/postgres
 
 files: .venv/ (Envoy), tests/browser/node_modules/ (playwright-core), target/ (and
        target/ui-screenshots/ from the browser test), data/ (admin's store), .keygate/demo.env (tokens),
-       .keygate/demo.json (demo business, user, keys), .keygate/logs/, target/keygate-pg/ (the tests' PostgreSQL)
+       .keygate/demo.json (demo business, user, keys), .keygate/logs/, target/keygate-pg/ (the tests' PostgreSQL),
+       target/keygate-up-pg/, .keygate/seal.env and .keygate/envoy-replicas.yaml (`up --store postgres`)
 ";
 
 /// Where everything lives, all absolute.

@@ -374,6 +374,17 @@ mod tests {
     use crate::json::Json;
 
     #[test]
+    fn up_takes_no_arguments_or_a_store() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(UpStore::parse(&args(&[])) == Some(UpStore::Sled));
+        assert!(UpStore::parse(&args(&["--store", "sled"])) == Some(UpStore::Sled));
+        assert!(UpStore::parse(&args(&["--store", "postgres"])) == Some(UpStore::Postgres));
+        assert!(UpStore::parse(&args(&["--store"])).is_none());
+        assert!(UpStore::parse(&args(&["--store", "mysql"])).is_none());
+        assert!(UpStore::parse(&args(&["postgres"])).is_none());
+    }
+
+    #[test]
     fn probe_addr_maps_unspecified_to_loopback() {
         assert_eq!(probe_addr("0.0.0.0:8080"), "127.0.0.1:8080");
         assert_eq!(probe_addr("[::]:8080"), "[::1]:8080");
