@@ -202,7 +202,7 @@ fn compose_postgres_profile_agrees_with_the_repo() {
     let [one, two] = replicas.map(|n| &services[n]);
     assert_eq!(env_map(one), env_map(two), "both replicas get the same settings");
     let host_ports: BTreeSet<String> =
-        [base, one, two].iter().flat_map(|svc| strings(&svc["ports"])).map(|p| p.rsplitn(2, ':').nth(1).unwrap().to_owned()).collect();
+        [base, one, two].iter().flat_map(|svc| strings(&svc["ports"])).map(|p| p.rsplit_once(':').unwrap().0.to_owned()).collect();
     assert_eq!(host_ports.len(), 3, "keygate-admin and the replicas publish distinct host ports: {host_ports:?}");
 
     // envoy-replicas: runs deploy/envoy-compose-replicas.yaml, whose admin cluster lists both
@@ -219,7 +219,7 @@ fn compose_postgres_profile_agrees_with_the_repo() {
         assert_eq!(envoy["depends_on"][dep]["condition"], "service_healthy", "envoy-replicas waits for {dep}");
     }
     let envoy_ports: BTreeSet<String> = strings(&envoy["ports"]).into_iter().chain(strings(&services["envoy"]["ports"])).collect();
-    let host_of = |p: &String| p.rsplitn(2, ':').nth(1).unwrap().to_owned();
+    let host_of = |p: &String| p.rsplit_once(':').unwrap().0.to_owned();
     assert_eq!(envoy_ports.iter().map(host_of).collect::<BTreeSet<_>>().len(), 4, "envoy and envoy-replicas publish distinct host ports");
     let endpoints = admin_endpoints("deploy/envoy-compose-replicas.yaml");
     let admin_port = port_of(&env_map(one)["KEYGATE_ADDR"]);
