@@ -119,3 +119,24 @@ fn admin_cluster_is_health_checked_in_every_config() {
         assert_eq!(cluster["outlier_detection"], reference["outlier_detection"], "{rel}: outlier detection differs from envoy.yaml's");
     }
 }
+
+/// README's "Running more than one admin" shows the admin cluster to copy: its health checks
+/// and outlier detection are envoy.yaml's, and it lists more than one replica.
+#[test]
+fn readme_replica_cluster_is_envoy_yamls() {
+    let readme = read("README.md");
+    let section = readme.split("\n## Running more than one admin\n").nth(1).expect("README has a \"Running more than one admin\" section");
+    let block = section.split("```yaml\n").nth(1).and_then(|b| b.split("\n```").next()).expect("the section shows the admin cluster");
+    let shown: Value =
+        serde_json::to_value(serde_yaml_ng::from_str::<serde_yaml_ng::Value>(block).expect("README's cluster is YAML")).unwrap();
+    let shown = &shown[0];
+    let doc = yaml("envoy.yaml");
+    let clusters = at(&doc, "/static_resources/clusters", "envoy.yaml").as_array().unwrap();
+    let reference = clusters.iter().find(|c| c["name"] == "keygate_admin").unwrap();
+    assert_eq!(shown["name"], "keygate_admin");
+    assert_eq!(shown["health_checks"], reference["health_checks"], "README's health checks differ from envoy.yaml's");
+    assert_eq!(shown["outlier_detection"], reference["outlier_detection"], "README's outlier detection differs from envoy.yaml's");
+    assert_eq!(shown["connect_timeout"], reference["connect_timeout"]);
+    let endpoints = at(shown, "/load_assignment/endpoints/0/lb_endpoints", "README's cluster").as_array().unwrap();
+    assert!(endpoints.len() >= 2, "README's cluster lists the replicas");
+}
