@@ -166,10 +166,17 @@ fn assert_unavailable(stack: &Stack, base: &str, business: &str) {
         (reqwest::Method::POST, format!("/v1/businesses/{business}/keys"), Some(json!({"kind": "sk", "mode": "live"}))),
         (reqwest::Method::GET, format!("/v1/businesses/{business}/keys"), None),
     ] {
-        let (status, reply) = call(stack, base, method.clone(), &path, body);
+        let mut req = stack.http.request(method.clone(), format!("{base}{path}")).bearer_auth(OPERATOR_TOKEN);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().unwrap_or_else(|e| panic!("{method} {base}{path} while PostgreSQL is down: {e}"));
+        let (status, retry_after) = (resp.status().as_u16(), resp.headers().get("retry-after").cloned());
+        let reply: Value = resp.json().unwrap_or_else(|e| panic!("{method} {path}: not a JSON error: {e}"));
         assert_eq!(status, 503, "{method} {path} through {base} while PostgreSQL is down: {reply}");
         assert_eq!(reply["code"], "storage_unavailable", "{method} {path}: {reply}");
         assert_eq!(reply["success"], false, "{reply}");
+        assert!(retry_after.is_some(), "{method} {path}: a 503 without Retry-After");
     }
 }
 
