@@ -54,13 +54,17 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
+/// The password in the URL of a [`Cluster`]: trust authentication never asks for it, but
+/// admin gets it in its store URL, so a test can check no log shows it.
+pub const CLUSTER_PASSWORD: &str = "kg-e2e-database-password-never-logged";
+
 /// A cluster of the stack's own under `dir`, on a free loopback port; stopped on drop.
 pub struct Cluster {
     bin: PathBuf,
     dir: PathBuf,
     as_postgres: bool,
     options: String,
-    /// `postgres://postgres@127.0.0.1:PORT/postgres`, trusted without a password.
+    /// `postgres://postgres:CLUSTER_PASSWORD@127.0.0.1:PORT/postgres` (trust authentication).
     pub url: String,
 }
 
@@ -80,7 +84,7 @@ impl Cluster {
             as_postgres,
             // Loopback only; sockets in our own directory (the system's may not be writable).
             options: format!("-c listen_addresses=127.0.0.1 -p {port} -c max_connections=100 -k {}", dir.display()),
-            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            url: format!("postgres://postgres:{CLUSTER_PASSWORD}@127.0.0.1:{port}/postgres"),
         };
         let status = cluster
             .command("initdb")

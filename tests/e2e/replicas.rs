@@ -3,6 +3,7 @@
 //! is killed, and PostgreSQL is stopped under both. Over PostgreSQL only: these suites run in
 //! the `e2e-postgres` phase of `cargo xtask test` (ignored without `KEYGATE_TEST_POSTGRES`).
 
+use keygate_e2e::postgres::CLUSTER_PASSWORD;
 use keygate_e2e::{Stack, StackOptions, OPERATOR_TOKEN};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -233,4 +234,14 @@ fn postgres_down(stack: &Stack) {
     deactivate(stack, &replicas[1], &good_id);
     until_status(stack, &good, 401, Duration::from_secs(20), "a deactivation after the outage");
     stack.assert_alive();
+
+    // The database password (in both replicas' store URL) is in no log, not even in the
+    // connection errors of the outage.
+    for entry in std::fs::read_dir(&stack.dir).unwrap().map(Result::unwrap) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".log") || name.ends_with(".stdout") {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            assert!(!text.contains(CLUSTER_PASSWORD), "{name} shows the database password");
+        }
+    }
 }
