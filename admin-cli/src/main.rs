@@ -3,6 +3,7 @@
 
 mod client;
 mod import;
+mod migrate;
 mod output;
 mod serve;
 
@@ -13,7 +14,7 @@ use clap::{Parser, Subcommand};
     name = "keygate-admin",
     version,
     about = "keygate's admin server: accounts, API keys, tokens and the filter's snapshot feed.",
-    after_help = "Every command but `serve` talks to a running server over HTTP (--url, KEYGATE_URL), \
+    after_help = "Every command but `serve` and `migrate` talks to a running server over HTTP (--url, KEYGATE_URL), \
                   with the operator token or a member's access token where one is needed (sled lets only one \
                   process open a data directory, and the server holds it). Output is readable by people; \
                   --json prints the server's JSON answer for scripts. Errors exit with status 1."
@@ -34,6 +35,10 @@ enum Command {
     /// clients keep their keys. Safe to re-run: keys already imported are skipped.
     #[command(after_help = import::IMPORT_HELP)]
     Import(import::ImportArgs),
+    /// Copy a whole store to another place (sled <-> PostgreSQL, or sled to sled, database
+    /// to database) and verify the copy; every keygate-admin on either must be stopped.
+    #[command(after_help = migrate::MIGRATE_HELP)]
+    Migrate(migrate::MigrateArgs),
 }
 
 #[tokio::main]
@@ -42,5 +47,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::serve(args).await,
         Command::Client(command) => client::run(command).await,
         Command::Import(args) => import::run(args).await,
+        Command::Migrate(args) => migrate::run(args).await,
     }
 }

@@ -29,6 +29,8 @@ const BATCH_BYTES: usize = 4 << 20;
 const SLED_CACHE: u64 = 64 << 20;
 /// The `application_name` of the copy's own connections, so they are not taken for replicas.
 const MIGRATE_NAME: &str = "keygate-admin-migrate";
+/// How long replicas that were just stopped have to disconnect.
+const REPLICAS_LEAVING: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MigrateOptions {
@@ -138,7 +140,16 @@ fn open(location: &StoreLocation, role: &str, must_exist: bool) -> Result<Box<dy
         }
         StoreLocation::Postgres(url) => {
             let engine = PgEngine::open_as(url, Some(MIGRATE_NAME)).map_err(step(format!("cannot open the {role} {what}")))?;
-            let others = engine.other_processes().map_err(step(format!("cannot list the sessions on the {role} {what}")))?;
+            // Replicas just stopped may take a moment to leave (a listener notices its stop
+            // within a second): look again for a few seconds before refusing.
+            let deadline = std::time::Instant::now() + REPLICAS_LEAVING;
+            let others = loop {
+                let others = engine.other_processes().map_err(step(format!("cannot list the sessions on the {role} {what}")))?;
+                if others.is_empty() || std::time::Instant::now() >= deadline {
+                    break others;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            };
             if !others.is_empty() {
                 return Err(StoreError::Refused(format!(
                     "keygate-admin replicas seem to be running on the {role} {what} ({}): stop every replica first",
