@@ -59,12 +59,15 @@ EXAMPLES
 struct Bar {
     shown: bool,
     last: Option<Instant>,
+    /// The tree whose line was ended last: not drawn again.
+    ended: Option<(Stage, String)>,
 }
 
 impl Bar {
     fn draw(&mut self, p: &Progress<'_>) {
         let finished = p.done >= p.total;
-        if !self.shown || (!finished && self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(100))) {
+        let ended = self.ended.as_ref().is_some_and(|(stage, tree)| *stage == p.stage && tree == p.tree);
+        if !self.shown || ended || (!finished && self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(100))) {
             return;
         }
         self.last = Some(Instant::now());
@@ -87,6 +90,7 @@ impl Bar {
         if finished {
             let _ = writeln!(err);
             self.last = None;
+            self.ended = Some((p.stage, p.tree.to_owned()));
         }
         let _ = err.flush();
     }
@@ -97,7 +101,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let (from, to) = (args.from.clone(), args.to.clone());
     // The engines block (PostgreSQL's client on threads of its own): off the async workers.
     let report = tokio::task::spawn_blocking(move || {
-        let mut bar = Bar { shown: std::io::stderr().is_terminal(), last: None };
+        let mut bar = Bar { shown: std::io::stderr().is_terminal(), last: None, ended: None };
         migrate(&from, &to, options, &mut |p| bar.draw(&p))
     })
     .await

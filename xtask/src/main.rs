@@ -38,8 +38,9 @@ commands:
           KEYGATE_* paths below; TEST_ARGS go to the test binaries (e.g. -- --nocapture).
           Then admin-postgres: a throwaway PostgreSQL (Debian's postgresql, installed when missing;
           a new cluster in target/keygate-pg/ on a loopback port) and `cargo test -p keygate-admin`
-          again with KEYGATE_TEST_POSTGRES set, so its servers store there (when the packages
-          run include keygate-admin). Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`),
+          again with KEYGATE_TEST_POSTGRES set, so its servers store there, then
+          `cargo test -p keygate-admin-cli --test migrate` with it (`migrate` to and from
+          PostgreSQL) (when the packages run include keygate-admin). Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`),
           crash-test (3 rounds), api-fuzz (25 examples), bench-quick. Prints each phase's wall time; exits non-zero
           if any phase fails. `.ci/run` runs this.
   bench [--quick]
@@ -395,9 +396,18 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
                 }
                 let what = format!("KEYGATE_TEST_POSTGRES={} cargo {}", cluster.url, a.join(" "));
                 step(&what);
-                let result = run(cargo(p, &a).env("KEYGATE_TEST_POSTGRES", &cluster.url), &what);
+                let admin = run(cargo(p, &a).env("KEYGATE_TEST_POSTGRES", &cluster.url), &what);
+                // `keygate-admin migrate` to and from PostgreSQL (its sled legs ran in the test phase).
+                let mut a = vec!["test", "-p", "keygate-admin-cli", "--test", "migrate"];
+                if !test_args.is_empty() {
+                    a.push("--");
+                    a.extend(test_args.iter().map(String::as_str));
+                }
+                let what = format!("KEYGATE_TEST_POSTGRES={} cargo {}", cluster.url, a.join(" "));
+                step(&what);
+                let migrate = run(cargo(p, &a).env("KEYGATE_TEST_POSTGRES", &cluster.url), &what);
                 drop(cluster);
-                result
+                admin.and(migrate)
             });
         }
         if cargo_args.is_empty() {
