@@ -72,7 +72,7 @@ impl Bar {
         }
         self.last = Some(Instant::now());
         let width = 30u64;
-        let filled = if p.total == 0 { width } else { (p.done.min(p.total) * width / p.total).min(width) };
+        let filled = (p.done.min(p.total) * width).checked_div(p.total).unwrap_or(width).min(width);
         let stage = match p.stage {
             Stage::Copying => "copying",
             Stage::Verifying => "verifying",

@@ -1,5 +1,6 @@
 //! Two admin replicas on one PostgreSQL database (`KEYGATE_TEST_POSTGRES`; skipped on sled,
 //! which one process opens at a time): what one replica does, the other knows.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! history, so a proxy that followed the original (its `since` and `history`) is told to
 //! start over instead of trusting a delta. Needs `KEYGATE_TEST_POSTGRES` and PostgreSQL's
 //! client programs; without them it passes with a note.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -24,9 +25,10 @@ fn pg_program(program: &str) -> Option<PathBuf> {
         .filter(|(_, path): &(u32, PathBuf)| path.is_file())
         .collect();
     found.sort();
-    found.pop().map(|(_, path)| path).or_else(|| {
-        Command::new(program).arg("--version").output().ok().filter(|o| o.status.success()).map(|_| PathBuf::from(program))
-    })
+    found
+        .pop()
+        .map(|(_, path)| path)
+        .or_else(|| Command::new(program).arg("--version").output().ok().filter(|o| o.status.success()).map(|_| PathBuf::from(program)))
 }
 
 /// Runs a PostgreSQL client program to the end; panics with its output if it fails.
