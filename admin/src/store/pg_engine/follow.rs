@@ -147,8 +147,10 @@ fn listen(
             }
         };
         backoff = Duration::from_millis(50);
-        let _ = listening.try_send(());
+        // Missed first, then "listening": `start` returns only once what came before the
+        // `LISTEN` is covered, so its caller never hears of it afterwards.
         on(Announcement::Missed);
+        let _ = listening.try_send(());
         loop {
             // A fresh iterator each time: one whose timeout has fired returns at once ever after.
             let heard = client.notifications().timeout_iter(WAKE).next();
