@@ -13,6 +13,7 @@ mod key_attacks;
 mod lifecycle;
 mod log_secrets;
 mod path;
+mod restore;
 mod ui;
 
 use keygate_e2e::{Stack, StackOptions};
@@ -39,6 +40,7 @@ fn main() {
         flapping::suites(),
         ui::suites(),
         import::suites(),
+        restore::suites(),
     ]
     .into_iter()
     .flatten()
