@@ -157,4 +157,26 @@ mod tests {
         let store = open(copy.path(), 3);
         assert_eq!(store.history_at(version).unwrap(), at);
     }
+
+    /// A backup copied back over the directory it was taken from: same path, same
+    /// contents as when the history was recorded there, yet a new history.
+    #[test]
+    fn a_backup_restored_in_place_starts_a_new_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let (head, history) = {
+            let store = open(&path, 100);
+            add_business(&store, "biz_a");
+            let _ = store.create_key(&key("key_1", "biz_a", 1)).unwrap();
+            store.flush_blocking().unwrap();
+            (store.durable_version(), store.history_at(store.durable_version()).unwrap().unwrap())
+        };
+        let backup = dir.path().join("backup");
+        copy_dir(&path, &backup);
+        std::fs::remove_dir_all(&path).unwrap();
+        copy_dir(&backup, &path);
+        let store = open(&path, 100);
+        assert_eq!(store.durable_version(), head);
+        assert!(matches!(store.check_history(head, &history), Err(StoreError::Gone)));
+    }
 }

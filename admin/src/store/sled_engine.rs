@@ -162,7 +162,8 @@ impl Engine for SledEngine {
     /// The directory's real path and its marker file's inode and birth time: a copy of the
     /// directory, or a backup copied back over it, has a marker born later (or none, and
     /// gets one), so it reads as another place even at the same path. Where the file system
-    /// keeps no birth time, the inode's change time stands in for it.
+    /// keeps no birth time the inode stands alone (not the change time: a `chown -R` of the
+    /// directory at every container start would make every start a move).
     fn location(&self) -> Result<String, StoreError> {
         let marker = self.dir.join(LOCATION_MARKER);
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&marker) {
@@ -175,11 +176,11 @@ impl Engine for SledEngine {
         }
         let meta = std::fs::metadata(&marker).map_err(io)?;
         let born = match meta.created().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
-            Some(born) => format!("born {}", born.as_nanos()),
-            None => format!("changed {}.{:09}", meta.ctime(), meta.ctime_nsec()),
+            Some(born) => format!(" born {}", born.as_nanos()),
+            None => String::new(),
         };
         let dir = std::fs::canonicalize(&self.dir).map_err(io)?;
-        Ok(format!("sled:{} inode {} {born}", dir.display(), meta.ino()))
+        Ok(format!("sled:{} inode {}{born}", dir.display(), meta.ino()))
     }
 
     /// sled's `flush` writes its buffers out with `sync_file_range` on Linux, which
