@@ -38,9 +38,9 @@ commands:
           KEYGATE_* paths below; TEST_ARGS go to the test binaries (e.g. -- --nocapture).
           Then admin-postgres: a throwaway PostgreSQL (Debian's postgresql, installed when missing;
           a new cluster in target/keygate-pg/ on a loopback port) and `cargo test -p keygate-admin`
-          again with KEYGATE_TEST_POSTGRES set, so its servers store there, then
-          `cargo test -p keygate-admin-cli --test migrate` with it (`migrate` to and from
-          PostgreSQL) (when the packages run include keygate-admin). Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`),
+          again with KEYGATE_TEST_POSTGRES set, so its servers store there (when the packages
+          run include keygate-admin), and `cargo test -p keygate-admin-cli --test migrate`
+          with it (`migrate` to and from PostgreSQL; with keygate-admin or keygate-admin-cli). Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`),
           crash-test (3 rounds), api-fuzz (25 examples), bench-quick. Prints each phase's wall time; exits non-zero
           if any phase fails. `.ci/run` runs this.
   bench [--quick]
@@ -322,13 +322,18 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
         ok
     };
 
-    let tests_admin = !picks_packages
-        || cargo_args.iter().any(|a| matches!(a.as_str(), "--workspace" | "--all" | "--package=keygate-admin"))
-        || cargo_args.windows(2).any(|w| matches!(w[0].as_str(), "-p" | "--package") && w[1] == "keygate-admin");
+    let picks = |package: &str| {
+        !picks_packages
+            || cargo_args.iter().any(|a| matches!(a.as_str(), "--workspace" | "--all") || *a == format!("--package={package}"))
+            || cargo_args.windows(2).any(|w| matches!(w[0].as_str(), "-p" | "--package") && w[1] == package)
+    };
+    let tests_admin = picks("keygate-admin");
+    // `migrate` to and from PostgreSQL, with the admin suite or on its own.
+    let tests_migrate = tests_admin || picks("keygate-admin-cli");
     let ready = phase("setup", &mut || {
         setup(p)?;
         ensure_clippy(p)?;
-        if tests_admin {
+        if tests_migrate {
             postgres::ensure()?;
         }
         Ok(())
@@ -385,27 +390,24 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
                 .env("KEYGATE_CHROMIUM", browser::CHROMIUM);
             run(&mut c, &what)
         });
-        if tests_admin {
+        if tests_migrate {
             phase("admin-postgres", &mut || {
-                // The admin suite again, each of its fresh servers in a database of its own.
                 let cluster = postgres::start(p)?;
-                let mut a = vec!["test", "-p", "keygate-admin"];
-                if !test_args.is_empty() {
-                    a.push("--");
-                    a.extend(test_args.iter().map(String::as_str));
-                }
-                let what = format!("KEYGATE_TEST_POSTGRES={} cargo {}", cluster.url, a.join(" "));
-                step(&what);
-                let admin = run(cargo(p, &a).env("KEYGATE_TEST_POSTGRES", &cluster.url), &what);
+                let with_postgres = |package_args: &[&str]| {
+                    let mut a = vec!["test"];
+                    a.extend_from_slice(package_args);
+                    if !test_args.is_empty() {
+                        a.push("--");
+                        a.extend(test_args.iter().map(String::as_str));
+                    }
+                    let what = format!("KEYGATE_TEST_POSTGRES={} cargo {}", cluster.url, a.join(" "));
+                    step(&what);
+                    run(cargo(p, &a).env("KEYGATE_TEST_POSTGRES", &cluster.url), &what)
+                };
+                // The admin suite again, each of its fresh servers in a database of its own.
+                let admin = if tests_admin { with_postgres(&["-p", "keygate-admin"]) } else { Ok(()) };
                 // `keygate-admin migrate` to and from PostgreSQL (its sled legs ran in the test phase).
-                let mut a = vec!["test", "-p", "keygate-admin-cli", "--test", "migrate"];
-                if !test_args.is_empty() {
-                    a.push("--");
-                    a.extend(test_args.iter().map(String::as_str));
-                }
-                let what = format!("KEYGATE_TEST_POSTGRES={} cargo {}", cluster.url, a.join(" "));
-                step(&what);
-                let migrate = run(cargo(p, &a).env("KEYGATE_TEST_POSTGRES", &cluster.url), &what);
+                let migrate = with_postgres(&["-p", "keygate-admin-cli", "--test", "migrate"]);
                 drop(cluster);
                 admin.and(migrate)
             });
