@@ -20,6 +20,10 @@
 //! on every replica turns into an [`Announcement`] (`follow.rs`). Start-up (schema,
 //! history, the first signing key) runs under a session-level lock, one replica at a time.
 //!
+//! Every connection of a replica is named `keygate-admin` (`application_name`) unless the
+//! URL names it, so a copy between stores (`migrate`, connected under another name) can
+//! tell that replicas are still running (`maintenance.rs`).
+//!
 //! Durability: a `COMMIT` under PostgreSQL's default `synchronous_commit = on` returns
 //! only once the commit is on disk, so [`Engine::flush`] has nothing left to do.
 
