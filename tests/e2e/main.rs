@@ -17,6 +17,7 @@ mod lifecycle;
 mod log_secrets;
 mod path;
 mod replicas;
+mod restore;
 mod ui;
 
 use keygate_e2e::{Stack, StackOptions};
@@ -45,6 +46,7 @@ fn main() {
         ui::suites(),
         import::suites(),
         replicas::suites(),
+        restore::suites(),
     ]
     .into_iter()
     .flatten()

@@ -47,10 +47,12 @@ commands:
           Then admin-postgres: a throwaway PostgreSQL (Debian's postgresql, installed when missing;
           a new cluster in target/keygate-pg/ on a loopback port) and `cargo test -p keygate-admin`
           again with KEYGATE_TEST_POSTGRES set, so its servers store there (when the packages
-          run include keygate-admin). Then e2e-postgres (same cluster, ~2 min; when keygate-e2e's
-          e2e tests run): the e2e suites that exercise admin's store, each stack's admin in a
-          database of its own, and the replicas_* suites (two replicas behind one Envoy: one
-          killed; PostgreSQL stopped 30 s); not the browser and request-parsing suites.
+          run include keygate-admin), and `cargo test -p keygate-admin-cli --test migrate`
+          with it (`migrate` to and from PostgreSQL; with keygate-admin or keygate-admin-cli).
+          Then e2e-postgres (same cluster, ~2 min; when keygate-e2e's e2e tests run): the e2e
+          suites that exercise admin's store, each stack's admin in a database of its own, and
+          the replicas_* suites (two replicas behind one Envoy: one killed; PostgreSQL stopped
+          30 s); not the browser and request-parsing suites.
           Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`), crash-test
           (3 rounds), crash-test-postgres (3 rounds, 32 clients), api-fuzz (25 examples),
           bench-quick. Prints each phase's wall time; exits non-zero
@@ -370,6 +372,8 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
     let picks_targets =
         cargo_args.iter().any(|a| matches!(a.as_str(), "--test" | "--lib" | "--doc" | "--bins" | "--tests") || a.starts_with("--test="));
     let tests_admin = tests_package("keygate-admin");
+    // `migrate` to and from PostgreSQL, with the admin suite or on its own.
+    let tests_migrate = tests_admin || tests_package("keygate-admin-cli");
     let tests_e2e = tests_package("keygate-e2e") && (names_e2e || !picks_targets);
     // One throwaway PostgreSQL for the phases over it, started by the first that needs it.
     let mut cluster: Option<postgres::Cluster> = None;
@@ -382,7 +386,7 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
     let ready = phase("setup", &mut || {
         setup(p)?;
         ensure_clippy(p)?;
-        if tests_admin || tests_e2e {
+        if tests_migrate || tests_e2e {
             postgres::ensure()?;
         }
         Ok(())
@@ -433,18 +437,25 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
             test_env(p, &mut c);
             run(&mut c, &what)
         });
-        if tests_admin {
+        if tests_migrate {
             phase("admin-postgres", &mut || {
-                // The admin suite again, each of its fresh servers in a database of its own.
                 let url = start_postgres()?;
-                let mut a = vec!["test", "-p", "keygate-admin"];
-                if !test_args.is_empty() {
-                    a.push("--");
-                    a.extend(test_args.iter().map(String::as_str));
-                }
-                let what = format!("KEYGATE_TEST_POSTGRES={url} cargo {}", a.join(" "));
-                step(&what);
-                run(cargo(p, &a).env("KEYGATE_TEST_POSTGRES", &url), &what)
+                let with_postgres = |package_args: &[&str]| {
+                    let mut a = vec!["test"];
+                    a.extend_from_slice(package_args);
+                    if !test_args.is_empty() {
+                        a.push("--");
+                        a.extend(test_args.iter().map(String::as_str));
+                    }
+                    let what = format!("KEYGATE_TEST_POSTGRES={url} cargo {}", a.join(" "));
+                    step(&what);
+                    run(cargo(p, &a).env("KEYGATE_TEST_POSTGRES", &url), &what)
+                };
+                // The admin suite again, each of its fresh servers in a database of its own.
+                let admin = if tests_admin { with_postgres(&["-p", "keygate-admin"]) } else { Ok(()) };
+                // `keygate-admin migrate` to and from PostgreSQL (its sled legs ran in the test phase).
+                let migrate = with_postgres(&["-p", "keygate-admin-cli", "--test", "migrate"]);
+                admin.and(migrate)
             });
         }
         if tests_e2e {

@@ -15,8 +15,10 @@ mod accounts;
 mod durable;
 mod engine;
 mod feed;
+mod history;
 mod keys;
 pub mod limits;
+pub mod migrate;
 mod pg_engine;
 pub mod records;
 mod schema;
@@ -42,14 +44,11 @@ pub use sweep::SweepReport;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use keygate_core::snapshot::History;
-use keygate_core::KeyHash;
-
 use durable::Durability;
 use engine::{Announcement, Engine};
 use pg_engine::PgEngine;
 use sled_engine::SledEngine;
-use tx::{chain, from_be, versioned, Trees, META_HEAD, META_HISTORY, META_HISTORY_BASE, TREE_NAMES};
+use tx::{from_be, versioned, Trees, META_HEAD, META_HISTORY, META_HISTORY_BASE, TREE_NAMES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -85,6 +84,16 @@ pub enum StoreError {
     NotDurable,
     #[error("a background store task failed: {0}")]
     Task(String),
+    /// A copy between stores (`migrate`) would not start: the reason says why and what to do.
+    #[error("{0}")]
+    Refused(String),
+    /// A step of a copy between stores failed: what it was doing, and the error underneath.
+    #[error("{what}")]
+    Step {
+        what: String,
+        #[source]
+        source: Box<StoreError>,
+    },
     /// The key is at its session cap and no live session is the caller's client's to give up.
     #[error("the key is at its session limit")]
     SessionLimit { retry_after_secs: u64 },
@@ -222,12 +231,11 @@ impl Store {
         if trees.meta.get(META_HISTORY)?.is_none() {
             // A new store (or one from before histories): a random start, so no two stores
             // ever share a history.
-            let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed).map_err(|e| StoreError::Task(format!("no random history id: {e}")))?;
-            let start = chain(&History(KeyHash(seed)), b"");
+            let start = history::fresh_history()?;
             trees.meta.insert(META_HISTORY_BASE, versioned(head, &start))?;
             trees.meta.insert(META_HISTORY, start.0 .0)?;
         }
+        history::settle_location(&*engine, &trees)?;
         // Whatever the engine recovered on open was on disk, so it is durable.
         let inner = Inner {
             engine,
@@ -285,7 +293,7 @@ impl Store {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::testing::{add_business, key, open};
-    use super::*;
+    use keygate_core::KeyHash;
 
     #[test]
     fn flushed_writes_survive_reopen() {
@@ -336,8 +344,19 @@ mod testing {
         }
     }
 
+    /// Opens the sled store in `dir`. A store just dropped in this process may hold the
+    /// directory's lock a moment longer (sled's threads let go of it after the drop).
     pub(super) fn open(dir: &Path, retain: u64) -> Store {
-        Store::open(dir, &StoreOptions { cache_capacity_bytes: 1 << 20, changelog_retain: retain, ..StoreOptions::default() }).unwrap()
+        let options = StoreOptions { cache_capacity_bytes: 1 << 20, changelog_retain: retain, ..StoreOptions::default() };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir, &options) {
+                Err(super::StoreError::Sled(sled::Error::Io(e))) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => return opened.unwrap(),
+            }
+        }
     }
 
     /// Creates business `id` (named after itself).

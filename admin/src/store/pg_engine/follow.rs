@@ -151,8 +151,10 @@ fn listen(
             }
         };
         backoff = Duration::from_millis(50);
-        let _ = listening.try_send(());
+        // Missed first, then "listening": `start` returns only once what came before the
+        // `LISTEN` is covered, so its caller never hears of it afterwards.
         on(Announcement::Missed);
+        let _ = listening.try_send(());
         let mut checked = std::time::Instant::now();
         loop {
             if checked.elapsed() >= RECHECK {

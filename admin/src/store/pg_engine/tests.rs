@@ -273,3 +273,25 @@ fn calls_after_the_server_dropped_every_connection_succeed() {
     }
     assert_eq!(engine.get(1, b"w0").unwrap(), Some(b"x".to_vec()));
 }
+
+/// A range delete removes exactly its range, in one statement; counts follow; the
+/// location is the same from any connection to the database and names no secret.
+#[test]
+fn ranges_go_in_one_delete_and_the_location_is_the_databases() {
+    let Some(url) = fresh_database() else { return };
+    let engine = PgEngine::open(&url).unwrap();
+    let stored: Vec<Entry> = (0u8..10).map(|n| (vec![n], vec![n])).collect();
+    engine.put_many(2, stored).unwrap();
+    engine.put(3, b"other", b"tree").unwrap();
+    engine.remove_range(2, Bound::Included(vec![2]), Bound::Excluded(vec![5])).unwrap();
+    assert_eq!(keys(engine.range(2, Bound::Unbounded, Bound::Unbounded)), [0u8, 1, 5, 6, 7, 8, 9].map(|n| vec![n]));
+    engine.remove_range(2, Bound::Unbounded, Bound::Excluded(vec![6])).unwrap();
+    assert_eq!((engine.len(2).unwrap(), engine.len(3).unwrap()), (4, 1));
+    let here = engine.location().unwrap();
+    assert!(here.starts_with("postgres ") && here.contains(" database ") && here.contains(" table "), "{here}");
+    assert!(!here.contains(&url), "{here}");
+    drop(engine);
+    let again = PgEngine::open_as(&url, Some("another-name")).unwrap();
+    assert_eq!(again.location().unwrap(), here);
+    assert!(again.other_processes().unwrap().is_empty(), "no replica is connected");
+}
