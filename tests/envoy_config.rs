@@ -34,6 +34,14 @@ pub(crate) fn add_second_listener(yaml: &str, from_port: u16, port: u16, admin_p
     format!("{}{}{}{}", &yaml[..end], copy, yaml[end..].trim_end_matches('\n'), cluster)
 }
 
+/// Lists a second admin replica (at `port`) in the `keygate_admin` cluster, after the one
+/// at `first_port`: one cluster, two endpoints, Envoy's health checks pick between them.
+pub(crate) fn add_admin_endpoint(yaml: &str, first_port: &str, port: &str) -> String {
+    let endpoint =
+        |port: &str| format!("        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}\n");
+    replace_once(yaml, &endpoint(first_port), &format!("{}{}", endpoint(first_port), endpoint(port)))
+}
+
 /// The reference rules (`/public/` open, `/key/` by key, everything else all three
 /// credentials) as plugin JSON, with `extra` fields (each `\n  "name": value,`) and
 /// `routes` (each `\n    {...},`) ahead of the two reference routes.

@@ -13,11 +13,13 @@
 //! usual build locations as fallback.
 //!
 //! `process`: child processes and ports; `envoy_config`: rewriting envoy.yaml; `stack`:
-//! starting and stopping the stack; `client`: requests to admin and through Envoy.
+//! starting and stopping the stack; `client`: requests to admin and through Envoy;
+//! `postgres`: databases and clusters for admin over PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod client;
 mod envoy_config;
+pub mod postgres;
 mod process;
 mod stack;
 

@@ -2,10 +2,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::postgres::SEAL_KEY;
 use crate::{OPERATOR_TOKEN, PROXY_TOKEN};
 
 /// A child process killed (SIGKILL) and reaped on drop.
@@ -72,10 +73,26 @@ pub(crate) struct AdminArgs {
     pub(crate) log_level: &'static str,
 }
 
-pub(crate) fn admin_command(bin: &Path, data: &Path, addr: &str, args: &AdminArgs) -> Command {
+/// Where an admin of the stack stores: a sled directory, or a PostgreSQL database URL
+/// (any number of replicas may share one).
+#[derive(Clone)]
+pub(crate) enum Store {
+    Sled(PathBuf),
+    Postgres(String),
+}
+
+pub(crate) fn admin_command(bin: &Path, store: &Store, addr: &str, args: &AdminArgs) -> Command {
     let mut cmd = Command::new(bin);
-    cmd.args(["serve", "--addr", addr, "--data", data.to_str().unwrap()])
-        .args(&args.extra)
+    cmd.args(["serve", "--addr", addr]);
+    match store {
+        Store::Sled(data) => {
+            cmd.args(["--data", data.to_str().unwrap()]);
+        }
+        Store::Postgres(url) => {
+            cmd.args(["--store", url]).env("KEYGATE_SEAL_KEY", SEAL_KEY);
+        }
+    }
+    cmd.args(&args.extra)
         .env("KEYGATE_OPERATOR_TOKEN", OPERATOR_TOKEN)
         .env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN)
         .env("RUST_LOG", args.log_level)

@@ -1,5 +1,7 @@
-//! Starting the stack (echo, admin, Envoy; optionally a second admin), restarting admin, and
-//! cleaning up when the stack drops.
+//! Starting the stack (echo, admin, Envoy; optionally a second admin, or a second replica of
+//! admin over the same PostgreSQL database), restarting admin, and cleaning up when the stack
+//! drops. Admin stores in sled, or, when `KEYGATE_TEST_POSTGRES` is set, in a new database
+//! of that server (one per stack); a stack may also run a PostgreSQL cluster of its own.
 
 use reqwest::blocking::Client;
 use std::path::PathBuf;
@@ -8,8 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::client::{seed, seed_revoked};
-use crate::envoy_config::{add_second_listener, replace_once, replace_plugin_json};
-use crate::process::{admin_command, free_port, spawn_listening, AdminArgs, ChildGuard};
+use crate::envoy_config::{add_admin_endpoint, add_second_listener, replace_once, replace_plugin_json};
+use crate::postgres::{create_database, server_under_test, Cluster};
+use crate::process::{admin_command, free_port, spawn_listening, AdminArgs, ChildGuard, Store};
 use crate::{artifact, PROXY_TOKEN};
 
 #[derive(Default, Clone)]
@@ -29,6 +32,17 @@ pub struct StackOptions {
     /// With `seed_keys`: API-key logins (of the first seeded key) revoked before Envoy
     /// starts, so the first full sync carries them (see [`Stack::seeded_revoked`]).
     pub seed_revoked: usize,
+    /// Also start a second replica of admin (`admin_2`) over the same PostgreSQL database,
+    /// listed in the same `keygate_admin` cluster (see [`Stack::replica_url`]). Needs
+    /// PostgreSQL: `KEYGATE_TEST_POSTGRES` or [`StackOptions::own_postgres`].
+    pub admin_replica: bool,
+    /// Store in a PostgreSQL cluster of the stack's own (see [`Stack::postgres`]), for tests
+    /// that stop the database.
+    pub own_postgres: bool,
+    /// When `KEYGATE_TEST_POSTGRES` names a PostgreSQL server: a second admin replica on
+    /// the same database, at [`Stack::replica_url`], but not in Envoy's cluster (Envoy is
+    /// fed by the first only). Without a server: sled and no replica.
+    pub postgres_replica: bool,
 }
 
 /// The second admin and listener of a stack started with [`StackOptions::second_admin`].
@@ -49,11 +63,16 @@ pub struct Stack {
     pub second: Option<Second>,
     /// With [`StackOptions::seed_revoked`]: access tokens whose sessions were revoked before Envoy started.
     pub seeded_revoked: Vec<String>,
+    /// With [`StackOptions::admin_replica`]: the second replica's URL (child `admin_2`).
+    pub replica_url: Option<String>,
+    /// With [`StackOptions::own_postgres`]: the stack's PostgreSQL.
+    pub postgres: Option<Cluster>,
     /// Envoy, admin, echo: killed (in that order) when the stack drops.
     children: std::sync::Mutex<Vec<ChildGuard>>,
     admin_bin: PathBuf,
     admin_addr: String,
     admin_args: AdminArgs,
+    store: Store,
     counter: AtomicU64,
     /// Keep the log directory after the stack drops (set when a test failed).
     pub keep_logs: std::sync::atomic::AtomicBool,
@@ -76,13 +95,24 @@ impl Stack {
         echo_cmd.args(["--addr", "127.0.0.1:0"]);
         let (echo, echo_addr) = spawn_listening("echo", echo_cmd, &dir);
 
-        let data = dir.join("data");
+        let postgres = options.own_postgres.then(|| Cluster::start(&dir.join("pg")));
+        let server = postgres.as_ref().map(|c| c.url.clone()).or_else(server_under_test);
+        let new_store = |sled_dir: &str| match &server {
+            Some(url) => Store::Postgres(create_database(url)),
+            None => Store::Sled(dir.join(sled_dir)),
+        };
+        let store = new_store("data");
         let admin_args = AdminArgs { extra: options.admin_args.clone(), log_level: options.log_level.unwrap_or("info") };
-        let (admin, admin_addr) = spawn_listening("admin", admin_command(&admin_bin, &data, "127.0.0.1:0", &admin_args), &dir);
+        let (admin, admin_addr) = spawn_listening("admin", admin_command(&admin_bin, &store, "127.0.0.1:0", &admin_args), &dir);
 
         let second_admin = options
             .second_admin
-            .then(|| spawn_listening("admin_b", admin_command(&admin_bin, &dir.join("data_b"), "127.0.0.1:0", &admin_args), &dir));
+            .then(|| spawn_listening("admin_b", admin_command(&admin_bin, &new_store("data_b"), "127.0.0.1:0", &admin_args), &dir));
+        let unlisted_replica = options.postgres_replica && matches!(store, Store::Postgres(_));
+        let replica = (options.admin_replica || unlisted_replica).then(|| {
+            assert!(matches!(store, Store::Postgres(_)), "admin replicas need PostgreSQL: KEYGATE_TEST_POSTGRES or own_postgres");
+            spawn_listening("admin_2", admin_command(&admin_bin, &store, "127.0.0.1:0", &admin_args), &dir)
+        });
 
         let http = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         let seeded = (options.seed_keys > 0).then(|| seed(&http, &format!("http://{admin_addr}"), options.seed_keys));
@@ -99,6 +129,9 @@ impl Stack {
         yaml = replace_once(&yaml, "port_value: 8080", &format!("port_value: {}", port_of(&admin_addr)));
         yaml = replace_once(&yaml, "port_value: 8081", &format!("port_value: {}", port_of(&echo_addr)));
         yaml = replace_once(&yaml, "filename: target/wasm32-wasip1/release/keygate_filter.wasm", &format!("filename: {}", wasm.display()));
+        if let Some((_, addr)) = replica.as_ref().filter(|_| options.admin_replica) {
+            yaml = add_admin_endpoint(&yaml, &port_of(&admin_addr), &port_of(addr));
+        }
         if let Some(json) = &options.plugin_json {
             yaml = replace_plugin_json(&yaml, json);
         }
@@ -137,12 +170,19 @@ impl Stack {
             seeded,
             second,
             seeded_revoked,
+            replica_url: replica.as_ref().map(|(_, addr)| format!("http://{addr}")),
+            postgres,
             children: std::sync::Mutex::new(
-                [ChildGuard::new("envoy", envoy_child), admin, echo].into_iter().chain(second_admin.map(|(guard, _)| guard)).collect(),
+                [ChildGuard::new("envoy", envoy_child), admin, echo]
+                    .into_iter()
+                    .chain(second_admin.map(|(guard, _)| guard))
+                    .chain(replica.map(|(guard, _)| guard))
+                    .collect(),
             ),
             admin_bin,
             admin_addr: admin_addr.clone(),
             admin_args,
+            store,
             counter: AtomicU64::new(0),
             keep_logs: std::sync::atomic::AtomicBool::new(false),
         };
@@ -174,14 +214,19 @@ impl Stack {
 
     /// SIGKILLs keygate-admin (no flush, no goodbye).
     pub fn kill_admin(&self) {
-        self.children.lock().unwrap().retain(|c| c.name != "admin");
+        self.kill("admin");
+    }
+
+    /// SIGKILLs the stack's child `name` (`admin`, `admin_2`, `envoy`, …).
+    pub fn kill(&self, name: &str) {
+        self.children.lock().unwrap().retain(|c| c.name != name);
     }
 
     /// Starts keygate-admin again on the same address and data directory.
     pub fn restart_admin(&self) {
         self.kill_admin();
         let (guard, addr) =
-            spawn_listening("admin", admin_command(&self.admin_bin, &self.dir.join("data"), &self.admin_addr, &self.admin_args), &self.dir);
+            spawn_listening("admin", admin_command(&self.admin_bin, &self.store, &self.admin_addr, &self.admin_args), &self.dir);
         assert_eq!(addr, self.admin_addr);
         self.children.lock().unwrap().push(guard);
     }
@@ -203,6 +248,7 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.children.lock().unwrap().clear();
+        drop(self.postgres.take());
         // Keep the logs of a failed run (and on request); remove the rest.
         let keep = self.keep_logs.load(Ordering::SeqCst) || std::thread::panicking() || std::env::var_os("KEYGATE_E2E_KEEP").is_some();
         if keep {

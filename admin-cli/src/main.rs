@@ -3,7 +3,9 @@
 
 mod client;
 mod import;
+mod migrate;
 mod output;
+mod seal_key;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -13,7 +15,7 @@ use clap::{Parser, Subcommand};
     name = "keygate-admin",
     version,
     about = "keygate's admin server: accounts, API keys, tokens and the filter's snapshot feed.",
-    after_help = "Every command but `serve` talks to a running server over HTTP (--url, KEYGATE_URL), \
+    after_help = "Every command but `serve` and `migrate` talks to a running server over HTTP (--url, KEYGATE_URL), \
                   with the operator token or a member's access token where one is needed (sled lets only one \
                   process open a data directory, and the server holds it). Output is readable by people; \
                   --json prints the server's JSON answer for scripts. Errors exit with status 1."
@@ -34,6 +36,14 @@ enum Command {
     /// clients keep their keys. Safe to re-run: keys already imported are skipped.
     #[command(after_help = import::IMPORT_HELP)]
     Import(import::ImportArgs),
+    /// Seal keys, which seal the token signing keys' private seeds in the store: make one, or
+    /// show the ids of those configured (README, Sealing signing keys).
+    #[command(subcommand)]
+    SealKey(seal_key::SealKeyCommand),
+    /// Copy a whole store to another place (sled <-> PostgreSQL, or sled to sled, database
+    /// to database) and verify the copy; every keygate-admin on either must be stopped.
+    #[command(after_help = migrate::MIGRATE_HELP)]
+    Migrate(migrate::MigrateArgs),
 }
 
 #[tokio::main]
@@ -42,5 +52,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::serve(args).await,
         Command::Client(command) => client::run(command).await,
         Command::Import(args) => import::run(args).await,
+        Command::SealKey(command) => seal_key::run(command),
+        Command::Migrate(args) => migrate::run(args).await,
     }
 }

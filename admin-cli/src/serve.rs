@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::ValueEnum;
 use keygate_admin::{AppState, Config, Secret, StoreLocation};
 
+use crate::seal_key::SealKeySource;
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Human,
@@ -38,6 +40,8 @@ pub struct ServeArgs {
     /// Proxy bearer token (the filter's snapshot feed). Same rules as --operator-token.
     #[arg(long, env = "KEYGATE_PROXY_TOKEN", hide_env_values = true)]
     proxy_token: Option<String>,
+    #[command(flatten)]
+    seal_keys: SealKeySource,
     /// `iss` claim of issued access tokens.
     #[arg(long, env = "KEYGATE_ISSUER", default_value = "keygate")]
     issuer: String,
@@ -90,7 +94,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The server's configuration from the flags.
-    fn into_config(self) -> Config {
+    fn into_config(self) -> anyhow::Result<Config> {
         let mut config = Config::at(self.store.unwrap_or(StoreLocation::Sled(self.data)));
         // An empty value (`KEYGATE_OPERATOR_TOKEN=` in a compose file) means unset.
         config.operator_token = self.operator_token.filter(|t| !t.is_empty()).map(Secret::new);
@@ -107,7 +111,8 @@ impl ServeArgs {
         config.refresh_ttl_secs = self.refresh_grace_secs;
         config.sweep_interval_secs = self.sweep_interval_secs;
         config.trust_forwarded_for = self.trust_x_forwarded_for;
-        config
+        config.seal_keys = self.seal_keys.read().context("cannot read the seal keys")?;
+        Ok(config)
     }
 }
 
@@ -167,7 +172,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(location) => location.describe(),
     };
     let listen = args.addr.clone();
-    let config = args.into_config();
+    let config = args.into_config()?;
     // Opening runs blocking I/O (sled's files, or PostgreSQL on its own threads); fine
     // before serving starts.
     let (state, generated) = AppState::open(config).with_context(|| format!("cannot open the store in {data}"))?;

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::seal::SealKeys;
+
 /// Largest request body accepted, bytes (the bulk import and usage reports have their own,
 /// larger caps).
 pub const BODY_LIMIT: u64 = 64 * 1024;
@@ -152,6 +154,10 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     /// API-key login throttling.
     pub login_limit: LoginLimitConfig,
+    /// The keys that seal the signing keys' private seeds in the store (the first seals,
+    /// every one opens). Required over PostgreSQL; without them a sled store keeps seeds in
+    /// plaintext. `Debug` shows their ids only.
+    pub seal_keys: Option<SealKeys>,
     /// Measurement baseline only: one flush per write instead of group commit.
     #[doc(hidden)]
     pub flush_per_write: bool,
@@ -224,6 +230,7 @@ impl Config {
             trust_forwarded_for: false,
             throttle: ThrottleConfig::default(),
             login_limit: LoginLimitConfig::default(),
+            seal_keys: None,
             flush_per_write: false,
         }
     }

@@ -90,6 +90,8 @@ impl From<StoreError> for AdminError {
             StoreError::SessionLimit { retry_after_secs } => AdminError::SessionLimitReached { retry_after_secs },
             e @ StoreError::NotDurable => AdminError::NotDurable(e),
             e @ StoreError::Unavailable(_) => AdminError::StoreUnavailable(e),
+            // Its message names a kid and a seal key id, never a secret.
+            e @ StoreError::SealKeyMissing { .. } => AdminError::Config(e.to_string()),
             e => AdminError::Store(e),
         }
     }

@@ -25,6 +25,7 @@ pub mod passwords;
 pub mod random;
 pub mod rfc3339;
 pub mod route_table;
+pub mod seal;
 pub mod state;
 pub mod store;
 pub mod throttle;

@@ -15,6 +15,11 @@ use crate::store::{Store, StoreOptions, TokenRole};
 use crate::throttle::{LoginLimiter, Throttle};
 use crate::tokens::TokenService;
 
+/// Why admin refuses a PostgreSQL store without a seal key.
+const NO_SEAL_KEY: &str = "a PostgreSQL store needs a seal key for the token signing keys: make one with \
+                           `keygate-admin seal-key generate` and give it to every replica in KEYGATE_SEAL_KEY \
+                           or in a file named by --seal-key-file (README, Sealing signing keys)";
+
 /// Tokens generated on this start because none was configured or stored. The caller
 /// shows each one once; only their SHA-256 is kept.
 #[derive(Debug, Default)]
@@ -87,8 +92,9 @@ fn resolve_token(
 }
 
 impl AppState {
-    /// Opens (or creates) the store at `config.store`, settles the operator and
-    /// proxy tokens and the signing key, and flushes all of that to disk.
+    /// Opens (or creates) the store at `config.store`, seals its signing seeds with the first
+    /// seal key, settles the operator and proxy tokens and the signing key, and flushes all
+    /// of that to disk.
     pub fn open(config: Config) -> Result<(AppState, GeneratedTokens), AdminError> {
         let options = StoreOptions {
             cache_capacity_bytes: config.cache_capacity_bytes,
@@ -100,8 +106,14 @@ impl AppState {
                 std::fs::create_dir_all(dir)?;
                 Store::open(dir, &options)?
             }
+            StoreLocation::Postgres(_) if config.seal_keys.is_none() => return Err(AdminError::Config(NO_SEAL_KEY.to_owned())),
             StoreLocation::Postgres(url) => Store::open_postgres(url, &options)?,
         };
+        let seal_keys = config.seal_keys.as_ref();
+        let resealed = store.seal_signing_keys(seal_keys)?;
+        if let Some(keys) = seal_keys.filter(|_| resealed > 0) {
+            tracing::info!(resealed, seal_key = %keys.sealer().id(), "sealed the stored signing seeds with the first seal key");
+        }
         let (operator_hash, operator) = resolve_token(&store, TokenRole::Operator, config.operator_token.as_ref(), "kgo_")?;
         let (proxy_hash, proxy) = resolve_token(&store, TokenRole::Proxy, config.proxy_token.as_ref(), "kgp_")?;
         if digest::digest_eq(&operator_hash, &proxy_hash) {

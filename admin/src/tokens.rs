@@ -1,6 +1,7 @@
 //! Token signing and verification. Admin signs access tokens with its current Ed25519
-//! key (created on first start, seed kept in the store, never logged or served) and
-//! publishes every public key in the JWKS and the snapshot.
+//! key (created on first start, seed kept in the store, sealed with the first seal key when
+//! there is one, never logged or served) and publishes every public key in the JWKS and the
+//! snapshot.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -13,9 +14,9 @@ use keygate_core::{AccessClaims, Mode, UnixTime};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::digest;
 use crate::error::AdminError;
 use crate::random;
+use crate::seal::SealKeys;
 use crate::store::{IssuedToken, SigningKey, Store};
 
 pub const KID_PREFIX: &str = "sig_";
@@ -49,6 +50,8 @@ pub struct TokenService {
     issuer: String,
     audience: String,
     leeway: u64,
+    /// Open the stored seeds and seal new ones (none: a sled store keeping them in plaintext).
+    seal_keys: Option<SealKeys>,
     keys: RwLock<Arc<Keys>>,
 }
 
@@ -58,29 +61,32 @@ impl std::fmt::Debug for TokenService {
     }
 }
 
-fn new_signing_key() -> Result<SigningKey, AdminError> {
+fn new_signing_key(seal_keys: Option<&SealKeys>) -> Result<SigningKey, AdminError> {
     let seed: [u8; 32] = random::array()?;
     let kid = format!("{KID_PREFIX}{}", random::base62_string(KID_LEN)?);
     let pair = SigningKeyPair::from_seed(kid.clone(), seed);
-    Ok(SigningKey {
+    let mut key = SigningKey {
         kid,
-        seed_hex: digest::hex(&seed),
+        seed_hex: String::new(),
+        sealed_seed: None,
         public: pair.public_entry(),
         created_at: crate::clock::now(),
         retired_at: None,
         remove_after: None,
-    })
+    };
+    key.set_seed(&seed, seal_keys)?;
+    Ok(key)
 }
 
-fn keys_of(stored: &[SigningKey]) -> Result<Keys, AdminError> {
+fn keys_of(stored: &[SigningKey], seal_keys: Option<&SealKeys>) -> Result<Keys, AdminError> {
     let current =
         stored.iter().filter(|k| k.retired_at.is_none()).max_by_key(|k| k.created_at).ok_or(AdminError::Internal("no signing key"))?;
-    let signer = pair_of(current)?;
+    let signer = SigningKeyPair::from_seed(current.kid.clone(), current.seed(seal_keys)?);
     let mut verifiers = HashMap::new();
     let mut pairs = HashMap::new();
     let mut published = Vec::new();
     for key in stored {
-        pairs.insert(key.kid.clone(), pair_of(key)?);
+        pairs.insert(key.kid.clone(), SigningKeyPair::from_seed(key.kid.clone(), key.seed(seal_keys)?));
         let decoding = DecodingKey::from_ed_components(&key.public.x).map_err(AdminError::Signing)?;
         verifiers.insert(key.kid.clone(), decoding);
         published.push(key.public.clone());
@@ -88,18 +94,14 @@ fn keys_of(stored: &[SigningKey]) -> Result<Keys, AdminError> {
     Ok(Keys { signer, pairs, verifiers, published })
 }
 
-fn pair_of(key: &SigningKey) -> Result<SigningKeyPair, AdminError> {
-    let seed = digest::unhex::<32>(&key.seed_hex).ok_or(AdminError::Internal("a stored signing seed is corrupt"))?;
-    Ok(SigningKeyPair::from_seed(key.kid.clone(), seed))
-}
-
 impl TokenService {
     /// Loads the signing keys, creating the first one if the store has none. The newest
     /// unretired key signs; every stored key's public half is published.
     pub fn load(store: &Store, config: &Config) -> Result<TokenService, AdminError> {
+        let seal_keys = config.seal_keys.clone();
         let mut stored = store.signing_keys()?;
         if !stored.iter().any(|k| k.retired_at.is_none()) {
-            let key = new_signing_key()?;
+            let key = new_signing_key(seal_keys.as_ref())?;
             let _ticket = store.add_signing_key(&key)?; // made durable by the caller's flush
             tracing::info!(kid = %key.kid, "created the first token signing key");
             stored.push(key);
@@ -108,7 +110,8 @@ impl TokenService {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             leeway: config.token_leeway_secs,
-            keys: RwLock::new(Arc::new(keys_of(&stored)?)),
+            keys: RwLock::new(Arc::new(keys_of(&stored, seal_keys.as_ref())?)),
+            seal_keys,
         })
     }
 
@@ -121,7 +124,7 @@ impl TokenService {
         // Read under the lock: of two concurrent reloads, the later one to swap in also
         // read later, so an older view never replaces a newer one.
         let mut current = self.keys.write().unwrap_or_else(PoisonError::into_inner);
-        *current = Arc::new(keys_of(&store.signing_keys_settled()?)?);
+        *current = Arc::new(keys_of(&store.signing_keys_settled()?, self.seal_keys.as_ref())?);
         Ok(())
     }
 
@@ -129,7 +132,7 @@ impl TokenService {
     /// published until `remove_after`. Returns the new kid, the kid it replaced and the
     /// ticket to wait on.
     pub fn rotate(&self, store: &Store, remove_after: UnixTime) -> Result<(String, Option<String>, crate::store::Ticket), AdminError> {
-        let key = new_signing_key()?;
+        let key = new_signing_key(self.seal_keys.as_ref())?;
         let (previous, ticket) = store.rotate_signing_key(&key, remove_after)?;
         self.reload(store)?;
         Ok((key.kid, previous, ticket))

@@ -134,3 +134,60 @@ async fn a_signing_key_rotated_through_one_replica_signs_on_the_other() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Runs `sql` on the test server, on a thread of its own (the blocking client cannot run
+/// inside the tests' runtime).
+fn run_sql(server: &str, sql: String) {
+    let server = server.to_owned();
+    std::thread::spawn(move || postgres::Client::connect(&server, postgres::NoTls).unwrap().batch_execute(&sql).unwrap()).join().unwrap();
+}
+
+/// Polls `/healthz` until it answers `status` (10 s at most).
+async fn health_becomes(server: &Server, status: StatusCode) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (got, body) = server.get("/healthz", None).await;
+        if got == status {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/healthz still answers {got} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A replica whose listening connection is lost (and cannot come back: the database takes
+/// no new connections) cannot hear other replicas' commits: its health check and its
+/// long-polls say so, while requests on its open connections still work; once it listens
+/// again, both recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_hear_the_others_says_so_until_it_can() {
+    let Some(server_url) = postgres_under_test() else {
+        eprintln!("note: KEYGATE_TEST_POSTGRES is unset; replica test skipped");
+        return;
+    };
+    let url = fresh_database(&server_url);
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let replica = Server::start_with(config_at(StoreLocation::Postgres(url.clone()))).await;
+    let biz = replica.business("Acme").await;
+    assert_eq!(health_becomes(&replica, StatusCode::OK).await["status"], json!("ok"));
+
+    run_sql(&server_url, format!("ALTER DATABASE {database} ALLOW_CONNECTIONS false"));
+    run_sql(
+        &server_url,
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}' AND query LIKE 'LISTEN%'"),
+    );
+    let body = health_becomes(&replica, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["status"], json!("not_following"), "{body}");
+    let (_, full) = replica.snapshot("").await;
+    let version = full["version"].as_u64().unwrap();
+    let (status, body) = replica.snapshot(&format!("?since={version}&wait=5")).await;
+    assert_error(status, &body, 503, "storage_unavailable");
+
+    run_sql(&server_url, format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"));
+    assert_eq!(health_becomes(&replica, StatusCode::OK).await["status"], json!("ok"));
+    let _key = replica.key(&biz).await;
+    let (status, delta) = replica.snapshot(&format!("?since={version}&wait=5")).await;
+    assert_eq!(status, StatusCode::OK, "{delta}");
+    assert_eq!(delta["keys"].as_array().map(Vec::len), Some(1), "{delta}");
+    replica.stop().await;
+}

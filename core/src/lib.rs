@@ -6,12 +6,15 @@
 //! - [`snapshot`]: the wire format the filter pulls from admin, full and delta, and the
 //!   indexed in-memory form the decision reads;
 //! - [`config`]: the filter's plugin configuration, parsed and validated once;
-//! - [`decide()`]: the whole per-request decision as a function of (request, snapshot, clock).
+//! - [`decide()`]: the whole per-request decision as a function of (request, snapshot, clock);
+//! - [`hold`]: the requests the filter holds for a key or signing key not yet in its
+//!   snapshot, and the negative cache that bounds what made-up ones cost.
 
 pub mod base62;
 pub mod config;
 pub mod decide;
 pub mod feed;
+pub mod hold;
 pub mod key;
 pub mod keystore;
 pub mod lease;
@@ -26,7 +29,8 @@ pub mod usage;
 
 pub use config::{FilterConfig, Policy, Requirement, Route};
 pub use decide::{
-    decide, decide_cached, decide_on_route, Allowed, Decision, Denial, DenyCode, RateLimitTarget, RequestView, Synced, TokenCache,
+    decide, decide_cached, decide_on_route, decide_or_hold, Allowed, Awaited, Decision, Denial, DenyCode, Outcome, Pending,
+    RateLimitTarget, RequestView, Synced, TokenCache,
 };
 pub use key::{ApiKey, KeyHash, KeyKind, Mode};
 pub use snapshot::{Snapshot, SnapshotWire};

@@ -112,3 +112,41 @@ pub fn shared_get(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
 pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> bool {
     hostcalls::set_shared_data(key, Some(value), cas).is_ok()
 }
+
+// The SDK's wrappers of these three panic on a status they do not expect: called here
+// directly, a host refusal is a value.
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+}
+
+const STATUS_OK: u32 = 0;
+const STREAM_HTTP_REQUEST: u32 = 0;
+
+/// Makes the following host calls act on the context `context_id` (a held request, from
+/// the root's tick); `false` when the host no longer knows it (the stream has ended).
+pub fn set_effective_context(context_id: u32) -> bool {
+    // SAFETY: a proxy-wasm ABI import taking and returning plain integers.
+    unsafe { proxy_set_effective_context(context_id) == STATUS_OK }
+}
+
+/// Lets the paused request of the effective context go on to the upstream.
+pub fn resume_request() {
+    // SAFETY: a proxy-wasm ABI import taking and returning plain integers.
+    let status = unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) };
+    if status != STATUS_OK {
+        log::warn!("resuming a held request failed: status {status}");
+    }
+}
+
+/// The root context's tick period (from any context of the VM, the host sets the root's).
+pub fn set_tick_period(period: std::time::Duration) {
+    let ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+    // SAFETY: a proxy-wasm ABI import taking and returning plain integers.
+    let status = unsafe { proxy_set_tick_period_milliseconds(ms) };
+    if status != STATUS_OK {
+        log::warn!("setting the tick period failed: status {status}");
+    }
+}

@@ -1,7 +1,10 @@
-//! One context per request: gather the request, `decide`, charge the rate limit, act.
+//! One context per request: gather the request, `decide`, charge the rate limit, act. A
+//! request pending for a key or signing key the snapshot lacks is paused and held (see
+//! `held`), and decided again by the root's tick with the same [`evaluate`] and [`settle`].
 
 use keygate_core::decide::after_rate_limit;
-use keygate_core::{decide_on_route, Decision, FilterConfig, RequestView, Requirement, Synced};
+use keygate_core::hold::Admission;
+use keygate_core::{decide_or_hold, Decision, FilterConfig, Outcome, Pending, RequestView, Requirement, Synced};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -12,79 +15,144 @@ use crate::shared::{self, SharedKeys, SharedRevocations};
 use crate::vm::VmState;
 
 pub struct RequestContext {
+    /// The host's id of this request's context, by which a held request is resumed.
+    id: u32,
     config: Rc<FilterConfig>,
     vm: Rc<VmState>,
 }
 
 impl RequestContext {
-    pub fn new(config: Rc<FilterConfig>, vm: Rc<VmState>) -> RequestContext {
-        RequestContext { config, vm }
+    pub fn new(id: u32, config: Rc<FilterConfig>, vm: Rc<VmState>) -> RequestContext {
+        RequestContext { id, config, vm }
+    }
+
+    /// Holds a pending request unless it timed out lately or too many are held.
+    fn hold(&self, pending: &Pending, version: Option<u64>) -> bool {
+        let (admission, waiting) = {
+            let mut holding = self.vm.holding.borrow_mut();
+            (holding.admit(self.id, &pending.awaited, host::now_millis(), version), holding.len())
+        };
+        self.vm.metrics.admission(admission);
+        if admission != Admission::Held {
+            return false;
+        }
+        self.vm.metrics.waiting(waiting);
+        self.vm.hold_ticks();
+        true
     }
 }
 
 impl Context for RequestContext {}
 
+impl Drop for RequestContext {
+    /// A stream that ends while held (the client went away) leaves the held set at once.
+    fn drop(&mut self) {
+        let Ok(mut holding) = self.vm.holding.try_borrow_mut() else { return };
+        if holding.forget(self.id) {
+            let waiting = holding.len();
+            drop(holding);
+            self.vm.metrics.waiting(waiting);
+        }
+    }
+}
+
 fn pseudo<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
     headers.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
 }
 
-impl HttpContext for RequestContext {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let headers = host::request_headers();
-        let (method, path) = (pseudo(&headers, ":method"), pseudo(&headers, ":path"));
-        let route = self.config.policy.route_for(method, path);
-        // Only public routes are limited per client address: skip the property lookup otherwise.
-        let client_ip = (route.require == Requirement::None).then(host::client_ip).flatten();
-        let now = host::now();
-        let request = RequestView { method, path, headers: &headers, client_ip: client_ip.as_deref() };
-        let ns = self.config.sync.shared_prefix.as_str();
-        let seen = shared::read_seen(ns);
-        let decision = {
-            let mut view = self.vm.view.borrow_mut();
-            if let Some(seen) = seen {
-                view.refresh(ns, seen);
+/// A request decided on what the host gives for the current (or effective) context.
+pub struct Evaluated {
+    pub outcome: Outcome,
+    /// The snapshot version it was decided on.
+    pub version: Option<u64>,
+    pub now: u64,
+}
+
+/// Reads the request, decides it (with `hold`, a request whose key or `kid` the snapshot
+/// lacks may come out pending) and charges an allowed one to its rate limit.
+pub fn evaluate(config: &FilterConfig, vm: &VmState, hold: bool) -> Evaluated {
+    let headers = host::request_headers();
+    let (method, path) = (pseudo(&headers, ":method"), pseudo(&headers, ":path"));
+    let route = config.policy.route_for(method, path);
+    // Only public routes are limited per client address: skip the property lookup otherwise.
+    let client_ip = (route.require == Requirement::None).then(host::client_ip).flatten();
+    let now = host::now();
+    let request = RequestView { method, path, headers: &headers, client_ip: client_ip.as_deref() };
+    let ns = config.sync.shared_prefix.as_str();
+    let seen = shared::read_seen(ns);
+    let outcome = {
+        let mut view = vm.view.borrow_mut();
+        if let Some(seen) = seen {
+            view.refresh(ns, seen);
+        }
+        let synced = match (&view.snapshot, seen, now) {
+            (Some(snapshot), Some(seen), Some(_)) => {
+                Some(Synced { snapshot, keys: &SharedKeys(ns), revoked: &SharedRevocations(ns), confirmed_at: seen.confirmed_at })
             }
-            let synced = match (&view.snapshot, seen, now) {
-                (Some(snapshot), Some(seen), Some(_)) => {
-                    Some(Synced { snapshot, keys: &SharedKeys(ns), revoked: &SharedRevocations(ns), confirmed_at: seen.confirmed_at })
-                }
-                _ => None,
-            };
-            decide_on_route(&self.config.policy, route, &request, synced, now.unwrap_or(0), &mut self.vm.tokens.borrow_mut())
+            _ => None,
         };
-        let decision = match decision {
-            Decision::Allow(allowed) => match allowed
-                .rate_limit
-                .as_ref()
-                .map(|t| limit::charge(ns, t, now.unwrap_or(0), self.config.policy.rate_limits.counter_slots))
-            {
+        decide_or_hold(&config.policy, route, &request, synced, now.unwrap_or(0), &mut vm.tokens.borrow_mut(), hold)
+    };
+    let now = now.unwrap_or(0);
+    let outcome = match outcome {
+        Outcome::Decided(Decision::Allow(allowed)) => Outcome::Decided(
+            match allowed.rate_limit.as_ref().map(|t| limit::charge(ns, t, now, config.policy.rate_limits.counter_slots)) {
                 Some(charged) => after_rate_limit(route, allowed, charged),
                 None => Decision::Allow(allowed),
             },
-            deny => deny,
+        ),
+        other => other,
+    };
+    if let Outcome::Decided(Decision::Allow(allowed)) = &outcome {
+        if let Some(denial) = &allowed.shadow_denial {
+            log::info!(
+                "shadow rule would deny {} {} ({})",
+                request.method,
+                request.path.split('?').next().unwrap_or(""),
+                denial.code.as_str()
+            );
+        }
+    }
+    Evaluated { outcome, version: seen.map(|s| s.version), now }
+}
+
+/// Acts on a final decision for the current (or effective) context: the identity headers
+/// of an allowed request, or the refusal as a local reply. Whether it was allowed.
+pub fn settle(vm: &VmState, decision: Decision, now: u64) -> bool {
+    vm.metrics.decision(&decision);
+    match decision {
+        Decision::Allow(allowed) => {
+            if let Some(key_id) = &allowed.key_id {
+                vm.usage.borrow_mut().record(key_id, now);
+            }
+            allowed.remove_headers.iter().for_each(|name| host::remove_request_header(name));
+            allowed.add_headers.iter().for_each(|(name, value)| host::set_request_header(name, value));
+            true
+        }
+        Decision::Deny(denial) => {
+            host::send_local_reply(denial.status(), &denial.headers(), &denial.body());
+            false
+        }
+    }
+}
+
+impl HttpContext for RequestContext {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let hold = self.vm.holding.borrow().enabled();
+        let evaluated = evaluate(&self.config, &self.vm, hold);
+        let decision = match evaluated.outcome {
+            Outcome::Decided(decision) => decision,
+            Outcome::Pending(pending) => {
+                if self.hold(&pending, evaluated.version) {
+                    return Action::Pause;
+                }
+                Decision::Deny(pending.denial)
+            }
         };
-        self.vm.metrics.decision(&decision);
-        match decision {
-            Decision::Allow(allowed) => {
-                if let Some(denial) = &allowed.shadow_denial {
-                    log::info!(
-                        "shadow rule would deny {} {} ({})",
-                        request.method,
-                        request.path.split('?').next().unwrap_or(""),
-                        denial.code.as_str()
-                    );
-                }
-                if let Some(key_id) = &allowed.key_id {
-                    self.vm.usage.borrow_mut().record(key_id, now.unwrap_or(0));
-                }
-                allowed.remove_headers.iter().for_each(|name| host::remove_request_header(name));
-                allowed.add_headers.iter().for_each(|(name, value)| host::set_request_header(name, value));
-                Action::Continue
-            }
-            Decision::Deny(denial) => {
-                host::send_local_reply(denial.status(), &denial.headers(), &denial.body());
-                Action::Pause
-            }
+        if settle(&self.vm, decision, evaluated.now) {
+            Action::Continue
+        } else {
+            Action::Pause
         }
     }
 }

@@ -4,12 +4,16 @@
 //!   replica of admin's snapshot current (long-poll on a tick), defines the metrics.
 //! - [`http`]: one context per request: gathers the request, calls `core::decide`, and
 //!   maps the decision to header edits or a local JSON reply.
-//! - [`vm`]: what one VM's contexts share (the snapshot view, token cache, usage, metrics).
+//! - [`held`]: requests held for a key or signing key not yet in the snapshot, released
+//!   or refused from the root's tick.
+//! - [`vm`]: what one VM's contexts share (the snapshot view, token cache, usage, held
+//!   requests, metrics).
 //! - [`host`]: the host calls, wrapped so that a host error is a value, never a panic.
 //!
 //! `proxy_wasm::set_log_level` also installs the SDK's panic hook, which logs any panic
 //! at critical before the VM dies (Envoy's `failure_policy` then decides what happens).
 
+pub mod held;
 pub mod host;
 pub mod http;
 pub mod limit;
@@ -21,5 +25,5 @@ pub mod vm;
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_context_id| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::KeygateRoot::new()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::KeygateRoot::new(context_id)) });
 }}

@@ -2,9 +2,11 @@
 //! same name are shared by every worker VM; gauges are last-writer-wins.
 
 use keygate_core::decide::{Decision, DenyCode};
+use keygate_core::hold::Admission;
 use keygate_core::sync::SyncOutcome;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+use std::cell::Cell;
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -17,6 +19,21 @@ pub struct Metrics {
     snapshot_keys: Option<u32>,
     snapshot_age: Option<u32>,
     usage_dropped: Option<u32>,
+    hold: HoldMetrics,
+}
+
+/// `keygate.hold.*`: requests held for a key or signing key not yet in the snapshot.
+#[derive(Debug, Default)]
+struct HoldMetrics {
+    held: Option<u32>,
+    released: Option<u32>,
+    timed_out: Option<u32>,
+    refused_full: Option<u32>,
+    negative_hits: Option<u32>,
+    /// A gauge every VM adds its own changes to, so Envoy shows the sum over the VMs.
+    waiting: Option<u32>,
+    /// What this VM has added to `waiting` so far.
+    waiting_here: Cell<i64>,
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -47,6 +64,15 @@ impl Metrics {
             snapshot_keys: define(MetricType::Gauge, "keygate.snapshot.keys"),
             snapshot_age: define(MetricType::Gauge, "keygate.snapshot.age_seconds"),
             usage_dropped: define(MetricType::Counter, "keygate.usage.dropped"),
+            hold: HoldMetrics {
+                held: define(MetricType::Counter, "keygate.hold.held"),
+                released: define(MetricType::Counter, "keygate.hold.released"),
+                timed_out: define(MetricType::Counter, "keygate.hold.timed_out"),
+                refused_full: define(MetricType::Counter, "keygate.hold.refused_full"),
+                negative_hits: define(MetricType::Counter, "keygate.hold.negative_hits"),
+                waiting: define(MetricType::Gauge, "keygate.hold.waiting"),
+                waiting_here: Cell::new(0),
+            },
         }
     }
 
@@ -82,5 +108,34 @@ impl Metrics {
     /// Keys whose usage admin refused for good (and will not be sent again).
     pub fn usage_dropped(&self, keys: usize) {
         add(self.usage_dropped, i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    /// What became of a pending request: held, or refused at once (and why).
+    pub fn admission(&self, admission: Admission) {
+        match admission {
+            Admission::Held => add(self.hold.held, 1),
+            Admission::NegativeHit => add(self.hold.negative_hits, 1),
+            Admission::Full => add(self.hold.refused_full, 1),
+            Admission::Off => {}
+        }
+    }
+
+    /// A held request decided before its time was up.
+    pub fn released(&self) {
+        add(self.hold.released, 1);
+    }
+
+    /// A held request refused when its time was up.
+    pub fn timed_out(&self) {
+        add(self.hold.timed_out, 1);
+    }
+
+    /// This VM now holds `count` requests.
+    pub fn waiting(&self, count: usize) {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        let change = count - self.hold.waiting_here.replace(count);
+        if change != 0 {
+            add(self.hold.waiting, change);
+        }
     }
 }

@@ -5,6 +5,9 @@
 //! Sync (leader only): a 100 ms tick starts a feed request when none is in flight and the
 //! back-off has passed. A successful answer (a page, a change, or a long-poll that timed out
 //! unchanged) starts the next request at once; a failure waits `poll_interval_ms`.
+//!
+//! While requests are held (`held`), the tick runs every 2 ms to release them; the work
+//! above still runs every 100 ms.
 
 use keygate_core::feed::Leader;
 use keygate_core::sync::{Health, SyncOutcome};
@@ -16,16 +19,18 @@ use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::held;
 use crate::host;
 use crate::http::RequestContext;
 use crate::metrics::Metrics;
 use crate::shared::{self, View};
-use crate::vm::VmState;
+use crate::vm::{VmState, HOLD_TICK, TICK};
 
-const TICK: Duration = Duration::from_millis(100);
 const USAGE_PATH: &str = "/v1/usage";
 
 pub struct KeygateRoot {
+    /// The host's id of this root context.
+    id: u32,
     config: Option<Rc<FilterConfig>>,
     vm: Rc<VmState>,
     /// This VM's identity in the leader lease.
@@ -38,6 +43,8 @@ pub struct KeygateRoot {
     next_usage_at_ms: u64,
     /// The last usage post failed: wait for the interval, never flush early.
     usage_failing: bool,
+    /// When the lease, feed and usage work is next due (the tick may run faster).
+    next_work_at_ms: u64,
 }
 
 fn vm_identity() -> u64 {
@@ -48,9 +55,10 @@ fn vm_identity() -> u64 {
 }
 
 impl KeygateRoot {
-    pub fn new() -> KeygateRoot {
+    pub fn new(id: u32) -> KeygateRoot {
         let vm = VmState { metrics: Metrics::define(), ..VmState::default() };
         KeygateRoot {
+            id,
             config: None,
             vm: Rc::new(vm),
             me: vm_identity(),
@@ -60,6 +68,7 @@ impl KeygateRoot {
             usage_calls: Vec::new(),
             next_usage_at_ms: 0,
             usage_failing: false,
+            next_work_at_ms: 0,
         }
     }
 
@@ -170,12 +179,6 @@ impl KeygateRoot {
     }
 }
 
-impl Default for KeygateRoot {
-    fn default() -> Self {
-        KeygateRoot::new()
-    }
-}
-
 fn log_sync(outcome: &SyncOutcome, health: Option<Health>) {
     match (outcome, health) {
         (SyncOutcome::Applied { version, full, keys }, _) => {
@@ -233,6 +236,8 @@ impl RootContext for KeygateRoot {
             Ok(config) => {
                 log::info!("configured: {} route rules, admin cluster {:?}", config.policy.routes.len(), config.sync.admin_cluster);
                 *self.vm.tokens.borrow_mut() = TokenCache::new(config.policy.token_cache_entries);
+                // Requests held already keep their deadlines; new ones follow the new settings.
+                self.vm.holding.borrow_mut().configure(config.hold.clone());
                 if self.config.as_ref().is_some_and(|old| old.sync.shared_prefix != config.sync.shared_prefix) {
                     // Another admin, another namespace: what this VM led is not there.
                     self.leader = None;
@@ -241,7 +246,7 @@ impl RootContext for KeygateRoot {
                     *self.vm.view.borrow_mut() = View::default();
                 }
                 self.config = Some(Rc::new(config));
-                self.set_tick_period(TICK);
+                host::set_tick_period(if self.vm.holding.borrow().fast_tick { HOLD_TICK } else { TICK });
                 true
             }
             Err(e) => {
@@ -254,13 +259,38 @@ impl RootContext for KeygateRoot {
     fn on_tick(&mut self) {
         let Some(config) = self.config.clone() else { return };
         let now_ms = host::now_millis();
+        if now_ms >= self.next_work_at_ms {
+            // A little early is on time: the fast tick lands anywhere within its period.
+            self.next_work_at_ms = now_ms.saturating_add(as_ms(TICK)).saturating_sub(as_ms(HOLD_TICK));
+            self.work(&config, now_ms);
+        }
+        held::release(&config, &self.vm, self.id, now_ms);
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let config = self.config.clone()?;
+        Some(Box::new(RequestContext::new(context_id, config, Rc::clone(&self.vm))))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+fn as_ms(period: Duration) -> u64 {
+    u64::try_from(period.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl KeygateRoot {
+    /// The tick's own work: the lease, the feed, the usage flush.
+    fn work(&mut self, config: &FilterConfig, now_ms: u64) {
         let ns = config.sync.shared_prefix.as_str();
         self.lead(ns, now_ms);
         if let Some(seen) = shared::read_seen(ns) {
             self.vm.metrics.snapshot_age((now_ms / 1000).saturating_sub(seen.confirmed_at));
         }
         if self.leader.is_some() && self.feed_call.is_none() && now_ms >= self.next_poll_at_ms {
-            self.poll(&config);
+            self.poll(config);
         }
         // Half a full batch is sent without waiting for the interval, so a burst of new
         // keys is counted rather than turned away by a full batch (unless admin is failing).
@@ -268,17 +298,8 @@ impl RootContext for KeygateRoot {
         if self.usage_calls.is_empty() && (now_ms >= self.next_usage_at_ms || filling) {
             self.next_usage_at_ms = now_ms.saturating_add(config.sync.usage_flush_secs.saturating_mul(1000));
             if !self.vm.usage.borrow().is_empty() {
-                self.flush_usage(&config);
+                self.flush_usage(config);
             }
         }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let config = self.config.clone()?;
-        Some(Box::new(RequestContext::new(config, Rc::clone(&self.vm))))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
     }
 }

@@ -1,12 +1,21 @@
 //! What one VM's contexts share: the root context fills it, each request context reads it.
 
 use std::cell::RefCell;
+use std::time::Duration;
 
+use keygate_core::hold::Holding;
 use keygate_core::usage::UsageBatch;
 use keygate_core::TokenCache;
 
+use crate::host;
 use crate::metrics::Metrics;
 use crate::shared::View;
+
+/// The root's tick: the leader lease, the feed and usage flushes.
+pub const TICK: Duration = Duration::from_millis(100);
+/// The root's tick while requests are held: a new key reaches shared data a few ms after
+/// admin's answer, and a held request should follow it as closely.
+pub const HOLD_TICK: Duration = Duration::from_millis(2);
 
 /// What the request contexts of one VM share with its root context.
 #[derive(Debug, Default)]
@@ -14,5 +23,30 @@ pub struct VmState {
     pub view: RefCell<View>,
     pub tokens: RefCell<TokenCache>,
     pub usage: RefCell<UsageBatch>,
+    /// Requests held for a key or signing key not yet in the snapshot.
+    pub holding: RefCell<Holding>,
     pub metrics: Metrics,
+}
+
+impl VmState {
+    /// Ticks fast while anything is held (set once: setting the period restarts the timer,
+    /// so setting it on every held request would put the tick off under a flood).
+    pub fn hold_ticks(&self) {
+        let mut holding = self.holding.borrow_mut();
+        if !holding.fast_tick {
+            holding.fast_tick = true;
+            drop(holding);
+            host::set_tick_period(HOLD_TICK);
+        }
+    }
+
+    /// Back to the ordinary tick once nothing is held.
+    pub fn calm_ticks(&self) {
+        let mut holding = self.holding.borrow_mut();
+        if holding.fast_tick && holding.is_empty() {
+            holding.fast_tick = false;
+            drop(holding);
+            host::set_tick_period(TICK);
+        }
+    }
 }

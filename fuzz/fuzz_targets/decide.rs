@@ -24,7 +24,8 @@ use keygate_core::signing::SigningKeyPair;
 use keygate_core::snapshot::{KeyEntry, RevokedSession, SnapshotWire};
 use keygate_core::token::{AccessClaims, TokenExpectations};
 use keygate_core::{
-    decide, decide_cached, ApiKey, Decision, KeyKind, Mode, Policy, RequestView, Requirement, Snapshot, Synced, TokenCache,
+    decide, decide_cached, decide_or_hold, ApiKey, Decision, KeyKind, Mode, Outcome, Policy, RequestView, Requirement, Snapshot, Synced,
+    TokenCache,
 };
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
@@ -326,6 +327,15 @@ fuzz_target!(|input: Input| {
     assert_eq!(plain, second, "a cache hit differs from decide");
 
     let route = policy.route_for(method, &input.path);
+    // Holding changes only when a refusal comes: held, a request is refused (if ever) with
+    // the very denial it gets without holding, and whatever is not refused is the same.
+    match decide_or_hold(&policy, route, &request, synced, NOW, &mut TokenCache::new(4), true) {
+        Outcome::Decided(held) => assert_eq!(held, plain, "holding changed a decision"),
+        Outcome::Pending(pending) => {
+            assert_eq!(Decision::Deny(pending.denial), plain, "a pending request's refusal differs from decide's");
+            assert!(!route.shadow && route.require != Requirement::None, "a shadow or public route held a request");
+        }
+    }
     match &plain {
         Decision::Deny(denial) => {
             let text = denial.body();

@@ -12,6 +12,9 @@ use crate::envoy::{envoy_view, host_env_keys, WASM_FILENAME};
 use crate::reference::serve_options;
 use crate::{root, s, yaml, PROXY_TOKEN};
 
+/// A seal key for the compose parser's run (never for real use).
+const SEAL_KEY: &str = "kgseal_kRZscdSx3YRNPikTpBVkgoTmUzN0_YzOlF6gWKuIjRA";
+
 fn env_map(service: &Value) -> BTreeMap<String, String> {
     match &service["environment"] {
         Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))).collect(),
@@ -50,10 +53,18 @@ pub fn healthcheck(service: &Value, name: &str) -> String {
 fn compose_file_agrees_with_the_repo() {
     let compose = yaml("docker-compose.yml");
     let services = compose["services"].as_object().expect("services");
-    let names: BTreeSet<&str> = services.keys().map(String::as_str).collect();
-    assert_eq!(names, BTreeSet::from(["keygate-admin", "echo", "envoy"]));
+    let names = |profile: Option<&str>| -> BTreeSet<&str> {
+        let in_profile = |svc: &Value| strings(&svc["profiles"]).first().map(String::as_str) == profile;
+        services.iter().filter(|(_, svc)| in_profile(svc)).map(|(name, _)| name.as_str()).collect()
+    };
+    assert_eq!(names(None), BTreeSet::from(["keygate-admin", "echo", "envoy"]), "the default stack");
+    assert_eq!(names(Some(POSTGRES)), BTreeSet::from(["postgres", "keygate-admin-1", "keygate-admin-2", "envoy-replicas"]));
     let d = dockerfile("deploy/Dockerfile");
     for (name, svc) in services {
+        assert!(strings(&svc["profiles"]).len() <= 1, "{name}: one profile at most");
+        if name == "postgres" {
+            continue; // the official image, checked in compose_postgres_profile_agrees_with_the_repo
+        }
         let ctx = root().join(s(svc, "/build/context", name));
         assert!(ctx.is_dir(), "{name}: build context {} missing", ctx.display());
         let df = ctx.join(s(svc, "/build/dockerfile", name));
@@ -138,6 +149,115 @@ fn compose_file_agrees_with_the_repo() {
     }
 }
 
+const POSTGRES: &str = "postgres";
+
+/// The `postgres` profile: the official image pinned to a major version, two admin replicas
+/// over its database with the same settings, and an Envoy listing both.
+#[test]
+fn compose_postgres_profile_agrees_with_the_repo() {
+    let compose = yaml("docker-compose.yml");
+    let services = &compose["services"];
+
+    // PostgreSQL: the official image, a major version pinned, data on a named volume, healthy
+    // by pg_isready, not published to the host.
+    let pg = &services["postgres"];
+    let image = s(pg, "/image", "postgres");
+    let major = image.strip_prefix("postgres:").unwrap_or_else(|| panic!("postgres: the official image, got {image}"));
+    assert!(!major.is_empty() && major.chars().all(|c| c.is_ascii_digit()), "postgres: pin a major version (postgres:17), got {image}");
+    assert!(
+        pg.get("build").is_none() && pg.get("ports").is_none(),
+        "postgres: the official image, reachable only inside the compose network"
+    );
+    let pg_env = env_map(pg);
+    let volume = strings(&pg["volumes"]).into_iter().find(|v| v.ends_with(":/var/lib/postgresql/data")).expect("postgres: data volume");
+    assert!(compose["volumes"].get(volume.split(':').next().unwrap()).is_some(), "postgres: data on a named volume");
+    assert!(strings(&pg["healthcheck"]["test"]).iter().any(|a| a == "pg_isready"), "postgres: healthy by pg_isready");
+
+    // The replicas: the admin image, every setting the same but the published port, their
+    // store the compose database with the image's user, password and database name.
+    let base = &services["keygate-admin"];
+    let replicas = ["keygate-admin-1", "keygate-admin-2"];
+    let serve_envs: BTreeSet<String> = serve_options().iter().filter_map(|o| o.env.clone()).collect();
+    for name in replicas {
+        let svc = &services[name];
+        assert_eq!(svc["build"], base["build"], "{name}: built like keygate-admin");
+        assert_eq!(svc["command"], base["command"], "{name}");
+        assert_eq!(svc["healthcheck"], base["healthcheck"], "{name}: the same health check as keygate-admin");
+        assert_eq!(svc["depends_on"]["postgres"]["condition"], "service_healthy", "{name}");
+        let env = env_map(svc);
+        for k in env.keys().filter(|k| k.starts_with("KEYGATE_")) {
+            // KEYGATE_SEAL_KEY: read by admin over PostgreSQL (every replica needs the same one).
+            assert!(serve_envs.contains(k) || k == "KEYGATE_SEAL_KEY", "{name}: {k} is not a `keygate-admin serve` env var");
+        }
+        assert!(env.contains_key("KEYGATE_SEAL_KEY"), "{name}: the seal key must be passed");
+        assert!(!env.contains_key("KEYGATE_DATA") && svc.get("volumes").is_none(), "{name}: no sled data, the store is PostgreSQL");
+        let store = &env["KEYGATE_STORE"];
+        let want =
+            format!("postgres://{}:{}@postgres:5432/{}", pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"], pg_env["POSTGRES_DB"]);
+        assert_eq!(store, &want, "{name}: KEYGATE_STORE is the compose database");
+        for k in ["KEYGATE_ADDR", "KEYGATE_OPERATOR_TOKEN", "KEYGATE_PROXY_TOKEN"] {
+            assert_eq!(env.get(k), env_map(base).get(k), "{name}: {k} as keygate-admin's");
+        }
+    }
+    let [one, two] = replicas.map(|n| &services[n]);
+    assert_eq!(env_map(one), env_map(two), "both replicas get the same settings");
+    let host_ports: BTreeSet<String> =
+        [base, one, two].iter().flat_map(|svc| strings(&svc["ports"])).map(|p| p.rsplit_once(':').unwrap().0.to_owned()).collect();
+    assert_eq!(host_ports.len(), 3, "keygate-admin and the replicas publish distinct host ports: {host_ports:?}");
+
+    // envoy-replicas: runs deploy/envoy-compose-replicas.yaml, whose admin cluster lists both
+    // replicas; it waits for them and echo, and publishes other host ports than envoy.
+    let envoy = &services["envoy-replicas"];
+    let cmd = strings(&envoy["command"]);
+    let config_path = cmd.windows(2).find(|w| w[0] == "-c").map(|w| w[1].clone()).expect("envoy-replicas -c");
+    let mounted = strings(&envoy["volumes"]).into_iter().find(|v| v.split(':').nth(1) == Some(config_path.as_str())).expect("config at -c");
+    assert_eq!(mounted.split(':').next(), Some("./deploy/envoy-compose-replicas.yaml"));
+    assert_eq!(envoy["build"], services["envoy"]["build"]);
+    assert_eq!(env_map(envoy), env_map(&services["envoy"]), "envoy-replicas gets envoy's environment");
+    assert_eq!(envoy["healthcheck"], services["envoy"]["healthcheck"]);
+    for dep in replicas.iter().chain(&["echo"]) {
+        assert_eq!(envoy["depends_on"][dep]["condition"], "service_healthy", "envoy-replicas waits for {dep}");
+    }
+    let envoy_ports: BTreeSet<String> = strings(&envoy["ports"]).into_iter().chain(strings(&services["envoy"]["ports"])).collect();
+    let host_of = |p: &String| p.rsplit_once(':').unwrap().0.to_owned();
+    assert_eq!(envoy_ports.iter().map(host_of).collect::<BTreeSet<_>>().len(), 4, "envoy and envoy-replicas publish distinct host ports");
+    let endpoints = admin_endpoints("deploy/envoy-compose-replicas.yaml");
+    let admin_port = port_of(&env_map(one)["KEYGATE_ADDR"]);
+    assert_eq!(endpoints, replicas.iter().map(|r| (r.to_string(), admin_port)).collect::<Vec<_>>());
+
+    // The replicas' Envoy config is the compose one but for the admin endpoints.
+    let without_endpoints = |rel: &str| {
+        let mut doc = yaml(rel);
+        for c in doc["static_resources"]["clusters"].as_array_mut().unwrap() {
+            if c["name"] == "keygate_admin" {
+                c["load_assignment"]["endpoints"] = Value::Null;
+            }
+        }
+        doc
+    };
+    assert_eq!(
+        without_endpoints("deploy/envoy-compose-replicas.yaml"),
+        without_endpoints("deploy/envoy-compose.yaml"),
+        "deploy/envoy-compose-replicas.yaml differs from deploy/envoy-compose.yaml beyond the admin endpoints"
+    );
+}
+
+/// The (address, port) of every endpoint of a config's `keygate_admin` cluster.
+pub fn admin_endpoints(rel: &str) -> Vec<(String, u64)> {
+    let doc = yaml(rel);
+    let clusters = doc["static_resources"]["clusters"].as_array().unwrap();
+    let admin = clusters.iter().find(|c| c["name"] == "keygate_admin").unwrap_or_else(|| panic!("{rel}: no keygate_admin cluster"));
+    let groups = admin["load_assignment"]["endpoints"].as_array().unwrap();
+    groups
+        .iter()
+        .flat_map(|g| g["lb_endpoints"].as_array().unwrap())
+        .map(|e| {
+            let sa = &e["endpoint"]["address"]["socket_address"];
+            (s(sa, "/address", rel).to_owned(), sa["port_value"].as_u64().unwrap())
+        })
+        .collect()
+}
+
 /// The compose parser: `docker-compose config` must accept the file (with the proxy token
 /// set) and refuse it without the token.
 #[test]
@@ -179,6 +299,27 @@ fn compose_file_passes_docker_compose_config() {
     }
     assert_eq!(normalised["services"]["keygate-admin"]["environment"]["KEYGATE_OPERATOR_TOKEN"], "", "unset operator token stays empty");
     assert!(normalised["volumes"].get("keygate-data").is_some());
+    // The `postgres` profile too, with the seal key passed through to both replicas.
+    let mut c = Command::new(&bin);
+    c.current_dir(root())
+        .args(["-f", "docker-compose.yml", "--profile", POSTGRES, "config"])
+        .env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN)
+        .env("KEYGATE_SEAL_KEY", SEAL_KEY)
+        .env_remove("KEYGATE_PG_PASSWORD");
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.to_lowercase().contains("warning"), "docker-compose --profile postgres config: {stderr}");
+    let normalised: Value = serde_json::to_value(serde_yaml_ng::from_slice::<serde_yaml_ng::Value>(&out.stdout).unwrap()).unwrap();
+    for svc in ["keygate-admin-1", "keygate-admin-2"] {
+        let env = &normalised["services"][svc]["environment"];
+        assert_eq!(env["KEYGATE_SEAL_KEY"], SEAL_KEY, "{svc} gets the seal key");
+        assert_eq!(env["KEYGATE_PROXY_TOKEN"], PROXY_TOKEN, "{svc} gets the proxy token");
+        assert!(env["KEYGATE_STORE"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("postgres://keygate:") && u.ends_with("@postgres:5432/keygate")));
+    }
+    assert!(normalised["volumes"].get("keygate-pg").is_some());
+
     let refused = run(None);
     assert!(!refused.status.success(), "docker-compose config should refuse to run without KEYGATE_PROXY_TOKEN");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("KEYGATE_PROXY_TOKEN"));

@@ -130,5 +130,33 @@ fn compose_stack_runs_with_the_real_binaries() {
     let (status, body) = http_get(listen_at, "/public/hello");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"path\":\"/public/hello\""), "{body}");
+
+    // Envoy's active health check of the admin cluster (GET /healthz) passes against the real admin.
+    let healthy = format!("keygate_admin::127.0.0.1:{admin_at}::health_flags::healthy");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(envoy_admin_at, "/clusters").1.contains(&healthy) {
+        assert!(Instant::now() < deadline, "Envoy never found admin healthy: {}", http_get(envoy_admin_at, "/clusters").1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `postgres` profile's Envoy config: Envoy accepts it, the filter takes its configuration
+/// (host names resolve only inside compose, so validation only).
+#[test]
+fn compose_replicas_envoy_config_validates() {
+    let envoy_bin = artifact("KEYGATE_ENVOY_BIN", ".venv/bin/envoy");
+    let wasm = artifact("KEYGATE_WASM", "target/wasm32-wasip1/release/keygate_filter.wasm");
+    let dir = std::env::temp_dir().join(format!("keygate-deploy-replicas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = read("deploy/envoy-compose-replicas.yaml");
+    let text = replace_once(&text, "filename: /etc/envoy/keygate_filter.wasm", &format!("filename: {}", wasm.display()));
+    let config = dir.join("envoy.yaml");
+    std::fs::write(&config, text).unwrap();
+    let validate =
+        Command::new(&envoy_bin).args(["--mode", "validate", "-c"]).arg(&config).env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN).output().unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&validate.stdout), String::from_utf8_lossy(&validate.stderr));
+    assert!(validate.status.success() && out.contains(" OK"), "envoy --mode validate refused deploy/envoy-compose-replicas.yaml:\n{out}");
+    assert!(out.contains("configured: "), "the filter did not take its configuration:\n{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -91,3 +91,52 @@ fn compose_envoy_config_matches_envoy_yaml() {
     assert_eq!(wasm, "target/wasm32-wasip1/release/keygate_filter.wasm");
     assert!(read("xtask/src/main.rs").contains("wasm32-wasip1/release/keygate_filter.wasm"));
 }
+
+/// The admin cluster of every Envoy config is health-checked on admin's `/healthz` and ejects a
+/// replica that refuses connections, never one answering 5xx (while PostgreSQL is down every
+/// replica answers 503): the filter's feed calls go to a replica that is up.
+#[test]
+fn admin_cluster_is_health_checked_in_every_config() {
+    let admin_cluster = |rel: &str| {
+        let doc = yaml(rel);
+        let clusters = at(&doc, "/static_resources/clusters", rel).as_array().unwrap().clone();
+        clusters.into_iter().find(|c| c["name"] == "keygate_admin").unwrap_or_else(|| panic!("{rel}: no keygate_admin cluster"))
+    };
+    let reference = admin_cluster("envoy.yaml");
+    let hc = at(&reference, "/health_checks/0", "envoy.yaml keygate_admin");
+    assert_eq!(s(hc, "/http_health_check/path", "health check"), "/healthz");
+    let secs = |v: &Value| v.as_str().and_then(|t| t.strip_suffix('s')).and_then(|n| n.parse::<f64>().ok()).unwrap();
+    assert!(secs(&hc["interval"]) <= 2.0 && secs(&hc["timeout"]) <= secs(&hc["interval"]), "a short interval: {hc}");
+    assert!(hc["unhealthy_threshold"].as_u64().unwrap() <= 3 && hc["healthy_threshold"] == 1, "{hc}");
+    let od = at(&reference, "/outlier_detection", "envoy.yaml keygate_admin");
+    assert_eq!(od["split_external_local_origin_errors"], true, "only connection failures count: {od}");
+    assert_eq!(od["enforcing_consecutive_5xx"], 0, "a 503 storage_unavailable must not eject a replica: {od}");
+    assert!(od["max_ejection_percent"].as_u64().unwrap() >= 50, "with two replicas, one may be ejected: {od}");
+    assert!(read("README.md").contains("| `GET /healthz` | anyone |"), "the health check's path is admin's unauthenticated /healthz");
+    for rel in ["deploy/envoy-compose.yaml", "deploy/envoy-compose-replicas.yaml"] {
+        let cluster = admin_cluster(rel);
+        assert_eq!(cluster["health_checks"], reference["health_checks"], "{rel}: keygate_admin health checks differ from envoy.yaml's");
+        assert_eq!(cluster["outlier_detection"], reference["outlier_detection"], "{rel}: outlier detection differs from envoy.yaml's");
+    }
+}
+
+/// README's "Running more than one admin" shows the admin cluster to copy: its health checks
+/// and outlier detection are envoy.yaml's, and it lists more than one replica.
+#[test]
+fn readme_replica_cluster_is_envoy_yamls() {
+    let readme = read("README.md");
+    let section = readme.split("\n## Running more than one admin\n").nth(1).expect("README has a \"Running more than one admin\" section");
+    let block = section.split("```yaml\n").nth(1).and_then(|b| b.split("\n```").next()).expect("the section shows the admin cluster");
+    let shown: Value =
+        serde_json::to_value(serde_yaml_ng::from_str::<serde_yaml_ng::Value>(block).expect("README's cluster is YAML")).unwrap();
+    let shown = &shown[0];
+    let doc = yaml("envoy.yaml");
+    let clusters = at(&doc, "/static_resources/clusters", "envoy.yaml").as_array().unwrap();
+    let reference = clusters.iter().find(|c| c["name"] == "keygate_admin").unwrap();
+    assert_eq!(shown["name"], "keygate_admin");
+    assert_eq!(shown["health_checks"], reference["health_checks"], "README's health checks differ from envoy.yaml's");
+    assert_eq!(shown["outlier_detection"], reference["outlier_detection"], "README's outlier detection differs from envoy.yaml's");
+    assert_eq!(shown["connect_timeout"], reference["connect_timeout"]);
+    let endpoints = at(shown, "/load_assignment/endpoints/0/lb_endpoints", "README's cluster").as_array().unwrap();
+    assert!(endpoints.len() >= 2, "README's cluster lists the replicas");
+}

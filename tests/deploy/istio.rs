@@ -77,6 +77,11 @@ fn istio_manifests_are_valid() {
     let dr = one("DestinationRule");
     assert_eq!(s(&dr, "/spec/host", "DestinationRule"), host);
     assert!(["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"].contains(&s(&dr, "/spec/trafficPolicy/tls/mode", "DestinationRule")));
+    // Replicas: connection failures eject one, 5xx answers none (as envoy.yaml's outlier_detection).
+    let od = at(&dr, "/spec/trafficPolicy/outlierDetection", "DestinationRule");
+    assert_eq!(od["splitExternalLocalOriginErrors"], true, "{od}");
+    assert_eq!(od["consecutive5xxErrors"], 0, "{od}");
+    assert!(od["consecutiveLocalOriginFailures"].as_u64().is_some_and(|n| n > 0), "{od}");
     // The in-cluster alternative: a Service of the same host name and port.
     let svc = one("Service");
     let svc_host = format!("{}.{}.svc.cluster.local", s(&svc, "/metadata/name", "Service"), s(&svc, "/metadata/namespace", "Service"));

@@ -55,6 +55,7 @@ fn parse_knows(field: &str, place: &str) -> bool {
     let probe = match place {
         "top" => json!({ "admin_cluster": "a", field: null }),
         "route" => json!({ "admin_cluster": "a", "routes": [{ "prefix": "/", field: null }] }),
+        "hold_unknown" => json!({ "admin_cluster": "a", "hold_unknown": { field: null } }),
         _ => json!({ "admin_cluster": "a", "rate_limits": { field: null } }),
     };
     match FilterConfig::parse(probe.to_string().as_bytes(), Some("t")) {
@@ -95,15 +96,38 @@ fn readme_lists_every_plugin_field_with_its_default() {
         ("rate_limits", format!("\"sk_per_hour\": {}", cfg.policy.rate_limits.sk_per_hour)),
         ("rate_limits", format!("\"pk_per_hour\": {}", cfg.policy.rate_limits.pk_per_hour)),
         ("rate_limits", format!("\"public_per_ip_per_hour\": {}", cfg.policy.rate_limits.public_per_ip_per_hour)),
+        ("hold_unknown", format!("\"timeout_ms\": {}", cfg.hold.timeout_ms)),
+        ("hold_unknown", format!("\"max_held\": {}", cfg.hold.max_held)),
+        ("hold_unknown", format!("\"negative_ttl_secs\": {}", cfg.hold.negative_ttl_secs)),
+        ("hold_unknown", format!("\"negative_entries\": {}", cfg.hold.negative_entries)),
     ];
     for (field, value) in defaults {
         let cell = documented.get(field).unwrap_or_else(|| panic!("README: no row for {field}"));
-        let matches = if field == "rate_limits" { cell.contains(&value) } else { ticked(cell).contains(&value) };
+        let matches = if field == "rate_limits" || field == "hold_unknown" { cell.contains(&value) } else { ticked(cell).contains(&value) };
         assert!(matches, "README default of {field} is {cell:?}; the code says {value}");
     }
     assert!(documented["admin_cluster"].contains("required"));
-    // Route fields and rate_limits fields.
-    for (marker, place, strukt) in [("### Route fields", "route", "Route"), ("### rate_limits fields", "rate_limits", "RateLimits")] {
+    // The hold_unknown fields' defaults, row by row.
+    let hold_defaults = [
+        ("timeout_ms", cfg.hold.timeout_ms.to_string()),
+        ("max_held", cfg.hold.max_held.to_string()),
+        ("negative_ttl_secs", cfg.hold.negative_ttl_secs.to_string()),
+        ("negative_entries", cfg.hold.negative_entries.to_string()),
+    ];
+    let hold_rows = table_after(&section, "### hold_unknown fields");
+    for (field, value) in hold_defaults {
+        let row = hold_rows
+            .iter()
+            .find(|r| ticked(&r[0]).contains(&field.to_owned()))
+            .unwrap_or_else(|| panic!("README: no hold_unknown row for {field}"));
+        assert!(ticked(&row[1]).contains(&value), "README default of hold_unknown.{field} is {:?}; the code says {value}", row[1]);
+    }
+    // Route fields, rate_limits fields and hold_unknown fields.
+    for (marker, place, strukt) in [
+        ("### Route fields", "route", "Route"),
+        ("### rate_limits fields", "rate_limits", "RateLimits"),
+        ("### hold_unknown fields", "hold_unknown", "HoldUnknown"),
+    ] {
         let rows = table_after(&section, marker);
         let mut names = BTreeSet::new();
         for row in &rows {

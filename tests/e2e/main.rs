@@ -2,17 +2,22 @@
 //! echo upstream. Tests are grouped in suites; each suite gets one stack (started on first
 //! use, so a filtered run starts only what it needs), shared by its tests, which make their
 //! own businesses. A suite whose tests kill admin or need other rules has its own stack.
-//! Run with `cargo xtask test`.
+//! Run with `cargo xtask test`. With `KEYGATE_TEST_POSTGRES` (its e2e-postgres phase) every
+//! stack's admin stores in a new database on that server, and the suites that run admin
+//! replicas (`replicas_*`) run; without it they are ignored.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod filter;
 mod flapping;
+mod hold;
 mod import;
 mod jwt_attacks;
 mod key_attacks;
 mod lifecycle;
 mod log_secrets;
 mod path;
+mod replicas;
+mod restore;
 mod ui;
 
 use keygate_e2e::{Stack, StackOptions};
@@ -37,8 +42,11 @@ fn main() {
         key_attacks::suites(),
         log_secrets::suites(),
         flapping::suites(),
+        hold::suites(),
         ui::suites(),
         import::suites(),
+        replicas::suites(),
+        restore::suites(),
     ]
     .into_iter()
     .flatten()
@@ -56,16 +64,25 @@ fn main() {
                 stack
             }
         };
+        // Admin replicas need PostgreSQL: those suites run in the e2e-postgres phase only.
+        let wanted = (suite.options)();
+        let ignored = (wanted.admin_replica || wanted.own_postgres) && keygate_e2e::postgres::server_under_test().is_none();
         for &(name, case) in suite.cases {
             let (stack, options) = (Arc::clone(&stack), suite.options);
-            trials.push(Trial::test(format!("{}::{name}", suite.name), move || {
-                let stack = stack.get_or_init(|| Stack::start(options()));
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(stack))).map_err(|e| {
-                    let msg =
-                        e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-                    format!("{msg}\n(stack logs: {})", stack.dir.display()).into()
+            trials.push(
+                Trial::test(format!("{}::{name}", suite.name), move || {
+                    let stack = stack.get_or_init(|| Stack::start(options()));
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(stack))).map_err(|e| {
+                        let msg = e
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        format!("{msg}\n(stack logs: {})", stack.dir.display()).into()
+                    })
                 })
-            }));
+                .with_ignored_flag(ignored),
+            );
         }
     }
     let conclusion = libtest_mimic::run(&args, trials);

@@ -259,6 +259,7 @@ pub(crate) struct Envoy {
 impl Envoy {
     /// Envoy whose admin cluster lists every address in `admins` (replicas of one store).
     pub(crate) fn start(p: &Paths, work: &Path, admins: &[&str]) -> Result<Envoy, String> {
+        std::fs::create_dir_all(work).map_err(|e| format!("{}: {e}", work.display()))?;
         let (echo, echo_port) = stack::start_echo(p, work)?;
         let port = |addr: &str| addr.rsplit(':').next().and_then(|x| x.parse::<u16>().ok()).ok_or(format!("no port in {addr}"));
         let admin_port = port(admins.first().ok_or("no admin")?)?;
@@ -302,12 +303,19 @@ pub(crate) fn sync_sentinel(admin: &str, envoy: &Envoy, business: &str) -> Resul
         .filter(|_| resp.status == 201)
         .ok_or_else(|| format!("create the sync sentinel key: {} {}", resp.status, resp.body))?;
     let (Some(id), Some(key)) = (j.str("id"), j.str("key")) else { return Err(format!("create key answered {}", resp.body)) };
+    let sentinel = Acked { id: id.to_owned(), key: key.to_owned(), sessions: Vec::new(), deactivated: Deactivation::No };
+    wait_until_passes(envoy, &sentinel)?;
+    Ok(sentinel)
+}
+
+/// Waits (30 s at most) until `key` passes a key route through `envoy`.
+pub(crate) fn wait_until_passes(envoy: &Envoy, key: &Acked) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         envoy.alive()?;
-        let r = envoy.get("/key/crash-sync", &[("SECRET_KEY", key)])?;
+        let r = envoy.get("/key/crash-sync", &[("SECRET_KEY", &key.key)])?;
         if r.status == 200 {
-            return Ok(Acked { id: id.to_owned(), key: key.to_owned(), sessions: Vec::new(), deactivated: Deactivation::No });
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(format!(

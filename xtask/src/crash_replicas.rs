@@ -1,15 +1,15 @@
 //! `cargo xtask crash-test --store postgres`: the crash test over PostgreSQL, with two admin
-//! replicas on one database behind one Envoy whose admin cluster lists both.
+//! replicas on one database behind two Envoys whose admin clusters list both.
 //!
 //! Each round, C clients write through both replicas (half each): create a key, log in with
 //! it under a new session id, deactivate every fourth key. At a random moment one replica,
 //! picked at random, is SIGKILLed; the other keeps serving its clients. Then:
-//! - failover: a key created through the survivor must pass through Envoy; the time from
-//!   the kill is how long the filter took to move its feed to the survivor (printed per
-//!   round; bounded by the sentinel's 30 s);
+//! - failover: a key created through the survivor must pass through both Envoys; the time
+//!   from the kill is how long the filters took to move their feeds to the survivor (printed
+//!   per round; bounded by the sentinel's 30 s);
 //! - the killed replica is restarted on its port, and every write acknowledged so far, by
 //!   either replica, is checked through it (keys listed and logging in, sessions giving back
-//!   their acknowledged token, deactivated keys refused) and through Envoy (keys pass,
+//!   their acknowledged token, deactivated keys refused) and through both Envoys (keys pass,
 //!   tokens pass with their key and business, deactivated keys get 401: a 200 there would be
 //!   a wrong decision).
 //!
@@ -59,9 +59,10 @@ pub fn crash_test_replicas(p: &Paths, rounds: usize, clients: usize) -> Result<(
         .ok()
         .and_then(|j| j.str("id").map(str::to_owned))
         .ok_or_else(|| format!("create business: {} {}", created.status, created.body))?;
-    let envoy = Envoy::start(p, &work, &[addrs[0].as_str(), addrs[1].as_str()])?;
-    step(&format!("Envoy on its own port, admin cluster {} + {}", addrs[0], addrs[1]));
-    let mut acked: Vec<Acked> = vec![sync_sentinel(&addrs[1], &envoy, &business)?];
+    let admins = [addrs[0].as_str(), addrs[1].as_str()];
+    let envoys = [Envoy::start(p, &work.join("envoy-1"), &admins)?, Envoy::start(p, &work.join("envoy-2"), &admins)?];
+    step(&format!("two Envoys, each with the admin cluster {} + {}", addrs[0], addrs[1]));
+    let mut acked: Vec<Acked> = vec![synced(&addrs[1], &envoys, &business)?];
     let (mut total_acked, mut total_lost, mut slowest_failover) = (0usize, 0usize, Duration::ZERO);
     let started = Instant::now();
     for round in 1..=rounds {
@@ -82,8 +83,8 @@ pub fn crash_test_replicas(p: &Paths, rounds: usize, clients: usize) -> Result<(
         replicas[victim].proc.kill(); // SIGKILL
         let killed = Instant::now();
         // The survivor's clients keep writing while the filter moves over.
-        let failover = sync_sentinel(&addrs[survivor], &envoy, &business)
-            .map_err(|e| format!("round {round}: after replica {victim} was killed: {e}"))?;
+        let failover =
+            synced(&addrs[survivor], &envoys, &business).map_err(|e| format!("round {round}: after replica {victim} was killed: {e}"))?;
         let failover_ms = killed.elapsed();
         slowest_failover = slowest_failover.max(failover_ms);
         stop.store(true, Ordering::SeqCst);
@@ -93,18 +94,22 @@ pub fn crash_test_replicas(p: &Paths, rounds: usize, clients: usize) -> Result<(
         let this_round = std::mem::take(&mut *round_acked.lock().unwrap_or_else(|e| e.into_inner()));
         acked.extend(this_round.iter().cloned());
         acked.push(failover);
-        envoy.alive()?;
+        envoys.iter().try_for_each(Envoy::alive)?;
         replicas[victim] = start_replica(p, &cluster.url, &logs[victim], &addrs[victim])
             .map_err(|e| format!("round {round}: the killed replica did not start again: {e}"))?;
         let (checked, mut lost) = verify(&addrs[victim], &business, &acked)?;
-        acked.push(sync_sentinel(&addrs[victim], &envoy, &business).map_err(|e| format!("round {round}: {e}"))?);
-        let (through_envoy, envoy_lost) = verify_through_envoy(&envoy, &business, &acked)?;
-        lost.extend(envoy_lost);
+        acked.push(synced(&addrs[victim], &envoys, &business).map_err(|e| format!("round {round}: {e}"))?);
+        let mut through_envoy = 0;
+        for envoy in &envoys {
+            let (checked, envoy_lost) = verify_through_envoy(envoy, &business, &acked)?;
+            through_envoy += checked;
+            lost.extend(envoy_lost);
+        }
         let sessions: usize = this_round.iter().map(|a| a.sessions.len()).sum();
         total_acked = checked;
         total_lost += lost.len();
         println!(
-            "==> round {round}/{rounds}: replica {} killed; {} requests, {} keys + {sessions} sessions acknowledged this round; filter moved to the survivor in {} ms; {checked} writes re-checked through the restarted replica, {through_envoy} through Envoy, {} lost or wrong",
+            "==> round {round}/{rounds}: replica {} killed; {} requests, {} keys + {sessions} sessions acknowledged this round; filter moved to the survivor in {} ms; {checked} writes re-checked through the restarted replica, {through_envoy} through the two Envoys, {} lost or wrong",
             ["a", "b"][victim],
             attempts.load(Ordering::SeqCst),
             this_round.len(),
@@ -129,10 +134,23 @@ pub fn crash_test_replicas(p: &Paths, rounds: usize, clients: usize) -> Result<(
     if total_acked == 0 {
         return Err("no write was acknowledged before the kill; the test proved nothing".into());
     }
-    envoy.alive()?;
-    drop(envoy);
+    envoys.iter().try_for_each(Envoy::alive)?;
+    drop(envoys);
     drop(replicas);
     drop(cluster);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// A key created through `admin` once it passes through every Envoy (each filter then holds
+/// every change made before it).
+fn synced(admin: &str, envoys: &[Envoy], business: &str) -> Result<Acked, String> {
+    let mut sentinel = None;
+    for envoy in envoys {
+        match &sentinel {
+            None => sentinel = Some(sync_sentinel(admin, envoy, business)?),
+            Some(key) => crate::crash::wait_until_passes(envoy, key)?,
+        }
+    }
+    sentinel.ok_or_else(|| "no Envoy".to_owned())
 }

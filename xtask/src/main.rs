@@ -33,6 +33,13 @@ commands:
           keys (reused on the next `up`), print them with ready-to-paste curl lines, and run
           until Ctrl-C; then stop every child (SIGTERM, SIGKILL after 3 s). If a child dies,
           say which and exit non-zero. Logs: .keygate/logs/{admin,envoy,echo}.log
+  up --store postgres
+          the same over a throwaway PostgreSQL (Debian's postgresql, never installed by `up`:
+          run `setup` first; initdb into target/keygate-up-pg/ on a free loopback port, stopped
+          on Ctrl-C) with two admin replicas, 127.0.0.1:8080 and :8082 (KEYGATE_ADDR and
+          KEYGATE_DATA ignored), and Envoy listing both (.keygate/envoy-replicas.yaml, made
+          from envoy.yaml). One replica may die while the other serves. Seal key:
+          KEYGATE_SEAL_KEY, else kept in .keygate/seal.env. Logs also .keygate/logs/admin-2.log
   test [CARGO_TEST_ARGS] [-- TEST_ARGS]
           set up and build, `cargo fmt --check` (rustfmt.toml), `cargo clippy -D warnings` (native crates and the wasm filter),
           then `cargo test --workspace` (or CARGO_TEST_ARGS if they pick packages) with the
@@ -40,8 +47,15 @@ commands:
           Then admin-postgres: a throwaway PostgreSQL (Debian's postgresql, installed when missing;
           a new cluster in target/keygate-pg/ on a loopback port) and `cargo test -p keygate-admin`
           again with KEYGATE_TEST_POSTGRES set, so its servers store there (when the packages
-          run include keygate-admin). Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`),
-          crash-test (3 rounds), crash-test-postgres (3 rounds, 32 clients), api-fuzz (25 examples), bench-quick. Prints each phase's wall time; exits non-zero
+          run include keygate-admin), and `cargo test -p keygate-admin-cli --test migrate`
+          with it (`migrate` to and from PostgreSQL; with keygate-admin or keygate-admin-cli).
+          Then e2e-postgres (same cluster, ~2 min; when keygate-e2e's e2e tests run): the e2e
+          suites that exercise admin's store, each stack's admin in a database of its own, and
+          the replicas_* suites (two replicas behind one Envoy: one killed; PostgreSQL stopped
+          30 s); not the browser and request-parsing suites.
+          Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`), crash-test
+          (3 rounds), crash-test-postgres (3 rounds, 32 clients), api-fuzz (25 examples),
+          bench-quick. Prints each phase's wall time; exits non-zero
           if any phase fails. `.ci/run` runs this.
   bench [--quick] [--only replicas]
           keygate vs Envoy's native auth filters side by side (installs wrk, pins Envoy and
@@ -63,7 +77,7 @@ commands:
   crash-test [--rounds N] [--clients C] [--store sled|postgres]
           kill -9 admin under concurrent writes (keys created, logged in, deactivated); 0
           acknowledged writes lost, 0 wrong decisions through Envoy. --store postgres: a
-          throwaway PostgreSQL (as admin-postgres), two replicas behind one Envoy, a random one
+          throwaway PostgreSQL (as admin-postgres), two replicas behind two Envoys, a random one
           killed each round; prints how long the filter took to move to the survivor
   api-fuzz [--examples N]   schemathesis (pinned, into .venv/) against admin's /openapi.json (default 25 per operation)
   import-bench [--keys N] [--no-envoy]
@@ -91,7 +105,7 @@ set-up steps (idempotent; each prints one line and is skipped when already done)
   cargo build --release -p keygate-filter --target wasm32-wasip1   (the .wasm envoy.yaml loads)
   cargo build -p keygate-admin-cli -p keygate-echo
   Debian's postgresql (apt-get, when missing; `setup` and `test` only, never `up`): the
-    admin-postgres test phase
+    admin-postgres and e2e-postgres test phases, and `up --store postgres`
   Builds always go to the repo's target/ (CARGO_TARGET_DIR is ignored): envoy.yaml names
   target/wasm32-wasip1/release/keygate_filter.wasm.
 
@@ -105,11 +119,12 @@ environment set for `cargo test` (absolute paths):
   KEYGATE_WASM        target/wasm32-wasip1/release/keygate_filter.wasm
   KEYGATE_ECHO_BIN    target/debug/keygate-echo KEYGATE_ENVOY_YAML envoy.yaml
   KEYGATE_REPO        the repo root           KEYGATE_CHROMIUM   /usr/bin/chromium
-  KEYGATE_TEST_POSTGRES   (admin-postgres phase only) postgres://postgres@127.0.0.1:PORT/postgres
+  KEYGATE_TEST_POSTGRES   (admin-postgres and e2e-postgres phases only) postgres://postgres@127.0.0.1:PORT/postgres
 
 files: .venv/ (Envoy), tests/browser/node_modules/ (playwright-core), target/ (and
        target/ui-screenshots/ from the browser test), data/ (admin's store), .keygate/demo.env (tokens),
-       .keygate/demo.json (demo business, user, keys), .keygate/logs/, target/keygate-pg/ (the tests' PostgreSQL)
+       .keygate/demo.json (demo business, user, keys), .keygate/logs/, target/keygate-pg/ (the tests' PostgreSQL),
+       target/keygate-up-pg/, .keygate/seal.env and .keygate/envoy-replicas.yaml (`up --store postgres`)
 ";
 
 /// Where everything lives, all absolute.
@@ -166,17 +181,22 @@ fn main() -> ExitCode {
         Some("import-bench") => bench::import::cmd(&p, &args[1..]),
         Some("login-flood") => bench::logins::cmd(&p, &args[1..]),
         Some("ip-flood") => bench::ipflood::cmd(&p, &args[1..]),
-        Some("up") if args.len() == 1 => up::cmd_up(&p),
+        Some("up") => match up::UpStore::parse(&args[1..]) {
+            Some(store) => up::cmd_up(&p, store),
+            None => unknown(&args),
+        },
         Some("setup") if args.len() == 1 => match setup_and_build(&p).and_then(|()| postgres::ensure().map(|_| ())) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        Some(_) => {
-            eprintln!("xtask: unknown command or arguments: {}\n", args.join(" "));
-            eprint!("{HELP}");
-            ExitCode::from(2)
-        }
+        Some(_) => unknown(&args),
     }
+}
+
+fn unknown(args: &[String]) -> ExitCode {
+    eprintln!("xtask: unknown command or arguments: {}\n", args.join(" "));
+    eprint!("{HELP}");
+    ExitCode::from(2)
 }
 
 pub fn fail(msg: &str) -> ExitCode {
@@ -309,6 +329,22 @@ pub fn build(p: &Paths) -> Result<(), String> {
     run_cargo(p, &["build", "-p", "keygate-admin-cli", "-p", "keygate-echo"])
 }
 
+/// The e2e suites the e2e-postgres phase leaves out: they test the filter's parsing of
+/// requests or the dashboard in a browser, not admin's store, and already ran over sled
+/// (`--skip` filters; a suite's tests are named `SUITE::case`).
+const E2E_POSTGRES_SKIPS: &[&str] = &["ui::", "ui_short_ttl::", "attacks::", "attacks_live::", "path::", "path_rules::"];
+
+/// The paths `cargo test` gets (tests/ and xtask's own tests find the binaries by them).
+fn test_env<'a>(p: &Paths, c: &'a mut Command) -> &'a mut Command {
+    c.env("KEYGATE_ENVOY_BIN", &p.envoy)
+        .env("KEYGATE_WASM", &p.wasm)
+        .env("KEYGATE_ADMIN_BIN", &p.admin)
+        .env("KEYGATE_ECHO_BIN", &p.echo)
+        .env("KEYGATE_ENVOY_YAML", &p.envoy_yaml)
+        .env("KEYGATE_REPO", &p.root)
+        .env("KEYGATE_CHROMIUM", browser::CHROMIUM)
+}
+
 fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
     let (cargo_args, test_args) = match args.iter().position(|a| a == "--") {
         Some(i) => (&args[..i], &args[i + 1..]),
@@ -334,13 +370,31 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
         ok
     };
 
-    let tests_admin = !picks_packages
-        || cargo_args.iter().any(|a| matches!(a.as_str(), "--workspace" | "--all" | "--package=keygate-admin"))
-        || cargo_args.windows(2).any(|w| matches!(w[0].as_str(), "-p" | "--package") && w[1] == "keygate-admin");
+    let tests_package = |package: &str| {
+        !picks_packages
+            || cargo_args.iter().any(|a| matches!(a.as_str(), "--workspace" | "--all") || *a == format!("--package={package}"))
+            || cargo_args.windows(2).any(|w| matches!(w[0].as_str(), "-p" | "--package") && w[1] == package)
+    };
+    // e2e-postgres runs the `e2e` test binary: not when other targets alone were picked.
+    let names_e2e = cargo_args.windows(2).any(|w| w[0] == "--test" && w[1] == "e2e") || cargo_args.iter().any(|a| a == "--test=e2e");
+    let picks_targets =
+        cargo_args.iter().any(|a| matches!(a.as_str(), "--test" | "--lib" | "--doc" | "--bins" | "--tests") || a.starts_with("--test="));
+    let tests_admin = tests_package("keygate-admin");
+    // `migrate` to and from PostgreSQL, with the admin suite or on its own.
+    let tests_migrate = tests_admin || tests_package("keygate-admin-cli");
+    let tests_e2e = tests_package("keygate-e2e") && (names_e2e || !picks_targets);
+    // One throwaway PostgreSQL for the phases over it, started by the first that needs it.
+    let mut cluster: Option<postgres::Cluster> = None;
+    let mut start_postgres = || -> Result<String, String> {
+        if cluster.is_none() {
+            cluster = Some(postgres::start(p)?);
+        }
+        Ok(cluster.as_ref().map(|c| c.url.clone()).unwrap_or_default())
+    };
     let ready = phase("setup", &mut || {
         setup(p)?;
         ensure_clippy(p)?;
-        if tests_admin {
+        if tests_migrate || tests_e2e {
             postgres::ensure()?;
         }
         Ok(())
@@ -388,31 +442,48 @@ fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {
             step(&what);
             let mut c = cargo(p, &a);
             c.env("KEYGATE_COMPOSE_BIN", deploy::docker_compose()?); // tests/deploy/
-            c.env("KEYGATE_ENVOY_BIN", &p.envoy)
-                .env("KEYGATE_WASM", &p.wasm)
-                .env("KEYGATE_ADMIN_BIN", &p.admin)
-                .env("KEYGATE_ECHO_BIN", &p.echo)
-                .env("KEYGATE_ENVOY_YAML", &p.envoy_yaml)
-                .env("KEYGATE_REPO", &p.root)
-                .env("KEYGATE_CHROMIUM", browser::CHROMIUM);
+            test_env(p, &mut c);
             run(&mut c, &what)
         });
-        if tests_admin {
+        if tests_migrate {
             phase("admin-postgres", &mut || {
+                let url = start_postgres()?;
+                let with_postgres = |package_args: &[&str]| {
+                    let mut a = vec!["test"];
+                    a.extend_from_slice(package_args);
+                    if !test_args.is_empty() {
+                        a.push("--");
+                        a.extend(test_args.iter().map(String::as_str));
+                    }
+                    let what = format!("KEYGATE_TEST_POSTGRES={url} cargo {}", a.join(" "));
+                    step(&what);
+                    run(cargo(p, &a).env("KEYGATE_TEST_POSTGRES", &url), &what)
+                };
                 // The admin suite again, each of its fresh servers in a database of its own.
-                let cluster = postgres::start(p)?;
-                let mut a = vec!["test", "-p", "keygate-admin"];
-                if !test_args.is_empty() {
-                    a.push("--");
-                    a.extend(test_args.iter().map(String::as_str));
-                }
-                let what = format!("KEYGATE_TEST_POSTGRES={} cargo {}", cluster.url, a.join(" "));
-                step(&what);
-                let result = run(cargo(p, &a).env("KEYGATE_TEST_POSTGRES", &cluster.url), &what);
-                drop(cluster);
-                result
+                let admin = if tests_admin { with_postgres(&["-p", "keygate-admin"]) } else { Ok(()) };
+                // `keygate-admin migrate` to and from PostgreSQL (its sled legs ran in the test phase).
+                let migrate = with_postgres(&["-p", "keygate-admin-cli", "--test", "migrate"]);
+                admin.and(migrate)
             });
         }
+        if tests_e2e {
+            phase("e2e-postgres", &mut || {
+                // The end-to-end suites that exercise admin's store, each stack's admin in a
+                // database of its own, and the admin-replica suites (which need PostgreSQL).
+                let url = start_postgres()?;
+                let mut a = vec!["test", "-p", "keygate-e2e", "--test", "e2e", "--"];
+                for suite in E2E_POSTGRES_SKIPS {
+                    a.extend(["--skip", suite]);
+                }
+                a.extend(test_args.iter().map(String::as_str));
+                let what = format!("KEYGATE_TEST_POSTGRES={url} cargo {}", a.join(" "));
+                step(&what);
+                let mut c = cargo(p, &a);
+                test_env(p, &mut c).env("KEYGATE_TEST_POSTGRES", &url);
+                run(&mut c, &what)
+            });
+        }
+        drop(cluster.take());
         if cargo_args.is_empty() {
             // `cargo xtask fuzz --quick`: every target a few seconds; fails on a crash.
             phase("fuzz-quick", &mut || fuzz::quick(p));

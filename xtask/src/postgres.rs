@@ -1,5 +1,6 @@
-//! A throwaway PostgreSQL for the tests: Debian's `postgresql` package (installed with
-//! apt-get when missing), a cluster made afresh under `target/keygate-pg/` with trust
+//! A throwaway PostgreSQL for the tests and `up --store postgres`: Debian's `postgresql`
+//! package (installed with apt-get when missing, by `setup` and `test` only), a cluster made
+//! afresh under `target/keygate-pg/` (`target/keygate-up-pg/` for `up`) with trust
 //! authentication, listening on a free loopback port only, and stopped when its guard is
 //! dropped, whatever happened in between. PostgreSQL refuses to run as root, so as root
 //! its commands run as the package's `postgres` user.
@@ -14,7 +15,7 @@ use crate::{run, step, Paths};
 const LIB: &str = "/usr/lib/postgresql";
 
 /// The `bin/` directory of the newest installed PostgreSQL, if any.
-fn bin_dir() -> Option<PathBuf> {
+pub fn bin_dir() -> Option<PathBuf> {
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(LIB)
         .ok()?
         .filter_map(Result::ok)
@@ -85,20 +86,25 @@ fn command(bin: &Path, program: &str, as_postgres: bool) -> Command {
 
 /// Makes a new cluster under `target/keygate-pg/` and starts it on a free loopback port.
 pub fn start(p: &Paths) -> Result<Cluster, String> {
-    let bin = ensure()?;
-    let dir = p.root.join("target/keygate-pg");
+    start_in(ensure()?, p, "target/keygate-pg")
+}
+
+/// Makes a new cluster with the programs in `bin` under `rel_dir` (relative to the repo
+/// root) and starts it on a free loopback port.
+pub fn start_in(bin: PathBuf, p: &Paths, rel_dir: &str) -> Result<Cluster, String> {
+    let dir = p.root.join(rel_dir);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let as_postgres = is_root();
     if as_postgres {
-        run(Command::new("chown").arg("postgres:").arg(&dir), "chown postgres target/keygate-pg")?;
+        run(Command::new("chown").arg("postgres:").arg(&dir), &format!("chown postgres {rel_dir}"))?;
     }
     let data = dir.join("data");
     let mut initdb = command(&bin, "initdb", as_postgres);
     initdb.current_dir(&dir).arg("-D").arg(&data).args(["--auth=trust", "--username=postgres", "--encoding=UTF8"]).stdout(Stdio::null());
-    step("initdb target/keygate-pg/data");
+    step(&format!("initdb {rel_dir}/data"));
     run(&mut initdb, "initdb")?;
     let port = free_port()?;
     let cluster = Cluster { bin, data, as_postgres, port, url: format!("postgres://postgres@127.0.0.1:{port}/postgres") };
@@ -107,7 +113,7 @@ pub fn start(p: &Paths) -> Result<Cluster, String> {
     let options = format!("-c listen_addresses=127.0.0.1 -p {port} -c fsync=on -c max_connections=300 -k {}", dir.display());
     let mut pg_ctl = cluster.command("pg_ctl");
     pg_ctl.current_dir(&dir).arg("-D").arg(&cluster.data).arg("-l").arg(dir.join("server.log")).args(["-o", &options, "-w", "start"]);
-    step(&format!("pg_ctl start (127.0.0.1:{port}; log target/keygate-pg/server.log)"));
+    step(&format!("pg_ctl start (127.0.0.1:{port}; log {rel_dir}/server.log)"));
     run(&mut pg_ctl, "pg_ctl start")?;
     Ok(cluster)
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask up`: the demo stack (echo upstream, keygate-admin, Envoy with the filter),
-//! a seeded demo business, user and keys, and clean shutdown on Ctrl-C.
+//! a seeded demo business, user and keys, and clean shutdown on Ctrl-C. With
+//! `--store postgres`: a throwaway PostgreSQL and two admin replicas over it (`replicas`).
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -13,6 +14,8 @@ use crate::proc::{self, Proc};
 use crate::stack;
 
 mod demo;
+mod replicas;
+use crate::postgres::Cluster;
 use crate::{fail, step, sys, Paths};
 use demo::{check_through_envoy, print_banner, seed, show, sign_in, SignIn};
 
@@ -24,17 +27,44 @@ const ENVOY_YAML_ADMIN: &str = "127.0.0.1:8080";
 const TICK: Duration = Duration::from_millis(200);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub fn cmd_up(p: &Paths) -> ExitCode {
+/// Where `up`'s admin stores.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum UpStore {
+    /// One admin over sled in KEYGATE_DATA.
+    Sled,
+    /// A throwaway PostgreSQL and two admin replicas over it.
+    Postgres,
+}
+
+impl UpStore {
+    /// `up`'s arguments: none, or `--store sled|postgres`.
+    pub fn parse(args: &[String]) -> Option<UpStore> {
+        match args {
+            [] => Some(UpStore::Sled),
+            [flag, store] if flag == "--store" => match store.as_str() {
+                "sled" => Some(UpStore::Sled),
+                "postgres" | "postgresql" => Some(UpStore::Postgres),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+pub fn cmd_up(p: &Paths, store: UpStore) -> ExitCode {
     if let Err(e) = crate::setup_and_build(p) {
         return fail(&e);
     }
     let mut stack = Stack { procs: Vec::new(), root: p.root.clone() };
-    let result = start_and_serve(p, &mut stack);
+    let mut postgres = None;
+    let result = start_and_serve(p, &mut stack, store, &mut postgres);
     let interrupted = sys::caught().is_some();
     if !stack.procs.is_empty() {
         step("stopping the demo stack");
     }
     stack.stop();
+    drop(postgres); // after the admins: they would log the database gone while stopping
+
     match result {
         Ok(()) => {
             step("stopped");
@@ -48,10 +78,14 @@ pub fn cmd_up(p: &Paths) -> ExitCode {
     }
 }
 
-fn start_and_serve(p: &Paths, stack: &mut Stack) -> Result<(), String> {
-    let admin_listen = env_or("KEYGATE_ADDR", ENVOY_YAML_ADMIN);
+fn start_and_serve(p: &Paths, stack: &mut Stack, store: UpStore, postgres: &mut Option<Cluster>) -> Result<(), String> {
+    let replicated = store == UpStore::Postgres;
+    let admin_listen = if replicated { ENVOY_YAML_ADMIN.to_owned() } else { env_or("KEYGATE_ADDR", ENVOY_YAML_ADMIN) };
     let admin = probe_addr(&admin_listen);
     let data = env_or("KEYGATE_DATA", "./data");
+    if replicated && std::env::var_os("KEYGATE_ADDR").is_some() {
+        println!("warning: KEYGATE_ADDR is ignored with --store postgres: the replicas listen on {}", replicas::REPLICAS.join(" and "));
+    }
     if admin != ENVOY_YAML_ADMIN {
         println!(
             "warning: KEYGATE_ADDR={admin_listen}, but envoy.yaml's keygate_admin cluster points at \
@@ -62,7 +96,9 @@ fn start_and_serve(p: &Paths, stack: &mut Stack) -> Result<(), String> {
     let logs = p.state.join("logs");
     fs::create_dir_all(&logs).map_err(|e| format!("create {}: {e}", logs.display()))?;
 
-    for (what, addr) in [("echo", ECHO_ADDR), ("keygate-admin", admin.as_str()), ("Envoy", ENVOY_ADDR), ("Envoy admin", ENVOY_ADMIN_ADDR)] {
+    let second = replicated.then_some(replicas::REPLICAS[1]);
+    let ports = [("echo", ECHO_ADDR), ("keygate-admin", admin.as_str()), ("Envoy", ENVOY_ADDR), ("Envoy admin", ENVOY_ADMIN_ADDR)];
+    for (what, addr) in ports.into_iter().chain(second.map(|a| ("keygate-admin replica 2", a))) {
         if let Ok(sa) = addr.parse::<SocketAddr>() {
             if TcpStream::connect_timeout(&sa, Duration::from_millis(300)).is_ok() {
                 return Err(format!(
@@ -74,26 +110,42 @@ fn start_and_serve(p: &Paths, stack: &mut Stack) -> Result<(), String> {
     }
 
     sys::catch_signals();
+    // Over PostgreSQL: the database, the seal key both replicas share, and Envoy listing both.
+    let (store_env, envoy_yaml) = if replicated {
+        let cluster = postgres.insert(replicas::start_postgres(p)?);
+        let seal = replicas::seal_key(p)?;
+        (vec![("KEYGATE_STORE", cluster.url.clone()), ("KEYGATE_SEAL_KEY", seal)], replicas::envoy_config(p)?)
+    } else {
+        (vec![("KEYGATE_DATA", data)], p.envoy_yaml.clone())
+    };
     stack.spawn("echo", &logs.join("echo.log"), stack::echo_command(p, ECHO_ADDR))?;
 
-    let mut admin_cmd = Command::new(&p.admin);
-    admin_cmd
-        .arg("serve")
-        .env("NO_COLOR", "1") // its log is a file
-        .env("KEYGATE_ADDR", &admin_listen)
-        .env("KEYGATE_DATA", &data)
-        .env("KEYGATE_OPERATOR_TOKEN", &tokens.operator)
-        .env("KEYGATE_PROXY_TOKEN", &tokens.proxy);
-    stack.spawn("admin", &logs.join("admin.log"), admin_cmd)?;
+    let admins: Vec<(&'static str, String)> = match second {
+        Some(addr) => vec![("admin", admin.clone()), ("admin-2", addr.to_owned())],
+        None => vec![("admin", admin.clone())],
+    };
+    for (i, (name, addr)) in admins.iter().enumerate() {
+        let mut admin_cmd = Command::new(&p.admin);
+        admin_cmd
+            .arg("serve")
+            .env("NO_COLOR", "1") // its log is a file
+            .env("KEYGATE_ADDR", if i == 0 { admin_listen.as_str() } else { addr.as_str() })
+            .env("KEYGATE_OPERATOR_TOKEN", &tokens.operator)
+            .env("KEYGATE_PROXY_TOKEN", &tokens.proxy)
+            .envs(store_env.iter().map(|(k, v)| (k, v)));
+        stack.spawn(name, &logs.join(format!("{name}.log")), admin_cmd)?;
+    }
 
     let mut envoy = Command::new(&p.envoy);
-    stack::envoy_args(&mut envoy, &p.envoy_yaml, None, &tokens.proxy);
+    stack::envoy_args(&mut envoy, &envoy_yaml, None, &tokens.proxy);
     stack.spawn("envoy", &logs.join("envoy.log"), envoy)?;
 
-    step(&format!("waiting for keygate-admin: GET http://{admin}/healthz"));
-    stack.wait_until("keygate-admin /healthz", Duration::from_secs(60), &["admin"], || {
-        http::get(&admin, "/healthz", HTTP_TIMEOUT).is_ok_and(|r| r.status == 200)
-    })?;
+    for (name, addr) in &admins {
+        step(&format!("waiting for keygate-admin: GET http://{addr}/healthz"));
+        stack.wait_until(&format!("{name} /healthz"), Duration::from_secs(60), &[name], || {
+            http::get(addr, "/healthz", HTTP_TIMEOUT).is_ok_and(|r| r.status == 200)
+        })?;
+    }
     step(&format!("waiting for Envoy: GET http://{ENVOY_ADMIN_ADDR}/ready"));
     stack.wait_until("Envoy /ready", Duration::from_secs(60), &["envoy"], || {
         http::get(ENVOY_ADMIN_ADDR, "/ready", HTTP_TIMEOUT).is_ok_and(|r| r.status == 200)
@@ -110,6 +162,20 @@ fn start_and_serve(p: &Paths, stack: &mut Stack) -> Result<(), String> {
     };
     check_through_envoy(stack, &demo, &access)?;
     print_banner(p, &admin, &tokens, &demo, &access, expires_in);
+    if let Some(cluster) = postgres {
+        let pids: Vec<String> =
+            stack.procs.iter().filter(|c| c.name().starts_with("admin")).map(|c| format!("{} pid {}", c.name(), c.pid())).collect();
+        println!(
+            "admin replicas: http://{} and http://{} ({}), both over {} (target/keygate-up-pg/, \
+             stopped on Ctrl-C, made afresh by the next `up`); Envoy lists both \
+             (.keygate/envoy-replicas.yaml). Kill one (kill -9 PID): the filter follows the other. \
+             Logs: .keygate/logs/admin.log, admin-2.log\n",
+            replicas::REPLICAS[0],
+            replicas::REPLICAS[1],
+            pids.join(", "),
+            cluster.url
+        );
+    }
 
     loop {
         if sys::caught().is_some() {
@@ -117,7 +183,12 @@ fn start_and_serve(p: &Paths, stack: &mut Stack) -> Result<(), String> {
             return Ok(());
         }
         if let Some(dead) = stack.dead() {
-            return Err(dead);
+            // A replica may die (that is what replicas are for) while another one serves.
+            let replica_left = stack.procs.iter().any(|c| c.name().starts_with("admin") && c.exit_status().is_none());
+            if !(replicated && dead.starts_with("admin") && replica_left) {
+                return Err(dead);
+            }
+            println!("warning: {dead}\nthe other admin replica serves on; Ctrl-C stops the rest");
         }
         std::thread::sleep(TICK);
     }
@@ -301,6 +372,17 @@ fn tail(log: &Path, lines: usize) -> String {
 mod tests {
     use super::*;
     use crate::json::Json;
+
+    #[test]
+    fn up_takes_no_arguments_or_a_store() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(UpStore::parse(&args(&[])) == Some(UpStore::Sled));
+        assert!(UpStore::parse(&args(&["--store", "sled"])) == Some(UpStore::Sled));
+        assert!(UpStore::parse(&args(&["--store", "postgres"])) == Some(UpStore::Postgres));
+        assert!(UpStore::parse(&args(&["--store"])).is_none());
+        assert!(UpStore::parse(&args(&["--store", "mysql"])).is_none());
+        assert!(UpStore::parse(&args(&["postgres"])).is_none());
+    }
 
     #[test]
     fn probe_addr_maps_unspecified_to_loopback() {

@@ -215,6 +215,11 @@ pub async fn snapshot(state: AppState, query: SnapshotQuery) -> Result<Response,
         // has moved on): the client must start over with a full snapshot.
         blocking(store, move |s| s.check_history(since, &history)).await?;
     }
+    // A replica that cannot hear the others' commits cannot tell a proxy it is up to date.
+    let mut following = store.following();
+    if !*following.borrow() {
+        return Err(AdminError::StoreUnavailable(StoreError::Unavailable("not hearing other replicas' commits".into())));
+    }
     if since == current && query.wait > 0 {
         // Counted while held; dropped too if the client goes away mid-wait.
         let _held = state.metrics().hold_longpoll();
@@ -223,6 +228,9 @@ pub async fn snapshot(state: AppState, query: SnapshotQuery) -> Result<Response,
             _ = durable.wait_for(|d| d.version > since) => {}
             _ = tokio::time::sleep(Duration::from_secs(query.wait)) => {}
             _ = stopping.wait_for(|stop| *stop) => {}
+            _ = following.wait_for(|following| !*following) => {
+                return Err(AdminError::StoreUnavailable(StoreError::Unavailable("not hearing other replicas' commits".into())));
+            }
         }
     }
     let upto = store.durable_version();

@@ -11,6 +11,8 @@ use crate::state::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
+    /// `ok`, or `not_following`: a replica that cannot hear the other replicas' commits
+    /// (its connection that listens for them is lost), so its feed could be behind.
     status: &'static str,
     /// The latest durable changelog version.
     version: u64,
@@ -18,11 +20,17 @@ pub struct Health {
 
 #[utoipa::path(get, path = "/healthz", tag = "health", summary = "Liveness and the durable changelog version",
     responses(
-        (status = 200, description = "The server is up", body = Health)
+        (status = 200, description = "The server is up", body = Health),
+        (status = 503, description = "A replica that cannot hear the other replicas' commits (`not_following`)", body = Health)
     )
 )]
 pub async fn healthz(state: AppState) -> Result<Response, AdminError> {
-    ok_json(StatusCode::OK, &Health { status: "ok", version: state.store().durable_version() })
+    let version = state.store().durable_version();
+    // A load balancer's health check then sends proxies to a replica that hears everything.
+    if !*state.store().following().borrow() {
+        return ok_json(StatusCode::SERVICE_UNAVAILABLE, &Health { status: "not_following", version });
+    }
+    ok_json(StatusCode::OK, &Health { status: "ok", version })
 }
 
 /// The Prometheus exposition (text format 0.0.4).

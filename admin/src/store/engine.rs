@@ -40,6 +40,9 @@ pub(super) enum Announcement {
     /// Announcements may have been missed (the listening connection was lost): read the
     /// head again.
     Missed,
+    /// The listening connection is lost: until the next `Missed`, other processes'
+    /// commits go unheard.
+    Lost,
 }
 
 /// Called for every announcement, on a thread of the engine's.
@@ -85,6 +88,21 @@ pub(super) trait Engine: Send + Sync {
     fn clear(&self, tree: usize) -> Result<(), StoreError>;
     /// Writes many entries at once, outside any transaction, for rebuilding an index.
     fn put_many(&self, tree: usize, entries: Vec<Entry>) -> Result<(), StoreError>;
+    /// Removes the entries whose keys fall between `from` and `to`, outside any
+    /// transaction, in as few statements as the engine allows (a store starting a new
+    /// history drops its old changelog this way).
+    fn remove_range(&self, tree: usize, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<(), StoreError>;
+    /// How many entries the tree holds.
+    fn len(&self, tree: usize) -> Result<u64, StoreError>;
+    /// Where the store lives, as a string that changes when it is moved, copied or
+    /// restored from a backup (see `history.rs`); never holds a secret.
+    fn location(&self) -> Result<String, StoreError>;
+    /// The other keygate-admin processes that have this store open, as far as the engine
+    /// can tell cheaply (replicas on one database); an engine only one process can open
+    /// has none.
+    fn other_processes(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
     /// Makes everything committed so far durable.
     fn flush(&self) -> Result<(), StoreError>;
     /// Bytes on disk (an estimate).

@@ -15,11 +15,14 @@ mod accounts;
 mod durable;
 mod engine;
 mod feed;
+mod history;
 mod keys;
 pub mod limits;
+pub mod migrate;
 mod pg_engine;
 pub mod records;
 mod schema;
+mod sealing;
 mod sessions;
 mod signing;
 mod sled_engine;
@@ -41,14 +44,11 @@ pub use sweep::SweepReport;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use keygate_core::snapshot::History;
-use keygate_core::KeyHash;
-
 use durable::Durability;
 use engine::{Announcement, Engine};
 use pg_engine::PgEngine;
 use sled_engine::SledEngine;
-use tx::{chain, from_be, versioned, Trees, META_HEAD, META_HISTORY, META_HISTORY_BASE, TREE_NAMES};
+use tx::{from_be, versioned, Trees, META_HEAD, META_HISTORY, META_HISTORY_BASE, TREE_NAMES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -84,9 +84,22 @@ pub enum StoreError {
     NotDurable,
     #[error("a background store task failed: {0}")]
     Task(String),
+    /// A copy between stores (`migrate`) would not start: the reason says why and what to do.
+    #[error("{0}")]
+    Refused(String),
+    /// A step of a copy between stores failed: what it was doing, and the error underneath.
+    #[error("{what}")]
+    Step {
+        what: String,
+        #[source]
+        source: Box<StoreError>,
+    },
     /// The key is at its session cap and no live session is the caller's client's to give up.
     #[error("the key is at its session limit")]
     SessionLimit { retry_after_secs: u64 },
+    /// A stored signing seed is sealed with a seal key that is not configured (named by its id).
+    #[error("signing key {kid} is sealed with seal key {seal_key}, which is not configured: list it among the seal keys (keygate-admin seal-key id shows the ids of those configured)")]
+    SealKeyMissing { kid: String, seal_key: String },
 }
 
 impl From<postgres::Error> for StoreError {
@@ -130,6 +143,9 @@ pub(crate) struct Inner {
     durability: Durability,
     /// Counts the changes to the signing keys made through other replicas.
     signing_changes: tokio::sync::watch::Sender<u64>,
+    /// Whether this process hears every commit (always, unless other processes share the
+    /// store and the connection that listens for their commits is lost).
+    following: tokio::sync::watch::Sender<bool>,
     changelog_retain: u64,
     flush_per_write: bool,
 }
@@ -141,6 +157,10 @@ fn hear(store: &Weak<Inner>, what: Announcement) {
     let Some(inner) = store.upgrade() else { return };
     let store = Store { inner };
     let (version, signing) = match what {
+        Announcement::Lost => {
+            store.inner.following.send_replace(false);
+            return;
+        }
         Announcement::Committed { version, signing } => (version, signing),
         Announcement::Missed => match store.trees().meta.get(META_HEAD) {
             Ok(head) => (head.and_then(|b| from_be(&b)).unwrap_or(0), true),
@@ -151,6 +171,7 @@ fn hear(store: &Weak<Inner>, what: Announcement) {
         },
     };
     store.inner.durability.publish(0, version);
+    store.inner.following.send_if_modified(|following| !std::mem::replace(following, true));
     if signing {
         store.inner.signing_changes.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -210,18 +231,18 @@ impl Store {
         if trees.meta.get(META_HISTORY)?.is_none() {
             // A new store (or one from before histories): a random start, so no two stores
             // ever share a history.
-            let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed).map_err(|e| StoreError::Task(format!("no random history id: {e}")))?;
-            let start = chain(&History(KeyHash(seed)), b"");
+            let start = history::fresh_history()?;
             trees.meta.insert(META_HISTORY_BASE, versioned(head, &start))?;
             trees.meta.insert(META_HISTORY, start.0 .0)?;
         }
+        history::settle_location(&*engine, &trees)?;
         // Whatever the engine recovered on open was on disk, so it is durable.
         let inner = Inner {
             engine,
             writer: Mutex::new(WriterState { seq: 0, head }),
             durability: Durability::new(head),
             signing_changes: tokio::sync::watch::channel(0).0,
+            following: tokio::sync::watch::channel(true).0,
             changelog_retain: options.changelog_retain.max(1),
             flush_per_write: options.flush_per_write,
         };
@@ -239,6 +260,12 @@ impl Store {
     }
 
     /// Changes when another replica adds or removes a signing key: reload them then.
+    /// Whether this process hears every commit: `false` while a replica cannot hear the
+    /// others' (its feed could then be behind without knowing it).
+    pub fn following(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.following.subscribe()
+    }
+
     pub fn signing_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.signing_changes.subscribe()
     }
@@ -266,7 +293,7 @@ impl Store {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::testing::{add_business, key, open};
-    use super::*;
+    use keygate_core::KeyHash;
 
     #[test]
     fn flushed_writes_survive_reopen() {
@@ -317,8 +344,19 @@ mod testing {
         }
     }
 
+    /// Opens the sled store in `dir`. A store just dropped in this process may hold the
+    /// directory's lock a moment longer (sled's threads let go of it after the drop).
     pub(super) fn open(dir: &Path, retain: u64) -> Store {
-        Store::open(dir, &StoreOptions { cache_capacity_bytes: 1 << 20, changelog_retain: retain, ..StoreOptions::default() }).unwrap()
+        let options = StoreOptions { cache_capacity_bytes: 1 << 20, changelog_retain: retain, ..StoreOptions::default() };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir, &options) {
+                Err(super::StoreError::Sled(sled::Error::Io(e))) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => return opened.unwrap(),
+            }
+        }
     }
 
     /// Creates business `id` (named after itself).

@@ -7,6 +7,8 @@ use keygate_core::{AccessClaims, KeyHash, KeyKind, Mode, UnixTime};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+use crate::seal::SealedSeed;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Business {
     pub id: String,
@@ -216,8 +218,13 @@ impl fmt::Debug for Session {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SigningKey {
     pub kid: String,
-    /// The Ed25519 seed, hex. Never logged, never served.
+    /// The Ed25519 seed, hex, on a sled store run without a seal key; empty once sealed.
+    /// Never logged, never served.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub seed_hex: String,
+    /// The seed sealed with a seal key ([`crate::seal`]): what a store run with one keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_seed: Option<SealedSeed>,
     pub public: SigningKeyEntry,
     pub created_at: UnixTime,
     /// Set when a newer key took over signing; the public half stays published while

@@ -3,14 +3,20 @@
 
 use std::cell::RefCell;
 use std::ops::Bound;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional, TransactionalTree, UnabortableTransactionError};
 
 use super::engine::{Engine, EngineTx, Entries, Entry, TxBody, TxError};
 use super::StoreError;
 
+/// The file in a store's directory whose identity (inode and birth time) tells this
+/// directory from a copy of it, or a backup restored over it (see [`Engine::location`]).
+const LOCATION_MARKER: &str = "keygate-location";
+
 pub(super) struct SledEngine {
+    dir: PathBuf,
     db: sled::Db,
     trees: Vec<sled::Tree>,
     /// sled's log file, for an `fdatasync` after each flush (see [`SledEngine::flush`]).
@@ -28,7 +34,7 @@ impl SledEngine {
             .open()?;
         let trees = names.iter().map(|name| db.open_tree(name)).collect::<sled::Result<Vec<_>>>()?;
         let log_file = std::fs::File::open(path.join("db")).ok();
-        Ok(SledEngine { db, trees, log_file })
+        Ok(SledEngine { dir: path.to_owned(), db, trees, log_file })
     }
 
     fn tree(&self, tree: usize) -> Result<&sled::Tree, StoreError> {
@@ -38,6 +44,10 @@ impl SledEngine {
     fn entries(iter: sled::Iter) -> Entries<'static> {
         Box::new(iter.map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::Sled)))
     }
+}
+
+fn io(e: std::io::Error) -> StoreError {
+    StoreError::Sled(sled::Error::Io(e))
 }
 
 fn tx_error(e: UnabortableTransactionError) -> TxError {
@@ -129,6 +139,48 @@ impl Engine for SledEngine {
             batch.insert(key, value);
         }
         Ok(self.tree(tree)?.apply_batch(batch)?)
+    }
+
+    fn remove_range(&self, tree: usize, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<(), StoreError> {
+        // sled has no range delete: one batch of removals, a few thousand keys at a time.
+        let tree = self.tree(tree)?;
+        let mut keys = tree.range::<Vec<u8>, _>((from, to)).keys().peekable();
+        while keys.peek().is_some() {
+            let mut batch = sled::Batch::default();
+            for key in keys.by_ref().take(4096) {
+                batch.remove(key?);
+            }
+            tree.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    fn len(&self, tree: usize) -> Result<u64, StoreError> {
+        Ok(u64::try_from(self.tree(tree)?.len()).unwrap_or(u64::MAX))
+    }
+
+    /// The directory's real path and its marker file's inode and birth time: a copy of the
+    /// directory, or a backup copied back over it, has a marker born later (or none, and
+    /// gets one), so it reads as another place even at the same path. Where the file system
+    /// keeps no birth time the inode stands alone (not the change time: a `chown -R` of the
+    /// directory at every container start would make every start a move).
+    fn location(&self) -> Result<String, StoreError> {
+        let marker = self.dir.join(LOCATION_MARKER);
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&marker) {
+            Ok(mut file) => {
+                use std::io::Write;
+                file.write_all(b"keygate: this file tells this store from copies of it; copies start a new feed history\n").map_err(io)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e)),
+        }
+        let meta = std::fs::metadata(&marker).map_err(io)?;
+        let born = match meta.created().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+            Some(born) => format!(" born {}", born.as_nanos()),
+            None => String::new(),
+        };
+        let dir = std::fs::canonicalize(&self.dir).map_err(io)?;
+        Ok(format!("sled:{} inode {}{born}", dir.display(), meta.ino()))
     }
 
     /// sled's `flush` writes its buffers out with `sync_file_range` on Linux, which

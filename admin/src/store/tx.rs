@@ -200,8 +200,9 @@ macro_rules! trees {
         /// Every tree's name, in declaration order: a tree's number is its place here.
         pub(super) const TREE_NAMES: &[&str] = &[$(stringify!($name),)*];
 
+        /// Each tree's number: its place in [`TREE_NAMES`].
         #[allow(non_camel_case_types)]
-        enum TreeNumber { $($name,)* }
+        pub(super) enum TreeNumber { $($name,)* }
 
         pub(super) struct Trees<'a> {
             $($(#[$doc])* pub(super) $name: Tree<'a>,)*
@@ -293,13 +294,17 @@ impl Tx<'_> {
         self.meta.put_raw(META_HEAD, &be(version))?;
         if version > self.retain {
             let oldest = version - self.retain;
-            // Keep the history at the floor: a delta can still start there.
-            match self.changelog.get::<ChangeRecord>(&be(oldest))?.and_then(|r| r.history) {
-                Some(history) => self.meta.put_raw(META_HISTORY_FLOOR, &versioned(oldest, &history))?,
-                None => self.meta.remove(META_HISTORY_FLOOR)?,
+            // No record there: below the floor of a history begun since (see `history`),
+            // which stays where it is.
+            if let Some(record) = self.changelog.get::<ChangeRecord>(&be(oldest))? {
+                // Keep the history at the floor: a delta can still start there.
+                match record.history {
+                    Some(history) => self.meta.put_raw(META_HISTORY_FLOOR, &versioned(oldest, &history))?,
+                    None => self.meta.remove(META_HISTORY_FLOOR)?,
+                }
+                self.changelog.remove(&be(oldest))?;
+                self.meta.put_raw(META_FLOOR, &be(oldest))?;
             }
-            self.changelog.remove(&be(oldest))?;
-            self.meta.put_raw(META_FLOOR, &be(oldest))?;
         }
         self.appended.set(Some(version));
         Ok(version)

@@ -2,10 +2,11 @@
 //! sled directory, or, when `KEYGATE_TEST_POSTGRES` holds a PostgreSQL URL, in a new
 //! database of that server of its own; [`Server::start`] is always sled (for the tests about
 //! directories: reopening, copying).
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use std::path::{Path, PathBuf};
 
+use keygate_admin::seal::{SealKey, SealKeys};
 use keygate_admin::{AdminError, AppState, Config, Secret, StoreLocation};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
@@ -14,6 +15,8 @@ use tokio::task::JoinHandle;
 
 pub const OPERATOR: &str = "kgo_test-operator-token-0123456789abcdefghij";
 pub const PROXY: &str = "kgp_test-proxy-token-0123456789abcdefghijklm";
+/// The seal key of every test server over PostgreSQL, which refuses to start without one.
+pub const SEAL_KEY: &str = "kgseal_6fmEIj05eoFfaZ9GDTJMFvk6MqSzONPBpc0b-izDuio";
 
 pub struct Server {
     pub base: String,
@@ -30,9 +33,14 @@ pub fn config(dir: &Path) -> Config {
     config_at(StoreLocation::Sled(dir.to_owned()))
 }
 
-/// The test configuration over `store`.
+/// The test configuration over `store` (with [`SEAL_KEY`] over PostgreSQL; sled runs without
+/// one, as it may).
 pub fn config_at(store: StoreLocation) -> Config {
+    let postgres = matches!(store, StoreLocation::Postgres(_));
     let mut config = Config::at(store);
+    if postgres {
+        config.seal_keys = Some(seal_keys(&[SEAL_KEY]));
+    }
     config.operator_token = Some(Secret::new(OPERATOR));
     config.proxy_token = Some(Secret::new(PROXY));
     config.cache_capacity_bytes = 8 * 1024 * 1024;
@@ -172,6 +180,11 @@ async fn json_reply(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
     let text = response.text().await.unwrap();
     let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
     (status, value)
+}
+
+/// Seal keys from their text, in order.
+pub fn seal_keys(keys: &[&str]) -> SealKeys {
+    SealKeys::new(keys.iter().map(|k| SealKey::parse(k).unwrap()).collect()).unwrap()
 }
 
 /// The session id (`sid`) an access token carries.

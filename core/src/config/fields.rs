@@ -71,6 +71,35 @@ impl Default for RateLimits {
     }
 }
 
+/// Holding requests whose key or `kid` the snapshot does not hold yet (read-your-writes:
+/// a key admin just issued works on its first request). A field left out takes its value
+/// from [`HoldUnknown::default`]; `timeout_ms` or `max_held` 0 turns holding off.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HoldUnknown {
+    /// How long a request waits for the snapshot before it is refused as it would have been.
+    pub timeout_ms: u64,
+    /// Requests held at once per worker VM; beyond, refused at once.
+    pub max_held: usize,
+    /// How long a key or `kid` that timed out is refused at once, without holding.
+    pub negative_ttl_secs: u64,
+    /// Keys and `kid`s remembered as timed out per worker VM (0: none).
+    pub negative_entries: usize,
+}
+
+impl Default for HoldUnknown {
+    fn default() -> Self {
+        HoldUnknown { timeout_ms: 300, max_held: 64, negative_ttl_secs: 10, negative_entries: 4096 }
+    }
+}
+
+/// Upper bounds of the `hold_unknown` fields: a held request holds a connection and a
+/// stream, and every entry is memory in each worker VM.
+pub const MAX_HOLD_TIMEOUT_MS: u64 = 10_000;
+pub const MAX_HELD: usize = 10_000;
+pub const MAX_NEGATIVE_TTL_SECS: u64 = 3600;
+pub const MAX_NEGATIVE_ENTRIES: usize = 1_000_000;
+
 /// The plugin configuration as written in envoy.yaml.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +131,8 @@ pub(super) struct RawConfig {
     pub(super) snapshot_page_keys: usize,
     #[serde(default)]
     pub(super) rate_limits: RateLimits,
+    #[serde(default)]
+    pub(super) hold_unknown: HoldUnknown,
     #[serde(default)]
     pub(super) routes: Vec<Route>,
 }

@@ -5,7 +5,10 @@
 mod fields;
 mod routing;
 
-pub use fields::{RateLimits, Requirement, Route, MAX_COUNTER_SLOTS};
+pub use fields::{
+    HoldUnknown, RateLimits, Requirement, Route, MAX_COUNTER_SLOTS, MAX_HELD, MAX_HOLD_TIMEOUT_MS, MAX_NEGATIVE_ENTRIES,
+    MAX_NEGATIVE_TTL_SECS,
+};
 
 use sha2::{Digest, Sha256};
 
@@ -80,6 +83,8 @@ impl std::fmt::Debug for SyncConfig {
 pub struct FilterConfig {
     pub policy: Policy,
     pub sync: SyncConfig,
+    /// Holding requests for keys and signing keys not yet in the snapshot.
+    pub hold: HoldUnknown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,6 +137,15 @@ impl FilterConfig {
             // would accept its tokens again.
             return invalid(format!("leeway_secs must be at most {REVOCATION_MARGIN_SECS} (how long past a token's expiry admin keeps its revoked session in the feed)"));
         }
+        let hold = &raw.hold_unknown;
+        if hold.timeout_ms > MAX_HOLD_TIMEOUT_MS || hold.max_held > MAX_HELD {
+            return invalid(format!("hold_unknown: timeout_ms must be at most {MAX_HOLD_TIMEOUT_MS} and max_held at most {MAX_HELD}"));
+        }
+        if hold.negative_ttl_secs > MAX_NEGATIVE_TTL_SECS || hold.negative_entries > MAX_NEGATIVE_ENTRIES {
+            return invalid(format!(
+                "hold_unknown: negative_ttl_secs must be at most {MAX_NEGATIVE_TTL_SECS} and negative_entries at most {MAX_NEGATIVE_ENTRIES}"
+            ));
+        }
         if raw.issuer.is_empty() || raw.audience.is_empty() {
             return invalid("issuer and audience must not be empty".into());
         }
@@ -182,6 +196,7 @@ impl FilterConfig {
                 usage_flush_secs: raw.usage_flush_secs,
                 snapshot_page_keys: raw.snapshot_page_keys,
             },
+            hold: raw.hold_unknown,
         })
     }
 }
@@ -215,6 +230,15 @@ mod tests {
         assert_eq!(cfg.policy.token.issuer, "keygate");
         assert_eq!(cfg.sync.proxy_token, "t");
         assert!(!format!("{:?}", cfg.sync).contains("\"t\""));
+        assert_eq!(cfg.hold, HoldUnknown { timeout_ms: 300, max_held: 64, negative_ttl_secs: 10, negative_entries: 4096 });
+    }
+
+    #[test]
+    fn holding_is_on_by_default_and_turns_off_with_a_zero_timeout() {
+        let off = parse(r#"{"admin_cluster": "a", "proxy_token": "t", "hold_unknown": {"timeout_ms": 0}}"#).unwrap();
+        assert_eq!(off.hold, HoldUnknown { timeout_ms: 0, ..HoldUnknown::default() });
+        let some = parse(r#"{"admin_cluster": "a", "proxy_token": "t", "hold_unknown": {"max_held": 8, "negative_entries": 0}}"#).unwrap();
+        assert_eq!((some.hold.timeout_ms, some.hold.max_held, some.hold.negative_entries), (300, 8, 0));
     }
 
     #[test]
@@ -232,6 +256,12 @@ mod tests {
             (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"counter_slots": 0}}"#, "counter_slots"),
             (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"counter_slots": 16777217}}"#, "counter_slots"),
             (r#"{"admin_cluster": "", "proxy_token": "t"}"#, "admin_cluster"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "hold_unknown": {"timeout_ms": 10001}}"#, "timeout_ms"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "hold_unknown": {"max_held": 10001}}"#, "max_held"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "hold_unknown": {"negative_entries": 1000001}}"#, "negative_entries"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "hold_unknown": {"negative_ttl_secs": 3601}}"#, "negative_ttl_secs"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "hold_unknown": {"timeout": 1}}"#, "unknown field"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "hold_unknown": {"max_held": -1}}"#, "invalid value"),
             ("not json", "not valid"),
         ];
         for (json, needle) in cases {

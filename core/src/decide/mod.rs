@@ -1,13 +1,16 @@
 //! `decide(policy, request, snapshot, now) -> Decision`: the whole per-request check,
 //! in the order of the README's decision table. Pure: no I/O, no clock, no panics on any input.
-//! The request's headers are read in `request`, refusals built in `denial`, and access
-//! tokens checked (and cached) in `tokens`.
+//! The request's headers are read in `request`, refusals built in `denial`, access
+//! tokens checked (and cached) in `tokens`, and refusals the snapshot may still cure
+//! (an unknown key or `kid`, with holding on) described in `pending`.
 
 mod denial;
+mod pending;
 mod request;
 mod tokens;
 
 pub use denial::{rate_limited, Denial, DenyCode};
+pub use pending::{Awaited, Outcome, Pending};
 pub use request::{RequestView, AUTHORIZATION, BUSINESS_ID, SECRET_KEY};
 pub use tokens::{TokenCache, FAILED_TOKEN_TTL_SECS};
 
@@ -17,6 +20,7 @@ use crate::keystore::KeyLookup;
 use crate::revoked::RevocationLookup;
 use crate::snapshot::{KeyRecord, Snapshot};
 use crate::UnixTime;
+use pending::Refusal;
 use request::{is_safe_method, presented, stripped_headers};
 use tokens::{precheck_token, verify_token};
 
@@ -96,22 +100,44 @@ pub fn decide_on_route(
     now: UnixTime,
     tokens: &mut TokenCache,
 ) -> Decision {
+    match decide_or_hold(policy, route, request, synced, now, tokens, false) {
+        Outcome::Decided(decision) => decision,
+        Outcome::Pending(pending) => Decision::Deny(pending.denial),
+    }
+}
+
+/// [`decide_on_route`], except that with `hold` a request refused only because the
+/// snapshot lacks what it names is [`Outcome::Pending`]: a well-formed keygate key the
+/// snapshot does not hold (next to a valid access token where the route asks for one), or
+/// a token whose `kid` is not published (next to a valid key). Everything else, a shadow
+/// route and a stale snapshot included, is decided as by [`decide_on_route`].
+pub fn decide_or_hold(
+    policy: &Policy,
+    route: &Route,
+    request: &RequestView<'_>,
+    synced: Option<Synced<'_>>,
+    now: UnixTime,
+    tokens: &mut TokenCache,
+    hold: bool,
+) -> Outcome {
     let outcome = match route.require {
         Requirement::None => Ok(public(policy, route, request)),
         Requirement::Key | Requirement::All => match fresh(policy, synced, now) {
-            Ok(synced) => check_credentials(policy, route, request, synced, now, tokens),
-            Err(denial) => Err(denial),
+            Ok(synced) => check_credentials(policy, route, request, synced, now, tokens, hold),
+            Err(denial) => Err(denial.into()),
         },
     };
-    match outcome {
+    let decision = match outcome {
         Ok(allowed) => Decision::Allow(allowed),
-        Err(denial) if route.shadow => Decision::Allow(Allowed {
+        Err(refusal) if route.shadow => Decision::Allow(Allowed {
             remove_headers: stripped_headers(request.headers),
-            shadow_denial: Some(denial),
+            shadow_denial: Some(refusal.denial),
             ..Allowed::default()
         }),
-        Err(denial) => Decision::Deny(denial),
-    }
+        Err(Refusal { denial, awaited: Some(awaited) }) if hold => return Outcome::Pending(Pending { awaited, denial }),
+        Err(refusal) => Decision::Deny(refusal.denial),
+    };
+    Outcome::Decided(decision)
 }
 
 fn public(policy: &Policy, route: &Route, request: &RequestView<'_>) -> Allowed {
@@ -138,17 +164,25 @@ fn fresh<'a>(policy: &Policy, synced: Option<Synced<'a>>, now: UnixTime) -> Resu
     }
 }
 
-fn check_key(keys: &dyn KeyLookup, raw: &str, now: UnixTime) -> Result<KeyRecord, Denial> {
+fn check_key(keys: &dyn KeyLookup, raw: &str, now: UnixTime) -> Result<KeyRecord, Refusal> {
     let invalid = || Denial::new(DenyCode::InvalidApiKey, "Invalid API key");
     // keygate's format is checksum-checked before any lookup; a value in no keygate shape
     // (a key imported from another gateway) is looked up by its hash, and then its kind
     // and mode are the stored record's.
     let key = key::classify(raw).map_err(|_| invalid())?;
-    let record = keys.key(&key.hash()).ok_or_else(invalid)?;
+    let hash = key.hash();
+    let Some(record) = keys.key(&hash) else {
+        // Only keygate's own format may be a key issued a moment ago: an imported key
+        // comes in bulk, and any printable string would be a candidate.
+        return Err(match key {
+            key::PresentedKey::Checked(_) => Refusal::unknown(invalid(), Awaited::Key(hash)),
+            key::PresentedKey::Legacy(_) => invalid().into(),
+        });
+    };
     let expired = record.expires_at.is_some_and(|at| at <= now);
     let claims_differ = key.claims().is_some_and(|(kind, mode)| record.kind != kind || record.mode != mode);
     if !record.active || expired || claims_differ {
-        return Err(invalid());
+        return Err(invalid().into());
     }
     Ok(record)
 }
@@ -160,15 +194,29 @@ fn check_credentials(
     synced: Synced<'_>,
     now: UnixTime,
     tokens: &mut TokenCache,
-) -> Result<Allowed, Denial> {
+    hold: bool,
+) -> Result<Allowed, Refusal> {
     let creds = presented(route, request.headers)?;
     // Everything cheap first (the token's shape and kid, then the key's checksum, record
     // and state), so a forged token costs a signature check only next to a valid key.
+    // A request is held for what the snapshot lacks only when the rest of its credentials
+    // hold: made-up keys and kids are cheap, valid credentials are not.
     let stage = match creds.token {
-        Some(token) => Some(precheck_token(policy, synced.snapshot, token, now, tokens)?),
+        Some(token) => match precheck_token(policy, synced.snapshot, token, now, tokens) {
+            Ok(stage) => Some(stage),
+            Err(refusal) if hold && refusal.awaited.is_some() && check_key(synced.keys, creds.key, now).is_ok() => return Err(refusal),
+            Err(refusal) => return Err(refusal.now()),
+        },
         None => None,
     };
-    let key = check_key(synced.keys, creds.key, now)?;
+    let key = match check_key(synced.keys, creds.key, now) {
+        Ok(key) => key,
+        Err(refusal) if hold && refusal.awaited.is_some() => {
+            let token_holds = stage.is_none_or(|stage| verify_token(policy, synced.snapshot, synced.revoked, stage, now, tokens).is_ok());
+            return Err(if token_holds { refusal } else { refusal.now() });
+        }
+        Err(refusal) => return Err(refusal.now()),
+    };
     let claims = match stage {
         Some(stage) => Some(verify_token(policy, synced.snapshot, synced.revoked, stage, now, tokens)?),
         None => None,
@@ -177,15 +225,15 @@ fn check_credentials(
     // Business: the key's, and (with a token) among the token's.
     if let Some(business) = creds.business {
         if business != key.business {
-            return Err(Denial::new(DenyCode::BusinessMismatch, "businessId does not match the API key's business"));
+            return Err(Denial::new(DenyCode::BusinessMismatch, "businessId does not match the API key's business").into());
         }
         if claims.as_ref().is_some_and(|c| !c.businesses.iter().any(|b| b == business)) {
-            return Err(Denial::new(DenyCode::BusinessMismatch, "businessId is not among the access token's businesses"));
+            return Err(Denial::new(DenyCode::BusinessMismatch, "businessId is not among the access token's businesses").into());
         }
     }
 
     // Permission: kind, mode, scopes.
-    let forbidden = |message| Denial::new(DenyCode::InsufficientPermission, message);
+    let forbidden = |message| Refusal::from(Denial::new(DenyCode::InsufficientPermission, message));
     if key.kind == KeyKind::Pk && !is_safe_method(request.method) {
         return Err(forbidden("Publishable keys may only use GET, HEAD and OPTIONS"));
     }

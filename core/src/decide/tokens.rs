@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::denial::{Denial, DenyCode};
+use super::pending::{Awaited, Refusal};
 use crate::config::Policy;
 use crate::key::parse_prefix;
 use crate::revoked::RevocationLookup;
@@ -115,28 +116,29 @@ pub(super) enum TokenStage<'t> {
 }
 
 /// The checks that cost no cryptography: not an API key, header shape, `alg`, `typ` and a
-/// published `kid` (or a still-valid cache entry).
+/// published `kid` (or a still-valid cache entry). An unpublished `kid` is a refusal the
+/// snapshot may still cure (a signing key rotated in a moment ago).
 pub(super) fn precheck_token<'t>(
     policy: &Policy,
     snapshot: &Snapshot,
     token: &'t str,
     now: UnixTime,
     cache: &TokenCache,
-) -> Result<TokenStage<'t>, Denial> {
+) -> Result<TokenStage<'t>, Refusal> {
     if parse_prefix(token).is_some() {
-        return Err(Denial::new(DenyCode::InvalidToken, "Authorization carries an API key where an access token is required"));
+        return Err(Denial::new(DenyCode::InvalidToken, "Authorization carries an API key where an access token is required").into());
     }
     if let Some((kid, claims)) = cache.entries.get(token) {
         if snapshot.signing_key(kid).is_some() {
             if now >= claims.exp.saturating_add(policy.token.leeway) {
-                return Err(invalid_token(TokenError::Expired));
+                return Err(invalid_token(TokenError::Expired).into());
             }
             return Ok(TokenStage::Cached(token));
         }
     }
     let kid = token::checked_kid(token).map_err(invalid_token)?;
     if snapshot.signing_key(&kid).is_none() {
-        return Err(invalid_token(TokenError::UnknownKid));
+        return Err(Refusal::unknown(invalid_token(TokenError::UnknownKid), Awaited::SigningKey(kid)));
     }
     Ok(TokenStage::Verify(token, kid))
 }

@@ -1,15 +1,12 @@
 //! One connection to the database and the statements every engine call is made of.
 
 use std::collections::HashMap;
-use std::ops::Bound;
 use std::sync::Arc;
 
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
 
-use super::super::engine::Entry;
 use super::super::StoreError;
-use super::PAGE;
 
 /// One connection, opened again on its next job if it was lost, with its prepared
 /// statements.
@@ -37,8 +34,26 @@ impl Connection {
         }
     }
 
+    /// Runs `work`, and once more on a new connection if a connection that had served
+    /// before turned out to be dead: after the server restarted, every pooled connection
+    /// is, and each would otherwise fail one request. Never inside a transaction (what it
+    /// did so far is gone); each `work` here is a whole statement or transaction of its own.
+    pub(super) fn retrying<T>(&mut self, work: impl Fn(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let had_connection = self.client.is_some();
+        match work(self) {
+            Err(StoreError::Unavailable(_)) if had_connection && !self.in_transaction => {
+                self.client = None;
+                self.statements.clear();
+                work(self)
+            }
+            other => other,
+        }
+    }
+
     /// `sql`, prepared once per connection.
     pub(super) fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        // Connect first: a new connection forgets the old one's statements.
+        self.client()?;
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
@@ -94,24 +109,5 @@ impl Connection {
             &[&tree, &keys, &values],
         )?;
         Ok(())
-    }
-
-    /// Up to [`PAGE`] entries of `tree` between the bounds, in key order.
-    pub(super) fn page(&mut self, tree: i16, from: &Bound<Vec<u8>>, to: &Bound<Vec<u8>>) -> Result<Vec<Entry>, StoreError> {
-        let mut sql = "SELECT key, value FROM keygate_kv WHERE tree = $1".to_owned();
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&tree];
-        for (bound, included, excluded) in [(from, ">=", ">"), (to, "<=", "<")] {
-            let (op, key) = match bound {
-                Bound::Included(key) => (included, key),
-                Bound::Excluded(key) => (excluded, key),
-                Bound::Unbounded => continue,
-            };
-            params.push(key);
-            sql.push_str(&format!(" AND key {op} ${}", params.len()));
-        }
-        params.push(&PAGE);
-        sql.push_str(&format!(" ORDER BY key LIMIT ${}", params.len()));
-        let rows = self.query(&sql, &params)?;
-        Ok(rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect::<Result<_, postgres::Error>>()?)
     }
 }

@@ -18,6 +18,9 @@ use super::{Announcement, OnAnnouncement, StoreError, CHANNEL};
 const WAKE: Duration = Duration::from_millis(250);
 /// Longest pause between attempts to connect again.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often a listening replica reads the head again anyway: a safety net should a
+/// notification be lost, or the read after a reconnect have failed.
+const RECHECK: Duration = Duration::from_secs(30);
 /// How long `start` waits for the first `LISTEN` before going on without it.
 const FIRST_LISTEN: Duration = Duration::from_secs(5);
 /// How long a replica waits for another's start-up to end.
@@ -28,7 +31,7 @@ pub(super) fn payload(what: Announcement) -> String {
     match what {
         Announcement::Committed { version, signing: true } => format!("{version} signing"),
         Announcement::Committed { version, signing: false } => version.to_string(),
-        Announcement::Missed => String::new(),
+        Announcement::Missed | Announcement::Lost => String::new(),
     }
 }
 
@@ -141,15 +144,23 @@ fn listen(
             Ok(client) => client,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for other replicas' commits; trying again");
+                on(Announcement::Lost);
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
         backoff = Duration::from_millis(50);
-        let _ = listening.try_send(());
+        // Missed first, then "listening": `start` returns only once what came before the
+        // `LISTEN` is covered, so its caller never hears of it afterwards.
         on(Announcement::Missed);
+        let _ = listening.try_send(());
+        let mut checked = std::time::Instant::now();
         loop {
+            if checked.elapsed() >= RECHECK {
+                on(Announcement::Missed);
+                checked = std::time::Instant::now();
+            }
             // A fresh iterator each time: one whose timeout has fired returns at once ever after.
             let heard = client.notifications().timeout_iter(WAKE).next();
             match heard {
@@ -158,11 +169,13 @@ fn listen(
                 // A closed connection reads as "nothing yet", not as an error.
                 Ok(None) if client.is_closed() => {
                     tracing::warn!("lost the connection that listens for other replicas' commits; reconnecting");
+                    on(Announcement::Lost);
                     break;
                 }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "lost the connection that listens for other replicas' commits; reconnecting");
+                    on(Announcement::Lost);
                     break;
                 }
             }

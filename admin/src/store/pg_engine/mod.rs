@@ -20,6 +20,10 @@
 //! on every replica turns into an [`Announcement`] (`follow.rs`). Start-up (schema,
 //! history, the first signing key) runs under a session-level lock, one replica at a time.
 //!
+//! Every connection of a replica is named `keygate-admin` (`application_name`) unless the
+//! URL names it, so a copy between stores (`migrate`, connected under another name) can
+//! tell that replicas are still running (`maintenance.rs`).
+//!
 //! Durability: a `COMMIT` under PostgreSQL's default `synchronous_commit = on` returns
 //! only once the commit is on disk, so [`Engine::flush`] has nothing left to do.
 
@@ -38,6 +42,10 @@ use super::StoreError;
 mod connection;
 mod follow;
 mod limits;
+mod maintenance;
+mod range;
+
+use range::{prefix_end, RangePages};
 
 use connection::Connection;
 
@@ -76,15 +84,25 @@ pub(super) struct PgEngine {
     startup: Mutex<Option<follow::SessionLock>>,
     /// Tells the listener, if any, to stop.
     listener: Mutex<Option<follow::Listener>>,
+    /// The `application_name` of replicas opened with this URL.
+    replica_name: String,
 }
 
 impl PgEngine {
     /// Connects to the database at `url`, waits for any other replica's start-up to end,
     /// and creates the table if it is missing.
     pub(super) fn open(url: &str) -> Result<PgEngine, StoreError> {
+        PgEngine::open_as(url, None)
+    }
+
+    /// [`PgEngine::open`], its connections named `application_name` instead of what
+    /// replicas are named (see [`Engine::other_processes`]).
+    pub(super) fn open_as(url: &str, application_name: Option<&str>) -> Result<PgEngine, StoreError> {
         // The parser's message could quote the URL, password and all.
         let mut config =
             postgres::Config::from_str(url).map_err(|_| StoreError::Task("the PostgreSQL connection URL is not valid".to_owned()))?;
+        let replica_name = config.get_application_name().unwrap_or(maintenance::REPLICA_NAME).to_owned();
+        config.application_name(application_name.unwrap_or(&replica_name));
         if config.get_connect_timeout().is_none() {
             // An unreachable server answers 503 in seconds rather than holding requests.
             config.connect_timeout(std::time::Duration::from_secs(5));
@@ -105,7 +123,8 @@ impl PgEngine {
                 .map_err(|e| StoreError::Task(format!("cannot start a PostgreSQL connection thread: {e}")))?;
             workers.push(worker);
         }
-        let engine = PgEngine { config, jobs: Some(jobs), workers, startup: Mutex::new(Some(startup)), listener: Mutex::new(None) };
+        let engine =
+            PgEngine { config, jobs: Some(jobs), workers, startup: Mutex::new(Some(startup)), listener: Mutex::new(None), replica_name };
         engine.run(|c| {
             c.client()?.batch_execute(CREATE_TABLE)?;
             c.client()?.batch_execute(limits::CREATE_LIMITS)?;
@@ -115,13 +134,10 @@ impl PgEngine {
     }
 
     /// Runs `work` on a pooled connection and waits for its answer.
-    fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
+    fn run<T: Send + 'static>(&self, work: impl Fn(&mut Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
         let (reply, answer) = sync_channel(1);
         self.send(Box::new(move |connection| {
-            let _ = reply.send(work(connection));
+            let _ = reply.send(connection.retrying(&work));
         }))?;
         answer.recv().map_err(|_| gone())?
     }
@@ -162,52 +178,6 @@ impl Drop for PgEngine {
 
 fn tree_number(tree: usize) -> Result<i16, StoreError> {
     i16::try_from(tree).map_err(|_| StoreError::Task(format!("no tree number {tree}")))
-}
-
-/// The smallest key after every key starting with `prefix`, if there is one.
-fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Bound::Excluded(end);
-        }
-    }
-    Bound::Unbounded
-}
-
-/// Walks a range a page at a time, each page one query starting after the last key seen.
-struct RangePages<'a> {
-    engine: &'a PgEngine,
-    tree: i16,
-    from: Bound<Vec<u8>>,
-    to: Bound<Vec<u8>>,
-    page: VecDeque<Entry>,
-    done: bool,
-}
-
-impl Iterator for RangePages<'_> {
-    type Item = Result<Entry, StoreError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.page.is_empty() && !self.done {
-            let (tree, from, to) = (self.tree, self.from.clone(), self.to.clone());
-            match self.engine.run(move |c| c.page(tree, &from, &to)) {
-                Ok(page) => {
-                    self.done = page.len() < PAGE as usize;
-                    if let Some((last, _)) = page.last() {
-                        self.from = Bound::Excluded(last.clone());
-                    }
-                    self.page = page.into();
-                }
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-            }
-        }
-        self.page.pop_front().map(Ok)
-    }
 }
 
 /// A transaction's side of its connection thread: each read or write is a job there.
@@ -281,9 +251,11 @@ impl EngineTx for PgTx {
 /// `BEGIN`, then the write lock: held until `COMMIT` or `ROLLBACK`.
 fn begin() -> TxJob {
     Box::new(|c| {
-        c.client()?.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"))?;
-        c.in_transaction = true;
-        Ok(Vec::new())
+        c.retrying(|c| {
+            c.client()?.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"))?;
+            c.in_transaction = true;
+            Ok(Vec::new())
+        })
     })
 }
 
@@ -379,6 +351,23 @@ impl Engine for PgEngine {
             self.run(move |c| c.insert_many(tree, &keys, &values))?;
         }
         Ok(())
+    }
+
+    fn remove_range(&self, tree: usize, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<(), StoreError> {
+        let tree = tree_number(tree)?;
+        self.run(move |c| c.remove_range(tree, &from, &to).map(|_| ()))
+    }
+
+    fn len(&self, tree: usize) -> Result<u64, StoreError> {
+        self.count(tree)
+    }
+
+    fn location(&self) -> Result<String, StoreError> {
+        self.location_now()
+    }
+
+    fn other_processes(&self) -> Result<Vec<String>, StoreError> {
+        self.replica_sessions()
     }
 
     /// Nothing to do: every commit was durable when it returned (see the module's note).

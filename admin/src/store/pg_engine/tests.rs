@@ -236,3 +236,62 @@ fn changelog_versions_become_visible_in_order_across_replicas() {
     assert_eq!(acknowledged, (1..=total).collect::<Vec<_>>(), "each write has its own version, none skipped");
     assert_eq!(seen, total);
 }
+
+/// Ends every other connection to the database at `url`, as a server restart does;
+/// returns how many there were.
+fn drop_connections(url: &str) -> usize {
+    let server = std::env::var("KEYGATE_TEST_POSTGRES").unwrap();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&server, postgres::NoTls).unwrap();
+        let sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()";
+        client.query(sql, &[&database]).unwrap().len()
+    })
+    .join()
+    .unwrap()
+}
+
+/// After the server drops every connection (as when it restarts), each pooled connection
+/// is dead: the next calls open new ones instead of each failing once.
+#[test]
+fn calls_after_the_server_dropped_every_connection_succeed() {
+    let Some(url) = fresh_database() else { return };
+    let engine = PgEngine::open(&url).unwrap();
+    engine.put(1, b"k", b"v").unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..POOL_SIZE * 2 {
+            s.spawn(|| engine.get(1, b"k").unwrap());
+        }
+    });
+    assert!(drop_connections(&url) > 0, "no connection to drop");
+    for read in 0..POOL_SIZE * 2 {
+        assert_eq!(engine.get(1, b"k").unwrap(), Some(b"v".to_vec()), "read {read}");
+    }
+    assert!(drop_connections(&url) > 0, "no connection to drop");
+    for write in 0..POOL_SIZE * 2 {
+        engine.transact(&mut |tx| tx.insert(1, format!("w{write}").as_bytes(), b"x")).unwrap();
+    }
+    assert_eq!(engine.get(1, b"w0").unwrap(), Some(b"x".to_vec()));
+}
+
+/// A range delete removes exactly its range, in one statement; counts follow; the
+/// location is the same from any connection to the database and names no secret.
+#[test]
+fn ranges_go_in_one_delete_and_the_location_is_the_databases() {
+    let Some(url) = fresh_database() else { return };
+    let engine = PgEngine::open(&url).unwrap();
+    let stored: Vec<Entry> = (0u8..10).map(|n| (vec![n], vec![n])).collect();
+    engine.put_many(2, stored).unwrap();
+    engine.put(3, b"other", b"tree").unwrap();
+    engine.remove_range(2, Bound::Included(vec![2]), Bound::Excluded(vec![5])).unwrap();
+    assert_eq!(keys(engine.range(2, Bound::Unbounded, Bound::Unbounded)), [0u8, 1, 5, 6, 7, 8, 9].map(|n| vec![n]));
+    engine.remove_range(2, Bound::Unbounded, Bound::Excluded(vec![6])).unwrap();
+    assert_eq!((engine.len(2).unwrap(), engine.len(3).unwrap()), (4, 1));
+    let here = engine.location().unwrap();
+    assert!(here.starts_with("postgres ") && here.contains(" database ") && here.contains(" table "), "{here}");
+    assert!(!here.contains(&url), "{here}");
+    drop(engine);
+    let again = PgEngine::open_as(&url, Some("another-name")).unwrap();
+    assert_eq!(again.location().unwrap(), here);
+    assert!(again.other_processes().unwrap().is_empty(), "no replica is connected");
+}
