@@ -31,7 +31,7 @@ commands:
           Then e2e-postgres (same cluster, ~2 min; when keygate-e2e's e2e tests run): the e2e
           suites that exercise admin's store, each stack's admin in a database of its own, and
           the replicas_* suites (two replicas behind one Envoy: one killed; PostgreSQL stopped
-          30 s); not the browser and request-parsing suites.
+          30 s); not the browser, request-parsing and sled restore suites.
           Without CARGO_TEST_ARGS also the quick forms: fuzz-quick (`fuzz --quick`), crash-test
           (3 rounds), crash-test-postgres (3 rounds, 32 clients), api-fuzz (25 examples),
           bench-quick. Prints each phase's wall time; exits non-zero

@@ -227,9 +227,11 @@ pub fn build(p: &Paths) -> Result<(), String> {
 }
 
 /// The e2e suites the e2e-postgres phase leaves out: they test the filter's parsing of
-/// requests or the dashboard in a browser, not admin's store, and already ran over sled
-/// (`--skip` filters; a suite's tests are named `SUITE::case`).
-const E2E_POSTGRES_SKIPS: &[&str] = &["ui::", "ui_short_ttl::", "attacks::", "attacks_live::", "path::", "path_rules::"];
+/// requests or the dashboard in a browser, not admin's store, and already ran over sled;
+/// `restore` copies a sled directory (a PostgreSQL dump and restore is admin's
+/// tests/restore.rs, in admin-postgres). `--skip` filters; a suite's tests are named
+/// `SUITE::case`.
+const E2E_POSTGRES_SKIPS: &[&str] = &["ui::", "ui_short_ttl::", "attacks::", "attacks_live::", "path::", "path_rules::", "restore::"];
 
 /// The paths `cargo test` gets (tests/ and xtask's own tests find the binaries by them).
 fn test_env<'a>(p: &Paths, c: &'a mut Command) -> &'a mut Command {

@@ -319,10 +319,12 @@ pub(super) fn fanout(
             f.idle_rss_mb[i], f.rest[i].rss_mb, f.rest[i].cpu_pct, f.burst[i].cpu_pct, f.burst[i].rss_mb
         );
     }
-    println!(
-        "    PostgreSQL CPU {:.1} % at rest, {:.1} % during the burst; xtask (proxies, probes) {:.1} % / {:.1} %",
-        f.others_rest[0], f.others_burst[0], f.others_rest[1], f.others_burst[1]
-    );
+    // The sled baseline has no PostgreSQL (NaN: nothing measured).
+    let postgres = match f.others_rest[0].is_nan() {
+        true => String::new(),
+        false => format!("PostgreSQL CPU {:.1} % at rest, {:.1} % during the burst; ", f.others_rest[0], f.others_burst[0]),
+    };
+    println!("    {postgres}xtask (proxies, probes) {:.1} % / {:.1} %", f.others_rest[1], f.others_burst[1]);
     Ok(f)
 }
 

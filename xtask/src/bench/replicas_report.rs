@@ -131,7 +131,7 @@ impl ReplicaReport {
                 pct(f.others_burst[1])
             );
         }
-        let _ = writeln!(md, "\nxtask raises its open-file limit to the hard limit ({} here; the admins inherit it): each simulated proxy holds a socket in xtask and one in a replica. keygate-admin has no cap on held long-polls; each costs it one waiting task, and each change makes every held poll read its delta from the database.", self.nofile);
+        let _ = writeln!(md, "\nxtask raises its open-file limit to the hard limit ({} here; the admins inherit it): each simulated proxy holds a socket in xtask and one in a replica. keygate-admin has no cap on held long-polls; each costs it one waiting task. The polls a change wakes together share one read of their delta per replica (admin/src/api/coalesce.rs), so the database's work per change does not grow with the number of proxies.", self.nofile);
         // What a full run's figures mean, written from one (a quick run's are not comparable).
         if !s.quick {
             if let Ok(text) = read(&root.join("bench/reading-replicas.md")) {
