@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use keygate_core::snapshot::History;
+
+use crate::api::coalesce::Coalesced;
 use crate::config::{Config, Secret, StoreLocation};
 use crate::digest;
 use crate::error::AdminError;
@@ -39,6 +42,16 @@ struct Inner {
     login_limiter: LoginLimiter,
     metrics: Metrics,
     shutdown: watch::Sender<bool>,
+    feed_reads: FeedReads,
+}
+
+/// Feed reads shared by the long-polls one change wakes together (see [`Coalesced`]).
+#[derive(Default)]
+pub struct FeedReads {
+    /// Deltas by (since, upto), serialized.
+    pub deltas: Coalesced<(u64, u64), bytes::Bytes>,
+    /// Histories found at a version.
+    pub histories: Coalesced<(u64, History), ()>,
 }
 
 /// Cheap to clone; every request handler gets one.
@@ -138,6 +151,7 @@ impl AppState {
             login_limiter,
             metrics: Metrics::default(),
             shutdown,
+            feed_reads: FeedReads::default(),
         };
         Ok((AppState { inner: Arc::new(inner) }, GeneratedTokens { operator, proxy }))
     }
@@ -169,6 +183,10 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    pub fn feed_reads(&self) -> &FeedReads {
+        &self.inner.feed_reads
     }
 
     pub fn passwords(&self) -> &Passwords {

@@ -12,7 +12,11 @@
 mod feed;
 pub mod import;
 pub mod ipflood;
+mod keepalive;
 pub mod logins;
+mod proxies;
+mod replicas;
+mod replicas_report;
 mod report;
 mod run;
 mod wrk;
@@ -66,13 +70,22 @@ impl Mode {
 }
 
 pub fn cmd_bench(p: &Paths, args: &[String]) -> ExitCode {
-    let quick = match args {
-        [] => false,
-        [a] if a == "--quick" => true,
-        _ => return crate::fail(&format!("bench takes only --quick, not {}", args.join(" "))),
-    };
+    let (mut quick, mut only_replicas) = (false, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), it.clone().next().map(String::as_str)) {
+            ("--quick", _) => quick = true,
+            ("--only", Some("replicas")) => {
+                only_replicas = true;
+                it.next();
+            }
+            _ => return crate::fail(&format!("bench takes only --quick and --only replicas, not {}", args.join(" "))),
+        }
+    }
     let start = Instant::now();
-    match run::run(p, &Mode::new(quick)) {
+    let mode = Mode::new(quick);
+    let done = if only_replicas { run::run_replicas(p, &mode) } else { run::run(p, &mode) };
+    match done {
         Ok(()) => {
             println!("==> bench: done in {:.0} s", start.elapsed().as_secs_f64());
             ExitCode::SUCCESS
@@ -391,6 +404,11 @@ fn vm_rss_kb(pid: u32) -> Result<(u64, u64), String> {
         status.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
     };
     Ok((field("VmRSS:").ok_or("no VmRSS")?, field("VmHWM:").ok_or("no VmHWM")?))
+}
+
+/// The load averages over 1, 5 and 15 minutes (`/proc/loadavg`).
+fn loadavg() -> String {
+    read(Path::new("/proc/loadavg")).map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
 }
 
 /// The trimmed stdout of `cmd args…` (empty when it cannot run).

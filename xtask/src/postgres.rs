@@ -53,6 +53,7 @@ pub struct Cluster {
     bin: PathBuf,
     data: PathBuf,
     as_postgres: bool,
+    port: u16,
     /// `postgres://postgres@127.0.0.1:PORT/postgres`, trusted without a password.
     pub url: String,
 }
@@ -61,6 +62,14 @@ impl Cluster {
     /// `program ARGS`, as the `postgres` user when we are root.
     fn command(&self, program: &str) -> Command {
         command(&self.bin, program, self.as_postgres)
+    }
+
+    /// Creates the empty database `name` (letters, digits, `_`) and returns its URL.
+    pub fn create_database(&self, name: &str) -> Result<String, String> {
+        let mut createdb = self.command("createdb");
+        createdb.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", name]);
+        run(&mut createdb, &format!("createdb {name}"))?;
+        Ok(format!("postgres://postgres@127.0.0.1:{}/{name}", self.port))
     }
 }
 
@@ -98,7 +107,7 @@ pub fn start_in(bin: PathBuf, p: &Paths, rel_dir: &str) -> Result<Cluster, Strin
     step(&format!("initdb {rel_dir}/data"));
     run(&mut initdb, "initdb")?;
     let port = free_port()?;
-    let cluster = Cluster { bin, data, as_postgres, url: format!("postgres://postgres@127.0.0.1:{port}/postgres") };
+    let cluster = Cluster { bin, data, as_postgres, port, url: format!("postgres://postgres@127.0.0.1:{port}/postgres") };
     // Loopback only; sockets in our own directory (the system's may not be writable);
     // fsync on, as in production, so the timings mean something.
     let options = format!("-c listen_addresses=127.0.0.1 -p {port} -c fsync=on -c max_connections=300 -k {}", dir.display());

@@ -213,7 +213,8 @@ pub async fn snapshot(state: AppState, query: SnapshotQuery) -> Result<Response,
     if let Some(history) = query.history {
         // Another history's version `since` (this store was restored from a backup and
         // has moved on): the client must start over with a full snapshot.
-        blocking(store, move |s| s.check_history(since, &history)).await?;
+        let check = || blocking(store, move |s| s.check_history(since, &history));
+        state.feed_reads().histories.get((since, history), check).await?;
     }
     // A replica that cannot hear the others' commits cannot tell a proxy it is up to date.
     let mut following = store.following();
@@ -234,12 +235,16 @@ pub async fn snapshot(state: AppState, query: SnapshotQuery) -> Result<Response,
         }
     }
     let upto = store.durable_version();
-    let bytes = blocking(store, move |s| {
-        let wire = s.delta(since, upto, now)?;
-        serde_json::to_vec(&wire).map_err(StoreError::Encode)
-    })
-    .await?;
-    Ok(raw_json(bytes))
+    // The polls one change wakes all ask for the same delta: one read serves them.
+    let read = || async move {
+        let bytes = blocking(store, move |s| {
+            let wire = s.delta(since, upto, now)?;
+            serde_json::to_vec(&wire).map_err(StoreError::Encode)
+        })
+        .await?;
+        Ok(bytes::Bytes::from(bytes))
+    };
+    Ok(raw_json(state.feed_reads().deltas.get((since, upto), read).await?))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod businesses;
+pub mod coalesce;
 pub mod feed;
 pub mod health;
 pub mod import;
@@ -138,8 +139,8 @@ fn clean_scopes(raw: Option<Vec<String>>) -> Result<Vec<String>, AdminError> {
     Ok(scopes)
 }
 
-fn raw_json(bytes: Vec<u8>) -> Response {
-    let mut response = Response::new(bytes.into());
+fn raw_json(bytes: impl Into<bytes::Bytes>) -> Response {
+    let mut response = Response::new(bytes.into().into());
     response.headers_mut().insert(warp::http::header::CONTENT_TYPE, warp::http::HeaderValue::from_static("application/json"));
     response.headers_mut().insert(warp::http::header::CACHE_CONTROL, warp::http::HeaderValue::from_static("no-store"));
     response

@@ -351,7 +351,9 @@ mod testing {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match Store::open(dir, &options) {
-                Err(super::StoreError::Sled(sled::Error::Io(e))) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                Err(super::StoreError::Sled(sled::Error::Io(e)))
+                    if e.to_string().contains("lock") && std::time::Instant::now() < deadline =>
+                {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 opened => return opened.unwrap(),

@@ -28,6 +28,7 @@ pub(super) struct Report {
     pub(super) healthz: Load,
     pub(super) durable: Option<String>,
     pub(super) admin_build: &'static str,
+    pub(super) replicas: super::replicas::ReplicaReport,
 }
 
 /// Where and how a run ran, for both files.
@@ -205,6 +206,7 @@ fn markdown(p: &Paths, mode: &Mode, r: &Report, cores: &Cores, m: &Machine) -> S
             let _ = writeln!(md, "TODO: not measured. `cargo run --release -p keygate-admin --example durable_writes` does not exist yet; the bench runs it and reports its output once it does.");
         }
     }
+    let _ = writeln!(md, "\n{}", r.replicas.markdown(&p.root, command).trim_end());
     let reading = p.root.join("bench/reading.md");
     let _ = writeln!(md, "\n## Reading\n");
     if mode.quick {
@@ -295,5 +297,6 @@ fn json(mode: &Mode, r: &Report, m: &Machine) -> Json {
             ]),
         ),
         ("durable_writes", r.durable.as_deref().map_or(Json::Null, text)),
+        ("replicas", r.replicas.json()),
     ])
 }

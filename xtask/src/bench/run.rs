@@ -59,6 +59,7 @@ pub(super) fn run(p: &Paths, mode: &Mode) -> Result<(), String> {
     drop(admin);
 
     let durable = if mode.quick { None } else { durable_writes(p, &r.dir)? };
+    let replicas = replicas::run(p, &bins.admin, bins.admin_build, mode.quick, &r.dir)?;
     let report = Report {
         configs: summary,
         keys,
@@ -68,6 +69,7 @@ pub(super) fn run(p: &Paths, mode: &Mode) -> Result<(), String> {
         healthz: healthz_load,
         durable,
         admin_build: bins.admin_build,
+        replicas,
     };
     let (md, json) = render(p, mode, &report, &r.cores);
     if mode.quick {
@@ -84,6 +86,27 @@ pub(super) fn run(p: &Paths, mode: &Mode) -> Result<(), String> {
         write(&docs.join("benchmarks.json"), &json)?;
         step("wrote docs/benchmarks.md and docs/benchmarks.json");
         print!("{}", md.split("## Reading").next().unwrap_or(""));
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench --only replicas`: the replica part alone; a full run rewrites its
+/// section of docs/benchmarks.md and its member of docs/benchmarks.json, a quick one writes
+/// the section under target/bench-run/quick-replicas/.
+pub(super) fn run_replicas(p: &Paths, mode: &Mode) -> Result<(), String> {
+    let _ = STARTED.set(Instant::now());
+    let bins = build(p, mode)?;
+    let dir = p.root.join("target/bench-run").join(if mode.quick { "quick-replicas" } else { "replicas" });
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let report = replicas::run(p, &bins.admin, bins.admin_build, mode.quick, &dir)?;
+    if mode.quick {
+        let path = dir.join("benchmarks-replicas.md");
+        write(&path, &report.markdown(&p.root, "cargo xtask bench --quick --only replicas"))?;
+        step(&format!("quick replica bench: every answer as expected (figures, not asserted: {})", path.display()));
+    } else {
+        replicas_report::update_docs(p, &report)?;
+        step("wrote the replica section of docs/benchmarks.md and the replicas member of docs/benchmarks.json");
     }
     Ok(())
 }
