@@ -84,7 +84,7 @@ const DEACTIVATE_EVERY: usize = 4;
 
 /// One client's writes until `stop`: create a key, log in with it under a new session id,
 /// deactivate every [`DEACTIVATE_EVERY`]th one; each acknowledged write is recorded.
-pub(crate) fn client_writes(addr: &str, business: &str, label: &str, acked: &Mutex<Vec<Acked>>, stop: &AtomicBool, attempts: &AtomicU64) {
+fn client_writes(addr: &str, business: &str, label: &str, acked: &Mutex<Vec<Acked>>, stop: &AtomicBool, attempts: &AtomicU64) {
     let mut n = 0;
     while !stop.load(Ordering::SeqCst) {
         attempts.fetch_add(1, Ordering::SeqCst);
@@ -116,6 +116,45 @@ pub(crate) fn client_writes(addr: &str, business: &str, label: &str, acked: &Mut
                 acked.lock().unwrap_or_else(|e| e.into_inner())[index].deactivated = Deactivation::Yes;
             }
         }
+    }
+}
+
+/// One round's clients, each running [`client_writes`] on a thread of its own.
+pub(crate) struct Writers {
+    acked: Arc<Mutex<Vec<Acked>>>,
+    stop: Arc<AtomicBool>,
+    attempts: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// `clients` clients of round `round`; client `c` writes through `addrs[c % addrs.len()]`
+    /// (`addrs` not empty).
+    pub(crate) fn start(addrs: &[String], business: &str, round: usize, clients: usize) -> Writers {
+        let writers = Writers {
+            acked: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+            attempts: Arc::new(AtomicU64::new(0)),
+            threads: Vec::new(),
+        };
+        let threads = (0..clients)
+            .map(|client| {
+                let (addr, business) = (addrs[client % addrs.len()].clone(), business.to_owned());
+                let (acked, stop, attempts) = (Arc::clone(&writers.acked), Arc::clone(&writers.stop), Arc::clone(&writers.attempts));
+                std::thread::spawn(move || client_writes(&addr, &business, &format!("r{round}-c{client}"), &acked, &stop, &attempts))
+            })
+            .collect();
+        Writers { threads, ..writers }
+    }
+
+    /// Stops every client; returns what they had acknowledged and how many requests they began.
+    pub(crate) fn stop(self) -> (Vec<Acked>, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap_or_else(|e| e.into_inner()));
+        (acked, self.attempts.load(Ordering::SeqCst))
     }
 }
 
@@ -187,26 +226,12 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
     let (mut total_acked, mut total_lost) = (0usize, 0usize);
     let started = Instant::now();
     for round in 1..=rounds {
-        let round_acked: Arc<Mutex<Vec<Acked>>> = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let attempts = Arc::new(AtomicU64::new(0));
-        let mut threads = Vec::new();
-        for client in 0..clients {
-            let (addr, business, round_acked, stop, attempts) =
-                (admin.addr.clone(), business.clone(), Arc::clone(&round_acked), Arc::clone(&stop), Arc::clone(&attempts));
-            threads.push(std::thread::spawn(move || {
-                client_writes(&addr, &business, &format!("r{round}-c{client}"), &round_acked, &stop, &attempts);
-            }));
-        }
+        let writers = Writers::start(std::slice::from_ref(&admin.addr), &business, round, clients);
         // Kill at a random moment: 100 ms to 1.6 s into the round.
         std::thread::sleep(Duration::from_millis(100 + random_below(1500)));
         admin.proc.kill(); // SIGKILL
-        stop.store(true, Ordering::SeqCst);
-        for t in threads {
-            let _ = t.join();
-        }
+        let (this_round, attempts) = writers.stop();
         drop(admin);
-        let this_round = std::mem::take(&mut *round_acked.lock().unwrap_or_else(|e| e.into_inner()));
         acked.extend(this_round.iter().cloned());
         envoy.alive()?;
 
@@ -224,7 +249,7 @@ pub fn crash_test(p: &Paths, rounds: usize, clients: usize) -> Result<(), String
         total_lost += lost.len();
         println!(
             "==> round {round}/{rounds}: {} requests, {} keys + {sessions} sessions acknowledged this round; {checked} acknowledged writes so far re-checked in admin, {through_envoy} through Envoy (filter synced in {sync_ms} ms), {} lost",
-            attempts.load(Ordering::SeqCst),
+            attempts,
             this_round.len(),
             lost.len()
         );

@@ -17,11 +17,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::crash::{client_writes, post, random_below, sync_sentinel, verify, verify_through_envoy, Acked, Envoy, OPERATOR, PROXY};
+use crate::crash::{post, random_below, sync_sentinel, verify, verify_through_envoy, Acked, Envoy, Writers, OPERATOR, PROXY};
 use crate::json::Json;
 use crate::proc::free_port;
 use crate::stack::{self, Admin};
@@ -66,17 +64,7 @@ pub fn crash_test_replicas(p: &Paths, rounds: usize, clients: usize) -> Result<(
     let (mut total_acked, mut total_lost, mut slowest_failover) = (0usize, 0usize, Duration::ZERO);
     let started = Instant::now();
     for round in 1..=rounds {
-        let round_acked: Arc<Mutex<Vec<Acked>>> = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let attempts = Arc::new(AtomicU64::new(0));
-        let mut threads = Vec::new();
-        for client in 0..clients {
-            let (addr, business, round_acked, stop, attempts) =
-                (addrs[client % 2].clone(), business.clone(), Arc::clone(&round_acked), Arc::clone(&stop), Arc::clone(&attempts));
-            threads.push(std::thread::spawn(move || {
-                client_writes(&addr, &business, &format!("r{round}-c{client}"), &round_acked, &stop, &attempts);
-            }));
-        }
+        let writers = Writers::start(&addrs, &business, round, clients);
         std::thread::sleep(Duration::from_millis(100 + random_below(1500)));
         let victim = usize::from(random_below(2) == 1);
         let survivor = 1 - victim;
@@ -87,11 +75,7 @@ pub fn crash_test_replicas(p: &Paths, rounds: usize, clients: usize) -> Result<(
             synced(&addrs[survivor], &envoys, &business).map_err(|e| format!("round {round}: after replica {victim} was killed: {e}"))?;
         let failover_ms = killed.elapsed();
         slowest_failover = slowest_failover.max(failover_ms);
-        stop.store(true, Ordering::SeqCst);
-        for t in threads {
-            let _ = t.join();
-        }
-        let this_round = std::mem::take(&mut *round_acked.lock().unwrap_or_else(|e| e.into_inner()));
+        let (this_round, attempts) = writers.stop();
         acked.extend(this_round.iter().cloned());
         acked.push(failover);
         envoys.iter().try_for_each(Envoy::alive)?;
@@ -111,7 +95,7 @@ pub fn crash_test_replicas(p: &Paths, rounds: usize, clients: usize) -> Result<(
         println!(
             "==> round {round}/{rounds}: replica {} killed; {} requests, {} keys + {sessions} sessions acknowledged this round; filter moved to the survivor in {} ms; {checked} writes re-checked through the restarted replica, {through_envoy} through the two Envoys, {} lost or wrong",
             ["a", "b"][victim],
-            attempts.load(Ordering::SeqCst),
+            attempts,
             this_round.len(),
             failover_ms.as_millis(),
             lost.len()
