@@ -15,6 +15,7 @@ pub mod ipflood;
 mod keepalive;
 pub mod logins;
 mod proxies;
+mod replica_parts;
 mod replicas;
 mod replicas_report;
 mod report;

@@ -21,7 +21,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,35 +29,11 @@ use std::time::{Duration, Instant};
 use crate::json::{quote, Json};
 use crate::proc::{free_port, Proc};
 use crate::stack::{self, Admin, EnvoyYaml};
-use crate::{fail, http, step, Paths};
+use crate::{http, step, Paths};
 
 pub(crate) const OPERATOR: &str = "kgo_crash_test_operator_token_000000";
 pub(crate) const PROXY: &str = "kgp_crash_test_proxy_token_000000000";
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-pub fn cmd_crash_test(p: &Paths, args: &[String]) -> ExitCode {
-    const USAGE: &str = "usage: cargo xtask crash-test [--rounds N] [--clients C] [--store sled|postgres]";
-    let mut rounds = 20;
-    let mut clients = 64;
-    let mut postgres = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let Some(value) = it.next() else { return fail(USAGE) };
-        let number = value.parse::<usize>().ok().filter(|v| *v > 0);
-        match (a.as_str(), number, value.as_str()) {
-            ("--rounds", Some(v), _) => rounds = v,
-            ("--clients", Some(v), _) => clients = v,
-            ("--store", _, "sled") => postgres = false,
-            ("--store", _, "postgres") => postgres = true,
-            _ => return fail(USAGE),
-        }
-    }
-    let outcome = if postgres { crate::crash_replicas::crash_test_replicas(p, rounds, clients) } else { crash_test(p, rounds, clients) };
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
-    }
-}
 
 /// A key admin acknowledged (201), the sessions acknowledged for it (200 on login), and
 /// whether its deactivation was acknowledged.

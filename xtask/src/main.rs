@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         }
         Some("test") => cmd_test(&p, &args[1..]),
         Some("fuzz") => fuzz::cmd_fuzz(&p, &args[1..]),
-        Some("crash-test") => crash::cmd_crash_test(&p, &args[1..]),
+        Some("crash-test") => cmd_crash_test(&p, &args[1..]),
         Some("api-fuzz") => apifuzz::cmd_api_fuzz(&p, &args[1..]),
         Some("bench") => bench::cmd_bench(&p, &args[1..]),
         Some("import-bench") => bench::import::cmd(&p, &args[1..]),
@@ -242,6 +242,31 @@ fn test_env<'a>(p: &Paths, c: &'a mut Command) -> &'a mut Command {
         .env("KEYGATE_ENVOY_YAML", &p.envoy_yaml)
         .env("KEYGATE_REPO", &p.root)
         .env("KEYGATE_CHROMIUM", browser::CHROMIUM)
+}
+
+/// `cargo xtask crash-test`: over sled (crash.rs) or two PostgreSQL replicas (crash_replicas.rs).
+fn cmd_crash_test(p: &Paths, args: &[String]) -> ExitCode {
+    const USAGE: &str = "usage: cargo xtask crash-test [--rounds N] [--clients C] [--store sled|postgres]";
+    let mut rounds = 20;
+    let mut clients = 64;
+    let mut postgres = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let Some(value) = it.next() else { return fail(USAGE) };
+        let number = value.parse::<usize>().ok().filter(|v| *v > 0);
+        match (a.as_str(), number, value.as_str()) {
+            ("--rounds", Some(v), _) => rounds = v,
+            ("--clients", Some(v), _) => clients = v,
+            ("--store", _, "sled") => postgres = false,
+            ("--store", _, "postgres") => postgres = true,
+            _ => return fail(USAGE),
+        }
+    }
+    let outcome = if postgres { crash_replicas::crash_test_replicas(p, rounds, clients) } else { crash::crash_test(p, rounds, clients) };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
 }
 
 fn cmd_test(p: &Paths, args: &[String]) -> ExitCode {

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::keepalive::Conn;
-use super::replicas::{create_key, until_refused, wait_accepted, Sizes};
+use super::replica_parts::{create_key, until_refused, wait_accepted, Sizes};
 use super::wrk::percentile;
 use super::{read, step, vm_rss_kb, OPERATOR_TOKEN, PROXY_TOKEN, T};
 use crate::json::Json;

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use super::keepalive::Conn;
 use super::proxies::{self, Fanout};
+use super::replica_parts::{create_key, operator, until_refused, wait_accepted, Sizes};
 use super::wrk::percentile;
 use super::{envoy_ready, keygate_json, start_admin_with, start_envoy_workers, step, Envoy, OPERATOR_TOKEN, PROXY_TOKEN, T};
-use crate::json::Json;
 use crate::proc::free_port;
 use crate::stack::{self, Admin};
 use crate::{http, postgres, Paths};
@@ -32,27 +32,6 @@ use crate::{http, postgres, Paths};
 const CLIENTS: usize = 64;
 /// The Envoys' rule: `/key/` needs only the API key.
 const KEY_ROUTE: &str = r#","routes":[{"prefix":"/key/","require":"key"}]"#;
-
-/// How much each measurement does (quick: a smoke that checks answers, a few seconds).
-pub(super) struct Sizes {
-    pub(super) quick: bool,
-    pub(super) create_secs: u64,
-    pub(super) create_rounds: usize,
-    pub(super) revocations: usize,
-    pub(super) proxies: usize,
-    pub(super) burst: usize,
-    pub(super) rest_secs: u64,
-}
-
-impl Sizes {
-    pub(super) fn new(quick: bool) -> Sizes {
-        if quick {
-            Sizes { quick, create_secs: 1, create_rounds: 1, revocations: 3, proxies: 20, burst: 3, rest_secs: 1 }
-        } else {
-            Sizes { quick, create_secs: 5, create_rounds: 3, revocations: 100, proxies: 1000, burst: 100, rest_secs: 5 }
-        }
-    }
-}
 
 /// One store configuration's key creates (the median round by rate).
 pub(super) struct Creates {
@@ -88,29 +67,6 @@ fn business(addr: &str) -> Result<String, String> {
     r.str("id").map(str::to_owned).ok_or_else(|| "no business id".into())
 }
 
-/// An operator call through a fresh connection, expecting `expect`.
-pub(super) fn operator(addr: &str, method: &str, path: &str, body: Option<&str>, expect: u16) -> Result<Json, String> {
-    let auth = format!("Bearer {OPERATOR_TOKEN}");
-    let r = http::request(method, addr, path, &[("Authorization", &auth)], body, T)?;
-    if r.status != expect {
-        return Err(format!(
-            "{method} {path} at {addr}: HTTP {} (expected {expect}): {}",
-            r.status,
-            r.body.chars().take(300).collect::<String>()
-        ));
-    }
-    Json::parse(&r.body).map_err(|e| format!("{method} {path}: {e}"))
-}
-
-/// A new sk_live key of `business` through `addr`: (id, raw key).
-pub(super) fn create_key(addr: &str, business: &str) -> Result<(String, String), String> {
-    let j = operator(addr, "POST", &format!("/v1/businesses/{business}/keys"), Some(r#"{"kind":"sk","mode":"live"}"#), 201)?;
-    match (j.str("id"), j.str("key")) {
-        (Some(id), Some(key)) => Ok((id.to_owned(), key.to_owned())),
-        _ => Err("create key: no id or key in the answer".into()),
-    }
-}
-
 /// A replica over `url` on a free port.
 fn start_replica(bin: &Path, url: &str, log: PathBuf) -> Result<Admin, String> {
     let addr = format!("127.0.0.1:{}", free_port()?);
@@ -127,37 +83,6 @@ fn start_feed_envoy(p: &Paths, dir: &Path, name: &str, feed: &Admin) -> Result<E
     let json = keygate_json(KEY_ROUTE);
     let wasm = p.wasm.to_string_lossy().into_owned();
     start_envoy_workers(p, dir, name, &[("KEYGATE_WASM", &wasm), ("KEYGATE_JSON", &json)], port, 2)
-}
-
-/// The status Envoy at `addr` answers for `key` on the key-only route.
-pub(super) fn envoy_status(addr: &str, key: &str) -> Result<u16, String> {
-    Ok(http::request("GET", addr, "/key/bench", &[("SECRET_KEY", key)], None, T)?.status)
-}
-
-/// Waits until every Envoy lets `key` through.
-pub(super) fn wait_accepted(envoys: &[String], key: &str) -> Result<(), String> {
-    for e in envoys {
-        crate::proc::wait_for(Duration::from_secs(30), Duration::from_millis(5), "a new key accepted through Envoy", || {
-            Ok(Some(envoy_status(e, key)?).filter(|&s| s == 200).map(|_| ()))
-        })?;
-    }
-    Ok(())
-}
-
-/// Polls Envoy at `addr` with `key` until it answers 401 (any answer but 200 or 401 is an
-/// error); the moment of the first 401.
-pub(super) fn until_refused(addr: &str, key: &str, limit: Duration) -> Result<Instant, String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match envoy_status(addr, key)? {
-            401 => return Ok(Instant::now()),
-            200 => {}
-            s => return Err(format!("Envoy {addr} answered {s} for a key that is active or deactivated")),
-        }
-        if Instant::now() > deadline {
-            return Err(format!("Envoy {addr} still lets a deactivated key through after {} s", limit.as_secs()));
-        }
-    }
 }
 
 pub(super) fn run(p: &Paths, admin_bin: &Path, admin_build: &'static str, quick: bool, dir: &Path) -> Result<ReplicaReport, String> {
