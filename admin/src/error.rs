@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::error::Error as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use warp::http::StatusCode;
@@ -182,7 +183,9 @@ impl AdminError {
         let status = self.status();
         // A full password queue is load shedding, not a failure: one log line per refusal
         // would turn a flood into a log flood.
-        if status.is_server_error() && !matches!(self, AdminError::Busy { .. }) {
+        if matches!(self, AdminError::StoreUnavailable(_)) {
+            log_outage(self);
+        } else if status.is_server_error() && !matches!(self, AdminError::Busy { .. }) {
             tracing::error!(code = self.code(), error = %self.chain(), "request failed");
         } else {
             tracing::debug!(code = self.code(), error = %self, "request refused");
@@ -204,6 +207,22 @@ impl AdminError {
             response.headers_mut().insert(warp::http::header::RETRY_AFTER, value);
         }
         response
+    }
+}
+
+/// While the database is unreachable every request that needs it fails the same way: one
+/// line a second says so, with how many such failures went unlogged since the last line,
+/// instead of one line per request.
+fn log_outage(error: &AdminError) {
+    static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
+    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
+    let second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let last = LAST_SECOND.load(Ordering::Relaxed);
+    if second > last && LAST_SECOND.compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        let unlogged = UNLOGGED.swap(0, Ordering::Relaxed);
+        tracing::error!(code = error.code(), error = %error.chain(), unlogged, "request failed (more alike are logged at most once a second)");
+    } else {
+        UNLOGGED.fetch_add(1, Ordering::Relaxed);
     }
 }
 

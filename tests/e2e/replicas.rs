@@ -36,6 +36,8 @@ fn outage_options() -> StackOptions {
 
 /// How long PostgreSQL stays down (the issue: "PostgreSQL stopped for 30 s").
 const OUTAGE: Duration = Duration::from_secs(30);
+/// Requests sent to one replica at the start of the outage, each failing.
+const OUTAGE_BURST: usize = 100;
 /// A generous bound on the filter following changes again after its replica died: the
 /// failed long-poll is retried after `poll_interval_ms` (1 s), and Envoy's health check
 /// (1 s interval, 2 failures) takes the dead replica out of the cluster.
@@ -193,6 +195,11 @@ fn postgres_down(stack: &Stack) {
 
     postgres.stop();
     let stopped = Instant::now();
+    // A burst of failing requests: the log says so at most once a second, not once each.
+    for _ in 0..OUTAGE_BURST {
+        let (status, reply) = call(stack, &replicas[0], reqwest::Method::GET, &format!("/v1/businesses/{business}/keys"), None);
+        assert_eq!(status, 503, "{reply}");
+    }
     let mut last_admin_check: Option<Instant> = None;
     while stopped.elapsed() < OUTAGE {
         assert_eq!(key_status(stack, &good), 200, "a good key was refused {:?} into the outage", stopped.elapsed());
@@ -234,6 +241,14 @@ fn postgres_down(stack: &Stack) {
     deactivate(stack, &replicas[1], &good_id);
     until_status(stack, &good, 401, Duration::from_secs(20), "a deactivation after the outage");
     stack.assert_alive();
+
+    // One line a second at most for the outage's failed requests, in each replica's log.
+    let most = stopped.elapsed().as_secs() + 2;
+    for name in ["admin.log", "admin_2.log"] {
+        let text = std::fs::read_to_string(stack.dir.join(name)).unwrap_or_default();
+        let lines = text.lines().filter(|l| l.contains("request failed") && l.contains("storage_unavailable")).count();
+        assert!((1..=most as usize).contains(&lines), "{name}: {lines} lines for the outage's failures (1 to {most} expected)");
+    }
 
     // The database password (in both replicas' store URL) is in no log, not even in the
     // connection errors of the outage.
