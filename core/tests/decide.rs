@@ -3,6 +3,7 @@
 
 mod support;
 
+use keygate_core::ratelimit::{Limit, LimitCheck, Scope};
 use keygate_core::signing::SigningKeyPair;
 use keygate_core::snapshot::{KeyEntry, SnapshotWire};
 use keygate_core::{decide, AccessClaims, ApiKey, Decision, DenyCode, KeyKind, Mode, RequestView, Synced};
@@ -27,7 +28,7 @@ fn all_three_valid_is_allowed_with_identity_headers_and_stripping() {
     assert_eq!(added["x-keygate-subject"], "usr_1");
     assert_eq!(added["x-keygate-mode"], "live");
     assert_eq!(a.key_id.as_deref(), Some("key_sk"));
-    assert_eq!(a.rate_limit.unwrap().per_hour, 1000);
+    assert_eq!(a.rate_limits, vec![check("key:key_sk", Scope::Key, "1000/h")]);
 }
 
 #[test]
@@ -244,7 +245,7 @@ fn public_route_needs_nothing_not_even_a_snapshot_and_is_limited_per_ip() {
     let headers = vec![("x-keygate-key-id".to_string(), "forged".to_string())];
     let request = RequestView { method: "GET", path: "/public/articles", headers: &headers, client_ip: Some("198.51.100.1") };
     let Decision::Allow(a) = decide(&w.policy, &request, None, NOW) else { panic!() };
-    assert_eq!(a.rate_limit.unwrap(), keygate_core::RateLimitTarget { bucket: "ip:198.51.100.1".into(), per_hour: 200 });
+    assert_eq!(a.rate_limits, vec![check("ip:198.51.100.1", Scope::Address, "200/h")]);
     assert!(a.remove_headers.contains(&"x-keygate-key-id".to_string()));
     assert!(a.add_headers.is_empty());
     // A dot-segment escape from /public/ needs all three.
@@ -255,11 +256,11 @@ fn public_route_needs_nothing_not_even_a_snapshot_and_is_limited_per_ip() {
 fn rate_limits_follow_kind_and_route_overrides() {
     let w = world();
     let a = allowed(w.run("GET", "/key/x", &[("secret_key", w.pk.expose())]));
-    assert_eq!(a.rate_limit.unwrap(), keygate_core::RateLimitTarget { bucket: "key:key_pk".into(), per_hour: 100 });
+    assert_eq!(a.rate_limits, vec![check("key:key_pk", Scope::Key, "100/h")]);
     let token = w.token();
     let bearer = format!("Bearer {token}");
     let a = allowed(w.run("GET", "/limited/x", &[("authorization", &bearer), ("secret_key", w.sk.expose()), ("businessid", BIZ)]));
-    assert_eq!(a.rate_limit.unwrap(), keygate_core::RateLimitTarget { bucket: "key:key_sk@/limited/".into(), per_hour: 5 });
+    assert_eq!(a.rate_limits, vec![check("key:key_sk@/limited/", Scope::Key, "5/h")]);
     let denial = keygate_core::decide::rate_limited(30);
     assert_eq!((denial.status(), denial.code.as_str()), (429, "rate_limited"));
     assert!(denial.headers().contains(&("retry-after", "30".to_string())));
@@ -395,4 +396,8 @@ fn imported_keys_without_keygate_checksum_are_looked_up_by_hash_with_the_stored_
     let off = KeyEntry { active: false, ..legacy(plain, "key_plain", KeyKind::Pk, Mode::Test) };
     w.snapshot.apply(SnapshotWire { version: 6, since: Some(5), keys: vec![off], ..SnapshotWire::default() }).unwrap();
     assert_eq!(denied(&w.run("GET", "/key/x", &[("secret_key", plain)])), (401, DenyCode::InvalidApiKey));
+}
+
+fn check(bucket: &str, scope: Scope, limit: &str) -> LimitCheck {
+    LimitCheck { bucket: bucket.into(), scope, limit: Limit::parse(limit).unwrap() }
 }

@@ -5,8 +5,9 @@
 mod support;
 
 use keygate_core::decide::{after_rate_limit, rate_limited};
+use keygate_core::ratelimit::{Limit, LimitCheck, Scope};
 use keygate_core::snapshot::SnapshotWire;
-use keygate_core::{decide, ApiKey, Decision, DenyCode, FilterConfig, Policy, RateLimitTarget, RequestView, Snapshot, Synced};
+use keygate_core::{decide, ApiKey, Decision, DenyCode, FilterConfig, Policy, RequestView, Snapshot, Synced};
 use support::{allowed, entry, live_sk, owned, NOW};
 
 fn policy(extra: &str) -> Policy {
@@ -67,7 +68,7 @@ fn over_the_limit_a_shadow_rule_lets_the_request_through_and_notes_the_denial() 
     let (policy, snapshot, sk) = world();
     let route = policy.route_for("GET", "/shadow/x");
     let a = allowed(run(&policy, &snapshot, "GET", "/shadow/x", &[("secret_key", sk.expose())], None));
-    assert_eq!(a.rate_limit, Some(RateLimitTarget { bucket: "key:key_1@/shadow/".into(), per_hour: 1 }));
+    assert_eq!(a.rate_limits, vec![LimitCheck { bucket: "key:key_1@/shadow/".into(), scope: Scope::Key, limit: Limit::per_hour(1) }]);
     assert!(a.shadow_denial.is_none());
     match after_rate_limit(route, a.clone(), Err(rate_limited(60))) {
         Decision::Allow(over) => {
@@ -99,7 +100,7 @@ fn over_the_limit_a_normal_rule_refuses_with_retry_after() {
 fn public_clients_are_bucketed_per_ipv4_address_and_per_ipv6_prefix() {
     let (base, snapshot, _) = world();
     let bucket =
-        |policy: &Policy, path: &str, ip: Option<&str>| allowed(run(policy, &snapshot, "GET", path, &[], ip)).rate_limit.unwrap().bucket;
+        |policy: &Policy, path: &str, ip: Option<&str>| allowed(run(policy, &snapshot, "GET", path, &[], ip)).rate_limits[0].bucket.clone();
     assert_eq!(bucket(&base, "/public/x", Some("198.51.100.4")), "ip:198.51.100.4");
     assert_eq!(bucket(&base, "/public/x", Some("::ffff:198.51.100.4")), "ip:198.51.100.4");
     assert_eq!(bucket(&base, "/public/x", Some("2001:db8:a:b:1:2:3:4")), "ip:2001:db8:a:b::/64");
@@ -110,4 +111,29 @@ fn public_clients_are_bucketed_per_ipv4_address_and_per_ipv6_prefix() {
     let wide = policy(r#", "rate_limits": {"ipv6_prefix_len": 48}"#);
     assert_eq!(bucket(&wide, "/public/x", Some("2001:db8:a:b::99")), "ip:2001:db8:a::/48");
     assert_eq!(bucket(&wide, "/public/x", Some("198.51.100.4")), "ip:198.51.100.4");
+}
+
+#[test]
+fn a_key_counts_against_every_limit_of_its_kind_and_its_business() {
+    let (_, snapshot, sk) = world();
+    let policy = policy(r#", "rate_limits": {"sk": ["20/s", "1000/h"], "business": ["5000/d"]}"#);
+    let a = allowed(run(&policy, &snapshot, "GET", "/key/x", &[("secret_key", sk.expose())], None));
+    let limit = |s: &str| Limit::parse(s).unwrap();
+    assert_eq!(
+        a.rate_limits,
+        vec![
+            LimitCheck { bucket: "key:key_1".into(), scope: Scope::Key, limit: limit("20/s") },
+            LimitCheck { bucket: "key:key_1".into(), scope: Scope::Key, limit: limit("1000/h") },
+            LimitCheck { bucket: "biz:biz_1".into(), scope: Scope::Business, limit: limit("5000/d") },
+        ]
+    );
+    // Each limit is its own counter, and the names the headers show differ.
+    let counters: std::collections::HashSet<_> = a.rate_limits.iter().map(LimitCheck::counter).collect();
+    assert_eq!(counters.len(), 3);
+    assert_eq!(a.rate_limits.iter().map(LimitCheck::policy_name).collect::<Vec<_>>(), ["key-1s", "key-1h", "business-1d"]);
+    // A rule with its own limits still counts the business; public routes never do.
+    let own = allowed(run(&policy, &snapshot, "GET", "/shadow/x", &[("secret_key", sk.expose())], None));
+    assert_eq!(own.rate_limits.iter().map(|c| c.bucket.as_str()).collect::<Vec<_>>(), ["key:key_1@/shadow/", "biz:biz_1"]);
+    let public = allowed(run(&policy, &snapshot, "GET", "/public/x", &[], Some("192.0.2.5")));
+    assert_eq!(public.rate_limits.iter().map(|c| c.scope).collect::<Vec<_>>(), [Scope::Address]);
 }

@@ -42,7 +42,7 @@ pub fn release(config: &FilterConfig, vm: &VmState, root_id: u32, now_ms: u64) {
                 Decision::Deny(pending.denial)
             }
         };
-        if settle(vm, decision, evaluated.now) {
+        if settle(vm, held.context, decision, evaluated.now, evaluated.rate_headers) {
             host::resume_request();
         }
     }

@@ -51,6 +51,12 @@ pub fn set_request_header(name: &str, value: &str) {
     }
 }
 
+pub fn set_response_header(name: &str, value: &str) {
+    if let Err(status) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)) {
+        log::warn!("setting a response header failed: {status:?}");
+    }
+}
+
 pub fn send_local_reply(status: u16, headers: &[(&str, String)], body: &str) {
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     if let Err(e) = hostcalls::send_http_response(u32::from(status), headers, Some(body.as_bytes())) {

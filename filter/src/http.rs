@@ -47,6 +47,9 @@ impl Context for RequestContext {}
 impl Drop for RequestContext {
     /// A stream that ends while held (the client went away) leaves the held set at once.
     fn drop(&mut self) {
+        if let Ok(mut headers) = self.vm.response_headers.try_borrow_mut() {
+            headers.remove(&self.id);
+        }
         let Ok(mut holding) = self.vm.holding.try_borrow_mut() else { return };
         if holding.forget(self.id) {
             let waiting = holding.len();
@@ -63,6 +66,8 @@ fn pseudo<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
 /// A request decided on what the host gives for the current (or effective) context.
 pub struct Evaluated {
     pub outcome: Outcome,
+    /// RateLimit headers for the answer, whichever it is.
+    pub rate_headers: Vec<(&'static str, String)>,
     /// The snapshot version it was decided on.
     pub version: Option<u64>,
     pub now: u64,
@@ -94,13 +99,15 @@ pub fn evaluate(config: &FilterConfig, vm: &VmState, hold: bool) -> Evaluated {
         decide_or_hold(&config.policy, route, &request, synced, now.unwrap_or(0), &mut vm.tokens.borrow_mut(), hold)
     };
     let now = now.unwrap_or(0);
+    let mut rate_headers = Vec::new();
     let outcome = match outcome {
-        Outcome::Decided(Decision::Allow(allowed)) => Outcome::Decided(
-            match allowed.rate_limit.as_ref().map(|t| limit::charge(ns, t, now, config.policy.rate_limits.counter_slots)) {
-                Some(charged) => after_rate_limit(route, allowed, charged),
-                None => Decision::Allow(allowed),
-            },
-        ),
+        Outcome::Decided(Decision::Allow(allowed)) if !allowed.rate_limits.is_empty() => {
+            let limits = &config.policy.rate_limits;
+            let charged = limit::charge(ns, limits, &allowed.rate_limits, vm.fleet.get(), host::now_millis());
+            vm.note_counters(charged.started);
+            rate_headers = charged.headers;
+            Outcome::Decided(after_rate_limit(route, allowed, charged.result))
+        }
         other => other,
     };
     if let Outcome::Decided(Decision::Allow(allowed)) = &outcome {
@@ -113,12 +120,13 @@ pub fn evaluate(config: &FilterConfig, vm: &VmState, hold: bool) -> Evaluated {
             );
         }
     }
-    Evaluated { outcome, version: seen.map(|s| s.version), now }
+    Evaluated { outcome, rate_headers, version: seen.map(|s| s.version), now }
 }
 
-/// Acts on a final decision for the current (or effective) context: the identity headers
-/// of an allowed request, or the refusal as a local reply. Whether it was allowed.
-pub fn settle(vm: &VmState, decision: Decision, now: u64) -> bool {
+/// Acts on a final decision for the current (or effective) context `id`: the identity
+/// headers of an allowed request (and its RateLimit headers kept for the answer), or the
+/// refusal as a local reply. Whether it was allowed.
+pub fn settle(vm: &VmState, id: u32, decision: Decision, now: u64, rate_headers: Vec<(&'static str, String)>) -> bool {
     vm.metrics.decision(&decision);
     match decision {
         Decision::Allow(allowed) => {
@@ -127,10 +135,15 @@ pub fn settle(vm: &VmState, decision: Decision, now: u64) -> bool {
             }
             allowed.remove_headers.iter().for_each(|name| host::remove_request_header(name));
             allowed.add_headers.iter().for_each(|(name, value)| host::set_request_header(name, value));
+            if !rate_headers.is_empty() {
+                vm.response_headers.borrow_mut().insert(id, rate_headers);
+            }
             true
         }
         Decision::Deny(denial) => {
-            host::send_local_reply(denial.status(), &denial.headers(), &denial.body());
+            let mut headers = denial.headers();
+            headers.extend(rate_headers);
+            host::send_local_reply(denial.status(), &headers, &denial.body());
             false
         }
     }
@@ -149,10 +162,16 @@ impl HttpContext for RequestContext {
                 Decision::Deny(pending.denial)
             }
         };
-        if settle(&self.vm, decision, evaluated.now) {
+        if settle(&self.vm, self.id, decision, evaluated.now, evaluated.rate_headers) {
             Action::Continue
         } else {
             Action::Pause
         }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers = self.vm.response_headers.borrow_mut().remove(&self.id);
+        headers.into_iter().flatten().for_each(|(name, value)| host::set_response_header(name, &value));
+        Action::Continue
     }
 }

@@ -6,6 +6,8 @@
 //!   maps the decision to header edits or a local JSON reply.
 //! - [`held`]: requests held for a key or signing key not yet in the snapshot, released
 //!   or refused from the root's tick.
+//! - [`limit`] and [`fleet`]: rate limits counted in Envoy's shared data, and the
+//!   exchange of those counts with admin that makes them fleet-wide.
 //! - [`vm`]: what one VM's contexts share (the snapshot view, token cache, usage, held
 //!   requests, metrics).
 //! - [`host`]: the host calls, wrapped so that a host error is a value, never a panic.
@@ -13,6 +15,7 @@
 //! `proxy_wasm::set_log_level` also installs the SDK's panic hook, which logs any panic
 //! at critical before the VM dies (Envoy's `failure_policy` then decides what happens).
 
+pub mod fleet;
 pub mod held;
 pub mod host;
 pub mod http;

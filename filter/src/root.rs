@@ -10,6 +10,7 @@
 //! above still runs every 100 ms.
 
 use keygate_core::feed::Leader;
+use keygate_core::ratelimit::fleet;
 use keygate_core::sync::{Health, SyncOutcome};
 use keygate_core::usage::{self, KeyUsage};
 use keygate_core::{FilterConfig, TokenCache};
@@ -19,6 +20,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::fleet::CountSync;
 use crate::held;
 use crate::host;
 use crate::http::RequestContext;
@@ -45,6 +47,8 @@ pub struct KeygateRoot {
     usage_failing: bool,
     /// When the lease, feed and usage work is next due (the tick may run faster).
     next_work_at_ms: u64,
+    /// The exchange of rate-limit counts with admin.
+    counts: CountSync,
 }
 
 fn vm_identity() -> u64 {
@@ -69,6 +73,7 @@ impl KeygateRoot {
             next_usage_at_ms: 0,
             usage_failing: false,
             next_work_at_ms: 0,
+            counts: CountSync::default(),
         }
     }
 
@@ -195,6 +200,13 @@ fn log_sync(outcome: &SyncOutcome, health: Option<Health>) {
 
 impl Context for KeygateRoot {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if self.counts.owns(token_id) {
+            if let Some(config) = self.config.clone() {
+                let body = host::call_response_body(body_size.min(fleet::MAX_ANSWER_BYTES));
+                self.counts.on_answer(&config, &self.vm, host::call_response_status(), &body);
+            }
+            return;
+        }
         if let Some(i) = self.usage_calls.iter().position(|(t, _)| *t == token_id) {
             let (_, items) = self.usage_calls.swap_remove(i);
             let status = host::call_response_status();
@@ -292,6 +304,7 @@ impl KeygateRoot {
         if self.leader.is_some() && self.feed_call.is_none() && now_ms >= self.next_poll_at_ms {
             self.poll(config);
         }
+        self.counts.tick(config, &self.vm, now_ms);
         // Half a full batch is sent without waiting for the interval, so a burst of new
         // keys is counted rather than turned away by a full batch (unless admin is failing).
         let filling = !self.usage_failing && self.vm.usage.borrow().len() >= usage::MAX_BATCH_KEYS / 2;

@@ -1,9 +1,11 @@
 //! What one VM's contexts share: the root context fills it, each request context reads it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use keygate_core::hold::Holding;
+use keygate_core::ratelimit::fleet::{FleetView, MAX_COUNTERS};
 use keygate_core::usage::UsageBatch;
 use keygate_core::TokenCache;
 
@@ -26,9 +28,29 @@ pub struct VmState {
     /// Requests held for a key or signing key not yet in the snapshot.
     pub holding: RefCell<Holding>,
     pub metrics: Metrics,
+    /// Counters this VM started a sub-window of: the ones it reports to the fleet.
+    pub active_counters: RefCell<HashSet<String>>,
+    /// How this VM's exchange of counts with admin stands.
+    pub fleet: Cell<FleetView>,
+    /// RateLimit headers for the answers of allowed requests, by request context id.
+    pub response_headers: RefCell<HashMap<u32, Vec<(&'static str, String)>>>,
 }
 
 impl VmState {
+    /// Notes counters for the fleet sync; past [`MAX_COUNTERS`] a counter is counted in
+    /// this Envoy alone (a flood of client addresses cannot grow the report).
+    pub fn note_counters(&self, started: Vec<String>) {
+        if started.is_empty() {
+            return;
+        }
+        let mut active = self.active_counters.borrow_mut();
+        for name in started {
+            if active.len() < MAX_COUNTERS {
+                active.insert(name);
+            }
+        }
+    }
+
     /// Ticks fast while anything is held (set once: setting the period restarts the timer,
     /// so setting it on every held request would put the tick off under a flood).
     pub fn hold_ticks(&self) {

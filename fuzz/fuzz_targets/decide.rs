@@ -19,7 +19,8 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use keygate_core::config::{RateLimits, Route};
+use keygate_core::config::Route;
+use keygate_core::ratelimit::LimitPolicy;
 use keygate_core::signing::SigningKeyPair;
 use keygate_core::snapshot::{KeyEntry, RevokedSession, SnapshotWire};
 use keygate_core::token::{AccessClaims, TokenExpectations};
@@ -253,6 +254,7 @@ fuzz_target!(|input: Input| {
             mode: r.mode.map(|live| if live { Mode::Live } else { Mode::Test }),
             shadow: r.shadow,
             rate_limit_per_hour: None,
+            rate_limits: None,
         })
         .collect();
     let default_route = Route {
@@ -264,11 +266,12 @@ fuzz_target!(|input: Input| {
         mode: None,
         shadow: false,
         rate_limit_per_hour: None,
+        rate_limits: None,
     };
     let policy = Policy {
         token: expect.clone(),
         max_staleness_secs: 600,
-        rate_limits: RateLimits::default(),
+        rate_limits: LimitPolicy::default(),
         routes,
         default_route,
         token_cache_entries: 16,

@@ -64,6 +64,11 @@ fn parse_knows(field: &str, place: &str) -> bool {
     }
 }
 
+/// A list of limits as the README writes it: `["1000/h"]`.
+fn limits(list: &[keygate_core::ratelimit::Limit]) -> String {
+    format!("[{}]", list.iter().map(|l| format!("\"{l}\"")).collect::<Vec<_>>().join(", "))
+}
+
 #[test]
 fn readme_lists_every_plugin_field_with_its_default() {
     let section = readme_section("Configuration reference");
@@ -93,9 +98,13 @@ fn readme_lists_every_plugin_field_with_its_default() {
         ("admin_timeout_ms", cfg.sync.admin_timeout_ms.to_string()),
         ("usage_flush_secs", cfg.sync.usage_flush_secs.to_string()),
         ("token_cache_entries", cfg.policy.token_cache_entries.to_string()),
-        ("rate_limits", format!("\"sk_per_hour\": {}", cfg.policy.rate_limits.sk_per_hour)),
-        ("rate_limits", format!("\"pk_per_hour\": {}", cfg.policy.rate_limits.pk_per_hour)),
-        ("rate_limits", format!("\"public_per_ip_per_hour\": {}", cfg.policy.rate_limits.public_per_ip_per_hour)),
+        ("rate_limits", format!("\"sk\": {}", limits(&cfg.policy.rate_limits.sk))),
+        ("rate_limits", format!("\"pk\": {}", limits(&cfg.policy.rate_limits.pk))),
+        ("rate_limits", format!("\"business\": {}", limits(&cfg.policy.rate_limits.business))),
+        ("rate_limits", format!("\"public_per_ip\": {}", limits(&cfg.policy.rate_limits.public_per_ip))),
+        ("rate_limits", format!("\"sync_interval_ms\": {}", cfg.policy.rate_limits.sync_interval_ms)),
+        ("rate_limits", format!("\"fleet_timeout_ms\": {}", cfg.policy.rate_limits.fleet_timeout_ms)),
+        ("rate_limits", format!("\"headers\": {}", cfg.policy.rate_limits.headers)),
         ("hold_unknown", format!("\"timeout_ms\": {}", cfg.hold.timeout_ms)),
         ("hold_unknown", format!("\"max_held\": {}", cfg.hold.max_held)),
         ("hold_unknown", format!("\"negative_ttl_secs\": {}", cfg.hold.negative_ttl_secs)),

@@ -293,7 +293,10 @@ fn pk_rate_limit(stack: &Stack) {
     assert_eq!(resp.status, 429, "{}", resp.body);
     assert_eq!(resp.body["code"], "rate_limited");
     let retry_after: u64 = resp.headers.get("retry-after").expect("Retry-After").parse().unwrap();
-    assert!((1..=3600).contains(&retry_after), "Retry-After {retry_after}");
+    // At most the window and one sub-window (an hour and 6 minutes).
+    assert!((1..=3960).contains(&retry_after), "Retry-After {retry_after}");
+    assert!(resp.headers.get("ratelimit").is_some_and(|v| v.starts_with("\"key-1h\";r=0;t=")), "{:?}", resp.headers.get("ratelimit"));
+    assert_eq!(resp.headers.get("ratelimit-policy").map(String::as_str), Some("\"key-1h\";q=100;w=3600"));
     // Another key of the same business is not affected.
     stack.wait_for_key(&t.sk);
     assert_eq!(stack.through_envoy("GET", "/key/items", &[("SECRET_KEY", t.sk.as_bytes())]).0, 200);

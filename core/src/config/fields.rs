@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use crate::key::Mode;
+use crate::ratelimit::Limit;
 
 /// Which credentials a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -40,34 +41,75 @@ pub struct Route {
     #[serde(default)]
     pub shadow: bool,
     /// Requests per hour per key (or per client IP on public routes); overrides the defaults.
+    /// Shorthand for `rate_limits: ["N/h"]` (parsing moves it there).
     #[serde(default)]
     pub rate_limit_per_hour: Option<u32>,
+    /// The rule's own limits per key (per client IP on public routes), counted apart from
+    /// the key's defaults; `None`: the defaults.
+    #[serde(default)]
+    pub rate_limits: Option<Vec<Limit>>,
 }
 
 fn default_requirement() -> Requirement {
     Requirement::All
 }
 
-/// A field left out takes its value from [`RateLimits::default`].
+/// The `rate_limits` object as written. A field left out takes its value from
+/// [`RateLimits::default`]; parsing compiles it into a [`crate::ratelimit::LimitPolicy`].
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimits {
-    pub sk_per_hour: u32,
-    pub pk_per_hour: u32,
-    pub public_per_ip_per_hour: u32,
+    /// Shorthand for `sk: ["N/h"]`.
+    pub sk_per_hour: Option<u32>,
+    /// Shorthand for `pk: ["N/h"]`.
+    pub pk_per_hour: Option<u32>,
+    /// Shorthand for `public_per_ip: ["N/h"]`.
+    pub public_per_ip_per_hour: Option<u32>,
+    /// Per secret key (default `["1000/h"]`).
+    pub sk: Option<Vec<Limit>>,
+    /// Per publishable key (default `["100/h"]`).
+    pub pk: Option<Vec<Limit>>,
+    /// Per client address on public routes (default `["200/h"]`).
+    pub public_per_ip: Option<Vec<Limit>>,
+    /// Per business, shared by all its keys (default: none).
+    pub business: Vec<Limit>,
     /// Public routes count an IPv6 client by this many leading bits of its address.
     pub ipv6_prefix_len: u8,
-    /// Counter slots in each of the two tables (per key, per client address) in Envoy's
-    /// shared data: the bound on the memory rate limiting uses.
+    /// Counter slots in each of the two tables (per key and business, per client address)
+    /// in Envoy's shared data: the bound on the memory rate limiting uses.
     pub counter_slots: u32,
+    /// How often this Envoy exchanges counts with admin (0: it counts alone).
+    pub sync_interval_ms: u64,
+    /// Without a successful exchange for this long, admit at most this Envoy's share.
+    pub fleet_timeout_ms: u64,
+    /// RateLimit-Policy and RateLimit headers on the answers of limited requests.
+    pub headers: bool,
 }
 
 /// Most counter slots a table may have (about 2.5 GB of shared data at that size).
 pub const MAX_COUNTER_SLOTS: u32 = 1 << 24;
+/// Most limits in one list (each is a counter and a shared-data read per request).
+pub const MAX_LIMITS: usize = 4;
+pub const MAX_SYNC_INTERVAL_MS: u64 = 60_000;
+pub const MAX_FLEET_TIMEOUT_MS: u64 = 3_600_000;
 
 impl Default for RateLimits {
     fn default() -> Self {
-        RateLimits { sk_per_hour: 1000, pk_per_hour: 100, public_per_ip_per_hour: 200, ipv6_prefix_len: 64, counter_slots: 65_536 }
+        let compiled = crate::ratelimit::LimitPolicy::default();
+        RateLimits {
+            sk_per_hour: None,
+            pk_per_hour: None,
+            public_per_ip_per_hour: None,
+            sk: None,
+            pk: None,
+            public_per_ip: None,
+            business: Vec::new(),
+            ipv6_prefix_len: compiled.ipv6_prefix_len,
+            counter_slots: compiled.counter_slots,
+            sync_interval_ms: compiled.sync_interval_ms,
+            fleet_timeout_ms: compiled.fleet_timeout_ms,
+            headers: compiled.headers,
+        }
     }
 }
 

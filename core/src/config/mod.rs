@@ -6,12 +6,13 @@ mod fields;
 mod routing;
 
 pub use fields::{
-    HoldUnknown, RateLimits, Requirement, Route, MAX_COUNTER_SLOTS, MAX_HELD, MAX_HOLD_TIMEOUT_MS, MAX_NEGATIVE_ENTRIES,
-    MAX_NEGATIVE_TTL_SECS,
+    HoldUnknown, RateLimits, Requirement, Route, MAX_COUNTER_SLOTS, MAX_FLEET_TIMEOUT_MS, MAX_HELD, MAX_HOLD_TIMEOUT_MS, MAX_LIMITS,
+    MAX_NEGATIVE_ENTRIES, MAX_NEGATIVE_TTL_SECS, MAX_SYNC_INTERVAL_MS,
 };
 
 use sha2::{Digest, Sha256};
 
+use crate::ratelimit::{Limit, LimitPolicy};
 use crate::token::{TokenExpectations, REVOCATION_MARGIN_SECS};
 use fields::RawConfig;
 
@@ -20,7 +21,7 @@ use fields::RawConfig;
 pub struct Policy {
     pub token: TokenExpectations,
     pub max_staleness_secs: u64,
-    pub rate_limits: RateLimits,
+    pub rate_limits: LimitPolicy,
     pub routes: Vec<Route>,
     /// Applies when no route matches: all three credentials.
     pub default_route: Route,
@@ -126,12 +127,7 @@ impl FilterConfig {
         if raw.long_poll_secs > 60 || raw.long_poll_secs >= raw.max_staleness_secs {
             return invalid("long_poll_secs must be at most 60 and below max_staleness_secs".into());
         }
-        if !(1..=128).contains(&raw.rate_limits.ipv6_prefix_len) {
-            return invalid("rate_limits.ipv6_prefix_len must be between 1 and 128".into());
-        }
-        if raw.rate_limits.counter_slots == 0 || raw.rate_limits.counter_slots > MAX_COUNTER_SLOTS {
-            return invalid(format!("rate_limits.counter_slots must be between 1 and {MAX_COUNTER_SLOTS}"));
-        }
+        let rate_limits = compile_rate_limits(&raw.rate_limits).map_err(ConfigError::Invalid)?;
         if raw.leeway_secs > REVOCATION_MARGIN_SECS {
             // Past exp + this margin a revoked session has left admin's feed: a longer leeway
             // would accept its tokens again.
@@ -165,6 +161,20 @@ impl FilterConfig {
             if route.rate_limit_per_hour == Some(0) {
                 return invalid(format!("routes[{i}].rate_limit_per_hour must be positive"));
             }
+            if let Some(limits) = &route.rate_limits {
+                check_limits(&format!("routes[{i}].rate_limits"), limits).map_err(ConfigError::Invalid)?;
+            }
+        }
+        let mut routes = raw.routes;
+        for (i, route) in routes.iter_mut().enumerate() {
+            route.rate_limits = merge_shorthand(
+                &format!("routes[{i}]"),
+                "rate_limits",
+                route.rate_limits.take(),
+                "rate_limit_per_hour",
+                route.rate_limit_per_hour,
+            )
+            .map_err(ConfigError::Invalid)?;
         }
         let default_route = Route {
             prefix: "/".into(),
@@ -175,13 +185,14 @@ impl FilterConfig {
             mode: None,
             shadow: false,
             rate_limit_per_hour: None,
+            rate_limits: None,
         };
         Ok(FilterConfig {
             policy: Policy {
                 token: TokenExpectations { issuer: raw.issuer, audience: raw.audience, leeway: raw.leeway_secs },
                 max_staleness_secs: raw.max_staleness_secs,
-                rate_limits: raw.rate_limits,
-                routes: raw.routes,
+                rate_limits,
+                routes,
                 default_route,
                 token_cache_entries: raw.token_cache_entries,
             },
@@ -199,6 +210,77 @@ impl FilterConfig {
             hold: raw.hold_unknown,
         })
     }
+}
+
+/// A list of limits: at most [`MAX_LIMITS`], one per window length (two on one window
+/// would be one counter).
+fn check_limits(field: &str, limits: &[Limit]) -> Result<(), String> {
+    if limits.len() > MAX_LIMITS {
+        return Err(format!("{field}: at most {MAX_LIMITS} limits"));
+    }
+    for (i, limit) in limits.iter().enumerate() {
+        if limits[..i].iter().any(|l| l.window == limit.window) {
+            return Err(format!("{field}: two limits per {}; keep the stricter", limit.window.unit()));
+        }
+    }
+    Ok(())
+}
+
+/// A list field and its `N per hour` shorthand: at most one of them.
+fn merge_shorthand(
+    place: &str,
+    list_name: &str,
+    list: Option<Vec<Limit>>,
+    shorthand_name: &str,
+    per_hour: Option<u32>,
+) -> Result<Option<Vec<Limit>>, String> {
+    match (list, per_hour) {
+        (Some(_), Some(_)) => Err(format!("{place}: give {list_name} or {shorthand_name}, not both")),
+        (Some(list), None) => Ok(Some(list)),
+        (None, Some(0)) => Err(format!("{place}.{shorthand_name} must be positive")),
+        (None, Some(n)) => Ok(Some(vec![Limit::per_hour(n)])),
+        (None, None) => Ok(None),
+    }
+}
+
+fn compile_rate_limits(raw: &RateLimits) -> Result<LimitPolicy, String> {
+    if !(1..=128).contains(&raw.ipv6_prefix_len) {
+        return Err("rate_limits.ipv6_prefix_len must be between 1 and 128".into());
+    }
+    if raw.counter_slots == 0 || raw.counter_slots > MAX_COUNTER_SLOTS {
+        return Err(format!("rate_limits.counter_slots must be between 1 and {MAX_COUNTER_SLOTS}"));
+    }
+    if raw.sync_interval_ms > MAX_SYNC_INTERVAL_MS {
+        return Err(format!("rate_limits.sync_interval_ms must be at most {MAX_SYNC_INTERVAL_MS} (0: no fleet counting)"));
+    }
+    if raw.fleet_timeout_ms > MAX_FLEET_TIMEOUT_MS {
+        return Err(format!("rate_limits.fleet_timeout_ms must be at most {MAX_FLEET_TIMEOUT_MS}"));
+    }
+    let defaults = LimitPolicy::default();
+    let list = |name: &str, list: &Option<Vec<Limit>>, short: &str, per_hour: Option<u32>, default: Vec<Limit>| {
+        if let Some(limits) = list {
+            check_limits(&format!("rate_limits.{name}"), limits)?;
+        }
+        Ok::<_, String>(merge_shorthand("rate_limits", name, list.clone(), short, per_hour)?.unwrap_or(default))
+    };
+    check_limits("rate_limits.business", &raw.business)?;
+    Ok(LimitPolicy {
+        sk: list("sk", &raw.sk, "sk_per_hour", raw.sk_per_hour, defaults.sk)?,
+        pk: list("pk", &raw.pk, "pk_per_hour", raw.pk_per_hour, defaults.pk)?,
+        public_per_ip: list(
+            "public_per_ip",
+            &raw.public_per_ip,
+            "public_per_ip_per_hour",
+            raw.public_per_ip_per_hour,
+            defaults.public_per_ip,
+        )?,
+        business: raw.business.clone(),
+        ipv6_prefix_len: raw.ipv6_prefix_len,
+        counter_slots: raw.counter_slots,
+        sync_interval_ms: raw.sync_interval_ms,
+        fleet_timeout_ms: raw.fleet_timeout_ms,
+        headers: raw.headers,
+    })
 }
 
 #[cfg(test)]
@@ -223,14 +305,45 @@ mod tests {
     fn demo_config_parses_with_defaults() {
         let cfg = parse(DEMO).unwrap();
         assert_eq!(cfg.policy.max_staleness_secs, 600);
+        let hour = |n| vec![Limit::per_hour(n)];
         assert_eq!(
             cfg.policy.rate_limits,
-            RateLimits { sk_per_hour: 1000, pk_per_hour: 100, public_per_ip_per_hour: 200, ipv6_prefix_len: 64, counter_slots: 65_536 }
+            LimitPolicy {
+                sk: hour(1000),
+                pk: hour(100),
+                business: Vec::new(),
+                public_per_ip: hour(200),
+                ipv6_prefix_len: 64,
+                counter_slots: 65_536,
+                sync_interval_ms: 200,
+                fleet_timeout_ms: 3000,
+                headers: true
+            }
         );
         assert_eq!(cfg.policy.token.issuer, "keygate");
         assert_eq!(cfg.sync.proxy_token, "t");
         assert!(!format!("{:?}", cfg.sync).contains("\"t\""));
         assert_eq!(cfg.hold, HoldUnknown { timeout_ms: 300, max_held: 64, negative_ttl_secs: 10, negative_entries: 4096 });
+    }
+
+    #[test]
+    fn limit_lists_replace_the_hourly_shorthands() {
+        let cfg = parse(
+            r#"{"admin_cluster": "a", "proxy_token": "t",
+                "rate_limits": {"sk": ["20/s", "1000/h"], "pk_per_hour": 7, "business": ["5000/d"], "sync_interval_ms": 0, "headers": false},
+                "routes": [{"prefix": "/a/", "rate_limit_per_hour": 3}, {"prefix": "/b/", "rate_limits": ["2/m"]}, {"prefix": "/c/"}]}"#,
+        )
+        .unwrap();
+        let limits = &cfg.policy.rate_limits;
+        assert_eq!(limits.sk, vec![Limit::parse("20/s").unwrap(), Limit::per_hour(1000)]);
+        assert_eq!(limits.pk, vec![Limit::per_hour(7)]);
+        assert_eq!(limits.public_per_ip, vec![Limit::per_hour(200)]);
+        assert_eq!(limits.business, vec![Limit::parse("5000/d").unwrap()]);
+        assert_eq!((limits.sync_interval_ms, limits.headers), (0, false));
+        let routes = &cfg.policy.routes;
+        assert_eq!(routes[0].rate_limits, Some(vec![Limit::per_hour(3)]));
+        assert_eq!(routes[1].rate_limits, Some(vec![Limit::parse("2/m").unwrap()]));
+        assert_eq!(routes[2].rate_limits, None);
     }
 
     #[test]
@@ -255,6 +368,22 @@ mod tests {
             (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"ipv6_prefix_len": 129}}"#, "ipv6_prefix_len"),
             (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"counter_slots": 0}}"#, "counter_slots"),
             (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"counter_slots": 16777217}}"#, "counter_slots"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"sk": ["10/x"]}}"#, "not a limit"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"sk": ["0/h"]}}"#, "positive"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"sk": ["10/h", "20/h"]}}"#, "two limits per h"),
+            (
+                r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"business": ["1/s", "2/m", "3/h", "4/d", "5/s"]}}"#,
+                "at most 4",
+            ),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"pk": ["10/h"], "pk_per_hour": 10}}"#, "not both"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"sk_per_hour": 0}}"#, "positive"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"sync_interval_ms": 60001}}"#, "sync_interval_ms"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"fleet_timeout_ms": 3600001}}"#, "fleet_timeout_ms"),
+            (
+                r#"{"admin_cluster": "a", "proxy_token": "t", "routes": [{"prefix": "/", "rate_limits": ["1/s"], "rate_limit_per_hour": 3}]}"#,
+                "not both",
+            ),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "routes": [{"prefix": "/", "rate_limits": ["1/s", "2/s"]}]}"#, "two limits"),
             (r#"{"admin_cluster": "", "proxy_token": "t"}"#, "admin_cluster"),
             (r#"{"admin_cluster": "a", "proxy_token": "t", "hold_unknown": {"timeout_ms": 10001}}"#, "timeout_ms"),
             (r#"{"admin_cluster": "a", "proxy_token": "t", "hold_unknown": {"max_held": 10001}}"#, "max_held"),

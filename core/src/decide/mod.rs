@@ -17,6 +17,7 @@ pub use tokens::{TokenCache, FAILED_TOKEN_TTL_SECS};
 use crate::config::{Policy, Requirement, Route};
 use crate::key::{self, KeyKind};
 use crate::keystore::KeyLookup;
+use crate::ratelimit::{Limit, LimitCheck, Scope};
 use crate::revoked::RevocationLookup;
 use crate::snapshot::{KeyRecord, Snapshot};
 use crate::UnixTime;
@@ -46,21 +47,14 @@ impl<'a> Synced<'a> {
     }
 }
 
-/// Which counter a request is charged to, and its hourly allowance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateLimitTarget {
-    /// `key:<key id>` or `ip:<client address>`.
-    pub bucket: String,
-    pub per_hour: u32,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Allowed {
     /// Lower-case names of request headers to remove before the upstream.
     pub remove_headers: Vec<String>,
     /// Identity headers to set for the upstream.
     pub add_headers: Vec<(&'static str, String)>,
-    pub rate_limit: Option<RateLimitTarget>,
+    /// The limits the request is counted against (all must have room).
+    pub rate_limits: Vec<LimitCheck>,
     /// The key that was used, for usage reporting.
     pub key_id: Option<String>,
     /// Set on a shadow route: what would have been refused.
@@ -142,12 +136,13 @@ pub fn decide_or_hold(
 
 fn public(policy: &Policy, route: &Route, request: &RequestView<'_>) -> Allowed {
     let client = crate::ratelimit::client_id(request.client_ip, policy.rate_limits.ipv6_prefix_len);
+    let (bucket, limits) = match &route.rate_limits {
+        Some(own) => (format!("ip:{client}@{}", route.prefix), own),
+        None => (format!("ip:{client}"), &policy.rate_limits.public_per_ip),
+    };
     Allowed {
         remove_headers: stripped_headers(request.headers),
-        rate_limit: Some(match route.rate_limit_per_hour {
-            Some(per_hour) => RateLimitTarget { bucket: format!("ip:{client}@{}", route.prefix), per_hour },
-            None => RateLimitTarget { bucket: format!("ip:{client}"), per_hour: policy.rate_limits.public_per_ip_per_hour },
-        }),
+        rate_limits: checks(&bucket, Scope::Address, limits),
         ..Allowed::default()
     }
 }
@@ -262,21 +257,24 @@ fn check_credentials(
     if !key.scopes.is_empty() {
         add_headers.push(("x-keygate-scopes", key.scopes.join(" ")));
     }
-    let default_limit = match key.kind {
-        KeyKind::Sk => policy.rate_limits.sk_per_hour,
-        KeyKind::Pk => policy.rate_limits.pk_per_hour,
+    let (bucket, limits) = match &route.rate_limits {
+        // A rule with its own limits counts in its own bucket, apart from the key's defaults.
+        Some(own) => (format!("key:{}@{}", key.id, route.prefix), own),
+        None => (
+            format!("key:{}", key.id),
+            match key.kind {
+                KeyKind::Sk => &policy.rate_limits.sk,
+                KeyKind::Pk => &policy.rate_limits.pk,
+            },
+        ),
     };
-    Ok(Allowed {
-        remove_headers,
-        add_headers,
-        rate_limit: Some(match route.rate_limit_per_hour {
-            // A rule with its own limit counts in its own bucket, apart from the key's default one.
-            Some(per_hour) => RateLimitTarget { bucket: format!("key:{}@{}", key.id, route.prefix), per_hour },
-            None => RateLimitTarget { bucket: format!("key:{}", key.id), per_hour: default_limit },
-        }),
-        key_id: Some(key.id.clone()),
-        shadow_denial: None,
-    })
+    let mut rate_limits = checks(&bucket, Scope::Key, limits);
+    rate_limits.extend(checks(&format!("biz:{}", key.business), Scope::Business, &policy.rate_limits.business));
+    Ok(Allowed { remove_headers, add_headers, rate_limits, key_id: Some(key.id.clone()), shadow_denial: None })
+}
+
+fn checks(bucket: &str, scope: Scope, limits: &[Limit]) -> Vec<LimitCheck> {
+    limits.iter().map(|&limit| LimitCheck { bucket: bucket.to_owned(), scope, limit }).collect()
 }
 
 /// What charging an allowed request to its rate limit makes of it: over the limit, a

@@ -1,0 +1,129 @@
+//! The exchange of rate-limit counts with admin, from each worker VM's root tick: every
+//! `sync_interval_ms` the VM posts its Envoy's counts (read from the shared slots) of the
+//! counters it has started a sub-window of, and writes the other proxies' counts it gets
+//! back into the same slots. Any VM of an Envoy may report a counter (they report the same
+//! shared counts under the same proxy id, and admin keeps the larger), so no VM waits on
+//! another. See `keygate_core::ratelimit::fleet` for the wire format.
+
+use keygate_core::ratelimit::fleet::{self, CountReport, FleetView, HEARTBEAT_MS, MAX_COUNTERS};
+use keygate_core::ratelimit::{self, LimitPolicy, Slot, PROBES};
+use keygate_core::FilterConfig;
+use std::time::Duration;
+
+use crate::host;
+use crate::limit;
+use crate::vm::VmState;
+
+/// How long an exchange may take, at most: a slow answer is as useless as none.
+const MAX_EXCHANGE_MS: u64 = 2_000;
+/// CAS attempts when writing the others' counts into a busy slot.
+const MERGE_ATTEMPTS: usize = 8;
+
+#[derive(Debug, Default)]
+pub struct CountSync {
+    /// The exchange in flight: its call token and the counters it reported, in order.
+    call: Option<(u32, Vec<String>)>,
+    next_at_ms: u64,
+    last_sent_ms: u64,
+}
+
+/// Where a counter's own slot is in this Envoy's table: its key, contents and CAS token.
+fn own_slot(ns: &str, seed: &[u8], counter: &str, slots: u32) -> Option<(String, Slot, Option<u32>)> {
+    let placement = ratelimit::place(ns, seed, counter, slots);
+    for key in placement.keys.iter().take(PROBES) {
+        let (bytes, cas) = host::shared_get(key);
+        let slot = bytes.as_deref().map(Slot::decode).unwrap_or_default();
+        if slot.fingerprint == placement.fingerprint {
+            return Some((key.clone(), slot, cas));
+        }
+        if ratelimit::settles(placement.fingerprint, &slot) {
+            return None;
+        }
+    }
+    None
+}
+
+impl CountSync {
+    pub fn owns(&self, token: u32) -> bool {
+        self.call.as_ref().is_some_and(|(t, _)| *t == token)
+    }
+
+    /// Starts an exchange when one is due.
+    pub fn tick(&mut self, config: &FilterConfig, vm: &VmState, now_ms: u64) {
+        let policy = &config.policy.rate_limits;
+        if policy.sync_interval_ms == 0 || self.call.is_some() || now_ms < self.next_at_ms {
+            return;
+        }
+        self.next_at_ms = now_ms.saturating_add(policy.sync_interval_ms);
+        let ns = config.sync.shared_prefix.as_str();
+        let seed = limit::seed(ns);
+        let mut counters = Vec::new();
+        let mut names = Vec::new();
+        vm.active_counters.borrow_mut().retain(|name| {
+            let Some((bucket, _)) = fleet::parse_counter(name) else { return false };
+            // A counter this Envoy counts nothing of any more needs no report.
+            let Some((_, slot, _)) = own_slot(ns, &seed, name, policy.counter_slots) else { return false };
+            let slot = slot.advanced(now_ms);
+            if slot.own() == 0 || counters.len() >= MAX_COUNTERS {
+                return slot.own() > 0;
+            }
+            counters.push(fleet::entry(bucket, &slot));
+            names.push(name.clone());
+            true
+        });
+        if counters.is_empty() && now_ms.saturating_sub(self.last_sent_ms) < HEARTBEAT_MS {
+            return;
+        }
+        self.last_sent_ms = now_ms;
+        let report = CountReport { proxy: fleet::proxy_id(&seed), counters };
+        let Ok(body) = serde_json::to_vec(&report) else { return };
+        let sync = &config.sync;
+        let timeout = Duration::from_millis(sync.admin_timeout_ms.min(MAX_EXCHANGE_MS));
+        match host::dispatch(&sync.admin_cluster, &sync.admin_authority, "POST", fleet::PATH, &sync.proxy_token, Some(&body), timeout) {
+            Some(token) => self.call = Some((token, names)),
+            None => self.settle(policy, vm, None, now_ms),
+        }
+    }
+
+    /// Takes admin's answer (`None`: no answer, or not a 2xx) into the slots.
+    pub fn on_answer(&mut self, config: &FilterConfig, vm: &VmState, status: Option<u16>, body: &[u8]) {
+        let Some((_, names)) = self.call.take() else { return };
+        let now_ms = host::now_millis();
+        let policy = &config.policy.rate_limits;
+        let answer = status.filter(|s| (200..300).contains(s)).and_then(|_| fleet::parse_answer(body, names.len()));
+        let Some(answer) = answer else {
+            self.settle(policy, vm, status, now_ms);
+            return;
+        };
+        let ns = config.sync.shared_prefix.as_str();
+        let seed = limit::seed(ns);
+        for (name, others) in names.iter().zip(&answer.others) {
+            for _ in 0..MERGE_ATTEMPTS {
+                let Some((key, slot, cas)) = own_slot(ns, &seed, name, policy.counter_slots) else { break };
+                let Some(merged) = fleet::merge(slot, others, now_ms) else { break };
+                if host::shared_set(&key, &merged.encode(), cas) {
+                    break;
+                }
+            }
+        }
+        let before = vm.fleet.get();
+        vm.fleet.set(before.after(Some(answer.proxies), now_ms));
+        if before.failing_since_ms != 0 {
+            log::info!("rate-limit counts reach admin again ({} proxies)", answer.proxies);
+        }
+    }
+
+    /// A failed exchange: noted (once logged) so that, past `fleet_timeout_ms`, this VM
+    /// admits only its share of each limit.
+    fn settle(&mut self, policy: &LimitPolicy, vm: &VmState, status: Option<u16>, now_ms: u64) {
+        let before = vm.fleet.get();
+        if before.failing_since_ms == 0 {
+            let why = status.map_or("no answer".to_owned(), |s| format!("status {s}"));
+            log::warn!(
+                "rate-limit counts cannot reach admin ({why}); after {} ms each Envoy admits only its share of a limit",
+                policy.fleet_timeout_ms
+            );
+        }
+        vm.fleet.set(FleetView::after(before, None, now_ms));
+    }
+}
