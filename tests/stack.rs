@@ -128,7 +128,17 @@ impl Stack {
             None => Vec::new(),
         };
 
-        let (listen_port, envoy_admin_port) = (free_port(), free_port());
+        // Envoys bind their ports only when they start: pick every one distinct (two asks
+        // of the kernel for a free port may get the same one).
+        let mut picked = Vec::new();
+        let mut pick_port = || loop {
+            let port = free_port();
+            if !picked.contains(&port) {
+                picked.push(port);
+                break port;
+            }
+        };
+        let (listen_port, envoy_admin_port) = (pick_port(), pick_port());
         let port_of = |addr: &str| addr.rsplit(':').next().unwrap().to_owned();
         let mut yaml = std::fs::read_to_string(&yaml_path).unwrap();
         yaml = replace_once(&yaml, "port_value: 9901", &format!("port_value: {envoy_admin_port}"));
@@ -144,7 +154,7 @@ impl Stack {
         }
         let mut second = None;
         if let Some((_, addr)) = &second_admin {
-            let port = free_port();
+            let port = pick_port();
             yaml = add_second_listener(&yaml, listen_port, port, &port_of(addr));
             second = Some(Second { admin_url: format!("http://{addr}"), envoy_url: format!("http://127.0.0.1:{port}") });
         }
@@ -153,7 +163,7 @@ impl Stack {
         let mut extra_envoys = Vec::new();
         let mut extra_children = Vec::new();
         for i in 1..=options.extra_envoys {
-            let (listen, admin) = (free_port(), free_port());
+            let (listen, admin) = (pick_port(), pick_port());
             let copy = replace_once(&yaml, &format!("port_value: {listen_port} "), &format!("port_value: {listen} "));
             let copy = replace_once(&copy, &format!("port_value: {envoy_admin_port} "), &format!("port_value: {admin} "));
             let name: &'static str = Box::leak(format!("envoy_{i}").into_boxed_str());
