@@ -90,6 +90,7 @@ const FLEET: &[Case] = &[
     ("a_pk_limit_holds_fleet_wide_over_three_envoys", pk_fleet),
     ("a_business_limit_holds_over_its_keys_and_three_envoys", business_fleet),
     ("a_per_address_public_limit_holds_fleet_wide", public_fleet),
+    ("a_key_spent_through_one_envoy_is_refused_by_the_others", spent_elsewhere),
 ];
 
 /// One answer of a driven run.
@@ -241,6 +242,29 @@ fn public_fleet(stack: &Stack) {
     let n = ENVOYS * PUBLIC_LIMIT as usize + 30;
     let sent = drive(stack, n, HOURLY_RATE, &|i| (i % ENVOYS, "/public/articles".to_owned(), None));
     assert_fleet_limit("public 60/h per address over three Envoys", &sent, PUBLIC_LIMIT, "address-1h");
+}
+
+/// A pk key spent (100/h) through the first Envoy alone, then, 2 s later, asked for through
+/// the two others, which have not counted it yet. By then every admission is older than
+/// 2 × sync_interval + RTT, so the design's bound is r_others × (2·S + RTT) with r_others = 0
+/// (nothing admitted anywhere in that span): the others must refuse every request.
+fn spent_elsewhere(stack: &Stack) {
+    let t = stack.tenant();
+    let pk = stack.create_key(&t.business_id, json!({"kind": "pk", "mode": "live"}));
+    let first = drive(stack, PK_LIMIT as usize + 10, HOURLY_RATE, &|_| (0, "/key/items".to_owned(), Some(pk.clone())));
+    assert_eq!(accepted(&first), PK_LIMIT, "through one Envoy alone the limit is exact");
+    std::thread::sleep(Duration::from_secs(2));
+    let others = drive(stack, 20, 20.0, &|i| (1 + i % (ENVOYS - 1), "/key/items".to_owned(), Some(pk.clone())));
+    let per_envoy: Vec<u64> = (0..ENVOYS).map(|e| others.iter().filter(|s| s.envoy == e && s.status == 200).count() as u64).collect();
+    eprintln!("spent through Envoy 0: the others then admitted {per_envoy:?} of {}", others.len());
+    assert_eq!(
+        accepted(&others),
+        0,
+        "a key spent through Envoy 0 2 s earlier was admitted {per_envoy:?} times through the others (per Envoy), beyond the design's bound (0: nothing admitted in the last 2 × {SYNC_MS} + {RTT_ALLOWANCE_MS} ms)"
+    );
+    for answer in &others {
+        assert_limit_headers(answer, "key-1h", PK_LIMIT, 3600);
+    }
 }
 
 /// d. A per-second limit (20/s on the rule `/persec/`), driven ~3 s through the three
