@@ -118,6 +118,7 @@ impl CountSync {
                 }
             }
         }
+        vm.metrics.limit_exchange(true);
         let before = vm.fleet.get();
         vm.fleet.set(before.after(Some(answer.proxies), now_ms));
         if before.failing_since_ms != 0 {
@@ -128,6 +129,7 @@ impl CountSync {
     /// A failed exchange: noted (once logged) so that, past `fleet_timeout_ms`, this VM
     /// admits only its share of each limit.
     fn settle(&mut self, policy: &LimitPolicy, vm: &VmState, status: Option<u16>, now_ms: u64) {
+        vm.metrics.limit_exchange(false);
         let before = vm.fleet.get();
         if before.failing_since_ms == 0 {
             let why = status.map_or("no answer".to_owned(), |s| format!("status {s}"));
