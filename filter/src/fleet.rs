@@ -1,5 +1,5 @@
 //! The exchange of rate-limit counts with admin, from each worker VM's root tick: every
-//! `sync_interval_ms` the VM posts its Envoy's counts (read from the shared slots) of the
+//! `sync_interval_ms` (and at the next tick when a counter is new to the VM) the VM posts its Envoy's counts (read from the shared slots) of the
 //! counters it has started a sub-window of, and writes the other proxies' counts it gets
 //! back into the same slots. Any VM of an Envoy may report a counter (they report the same
 //! shared counts under the same proxy id, and admin keeps the larger), so no VM waits on
@@ -58,9 +58,10 @@ impl CountSync {
     /// Starts an exchange when one is due.
     pub fn tick(&mut self, config: &FilterConfig, vm: &VmState, now_ms: u64) {
         let policy = &config.policy.rate_limits;
-        if policy.sync_interval_ms == 0 || self.call.is_some() || now_ms < self.next_at_ms {
+        if policy.sync_interval_ms == 0 || self.call.is_some() || (now_ms < self.next_at_ms && !vm.new_counters.get()) {
             return;
         }
+        vm.new_counters.set(false);
         self.next_at_ms = now_ms.saturating_add(policy.sync_interval_ms);
         let ns = config.sync.shared_prefix.as_str();
         let seed = limit::seed(ns);

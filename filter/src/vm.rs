@@ -30,6 +30,10 @@ pub struct VmState {
     pub metrics: Metrics,
     /// Counters this VM started a sub-window of: the ones it reports to the fleet.
     pub active_counters: RefCell<HashSet<String>>,
+    /// A counter joined `active_counters` since the last exchange: exchange at the next
+    /// tick instead of waiting for the interval (this Envoy knows none of the others'
+    /// counts of it yet).
+    pub new_counters: Cell<bool>,
     /// How this VM's exchange of counts with admin stands.
     pub fleet: Cell<FleetView>,
     /// RateLimit headers for the answers of allowed requests, by request context id.
@@ -45,8 +49,8 @@ impl VmState {
         }
         let mut active = self.active_counters.borrow_mut();
         for name in started {
-            if active.len() < MAX_COUNTERS {
-                active.insert(name);
+            if active.len() < MAX_COUNTERS && active.insert(name) {
+                self.new_counters.set(true);
             }
         }
     }
