@@ -82,7 +82,7 @@ fn checked(report: RateCountsReport) -> Result<RateReport, AdminError> {
         if c.bucket.is_empty() || c.bucket.len() > MAX_BUCKET_BYTES || c.bucket.chars().any(char::is_control) {
             return Err(invalid(format!("counters[{i}].bucket must be 1 to {MAX_BUCKET_BYTES} bytes without control characters")));
         }
-        let window = Window::from_ms(c.window_ms)
+        let window = Window::from_millis(c.window_ms)
             .ok_or_else(|| invalid(format!("counters[{i}].window_ms must be one of 1000, 60000, 3600000, 86400000")))?;
         if !(SPAN as u64 - 1..=MAX_HEAD).contains(&c.head) {
             return Err(invalid(format!("counters[{i}].head must be {} to {MAX_HEAD}", SPAN - 1)));
@@ -115,7 +115,7 @@ pub async fn rate_counts(state: AppState, report: RateCountsReport) -> Result<Re
         .counters
         .into_iter()
         .zip(answer.others)
-        .map(|(c, others)| CounterSpan { bucket: c.bucket, window_ms: c.window.ms(), head: c.head, counts: others.to_vec() })
+        .map(|(c, others)| CounterSpan { bucket: c.bucket, window_ms: c.window.millis(), head: c.head, counts: others.to_vec() })
         .collect();
     ok_json(StatusCode::OK, &RateCountsAnswer { proxies: answer.proxies, others })
 }

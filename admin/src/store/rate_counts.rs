@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use super::{Store, StoreError};
 
 /// Counts per counter in a report and an answer: sub-windows head-10 ..= head.
-pub const SPAN: usize = 11;
+pub const SPAN: usize = keygate_core::ratelimit::RING;
 /// A proxy not heard for this long no longer counts among the `proxies` of an answer.
 pub const PROXY_TTL_MS: u64 = 60_000;
 /// The largest count taken or answered (JSON's exact integers; sums are clamped to it).
@@ -34,55 +34,31 @@ pub const PURGE_EVERY_MS: u64 = 10_000;
 /// `KEPT_BEHIND + KEPT_AHEAD + 1` sub-window counts, a few hundred bytes).
 pub const MAX_LOCAL_ROWS: usize = 1_000_000;
 
-/// The windows a limit may have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Window {
-    Second,
-    Minute,
-    Hour,
-    Day,
+/// The windows a limit may have: the filter's own (one definition of the sub-window grid).
+pub use keygate_core::ratelimit::Window;
+
+/// Which sub-windows of a window admin keeps, by its clock.
+pub trait Kept {
+    /// Its place in [`Window::ALL`].
+    fn index(self) -> usize;
+    /// The oldest sub-window still kept at `now_ms`: older ones are out of every proxy's
+    /// window by admin's clock.
+    fn oldest_kept(self, now_ms: u64) -> u64;
+    /// The newest sub-window taken at `now_ms`: later ones come from a clock far ahead.
+    fn newest_kept(self, now_ms: u64) -> u64;
 }
 
-impl Window {
-    pub const ALL: [Window; 4] = [Window::Second, Window::Minute, Window::Hour, Window::Day];
-
-    pub fn from_ms(ms: u64) -> Option<Window> {
-        Window::ALL.into_iter().find(|w| w.ms() == ms)
-    }
-
-    pub const fn ms(self) -> u64 {
-        match self {
-            Window::Second => 1_000,
-            Window::Minute => 60_000,
-            Window::Hour => 3_600_000,
-            Window::Day => 86_400_000,
-        }
-    }
-
-    /// Its place in [`Window::ALL`].
-    pub const fn index(self) -> usize {
+impl Kept for Window {
+    fn index(self) -> usize {
         self as usize
     }
 
-    /// A sub-window's length: a tenth of the window.
-    pub const fn sub_ms(self) -> u64 {
-        self.ms() / 10
+    fn oldest_kept(self, now_ms: u64) -> u64 {
+        self.sub_index(now_ms).saturating_sub(KEPT_BEHIND)
     }
 
-    /// The sub-window `now_ms` falls in.
-    pub const fn sub_at(self, now_ms: u64) -> u64 {
-        now_ms / self.sub_ms()
-    }
-
-    /// The oldest sub-window still kept at `now_ms`: older ones are out of every proxy's
-    /// window by admin's clock.
-    pub const fn oldest_kept(self, now_ms: u64) -> u64 {
-        self.sub_at(now_ms).saturating_sub(KEPT_BEHIND)
-    }
-
-    /// The newest sub-window taken at `now_ms`: later ones come from a clock far ahead.
-    pub const fn newest_kept(self, now_ms: u64) -> u64 {
-        self.sub_at(now_ms).saturating_add(KEPT_AHEAD)
+    fn newest_kept(self, now_ms: u64) -> u64 {
+        self.sub_index(now_ms).saturating_add(KEPT_AHEAD)
     }
 }
 
@@ -338,7 +314,7 @@ pub(crate) mod tests {
     /// over a real database).
     pub(crate) fn check_aggregation(counts: &dyn RateCounts) {
         let w = Window::Hour;
-        let head = w.sub_at(NOW_MS);
+        let head = w.sub_index(NOW_MS);
         let bucket = "key:key_abc";
 
         // Alone: nobody else's counts.
@@ -370,7 +346,7 @@ pub(crate) mod tests {
 
         // Other counters, another window of the same bucket, are apart; a counter given
         // twice is answered twice.
-        let other = counter(bucket, Window::Minute, Window::Minute.sub_at(NOW_MS), tail(&[9]));
+        let other = counter(bucket, Window::Minute, Window::Minute.sub_index(NOW_MS), tail(&[9]));
         let e = counts.exchange(&report("proxy-e", vec![other.clone(), counter("biz:biz_1", w, head, tail(&[4]))]), NOW_MS).unwrap();
         assert_eq!(e.others, vec![[0; SPAN], [0; SPAN]]);
         let f = counts.exchange(&report("proxy-f", vec![other.clone(), other]), NOW_MS).unwrap();
@@ -387,9 +363,9 @@ pub(crate) mod tests {
     /// after their last report.
     pub(crate) fn check_expiry(counts: &dyn RateCounts) {
         let w = Window::Second;
-        let head = w.sub_at(NOW_MS);
+        let head = w.sub_index(NOW_MS);
         let bucket = "ip:192.0.2.1";
-        let later = |subs: u64| NOW_MS + subs * w.sub_ms();
+        let later = |subs: u64| NOW_MS + subs * w.sub_millis();
         let zeros_at = |subs: u64| counter(bucket, w, head + subs, [0; SPAN]);
         counts.exchange(&report("proxy-a", vec![counter(bucket, w, head, tail(&[2, 3]))]), NOW_MS).unwrap();
         // Ten sub-windows on, B's span covers both (A's older one ended a window ago).
@@ -425,9 +401,9 @@ pub(crate) mod tests {
 
     #[test]
     fn sub_windows_are_absolute() {
-        assert_eq!(Window::from_ms(60_000), Some(Window::Minute));
-        assert_eq!(Window::from_ms(30_000), None);
-        assert_eq!(Window::Day.sub_ms(), 8_640_000);
+        assert_eq!(Window::from_millis(60_000), Some(Window::Minute));
+        assert_eq!(Window::from_millis(30_000), None);
+        assert_eq!(Window::Day.sub_millis(), 8_640_000);
         let c = counter("b", Window::Second, 100, [0; SPAN]);
         assert_eq!((c.sub(0), c.sub(SPAN - 1)), (90, 100));
         assert_eq!(Window::Second.oldest_kept(12_345), 123 - 11);
@@ -437,11 +413,11 @@ pub(crate) mod tests {
     fn the_memory_table_purges_what_expired() {
         let counts = LocalRateCounts::default();
         let w = Window::Second;
-        let head = w.sub_at(NOW_MS);
+        let head = w.sub_index(NOW_MS);
         counts.exchange(&report("proxy-a", vec![counter("key:a", w, head, tail(&[1]))]), NOW_MS).unwrap();
-        counts.exchange(&report("proxy-b", vec![counter("key:b", Window::Day, Window::Day.sub_at(NOW_MS), tail(&[1]))]), NOW_MS).unwrap();
+        counts.exchange(&report("proxy-b", vec![counter("key:b", Window::Day, Window::Day.sub_index(NOW_MS), tail(&[1]))]), NOW_MS).unwrap();
         assert_eq!(counts.table.lock().unwrap().rows, 2);
-        let later = NOW_MS + PURGE_EVERY_MS + 2 * w.ms();
+        let later = NOW_MS + PURGE_EVERY_MS + 2 * w.millis();
         counts.exchange(&report("proxy-c", vec![]), later).unwrap();
         let table = counts.table.lock().unwrap();
         assert_eq!(table.rows, 1, "the one-second counter is gone, the day's is kept");
@@ -453,7 +429,7 @@ pub(crate) mod tests {
     fn a_full_memory_table_refuses_new_rows_and_keeps_merging_held_ones() {
         let counts = LocalRateCounts::default();
         let w = Window::Hour;
-        let head = w.sub_at(NOW_MS);
+        let head = w.sub_index(NOW_MS);
         counts.exchange(&report("proxy-a", vec![counter("key:a", w, head, tail(&[1]))]), NOW_MS).unwrap();
         counts.table.lock().unwrap().rows = MAX_LOCAL_ROWS;
         let a = report("proxy-a", vec![counter("key:a", w, head, tail(&[4])), counter("key:new", w, head, tail(&[2]))]);

@@ -144,7 +144,7 @@ impl RateCounts for PgEngine {
         let (mut buckets, mut windows, mut subs, mut counts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (((bucket, window), sub), count) in kept {
             buckets.push(bucket.to_owned());
-            windows.push(ms(window.ms()));
+            windows.push(ms(window.millis()));
             subs.push(ms(sub));
             counts.push(ms(count));
         }
@@ -152,7 +152,7 @@ impl RateCounts for PgEngine {
         let (mut read_buckets, mut read_windows, mut firsts, mut lasts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((bucket, window), (first, last)) in &spans {
             read_buckets.push((*bucket).to_owned());
-            read_windows.push(ms(window.ms()));
+            read_windows.push(ms(window.millis()));
             firsts.push(ms(*first));
             lasts.push(ms(*last));
         }
@@ -166,7 +166,7 @@ impl RateCounts for PgEngine {
 
         // A row's counter as the report names it, found by the row's bucket and window.
         let counters: HashMap<(&str, i64), CounterKey<'_>> =
-            spans.keys().map(|&(bucket, window)| ((bucket, ms(window.ms())), (bucket, window))).collect();
+            spans.keys().map(|&(bucket, window)| ((bucket, ms(window.millis())), (bucket, window))).collect();
         let mut proxies = 1;
         let mut sums = HashMap::with_capacity(rows.len());
         for row in &rows {

@@ -325,7 +325,7 @@ fn rate_counts_reported_through_one_replica_count_on_the_other() {
     let other = PgEngine::open(&url).unwrap();
     other.end_startup();
     let w = Window::Second;
-    let head = w.sub_at(NOW_MS);
+    let head = w.sub_index(NOW_MS);
     one.exchange(&report("proxy-a", vec![counter("key:k", w, head, tail(&[4, 2]))]), NOW_MS).unwrap();
     let b = other.exchange(&report("proxy-b", vec![counter("key:k", w, head, tail(&[1]))]), NOW_MS).unwrap();
     assert_eq!((b.proxies, b.others), (2, vec![tail(&[4, 2])]));
@@ -335,7 +335,7 @@ fn rate_counts_reported_through_one_replica_count_on_the_other() {
     let rows = |engine: &PgEngine| -> i64 { engine.run(|c| c.query("SELECT count(*) FROM keygate_rate_counts", &[])).unwrap()[0].get(0) };
     assert_eq!(rows(&one), 3);
     // A report long after purges (on a pooled connection, without waiting for it).
-    let later = NOW_MS + PURGE_EVERY_MS + 2 * w.ms();
+    let later = NOW_MS + PURGE_EVERY_MS + 2 * w.millis();
     one.exchange(&report("proxy-c", vec![]), later).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while rows(&one) > 0 {
