@@ -41,6 +41,7 @@ Errors always answer `{\"success\": false, \"error\": \"<words>\", \"code\": \"<
         api::keys::rotate_key,
         api::keys::key_usage,
         api::feed::usage,
+        api::rate_counts::rate_counts,
         api::tokens::rotate_signing_key,
         api::sessions::revoke_session,
         api::feed::snapshot,

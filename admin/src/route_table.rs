@@ -26,6 +26,7 @@ pub enum Endpoint {
     RotateKey,
     KeyUsage,
     ReportUsage,
+    ExchangeRateCounts,
     RotateSigningKey,
     Me,
     ListSessions,
@@ -93,6 +94,7 @@ pub const TABLE: &[Route] = &[
     route(E::RotateKey, Post, "/v1/keys/{id}/rotate"),
     route(E::KeyUsage, Get, "/v1/keys/{id}/usage"),
     route(E::ReportUsage, Post, "/v1/usage"),
+    route(E::ExchangeRateCounts, Post, "/v1/rate-counts"),
     route(E::RotateSigningKey, Post, "/v1/signing-keys/rotate"),
     route(E::Me, Get, "/v1/me"),
     route(E::ListSessions, Get, "/v1/sessions"),
@@ -264,6 +266,7 @@ mod tests {
             "me",
             "ui",
             "import",
+            "rate-counts",
         ];
         for word in words {
             assert!(is_route_word(word), "{word}");
@@ -286,7 +289,7 @@ mod tests {
 
     #[test]
     fn labels_are_the_distinct_templates() {
-        assert_eq!(LABELS.len(), 25, "{LABELS:?}");
+        assert_eq!(LABELS.len(), 26, "{LABELS:?}");
         for (i, label) in LABELS.iter().enumerate() {
             assert!(TABLE.iter().any(|row| row.template == *label), "{label}");
             assert!(!LABELS[..i].contains(label), "{label} twice");

@@ -191,3 +191,23 @@ async fn a_replica_that_cannot_hear_the_others_says_so_until_it_can() {
     assert_eq!(delta["keys"].as_array().map(Vec::len), Some(1), "{delta}");
     replica.stop().await;
 }
+
+/// Envoys fed by different replicas learn each other's rate-limit counts: the counts are
+/// in a table every replica shares, and so is the count of proxies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_counts_reported_through_one_replica_count_on_the_other() {
+    let Some((a, b)) = two_replicas(|_| {}).await else { return };
+    let head = keygate_admin::clock::now_ms() / 360_000;
+    let counter = |counts: [u64; 11]| json!({"bucket": "key:key_abc", "window_ms": 3_600_000, "head": head, "counts": counts});
+    let report = |proxy: &str, counts: [u64; 11]| json!({"proxy": proxy, "counters": [counter(counts)]});
+    let (status, body) = a.post("/v1/rate-counts", Some(PROXY), report("envoy-1", [0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 5])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = b.post("/v1/rate-counts", Some(PROXY), report("envoy-2", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"proxies": 2, "others": [counter([0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 5])]}));
+    let (status, body) = a.post("/v1/rate-counts", Some(PROXY), report("envoy-1", [0; 11])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"proxies": 2, "others": [counter([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])]}));
+    a.stop().await;
+    b.stop().await;
+}

@@ -25,7 +25,14 @@ pub struct CountSync {
     call: Option<(u32, Vec<String>)>,
     next_at_ms: u64,
     last_sent_ms: u64,
+    /// When a report last carried counts: heartbeats only follow those for a while, so an
+    /// Envoy with no limited traffic sends nothing.
+    last_counted_ms: u64,
 }
+
+/// How long after its last counts a VM keeps sending heartbeats (admin counts a proxy
+/// among the fleet for a minute after its last report).
+const HEARTBEAT_FOR_MS: u64 = 60_000;
 
 /// Where a counter's own slot is in this Envoy's table: its key, contents and CAS token.
 fn own_slot(ns: &str, seed: &[u8], counter: &str, slots: u32) -> Option<(String, Slot, Option<u32>)> {
@@ -71,8 +78,13 @@ impl CountSync {
             names.push(name.clone());
             true
         });
-        if counters.is_empty() && now_ms.saturating_sub(self.last_sent_ms) < HEARTBEAT_MS {
-            return;
+        if counters.is_empty() {
+            let quiet = now_ms.saturating_sub(self.last_counted_ms) > HEARTBEAT_FOR_MS;
+            if quiet || now_ms.saturating_sub(self.last_sent_ms) < HEARTBEAT_MS {
+                return;
+            }
+        } else {
+            self.last_counted_ms = now_ms;
         }
         self.last_sent_ms = now_ms;
         let report = CountReport { proxy: fleet::proxy_id(&seed), counters };
@@ -106,6 +118,7 @@ impl CountSync {
                 }
             }
         }
+        vm.metrics.limit_exchange(true);
         let before = vm.fleet.get();
         vm.fleet.set(before.after(Some(answer.proxies), now_ms));
         if before.failing_since_ms != 0 {
@@ -116,6 +129,7 @@ impl CountSync {
     /// A failed exchange: noted (once logged) so that, past `fleet_timeout_ms`, this VM
     /// admits only its share of each limit.
     fn settle(&mut self, policy: &LimitPolicy, vm: &VmState, status: Option<u16>, now_ms: u64) {
+        vm.metrics.limit_exchange(false);
         let before = vm.fleet.get();
         if before.failing_since_ms == 0 {
             let why = status.map_or("no answer".to_owned(), |s| format!("status {s}"));

@@ -19,6 +19,9 @@ pub struct Metrics {
     snapshot_keys: Option<u32>,
     snapshot_age: Option<u32>,
     usage_dropped: Option<u32>,
+    /// Exchanges of rate-limit counts with admin: answered, and failed.
+    limit_exchanges: Option<u32>,
+    limit_exchange_failures: Option<u32>,
     hold: HoldMetrics,
 }
 
@@ -64,6 +67,8 @@ impl Metrics {
             snapshot_keys: define(MetricType::Gauge, "keygate.snapshot.keys"),
             snapshot_age: define(MetricType::Gauge, "keygate.snapshot.age_seconds"),
             usage_dropped: define(MetricType::Counter, "keygate.usage.dropped"),
+            limit_exchanges: define(MetricType::Counter, "keygate.limits.exchanges"),
+            limit_exchange_failures: define(MetricType::Counter, "keygate.limits.exchange_failures"),
             hold: HoldMetrics {
                 held: define(MetricType::Counter, "keygate.hold.held"),
                 released: define(MetricType::Counter, "keygate.hold.released"),
@@ -108,6 +113,11 @@ impl Metrics {
     /// Keys whose usage admin refused for good (and will not be sent again).
     pub fn usage_dropped(&self, keys: usize) {
         add(self.usage_dropped, i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    /// An exchange of rate-limit counts with admin: answered or not.
+    pub fn limit_exchange(&self, answered: bool) {
+        add(if answered { self.limit_exchanges } else { self.limit_exchange_failures }, 1);
     }
 
     /// What became of a pending request: held, or refused at once (and why).

@@ -74,6 +74,22 @@ where
     parse_object(&bytes)
 }
 
+/// [`parse_object`], but a body of the wrong shape (not an object, a missing or unknown
+/// field, a wrong type, a negative count) is an `invalid_request`, as the filters' protocol
+/// routes say; only JSON that does not parse is `invalid_json`.
+fn parse_shaped_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
+    match parse_object(bytes) {
+        Err(AdminError::InvalidJson(_)) if bytes.trim_ascii_start().first().is_some_and(|&b| b != b'{') => {
+            Err(AdminError::InvalidRequest("the body must be a JSON object".to_owned()))
+        }
+        Err(AdminError::InvalidJson(message)) => match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => Err(AdminError::InvalidRequest(message)),
+            Err(_) => Err(AdminError::InvalidJson(message)),
+        },
+        parsed => parsed,
+    }
+}
+
 /// Every request body is a JSON object. serde would also build a struct from an array of
 /// its fields in order (`["Acme"]`), which no client means and the API document forbids.
 fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
@@ -122,6 +138,18 @@ pub fn json_up_to<T: DeserializeOwned + Send + 'static>(limit: u64) -> BoxedFilt
         .and_then(
             move |length: Option<u64>, body| async move { read_json::<T, _, _>(length, body, limit).await.map_err(warp::reject::custom) },
         )
+        .boxed()
+}
+
+/// A JSON body of at most `limit` bytes whose wrong shape is an `invalid_request` (see
+/// [`parse_shaped_object`]).
+pub fn shaped_json_up_to<T: DeserializeOwned + Send + 'static>(limit: u64) -> BoxedFilter<(T,)> {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(move |length: Option<u64>, body| async move {
+            let bytes = read_body(length, body, limit).await.map_err(warp::reject::custom)?;
+            parse_shaped_object::<T>(&bytes).map_err(warp::reject::custom)
+        })
         .boxed()
 }
 

@@ -11,7 +11,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::body::{json, json_up_to, optional_json};
+use super::body::{json, json_up_to, optional_json, shaped_json_up_to};
 use super::caller::{authorization, caller, client_ip, operator, proxy, with_state};
 use crate::api;
 use crate::error::{recover, AdminError};
@@ -186,6 +186,12 @@ fn answer(row: &Route, s: &AppState) -> Option<Answer> {
             .and(proxy(s))
             .and(json_up_to(keygate_core::usage::MAX_REPORT_BYTES as u64))
             .and_then(|st, body| async move { reject(api::feed::usage(st, body).await) })
+            .boxed(),
+        Endpoint::ExchangeRateCounts => path(t)
+            .and(m)
+            .and(proxy(s))
+            .and(shaped_json_up_to(api::rate_counts::MAX_BODY_BYTES))
+            .and_then(|st, body| async move { reject(api::rate_counts::rate_counts(st, body).await) })
             .boxed(),
         Endpoint::RotateSigningKey => {
             path(t).and(m).and(operator(s)).and_then(|st| async move { reject(api::tokens::rotate_signing_key(st).await) }).boxed()

@@ -8,6 +8,7 @@
 use std::ops::Bound;
 
 use super::limits::SharedLimits;
+use super::rate_counts::RateCounts;
 use super::StoreError;
 
 /// One stored entry: key and value.
@@ -120,6 +121,10 @@ pub(super) trait Engine: Send + Sync {
     }
     /// The counters replicas share, if other processes can open this store.
     fn shared_limits(&self) -> Option<&dyn SharedLimits> {
+        None
+    }
+    /// The rate-limit counts replicas share, if other processes can open this store.
+    fn shared_rate_counts(&self) -> Option<&dyn RateCounts> {
         None
     }
     /// Ends the start-up section that keeps two processes from setting up one store at

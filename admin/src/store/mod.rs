@@ -20,6 +20,7 @@ mod keys;
 pub mod limits;
 pub mod migrate;
 mod pg_engine;
+pub mod rate_counts;
 pub mod records;
 mod schema;
 mod sealing;
@@ -148,6 +149,8 @@ pub(crate) struct Inner {
     following: tokio::sync::watch::Sender<bool>,
     changelog_retain: u64,
     flush_per_write: bool,
+    /// The rate-limit counts when the engine has no shared table for them (sled).
+    local_rate_counts: rate_counts::LocalRateCounts,
 }
 
 /// What another replica's commit means here: the changelog it reached is committed, so
@@ -245,6 +248,7 @@ impl Store {
             following: tokio::sync::watch::channel(true).0,
             changelog_retain: options.changelog_retain.max(1),
             flush_per_write: options.flush_per_write,
+            local_rate_counts: rate_counts::LocalRateCounts::default(),
         };
         let inner = Arc::new(inner);
         // Weak: the engine's listener must not keep the store alive.

@@ -44,6 +44,7 @@ mod follow;
 mod limits;
 mod maintenance;
 mod range;
+mod rate_counts;
 
 use range::{prefix_end, RangePages};
 
@@ -86,6 +87,8 @@ pub(super) struct PgEngine {
     listener: Mutex<Option<follow::Listener>>,
     /// The `application_name` of replicas opened with this URL.
     replica_name: String,
+    /// When this replica last dropped expired rate counts (see `rate_counts.rs`).
+    rate_upkeep: Arc<rate_counts::RateUpkeep>,
 }
 
 impl PgEngine {
@@ -123,11 +126,19 @@ impl PgEngine {
                 .map_err(|e| StoreError::Task(format!("cannot start a PostgreSQL connection thread: {e}")))?;
             workers.push(worker);
         }
-        let engine =
-            PgEngine { config, jobs: Some(jobs), workers, startup: Mutex::new(Some(startup)), listener: Mutex::new(None), replica_name };
+        let engine = PgEngine {
+            config,
+            jobs: Some(jobs),
+            workers,
+            startup: Mutex::new(Some(startup)),
+            listener: Mutex::new(None),
+            replica_name,
+            rate_upkeep: Arc::default(),
+        };
         engine.run(|c| {
             c.client()?.batch_execute(CREATE_TABLE)?;
             c.client()?.batch_execute(limits::CREATE_LIMITS)?;
+            c.client()?.batch_execute(rate_counts::CREATE_RATE_COUNTS)?;
             Ok(())
         })?;
         Ok(engine)
@@ -394,6 +405,10 @@ impl Engine for PgEngine {
     }
 
     fn shared_limits(&self) -> Option<&dyn crate::store::limits::SharedLimits> {
+        Some(self)
+    }
+
+    fn shared_rate_counts(&self) -> Option<&dyn crate::store::rate_counts::RateCounts> {
         Some(self)
     }
 

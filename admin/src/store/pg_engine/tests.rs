@@ -295,3 +295,51 @@ fn ranges_go_in_one_delete_and_the_location_is_the_databases() {
     assert_eq!(again.location().unwrap(), here);
     assert!(again.other_processes().unwrap().is_empty(), "no replica is connected");
 }
+
+/// The aggregation rules the in-memory counts follow (`store::rate_counts`), over the table.
+#[test]
+fn rate_counts_aggregate_as_in_memory() {
+    let Some(url) = fresh_database() else { return };
+    let engine = PgEngine::open(&url).unwrap();
+    engine.end_startup();
+    crate::store::rate_counts::tests::check_aggregation(&engine);
+}
+
+#[test]
+fn rate_counts_expire_as_in_memory() {
+    let Some(url) = fresh_database() else { return };
+    let engine = PgEngine::open(&url).unwrap();
+    engine.end_startup();
+    crate::store::rate_counts::tests::check_expiry(&engine);
+}
+
+/// Two replicas on one database: what a proxy reports through one, a proxy reporting
+/// through the other counts; expired rows are deleted by a purge.
+#[test]
+fn rate_counts_reported_through_one_replica_count_on_the_other() {
+    use crate::store::rate_counts::tests::{counter, report, tail, NOW_MS};
+    use crate::store::rate_counts::{RateCounts, Window, PURGE_EVERY_MS};
+    let Some(url) = fresh_database() else { return };
+    let one = PgEngine::open(&url).unwrap();
+    one.end_startup();
+    let other = PgEngine::open(&url).unwrap();
+    other.end_startup();
+    let w = Window::Second;
+    let head = w.sub_at(NOW_MS);
+    one.exchange(&report("proxy-a", vec![counter("key:k", w, head, tail(&[4, 2]))]), NOW_MS).unwrap();
+    let b = other.exchange(&report("proxy-b", vec![counter("key:k", w, head, tail(&[1]))]), NOW_MS).unwrap();
+    assert_eq!((b.proxies, b.others), (2, vec![tail(&[4, 2])]));
+    let a = one.exchange(&report("proxy-a", vec![counter("key:k", w, head, [0; 11])]), NOW_MS).unwrap();
+    assert_eq!(a.others, vec![tail(&[1])]);
+
+    let rows = |engine: &PgEngine| -> i64 { engine.run(|c| c.query("SELECT count(*) FROM keygate_rate_counts", &[])).unwrap()[0].get(0) };
+    assert_eq!(rows(&one), 3);
+    // A report long after purges (on a pooled connection, without waiting for it).
+    let later = NOW_MS + PURGE_EVERY_MS + 2 * w.ms();
+    one.exchange(&report("proxy-c", vec![]), later).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rows(&one) > 0 {
+        assert!(Instant::now() < deadline, "the expired rate counts were not deleted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
