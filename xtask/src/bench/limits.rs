@@ -212,18 +212,30 @@ fn admin_port(admin: &Admin) -> Result<u16, String> {
     admin.addr.rsplit(':').next().and_then(|x| x.parse().ok()).ok_or_else(|| "admin port".to_owned())
 }
 
-/// How the count exchanges went, from an Envoy's log: the filter logs the first failure
-/// of a run (with admin's status) and the recovery.
-fn exchanges(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let failed = text
-        .lines()
-        .find_map(|l| l.split_once("rate-limit counts cannot reach admin (").map(|(_, r)| r.split(')').next().unwrap_or("").to_owned()));
-    let again = text.contains("rate-limit counts reach admin again");
-    match (failed, again) {
-        (None, _) => "answered (no failure logged)".to_owned(),
-        (Some(why), false) => format!("failing ({why})"),
-        (Some(why), true) => format!("failed at first ({why}), then answered"),
+/// How the count exchanges went on `envoys`: answered and failed (the filter's
+/// `keygate.limits.exchanges` / `exchange_failures` counters, summed), and the first
+/// failure's reason from a log (the filter logs a run's first failure and its recovery).
+fn exchanges(envoys: &[&Envoy]) -> String {
+    let (mut answered, mut failed) = (0u64, 0u64);
+    for e in envoys {
+        let Ok(r) = http::get(&e.admin_addr(), "/stats?filter=keygate.limits.exchange", T) else { continue };
+        for (name, v) in r.body.lines().filter_map(|l| l.split_once(": ")) {
+            let v: u64 = v.trim().parse().unwrap_or(0);
+            if name.ends_with("keygate.limits.exchanges") {
+                answered += v;
+            } else if name.ends_with("keygate.limits.exchange_failures") {
+                failed += v;
+            }
+        }
+    }
+    let why = envoys.iter().find_map(|e| {
+        let text = std::fs::read_to_string(e.proc.log()).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.split_once("rate-limit counts cannot reach admin (").map(|(_, r)| r.split(')').next().unwrap_or("").to_owned()))
+    });
+    match why {
+        None => format!("{answered} answered, {failed} failed"),
+        Some(why) => format!("{answered} answered, {failed} failed (first failure: {why})"),
     }
 }
 
@@ -296,7 +308,7 @@ fn throughput(p: &Paths, mode: &Mode, dir: &Path, cores: &Cores, admin: &Admin, 
             config: json.clone(),
             load: median_load(&rs),
             rounds: rs.iter().map(|l| l.rps).collect(),
-            exchanges: (*label == FLEET).then(|| exchanges(e.proc.log())),
+            exchanges: (*label == FLEET).then(|| exchanges(&[e])),
         })
         .collect::<Vec<_>>();
     if let Some(c) = columns.iter().find(|c| c.label == FLEET) {
@@ -411,7 +423,7 @@ fn over_admission(p: &Paths, dir: &Path, admin: &Admin, sync_ms: u64, limit: u64
     if let Some(e) = first_err {
         return Err(e);
     }
-    let exchanges = if sync_ms == 0 { "none (counting alone)".to_owned() } else { exchanges(envoys[0].proc.log()) };
+    let exchanges = exchanges(&envoys.iter().collect::<Vec<_>>());
     drop(envoys);
     let a = tally(sync_ms, limit, &answers, secs, &rtt, exchanges);
     println!(

@@ -56,7 +56,7 @@ impl LimitsReport {
             let _ = writeln!(md, "\nToday's column is missing: {why}.");
         }
         if let Some(ex) = self.columns.iter().find(|c| c.label == FLEET).and_then(|c| c.exchanges.as_deref()) {
-            let _ = writeln!(md, "\nThe fleet column's exchanges with admin (Envoy's log): {ex}.");
+            let _ = writeln!(md, "\nThe fleet column's count exchanges with admin over the whole run (the filter's `keygate.limits.exchanges` and `exchange_failures`): {ex}.");
         }
         let ratio = self.ratio();
         let verdict = if !ratio.is_finite() {
@@ -96,7 +96,7 @@ impl LimitsReport {
         for a in self.admission.iter().filter(|a| a.sync_ms > 0) {
             let _ = writeln!(
                 md,
-                "- `sync_interval_ms` {}: {} answers in {:.1} s; exchanges with admin (the first Envoy's log): {}.",
+                "- `sync_interval_ms` {}: {} answers in {:.1} s; count exchanges with admin over the {ENVOYS} Envoys (the filter's `keygate.limits.exchanges` and `exchange_failures`): {}.",
                 a.sync_ms, a.answers, a.secs, a.exchanges
             );
         }
