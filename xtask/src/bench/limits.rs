@@ -35,6 +35,8 @@ const HIGH: u32 = 100_000_000;
 pub(super) const ENVOYS: usize = 3;
 /// Keep-alive client threads per Envoy in the over-admission part.
 pub(super) const CLIENTS_PER_ENVOY: usize = 4;
+/// The filter's tick (filter/src/vm.rs `TICK`): it exchanges counts from it.
+pub(super) const TICK_MS: u64 = 100;
 /// How often admin's round trip is sampled during the over-admission load.
 const RTT_EVERY: Duration = Duration::from_millis(20);
 
@@ -83,12 +85,22 @@ impl Admission {
     /// The README's bound on what is admitted past the limit: r_others × (2 × S + RTT),
     /// never more than (E − 1) × L; with S = 0 (every Envoy alone) just the latter.
     pub(super) fn bound(&self) -> f64 {
+        self.bound_at(self.sync_ms)
+    }
+
+    /// The same bound with `interval_ms` as the interval between exchanges.
+    pub(super) fn bound_at(&self, interval_ms: u64) -> f64 {
         let cap = ((ENVOYS - 1) as u64 * self.limit) as f64;
-        if self.sync_ms == 0 {
+        if interval_ms == 0 {
             return cap;
         }
         let others = self.rate * (ENVOYS - 1) as f64 / ENVOYS as f64;
-        (others * (2.0 * self.sync_ms as f64 + self.rtt_p50_ms) / 1000.0).min(cap)
+        (others * (2.0 * interval_ms as f64 + self.rtt_p50_ms) / 1000.0).min(cap)
+    }
+
+    /// The interval the filter really exchanges at: a whole number of its 100 ms ticks.
+    pub(super) fn effective_interval_ms(&self) -> u64 {
+        self.sync_ms.div_ceil(TICK_MS) * TICK_MS
     }
 }
 
@@ -505,6 +517,8 @@ mod tests {
         assert_eq!(a.bound(), 6.0);
         let a = Admission { limit: 100_000, ..a };
         assert!((a.bound() - 1000.0 * 2.0 / 3.0 * 0.402).abs() < 1e-6);
+        let a = Admission { sync_ms: 50, ..a };
+        assert_eq!(a.effective_interval_ms(), 100);
         let a = Admission { sync_ms: 0, ..a };
         assert_eq!(a.bound(), 200_000.0);
     }

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::limits::{Admission, LimitsReport, CLIENTS_PER_ENVOY, ENVOYS, FLEET, TODAY, TODAY_LABEL};
+use super::limits::{Admission, LimitsReport, CLIENTS_PER_ENVOY, ENVOYS, FLEET, TICK_MS, TODAY, TODAY_LABEL};
 use super::replicas_report::update_docs_part;
 use super::sh;
 use crate::json::Json;
@@ -94,13 +94,19 @@ impl LimitsReport {
         }
         let _ = writeln!(md);
         for a in self.admission.iter().filter(|a| a.sync_ms > 0) {
-            let _ = writeln!(
-                md,
-                "- `sync_interval_ms` {}: {} answers in {:.1} s; count exchanges with admin over the {ENVOYS} Envoys (the filter's `keygate.limits.exchanges` and `exchange_failures`): {}.",
-                a.sync_ms, a.answers, a.secs, a.exchanges
-            );
+            let _ = write!(md, "- `sync_interval_ms` {}: {} answers in {:.1} s; count exchanges with admin over the {ENVOYS} Envoys (the filter's `keygate.limits.exchanges` and `exchange_failures`): {}.", a.sync_ms, a.answers, a.secs, a.exchanges);
+            let eff = a.effective_interval_ms();
+            if eff != a.sync_ms {
+                let b = a.bound_at(eff);
+                let _ = write!(
+                    md,
+                    " The filter really exchanges every {eff} ms (below): with that interval the bound is {b:.0}, {}.",
+                    if (a.over() as f64) <= b { "within it" } else { "**past it**" }
+                );
+            }
+            let _ = writeln!(md);
         }
-        let _ = writeln!(md, "\nThe filter exchanges from its 100 ms tick, so an interval under 100 ms exchanges every tick, and one that is not a multiple of the tick waits for the next one.");
+        let _ = writeln!(md, "\nThe filter exchanges from its {TICK_MS} ms tick, so an interval under {TICK_MS} ms exchanges once a tick (as {TICK_MS} ms would), and one that is not a multiple of the tick waits for the next one: the README's bound holds with the interval rounded up to whole ticks.");
         md
     }
 
@@ -153,6 +159,8 @@ fn admission_json(a: &Admission) -> Json {
         ("rtt_p50_ms", num(a.rtt_p50_ms)),
         ("rtt_max_ms", num(a.rtt_max_ms)),
         ("bound", num(a.bound())),
+        ("effective_interval_ms", Json::Num(a.effective_interval_ms() as f64)),
+        ("bound_at_effective_interval", num(a.bound_at(a.effective_interval_ms()))),
         ("within_bound", Json::Bool(a.over() as f64 <= a.bound())),
         ("exchanges", Json::Str(a.exchanges.clone())),
     ])
