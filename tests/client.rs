@@ -34,7 +34,13 @@ impl Stack {
 
     /// [`Stack::through_envoy`] with the response headers.
     pub fn through_envoy_full(&self, method: &str, path: &str, headers: &[(&str, &[u8])]) -> Reply {
-        let mut req = self.http.request(method.parse().unwrap(), format!("{}{path}", self.envoy_url));
+        self.through_envoy_at(&self.envoy_url, method, path, headers)
+    }
+
+    /// [`Stack::through_envoy_full`] through the Envoy listening at `envoy_url` (one of
+    /// [`Stack::envoy_urls`]).
+    pub fn through_envoy_at(&self, envoy_url: &str, method: &str, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+        let mut req = self.http.request(method.parse().unwrap(), format!("{envoy_url}{path}"));
         for (name, value) in headers {
             req = req.header(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_bytes(value).unwrap());
         }

@@ -43,6 +43,11 @@ pub struct StackOptions {
     /// the same database, at [`Stack::replica_url`], but not in Envoy's cluster (Envoy is
     /// fed by the first only). Without a server: sled and no replica.
     pub postgres_replica: bool,
+    /// Also start this many more Envoys (children `envoy_1`, `envoy_2`, …) from the same
+    /// rewritten envoy.yaml, each on listener and admin ports of its own, all fed by the same
+    /// admin and in front of the same echo: a fleet of proxies (see [`Stack::envoy_urls`]).
+    /// Not with [`StackOptions::second_admin`].
+    pub extra_envoys: usize,
 }
 
 /// The second admin and listener of a stack started with [`StackOptions::second_admin`].
@@ -67,6 +72,8 @@ pub struct Stack {
     pub replica_url: Option<String>,
     /// With [`StackOptions::own_postgres`]: the stack's PostgreSQL.
     pub postgres: Option<Cluster>,
+    /// With [`StackOptions::extra_envoys`]: the other Envoys' (listener URL, admin URL).
+    extra_envoys: Vec<(String, String)>,
     /// Envoy, admin, echo: killed (in that order) when the stack drops.
     children: std::sync::Mutex<Vec<ChildGuard>>,
     admin_bin: PathBuf,
@@ -121,7 +128,17 @@ impl Stack {
             None => Vec::new(),
         };
 
-        let (listen_port, envoy_admin_port) = (free_port(), free_port());
+        // Envoys bind their ports only when they start: pick every one distinct (two asks
+        // of the kernel for a free port may get the same one).
+        let mut picked = Vec::new();
+        let mut pick_port = || loop {
+            let port = free_port();
+            if !picked.contains(&port) {
+                picked.push(port);
+                break port;
+            }
+        };
+        let (listen_port, envoy_admin_port) = (pick_port(), pick_port());
         let port_of = |addr: &str| addr.rsplit(':').next().unwrap().to_owned();
         let mut yaml = std::fs::read_to_string(&yaml_path).unwrap();
         yaml = replace_once(&yaml, "port_value: 9901", &format!("port_value: {envoy_admin_port}"));
@@ -137,30 +154,23 @@ impl Stack {
         }
         let mut second = None;
         if let Some((_, addr)) = &second_admin {
-            let port = free_port();
+            let port = pick_port();
             yaml = add_second_listener(&yaml, listen_port, port, &port_of(addr));
             second = Some(Second { admin_url: format!("http://{addr}"), envoy_url: format!("http://127.0.0.1:{port}") });
         }
-        let config = dir.join("envoy.yaml");
-        std::fs::write(&config, yaml).unwrap();
-
-        let envoy_log = std::fs::File::create(dir.join("envoy.log")).unwrap();
-        let envoy_child = Command::new(&envoy_bin)
-            .args([
-                "-c",
-                config.to_str().unwrap(),
-                "--disable-hot-restart",
-                "--concurrency",
-                &std::env::var("KEYGATE_E2E_CONCURRENCY").unwrap_or_else(|_| "2".into()),
-                "--log-level",
-                options.log_level.unwrap_or("info"),
-            ])
-            .env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN)
-            .stdout(envoy_log.try_clone().unwrap())
-            .stderr(envoy_log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        assert!(!(options.second_admin && options.extra_envoys > 0), "extra_envoys and second_admin do not go together");
+        // The other Envoys of a fleet: the same file on ports of their own.
+        let mut extra_envoys = Vec::new();
+        let mut extra_children = Vec::new();
+        for i in 1..=options.extra_envoys {
+            let (listen, admin) = (pick_port(), pick_port());
+            let copy = replace_once(&yaml, &format!("port_value: {listen_port} "), &format!("port_value: {listen} "));
+            let copy = replace_once(&copy, &format!("port_value: {envoy_admin_port} "), &format!("port_value: {admin} "));
+            let name: &'static str = Box::leak(format!("envoy_{i}").into_boxed_str());
+            extra_children.push(ChildGuard::new(name, spawn_envoy(&envoy_bin, &dir, name, &copy, options.log_level)));
+            extra_envoys.push((format!("http://127.0.0.1:{listen}"), format!("http://127.0.0.1:{admin}")));
+        }
+        let envoy_child = spawn_envoy(&envoy_bin, &dir, "envoy", &yaml, options.log_level);
         let stack = Stack {
             admin_url: format!("http://{admin_addr}"),
             envoy_url: format!("http://127.0.0.1:{listen_port}"),
@@ -172,9 +182,11 @@ impl Stack {
             seeded_revoked,
             replica_url: replica.as_ref().map(|(_, addr)| format!("http://{addr}")),
             postgres,
+            extra_envoys,
             children: std::sync::Mutex::new(
-                [ChildGuard::new("envoy", envoy_child), admin, echo]
-                    .into_iter()
+                std::iter::once(ChildGuard::new("envoy", envoy_child))
+                    .chain(extra_children)
+                    .chain([admin, echo])
                     .chain(second_admin.map(|(guard, _)| guard))
                     .chain(replica.map(|(guard, _)| guard))
                     .collect(),
@@ -190,21 +202,35 @@ impl Stack {
         stack
     }
 
+    /// Every Envoy ready, its filter holding a snapshot.
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = self.http.get(format!("{}/ready", self.envoy_admin_url)).send().is_ok_and(|r| r.status() == 200)
-                && self.http.get(format!("{}/orders", self.envoy_url)).send().is_ok_and(|r| r.status() != 503);
-            if ready {
-                return;
+        for (url, admin_url) in self.envoy_urls().into_iter().zip(self.envoy_admin_urls()) {
+            loop {
+                let ready = self.http.get(format!("{admin_url}/ready")).send().is_ok_and(|r| r.status() == 200)
+                    && self.http.get(format!("{url}/orders")).send().is_ok_and(|r| r.status() != 503);
+                if ready {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the stack did not become ready in 60 s (Envoy {url} ready and the filter holding a snapshot); logs in {}",
+                    self.dir.display()
+                );
+                std::thread::sleep(Duration::from_millis(100));
             }
-            assert!(
-                Instant::now() < deadline,
-                "the stack did not become ready in 60 s (Envoy ready and the filter holding a snapshot); logs in {}",
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Every Envoy's listener URL: [`Stack::envoy_url`] first, then those of
+    /// [`StackOptions::extra_envoys`].
+    pub fn envoy_urls(&self) -> Vec<String> {
+        std::iter::once(self.envoy_url.clone()).chain(self.extra_envoys.iter().map(|(url, _)| url.clone())).collect()
+    }
+
+    /// Every Envoy's admin URL, in the order of [`Stack::envoy_urls`].
+    pub fn envoy_admin_urls(&self) -> Vec<String> {
+        std::iter::once(self.envoy_admin_url.clone()).chain(self.extra_envoys.iter().map(|(_, url)| url.clone())).collect()
     }
 
     /// Panics (with the log directory) if a process of the stack has died.
@@ -243,6 +269,29 @@ impl Stack {
     pub fn envoy_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
     }
+}
+
+/// Starts Envoy on `yaml` (written to `<name>.yaml`), logging to `<name>.log`.
+fn spawn_envoy(bin: &std::path::Path, dir: &std::path::Path, name: &str, yaml: &str, log_level: Option<&str>) -> std::process::Child {
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(&config, yaml).unwrap();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    Command::new(bin)
+        .args([
+            "-c",
+            config.to_str().unwrap(),
+            "--disable-hot-restart",
+            "--concurrency",
+            &std::env::var("KEYGATE_E2E_CONCURRENCY").unwrap_or_else(|_| "2".into()),
+            "--log-level",
+            log_level.unwrap_or("info"),
+        ])
+        .env("KEYGATE_PROXY_TOKEN", PROXY_TOKEN)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 impl Drop for Stack {

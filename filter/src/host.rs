@@ -26,10 +26,13 @@ pub fn now() -> Option<u64> {
 }
 
 pub fn now_millis() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    now_ms().unwrap_or(0)
+}
+
+/// Milliseconds since the epoch; `None` when the host has no clock.
+pub fn now_ms() -> Option<u64> {
+    let since = hostcalls::get_current_time().ok()?.duration_since(UNIX_EPOCH).ok()?;
+    Some(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The downstream address as Envoy gives it (`source.address`: `ip:port`, `[v6]:port`);

@@ -81,7 +81,9 @@ pub fn evaluate(config: &FilterConfig, vm: &VmState, hold: bool) -> Evaluated {
     let route = config.policy.route_for(method, path);
     // Only public routes are limited per client address: skip the property lookup otherwise.
     let client_ip = (route.require == Requirement::None).then(host::client_ip).flatten();
-    let now = host::now();
+    // One clock read: seconds for the decision, milliseconds for the rate-limit windows.
+    let now_ms = host::now_ms();
+    let now = now_ms.map(|ms| ms / 1000);
     let request = RequestView { method, path, headers: &headers, client_ip: client_ip.as_deref() };
     let ns = config.sync.shared_prefix.as_str();
     let seen = shared::read_seen(ns);
@@ -103,7 +105,7 @@ pub fn evaluate(config: &FilterConfig, vm: &VmState, hold: bool) -> Evaluated {
     let outcome = match outcome {
         Outcome::Decided(Decision::Allow(allowed)) if !allowed.rate_limits.is_empty() => {
             let limits = &config.policy.rate_limits;
-            let charged = limit::charge(ns, limits, &allowed.rate_limits, vm.fleet.get(), host::now_millis());
+            let charged = limit::charge(ns, limits, &allowed.rate_limits, vm.fleet.get(), now_ms.unwrap_or(0));
             vm.note_counters(charged.started);
             rate_headers = charged.headers;
             Outcome::Decided(after_rate_limit(route, allowed, charged.result))

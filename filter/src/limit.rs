@@ -58,10 +58,13 @@ pub fn charge(ns: &str, policy: &LimitPolicy, checks: &[LimitCheck], fleet: Flee
     let mut done = 0;
     for _ in 0..CAS_ATTEMPTS {
         let reads: Vec<Option<Read>> = checks.iter().zip(&placements).skip(done).map(|(c, p)| read(p, c, now_ms)).collect();
-        let refusal = checks.iter().skip(done).zip(&reads).find_map(|(check, read)| {
-            let read = read.as_ref()?;
-            ratelimit::fits(&read.choice.slot, check.limit, share(check), now_ms).err()
-        });
+        // The request fits once every limit has room: wait for the last of them.
+        let refusal = checks
+            .iter()
+            .skip(done)
+            .zip(&reads)
+            .filter_map(|(check, read)| ratelimit::fits(&read.as_ref()?.choice.slot, check.limit, share(check), now_ms).err())
+            .max();
         if let Some(retry_after) = refusal {
             let rest = checks.iter().skip(done).zip(&reads).filter_map(|(c, r)| r.as_ref().map(|r| standing(c, &r.choice.slot)));
             standings.extend(rest);

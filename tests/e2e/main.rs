@@ -9,6 +9,7 @@
 
 mod filter;
 mod flapping;
+mod fleet;
 mod hold;
 mod import;
 mod jwt_attacks;
@@ -47,6 +48,7 @@ fn main() {
         import::suites(),
         replicas::suites(),
         restore::suites(),
+        fleet::suites(),
     ]
     .into_iter()
     .flatten()

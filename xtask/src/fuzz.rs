@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use crate::{fail, run, step, Paths};
 
-pub const TARGETS: &[&str] = &["decide", "key_parse", "token", "snapshot", "config", "admin_input"];
+pub const TARGETS: &[&str] = &["decide", "key_parse", "token", "snapshot", "config", "admin_input", "ratelimit"];
 const HEAVY: &[&str] = &["admin_input"];
 
 pub fn cmd_fuzz(p: &Paths, args: &[String]) -> ExitCode {

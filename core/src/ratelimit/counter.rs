@@ -80,7 +80,7 @@ impl Slot {
         if k > self.head {
             let steps = (k - self.head).min(RING as u64);
             for i in 1..=steps {
-                let at = ring(self.head + i);
+                let at = ring(self.head.wrapping_add(i));
                 self.local[at] = 0;
                 self.others[at] = 0;
             }
@@ -121,12 +121,14 @@ impl Slot {
     pub fn frees_in(&self, over: u64, own_only: bool, now_ms: u64) -> u64 {
         let Some(window) = self.window() else { return 1 };
         let mut dropped = 0u64;
-        let mut leaves_at = (self.head + RING as u64) * window.sub_millis();
+        // Saturating: a slot's bytes are untrusted like any shared data.
+        let leaves = |s: u64| s.saturating_add(RING as u64).saturating_mul(window.sub_millis());
+        let mut leaves_at = leaves(self.head);
         for s in self.subs() {
             let at = ring(s);
             dropped += u64::from(self.local[at]) + if own_only { 0 } else { u64::from(self.others[at]) };
             if dropped >= over {
-                leaves_at = (s + RING as u64) * window.sub_millis();
+                leaves_at = leaves(s);
                 break;
             }
         }
@@ -153,7 +155,7 @@ impl Slot {
         let first = head.saturating_sub(SUBS as u64);
         let held = self.head.saturating_sub(SUBS as u64)..=self.head;
         for (i, &n) in counts.iter().take(RING).enumerate() {
-            let s = first + i as u64;
+            let s = first.saturating_add(i as u64);
             if held.contains(&s) && s <= head {
                 self.others[ring(s)] = u32::try_from(n).unwrap_or(u32::MAX);
             }
@@ -381,6 +383,16 @@ mod tests {
         assert_eq!((c.probe, c.slot.fingerprint), (1, 2), "shared with the least loaded holder");
         assert!(choose(FP, Window::Hour, &[], now).is_none());
         assert!(settles(FP, &Slot::default()) && settles(FP, &busy(FP, 1)) && !settles(FP, &busy(2, 1)));
+    }
+
+    #[test]
+    fn extreme_heads_from_shared_data_or_admin_do_not_overflow() {
+        let mut slot = Slot::fresh(FP, Window::Day, 0);
+        slot.head = u64::MAX;
+        slot.local[ring(u64::MAX)] = 3;
+        assert!(fits(&slot, Limit { count: 3, window: Window::Day }, None, 0).is_err());
+        let _ = Slot::decode(&slot.encode()).advanced(u64::MAX).set_others(u64::MAX, &[u64::MAX; RING], u64::MAX);
+        let _ = Slot::fresh(FP, Window::Second, u64::MAX).set_others(0, &[1; RING], 0).local_counts();
     }
 
     #[test]
