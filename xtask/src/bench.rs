@@ -1,7 +1,8 @@
 //! `cargo xtask bench [--quick]`: keygate against Envoy's native auth filters, side by side
 //! in one run. See `bench/` for the Envoy configurations and `docs/benchmarks.md` for what a
 //! full run wrote last. `run` measures, `report` writes the two files, `wrk` drives the load
-//! generator; this file holds what they and the other measurements share.
+//! generator, `replicas` and `limits` (issues 15 and 16) are parts of their own (each also
+//! run alone with `--only`); this file holds what they and the other measurements share.
 //!
 //! Everything runs on 127.0.0.1. Envoy (`--concurrency 1`) is pinned to the last core and
 //! the load generator (Debian's `wrk`) to core 0 with `taskset`; the route answers with
@@ -13,6 +14,8 @@ mod feed;
 pub mod import;
 pub mod ipflood;
 mod keepalive;
+mod limits;
+mod limits_report;
 pub mod logins;
 mod proxies;
 mod replica_parts;
@@ -70,22 +73,33 @@ impl Mode {
     }
 }
 
+/// What `--only` picks: one part alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    Replicas,
+    Limits,
+}
+
 pub fn cmd_bench(p: &Paths, args: &[String]) -> ExitCode {
-    let (mut quick, mut only_replicas) = (false, false);
+    let (mut quick, mut only) = (false, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match (a.as_str(), it.clone().next().map(String::as_str)) {
             ("--quick", _) => quick = true,
-            ("--only", Some("replicas")) => {
-                only_replicas = true;
+            ("--only", Some(part @ ("replicas" | "limits"))) => {
+                only = Some(if part == "replicas" { Only::Replicas } else { Only::Limits });
                 it.next();
             }
-            _ => return crate::fail(&format!("bench takes only --quick and --only replicas, not {}", args.join(" "))),
+            _ => return crate::fail(&format!("bench takes only --quick and --only replicas|limits, not {}", args.join(" "))),
         }
     }
     let start = Instant::now();
     let mode = Mode::new(quick);
-    let done = if only_replicas { run::run_replicas(p, &mode) } else { run::run(p, &mode) };
+    let done = match only {
+        Some(Only::Replicas) => run::run_replicas(p, &mode),
+        Some(Only::Limits) => run::run_limits(p, &mode),
+        None => run::run(p, &mode),
+    };
     match done {
         Ok(()) => {
             println!("==> bench: done in {:.0} s", start.elapsed().as_secs_f64());

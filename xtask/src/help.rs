@@ -36,7 +36,7 @@ commands:
           (3 rounds), crash-test-postgres (3 rounds, 32 clients), api-fuzz (25 examples),
           bench-quick. Prints each phase's wall time; exits non-zero
           if any phase fails. `.ci/run` runs this.
-  bench [--quick] [--only replicas]
+  bench [--quick] [--only replicas|limits]
           keygate vs Envoy's native auth filters side by side (installs wrk, pins Envoy and
           wrk with taskset); writes docs/benchmarks.md and docs/benchmarks.json. Then the
           replica part (a throwaway PostgreSQL, as admin-postgres): durable key creates at 64
@@ -44,9 +44,16 @@ commands:
           replica A until two Envoys fed by replica B refuse it; 1000 simulated proxies
           long-polling both replicas plus the two Envoys through a burst of 100 deactivations
           (per change until all have it, p99 target 250 ms; each replica's CPU and RSS).
-          --only replicas: that part alone, rewriting only its section and JSON member.
+          Then the rate-limit part: req/s of today's filter (built once from commit 4015b7a
+          into target/bench-old/; skipped when the clone lacks it) vs the current one with
+          fleet counting (sync_interval_ms 200) and without (0), side by side; and three
+          Envoys driven at once past a key's limit: admitted past it vs the README's bound,
+          for sync_interval_ms 200, 50 and 0.
+          --only replicas, --only limits: that part alone, rewriting only its section and
+          JSON member.
           --quick only checks every configuration's answers (test's last phase; the replica
-          part shrunk to 1 s of creates, 3 revocations, 20 simulated proxies); figures in
+          part shrunk to 1 s of creates, 3 revocations, 20 simulated proxies; the rate-limit
+          part to one 1 s round and a limit of 2000 at sync 200 and 0); figures in
           target/bench-run/
   fuzz [--secs N] [--quick] [TARGET...]
           cargo-fuzz over every parser of untrusted input (fuzz/; nightly, installed with rustup

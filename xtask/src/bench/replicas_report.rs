@@ -227,12 +227,12 @@ fn fanout_json(f: &Fanout) -> Json {
     ])
 }
 
-/// `md` with its replica section replaced by `section` (or put before "## Reading", or at
-/// the end).
-fn splice(md: &str, section: &str) -> String {
+/// `md` with its section under `heading` replaced by `section` (or put before
+/// "## Reading", or at the end).
+pub(super) fn splice(md: &str, heading: &str, section: &str) -> String {
     let section = section.trim_end();
-    if let Some(start) = md.find(&format!("\n{HEADING}\n")) {
-        let after = start + 1 + HEADING.len();
+    if let Some(start) = md.find(&format!("\n{heading}\n")) {
+        let after = start + 1 + heading.len();
         let end = md[after..].find("\n## ").map_or(md.len(), |i| after + i);
         return format!("{}\n{section}\n{}", &md[..start], &md[end..]);
     }
@@ -244,21 +244,29 @@ fn splice(md: &str, section: &str) -> String {
 
 /// Puts the section into docs/benchmarks.md and the member into docs/benchmarks.json.
 pub(super) fn update_docs(p: &Paths, r: &ReplicaReport) -> Result<(), String> {
+    update_docs_part(p, HEADING, &r.markdown(&p.root, "cargo xtask bench --only replicas"), "replicas", r.json())
+}
+
+/// Puts one part's `section` (under `heading`) into docs/benchmarks.md and its member
+/// `name` into docs/benchmarks.json, leaving the rest as a full run wrote it.
+pub(super) fn update_docs_part(p: &Paths, heading: &str, section: &str, name: &str, member: Json) -> Result<(), String> {
     let docs = p.root.join("docs");
     let md_path = docs.join("benchmarks.md");
     let md = read(&md_path).unwrap_or_default();
-    write(&md_path, &splice(&md, &r.markdown(&p.root, "cargo xtask bench --only replicas")))?;
+    write(&md_path, &splice(&md, heading, section))?;
     let json_path = docs.join("benchmarks.json");
     let json = read(&json_path).unwrap_or_else(|_| "{\n}\n".to_owned());
-    let member = Json::Obj(vec![("replicas".to_owned(), r.json())]).pretty();
-    let member = member.lines().find(|l| l.starts_with("  \"replicas\": ")).ok_or("the replicas member did not print on one line")?;
-    write(&json_path, &splice_member(&json, member)?)
+    let prefix = format!("  \"{name}\": ");
+    let member = Json::Obj(vec![(name.to_owned(), member)]).pretty();
+    let member = member.lines().find(|l| l.starts_with(&prefix)).ok_or_else(|| format!("the {name} member did not print on one line"))?;
+    write(&json_path, &splice_member(&json, name, member)?)
 }
 
 /// `json` (a top-level object printed one member a line, as the bench writes it) with its
-/// `replicas` member line replaced by `member`, or added last; the other lines unchanged.
-fn splice_member(json: &str, member: &str) -> Result<String, String> {
-    let mut lines: Vec<String> = json.trim_end().lines().filter(|l| !l.starts_with("  \"replicas\": ")).map(str::to_owned).collect();
+/// member `name`'s line replaced by `member`, or added last; the other lines unchanged.
+fn splice_member(json: &str, name: &str, member: &str) -> Result<String, String> {
+    let prefix = format!("  \"{name}\": ");
+    let mut lines: Vec<String> = json.trim_end().lines().filter(|l| !l.starts_with(&prefix)).map(str::to_owned).collect();
     if lines.last().map(String::as_str) != Some("}") || lines.first().map(String::as_str) != Some("{") {
         return Err("docs/benchmarks.json is not the bench's one-member-a-line object".into());
     }
@@ -280,21 +288,21 @@ mod tests {
     #[test]
     fn splices_the_section() {
         let doc = "# B\n\n## One\n\nx\n\n## Reading\n\nr\n";
-        let once = splice(doc, &format!("{HEADING}\n\nfirst\n"));
+        let once = splice(doc, HEADING, &format!("{HEADING}\n\nfirst\n"));
         assert_eq!(once, format!("# B\n\n## One\n\nx\n\n{HEADING}\n\nfirst\n\n## Reading\n\nr\n"));
-        let twice = splice(&once, &format!("{HEADING}\n\nsecond\n"));
+        let twice = splice(&once, HEADING, &format!("{HEADING}\n\nsecond\n"));
         assert_eq!(twice, format!("# B\n\n## One\n\nx\n\n{HEADING}\n\nsecond\n\n## Reading\n\nr\n"));
-        assert_eq!(splice("# B\n", &format!("{HEADING}\n\ns")), format!("# B\n\n{HEADING}\n\ns\n"));
+        assert_eq!(splice("# B\n", HEADING, &format!("{HEADING}\n\ns")), format!("# B\n\n{HEADING}\n\ns\n"));
     }
 
     #[test]
     fn splices_the_json_member() {
         let member = "  \"replicas\": {\"a\": 1}";
-        let once = splice_member("{\n  \"x\": 1.210\n}\n", member);
+        let once = splice_member("{\n  \"x\": 1.210\n}\n", "replicas", member);
         assert_eq!(once.as_deref(), Ok("{\n  \"x\": 1.210,\n  \"replicas\": {\"a\": 1}\n}\n"));
-        let twice = splice_member(&once.unwrap_or_default(), "  \"replicas\": {\"a\": 2}");
+        let twice = splice_member(&once.unwrap_or_default(), "replicas", "  \"replicas\": {\"a\": 2}");
         assert_eq!(twice.as_deref(), Ok("{\n  \"x\": 1.210,\n  \"replicas\": {\"a\": 2}\n}\n"));
-        assert_eq!(splice_member("{\n}\n", member).as_deref(), Ok("{\n  \"replicas\": {\"a\": 1}\n}\n"));
-        assert!(splice_member("[]", member).is_err());
+        assert_eq!(splice_member("{\n}\n", "replicas", member).as_deref(), Ok("{\n  \"replicas\": {\"a\": 1}\n}\n"));
+        assert!(splice_member("[]", "replicas", member).is_err());
     }
 }

@@ -60,6 +60,7 @@ pub(super) fn run(p: &Paths, mode: &Mode) -> Result<(), String> {
 
     let durable = if mode.quick { None } else { durable_writes(p, &r.dir)? };
     let replicas = replicas::run(p, &bins.admin, bins.admin_build, mode.quick, &r.dir)?;
+    let limits = limits::run(p, &bins.admin, bins.admin_build, mode, &r.dir)?;
     let report = Report {
         configs: summary,
         keys,
@@ -70,6 +71,7 @@ pub(super) fn run(p: &Paths, mode: &Mode) -> Result<(), String> {
         durable,
         admin_build: bins.admin_build,
         replicas,
+        limits,
     };
     let (md, json) = render(p, mode, &report, &r.cores);
     if mode.quick {
@@ -111,8 +113,30 @@ pub(super) fn run_replicas(p: &Paths, mode: &Mode) -> Result<(), String> {
     Ok(())
 }
 
+/// `cargo xtask bench --only limits`: the rate-limit part alone; a full run rewrites its
+/// section of docs/benchmarks.md and its member of docs/benchmarks.json, a quick one writes
+/// the section under target/bench-run/quick-limits/.
+pub(super) fn run_limits(p: &Paths, mode: &Mode) -> Result<(), String> {
+    let _ = STARTED.set(Instant::now());
+    ensure_wrk()?;
+    let bins = build(p, mode)?;
+    let dir = p.root.join("target/bench-run").join(if mode.quick { "quick-limits" } else { "limits" });
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let report = limits::run(p, &bins.admin, bins.admin_build, mode, &dir)?;
+    if mode.quick {
+        let path = dir.join("benchmarks-limits.md");
+        write(&path, &report.markdown(&p.root, "cargo xtask bench --quick --only limits"))?;
+        step(&format!("quick rate-limit bench: every answer as expected (figures, not asserted: {})", path.display()));
+    } else {
+        limits_report::update_docs(p, &report)?;
+        step("wrote the rate-limit section of docs/benchmarks.md and the limits member of docs/benchmarks.json");
+    }
+    Ok(())
+}
+
 /// Three-header credentials (token, key, business) as the routes behind Envoy take them.
-fn credentials<'a>(bearer: &'a str, key: &'a str, business: &'a str) -> Vec<(&'static str, &'a str)> {
+pub(super) fn credentials<'a>(bearer: &'a str, key: &'a str, business: &'a str) -> Vec<(&'static str, &'a str)> {
     vec![("Authorization", bearer), ("SECRET_KEY", key), ("businessId", business)]
 }
 
