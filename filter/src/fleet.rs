@@ -56,13 +56,17 @@ impl CountSync {
     }
 
     /// Starts an exchange when one is due.
-    pub fn tick(&mut self, config: &FilterConfig, vm: &VmState, now_ms: u64) {
+    /// `tick` is the root's tick when nothing is held: exchanges fall on it.
+    pub fn tick(&mut self, config: &FilterConfig, vm: &VmState, tick: Duration, now_ms: u64) {
         let policy = &config.policy.rate_limits;
         if policy.sync_interval_ms == 0 || self.call.is_some() || (now_ms < self.next_at_ms && !vm.new_counters.get()) {
             return;
         }
         vm.new_counters.set(false);
-        self.next_at_ms = now_ms.saturating_add(policy.sync_interval_ms);
+        // A tenth of a tick early is on time: a tick landing a hair before the interval is
+        // up would otherwise put the exchange off by a whole tick.
+        let slack = u64::try_from(tick.as_millis()).unwrap_or(0).min(policy.sync_interval_ms) / 10;
+        self.next_at_ms = now_ms.saturating_add(policy.sync_interval_ms - slack);
         let ns = config.sync.shared_prefix.as_str();
         let seed = limit::seed(ns);
         let mut counters = Vec::new();

@@ -257,8 +257,10 @@ impl RootContext for KeygateRoot {
                     self.next_poll_at_ms = 0;
                     *self.vm.view.borrow_mut() = View::default();
                 }
+                let sync_ms = config.policy.rate_limits.sync_interval_ms;
+                self.vm.base_tick_ms.set(if sync_ms > 0 { sync_ms.min(as_ms(TICK)) } else { 0 });
                 self.config = Some(Rc::new(config));
-                host::set_tick_period(if self.vm.holding.borrow().fast_tick { HOLD_TICK } else { TICK });
+                host::set_tick_period(if self.vm.holding.borrow().fast_tick { HOLD_TICK } else { self.vm.base_tick() });
                 true
             }
             Err(e) => {
@@ -276,6 +278,7 @@ impl RootContext for KeygateRoot {
             self.next_work_at_ms = now_ms.saturating_add(as_ms(TICK)).saturating_sub(as_ms(HOLD_TICK));
             self.work(&config, now_ms);
         }
+        self.counts.tick(&config, &self.vm, self.vm.base_tick(), now_ms);
         held::release(&config, &self.vm, self.id, now_ms);
     }
 
@@ -304,7 +307,6 @@ impl KeygateRoot {
         if self.leader.is_some() && self.feed_call.is_none() && now_ms >= self.next_poll_at_ms {
             self.poll(config);
         }
-        self.counts.tick(config, &self.vm, now_ms);
         // Half a full batch is sent without waiting for the interval, so a burst of new
         // keys is counted rather than turned away by a full batch (unless admin is failing).
         let filling = !self.usage_failing && self.vm.usage.borrow().len() >= usage::MAX_BATCH_KEYS / 2;

@@ -30,6 +30,9 @@ pub struct VmState {
     pub metrics: Metrics,
     /// Counters this VM started a sub-window of: the ones it reports to the fleet.
     pub active_counters: RefCell<HashSet<String>>,
+    /// The root's tick when nothing is held, in ms (0: [`TICK`]): shorter than `TICK` when
+    /// `sync_interval_ms` is, so that the count exchange keeps its interval.
+    pub base_tick_ms: Cell<u64>,
     /// A counter joined `active_counters` since the last exchange: exchange at the next
     /// tick instead of waiting for the interval (this Envoy knows none of the others'
     /// counts of it yet).
@@ -41,6 +44,14 @@ pub struct VmState {
 }
 
 impl VmState {
+    /// The root's tick when nothing is held.
+    pub fn base_tick(&self) -> Duration {
+        match self.base_tick_ms.get() {
+            0 => TICK,
+            ms => Duration::from_millis(ms),
+        }
+    }
+
     /// Notes counters for the fleet sync; past [`MAX_COUNTERS`] a counter is counted in
     /// this Envoy alone (a flood of client addresses cannot grow the report).
     pub fn note_counters(&self, started: Vec<String>) {
@@ -72,7 +83,7 @@ impl VmState {
         if holding.fast_tick && holding.is_empty() {
             holding.fast_tick = false;
             drop(holding);
-            host::set_tick_period(TICK);
+            host::set_tick_period(self.base_tick());
         }
     }
 }

@@ -415,7 +415,9 @@ pub(crate) mod tests {
         let w = Window::Second;
         let head = w.sub_index(NOW_MS);
         counts.exchange(&report("proxy-a", vec![counter("key:a", w, head, tail(&[1]))]), NOW_MS).unwrap();
-        counts.exchange(&report("proxy-b", vec![counter("key:b", Window::Day, Window::Day.sub_index(NOW_MS), tail(&[1]))]), NOW_MS).unwrap();
+        counts
+            .exchange(&report("proxy-b", vec![counter("key:b", Window::Day, Window::Day.sub_index(NOW_MS), tail(&[1]))]), NOW_MS)
+            .unwrap();
         assert_eq!(counts.table.lock().unwrap().rows, 2);
         let later = NOW_MS + PURGE_EVERY_MS + 2 * w.millis();
         counts.exchange(&report("proxy-c", vec![]), later).unwrap();

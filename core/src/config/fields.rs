@@ -91,6 +91,8 @@ pub const MAX_COUNTER_SLOTS: u32 = 1 << 24;
 /// Most limits in one list (each is a counter and a shared-data read per request).
 pub const MAX_LIMITS: usize = 4;
 pub const MAX_SYNC_INTERVAL_MS: u64 = 60_000;
+/// The filter's tick follows a shorter interval; below this it would spin.
+pub const MIN_SYNC_INTERVAL_MS: u64 = 10;
 pub const MAX_FLEET_TIMEOUT_MS: u64 = 3_600_000;
 
 impl Default for RateLimits {

@@ -7,7 +7,7 @@ mod routing;
 
 pub use fields::{
     HoldUnknown, RateLimits, Requirement, Route, MAX_COUNTER_SLOTS, MAX_FLEET_TIMEOUT_MS, MAX_HELD, MAX_HOLD_TIMEOUT_MS, MAX_LIMITS,
-    MAX_NEGATIVE_ENTRIES, MAX_NEGATIVE_TTL_SECS, MAX_SYNC_INTERVAL_MS,
+    MAX_NEGATIVE_ENTRIES, MAX_NEGATIVE_TTL_SECS, MAX_SYNC_INTERVAL_MS, MIN_SYNC_INTERVAL_MS,
 };
 
 use sha2::{Digest, Sha256};
@@ -250,8 +250,10 @@ fn compile_rate_limits(raw: &RateLimits) -> Result<LimitPolicy, String> {
     if raw.counter_slots == 0 || raw.counter_slots > MAX_COUNTER_SLOTS {
         return Err(format!("rate_limits.counter_slots must be between 1 and {MAX_COUNTER_SLOTS}"));
     }
-    if raw.sync_interval_ms > MAX_SYNC_INTERVAL_MS {
-        return Err(format!("rate_limits.sync_interval_ms must be at most {MAX_SYNC_INTERVAL_MS} (0: no fleet counting)"));
+    if raw.sync_interval_ms != 0 && !(MIN_SYNC_INTERVAL_MS..=MAX_SYNC_INTERVAL_MS).contains(&raw.sync_interval_ms) {
+        return Err(format!(
+            "rate_limits.sync_interval_ms must be between {MIN_SYNC_INTERVAL_MS} and {MAX_SYNC_INTERVAL_MS} (0: no fleet counting)"
+        ));
     }
     if raw.fleet_timeout_ms > MAX_FLEET_TIMEOUT_MS {
         return Err(format!("rate_limits.fleet_timeout_ms must be at most {MAX_FLEET_TIMEOUT_MS}"));
@@ -378,6 +380,7 @@ mod tests {
             (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"pk": ["10/h"], "pk_per_hour": 10}}"#, "not both"),
             (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"sk_per_hour": 0}}"#, "positive"),
             (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"sync_interval_ms": 60001}}"#, "sync_interval_ms"),
+            (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"sync_interval_ms": 9}}"#, "sync_interval_ms"),
             (r#"{"admin_cluster": "a", "proxy_token": "t", "rate_limits": {"fleet_timeout_ms": 3600001}}"#, "fleet_timeout_ms"),
             (
                 r#"{"admin_cluster": "a", "proxy_token": "t", "routes": [{"prefix": "/", "rate_limits": ["1/s"], "rate_limit_per_hour": 3}]}"#,
