@@ -35,7 +35,8 @@ const HIGH: u32 = 100_000_000;
 pub(super) const ENVOYS: usize = 3;
 /// Keep-alive client threads per Envoy in the over-admission part.
 pub(super) const CLIENTS_PER_ENVOY: usize = 4;
-/// The filter's tick (filter/src/vm.rs `TICK`): it exchanges counts from it.
+/// The filter's tick (filter/src/vm.rs `TICK`): it exchanges counts from it (its tick
+/// follows a shorter `sync_interval_ms`).
 pub(super) const TICK_MS: u64 = 100;
 /// How often admin's round trip is sampled during the over-admission load.
 const RTT_EVERY: Duration = Duration::from_millis(20);
@@ -98,9 +99,14 @@ impl Admission {
         (others * (2.0 * interval_ms as f64 + self.rtt_p50_ms) / 1000.0).min(cap)
     }
 
-    /// The interval the filter really exchanges at: a whole number of its 100 ms ticks.
+    /// The interval the filter really exchanges at: its tick follows an interval under
+    /// 100 ms; a longer one is rounded up to whole 100 ms ticks.
     pub(super) fn effective_interval_ms(&self) -> u64 {
-        self.sync_ms.div_ceil(TICK_MS) * TICK_MS
+        if self.sync_ms <= TICK_MS {
+            self.sync_ms
+        } else {
+            self.sync_ms.div_ceil(TICK_MS) * TICK_MS
+        }
     }
 }
 
@@ -518,7 +524,9 @@ mod tests {
         let a = Admission { limit: 100_000, ..a };
         assert!((a.bound() - 1000.0 * 2.0 / 3.0 * 0.402).abs() < 1e-6);
         let a = Admission { sync_ms: 50, ..a };
-        assert_eq!(a.effective_interval_ms(), 100);
+        assert_eq!(a.effective_interval_ms(), 50);
+        let a = Admission { sync_ms: 250, ..a };
+        assert_eq!(a.effective_interval_ms(), 300);
         let a = Admission { sync_ms: 0, ..a };
         assert_eq!(a.bound(), 200_000.0);
     }

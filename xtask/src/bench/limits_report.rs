@@ -106,7 +106,7 @@ impl LimitsReport {
             }
             let _ = writeln!(md);
         }
-        let _ = writeln!(md, "\nThe filter exchanges from its {TICK_MS} ms tick, so an interval under {TICK_MS} ms exchanges once a tick (as {TICK_MS} ms would), and one that is not a multiple of the tick waits for the next one: the README's bound holds with the interval rounded up to whole ticks.");
+        let _ = writeln!(md, "\nThe filter exchanges from its tick: {TICK_MS} ms, or `sync_interval_ms` itself when that is shorter; a longer interval that is not a multiple of {TICK_MS} ms waits for the next tick, so the README's bound holds with the interval rounded up to whole ticks.");
         md
     }
 
