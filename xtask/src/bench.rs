@@ -37,6 +37,11 @@ use crate::{http, Paths};
 
 static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
+/// Three-header credentials (token, key, business) as the routes behind Envoy take them.
+pub(super) fn credentials<'a>(bearer: &'a str, key: &'a str, business: &'a str) -> Vec<(&'static str, &'a str)> {
+    vec![("Authorization", bearer), ("SECRET_KEY", key), ("businessId", business)]
+}
+
 /// xtask's step line, with the time since the bench started.
 fn step(msg: &str) {
     let t = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64();

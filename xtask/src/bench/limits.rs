@@ -284,7 +284,7 @@ fn throughput(p: &Paths, mode: &Mode, dir: &Path, cores: &Cores, admin: &Admin, 
         envoys.push((label, json, envoy));
     }
     let bearer = format!("Bearer {}", s.token);
-    let all3 = super::run::credentials(&bearer, &s.key, &s.business);
+    let all3 = super::credentials(&bearer, &s.key, &s.business);
     let script = dir.join("wrk-limits.lua");
     write(&script, &lua_script("GET", None, &all3, None))?;
     for (label, _, envoy) in &mut envoys {

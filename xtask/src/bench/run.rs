@@ -135,11 +135,6 @@ pub(super) fn run_limits(p: &Paths, mode: &Mode) -> Result<(), String> {
     Ok(())
 }
 
-/// Three-header credentials (token, key, business) as the routes behind Envoy take them.
-pub(super) fn credentials<'a>(bearer: &'a str, key: &'a str, business: &'a str) -> Vec<(&'static str, &'a str)> {
-    vec![("Authorization", bearer), ("SECRET_KEY", key), ("businessId", business)]
-}
-
 impl Run<'_> {
     /// Large key counts first: memory and full-sync time, each on a fresh Envoy fed by the
     /// synthetic feed; the largest stays up for configuration 7 (with its feed).
