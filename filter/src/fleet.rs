@@ -1,7 +1,7 @@
 //! The exchange of rate-limit counts with admin, from each worker VM's root tick: every
-//! `sync_interval_ms` (and at the next tick when a counter is new to the VM) the VM posts its Envoy's counts (read from the shared slots) of the
-//! counters it has started a sub-window of, and writes the other proxies' counts it gets
-//! back into the same slots. Any VM of an Envoy may report a counter (they report the same
+//! `sync_interval_ms` (and at the next tick when a counter is new to the VM) the VM posts
+//! its Envoy's counts (read from the shared slots) of the counters it has admitted requests
+//! of, and writes the other proxies' counts it gets back into the same slots. Any VM of an Envoy may report a counter (they report the same
 //! shared counts under the same proxy id, and admin keeps the larger), so no VM waits on
 //! another. See `keygate_core::ratelimit::fleet` for the wire format.
 
@@ -55,8 +55,7 @@ impl CountSync {
         self.call.as_ref().is_some_and(|(t, _)| *t == token)
     }
 
-    /// Starts an exchange when one is due.
-    /// `tick` is the root's tick when nothing is held: exchanges fall on it.
+    /// Starts an exchange when one is due. `tick` is the root's tick when nothing is held: exchanges fall on it.
     pub fn tick(&mut self, config: &FilterConfig, vm: &VmState, tick: Duration, now_ms: u64) {
         let policy = &config.policy.rate_limits;
         if policy.sync_interval_ms == 0 || self.call.is_some() || (now_ms < self.next_at_ms && !vm.new_counters.get()) {
