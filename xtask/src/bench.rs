@@ -37,6 +37,20 @@ use crate::{http, Paths};
 
 static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
+/// A JSON object from its fields, in order.
+pub(super) fn obj(fields: Vec<(&str, Json)>) -> Json {
+    Json::Obj(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
+/// Three decimals, as the markdown shows them; NaN (nothing measured) is null.
+pub(super) fn num(x: f64) -> Json {
+    if x.is_finite() {
+        Json::Num((x * 1000.0).round() / 1000.0)
+    } else {
+        Json::Null
+    }
+}
+
 /// Three-header credentials (token, key, business) as the routes behind Envoy take them.
 pub(super) fn credentials<'a>(bearer: &'a str, key: &'a str, business: &'a str) -> Vec<(&'static str, &'a str)> {
     vec![("Authorization", bearer), ("SECRET_KEY", key), ("businessId", business)]

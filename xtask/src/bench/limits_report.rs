@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::limits::{Admission, LimitsReport, CLIENTS_PER_ENVOY, ENVOYS, FLEET, TICK_MS, TODAY, TODAY_LABEL};
 use super::replicas_report::update_docs_part;
-use super::sh;
+use super::{num, obj, sh};
 use crate::json::Json;
 use crate::Paths;
 
@@ -164,19 +164,6 @@ fn admission_json(a: &Admission) -> Json {
         ("within_bound", Json::Bool(a.over() as f64 <= a.bound())),
         ("exchanges", Json::Str(a.exchanges.clone())),
     ])
-}
-
-fn obj(fields: Vec<(&str, Json)>) -> Json {
-    Json::Obj(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
-}
-
-/// Three decimals, as the markdown shows them; NaN (nothing measured) is null.
-fn num(x: f64) -> Json {
-    if x.is_finite() {
-        Json::Num((x * 1000.0).round() / 1000.0)
-    } else {
-        Json::Null
-    }
 }
 
 /// Puts the section into docs/benchmarks.md and the member into docs/benchmarks.json.

@@ -8,7 +8,7 @@ use std::path::Path;
 use super::proxies::{Fanout, Usage};
 use super::replicas::ReplicaReport;
 use super::wrk::percentile;
-use super::{read, sh, write};
+use super::{num, obj, read, sh, write};
 use crate::json::Json;
 use crate::Paths;
 
@@ -171,19 +171,6 @@ impl ReplicaReport {
             ("fanouts", Json::Arr(self.fanouts.iter().map(fanout_json).collect())),
             ("nofile_limit", Json::Num(self.nofile as f64)),
         ])
-    }
-}
-
-fn obj(fields: Vec<(&str, Json)>) -> Json {
-    Json::Obj(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
-}
-
-/// Three decimals, as the markdown shows them; NaN (nothing measured) is null.
-fn num(x: f64) -> Json {
-    if x.is_finite() {
-        Json::Num((x * 1000.0).round() / 1000.0)
-    } else {
-        Json::Null
     }
 }
 
