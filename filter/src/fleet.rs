@@ -6,7 +6,7 @@
 //! another. See `keygate_core::ratelimit::fleet` for the wire format.
 
 use keygate_core::ratelimit::fleet::{self, CountReport, FleetView, HEARTBEAT_MS, MAX_COUNTERS};
-use keygate_core::ratelimit::{self, LimitPolicy, Slot, PROBES};
+use keygate_core::ratelimit::{self, LimitPolicy, Slot};
 use keygate_core::FilterConfig;
 use std::time::Duration;
 
@@ -37,17 +37,9 @@ const HEARTBEAT_FOR_MS: u64 = 60_000;
 /// Where a counter's own slot is in this Envoy's table: its key, contents and CAS token.
 fn own_slot(ns: &str, seed: &[u8], counter: &str, slots: u32) -> Option<(String, Slot, Option<u32>)> {
     let placement = ratelimit::place(ns, seed, counter, slots);
-    for key in placement.keys.iter().take(PROBES) {
-        let (bytes, cas) = host::shared_get(key);
-        let slot = bytes.as_deref().map(Slot::decode).unwrap_or_default();
-        if slot.fingerprint == placement.fingerprint {
-            return Some((key.clone(), slot, cas));
-        }
-        if ratelimit::settles(placement.fingerprint, &slot) {
-            return None;
-        }
-    }
-    None
+    let (probed, cases) = limit::probe(&placement);
+    let i = probed.iter().position(|s| s.fingerprint == placement.fingerprint)?;
+    Some((placement.keys.get(i)?.clone(), *probed.get(i)?, cases.get(i).copied().flatten()))
 }
 
 impl CountSync {

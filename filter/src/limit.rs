@@ -29,8 +29,9 @@ struct Read {
     cas: Option<u32>,
 }
 
-fn read(placement: &ratelimit::Placement, check: &LimitCheck, now_ms: u64) -> Option<Read> {
-    // Usually the first candidate settles it: one read.
+/// A counter's candidate slots with their CAS tokens, read up to the first that settles
+/// where it counts (usually the first: one read).
+pub fn probe(placement: &ratelimit::Placement) -> (Vec<Slot>, Vec<Option<u32>>) {
     let mut slots = Vec::with_capacity(PROBES);
     let mut cases = Vec::with_capacity(PROBES);
     for key in &placement.keys {
@@ -42,6 +43,11 @@ fn read(placement: &ratelimit::Placement, check: &LimitCheck, now_ms: u64) -> Op
             break;
         }
     }
+    (slots, cases)
+}
+
+fn read(placement: &ratelimit::Placement, check: &LimitCheck, now_ms: u64) -> Option<Read> {
+    let (slots, cases) = probe(placement);
     let choice = ratelimit::choose(placement.fingerprint, check.limit.window, &slots, now_ms)?;
     Some(Read { key: placement.keys.get(choice.probe)?.clone(), choice, cas: cases.get(choice.probe).copied().flatten() })
 }
