@@ -11,6 +11,7 @@
 //!   snapshot, and the negative cache that bounds what made-up ones cost.
 
 pub mod base62;
+pub mod cidr;
 pub mod config;
 pub mod decide;
 pub mod feed;

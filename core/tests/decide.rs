@@ -341,6 +341,8 @@ fn imported_keys_without_keygate_checksum_are_looked_up_by_hash_with_the_stored_
         scopes: vec![],
         expires_at: None,
         active: true,
+        allowed_ips: vec![],
+        rate_limits: None,
     };
     let wire = SnapshotWire {
         version: 4,

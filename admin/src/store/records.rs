@@ -2,6 +2,8 @@
 //! secret-derived value (password PHC string, signing seed, refresh-token hash) has a
 //! hand-written `Debug` that leaves it out.
 
+use keygate_core::cidr::Cidr;
+use keygate_core::ratelimit::Limit;
 use keygate_core::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry};
 use keygate_core::{AccessClaims, KeyHash, KeyKind, Mode, UnixTime};
 use serde::{Deserialize, Serialize};
@@ -59,6 +61,12 @@ pub struct Key {
     /// Hashes of earlier raw keys that still work until their `until` (rotation grace).
     #[serde(default)]
     pub grace: Vec<GraceHash>,
+    /// When not empty, the only client addresses the filters let the key in from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<Cidr>,
+    /// The key's own limits, replacing its business's, its rule's and its kind's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<Vec<Limit>>,
 }
 
 /// A rotated-away raw key that keeps working until `until`.
@@ -87,6 +95,8 @@ impl Key {
             last_used_at: None,
             rotated_at: None,
             grace: vec![],
+            allowed_ips: vec![],
+            rate_limits: None,
         }
     }
 
@@ -101,6 +111,8 @@ impl Key {
             scopes: self.scopes.clone(),
             expires_at: self.expires_at,
             active: self.active,
+            allowed_ips: self.allowed_ips.clone(),
+            rate_limits: self.rate_limits.clone(),
         }
     }
 
