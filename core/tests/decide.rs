@@ -283,9 +283,11 @@ fn every_code_has_its_status_and_a_json_body_without_secrets() {
         (401, "invalid_api_key"),
         (403, "business_mismatch"),
         (403, "insufficient_permission"),
+        (403, "ip_not_allowed"),
         (429, "rate_limited"),
         (503, "auth_unavailable"),
     ];
+    assert_eq!(DenyCode::ALL.len(), expected.len());
     for (code, (status, name)) in DenyCode::ALL.iter().zip(expected) {
         assert_eq!((code.status(), code.as_str()), (status, name));
     }
