@@ -35,6 +35,8 @@ pub enum Endpoint {
     DashboardPage,
     DashboardFile,
     ImportKeys,
+    BusinessLimits,
+    UpdateBusinessLimits,
 }
 
 /// The methods the API uses, in the order an `Allow` header lists them.
@@ -103,6 +105,8 @@ pub const TABLE: &[Route] = &[
     route(E::DashboardPage, Get, "/ui/"),
     route(E::DashboardFile, Get, "/ui/{id}"),
     route(E::ImportKeys, Post, "/v1/import/keys"),
+    route(E::BusinessLimits, Get, "/v1/businesses/{id}/limits"),
+    route(E::UpdateBusinessLimits, Patch, "/v1/businesses/{id}/limits"),
 ];
 
 /// The distinct route labels: each template once, `/ui/` folded into `/ui` (a trailing
@@ -267,6 +271,7 @@ mod tests {
             "ui",
             "import",
             "rate-counts",
+            "limits",
         ];
         for word in words {
             assert!(is_route_word(word), "{word}");
@@ -289,7 +294,7 @@ mod tests {
 
     #[test]
     fn labels_are_the_distinct_templates() {
-        assert_eq!(LABELS.len(), 26, "{LABELS:?}");
+        assert_eq!(LABELS.len(), 27, "{LABELS:?}");
         for (i, label) in LABELS.iter().enumerate() {
             assert!(TABLE.iter().any(|row| row.template == *label), "{label}");
             assert!(!LABELS[..i].contains(label), "{label} twice");

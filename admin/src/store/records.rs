@@ -4,7 +4,7 @@
 
 use keygate_core::cidr::Cidr;
 use keygate_core::ratelimit::Limit;
-use keygate_core::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry};
+use keygate_core::snapshot::{BusinessLimits, History, KeyEntry, RevokedSession, SigningKeyEntry};
 use keygate_core::{AccessClaims, KeyHash, KeyKind, Mode, UnixTime};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -16,6 +16,23 @@ pub struct Business {
     pub id: String,
     pub name: String,
     pub created_at: UnixTime,
+    /// Limits for each of its keys, replacing the filters' rule and kind defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_key_limits: Option<Vec<Limit>>,
+    /// Limits shared by all its keys, replacing the filters' `rate_limits.business`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_limits: Option<Vec<Limit>>,
+}
+
+impl Business {
+    pub fn new(id: String, name: String, created_at: UnixTime) -> Business {
+        Business { id, name, created_at, per_key_limits: None, shared_limits: None }
+    }
+
+    /// The business's overrides as the filter sees them (both absent: none).
+    pub fn limits(&self) -> BusinessLimits {
+        BusinessLimits { business: self.id.clone(), per_key: self.per_key_limits.clone(), shared: self.shared_limits.clone() }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,11 +280,25 @@ impl fmt::Debug for SigningKey {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Change {
-    KeyUpsert { key: KeyEntry },
-    KeyRemoved { hash: KeyHash },
-    SigningKeyAdded { key: SigningKeyEntry },
-    SigningKeyRemoved { kid: String },
-    SessionRevoked { session: RevokedSession },
+    KeyUpsert {
+        key: KeyEntry,
+    },
+    KeyRemoved {
+        hash: KeyHash,
+    },
+    SigningKeyAdded {
+        key: SigningKeyEntry,
+    },
+    SigningKeyRemoved {
+        kid: String,
+    },
+    SessionRevoked {
+        session: RevokedSession,
+    },
+    /// A business's limits were set or cleared (both absent).
+    BusinessLimits {
+        limits: BusinessLimits,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
