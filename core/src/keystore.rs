@@ -6,7 +6,8 @@
 //!
 //! Record layout: hash (32) · flags (1: kind, mode, active, has-expiry) · expiry (8, only
 //! with the flag) · id (len u8 + bytes) · business (len u8 + bytes) · scope count (u8) ·
-//! scopes (len u8 + bytes each).
+//! scopes (len u8 + bytes each) · with the `EXT` flag: extension (len u16 LE + a JSON
+//! object of the optional fields, e.g. `credits`).
 
 use crate::key::{KeyHash, KeyKind, Mode};
 use crate::snapshot::{KeyEntry, KeyRecord, Snapshot};
@@ -33,6 +34,21 @@ const PK: u8 = 1;
 const TEST: u8 = 2;
 const ACTIVE: u8 = 4;
 const EXPIRES: u8 = 8;
+/// An extension object follows the scopes.
+const EXT: u8 = 16;
+
+/// The optional fields of a record, as one JSON object after the fixed part.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Extension {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    credits: Option<crate::credits::CreditsEntry>,
+}
+
+impl Extension {
+    fn of(entry: &KeyEntry) -> Option<Extension> {
+        entry.credits.map(|credits| Extension { credits: Some(credits) })
+    }
+}
 
 fn push_str(out: &mut Vec<u8>, s: &str) -> bool {
     match u8::try_from(s.len()) {
@@ -63,13 +79,27 @@ pub fn encode(entry: &KeyEntry) -> Option<Vec<u8>> {
     if entry.expires_at.is_some() {
         flags |= EXPIRES;
     }
+    let ext = match Extension::of(entry) {
+        Some(ext) => Some(serde_json::to_vec(&ext).ok()?),
+        None => None,
+    };
+    if ext.is_some() {
+        flags |= EXT;
+    }
     out.push(flags);
     if let Some(at) = entry.expires_at {
         out.extend_from_slice(&at.to_le_bytes());
     }
     let ok = push_str(&mut out, &entry.id) && push_str(&mut out, &entry.business);
     out.push(u8::try_from(entry.scopes.len()).ok()?);
-    (ok && entry.scopes.iter().all(|s| push_str(&mut out, s))).then_some(out)
+    if !(ok && entry.scopes.iter().all(|s| push_str(&mut out, s))) {
+        return None;
+    }
+    if let Some(ext) = ext {
+        out.extend_from_slice(&u16::try_from(ext.len()).ok()?.to_le_bytes());
+        out.extend_from_slice(&ext);
+    }
+    Some(out)
 }
 
 /// A cursor over untrusted bytes: every read is checked.
@@ -105,7 +135,15 @@ impl<'a> Reader<'a> {
         for _ in 0..self.byte()? {
             self.string()?;
         }
+        if flags & EXT != 0 {
+            self.extension_bytes()?;
+        }
         Some(())
+    }
+
+    fn extension_bytes(&mut self) -> Option<&'a [u8]> {
+        let len = self.take(2)?;
+        self.take(usize::from(u16::from_le_bytes([len[0], len[1]])))
     }
 
     fn record_rest(&mut self, flags: u8) -> Option<KeyRecord> {
@@ -120,6 +158,8 @@ impl<'a> Reader<'a> {
         let business = self.string()?.to_owned();
         let count = self.byte()?;
         let scopes = (0..count).map(|_| self.string().map(str::to_owned)).collect::<Option<Vec<_>>>()?;
+        // An extension that does not parse makes the record unreadable (fail closed).
+        let ext = if flags & EXT != 0 { serde_json::from_slice::<Extension>(self.extension_bytes()?).ok()? } else { Extension::default() };
         Some(KeyRecord {
             id,
             business,
@@ -128,6 +168,7 @@ impl<'a> Reader<'a> {
             scopes,
             expires_at,
             active: flags & ACTIVE != 0,
+            credits: ext.credits,
         })
     }
 }
@@ -195,6 +236,7 @@ mod tests {
             scopes,
             expires_at,
             active: seed.is_multiple_of(2),
+            credits: None,
         }
     }
 
@@ -233,6 +275,27 @@ mod tests {
         junk[41] = 200; // hash 32 + flags 1 + expiry 8: the id length, now past the end
         assert!(find(&junk, &a.hash).is_none());
         assert!(replace(&junk, &a.hash, None).is_empty());
+    }
+
+    #[test]
+    fn credits_travel_in_the_extension_and_a_bad_extension_reads_as_unknown() {
+        use crate::credits::{CreditsEntry, Interval, Refill};
+        let credits = CreditsEntry { balance: 9, epoch: 4, period: 20_000, refill: Some(Refill { interval: Interval::Day, amount: 50 }) };
+        let a = KeyEntry { credits: Some(credits), ..entry(1, vec!["s".into()], Some(5)) };
+        let b = entry(2, vec![], None);
+        let mut bucket = replace(&[], &a.hash, Some(&encode(&a).unwrap()));
+        bucket = replace(&bucket, &b.hash, Some(&encode(&b).unwrap()));
+        assert_eq!(count(&bucket), 2, "a record with an extension is skipped whole");
+        assert_eq!(find(&bucket, &a.hash).unwrap().credits, Some(credits));
+        assert_eq!(find(&bucket, &b.hash).unwrap().credits, None);
+        let good = encode(&a).unwrap();
+        for cut in 0..good.len() {
+            assert!(find(&good[..cut], &a.hash).is_none());
+        }
+        let mut junk = good.clone();
+        let last = junk.len() - 1;
+        junk[last] = b'!';
+        assert!(find(&junk, &a.hash).is_none(), "a malformed extension fails closed");
     }
 
     #[test]

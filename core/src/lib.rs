@@ -12,6 +12,7 @@
 
 pub mod base62;
 pub mod config;
+pub mod credits;
 pub mod decide;
 pub mod feed;
 pub mod hold;

@@ -8,6 +8,7 @@ use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+use crate::credits::CreditsEntry;
 use crate::key::{KeyHash, KeyKind, Mode};
 use crate::UnixTime;
 
@@ -27,6 +28,10 @@ pub struct KeyEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<UnixTime>,
     pub active: bool,
+    /// Uses left (see [`crate::credits`]); `None`: unlimited. Packed in the keystore
+    /// record's extension object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditsEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +123,7 @@ pub struct KeyRecord {
     pub scopes: Vec<String>,
     pub expires_at: Option<UnixTime>,
     pub active: bool,
+    pub credits: Option<CreditsEntry>,
 }
 
 #[derive(Clone, Default)]
@@ -152,8 +158,8 @@ fn decoding_key(entry: &SigningKeyEntry) -> Result<DecodingKey, SnapshotError> {
 }
 
 fn record(entry: KeyEntry) -> (KeyHash, KeyRecord) {
-    let KeyEntry { hash, id, business, kind, mode, scopes, expires_at, active } = entry;
-    (hash, KeyRecord { id, business, kind, mode, scopes, expires_at, active })
+    let KeyEntry { hash, id, business, kind, mode, scopes, expires_at, active, credits } = entry;
+    (hash, KeyRecord { id, business, kind, mode, scopes, expires_at, active, credits })
 }
 
 impl crate::revoked::RevocationLookup for Snapshot {

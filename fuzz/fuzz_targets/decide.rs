@@ -218,6 +218,7 @@ fuzz_target!(|input: Input| {
             scopes: k.scopes.iter().take(4).cloned().collect(),
             expires_at: k.expires_in.map(|d| offset(NOW, d)),
             active: k.active,
+            credits: None,
         });
         raws.push(key.expose().to_owned());
     }

@@ -101,6 +101,7 @@ impl Key {
             scopes: self.scopes.clone(),
             expires_at: self.expires_at,
             active: self.active,
+            credits: self.credits,
         }
     }
 

@@ -11,6 +11,7 @@ pub enum DenyCode {
     BusinessMismatch,
     InsufficientPermission,
     RateLimited,
+    QuotaExhausted,
     AuthUnavailable,
 }
 
@@ -23,6 +24,7 @@ impl DenyCode {
             DenyCode::BusinessMismatch => "business_mismatch",
             DenyCode::InsufficientPermission => "insufficient_permission",
             DenyCode::RateLimited => "rate_limited",
+            DenyCode::QuotaExhausted => "quota_exhausted",
             DenyCode::AuthUnavailable => "auth_unavailable",
         }
     }
@@ -31,18 +33,19 @@ impl DenyCode {
         match self {
             DenyCode::MissingCredentials | DenyCode::InvalidToken | DenyCode::InvalidApiKey => 401,
             DenyCode::BusinessMismatch | DenyCode::InsufficientPermission => 403,
-            DenyCode::RateLimited => 429,
+            DenyCode::RateLimited | DenyCode::QuotaExhausted => 429,
             DenyCode::AuthUnavailable => 503,
         }
     }
 
-    pub const ALL: [DenyCode; 7] = [
+    pub const ALL: [DenyCode; 8] = [
         DenyCode::MissingCredentials,
         DenyCode::InvalidToken,
         DenyCode::InvalidApiKey,
         DenyCode::BusinessMismatch,
         DenyCode::InsufficientPermission,
         DenyCode::RateLimited,
+        DenyCode::QuotaExhausted,
         DenyCode::AuthUnavailable,
     ];
 }

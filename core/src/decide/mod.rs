@@ -15,6 +15,7 @@ pub use request::{RequestView, AUTHORIZATION, BUSINESS_ID, SECRET_KEY};
 pub use tokens::{TokenCache, FAILED_TOKEN_TTL_SECS};
 
 use crate::config::{Policy, Requirement, Route};
+use crate::credits::CreditCheck;
 use crate::key::{self, KeyKind};
 use crate::keystore::KeyLookup;
 use crate::ratelimit::{Limit, LimitCheck, Scope};
@@ -57,6 +58,8 @@ pub struct Allowed {
     pub rate_limits: Vec<LimitCheck>,
     /// The key that was used, for usage reporting.
     pub key_id: Option<String>,
+    /// The credits the request spends, when its key has credits (charged after the rate limits).
+    pub credits: Option<CreditCheck>,
     /// Set on a shadow route: what would have been refused.
     pub shadow_denial: Option<Denial>,
 }
@@ -270,7 +273,8 @@ fn check_credentials(
     };
     let mut rate_limits = checks(&bucket, Scope::Key, limits);
     rate_limits.extend(checks(&format!("biz:{}", key.business), Scope::Business, &policy.rate_limits.business));
-    Ok(Allowed { remove_headers, add_headers, rate_limits, key_id: Some(key.id.clone()), shadow_denial: None })
+    let credits = key.credits.filter(|_| route.cost > 0).map(|c| c.check(&key.id, route.cost, now));
+    Ok(Allowed { remove_headers, add_headers, rate_limits, key_id: Some(key.id.clone()), shadow_denial: None, credits })
 }
 
 fn checks(bucket: &str, scope: Scope, limits: &[Limit]) -> Vec<LimitCheck> {
