@@ -52,6 +52,9 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(format = DateTime)]
     expires_at: Option<String>,
+    /// Uses the key starts with, optionally refilled (absent: unlimited).
+    #[serde(default)]
+    credits: Option<super::credits::NewCredits>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -76,6 +79,9 @@ pub struct KeyView {
     /// While an earlier raw key of this key still works (rotation grace): until when.
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_key_valid_until: Option<String>,
+    /// Whether the key has credits (see `GET /v1/keys/{id}/credits` for its balance).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    has_credits: bool,
 }
 
 impl KeyView {
@@ -95,6 +101,7 @@ impl KeyView {
             last_used_at: key.last_used_at.map(rfc3339::format),
             rotated_at: key.rotated_at.map(rfc3339::format),
             previous_key_valid_until: key.grace.iter().map(|g| g.until).filter(|u| *u > now()).max().map(rfc3339::format),
+            has_credits: key.credits.is_some(),
         }
     }
 }
@@ -120,6 +127,10 @@ pub async fn create_key(state: AppState, caller: Caller, business: String, body:
     let scopes = clean_scopes(body.scopes)?;
     let now = now();
     let expires_at = body.expires_at.as_deref().map(|text| request_expiry(text, now)).transpose()?;
+    let credits = match body.credits.map(super::credits::NewCredits::checked).transpose()?.flatten() {
+        Some((balance, refill)) => Some(crate::store::credits::fresh_entry(balance, refill, now, 0)),
+        None => None,
+    };
     if state.store().business(&business)?.is_none() {
         return Err(AdminError::BusinessNotFound);
     }
@@ -130,6 +141,7 @@ pub async fn create_key(state: AppState, caller: Caller, business: String, body:
             name: name.clone(),
             scopes: scopes.clone(),
             expires_at,
+            credits,
             ..Key::new(id, business.clone(), body.kind, body.mode, api_key.hash(), api_key.display_prefix().to_owned(), now)
         };
         let record = key.clone();
@@ -163,7 +175,7 @@ where
 }
 
 /// The key `key_id` names, when the caller may manage its business.
-fn managed_key(state: &AppState, caller: &Caller, key_id: &str) -> Result<Key, AdminError> {
+pub(crate) fn managed_key(state: &AppState, caller: &Caller, key_id: &str) -> Result<Key, AdminError> {
     check_key_id(key_id)?;
     let key = state.store().key(key_id)?.ok_or(AdminError::KeyNotFound)?;
     if !caller.may_manage(&key.business) {

@@ -12,6 +12,7 @@
 //! commit together or not at all. Durability is [`durable`]'s group commit.
 
 mod accounts;
+pub mod credits;
 mod durable;
 mod engine;
 mod feed;
@@ -345,6 +346,7 @@ mod testing {
             last_used_at: None,
             rotated_at: None,
             grace: vec![],
+            credits: None,
         }
     }
 

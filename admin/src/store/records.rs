@@ -2,6 +2,7 @@
 //! secret-derived value (password PHC string, signing seed, refresh-token hash) has a
 //! hand-written `Debug` that leaves it out.
 
+use keygate_core::credits::CreditsEntry;
 use keygate_core::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry};
 use keygate_core::{AccessClaims, KeyHash, KeyKind, Mode, UnixTime};
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,9 @@ pub struct Key {
     /// Hashes of earlier raw keys that still work until their `until` (rotation grace).
     #[serde(default)]
     pub grace: Vec<GraceHash>,
+    /// Uses left, when the key has credits (see `store::credits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditsEntry>,
 }
 
 /// A rotated-away raw key that keeps working until `until`.
@@ -87,6 +91,7 @@ impl Key {
             last_used_at: None,
             rotated_at: None,
             grace: vec![],
+            credits: None,
         }
     }
 
