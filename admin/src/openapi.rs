@@ -53,6 +53,8 @@ Errors always answer `{\"success\": false, \"error\": \"<words>\", \"code\": \"<
         api::credits::set_credits,
         api::credits::add_credits,
         api::credits::credit_spend,
+        api::policy::business_limits,
+        api::policy::update_business_limits,
         crate::ui::redirect,
         crate::ui::page,
         crate::ui::asset,

@@ -39,6 +39,8 @@ pub enum Endpoint {
     SetCredits,
     AddCredits,
     ReportCreditSpend,
+    BusinessLimits,
+    UpdateBusinessLimits,
 }
 
 /// The methods the API uses, in the order an `Allow` header lists them.
@@ -113,6 +115,8 @@ pub const TABLE: &[Route] = &[
     route(E::SetCredits, Put, "/v1/keys/{id}/credits"),
     route(E::AddCredits, Post, "/v1/keys/{id}/credits/add"),
     route(E::ReportCreditSpend, Post, "/v1/credit-spend"),
+    route(E::BusinessLimits, Get, "/v1/businesses/{id}/limits"),
+    route(E::UpdateBusinessLimits, Patch, "/v1/businesses/{id}/limits"),
 ];
 
 /// The distinct route labels: each template once, `/ui/` folded into `/ui` (a trailing
@@ -280,6 +284,7 @@ mod tests {
             "credits",
             "add",
             "credit-spend",
+            "limits",
         ];
         for word in words {
             assert!(is_route_word(word), "{word}");
@@ -302,7 +307,7 @@ mod tests {
 
     #[test]
     fn labels_are_the_distinct_templates() {
-        assert_eq!(LABELS.len(), 29, "{LABELS:?}");
+        assert_eq!(LABELS.len(), 30, "{LABELS:?}");
         for (i, label) in LABELS.iter().enumerate() {
             assert!(TABLE.iter().any(|row| row.template == *label), "{label}");
             assert!(!LABELS[..i].contains(label), "{label} twice");

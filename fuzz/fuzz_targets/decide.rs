@@ -219,6 +219,8 @@ fuzz_target!(|input: Input| {
             expires_at: k.expires_in.map(|d| offset(NOW, d)),
             active: k.active,
             credits: None,
+            allowed_ips: vec![],
+            rate_limits: None,
         });
         raws.push(key.expose().to_owned());
     }

@@ -18,6 +18,7 @@ mod key_attacks;
 mod lifecycle;
 mod log_secrets;
 mod path;
+mod policy;
 mod replicas;
 mod restore;
 mod ui;
@@ -51,6 +52,7 @@ fn main() {
         restore::suites(),
         fleet::suites(),
         credits::suites(),
+        policy::suites(),
     ]
     .into_iter()
     .flatten()

@@ -10,6 +10,7 @@ pub enum DenyCode {
     InvalidApiKey,
     BusinessMismatch,
     InsufficientPermission,
+    IpNotAllowed,
     RateLimited,
     QuotaExhausted,
     AuthUnavailable,
@@ -23,6 +24,7 @@ impl DenyCode {
             DenyCode::InvalidApiKey => "invalid_api_key",
             DenyCode::BusinessMismatch => "business_mismatch",
             DenyCode::InsufficientPermission => "insufficient_permission",
+            DenyCode::IpNotAllowed => "ip_not_allowed",
             DenyCode::RateLimited => "rate_limited",
             DenyCode::QuotaExhausted => "quota_exhausted",
             DenyCode::AuthUnavailable => "auth_unavailable",
@@ -32,18 +34,19 @@ impl DenyCode {
     pub fn status(self) -> u16 {
         match self {
             DenyCode::MissingCredentials | DenyCode::InvalidToken | DenyCode::InvalidApiKey => 401,
-            DenyCode::BusinessMismatch | DenyCode::InsufficientPermission => 403,
+            DenyCode::BusinessMismatch | DenyCode::InsufficientPermission | DenyCode::IpNotAllowed => 403,
             DenyCode::RateLimited | DenyCode::QuotaExhausted => 429,
             DenyCode::AuthUnavailable => 503,
         }
     }
 
-    pub const ALL: [DenyCode; 8] = [
+    pub const ALL: [DenyCode; 9] = [
         DenyCode::MissingCredentials,
         DenyCode::InvalidToken,
         DenyCode::InvalidApiKey,
         DenyCode::BusinessMismatch,
         DenyCode::InsufficientPermission,
+        DenyCode::IpNotAllowed,
         DenyCode::RateLimited,
         DenyCode::QuotaExhausted,
         DenyCode::AuthUnavailable,

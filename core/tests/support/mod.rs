@@ -27,6 +27,8 @@ pub fn entry(key: &ApiKey, id: &str, business: &str) -> KeyEntry {
         expires_at: None,
         active: true,
         credits: None,
+        allowed_ips: vec![],
+        rate_limits: None,
     }
 }
 
