@@ -15,6 +15,8 @@ export function initCredits(pageHooks) {
   $('credits-add').addEventListener('click', (e) => addCredits(e.currentTarget));
   $('credits-unlimited').addEventListener('click', (e) => clearCredits(e.currentTarget));
   $('credits-cancel').addEventListener('click', () => $('credits-dialog').close());
+  // The key rows say what is left: read it again once the dialog is done with.
+  $('credits-dialog').addEventListener('close', () => hooks.act(null, hooks.reload));
 }
 
 /** One line about a credits view: "42 of 100 credits left · refilled to 100 every month". */

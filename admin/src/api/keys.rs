@@ -144,10 +144,12 @@ pub async fn create_key(state: AppState, caller: Caller, business: String, body:
     let scopes = clean_scopes(body.scopes)?;
     let now = now();
     let expires_at = body.expires_at.as_deref().map(|text| request_expiry(text, now)).transpose()?;
-    let credits = match body.credits.map(super::credits::NewCredits::checked).transpose()?.flatten() {
-        Some((balance, refill)) => Some(crate::store::credits::fresh_entry(balance, refill, now, 0)),
-        None => None,
-    };
+    let credits = body
+        .credits
+        .map(super::credits::NewCredits::checked)
+        .transpose()?
+        .flatten()
+        .map(|(balance, refill)| crate::store::credits::fresh_entry(balance, refill, now, 0));
     let allowed_ips = clean_allowed_ips(body.allowed_ips.unwrap_or_default())?;
     let rate_limits = body.rate_limits.map(|l| clean_limits("rate_limits", l)).transpose()?;
     if state.store().business(&business)?.is_none() {
