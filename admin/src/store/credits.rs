@@ -32,7 +32,7 @@ pub struct CreditSpend {
     /// Proxy id → its absolute spending in (epoch, period).
     #[serde(default)]
     pub proxies: BTreeMap<String, u64>,
-    /// When a proxy's report last reached this record.
+    /// When a proxy's report last changed this record (repeats of what it holds write nothing).
     #[serde(default)]
     pub reconciled_at: Option<UnixTime>,
 }
@@ -53,15 +53,19 @@ impl CreditSpend {
         if item.epoch != self.epoch || item.period < self.period {
             return (false, 0);
         }
+        let mut changed = false;
         if item.period > self.period {
             self.period = item.period;
             self.proxies.clear();
+            changed = true;
         }
         let name = if self.proxies.contains_key(proxy) || self.proxies.len() < MAX_PROXIES { proxy } else { "~" };
         let slot = self.proxies.entry(name.to_owned()).or_insert(0);
-        let changed = item.spent > *slot;
+        changed |= item.spent > *slot;
         *slot = (*slot).max(item.spent);
-        self.reconciled_at = Some(now);
+        if changed {
+            self.reconciled_at = Some(now);
+        }
         let others = self.proxies.iter().filter(|(p, _)| p.as_str() != name).fold(0u64, |a, (_, n)| a.saturating_add(*n));
         (changed, others)
     }
@@ -185,6 +189,7 @@ impl Store {
                 if spend.epoch < entry.epoch {
                     // A key created with credits has no spend record until its first report.
                     *spend = CreditSpend { epoch: entry.epoch, period: entry.period, ..CreditSpend::default() };
+                    changed.insert(id.as_slice());
                 }
                 // A period more than one ahead of admin's clock is not believed.
                 let (now_period, _) = entry.current(tx.now);
@@ -192,8 +197,10 @@ impl Store {
                     others.push(0);
                     continue;
                 }
-                let (_, heard) = spend.take(proxy, item, tx.now);
-                changed.insert(id.as_slice());
+                let (taken, heard) = spend.take(proxy, item, tx.now);
+                if taken {
+                    changed.insert(id.as_slice());
+                }
                 others.push(heard);
             }
             tx.credit_spend.put_many(changed.iter().filter_map(|id| Some((*id, spends.get(id)?))))?;
