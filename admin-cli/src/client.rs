@@ -73,6 +73,12 @@ pub enum ClientCommand {
         /// Expiry, RFC 3339 (e.g. 2030-01-01T00:00:00Z).
         #[arg(long)]
         expires_at: Option<String>,
+        /// Give the key this many credits (uses); without it the key is unlimited.
+        #[arg(long)]
+        credits: Option<u64>,
+        /// With --credits: refill to AMOUNT every UTC day or month, as day:AMOUNT or month:AMOUNT.
+        #[arg(long, requires = "credits", value_parser = parse_refill)]
+        refill: Option<serde_json::Value>,
         /// An address range the key may be used from (10.0.0.0/8, 2001:db8::/32, or one
         /// address); repeat for several. Without any: from anywhere.
         #[arg(long = "allowed-ip")]
@@ -139,6 +145,10 @@ pub enum ClientCommand {
         #[arg(long)]
         clear_shared: bool,
     },
+    /// A key's credits: read them, set (or clear) the balance, or add to it
+    /// (GET / PUT /v1/keys/{id}/credits, POST /v1/keys/{id}/credits/add).
+    #[command(subcommand)]
+    Credits(CreditsCommand),
     /// List a business's keys (GET /v1/businesses/{id}/keys): prefix, state, last use;
     /// never the raw key.
     ListKeys {
@@ -238,6 +248,57 @@ pub enum ClientCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum CreditsCommand {
+    /// Remaining credits as admin knows them (balance less what the proxies reported
+    /// spending), the refill, and when spending was last reconciled.
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key id (key_…).
+        #[arg(long)]
+        key: String,
+    },
+    /// Set the balance (a new epoch: what was spent before no longer counts), or make the
+    /// key unlimited again with --unlimited.
+    Set {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key id (key_…).
+        #[arg(long)]
+        key: String,
+        /// Uses left.
+        #[arg(long, required_unless_present = "unlimited", conflicts_with = "unlimited")]
+        remaining: Option<u64>,
+        /// Refill to AMOUNT every UTC day or month: day:AMOUNT or month:AMOUNT.
+        #[arg(long, value_parser = parse_refill, conflicts_with = "unlimited")]
+        refill: Option<serde_json::Value>,
+        /// Clear the credits: the key is unlimited.
+        #[arg(long)]
+        unlimited: bool,
+    },
+    /// Add credits to the current balance (what was spent still counts).
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key id (key_…).
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        amount: u64,
+    },
+}
+
+/// `day:100` or `month:5000` as the API's refill object.
+fn parse_refill(text: &str) -> Result<serde_json::Value, String> {
+    let (interval, amount) = text.split_once(':').ok_or("expected day:AMOUNT or month:AMOUNT")?;
+    if !matches!(interval, "day" | "month") {
+        return Err("the interval is day or month".to_owned());
+    }
+    let amount: u64 = amount.parse().map_err(|_| "AMOUNT must be a whole number".to_owned())?;
+    Ok(serde_json::json!({ "interval": interval, "amount": amount }))
+}
+
 /// Which bearer a call sends.
 enum As {
     Nobody,
@@ -315,7 +376,7 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
             let v = call(&client, Method::POST, "/v1/users", As::Admin, Some(body)).await?;
             show(client.json, &v, Shape::Fields, None);
         }
-        ClientCommand::CreateKey { client, business, kind, mode, name, scopes, expires_at, allowed_ips, rate_limits } => {
+        ClientCommand::CreateKey { client, business, kind, mode, name, scopes, expires_at, credits, refill, allowed_ips, rate_limits } => {
             let mut body = serde_json::json!({ "kind": kind, "mode": mode, "scopes": scopes });
             if !allowed_ips.is_empty() {
                 body["allowed_ips"] = serde_json::json!(allowed_ips);
@@ -328,6 +389,9 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
             }
             if let Some(expires_at) = expires_at {
                 body["expires_at"] = serde_json::Value::String(expires_at);
+            }
+            if let Some(remaining) = credits {
+                body["credits"] = serde_json::json!({ "remaining": remaining, "refill": refill });
             }
             let v = call(&client, Method::POST, &format!("/v1/businesses/{business}/keys"), As::Admin, Some(body)).await?;
             show(client.json, &v, Shape::Fields, Some(SHOWN_ONCE));
@@ -417,6 +481,24 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
                 body["session_id"] = serde_json::Value::String(sid);
             }
             let v = call(&client, Method::POST, "/auth/login", As::Nobody, Some(body)).await?;
+            show(client.json, &v, Shape::Fields, None);
+        }
+        ClientCommand::Credits(CreditsCommand::Get { client, key }) => {
+            let v = call(&client, Method::GET, &format!("/v1/keys/{key}/credits"), As::Admin, None).await?;
+            show(client.json, &v, Shape::Fields, None);
+        }
+        ClientCommand::Credits(CreditsCommand::Set { client, key, remaining, refill, unlimited }) => {
+            let body = if unlimited {
+                serde_json::json!({ "remaining": null })
+            } else {
+                serde_json::json!({ "remaining": remaining, "refill": refill })
+            };
+            let v = call(&client, Method::PUT, &format!("/v1/keys/{key}/credits"), As::Admin, Some(body)).await?;
+            show(client.json, &v, Shape::Fields, None);
+        }
+        ClientCommand::Credits(CreditsCommand::Add { client, key, amount }) => {
+            let body = serde_json::json!({ "amount": amount });
+            let v = call(&client, Method::POST, &format!("/v1/keys/{key}/credits/add"), As::Admin, Some(body)).await?;
             show(client.json, &v, Shape::Fields, None);
         }
         ClientCommand::Logout { client } => {

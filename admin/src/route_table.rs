@@ -35,6 +35,10 @@ pub enum Endpoint {
     DashboardPage,
     DashboardFile,
     ImportKeys,
+    GetCredits,
+    SetCredits,
+    AddCredits,
+    ReportCreditSpend,
     BusinessLimits,
     UpdateBusinessLimits,
 }
@@ -44,6 +48,7 @@ pub enum Endpoint {
 pub enum Method {
     Get,
     Post,
+    Put,
     Patch,
     Delete,
 }
@@ -53,6 +58,7 @@ impl Method {
         match self {
             Method::Get => "GET",
             Method::Post => "POST",
+            Method::Put => "PUT",
             Method::Patch => "PATCH",
             Method::Delete => "DELETE",
         }
@@ -72,7 +78,7 @@ const fn route(endpoint: Endpoint, method: Method, template: &'static str) -> Ro
 }
 
 use Endpoint as E;
-use Method::{Delete, Get, Patch, Post};
+use Method::{Delete, Get, Patch, Post, Put};
 
 /// Every route, in the order the router tries them. Where two templates fit one path
 /// (`/ui` and `/ui/`), the first is that path's metrics label.
@@ -105,6 +111,10 @@ pub const TABLE: &[Route] = &[
     route(E::DashboardPage, Get, "/ui/"),
     route(E::DashboardFile, Get, "/ui/{id}"),
     route(E::ImportKeys, Post, "/v1/import/keys"),
+    route(E::GetCredits, Get, "/v1/keys/{id}/credits"),
+    route(E::SetCredits, Put, "/v1/keys/{id}/credits"),
+    route(E::AddCredits, Post, "/v1/keys/{id}/credits/add"),
+    route(E::ReportCreditSpend, Post, "/v1/credit-spend"),
     route(E::BusinessLimits, Get, "/v1/businesses/{id}/limits"),
     route(E::UpdateBusinessLimits, Patch, "/v1/businesses/{id}/limits"),
 ];
@@ -271,6 +281,9 @@ mod tests {
             "ui",
             "import",
             "rate-counts",
+            "credits",
+            "add",
+            "credit-spend",
             "limits",
         ];
         for word in words {
@@ -294,7 +307,7 @@ mod tests {
 
     #[test]
     fn labels_are_the_distinct_templates() {
-        assert_eq!(LABELS.len(), 27, "{LABELS:?}");
+        assert_eq!(LABELS.len(), 30, "{LABELS:?}");
         for (i, label) in LABELS.iter().enumerate() {
             assert!(TABLE.iter().any(|row| row.template == *label), "{label}");
             assert!(!LABELS[..i].contains(label), "{label} twice");
@@ -324,6 +337,7 @@ mod tests {
         assert_eq!(allowed_methods("/v1/keys/key_1").as_deref(), Some("PATCH"));
         assert_eq!(allowed_methods("/v1/keys/key_1/fly"), None);
         assert_eq!(allowed_methods("/v1/sessions/ses_1").as_deref(), Some("DELETE"));
+        assert_eq!(allowed_methods("/v1/keys/key_1/credits").as_deref(), Some("GET, PUT"));
         assert_eq!(allowed_methods("/ui/").as_deref(), Some("GET"));
         assert_eq!(allowed_methods("/ui/a/b"), None);
     }

@@ -164,6 +164,9 @@ export const api = {
   businessLimits: (business) => call('GET', `/v1/businesses/${seg(business)}/limits`),
   setBusinessLimits: (business, body) => call('PATCH', `/v1/businesses/${seg(business)}/limits`, body),
   usage: (id) => call('GET', `/v1/keys/${seg(id)}/usage`),
+  credits: (id) => call('GET', `/v1/keys/${seg(id)}/credits`),
+  setCredits: (id, body) => call('PUT', `/v1/keys/${seg(id)}/credits`, body),
+  addCredits: (id, body) => call('POST', `/v1/keys/${seg(id)}/credits/add`, body),
   sessions: () => call('GET', '/v1/sessions'),
   revokeSession: (id) => call('DELETE', `/v1/sessions/${seg(id)}`),
 };

@@ -48,6 +48,9 @@ struct Extras {
     allowed_ips: Vec<Cidr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rate_limits: Option<Vec<Limit>>,
+    /// Uses left (see [`crate::credits`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    credits: Option<crate::credits::CreditsEntry>,
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) -> bool {
@@ -79,7 +82,7 @@ pub fn encode(entry: &KeyEntry) -> Option<Vec<u8>> {
     if entry.expires_at.is_some() {
         flags |= EXPIRES;
     }
-    let extras = Extras { allowed_ips: entry.allowed_ips.clone(), rate_limits: entry.rate_limits.clone() };
+    let extras = Extras { allowed_ips: entry.allowed_ips.clone(), rate_limits: entry.rate_limits.clone(), credits: entry.credits };
     let extras = if extras == Extras::default() { None } else { Some(serde_json::to_vec(&extras).ok()?) };
     if extras.is_some() {
         flags |= EXTRAS;
@@ -172,6 +175,7 @@ impl<'a> Reader<'a> {
             active: flags & ACTIVE != 0,
             allowed_ips: extras.allowed_ips,
             rate_limits: extras.rate_limits,
+            credits: extras.credits,
         })
     }
 }
@@ -241,6 +245,7 @@ mod tests {
             active: seed.is_multiple_of(2),
             allowed_ips: vec![],
             rate_limits: None,
+            credits: None,
         }
     }
 
@@ -305,6 +310,27 @@ mod tests {
         for cut in 0..good.len() {
             assert!(find(&good[..cut], &rich.hash).is_none());
         }
+    }
+
+    #[test]
+    fn credits_travel_in_the_extras_and_bad_extras_read_as_unknown() {
+        use crate::credits::{CreditsEntry, Interval, Refill};
+        let credits = CreditsEntry { balance: 9, epoch: 4, period: 20_000, refill: Some(Refill { interval: Interval::Day, amount: 50 }) };
+        let a = KeyEntry { credits: Some(credits), ..entry(1, vec!["s".into()], Some(5)) };
+        let b = entry(2, vec![], None);
+        let mut bucket = replace(&[], &a.hash, Some(&encode(&a).unwrap()));
+        bucket = replace(&bucket, &b.hash, Some(&encode(&b).unwrap()));
+        assert_eq!(count(&bucket), 2, "a record with an extension is skipped whole");
+        assert_eq!(find(&bucket, &a.hash).unwrap().credits, Some(credits));
+        assert_eq!(find(&bucket, &b.hash).unwrap().credits, None);
+        let good = encode(&a).unwrap();
+        for cut in 0..good.len() {
+            assert!(find(&good[..cut], &a.hash).is_none());
+        }
+        let mut junk = good.clone();
+        let last = junk.len() - 1;
+        junk[last] = b'!';
+        assert!(find(&junk, &a.hash).is_none(), "a malformed extension fails closed");
     }
 
     #[test]

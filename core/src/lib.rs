@@ -13,6 +13,7 @@
 pub mod base62;
 pub mod cidr;
 pub mod config;
+pub mod credits;
 pub mod decide;
 pub mod feed;
 pub mod hold;

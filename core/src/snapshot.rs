@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use crate::cidr::Cidr;
+use crate::credits::CreditsEntry;
 use crate::key::{KeyHash, KeyKind, Mode};
 use crate::ratelimit::Limit;
 use crate::UnixTime;
@@ -29,6 +30,10 @@ pub struct KeyEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<UnixTime>,
     pub active: bool,
+    /// Uses left (see [`crate::credits`]); `None`: unlimited. Packed in the keystore
+    /// record's extension object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditsEntry>,
     /// When not empty, the only client addresses the key may be used from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_ips: Vec<Cidr>,
@@ -148,6 +153,7 @@ pub struct KeyRecord {
     pub scopes: Vec<String>,
     pub expires_at: Option<UnixTime>,
     pub active: bool,
+    pub credits: Option<CreditsEntry>,
     pub allowed_ips: Vec<Cidr>,
     pub rate_limits: Option<Vec<Limit>>,
 }
@@ -186,8 +192,8 @@ fn decoding_key(entry: &SigningKeyEntry) -> Result<DecodingKey, SnapshotError> {
 }
 
 fn record(entry: KeyEntry) -> (KeyHash, KeyRecord) {
-    let KeyEntry { hash, id, business, kind, mode, scopes, expires_at, active, allowed_ips, rate_limits } = entry;
-    (hash, KeyRecord { id, business, kind, mode, scopes, expires_at, active, allowed_ips, rate_limits })
+    let KeyEntry { hash, id, business, kind, mode, scopes, expires_at, active, allowed_ips, rate_limits, credits } = entry;
+    (hash, KeyRecord { id, business, kind, mode, scopes, expires_at, active, allowed_ips, rate_limits, credits })
 }
 
 impl crate::revoked::RevocationLookup for Snapshot {

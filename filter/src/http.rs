@@ -9,6 +9,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
 
+use crate::credits;
 use crate::host;
 use crate::limit;
 use crate::shared::{self, SharedKeys, SharedRevocations};
@@ -116,12 +117,28 @@ pub fn evaluate(config: &FilterConfig, vm: &VmState, hold: bool) -> Evaluated {
     let now = now.unwrap_or(0);
     let mut rate_headers = Vec::new();
     let outcome = match outcome {
-        Outcome::Decided(Decision::Allow(allowed)) if !allowed.rate_limits.is_empty() => {
-            let limits = &config.policy.rate_limits;
-            let charged = limit::charge(ns, limits, &allowed.rate_limits, vm.fleet.get(), now_ms.unwrap_or(0));
-            vm.note_counters(charged.started);
-            rate_headers = charged.headers;
-            Outcome::Decided(after_rate_limit(route, allowed, charged.result))
+        Outcome::Decided(Decision::Allow(allowed)) if !allowed.rate_limits.is_empty() || allowed.credits.is_some() => {
+            let now_ms = now_ms.unwrap_or(0);
+            // Credits first, so that a key with none left is not counted against its rate
+            // limit; a request the rate limit then refuses gets its credits back.
+            let spent = match &allowed.credits {
+                Some(check) => credits::charge(config, vm, check, now_ms),
+                None => Ok(false),
+            };
+            match spent {
+                Err(denial) => Outcome::Decided(after_rate_limit(route, allowed, Err(denial))),
+                Ok(_) if allowed.rate_limits.is_empty() => Outcome::Decided(Decision::Allow(allowed)),
+                Ok(spent) => {
+                    let limits = &config.policy.rate_limits;
+                    let charged = limit::charge(ns, limits, &allowed.rate_limits, vm.fleet.get(), now_ms);
+                    vm.note_counters(charged.started);
+                    rate_headers = charged.headers;
+                    if let (true, Err(_), false, Some(check)) = (spent, &charged.result, route.shadow, &allowed.credits) {
+                        credits::refund(config, check);
+                    }
+                    Outcome::Decided(after_rate_limit(route, allowed, charged.result))
+                }
+            }
         }
         other => other,
     };

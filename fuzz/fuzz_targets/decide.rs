@@ -19,8 +19,8 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use keygate_core::config::Route;
 use keygate_core::cidr::Cidr;
+use keygate_core::config::Route;
 use keygate_core::ratelimit::{Limit, LimitPolicy, Window};
 use keygate_core::signing::SigningKeyPair;
 use keygate_core::snapshot::{KeyEntry, RevokedSession, SnapshotWire};
@@ -238,6 +238,7 @@ fuzz_target!(|input: Input| {
             scopes: k.scopes.iter().take(4).cloned().collect(),
             expires_at: k.expires_in.map(|d| offset(NOW, d)),
             active: k.active,
+            credits: None,
             allowed_ips: k.allowed.iter().take(4).filter_map(|(bytes, len, v4)| arb_range(bytes, *len, *v4)).collect(),
             rate_limits: k.own_limit.map(|(n, w)| vec![Limit { count: u32::from(n).max(1), window: Window::ALL[usize::from(w) % 4] }]),
         });
@@ -398,10 +399,14 @@ fuzz_target!(|input: Input| {
                 assert_eq!(m, entry.mode, "mode rule ignored");
             }
             if !entry.allowed_ips.is_empty() {
-                assert!(keygate_core::cidr::allows(&entry.allowed_ips, input.client_ip.as_deref()), "allowed from outside the key's allowlist");
+                assert!(
+                    keygate_core::cidr::allows(&entry.allowed_ips, input.client_ip.as_deref()),
+                    "allowed from outside the key's allowlist"
+                );
             }
             if let Some(own) = &entry.rate_limits {
-                let counted: Vec<Limit> = allowed.rate_limits.iter().filter(|c| c.bucket == format!("key:{key_id}")).map(|c| c.limit).collect();
+                let counted: Vec<Limit> =
+                    allowed.rate_limits.iter().filter(|c| c.bucket == format!("key:{key_id}")).map(|c| c.limit).collect();
                 assert_eq!(&counted, own, "the key's own limits are not what it is counted against");
             }
             let business_header = allowed.add_headers.iter().find(|(n, _)| *n == "x-keygate-business").map(|(_, v)| v.as_str());

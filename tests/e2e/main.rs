@@ -7,6 +7,7 @@
 //! replicas (`replicas_*`) run; without it they are ignored.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod credits;
 mod filter;
 mod flapping;
 mod fleet;
@@ -50,6 +51,7 @@ fn main() {
         replicas::suites(),
         restore::suites(),
         fleet::suites(),
+        credits::suites(),
         policy::suites(),
     ]
     .into_iter()

@@ -53,6 +53,9 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(format = DateTime)]
     expires_at: Option<String>,
+    /// Uses the key starts with, optionally refilled (absent: unlimited).
+    #[serde(default)]
+    credits: Option<super::credits::NewCredits>,
     /// Up to 100 address ranges (`"10.0.0.0/8"`, `"2001:db8::/32"`, or one address): the
     /// filters refuse the key from anywhere else (403 `ip_not_allowed`). Absent or empty: any.
     #[serde(default)]
@@ -87,6 +90,9 @@ pub struct KeyView {
     /// While an earlier raw key of this key still works (rotation grace): until when.
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_key_valid_until: Option<String>,
+    /// Whether the key has credits (see `GET /v1/keys/{id}/credits` for its balance).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    has_credits: bool,
     /// The only client address ranges the key works from; empty: any.
     allowed_ips: Vec<String>,
     /// The key's own limits; `null`: its business's or the filters' defaults.
@@ -110,6 +116,7 @@ impl KeyView {
             last_used_at: key.last_used_at.map(rfc3339::format),
             rotated_at: key.rotated_at.map(rfc3339::format),
             previous_key_valid_until: key.grace.iter().map(|g| g.until).filter(|u| *u > now()).max().map(rfc3339::format),
+            has_credits: key.credits.is_some(),
             allowed_ips: key.allowed_ips.iter().map(ToString::to_string).collect(),
             rate_limits: limit_texts(&key.rate_limits),
         }
@@ -137,6 +144,12 @@ pub async fn create_key(state: AppState, caller: Caller, business: String, body:
     let scopes = clean_scopes(body.scopes)?;
     let now = now();
     let expires_at = body.expires_at.as_deref().map(|text| request_expiry(text, now)).transpose()?;
+    let credits = body
+        .credits
+        .map(super::credits::NewCredits::checked)
+        .transpose()?
+        .flatten()
+        .map(|(balance, refill)| crate::store::credits::fresh_entry(balance, refill, now, 0));
     let allowed_ips = clean_allowed_ips(body.allowed_ips.unwrap_or_default())?;
     let rate_limits = body.rate_limits.map(|l| clean_limits("rate_limits", l)).transpose()?;
     if state.store().business(&business)?.is_none() {
@@ -149,6 +162,7 @@ pub async fn create_key(state: AppState, caller: Caller, business: String, body:
             name: name.clone(),
             scopes: scopes.clone(),
             expires_at,
+            credits,
             allowed_ips: allowed_ips.clone(),
             rate_limits: rate_limits.clone(),
             ..Key::new(id, business.clone(), body.kind, body.mode, api_key.hash(), api_key.display_prefix().to_owned(), now)
@@ -184,7 +198,7 @@ where
 }
 
 /// The key `key_id` names, when the caller may manage its business.
-fn managed_key(state: &AppState, caller: &Caller, key_id: &str) -> Result<Key, AdminError> {
+pub(crate) fn managed_key(state: &AppState, caller: &Caller, key_id: &str) -> Result<Key, AdminError> {
     check_key_id(key_id)?;
     let key = state.store().key(key_id)?.ok_or(AdminError::KeyNotFound)?;
     if !caller.may_manage(&key.business) {

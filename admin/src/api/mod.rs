@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod businesses;
 pub mod coalesce;
+pub mod credits;
 pub mod feed;
 pub mod health;
 pub mod import;

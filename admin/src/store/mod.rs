@@ -12,6 +12,7 @@
 //! commit together or not at all. Durability is [`durable`]'s group commit.
 
 mod accounts;
+pub mod credits;
 mod durable;
 mod engine;
 mod feed;

@@ -3,6 +3,7 @@
 //! hand-written `Debug` that leaves it out.
 
 use keygate_core::cidr::Cidr;
+use keygate_core::credits::CreditsEntry;
 use keygate_core::ratelimit::Limit;
 use keygate_core::snapshot::{BusinessLimits, History, KeyEntry, RevokedSession, SigningKeyEntry};
 use keygate_core::{AccessClaims, KeyHash, KeyKind, Mode, UnixTime};
@@ -78,6 +79,9 @@ pub struct Key {
     /// Hashes of earlier raw keys that still work until their `until` (rotation grace).
     #[serde(default)]
     pub grace: Vec<GraceHash>,
+    /// Uses left, when the key has credits (see `store::credits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditsEntry>,
     /// When not empty, the only client addresses the filters let the key in from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_ips: Vec<Cidr>,
@@ -112,6 +116,7 @@ impl Key {
             last_used_at: None,
             rotated_at: None,
             grace: vec![],
+            credits: None,
             allowed_ips: vec![],
             rate_limits: None,
         }
@@ -128,6 +133,7 @@ impl Key {
             scopes: self.scopes.clone(),
             expires_at: self.expires_at,
             active: self.active,
+            credits: self.credits,
             allowed_ips: self.allowed_ips.clone(),
             rate_limits: self.rate_limits.clone(),
         }

@@ -48,6 +48,13 @@ pub struct Route {
     /// the key's defaults; `None`: the defaults.
     #[serde(default)]
     pub rate_limits: Option<Vec<Limit>>,
+    /// Credits a request on this rule spends of a key that has credits (0: none).
+    #[serde(default = "default_cost")]
+    pub cost: u64,
+}
+
+fn default_cost() -> u64 {
+    1
 }
 
 fn default_requirement() -> Requirement {

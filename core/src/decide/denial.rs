@@ -12,6 +12,7 @@ pub enum DenyCode {
     InsufficientPermission,
     IpNotAllowed,
     RateLimited,
+    QuotaExhausted,
     AuthUnavailable,
 }
 
@@ -25,6 +26,7 @@ impl DenyCode {
             DenyCode::InsufficientPermission => "insufficient_permission",
             DenyCode::IpNotAllowed => "ip_not_allowed",
             DenyCode::RateLimited => "rate_limited",
+            DenyCode::QuotaExhausted => "quota_exhausted",
             DenyCode::AuthUnavailable => "auth_unavailable",
         }
     }
@@ -33,12 +35,12 @@ impl DenyCode {
         match self {
             DenyCode::MissingCredentials | DenyCode::InvalidToken | DenyCode::InvalidApiKey => 401,
             DenyCode::BusinessMismatch | DenyCode::InsufficientPermission | DenyCode::IpNotAllowed => 403,
-            DenyCode::RateLimited => 429,
+            DenyCode::RateLimited | DenyCode::QuotaExhausted => 429,
             DenyCode::AuthUnavailable => 503,
         }
     }
 
-    pub const ALL: [DenyCode; 8] = [
+    pub const ALL: [DenyCode; 9] = [
         DenyCode::MissingCredentials,
         DenyCode::InvalidToken,
         DenyCode::InvalidApiKey,
@@ -46,6 +48,7 @@ impl DenyCode {
         DenyCode::InsufficientPermission,
         DenyCode::IpNotAllowed,
         DenyCode::RateLimited,
+        DenyCode::QuotaExhausted,
         DenyCode::AuthUnavailable,
     ];
 }

@@ -15,6 +15,7 @@ pub use request::{RequestView, AUTHORIZATION, BUSINESS_ID, SECRET_KEY};
 pub use tokens::{TokenCache, FAILED_TOKEN_TTL_SECS};
 
 use crate::config::{Policy, Requirement, Route};
+use crate::credits::CreditCheck;
 use crate::key::{self, KeyKind};
 use crate::keystore::KeyLookup;
 use crate::ratelimit::{Limit, LimitCheck, Scope};
@@ -57,6 +58,8 @@ pub struct Allowed {
     pub rate_limits: Vec<LimitCheck>,
     /// The key that was used, for usage reporting.
     pub key_id: Option<String>,
+    /// The credits the request spends, when its key has credits (charged after the rate limits).
+    pub credits: Option<CreditCheck>,
     /// Set on a shadow route: what would have been refused.
     pub shadow_denial: Option<Denial>,
 }
@@ -264,7 +267,8 @@ fn check_credentials(
     }
     let overrides = synced.snapshot.business_limits(&key.business);
     let rate_limits = key_limits(policy, route, &key, overrides);
-    Ok(Allowed { remove_headers, add_headers, rate_limits, key_id: Some(key.id.clone()), shadow_denial: None })
+    let credits = key.credits.filter(|_| route.cost > 0).map(|c| c.check(&key.id, route.cost, now));
+    Ok(Allowed { remove_headers, add_headers, rate_limits, key_id: Some(key.id.clone()), shadow_denial: None, credits })
 }
 
 /// The limits a key's request counts against. Per key, the first that is set: the key's
