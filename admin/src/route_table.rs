@@ -35,6 +35,7 @@ pub enum Endpoint {
     DashboardPage,
     DashboardFile,
     ImportKeys,
+    ListAudit,
 }
 
 /// The methods the API uses, in the order an `Allow` header lists them.
@@ -103,6 +104,7 @@ pub const TABLE: &[Route] = &[
     route(E::DashboardPage, Get, "/ui/"),
     route(E::DashboardFile, Get, "/ui/{id}"),
     route(E::ImportKeys, Post, "/v1/import/keys"),
+    route(E::ListAudit, Get, "/v1/audit"),
 ];
 
 /// The distinct route labels: each template once, `/ui/` folded into `/ui` (a trailing
