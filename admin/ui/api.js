@@ -163,4 +163,5 @@ export const api = {
   usage: (id) => call('GET', `/v1/keys/${seg(id)}/usage`),
   sessions: () => call('GET', '/v1/sessions'),
   revokeSession: (id) => call('DELETE', `/v1/sessions/${seg(id)}`),
+  audit: (query) => call('GET', `/v1/audit?${query}`),
 };

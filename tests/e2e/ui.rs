@@ -35,7 +35,8 @@ fn options() -> StackOptions {
     StackOptions { plugin_json: Some(plugin_json("\n  \"usage_flush_secs\": 1,", "")), ..StackOptions::default() }
 }
 
-const CASES: &[Case] = &[("page_is_served_with_a_strict_csp", headers), ("dashboard_in_chromium", dashboard)];
+const CASES: &[Case] =
+    &[("page_is_served_with_a_strict_csp", headers), ("dashboard_in_chromium", dashboard), ("audit_log_in_chromium", audit_log)];
 
 fn repo() -> PathBuf {
     std::env::var_os("KEYGATE_REPO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
@@ -57,6 +58,11 @@ fn headers(stack: &Stack) {
 
 fn dashboard(stack: &Stack) {
     run_script(stack, "dashboard.mjs", 10);
+}
+
+/// `tests/browser/audit.mjs`: the audit log of the selected business.
+fn audit_log(stack: &Stack) {
+    run_script(stack, "audit.mjs", 2);
 }
 
 fn refresh(stack: &Stack) {
