@@ -269,6 +269,7 @@ mod tests {
             "ui",
             "import",
             "rate-counts",
+            "audit",
         ];
         for word in words {
             assert!(is_route_word(word), "{word}");
@@ -291,7 +292,7 @@ mod tests {
 
     #[test]
     fn labels_are_the_distinct_templates() {
-        assert_eq!(LABELS.len(), 26, "{LABELS:?}");
+        assert_eq!(LABELS.len(), 27, "{LABELS:?}");
         for (i, label) in LABELS.iter().enumerate() {
             assert!(TABLE.iter().any(|row| row.template == *label), "{label}");
             assert!(!LABELS[..i].contains(label), "{label} twice");
