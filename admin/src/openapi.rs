@@ -49,6 +49,8 @@ Errors always answer `{\"success\": false, \"error\": \"<words>\", \"code\": \"<
         api::sessions::list_sessions,
         api::keys::update_key,
         api::import::import_keys,
+        api::policy::business_limits,
+        api::policy::update_business_limits,
         api::audit::list_audit,
         crate::ui::redirect,
         crate::ui::page,

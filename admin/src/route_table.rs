@@ -35,6 +35,8 @@ pub enum Endpoint {
     DashboardPage,
     DashboardFile,
     ImportKeys,
+    BusinessLimits,
+    UpdateBusinessLimits,
     ListAudit,
 }
 
@@ -104,6 +106,8 @@ pub const TABLE: &[Route] = &[
     route(E::DashboardPage, Get, "/ui/"),
     route(E::DashboardFile, Get, "/ui/{id}"),
     route(E::ImportKeys, Post, "/v1/import/keys"),
+    route(E::BusinessLimits, Get, "/v1/businesses/{id}/limits"),
+    route(E::UpdateBusinessLimits, Patch, "/v1/businesses/{id}/limits"),
     route(E::ListAudit, Get, "/v1/audit"),
 ];
 
@@ -269,6 +273,7 @@ mod tests {
             "ui",
             "import",
             "rate-counts",
+            "limits",
             "audit",
         ];
         for word in words {
@@ -292,7 +297,7 @@ mod tests {
 
     #[test]
     fn labels_are_the_distinct_templates() {
-        assert_eq!(LABELS.len(), 27, "{LABELS:?}");
+        assert_eq!(LABELS.len(), 28, "{LABELS:?}");
         for (i, label) in LABELS.iter().enumerate() {
             assert!(TABLE.iter().any(|row| row.template == *label), "{label}");
             assert!(!LABELS[..i].contains(label), "{label} twice");

@@ -173,3 +173,29 @@ async fn the_address_is_the_forwarded_one_only_when_trusted_and_entries_are_boun
     assert_eq!(all["entries"][0]["actor"]["address"], "127.0.0.1", "{all}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_settings_and_business_limits_are_audited() {
+    let server = Server::fresh().await;
+    let biz = server.business("Limits").await;
+    let key = server.key(&biz).await;
+    let key_id = key["id"].as_str().unwrap();
+    let (status, body) = server
+        .send(
+            Method::PATCH,
+            &format!("/v1/keys/{key_id}"),
+            Some(OPERATOR),
+            Some(json!({"allowed_ips": ["10.0.0.0/8"], "rate_limits": ["10/s"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) =
+        server.send(Method::PATCH, &format!("/v1/businesses/{biz}/limits"), Some(OPERATOR), Some(json!({"per_key": ["100/m"]}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let page = audit(&server, OPERATOR, &format!("?business={biz}")).await;
+    assert_eq!(actions(&page), ["business.limits", "key.update", "key.create", "business.create"], "{page}");
+    let entries = page["entries"].as_array().unwrap();
+    assert_eq!(entries[0]["details"], json!({"per_key": ["100/m"]}));
+    assert_eq!(entries[1]["details"], json!({"allowed_ips": ["10.0.0.0/8"], "rate_limits": ["10/s"]}));
+    server.stop().await;
+}

@@ -5,6 +5,7 @@ import { api, ApiError, endOnLeave, forget, signIn, signOut, whenSignedOut } fro
 import { loadAudit } from './audit.js';
 import { drawUsage } from './chart.js';
 import { $, clear, fromLocalInput, h, relative, toLocalInput, when } from './dom.js';
+import { editPolicy, initPolicy, loadBusinessLimits, policySummary } from './policy.js';
 
 const state = {
   email: null,
@@ -111,7 +112,7 @@ $('signin-form').addEventListener('submit', (event) => {
     state.business = state.businesses[0].id;
     clearError();
     showApp();
-    await Promise.all([loadKeys(), loadSessions()]);
+    await Promise.all([loadKeys(), loadSessions(), loadBusinessLimits(state.business)]);
   });
 });
 
@@ -126,7 +127,7 @@ $('business').addEventListener('change', () => act(null, async () => {
   state.business = $('business').value;
   state.usageKey = null;
   $('usage-card').hidden = true;
-  await loadKeys();
+  await Promise.all([loadKeys(), loadBusinessLimits(state.business)]);
 }));
 
 // ----- live / test -----
@@ -181,7 +182,7 @@ function renderKeys() {
     const [cls, label] = keyState(key);
     const lastUsed = relative(key.last_used_at);
     const row = h('tr', { dataset: { keyId: key.id }, class: key.id === state.usageKey ? 'selected' : null },
-      h('td', { class: 'name' }, key.name || h('span', { class: 'muted' }, 'unnamed')),
+      h('td', { class: 'name' }, key.name || h('span', { class: 'muted' }, 'unnamed'), policySummary(key)),
       h('td', {}, h('code', { class: 'prefix' }, `${key.prefix}…`)),
       h('td', {}, key.kind),
       h('td', {}, h('span', { class: `badge mode-${key.mode}` }, key.mode)),
@@ -196,7 +197,8 @@ function renderKeys() {
         key.active
           ? h('button', { type: 'button', class: 'small danger', 'data-action': 'deactivate', onclick: (e) => setActive(key, false, e.currentTarget) }, 'Deactivate')
           : h('button', { type: 'button', class: 'small secondary', 'data-action': 'activate', onclick: (e) => setActive(key, true, e.currentTarget) }, 'Activate'),
-        h('button', { type: 'button', class: 'small secondary', 'data-action': 'expiry', onclick: () => editExpiry(key) }, 'Expiry')));
+        h('button', { type: 'button', class: 'small secondary', 'data-action': 'expiry', onclick: () => editExpiry(key) }, 'Expiry'),
+        h('button', { type: 'button', class: 'small secondary', 'data-action': 'policy', onclick: () => editPolicy(key) }, 'Limits & IPs')));
     body.appendChild(row);
   }
 }
@@ -396,6 +398,7 @@ async function revoke(session, button) {
 }
 
 $('error-close').addEventListener('click', clearError);
+initPolicy({ act, showError, notice, reload: loadKeys, keyLabel });
 
 setMode('live');
 endOnLeave();

@@ -19,7 +19,7 @@ use crate::key::KeyHash;
 use crate::keystore::{self, bucket_of, BUCKETS};
 use crate::lease::{Lease, WRITE_MARGIN_MS};
 use crate::revoked::{self, REVOKED_BUCKETS};
-use crate::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry, Snapshot, SnapshotError, SnapshotWire};
+use crate::snapshot::{BusinessLimits, History, KeyEntry, RevokedSession, SigningKeyEntry, Snapshot, SnapshotError, SnapshotWire};
 use crate::sync::{Health, SyncFailure, SyncOutcome, SNAPSHOT_PATH};
 use crate::UnixTime;
 
@@ -42,6 +42,9 @@ pub struct Meta {
     /// Admin's history at `version`; sent back with `?since=`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<History>,
+    /// Businesses' own limits (few: one per business that has any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub business_limits: Vec<BusinessLimits>,
 }
 
 impl Meta {
@@ -52,6 +55,7 @@ impl Meta {
             version: self.version,
             signing_keys: self.signing_keys.clone(),
             revoked_sessions: self.revoked_sessions.clone(),
+            business_limits: self.business_limits.clone(),
             ..SnapshotWire::default()
         })
     }
@@ -291,6 +295,8 @@ impl Leader {
         let mut next = meta.clone();
         next.signing_keys.retain(|k| !wire.removed_signing_keys.contains(&k.kid) && !wire.signing_keys.iter().any(|n| n.kid == k.kid));
         next.signing_keys.extend(wire.signing_keys.iter().cloned());
+        next.business_limits.retain(|b| !wire.business_limits.iter().any(|n| n.business == b.business));
+        next.business_limits.extend(wire.business_limits.iter().filter(|b| !b.is_empty()).cloned());
         next.version = wire.version;
         next.history = wire.history;
         next.snapshot().map_err(SyncFailure::Rejected)?;
@@ -321,6 +327,7 @@ impl Leader {
                     signing_keys: wire.signing_keys.clone(),
                     revoked_sessions: Vec::new(),
                     history: wire.history,
+                    business_limits: wire.business_limits.iter().filter(|b| !b.is_empty()).cloned().collect(),
                 };
                 meta.snapshot().map_err(SyncFailure::Rejected)?;
                 FullBuild { meta, keys: Stream::default(), revoking: None, inline_revoked: wire.revoked_sessions.clone() }

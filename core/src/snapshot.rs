@@ -8,7 +8,9 @@ use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+use crate::cidr::Cidr;
 use crate::key::{KeyHash, KeyKind, Mode};
+use crate::ratelimit::Limit;
 use crate::UnixTime;
 
 /// The algorithm name every signing key carries; the only one keygate accepts.
@@ -27,6 +29,30 @@ pub struct KeyEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<UnixTime>,
     pub active: bool,
+    /// When not empty, the only client addresses the key may be used from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<Cidr>,
+    /// The key's own limits: they replace its business's, its rule's and its kind's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<Vec<Limit>>,
+}
+
+/// A business's own limits, set through admin. `per_key` replaces the rule's and the kind's
+/// defaults for each of its keys (a key's own limits still win); `shared` replaces the
+/// plugin's `rate_limits.business` for it. Both absent: no override (on a delta, a removal).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusinessLimits {
+    pub business: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_key: Option<Vec<Limit>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<Vec<Limit>>,
+}
+
+impl BusinessLimits {
+    pub fn is_empty(&self) -> bool {
+        self.per_key.is_none() && self.shared.is_none()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +120,10 @@ pub struct SnapshotWire {
     /// On a delta: admin's history at `since`, which must be the proxy's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_history: Option<History>,
+    /// Businesses' own limits: all of them on a full snapshot's first page, the changed
+    /// ones on a delta (an empty one removes the override).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub business_limits: Vec<BusinessLimits>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,6 +148,8 @@ pub struct KeyRecord {
     pub scopes: Vec<String>,
     pub expires_at: Option<UnixTime>,
     pub active: bool,
+    pub allowed_ips: Vec<Cidr>,
+    pub rate_limits: Option<Vec<Limit>>,
 }
 
 #[derive(Clone, Default)]
@@ -126,6 +158,7 @@ pub struct Snapshot {
     keys: HashMap<KeyHash, KeyRecord>,
     signing: HashMap<String, DecodingKey>,
     revoked: HashMap<String, UnixTime>,
+    business_limits: HashMap<String, BusinessLimits>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -135,6 +168,7 @@ impl std::fmt::Debug for Snapshot {
             .field("keys", &self.keys.len())
             .field("signing_keys", &self.signing.len())
             .field("revoked_sessions", &self.revoked.len())
+            .field("business_limits", &self.business_limits.len())
             .finish()
     }
 }
@@ -152,8 +186,8 @@ fn decoding_key(entry: &SigningKeyEntry) -> Result<DecodingKey, SnapshotError> {
 }
 
 fn record(entry: KeyEntry) -> (KeyHash, KeyRecord) {
-    let KeyEntry { hash, id, business, kind, mode, scopes, expires_at, active } = entry;
-    (hash, KeyRecord { id, business, kind, mode, scopes, expires_at, active })
+    let KeyEntry { hash, id, business, kind, mode, scopes, expires_at, active, allowed_ips, rate_limits } = entry;
+    (hash, KeyRecord { id, business, kind, mode, scopes, expires_at, active, allowed_ips, rate_limits })
 }
 
 impl crate::revoked::RevocationLookup for Snapshot {
@@ -206,6 +240,13 @@ impl Snapshot {
         }
         self.signing.extend(signing);
         self.revoked.extend(wire.revoked_sessions.into_iter().map(|r| (r.sid, r.until)));
+        for limits in wire.business_limits {
+            if limits.is_empty() {
+                self.business_limits.remove(&limits.business);
+            } else {
+                self.business_limits.insert(limits.business.clone(), limits);
+            }
+        }
         self.version = wire.version;
         Ok(())
     }
@@ -220,6 +261,11 @@ impl Snapshot {
 
     pub fn key(&self, hash: &KeyHash) -> Option<&KeyRecord> {
         self.keys.get(hash)
+    }
+
+    /// The business's own limits, if admin set any.
+    pub fn business_limits(&self, business: &str) -> Option<&BusinessLimits> {
+        self.business_limits.get(business)
     }
 
     pub fn signing_key(&self, kid: &str) -> Option<&DecodingKey> {

@@ -283,9 +283,11 @@ fn every_code_has_its_status_and_a_json_body_without_secrets() {
         (401, "invalid_api_key"),
         (403, "business_mismatch"),
         (403, "insufficient_permission"),
+        (403, "ip_not_allowed"),
         (429, "rate_limited"),
         (503, "auth_unavailable"),
     ];
+    assert_eq!(DenyCode::ALL.len(), expected.len());
     for (code, (status, name)) in DenyCode::ALL.iter().zip(expected) {
         assert_eq!((code.status(), code.as_str()), (status, name));
     }
@@ -341,6 +343,8 @@ fn imported_keys_without_keygate_checksum_are_looked_up_by_hash_with_the_stored_
         scopes: vec![],
         expires_at: None,
         active: true,
+        allowed_ips: vec![],
+        rate_limits: None,
     };
     let wire = SnapshotWire {
         version: 4,

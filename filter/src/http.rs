@@ -4,7 +4,7 @@
 
 use keygate_core::decide::after_rate_limit;
 use keygate_core::hold::Admission;
-use keygate_core::{decide_or_hold, Decision, FilterConfig, Outcome, Pending, RequestView, Requirement, Synced};
+use keygate_core::{decide_or_hold, wants_address, Decision, FilterConfig, Outcome, Pending, RequestView, Requirement, Synced};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -79,12 +79,12 @@ pub fn evaluate(config: &FilterConfig, vm: &VmState, hold: bool) -> Evaluated {
     let headers = host::request_headers();
     let (method, path) = (pseudo(&headers, ":method"), pseudo(&headers, ":path"));
     let route = config.policy.route_for(method, path);
-    // Only public routes are limited per client address: skip the property lookup otherwise.
-    let client_ip = (route.require == Requirement::None).then(host::client_ip).flatten();
+    // Public routes count per client address; a key route needs it only for a key with
+    // an allowlist (`wants_address` below): skip the property lookup otherwise.
+    let mut client_ip = (route.require == Requirement::None).then(host::client_ip).flatten();
     // One clock read: seconds for the decision, milliseconds for the rate-limit windows.
     let now_ms = host::now_ms();
     let now = now_ms.map(|ms| ms / 1000);
-    let request = RequestView { method, path, headers: &headers, client_ip: client_ip.as_deref() };
     let ns = config.sync.shared_prefix.as_str();
     let seen = shared::read_seen(ns);
     let outcome = {
@@ -98,8 +98,21 @@ pub fn evaluate(config: &FilterConfig, vm: &VmState, hold: bool) -> Evaluated {
             }
             _ => None,
         };
-        decide_or_hold(&config.policy, route, &request, synced, now.unwrap_or(0), &mut vm.tokens.borrow_mut(), hold)
+        let mut tokens = vm.tokens.borrow_mut();
+        let mut decide = |client_ip: Option<&str>| {
+            let request = RequestView { method, path, headers: &headers, client_ip };
+            let outcome = decide_or_hold(&config.policy, route, &request, synced, now.unwrap_or(0), &mut tokens, hold);
+            (wants_address(&request, &outcome), outcome)
+        };
+        match decide(client_ip.as_deref()) {
+            (true, _) => {
+                client_ip = host::client_ip();
+                decide(client_ip.as_deref()).1
+            }
+            (false, outcome) => outcome,
+        }
     };
+    let request = RequestView { method, path, headers: &headers, client_ip: client_ip.as_deref() };
     let now = now.unwrap_or(0);
     let mut rate_headers = Vec::new();
     let outcome = match outcome {

@@ -17,6 +17,7 @@ mod key_attacks;
 mod lifecycle;
 mod log_secrets;
 mod path;
+mod policy;
 mod replicas;
 mod restore;
 mod ui;
@@ -49,6 +50,7 @@ fn main() {
         replicas::suites(),
         restore::suites(),
         fleet::suites(),
+        policy::suites(),
     ]
     .into_iter()
     .flatten()

@@ -5,6 +5,8 @@
 //! move, rotate, deactivate, test mode, revoke a session, API errors in words, the CSP and
 //! escaping. Suite `ui_short_ttl` (3-second tokens, `tests/browser/refresh.mjs`): the page
 //! refreshes an expired access token, and asks to sign in again when its session is revoked.
+//! `tests/browser/policy.mjs`: a key's address allowlist and own limits, and the business's
+//! limits, set in the page and enforced by Envoy.
 //! Screenshots go to `target/ui-screenshots/NN-step.png`; the scripts print each path.
 
 use std::path::PathBuf;
@@ -35,8 +37,12 @@ fn options() -> StackOptions {
     StackOptions { plugin_json: Some(plugin_json("\n  \"usage_flush_secs\": 1,", "")), ..StackOptions::default() }
 }
 
-const CASES: &[Case] =
-    &[("page_is_served_with_a_strict_csp", headers), ("dashboard_in_chromium", dashboard), ("audit_log_in_chromium", audit_log)];
+const CASES: &[Case] = &[
+    ("page_is_served_with_a_strict_csp", headers),
+    ("dashboard_in_chromium", dashboard),
+    ("key_allowlist_and_limits_in_chromium", policy),
+    ("audit_log_in_chromium", audit_log),
+];
 
 fn repo() -> PathBuf {
     std::env::var_os("KEYGATE_REPO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
@@ -58,6 +64,10 @@ fn headers(stack: &Stack) {
 
 fn dashboard(stack: &Stack) {
     run_script(stack, "dashboard.mjs", 10);
+}
+
+fn policy(stack: &Stack) {
+    run_script(stack, "policy.mjs", 5);
 }
 
 /// `tests/browser/audit.mjs`: the audit log of the selected business.

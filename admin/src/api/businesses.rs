@@ -27,7 +27,7 @@ pub struct CreateBusiness {
 )]
 pub async fn create_business(state: AppState, client: IpAddr, body: CreateBusiness) -> Result<Response, AdminError> {
     let name = clean_name(&body.name, "name")?;
-    let business = Business { id: random::id("biz_")?, name, created_at: now() };
+    let business = Business::new(random::id("biz_")?, name, now());
     let record = business.clone();
     let audit = Audit::new(Actor::operator(client), "business.create", "business", &business.id).business(&business.id);
     durable_write(&state.store().audited(audit), move |s| s.create_business(&record)).await?;

@@ -10,6 +10,7 @@ pub mod feed;
 pub mod health;
 pub mod import;
 pub mod keys;
+pub mod policy;
 pub mod rate_counts;
 pub mod sessions;
 pub mod tokens;

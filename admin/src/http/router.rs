@@ -168,6 +168,20 @@ fn answer(row: &Route, s: &AppState) -> Option<Answer> {
             .and(json())
             .and_then(|key, st, caller, ip, body| async move { reject(api::keys::update_key(st, caller, ip, key, body).await) })
             .boxed(),
+        Endpoint::BusinessLimits => path_with_id(t)
+            .and(m)
+            .and(caller(s))
+            .and_then(|business, st, caller| async move { reject(api::policy::business_limits(st, caller, business).await) })
+            .boxed(),
+        Endpoint::UpdateBusinessLimits => path_with_id(t)
+            .and(m)
+            .and(caller(s.clone()))
+            .and(client_ip(s))
+            .and(json())
+            .and_then(|business, st, caller, ip, body| async move {
+                reject(api::policy::update_business_limits(st, caller, ip, business, body).await)
+            })
+            .boxed(),
         Endpoint::RevokeSession => path_with_id(t)
             .and(m)
             .and(caller(s.clone()))

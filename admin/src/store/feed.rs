@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::PoisonError;
 
-use keygate_core::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry};
+use keygate_core::snapshot::{BusinessLimits, History, KeyEntry, RevokedSession, SigningKeyEntry};
 use keygate_core::{KeyHash, SnapshotWire, UnixTime};
 
 use super::tx::{be, decode, from_be, from_versioned, META_FLOOR, META_HISTORY_BASE, META_HISTORY_FLOOR};
-use super::{Change, ChangeRecord, Key, SigningKey, Store, StoreError};
+use super::{Business, Change, ChangeRecord, Key, SigningKey, Store, StoreError};
 
 impl Store {
     /// The whole state the filter needs, at the changelog head. Holds the writer mutex
@@ -91,11 +91,19 @@ impl Store {
             let (_, bytes) = item?;
             wire.signing_keys.push(decode::<SigningKey>("signing_keys", &bytes)?.public);
         }
+        // Businesses' own limits travel with the signing keys: every VM holds them.
+        for item in self.trees().businesses.iter() {
+            let (_, bytes) = item?;
+            let limits = decode::<Business>("businesses", &bytes)?.limits();
+            if !limits.is_empty() {
+                wire.business_limits.push(limits);
+            }
+        }
         Ok(())
     }
 
-    /// What an unpaged full snapshot carries besides keys: every published signing key
-    /// and the revocations still in force.
+    /// What an unpaged full snapshot carries besides keys: every published signing key,
+    /// the businesses' own limits and the revocations still in force.
     pub(super) fn snapshot_extras(&self, now: UnixTime, wire: &mut SnapshotWire) -> Result<(), StoreError> {
         self.signing_extras(wire)?;
         for item in self.trees().revocations.iter() {
@@ -123,6 +131,7 @@ impl Store {
         let mut keys: BTreeMap<KeyHash, Option<KeyEntry>> = BTreeMap::new();
         let mut signing: BTreeMap<String, Option<SigningKeyEntry>> = BTreeMap::new();
         let mut revoked = Vec::new();
+        let mut business_limits: BTreeMap<String, BusinessLimits> = BTreeMap::new();
         let mut expected = since.saturating_add(1);
         if since < upto {
             for item in t.changelog.range(be(expected)..=be(upto)) {
@@ -151,6 +160,9 @@ impl Store {
                             revoked.push(session);
                         }
                     }
+                    Change::BusinessLimits { limits } => {
+                        business_limits.insert(limits.business.clone(), limits);
+                    }
                 }
             }
             if expected != upto.saturating_add(1) {
@@ -165,6 +177,7 @@ impl Store {
             revoked_sessions: revoked,
             history,
             since_history,
+            business_limits: business_limits.into_values().collect(),
             ..SnapshotWire::default()
         };
         for (hash, entry) in keys {

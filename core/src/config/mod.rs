@@ -212,18 +212,8 @@ impl FilterConfig {
     }
 }
 
-/// A list of limits: at most [`MAX_LIMITS`], one per window length (two on one window
-/// would be one counter).
 fn check_limits(field: &str, limits: &[Limit]) -> Result<(), String> {
-    if limits.len() > MAX_LIMITS {
-        return Err(format!("{field}: at most {MAX_LIMITS} limits"));
-    }
-    for (i, limit) in limits.iter().enumerate() {
-        if limits[..i].iter().any(|l| l.window == limit.window) {
-            return Err(format!("{field}: two limits per {}; keep the stricter", limit.window.unit()));
-        }
-    }
-    Ok(())
+    crate::ratelimit::check_list(field, limits)
 }
 
 /// A list field and its `N per hour` shorthand: at most one of them.

@@ -26,6 +26,8 @@ pub fn entry(key: &ApiKey, id: &str, business: &str) -> KeyEntry {
         scopes: vec![],
         expires_at: None,
         active: true,
+        allowed_ips: vec![],
+        rate_limits: None,
     }
 }
 
