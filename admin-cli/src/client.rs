@@ -246,6 +246,46 @@ pub enum ClientCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The audit log, newest first (GET /v1/audit; operator: every entry, member: their
+    /// businesses'). Prints the cursor for the next page when there is one.
+    Audit {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Entries at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Entries at or before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// key, business, user, session, signing_key or import.
+        #[arg(long)]
+        object_type: Option<String>,
+        #[arg(long)]
+        object_id: Option<String>,
+        /// One business's entries (biz_…).
+        #[arg(long)]
+        business: Option<String>,
+        /// One action, e.g. key.rotate.
+        #[arg(long)]
+        action: Option<String>,
+        /// Entries per page, 1 to 500 (default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The cursor printed after the previous page: older entries.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+}
+
+/// `value` percent-encoded for a query string (all but unreserved characters).
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[derive(Subcommand)]
@@ -504,6 +544,25 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Logout { client } => {
             let v = call(&client, Method::POST, "/auth/logout", As::Token, None).await?;
             show(client.json, &v, Shape::Fields, None);
+        }
+        ClientCommand::Audit { client, since, until, object_type, object_id, business, action, limit, cursor } => {
+            let limit = limit.map(|l| l.to_string());
+            let params = [
+                ("since", since),
+                ("until", until),
+                ("object_type", object_type),
+                ("object_id", object_id),
+                ("business", business),
+                ("action", action),
+                ("limit", limit),
+                ("cursor", cursor),
+            ];
+            let query: Vec<String> =
+                params.iter().filter_map(|(name, value)| value.as_deref().map(|v| format!("{name}={}", query_value(v)))).collect();
+            let path = if query.is_empty() { "/v1/audit".to_owned() } else { format!("/v1/audit?{}", query.join("&")) };
+            let v = call(&client, Method::GET, &path, As::Admin, None).await?;
+            let more = v["next_cursor"].as_str().map(|c| format!("More entries: --cursor {c}"));
+            show(client.json, &v, Shape::Audit, more.as_deref());
         }
     }
     Ok(())

@@ -64,11 +64,37 @@ fn print_usage(value: &serde_json::Value) {
     }
 }
 
-/// How an answer reads: `field  value` lines, a table of keys, or hourly usage.
+/// `audit`: a table, one entry a row, newest first.
+fn print_audit(value: &serde_json::Value) {
+    let entries = value.get("entries").and_then(|e| e.as_array()).cloned().unwrap_or_default();
+    if entries.is_empty() {
+        println!("no entries");
+        return;
+    }
+    println!("{:<20}  {:<30}  {:<15}  {:<18}  {:<32}  BUSINESS", "AT", "ACTOR", "ADDRESS", "ACTION", "OBJECT");
+    for e in entries {
+        let actor = match e["actor"]["id"].as_str() {
+            Some(id) => format!("{} {id}", scalar(&e["actor"]["kind"])),
+            None => scalar(&e["actor"]["kind"]),
+        };
+        println!(
+            "{:<20}  {:<30}  {:<15}  {:<18}  {:<32}  {}",
+            scalar(&e["at"]),
+            actor,
+            scalar(&e["actor"]["address"]),
+            scalar(&e["action"]),
+            format!("{} {}", scalar(&e["object"]["type"]), scalar(&e["object"]["id"])),
+            scalar(&e["businesses"])
+        );
+    }
+}
+
+/// How an answer reads: `field  value` lines, a table of keys, hourly usage, or audit entries.
 pub enum Shape {
     Fields,
     Keys,
     Usage,
+    Audit,
 }
 
 /// Prints `value` as is (`json`, for scripts) or readably in `shape`; `note` goes to stderr
@@ -82,6 +108,7 @@ pub fn show(json: bool, value: &serde_json::Value, shape: Shape, note: Option<&s
         Shape::Fields => print_fields(value),
         Shape::Keys => print_keys(value),
         Shape::Usage => print_usage(value),
+        Shape::Audit => print_audit(value),
     }
     if let Some(note) = note {
         eprintln!("{note}");

@@ -79,9 +79,15 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_REFRESH_GRACE_SECS", default_value_t = 30 * 24 * 3600)]
     refresh_grace_secs: u64,
     /// How often dead sessions, lapsed revocations, ended key-rotation graces and
-    /// withdrawn signing keys are swept from the store, seconds.
+    /// withdrawn signing keys (and audit entries past their retention) are swept from the store, seconds.
     #[arg(long, env = "KEYGATE_SWEEP_INTERVAL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     sweep_interval_secs: u64,
+    /// Audit log entries kept at most; the oldest goes when a new one comes.
+    #[arg(long, env = "KEYGATE_AUDIT_MAX_ENTRIES", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    audit_max_entries: u64,
+    /// Days an audit log entry is kept (0: no age limit); older ones are swept.
+    #[arg(long, env = "KEYGATE_AUDIT_MAX_AGE_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    audit_max_age_days: u64,
     /// Throttle sign-ins and API-key logins by the last X-Forwarded-For address instead of
     /// the socket peer. Only behind a reverse proxy that sets that header; otherwise clients
     /// could forge it.
@@ -110,6 +116,8 @@ impl ServeArgs {
         config.max_queued_password_hashes = usize::try_from(self.password_queue).unwrap_or(usize::MAX);
         config.refresh_ttl_secs = self.refresh_grace_secs;
         config.sweep_interval_secs = self.sweep_interval_secs;
+        config.audit_max_entries = self.audit_max_entries;
+        config.audit_max_age_days = self.audit_max_age_days;
         config.trust_forwarded_for = self.trust_x_forwarded_for;
         config.seal_keys = self.seal_keys.read().context("cannot read the seal keys")?;
         Ok(config)

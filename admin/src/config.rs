@@ -133,6 +133,10 @@ pub struct Config {
     pub cache_capacity_bytes: u64,
     /// Changelog entries kept for `?since=` deltas.
     pub changelog_retain: u64,
+    /// Audit log entries kept at most.
+    pub audit_max_entries: u64,
+    /// Days an audit log entry is kept (0: no age limit).
+    pub audit_max_age_days: u64,
     /// argon2 runs at once at most (each takes 19 MiB and a core for tens of ms).
     pub max_concurrent_password_hashes: usize,
     /// Password checks that may wait for an argon2 slot; one more is answered 503 at once,
@@ -222,6 +226,8 @@ impl Config {
             token_leeway_secs: keygate_core::token::REVOCATION_MARGIN_SECS,
             cache_capacity_bytes: 64 * 1024 * 1024,
             changelog_retain: 100_000,
+            audit_max_entries: 100_000,
+            audit_max_age_days: 90,
             max_concurrent_password_hashes: 4,
             max_queued_password_hashes: 32,
             max_sessions_per_key: 100,

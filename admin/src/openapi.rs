@@ -55,6 +55,7 @@ Errors always answer `{\"success\": false, \"error\": \"<words>\", \"code\": \"<
         api::credits::credit_spend,
         api::policy::business_limits,
         api::policy::update_business_limits,
+        api::audit::list_audit,
         crate::ui::redirect,
         crate::ui::page,
         crate::ui::asset,
@@ -67,6 +68,7 @@ Errors always answer `{\"success\": false, \"error\": \"<words>\", \"code\": \"<
         (name = "businesses", description = "Tenants and their members (operator)"),
         (name = "keys", description = "API keys: create, list, rotate, (de)activate, usage"),
         (name = "tokens", description = "Token signing keys"),
+        (name = "audit", description = "The audit log: who changed what through admin"),
         (name = "feed", description = "What the Envoy filters pull and report (proxy token)"),
         (name = "dashboard", description = "The key dashboard's page and files (its API calls are the ones above)"),
     )

@@ -41,6 +41,7 @@ pub enum Endpoint {
     ReportCreditSpend,
     BusinessLimits,
     UpdateBusinessLimits,
+    ListAudit,
 }
 
 /// The methods the API uses, in the order an `Allow` header lists them.
@@ -117,6 +118,7 @@ pub const TABLE: &[Route] = &[
     route(E::ReportCreditSpend, Post, "/v1/credit-spend"),
     route(E::BusinessLimits, Get, "/v1/businesses/{id}/limits"),
     route(E::UpdateBusinessLimits, Patch, "/v1/businesses/{id}/limits"),
+    route(E::ListAudit, Get, "/v1/audit"),
 ];
 
 /// The distinct route labels: each template once, `/ui/` folded into `/ui` (a trailing
@@ -285,6 +287,7 @@ mod tests {
             "add",
             "credit-spend",
             "limits",
+            "audit",
         ];
         for word in words {
             assert!(is_route_word(word), "{word}");
@@ -307,7 +310,7 @@ mod tests {
 
     #[test]
     fn labels_are_the_distinct_templates() {
-        assert_eq!(LABELS.len(), 30, "{LABELS:?}");
+        assert_eq!(LABELS.len(), 31, "{LABELS:?}");
         for (i, label) in LABELS.iter().enumerate() {
             assert!(TABLE.iter().any(|row| row.template == *label), "{label}");
             assert!(!LABELS[..i].contains(label), "{label} twice");

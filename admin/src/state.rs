@@ -112,6 +112,8 @@ impl AppState {
         let options = StoreOptions {
             cache_capacity_bytes: config.cache_capacity_bytes,
             changelog_retain: config.changelog_retain,
+            audit_max_entries: config.audit_max_entries,
+            audit_max_age_secs: config.audit_max_age_days.saturating_mul(86_400),
             flush_per_write: config.flush_per_write,
         };
         let store = match &config.store {

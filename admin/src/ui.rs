@@ -22,6 +22,7 @@ const FILES: &[(&str, &str, &[u8])] = &[
     ("dom.js", "text/javascript; charset=utf-8", include_bytes!("../ui/dom.js")),
     ("policy.js", "text/javascript; charset=utf-8", include_bytes!("../ui/policy.js")),
     ("credits.js", "text/javascript; charset=utf-8", include_bytes!("../ui/credits.js")),
+    ("audit.js", "text/javascript; charset=utf-8", include_bytes!("../ui/audit.js")),
     ("favicon.svg", "image/svg+xml", include_bytes!("../ui/favicon.svg")),
 ];
 

@@ -178,6 +178,7 @@ async fn the_page_is_served_embedded_with_security_headers() {
         ("/ui/api.js", "text/javascript; charset=utf-8"),
         ("/ui/chart.js", "text/javascript; charset=utf-8"),
         ("/ui/dom.js", "text/javascript; charset=utf-8"),
+        ("/ui/audit.js", "text/javascript; charset=utf-8"),
         ("/ui/app.css", "text/css; charset=utf-8"),
         ("/ui/favicon.svg", "image/svg+xml"),
     ] {
@@ -188,7 +189,7 @@ async fn the_page_is_served_embedded_with_security_headers() {
         assert!(r.headers().contains_key("content-security-policy"), "{path}");
     }
     // No code of the page writes HTML from strings, stores tokens or logs.
-    for file in ["app.js", "api.js", "chart.js", "dom.js", "policy.js"] {
+    for file in ["app.js", "api.js", "chart.js", "dom.js", "policy.js", "audit.js"] {
         let text = get(&format!("/ui/{file}")).await.unwrap().text().await.unwrap();
         for banned in [
             "innerHTML",

@@ -169,4 +169,5 @@ export const api = {
   addCredits: (id, body) => call('POST', `/v1/keys/${seg(id)}/credits/add`, body),
   sessions: () => call('GET', '/v1/sessions'),
   revokeSession: (id) => call('DELETE', `/v1/sessions/${seg(id)}`),
+  audit: (query) => call('GET', `/v1/audit?${query}`),
 };

@@ -2,6 +2,7 @@
 // Nothing here logs to the console, and no secret ever goes into the URL or storage.
 
 import { api, ApiError, endOnLeave, forget, signIn, signOut, whenSignedOut } from './api.js';
+import { loadAudit } from './audit.js';
 import { drawUsage } from './chart.js';
 import { $, clear, fromLocalInput, h, relative, toLocalInput, when } from './dom.js';
 import { editPolicy, initPolicy, loadBusinessLimits, policySummary } from './policy.js';
@@ -160,6 +161,7 @@ async function loadKeys() {
   state.keys = answer.keys;
   renderKeys();
   if (state.usageKey) await loadUsage(state.usageKey);
+  await loadAudit(state.business);
 }
 
 function keyState(key) {

@@ -43,6 +43,7 @@ const CASES: &[Case] = &[
     ("dashboard_in_chromium", dashboard),
     ("key_allowlist_and_limits_in_chromium", policy),
     ("key_credits_in_chromium", credits),
+    ("audit_log_in_chromium", audit_log),
 ];
 
 fn repo() -> PathBuf {
@@ -73,6 +74,11 @@ fn policy(stack: &Stack) {
 
 fn credits(stack: &Stack) {
     run_script(stack, "credits.mjs", 5);
+}
+
+/// `tests/browser/audit.mjs`: the audit log of the selected business.
+fn audit_log(stack: &Stack) {
+    run_script(stack, "audit.mjs", 2);
 }
 
 fn refresh(stack: &Stack) {

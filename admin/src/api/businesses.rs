@@ -9,7 +9,8 @@ use super::{clean_name, durable_write, ok_json, BusinessView};
 use crate::error::AdminError;
 use crate::random;
 use crate::state::AppState;
-use crate::store::{now, Business};
+use crate::store::{now, Actor, Audit, Business};
+use std::net::IpAddr;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -24,11 +25,12 @@ pub struct CreateBusiness {
         (status = 201, description = "Created", body = BusinessView)
     )
 )]
-pub async fn create_business(state: AppState, body: CreateBusiness) -> Result<Response, AdminError> {
+pub async fn create_business(state: AppState, client: IpAddr, body: CreateBusiness) -> Result<Response, AdminError> {
     let name = clean_name(&body.name, "name")?;
     let business = Business::new(random::id("biz_")?, name, now());
     let record = business.clone();
-    durable_write(state.store(), move |s| s.create_business(&record)).await?;
+    let audit = Audit::new(Actor::operator(client), "business.create", "business", &business.id).business(&business.id);
+    durable_write(&state.store().audited(audit), move |s| s.create_business(&record)).await?;
     tracing::info!(business = %business.id, "business created");
     ok_json(StatusCode::CREATED, &BusinessView { id: business.id, name: business.name })
 }

@@ -10,11 +10,15 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::keys::managed_key;
+use std::net::IpAddr;
+
+use super::audit::actor;
 use super::{blocking, durable_write, ok_json};
 use crate::error::AdminError;
 use crate::rfc3339;
 use crate::state::AppState;
 use crate::store::credits::CreditsState;
+use crate::store::Audit;
 use crate::store::{now, Key};
 
 /// Body cap of a spend report.
@@ -133,11 +137,25 @@ pub async fn get_credits(state: AppState, caller: crate::auth::Caller, key_id: S
 #[utoipa::path(put, path = "/v1/keys/{id}/credits", tag = "keys", summary = "Set a key's balance (a new epoch: earlier spending no longer counts), or clear it with remaining null", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")), request_body = NewCredits,
     responses((status = 200, description = "The credits", body = CreditsView))
 )]
-pub async fn set_credits(state: AppState, caller: crate::auth::Caller, key_id: String, body: NewCredits) -> Result<Response, AdminError> {
-    managed_key(&state, &caller, &key_id)?;
+pub async fn set_credits(
+    state: AppState,
+    caller: crate::auth::Caller,
+    client: IpAddr,
+    key_id: String,
+    body: NewCredits,
+) -> Result<Response, AdminError> {
+    let key = managed_key(&state, &caller, &key_id)?;
     let credits = body.checked()?;
+    let action = if credits.is_some() { "credits.set" } else { "credits.clear" };
+    let mut audit = Audit::new(actor(&caller, client), action, "key", &key_id).business(&key.business);
+    if let Some((balance, refill)) = &credits {
+        audit = audit.detail("remaining", *balance);
+        if let Some(r) = refill {
+            audit = audit.detail("refill", format!("{}:{}", r.interval.as_str(), r.amount));
+        }
+    }
     let id = key_id.clone();
-    let key = durable_write(state.store(), move |s| s.set_credits(&id, credits)).await?;
+    let key = durable_write(&state.store().audited(audit), move |s| s.set_credits(&id, credits)).await?;
     tracing::info!(key = %key.id, limited = key.credits.is_some(), "api key credits set");
     view(&state, key_id).await
 }
@@ -145,7 +163,13 @@ pub async fn set_credits(state: AppState, caller: crate::auth::Caller, key_id: S
 #[utoipa::path(post, path = "/v1/keys/{id}/credits/add", tag = "keys", summary = "Add to a key's balance (spending so far still counts)", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")), request_body = AddCredits,
     responses((status = 200, description = "The credits", body = CreditsView))
 )]
-pub async fn add_credits(state: AppState, caller: crate::auth::Caller, key_id: String, body: AddCredits) -> Result<Response, AdminError> {
+pub async fn add_credits(
+    state: AppState,
+    caller: crate::auth::Caller,
+    client: IpAddr,
+    key_id: String,
+    body: AddCredits,
+) -> Result<Response, AdminError> {
     let key = managed_key(&state, &caller, &key_id)?;
     if !(1..=MAX_CREDITS).contains(&body.amount) {
         return Err(AdminError::InvalidRequest(format!("amount must be 1 to {MAX_CREDITS}")));
@@ -153,8 +177,9 @@ pub async fn add_credits(state: AppState, caller: crate::auth::Caller, key_id: S
     if key.credits.is_none() {
         return Err(AdminError::InvalidRequest("the key has no credits (it is unlimited): set a balance first".to_owned()));
     }
+    let audit = Audit::new(actor(&caller, client), "credits.add", "key", &key_id).business(&key.business).detail("amount", body.amount);
     let id = key_id.clone();
-    let key = durable_write(state.store(), move |s| s.add_credits(&id, body.amount)).await?;
+    let key = durable_write(&state.store().audited(audit), move |s| s.add_credits(&id, body.amount)).await?;
     if key.credits.is_none() {
         return Err(AdminError::InvalidRequest("the key has no credits (it is unlimited): set a balance first".to_owned()));
     }

@@ -17,7 +17,8 @@ use super::{clean_name, durable_write, parse_expiry, BadExpiry};
 use crate::error::{json_response, AdminError};
 use crate::random;
 use crate::state::AppState;
-use crate::store::{now, ImportOutcome, Key};
+use crate::store::{now, Actor, Audit, ImportOutcome, Key};
+use std::net::IpAddr;
 
 /// Records per request, at most.
 pub const BATCH_MAX: usize = 1000;
@@ -173,7 +174,7 @@ pub fn check_record(record: &ImportRecord, now: UnixTime) -> Result<Key, String>
         (status = 200, description = "One result per record, in order; stored on disk before this answer", body = BatchResult)
     )
 )]
-pub async fn import_keys(state: AppState, batch: ImportBatch) -> Result<Response, AdminError> {
+pub async fn import_keys(state: AppState, client: IpAddr, batch: ImportBatch) -> Result<Response, AdminError> {
     if batch.keys.len() > BATCH_MAX {
         return Err(AdminError::InvalidRequest(format!("at most {BATCH_MAX} keys per request")));
     }
@@ -194,7 +195,15 @@ pub async fn import_keys(state: AppState, batch: ImportBatch) -> Result<Response
     }
     if !keys.is_empty() {
         let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
-        let outcomes = durable_write(state.store(), move |s| s.import_keys(&keys)).await?;
+        // One entry for the batch: its businesses (the first 50) and how many keys it held.
+        let mut audit = Audit::new(Actor::operator(client), "import.keys", "import", &random::id("imp_")?).detail("keys", keys.len());
+        for key in &keys {
+            if audit.businesses.len() >= 50 {
+                break;
+            }
+            audit = audit.business(&key.business);
+        }
+        let outcomes = durable_write(&state.store().audited(audit), move |s| s.import_keys(&keys)).await?;
         for ((slot, id), outcome) in slots.into_iter().zip(ids).zip(outcomes) {
             results[slot] = Some(match outcome {
                 ImportOutcome::Imported => RecordResult::Imported { key_id: id },

@@ -8,6 +8,7 @@ use warp::reply::Response;
 
 use std::future::Future;
 
+use super::audit::actor;
 use super::policy::{clean_allowed_ips, clean_limits, limit_texts, present};
 use super::{blocking, clean_name, clean_scopes, durable_write, is_id, ok_json, request_expiry};
 use crate::auth::Caller;
@@ -15,7 +16,8 @@ use crate::error::AdminError;
 use crate::random;
 use crate::rfc3339;
 use crate::state::AppState;
-use crate::store::{now, Key, StoreError};
+use crate::store::{now, Audit, Key, StoreError};
+use std::net::IpAddr;
 
 /// `sk` (secret, server side) or `pk` (publishable, safe methods only).
 #[derive(Serialize, ToSchema)]
@@ -123,6 +125,20 @@ impl KeyView {
     }
 }
 
+fn kind_name(kind: KeyKind) -> &'static str {
+    match kind {
+        KeyKind::Sk => "sk",
+        KeyKind::Pk => "pk",
+    }
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Live => "live",
+        Mode::Test => "test",
+    }
+}
+
 fn check_business_access(caller: &Caller, business: &str) -> Result<(), AdminError> {
     if !caller.may_manage(business) {
         return Err(AdminError::Forbidden);
@@ -138,7 +154,13 @@ fn check_business_access(caller: &Caller, business: &str) -> Result<(), AdminErr
         (status = 201, description = "Created", body = KeyView)
     )
 )]
-pub async fn create_key(state: AppState, caller: Caller, business: String, body: CreateKey) -> Result<Response, AdminError> {
+pub async fn create_key(
+    state: AppState,
+    caller: Caller,
+    client: IpAddr,
+    business: String,
+    body: CreateKey,
+) -> Result<Response, AdminError> {
     check_business_access(&caller, &business)?;
     let name = body.name.as_deref().map(|n| clean_name(n, "name")).transpose()?;
     let scopes = clean_scopes(body.scopes)?;
@@ -168,7 +190,12 @@ pub async fn create_key(state: AppState, caller: Caller, business: String, body:
             ..Key::new(id, business.clone(), body.kind, body.mode, api_key.hash(), api_key.display_prefix().to_owned(), now)
         };
         let record = key.clone();
-        Ok(async move { durable_write(store, move |s| s.create_key(&record)).await.map(|()| key) })
+        let audit = Audit::new(actor(&caller, client), "key.create", "key", &key.id)
+            .business(&key.business)
+            .detail("kind", kind_name(key.kind))
+            .detail("mode", mode_name(key.mode));
+        let store = store.audited(audit);
+        Ok(async move { durable_write(&store, move |s| s.create_key(&record)).await.map(|()| key) })
     })
     .await?;
     tracing::info!(key = %key.id, business = %key.business, prefix = %key.prefix, "api key created");
@@ -241,20 +268,22 @@ pub async fn list_keys(state: AppState, caller: Caller, business: String) -> Res
 #[utoipa::path(post, path = "/v1/keys/{id}/deactivate", tag = "keys", summary = "Deactivate a key (its tokens stop at once)", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")),
     responses((status = 200, description = "The key", body = KeyView))
 )]
-pub async fn deactivate_key(state: AppState, caller: Caller, key_id: String) -> Result<Response, AdminError> {
-    set_key_active(state, caller, key_id, false).await
+pub async fn deactivate_key(state: AppState, caller: Caller, client: IpAddr, key_id: String) -> Result<Response, AdminError> {
+    set_key_active(state, caller, client, key_id, false).await
 }
 
 #[utoipa::path(post, path = "/v1/keys/{id}/activate", tag = "keys", summary = "Activate a deactivated key", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")),
     responses((status = 200, description = "The key", body = KeyView))
 )]
-pub async fn activate_key(state: AppState, caller: Caller, key_id: String) -> Result<Response, AdminError> {
-    set_key_active(state, caller, key_id, true).await
+pub async fn activate_key(state: AppState, caller: Caller, client: IpAddr, key_id: String) -> Result<Response, AdminError> {
+    set_key_active(state, caller, client, key_id, true).await
 }
 
-async fn set_key_active(state: AppState, caller: Caller, key_id: String, active: bool) -> Result<Response, AdminError> {
-    managed_key(&state, &caller, &key_id)?;
-    let key = durable_write(state.store(), move |s| s.set_key_active(&key_id, active)).await?;
+async fn set_key_active(state: AppState, caller: Caller, client: IpAddr, key_id: String, active: bool) -> Result<Response, AdminError> {
+    let key = managed_key(&state, &caller, &key_id)?;
+    let action = if active { "key.activate" } else { "key.deactivate" };
+    let audit = Audit::new(actor(&caller, client), action, "key", &key_id).business(&key.business);
+    let key = durable_write(&state.store().audited(audit), move |s| s.set_key_active(&key_id, active)).await?;
     tracing::info!(key = %key.id, active, "api key activation changed");
     ok_json(StatusCode::OK, &KeyView::of(&key, None))
 }
@@ -284,7 +313,7 @@ pub struct UpdateKey {
         (status = 200, description = "The key", body = KeyView)
     )
 )]
-pub async fn update_key(state: AppState, caller: Caller, key_id: String, body: UpdateKey) -> Result<Response, AdminError> {
+pub async fn update_key(state: AppState, caller: Caller, client: IpAddr, key_id: String, body: UpdateKey) -> Result<Response, AdminError> {
     // Checked before the body, as it always was: a malformed id answers 404 first.
     check_key_id(&key_id)?;
     if body.expires_at.is_none() && body.allowed_ips.is_none() && body.rate_limits.is_none() {
@@ -295,8 +324,19 @@ pub async fn update_key(state: AppState, caller: Caller, key_id: String, body: U
     let expires_at = body.expires_at.map(|e| e.as_deref().map(|text| request_expiry(text, now())).transpose()).transpose()?;
     let allowed_ips = body.allowed_ips.map(|ips| clean_allowed_ips(ips.unwrap_or_default())).transpose()?;
     let rate_limits = body.rate_limits.map(|l| l.map(|l| clean_limits("rate_limits", l)).transpose()).transpose()?;
-    managed_key(&state, &caller, &key_id)?;
-    let key = durable_write(state.store(), move |s| s.update_key_settings(&key_id, expires_at, allowed_ips, rate_limits)).await?;
+    let key = managed_key(&state, &caller, &key_id)?;
+    let mut audit = Audit::new(actor(&caller, client), "key.update", "key", &key_id).business(&key.business);
+    if let Some(expires_at) = expires_at {
+        audit = audit.detail("expires_at", expires_at.map(rfc3339::format));
+    }
+    if let Some(ips) = &allowed_ips {
+        audit = audit.detail("allowed_ips", ips.iter().map(ToString::to_string).collect::<Vec<_>>());
+    }
+    if let Some(limits) = &rate_limits {
+        audit = audit.detail("rate_limits", limit_texts(limits));
+    }
+    let key =
+        durable_write(&state.store().audited(audit), move |s| s.update_key_settings(&key_id, expires_at, allowed_ips, rate_limits)).await?;
     tracing::info!(key = %key.id, expires_at = ?key.expires_at, allowed_ranges = key.allowed_ips.len(), rate_limits = ?limit_texts(&key.rate_limits), "api key settings changed");
     ok_json(StatusCode::OK, &KeyView::of(&key, None))
 }
@@ -320,7 +360,7 @@ pub const MAX_ROTATION_GRACE_SECS: u64 = 30 * 24 * 3600;
         (status = 200, description = "The key with its new raw key", body = KeyView)
     )
 )]
-pub async fn rotate_key(state: AppState, caller: Caller, key_id: String, body: RotateKey) -> Result<Response, AdminError> {
+pub async fn rotate_key(state: AppState, caller: Caller, client: IpAddr, key_id: String, body: RotateKey) -> Result<Response, AdminError> {
     // Checked before the body, as it always was: a malformed id answers 404 first.
     check_key_id(&key_id)?;
     let grace = body.grace_secs.unwrap_or(0);
@@ -329,7 +369,8 @@ pub async fn rotate_key(state: AppState, caller: Caller, key_id: String, body: R
     }
     let key = managed_key(&state, &caller, &key_id)?;
     let leeway = state.config().token_leeway_secs;
-    let store = state.store();
+    let audit = Audit::new(actor(&caller, client), "key.rotate", "key", &key_id).business(&key.business).detail("grace_secs", grace);
+    let store = &state.store().audited(audit);
     let (api_key, (rotated, revoked)) = with_fresh_key(key.kind, key.mode, |api_key| {
         let (id, hash, prefix) = (key_id.clone(), api_key.hash(), api_key.display_prefix().to_owned());
         Ok(durable_write(store, move |s| s.rotate_key(&id, hash, &prefix, grace, leeway)))

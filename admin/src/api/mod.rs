@@ -2,6 +2,7 @@
 //! blocking pool), wait for the write to be durable, answer. Authentication has already
 //! happened in the routes.
 
+pub mod audit;
 pub mod auth;
 pub mod businesses;
 pub mod coalesce;

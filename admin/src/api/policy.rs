@@ -110,6 +110,7 @@ pub async fn business_limits(state: AppState, caller: Caller, id: String) -> Res
 pub async fn update_business_limits(
     state: AppState,
     caller: Caller,
+    client: std::net::IpAddr,
     id: String,
     body: UpdateBusinessLimits,
 ) -> Result<Response, AdminError> {
@@ -120,7 +121,14 @@ pub async fn update_business_limits(
     let per_key = body.per_key.map(|v| clean("per_key", v)).transpose()?;
     let shared = body.shared.map(|v| clean("shared", v)).transpose()?;
     managed_business(&state, &caller, &id)?;
-    let business = durable_write(state.store(), move |s| s.set_business_limits(&id, per_key, shared)).await?;
+    let mut audit = crate::store::Audit::new(super::audit::actor(&caller, client), "business.limits", "business", &id).business(&id);
+    if let Some(per_key) = &per_key {
+        audit = audit.detail("per_key", limit_texts(per_key));
+    }
+    if let Some(shared) = &shared {
+        audit = audit.detail("shared", limit_texts(shared));
+    }
+    let business = durable_write(&state.store().audited(audit), move |s| s.set_business_limits(&id, per_key, shared)).await?;
     tracing::info!(business = %business.id, per_key = ?limit_texts(&business.per_key_limits), shared = ?limit_texts(&business.shared_limits), "business limits changed");
     ok_json(StatusCode::OK, &BusinessLimitsView::of(&business))
 }

@@ -10,7 +10,8 @@ use crate::auth::Caller;
 use crate::error::AdminError;
 use crate::rfc3339;
 use crate::state::AppState;
-use crate::store::{now, SessionOwner};
+use crate::store::{now, Audit, SessionOwner};
+use std::net::IpAddr;
 
 #[derive(Serialize, ToSchema)]
 pub struct MeUser {
@@ -92,7 +93,7 @@ pub async fn list_sessions(state: AppState, caller: Caller) -> Result<Response, 
         (status = 200, description = "Revoked", body = SessionRevoked)
     )
 )]
-pub async fn revoke_session(state: AppState, caller: Caller, sid: String) -> Result<Response, AdminError> {
+pub async fn revoke_session(state: AppState, caller: Caller, client: IpAddr, sid: String) -> Result<Response, AdminError> {
     if !is_id(&sid, "ses_") {
         return Err(AdminError::SessionNotFound);
     }
@@ -106,7 +107,14 @@ pub async fn revoke_session(state: AppState, caller: Caller, sid: String) -> Res
         return Err(AdminError::Forbidden);
     }
     let leeway = state.config().token_leeway_secs;
-    let revoked = durable_write(state.store(), move |s| s.revoke_session(&sid, leeway)).await?;
+    let mut audit = Audit::new(super::audit::actor(&caller, client), "session.revoke", "session", &sid);
+    if let SessionOwner::Key { key_id, .. } = &session.owner {
+        audit = audit.detail("key", key_id.as_str());
+        if let Some(key) = state.store().key(key_id)? {
+            audit = audit.business(&key.business);
+        }
+    }
+    let revoked = durable_write(&state.store().audited(audit), move |s| s.revoke_session(&sid, leeway)).await?;
     tracing::info!(session = %revoked.sid, "session revoked");
     ok_json(StatusCode::OK, &SessionRevoked { sid: revoked.sid, revoked: true, until: revoked.until })
 }

@@ -9,7 +9,8 @@ use super::ok_json;
 use crate::error::{json_response, AdminError};
 use crate::rfc3339;
 use crate::state::AppState;
-use crate::store::now;
+use crate::store::{now, Actor, Audit};
+use std::net::IpAddr;
 
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "tokens", summary = "The published Ed25519 token signing keys (JWKS)",
     responses(
@@ -37,11 +38,12 @@ pub struct SigningKeyRotated {
         (status = 200, description = "Rotated", body = SigningKeyRotated)
     )
 )]
-pub async fn rotate_signing_key(state: AppState) -> Result<Response, AdminError> {
+pub async fn rotate_signing_key(state: AppState, client: IpAddr) -> Result<Response, AdminError> {
     let signer = state.tokens().signer_kid();
     let remove_after = now().saturating_add(state.config().token_ttl_secs).saturating_add(state.config().token_leeway_secs);
     let st = state.clone();
-    let (kid, replaced, ticket) = tokio::task::spawn_blocking(move || st.tokens().rotate(st.store(), remove_after)).await??;
+    let store = state.store().audited(Audit::new(Actor::operator(client), "signing_key.rotate", "signing_key", &signer));
+    let (kid, replaced, ticket) = tokio::task::spawn_blocking(move || st.tokens().rotate(&store, remove_after)).await??;
     // With concurrent rotations the key replaced is not necessarily the one that signed
     // when this request came in.
     let previous = replaced.unwrap_or(signer);

@@ -10,7 +10,8 @@ use crate::error::AdminError;
 use crate::passwords::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};
 use crate::random;
 use crate::state::AppState;
-use crate::store::{now, User};
+use crate::store::{now, Actor, Audit, User};
+use std::net::IpAddr;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -38,7 +39,7 @@ pub struct UserView {
         (status = 201, description = "Created", body = UserView)
     )
 )]
-pub async fn create_user(state: AppState, body: CreateUser) -> Result<Response, AdminError> {
+pub async fn create_user(state: AppState, client: IpAddr, body: CreateUser) -> Result<Response, AdminError> {
     let email = normalize_email(&body.email);
     if !valid_email(&email) {
         return Err(AdminError::InvalidRequest("email is not a valid address".to_owned()));
@@ -66,7 +67,8 @@ pub async fn create_user(state: AppState, body: CreateUser) -> Result<Response, 
     let password_phc = state.passwords().hash(body.password).await?;
     let user = User { id: random::id("usr_")?, email, password_phc, businesses, created_at: now() };
     let (id, email, businesses) = (user.id.clone(), user.email.clone(), user.businesses.clone());
-    durable_write(state.store(), move |s| s.create_user(&user)).await?;
+    let audit = businesses.iter().fold(Audit::new(Actor::operator(client), "user.create", "user", &id), |a, b| a.business(b));
+    durable_write(&state.store().audited(audit), move |s| s.create_user(&user)).await?;
     tracing::info!(user = %id, "user created");
     ok_json(StatusCode::CREATED, &UserView { id, email, businesses })
 }

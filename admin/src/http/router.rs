@@ -88,15 +88,17 @@ fn answer(row: &Route, s: &AppState) -> Option<Answer> {
         Endpoint::Jwks => path(t).and(m).and(with_state(s)).and_then(|st| async move { reject(api::tokens::jwks(st).await) }).boxed(),
         Endpoint::CreateBusiness => path(t)
             .and(m)
-            .and(operator(s))
+            .and(operator(s.clone()))
+            .and(client_ip(s))
             .and(json())
-            .and_then(|st, body| async move { reject(api::businesses::create_business(st, body).await) })
+            .and_then(|st, ip, body| async move { reject(api::businesses::create_business(st, ip, body).await) })
             .boxed(),
         Endpoint::CreateUser => path(t)
             .and(m)
-            .and(operator(s))
+            .and(operator(s.clone()))
+            .and(client_ip(s))
             .and(json())
-            .and_then(|st, body| async move { reject(api::users::create_user(st, body).await) })
+            .and_then(|st, ip, body| async move { reject(api::users::create_user(st, ip, body).await) })
             .boxed(),
         Endpoint::SignIn => path(t)
             .and(m)
@@ -126,9 +128,10 @@ fn answer(row: &Route, s: &AppState) -> Option<Answer> {
             .boxed(),
         Endpoint::CreateKey => path_with_id(t)
             .and(m)
-            .and(caller(s))
+            .and(caller(s.clone()))
+            .and(client_ip(s))
             .and(json())
-            .and_then(|business, st, caller, body| async move { reject(api::keys::create_key(st, caller, business, body).await) })
+            .and_then(|business, st, caller, ip, body| async move { reject(api::keys::create_key(st, caller, ip, business, body).await) })
             .boxed(),
         Endpoint::ListKeys => path_with_id(t)
             .and(m)
@@ -137,19 +140,22 @@ fn answer(row: &Route, s: &AppState) -> Option<Answer> {
             .boxed(),
         Endpoint::DeactivateKey => path_with_id(t)
             .and(m)
-            .and(caller(s))
-            .and_then(|key, st, caller| async move { reject(api::keys::deactivate_key(st, caller, key).await) })
+            .and(caller(s.clone()))
+            .and(client_ip(s))
+            .and_then(|key, st, caller, ip| async move { reject(api::keys::deactivate_key(st, caller, ip, key).await) })
             .boxed(),
         Endpoint::ActivateKey => path_with_id(t)
             .and(m)
-            .and(caller(s))
-            .and_then(|key, st, caller| async move { reject(api::keys::activate_key(st, caller, key).await) })
+            .and(caller(s.clone()))
+            .and(client_ip(s))
+            .and_then(|key, st, caller, ip| async move { reject(api::keys::activate_key(st, caller, ip, key).await) })
             .boxed(),
         Endpoint::RotateKey => path_with_id(t)
             .and(m)
-            .and(caller(s))
+            .and(caller(s.clone()))
+            .and(client_ip(s))
             .and(optional_json())
-            .and_then(|key, st, caller, body| async move { reject(api::keys::rotate_key(st, caller, key, body).await) })
+            .and_then(|key, st, caller, ip, body| async move { reject(api::keys::rotate_key(st, caller, ip, key, body).await) })
             .boxed(),
         Endpoint::KeyUsage => path_with_id(t)
             .and(m)
@@ -158,9 +164,10 @@ fn answer(row: &Route, s: &AppState) -> Option<Answer> {
             .boxed(),
         Endpoint::UpdateKey => path_with_id(t)
             .and(m)
-            .and(caller(s))
+            .and(caller(s.clone()))
+            .and(client_ip(s))
             .and(json())
-            .and_then(|key, st, caller, body| async move { reject(api::keys::update_key(st, caller, key, body).await) })
+            .and_then(|key, st, caller, ip, body| async move { reject(api::keys::update_key(st, caller, ip, key, body).await) })
             .boxed(),
         Endpoint::BusinessLimits => path_with_id(t)
             .and(m)
@@ -169,16 +176,18 @@ fn answer(row: &Route, s: &AppState) -> Option<Answer> {
             .boxed(),
         Endpoint::UpdateBusinessLimits => path_with_id(t)
             .and(m)
-            .and(caller(s))
+            .and(caller(s.clone()))
+            .and(client_ip(s))
             .and(json())
-            .and_then(
-                |business, st, caller, body| async move { reject(api::policy::update_business_limits(st, caller, business, body).await) },
-            )
+            .and_then(|business, st, caller, ip, body| async move {
+                reject(api::policy::update_business_limits(st, caller, ip, business, body).await)
+            })
             .boxed(),
         Endpoint::RevokeSession => path_with_id(t)
             .and(m)
-            .and(caller(s))
-            .and_then(|sid, st, caller| async move { reject(api::sessions::revoke_session(st, caller, sid).await) })
+            .and(caller(s.clone()))
+            .and(client_ip(s))
+            .and_then(|sid, st, caller, ip| async move { reject(api::sessions::revoke_session(st, caller, ip, sid).await) })
             .boxed(),
         Endpoint::Me => {
             path(t).and(m).and(caller(s)).and_then(|st, caller| async move { reject(api::sessions::me(st, caller).await) }).boxed()
@@ -207,14 +216,24 @@ fn answer(row: &Route, s: &AppState) -> Option<Answer> {
             .and(shaped_json_up_to(api::rate_counts::MAX_BODY_BYTES))
             .and_then(|st, body| async move { reject(api::rate_counts::rate_counts(st, body).await) })
             .boxed(),
-        Endpoint::RotateSigningKey => {
-            path(t).and(m).and(operator(s)).and_then(|st| async move { reject(api::tokens::rotate_signing_key(st).await) }).boxed()
-        }
+        Endpoint::RotateSigningKey => path(t)
+            .and(m)
+            .and(operator(s.clone()))
+            .and(client_ip(s))
+            .and_then(|st, ip| async move { reject(api::tokens::rotate_signing_key(st, ip).await) })
+            .boxed(),
         Endpoint::ImportKeys => path(t)
             .and(m)
-            .and(operator(s))
+            .and(operator(s.clone()))
+            .and(client_ip(s))
             .and(json_up_to(api::import::BATCH_BODY_LIMIT))
-            .and_then(|st, body| async move { reject(api::import::import_keys(st, body).await) })
+            .and_then(|st, ip, body| async move { reject(api::import::import_keys(st, ip, body).await) })
+            .boxed(),
+        Endpoint::ListAudit => path(t)
+            .and(m)
+            .and(caller(s))
+            .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+            .and_then(|st, caller, raw| async move { reject(api::audit::list_audit(st, caller, raw).await) })
             .boxed(),
         Endpoint::GetCredits => path_with_id(t)
             .and(m)
@@ -223,15 +242,17 @@ fn answer(row: &Route, s: &AppState) -> Option<Answer> {
             .boxed(),
         Endpoint::SetCredits => path_with_id(t)
             .and(m)
-            .and(caller(s))
+            .and(caller(s.clone()))
+            .and(client_ip(s))
             .and(json())
-            .and_then(|key, st, caller, body| async move { reject(api::credits::set_credits(st, caller, key, body).await) })
+            .and_then(|key, st, caller, ip, body| async move { reject(api::credits::set_credits(st, caller, ip, key, body).await) })
             .boxed(),
         Endpoint::AddCredits => path_with_id(t)
             .and(m)
-            .and(caller(s))
+            .and(caller(s.clone()))
+            .and(client_ip(s))
             .and(json())
-            .and_then(|key, st, caller, body| async move { reject(api::credits::add_credits(st, caller, key, body).await) })
+            .and_then(|key, st, caller, ip, body| async move { reject(api::credits::add_credits(st, caller, ip, key, body).await) })
             .boxed(),
         Endpoint::ReportCreditSpend => path(t)
             .and(m)

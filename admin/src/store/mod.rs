@@ -12,6 +12,7 @@
 //! commit together or not at all. Durability is [`durable`]'s group commit.
 
 mod accounts;
+mod audit;
 pub mod credits;
 mod durable;
 mod engine;
@@ -34,6 +35,7 @@ mod tx;
 /// Re-exported from [`crate::clock`] for callers that name it `store::now`.
 pub use crate::clock::now;
 pub use accounts::TokenRole;
+pub use audit::{Actor, ActorKind, Audit, AuditObject, AuditPage, AuditQuery, AuditRecord, AuditViewer, AUDIT_MAX_PAGE};
 pub use durable::{Durable, Flusher, Ticket, FLUSH_TIMEOUT};
 pub use keys::ImportOutcome;
 pub use records::{
@@ -149,6 +151,9 @@ pub(crate) struct Inner {
     /// store and the connection that listens for their commits is lost).
     following: tokio::sync::watch::Sender<bool>,
     changelog_retain: u64,
+    /// Audit entries kept at most, and for how long (seconds).
+    audit_max_entries: u64,
+    audit_max_age_secs: u64,
     flush_per_write: bool,
     /// The rate-limit counts when the engine has no shared table for them (sled).
     local_rate_counts: rate_counts::LocalRateCounts,
@@ -159,7 +164,7 @@ pub(crate) struct Inner {
 /// reload.
 fn hear(store: &Weak<Inner>, what: Announcement) {
     let Some(inner) = store.upgrade() else { return };
-    let store = Store { inner };
+    let store = Store { inner, audit: None };
     let (version, signing) = match what {
         Announcement::Lost => {
             store.inner.following.send_replace(false);
@@ -185,6 +190,8 @@ fn hear(store: &Weak<Inner>, what: Announcement) {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// The change this handle's writes record in the audit log ([`Store::audited`]).
+    audit: Option<Arc<Audit>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -200,6 +207,10 @@ pub struct StoreOptions {
     pub cache_capacity_bytes: u64,
     /// How many changelog entries to keep for deltas; older `since` values get 410.
     pub changelog_retain: u64,
+    /// Audit log entries kept at most (the oldest goes when a new one comes).
+    pub audit_max_entries: u64,
+    /// Audit log entries older than this are swept, seconds.
+    pub audit_max_age_secs: u64,
     /// Baseline for measurements only: every write makes its own blocking flush under
     /// the writer lock before it returns, instead of joining the group commit.
     #[doc(hidden)]
@@ -208,7 +219,13 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_capacity_bytes: 64 * 1024 * 1024, changelog_retain: 100_000, flush_per_write: false }
+        StoreOptions {
+            cache_capacity_bytes: 64 * 1024 * 1024,
+            changelog_retain: 100_000,
+            audit_max_entries: 100_000,
+            audit_max_age_secs: 90 * 86_400,
+            flush_per_write: false,
+        }
     }
 }
 
@@ -248,6 +265,8 @@ impl Store {
             signing_changes: tokio::sync::watch::channel(0).0,
             following: tokio::sync::watch::channel(true).0,
             changelog_retain: options.changelog_retain.max(1),
+            audit_max_entries: options.audit_max_entries.max(1),
+            audit_max_age_secs: options.audit_max_age_secs,
             flush_per_write: options.flush_per_write,
             local_rate_counts: rate_counts::LocalRateCounts::default(),
         };
@@ -255,7 +274,7 @@ impl Store {
         // Weak: the engine's listener must not keep the store alive.
         let store = Arc::downgrade(&inner);
         inner.engine.follow(Box::new(move |what| hear(&store, what)))?;
-        Ok(Store { inner })
+        Ok(Store { inner, audit: None })
     }
 
     /// Lets other replicas start: what had to be set up once (schema, history, tokens,

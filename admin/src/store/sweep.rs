@@ -14,6 +14,8 @@ pub struct SweepReport {
     pub grace_hashes: usize,
     pub signing_keys: usize,
     pub spent_refresh: usize,
+    /// Audit log entries past their retention.
+    pub audit: usize,
 }
 
 impl Store {
@@ -21,7 +23,8 @@ impl Store {
     /// their revocation lapsed; others once no token or refresh is possible) with their
     /// indexes, lapsed revocations, spent refresh tokens of deleted sessions, rotated-away
     /// key hashes past their grace (changelog `KeyRemoved`), and retired signing keys past
-    /// `remove_after` (changelog `SigningKeyRemoved`). Bounded work per call.
+    /// `remove_after` (changelog `SigningKeyRemoved`), and audit entries past their retention.
+    /// Bounded work per call.
     pub fn sweep(&self, now: UnixTime, leeway: u64) -> Result<(SweepReport, Option<Ticket>), StoreError> {
         const BATCH: usize = 512;
         let t = self.trees();
@@ -153,6 +156,10 @@ impl Store {
             report.signing_keys = n;
             last = Some(ticket);
         }
+
+        let (n, ticket) = self.sweep_audit(now, BATCH)?;
+        report.audit = n;
+        last = ticket.or(last);
         Ok((report, last))
     }
 }

@@ -221,16 +221,18 @@ macro_rules! trees {
             signing: Cell<bool>,
             pub(super) now: UnixTime,
             retain: u64,
+            pub(super) audit_max_entries: u64,
         }
 
         impl<'a> Tx<'a> {
-            fn new(tx: &'a dyn EngineTx, dirty: &'a Cell<bool>, now: UnixTime, retain: u64) -> Tx<'a> {
+            fn new(tx: &'a dyn EngineTx, dirty: &'a Cell<bool>, now: UnixTime, retain: u64, audit_max_entries: u64) -> Tx<'a> {
                 Tx {
                     $($name: TxTree { tx, tree: TreeNumber::$name as usize, name: stringify!($name), dirty },)*
                     appended: Cell::new(None),
                     signing: Cell::new(false),
                     now,
                     retain,
+                    audit_max_entries,
                 }
             }
         }
@@ -274,6 +276,10 @@ trees! {
     revoked_by_digest,
     /// Key id → [`CreditSpend`](super::credits::CreditSpend): what each proxy spent of the key's credits.
     credit_spend,
+    /// `u64::MAX - entry number` (big-endian) → [`AuditRecord`](super::AuditRecord): newest first.
+    audit,
+    /// `<business id>\0<u64::MAX - entry number>` → empty: one business's audit entries.
+    audit_by_business,
 }
 
 impl Tx<'_> {
@@ -351,8 +357,12 @@ impl Store {
                 }
             };
             let dirty = Cell::new(false);
-            let tx = Tx::new(etx, &dirty, now, retain);
+            let tx = Tx::new(etx, &dirty, now, retain, self.inner.audit_max_entries);
             let out = f(&tx, read)?;
+            // The change's audit entry, when it changed something.
+            if let Some(audit) = self.audit.as_deref().filter(|_| dirty.get()) {
+                tx.audit(audit)?;
+            }
             if let Some(version) = tx.appended.get() {
                 etx.announce(Announcement::Committed { version, signing: tx.signing.get() })?;
             }
