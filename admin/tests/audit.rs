@@ -199,3 +199,29 @@ async fn key_settings_and_business_limits_are_audited() {
     assert_eq!(entries[1]["details"], json!({"allowed_ips": ["10.0.0.0/8"], "rate_limits": ["10/s"]}));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credit_changes_are_audited() {
+    let server = Server::fresh().await;
+    let biz = server.business("Credits").await;
+    let key = server.key(&biz).await;
+    let key_id = key["id"].as_str().unwrap();
+    let path = format!("/v1/keys/{key_id}/credits");
+    let set = json!({"remaining": 100, "refill": {"interval": "month", "amount": 100}});
+    let (status, body) = server.send(Method::PUT, &path, Some(OPERATOR), Some(set)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server.post(&format!("{path}/add"), Some(OPERATOR), json!({"amount": 5})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server.send(Method::PUT, &path, Some(OPERATOR), Some(json!({"remaining": null}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Adding to an unlimited key is refused: nothing is recorded.
+    let (status, _) = server.post(&format!("{path}/add"), Some(OPERATOR), json!({"amount": 5})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let page = audit(&server, OPERATOR, &format!("?object_id={key_id}")).await;
+    assert_eq!(actions(&page), ["credits.clear", "credits.add", "credits.set", "key.create"], "{page}");
+    let entries = page["entries"].as_array().unwrap();
+    assert_eq!(entries[1]["details"], json!({"amount": 5}));
+    assert_eq!(entries[2]["details"], json!({"remaining": 100, "refill": "month:100"}));
+    assert_eq!(entries[0]["actor"]["kind"], "operator");
+    server.stop().await;
+}
