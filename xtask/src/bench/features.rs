@@ -6,7 +6,8 @@
 //! before issue 17 (built from commit [`BEFORE`], cached in target/bench-old/; full runs
 //! only) and the current one with a plain key, and the current one with a key that has an
 //! allowlist of [`RANGES`] ranges (the client's last) and its own limits, in a business with
-//! its own per-key and shared limits. Every limit is out of reach: every answer must be 200.
+//! its own per-key and shared limits, and the current one with a key that has credits (a
+//! balance no run spends). Every limit is out of reach: every answer must be 200.
 //!
 //! Loopback only; every child is SIGKILLed when its part ends (and dies with xtask).
 
@@ -46,6 +47,7 @@ pub(super) struct FeaturesReport {
 pub(super) const BEFORE_LABEL: &str = "before (0369395), plain key";
 pub(super) const PLAIN: &str = "now, plain key";
 pub(super) const CHECKED: &str = "now, allowlist + own and business limits";
+pub(super) const CREDITED: &str = "now, key with credits";
 
 impl FeaturesReport {
     pub(super) fn rps(&self, label: &str) -> f64 {
@@ -83,6 +85,7 @@ pub(super) fn run(p: &Paths, admin_bin: &Path, admin_build: &'static str, mode: 
     let admin = start_admin(admin_bin, &dir, cores.load)?;
     let s = seed(&admin)?;
     let checked = checked_key(&admin)?;
+    let credited = credited_key(&admin, &s.business)?;
     let port = admin.addr.rsplit(':').next().and_then(|x| x.parse::<u16>().ok()).ok_or("admin port")?;
     let json = format!(r#"{{"admin_cluster":"keygate_admin","poll_interval_ms":100,"rate_limits":{{"sk":["{HIGH}"]}}}}"#);
     let plain = vec![("authorization", format!("Bearer {}", s.token)), ("SECRET_KEY", s.key.clone()), ("businessId", s.business.clone())];
@@ -92,7 +95,8 @@ pub(super) fn run(p: &Paths, admin_bin: &Path, admin_build: &'static str, mode: 
     }
     let wasm = p.wasm.to_string_lossy().into_owned();
     specs.push((PLAIN, wasm.clone(), plain));
-    specs.push((CHECKED, wasm, checked));
+    specs.push((CHECKED, wasm.clone(), checked));
+    specs.push((CREDITED, wasm, credited));
     let mut lanes = Vec::new();
     for (i, (label, wasm, headers)) in specs.into_iter().enumerate() {
         let envoy = start_envoy(
@@ -187,4 +191,14 @@ fn checked_key(admin: &super::Admin) -> Result<Headers, String> {
     let key = key.str("key").ok_or("no raw key")?.to_owned();
     let token = login(&admin.addr, &key, "bench-checks")?;
     Ok(vec![("authorization", format!("Bearer {token}")), ("SECRET_KEY", key), ("businessId", business)])
+}
+
+/// A key of the seeded business with a balance no run spends: each request spends one
+/// credit (a shared-data read and compare-and-swap) besides its rate limits.
+fn credited_key(admin: &super::Admin, business: &str) -> Result<Headers, String> {
+    let body = r#"{"kind":"sk","mode":"live","name":"bench credits","credits":{"remaining":1000000000000}}"#;
+    let key = admin_call(admin, "POST", &format!("/v1/businesses/{business}/keys"), Some(OPERATOR_TOKEN), Some(body), 201)?;
+    let key = key.str("key").ok_or("no raw key")?.to_owned();
+    let token = login(&admin.addr, &key, "bench-credits")?;
+    Ok(vec![("authorization", format!("Bearer {token}")), ("SECRET_KEY", key), ("businessId", business.to_owned())])
 }

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::features::{FeaturesReport, BEFORE, BEFORE_LABEL, CHECKED, PLAIN, RANGES};
+use super::features::{FeaturesReport, BEFORE, BEFORE_LABEL, CHECKED, CREDITED, PLAIN, RANGES};
 use super::replicas_report::update_docs_part;
 use super::{num, obj, sh};
 use crate::json::Json;
@@ -54,14 +54,15 @@ impl FeaturesReport {
         if let Some(why) = &self.before_missing {
             let _ = writeln!(md, "\nThe column before is missing: {why}.");
         }
-        let _ = writeln!(md, "\nPer request, the checked key costs {} µs more than the plain key (1/req/s of one pinned worker).", {
-            let extra = 1e6 / self.rps(CHECKED) - 1e6 / plain;
-            if extra.is_finite() {
-                format!("{extra:.1}")
+        let extra = |label| {
+            let x = 1e6 / self.rps(label) - 1e6 / plain;
+            if x.is_finite() {
+                format!("{x:+.1}")
             } else {
                 "-".to_owned()
             }
-        });
+        };
+        let _ = writeln!(md, "\nPer request, against the plain key (1/req/s of one pinned worker): the checked key {} µs, the key with credits {} µs. The key with credits spends one credit a request: one shared-data read and compare-and-swap more, and its spending is posted to admin every `sync_interval_ms`.", extra(CHECKED), extra(CREDITED));
         md
     }
 
@@ -92,6 +93,7 @@ impl FeaturesReport {
             ("throughput", Json::Arr(columns)),
             ("plain_vs_before", num(self.rps(PLAIN) / self.rps(BEFORE_LABEL))),
             ("checked_vs_plain", num(self.rps(CHECKED) / self.rps(PLAIN))),
+            ("credits_vs_plain", num(self.rps(CREDITED) / self.rps(PLAIN))),
         ])
     }
 }
