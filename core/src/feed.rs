@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::key::KeyHash;
 use crate::keystore::{self, bucket_of, BUCKETS};
 use crate::lease::{Lease, WRITE_MARGIN_MS};
+use crate::oidc::IssuerEntry;
 use crate::revoked::{self, REVOKED_BUCKETS};
 use crate::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry, Snapshot, SnapshotError, SnapshotWire};
 use crate::sync::{Health, SyncFailure, SyncOutcome, SNAPSHOT_PATH};
@@ -42,6 +43,9 @@ pub struct Meta {
     /// Admin's history at `version`; sent back with `?since=`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<History>,
+    /// Trusted issuers and their pinned keys (each VM verifies their tokens itself).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<IssuerEntry>,
 }
 
 impl Meta {
@@ -52,6 +56,7 @@ impl Meta {
             version: self.version,
             signing_keys: self.signing_keys.clone(),
             revoked_sessions: self.revoked_sessions.clone(),
+            issuers: self.issuers.clone(),
             ..SnapshotWire::default()
         })
     }
@@ -291,6 +296,8 @@ impl Leader {
         let mut next = meta.clone();
         next.signing_keys.retain(|k| !wire.removed_signing_keys.contains(&k.kid) && !wire.signing_keys.iter().any(|n| n.kid == k.kid));
         next.signing_keys.extend(wire.signing_keys.iter().cloned());
+        next.issuers.retain(|i| !wire.removed_issuers.contains(&i.id) && !wire.issuers.iter().any(|n| n.id == i.id));
+        next.issuers.extend(wire.issuers.iter().cloned());
         next.version = wire.version;
         next.history = wire.history;
         next.snapshot().map_err(SyncFailure::Rejected)?;
@@ -321,6 +328,7 @@ impl Leader {
                     signing_keys: wire.signing_keys.clone(),
                     revoked_sessions: Vec::new(),
                     history: wire.history,
+                    issuers: wire.issuers.clone(),
                 };
                 meta.snapshot().map_err(SyncFailure::Rejected)?;
                 FullBuild { meta, keys: Stream::default(), revoking: None, inline_revoked: wire.revoked_sessions.clone() }
