@@ -82,6 +82,11 @@ pub struct ServeArgs {
     /// withdrawn signing keys are swept from the store, seconds.
     #[arg(long, env = "KEYGATE_SWEEP_INTERVAL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     sweep_interval_secs: u64,
+    /// How often the signing keys of trusted issuers (tokens from a business's own identity
+    /// provider) are fetched again, seconds; a change reaches every proxy through the feed
+    /// within about this plus the feed's delay.
+    #[arg(long, env = "KEYGATE_ISSUER_REFRESH_SECS", default_value_t = keygate_admin::oidc::DEFAULT_REFRESH_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    issuer_refresh_secs: u64,
     /// Throttle sign-ins and API-key logins by the last X-Forwarded-For address instead of
     /// the socket peer. Only behind a reverse proxy that sets that header; otherwise clients
     /// could forge it.
@@ -110,6 +115,7 @@ impl ServeArgs {
         config.max_queued_password_hashes = usize::try_from(self.password_queue).unwrap_or(usize::MAX);
         config.refresh_ttl_secs = self.refresh_grace_secs;
         config.sweep_interval_secs = self.sweep_interval_secs;
+        config.issuer_refresh_secs = self.issuer_refresh_secs;
         config.trust_forwarded_for = self.trust_x_forwarded_for;
         config.seal_keys = self.seal_keys.read().context("cannot read the seal keys")?;
         Ok(config)

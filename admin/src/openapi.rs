@@ -49,6 +49,9 @@ Errors always answer `{\"success\": false, \"error\": \"<words>\", \"code\": \"<
         api::sessions::list_sessions,
         api::keys::update_key,
         api::import::import_keys,
+        api::issuers::create_issuer,
+        api::issuers::list_issuers,
+        api::issuers::remove_issuer,
         crate::ui::redirect,
         crate::ui::page,
         crate::ui::asset,
@@ -61,6 +64,7 @@ Errors always answer `{\"success\": false, \"error\": \"<words>\", \"code\": \"<
         (name = "businesses", description = "Tenants and their members (operator)"),
         (name = "keys", description = "API keys: create, list, rotate, (de)activate, usage"),
         (name = "tokens", description = "Token signing keys"),
+        (name = "issuers", description = "Trusted identity providers: a business's own access tokens, verified with pinned keys"),
         (name = "feed", description = "What the Envoy filters pull and report (proxy token)"),
         (name = "dashboard", description = "The key dashboard's page and files (its API calls are the ones above)"),
     )

@@ -35,6 +35,9 @@ pub enum Endpoint {
     DashboardPage,
     DashboardFile,
     ImportKeys,
+    CreateIssuer,
+    ListIssuers,
+    RemoveIssuer,
 }
 
 /// The methods the API uses, in the order an `Allow` header lists them.
@@ -103,6 +106,9 @@ pub const TABLE: &[Route] = &[
     route(E::DashboardPage, Get, "/ui/"),
     route(E::DashboardFile, Get, "/ui/{id}"),
     route(E::ImportKeys, Post, "/v1/import/keys"),
+    route(E::CreateIssuer, Post, "/v1/businesses/{id}/issuers"),
+    route(E::ListIssuers, Get, "/v1/businesses/{id}/issuers"),
+    route(E::RemoveIssuer, Delete, "/v1/issuers/{id}"),
 ];
 
 /// The distinct route labels: each template once, `/ui/` folded into `/ui` (a trailing
@@ -198,7 +204,7 @@ fn is_route_word(segment: &str) -> bool {
 /// A loggable rendering of a request path: the table's words kept, ids reduced to their
 /// prefix, anything else masked.
 pub fn path_template(path: &str) -> String {
-    const ID_PREFIXES: &[&str] = &["biz_", "usr_", "key_", "ses_"];
+    const ID_PREFIXES: &[&str] = &["biz_", "usr_", "key_", "ses_", "iss_"];
     let mut out = String::new();
     for segment in path.split('/').filter(|s| !s.is_empty()).take(8) {
         out.push('/');
@@ -267,6 +273,7 @@ mod tests {
             "ui",
             "import",
             "rate-counts",
+            "issuers",
         ];
         for word in words {
             assert!(is_route_word(word), "{word}");
@@ -289,7 +296,7 @@ mod tests {
 
     #[test]
     fn labels_are_the_distinct_templates() {
-        assert_eq!(LABELS.len(), 26, "{LABELS:?}");
+        assert_eq!(LABELS.len(), 28, "{LABELS:?}");
         for (i, label) in LABELS.iter().enumerate() {
             assert!(TABLE.iter().any(|row| row.template == *label), "{label}");
             assert!(!LABELS[..i].contains(label), "{label} twice");

@@ -8,6 +8,7 @@ pub mod coalesce;
 pub mod feed;
 pub mod health;
 pub mod import;
+pub mod issuers;
 pub mod keys;
 pub mod rate_counts;
 pub mod sessions;

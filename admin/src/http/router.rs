@@ -129,6 +129,22 @@ fn answer(row: &Route, s: &AppState) -> Option<Answer> {
             .and(json())
             .and_then(|business, st, caller, body| async move { reject(api::keys::create_key(st, caller, business, body).await) })
             .boxed(),
+        Endpoint::CreateIssuer => path_with_id(t)
+            .and(m)
+            .and(caller(s))
+            .and(json())
+            .and_then(|business, st, caller, body| async move { reject(api::issuers::create_issuer(st, caller, business, body).await) })
+            .boxed(),
+        Endpoint::ListIssuers => path_with_id(t)
+            .and(m)
+            .and(caller(s))
+            .and_then(|business, st, caller| async move { reject(api::issuers::list_issuers(st, caller, business).await) })
+            .boxed(),
+        Endpoint::RemoveIssuer => path_with_id(t)
+            .and(m)
+            .and(caller(s))
+            .and_then(|id, st, caller| async move { reject(api::issuers::remove_issuer(st, caller, id).await) })
+            .boxed(),
         Endpoint::ListKeys => path_with_id(t)
             .and(m)
             .and(caller(s))

@@ -272,6 +272,8 @@ trees! {
     business_keys,
     /// SHA-256 of the session id → until and session id: the order a full snapshot pages them in.
     revoked_by_digest,
+    /// Issuer id → [`IssuerRecord`](super::IssuerRecord): trusted identity providers.
+    issuers,
 }
 
 impl Tx<'_> {
