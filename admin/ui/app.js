@@ -4,6 +4,7 @@
 import { api, ApiError, endOnLeave, forget, signIn, signOut, whenSignedOut } from './api.js';
 import { drawUsage } from './chart.js';
 import { $, clear, fromLocalInput, h, relative, toLocalInput, when } from './dom.js';
+import { initIssuers, loadIssuers } from './issuers.js';
 
 const state = {
   email: null,
@@ -68,6 +69,7 @@ function showSignin(message) {
   $('usage-card').hidden = true;
   clear($('keys-body'));
   clear($('sessions-body'));
+  clear($('issuers-body'));
   state.keys = [];
   state.usageKey = null;
   if (message) showError(message);
@@ -110,7 +112,7 @@ $('signin-form').addEventListener('submit', (event) => {
     state.business = state.businesses[0].id;
     clearError();
     showApp();
-    await Promise.all([loadKeys(), loadSessions()]);
+    await Promise.all([loadKeys(), loadSessions(), loadIssuers(state.business)]);
   });
 });
 
@@ -125,7 +127,7 @@ $('business').addEventListener('change', () => act(null, async () => {
   state.business = $('business').value;
   state.usageKey = null;
   $('usage-card').hidden = true;
-  await loadKeys();
+  await Promise.all([loadKeys(), loadIssuers(state.business)]);
 }));
 
 // ----- live / test -----
@@ -396,5 +398,6 @@ async function revoke(session, button) {
 $('error-close').addEventListener('click', clearError);
 
 setMode('live');
+initIssuers({ act, notice });
 endOnLeave();
 showSignin();

@@ -16,6 +16,7 @@ mod jwt_attacks;
 mod key_attacks;
 mod lifecycle;
 mod log_secrets;
+mod oidc;
 mod path;
 mod replicas;
 mod restore;
@@ -49,6 +50,7 @@ fn main() {
         replicas::suites(),
         restore::suites(),
         fleet::suites(),
+        oidc::suites(),
     ]
     .into_iter()
     .flatten()

@@ -35,7 +35,11 @@ fn options() -> StackOptions {
     StackOptions { plugin_json: Some(plugin_json("\n  \"usage_flush_secs\": 1,", "")), ..StackOptions::default() }
 }
 
-const CASES: &[Case] = &[("page_is_served_with_a_strict_csp", headers), ("dashboard_in_chromium", dashboard)];
+const CASES: &[Case] = &[
+    ("page_is_served_with_a_strict_csp", headers),
+    ("dashboard_in_chromium", dashboard),
+    ("identity_providers_in_chromium", identity_providers),
+];
 
 fn repo() -> PathBuf {
     std::env::var_os("KEYGATE_REPO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
@@ -57,6 +61,12 @@ fn headers(stack: &Stack) {
 
 fn dashboard(stack: &Stack) {
     run_script(stack, "dashboard.mjs", 10);
+}
+
+/// `tests/browser/issuers.mjs`: the dashboard's trusted identity providers (its own
+/// provider on loopback), refused in words, pinned keys listed, removed.
+fn identity_providers(stack: &Stack) {
+    run_script(stack, "issuers.mjs", 3);
 }
 
 fn refresh(stack: &Stack) {

@@ -212,7 +212,7 @@ pub async fn create_issuer(state: AppState, caller: Caller, business: String, bo
     };
     let stored = record.clone();
     durable_write(state.store(), move |s| s.create_issuer(&stored)).await?;
-    let status = (source != IssuerSource::Static).then(|| IssuerStatus { refreshed_at: Some(now), error: None });
+    let status = (source != IssuerSource::Static).then_some(IssuerStatus { refreshed_at: Some(now), error: None });
     if let Some(status) = &status {
         state.issuer_status().set(&record.id, status.clone());
     }

@@ -125,7 +125,7 @@ mod tests {
     fn issuers_reach_the_feed_and_only_key_changes_are_written() {
         let (_dir, store) = with_business(100);
         let head = store.head();
-        store.create_issuer(&record("iss_1", "biz_a", "k1")).unwrap();
+        let _ = store.create_issuer(&record("iss_1", "biz_a", "k1")).unwrap();
         assert!(matches!(store.create_issuer(&record("iss_2", "biz_a", "k1")), Err(StoreError::IssuerExists)));
         assert!(matches!(store.create_issuer(&record("iss_3", "biz_nope", "k1")), Err(StoreError::UnknownBusiness)));
         let full = store.full_snapshot(0).unwrap();
@@ -147,7 +147,7 @@ mod tests {
         assert_eq!(delta.removed_issuers, vec!["iss_1".to_string()]);
         assert!(store.full_snapshot(0).unwrap().issuers.is_empty());
         // A page of a paged snapshot carries them on the first page only.
-        store.create_issuer(&record("iss_4", "biz_a", "k1")).unwrap();
+        let _ = store.create_issuer(&record("iss_4", "biz_a", "k1")).unwrap();
         let (first, _) = store.snapshot_page(0, None, 10, false).unwrap();
         assert_eq!(first.issuers.len(), 1);
     }
