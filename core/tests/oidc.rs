@@ -234,11 +234,11 @@ fn wrong_issuer_audience_expired_not_yet_valid_and_no_exp_are_refused() {
 #[test]
 fn crit_jku_x5u_jwk_x5c_headers_are_refused() {
     let (w, idp) = setup();
-    let cases: Vec<Box<dyn Fn(&mut Header)>> = vec![
-        Box::new(|h| h.crit = Some(vec!["exp".into()])),
-        Box::new(|h| h.jku = Some("https://evil.example.test/jwks".into())),
-        Box::new(|h| h.x5u = Some("https://evil.example.test/cert".into())),
-        Box::new(|h| h.x5c = Some(vec!["MII".into()])),
+    let cases: [fn(&mut Header); 4] = [
+        |h| h.crit = Some(vec!["exp".into()]),
+        |h| h.jku = Some("https://evil.example.test/jwks".into()),
+        |h| h.x5u = Some("https://evil.example.test/cert".into()),
+        |h| h.x5c = Some(vec!["MII".into()]),
     ];
     for set in cases {
         let mut header = Header::new(Algorithm::RS256);
