@@ -73,7 +73,82 @@ pub enum ClientCommand {
         /// Expiry, RFC 3339 (e.g. 2030-01-01T00:00:00Z).
         #[arg(long)]
         expires_at: Option<String>,
+        /// Give the key this many credits (uses); without it the key is unlimited.
+        #[arg(long)]
+        credits: Option<u64>,
+        /// With --credits: refill to AMOUNT every UTC day or month, as day:AMOUNT or month:AMOUNT.
+        #[arg(long, requires = "credits", value_parser = parse_refill)]
+        refill: Option<serde_json::Value>,
+        /// An address range the key may be used from (10.0.0.0/8, 2001:db8::/32, or one
+        /// address); repeat for several. Without any: from anywhere.
+        #[arg(long = "allowed-ip")]
+        allowed_ips: Vec<String>,
+        /// The key's own limit, <count>/<s|m|h|d> (e.g. 10/s); repeat for several windows.
+        /// Replaces its business's and the filters' defaults.
+        #[arg(long = "rate-limit")]
+        rate_limits: Vec<String>,
     },
+    /// Change a key's settings (PATCH /v1/keys/{id}; operator or member): expiry, address
+    /// allowlist, own limits. What is not given stays as it is.
+    UpdateKey {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key id (key_…).
+        #[arg(long)]
+        key: String,
+        /// New expiry, RFC 3339.
+        #[arg(long, conflicts_with = "no_expiry")]
+        expires_at: Option<String>,
+        /// Remove the expiry.
+        #[arg(long)]
+        no_expiry: bool,
+        /// Replace the address allowlist with these ranges; repeat for several.
+        #[arg(long = "allowed-ip", conflicts_with = "any_ip")]
+        allowed_ips: Vec<String>,
+        /// Remove the address allowlist (usable from anywhere).
+        #[arg(long)]
+        any_ip: bool,
+        /// Replace the key's own limits with these (<count>/<s|m|h|d>); repeat for several.
+        #[arg(long = "rate-limit", conflicts_with = "default_limits")]
+        rate_limits: Vec<String>,
+        /// Remove the key's own limits (back to its business's or the filters' defaults).
+        #[arg(long)]
+        default_limits: bool,
+    },
+    /// Show a business's own limits (GET /v1/businesses/{id}/limits; operator or member).
+    BusinessLimits {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The business id (biz_…).
+        #[arg(long)]
+        business: String,
+    },
+    /// Set a business's own limits (PATCH /v1/businesses/{id}/limits; operator or member):
+    /// --per-key for each of its keys (replacing the filters' rule and kind defaults),
+    /// --shared for all its keys together. What is not given stays as it is.
+    SetBusinessLimits {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The business id (biz_…).
+        #[arg(long)]
+        business: String,
+        /// A per-key limit, <count>/<s|m|h|d>; repeat for several windows.
+        #[arg(long = "per-key", conflicts_with = "clear_per_key")]
+        per_key: Vec<String>,
+        /// Remove the per-key limits.
+        #[arg(long)]
+        clear_per_key: bool,
+        /// A limit all the business's keys share, <count>/<s|m|h|d>; repeat for several.
+        #[arg(long = "shared", conflicts_with = "clear_shared")]
+        shared: Vec<String>,
+        /// Remove the shared limits.
+        #[arg(long)]
+        clear_shared: bool,
+    },
+    /// A key's credits: read them, set (or clear) the balance, or add to it
+    /// (GET / PUT /v1/keys/{id}/credits, POST /v1/keys/{id}/credits/add).
+    #[command(subcommand)]
+    Credits(CreditsCommand),
     /// List a business's keys (GET /v1/businesses/{id}/keys): prefix, state, last use;
     /// never the raw key.
     ListKeys {
@@ -220,6 +295,57 @@ pub enum ClientCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum CreditsCommand {
+    /// Remaining credits as admin knows them (balance less what the proxies reported
+    /// spending), the refill, and when spending was last reconciled.
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key id (key_…).
+        #[arg(long)]
+        key: String,
+    },
+    /// Set the balance (a new epoch: what was spent before no longer counts), or make the
+    /// key unlimited again with --unlimited.
+    Set {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key id (key_…).
+        #[arg(long)]
+        key: String,
+        /// Uses left.
+        #[arg(long, required_unless_present = "unlimited", conflicts_with = "unlimited")]
+        remaining: Option<u64>,
+        /// Refill to AMOUNT every UTC day or month: day:AMOUNT or month:AMOUNT.
+        #[arg(long, value_parser = parse_refill, conflicts_with = "unlimited")]
+        refill: Option<serde_json::Value>,
+        /// Clear the credits: the key is unlimited.
+        #[arg(long)]
+        unlimited: bool,
+    },
+    /// Add credits to the current balance (what was spent still counts).
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key id (key_…).
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        amount: u64,
+    },
+}
+
+/// `day:100` or `month:5000` as the API's refill object.
+fn parse_refill(text: &str) -> Result<serde_json::Value, String> {
+    let (interval, amount) = text.split_once(':').ok_or("expected day:AMOUNT or month:AMOUNT")?;
+    if !matches!(interval, "day" | "month") {
+        return Err("the interval is day or month".to_owned());
+    }
+    let amount: u64 = amount.parse().map_err(|_| "AMOUNT must be a whole number".to_owned())?;
+    Ok(serde_json::json!({ "interval": interval, "amount": amount }))
+}
+
 /// Which bearer a call sends.
 enum As {
     Nobody,
@@ -272,6 +398,15 @@ pub fn refusal(status: reqwest::StatusCode, answer: &serde_json::Value) -> anyho
     anyhow::anyhow!("the server answered {status}: {message} ({code})")
 }
 
+/// A list flag's JSON: the list when given, `null` when cleared, nothing otherwise.
+fn list_or_clear(list: Vec<String>, clear: bool) -> Option<serde_json::Value> {
+    match (list.is_empty(), clear) {
+        (false, _) => Some(serde_json::json!(list)),
+        (true, true) => Some(serde_json::Value::Null),
+        (true, false) => None,
+    }
+}
+
 /// The note after a readable answer that carries a raw key.
 const SHOWN_ONCE: &str = "The raw key above is shown only this once; store it now.";
 
@@ -288,16 +423,62 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
             let v = call(&client, Method::POST, "/v1/users", As::Admin, Some(body)).await?;
             show(client.json, &v, Shape::Fields, None);
         }
-        ClientCommand::CreateKey { client, business, kind, mode, name, scopes, expires_at } => {
+        ClientCommand::CreateKey { client, business, kind, mode, name, scopes, expires_at, credits, refill, allowed_ips, rate_limits } => {
             let mut body = serde_json::json!({ "kind": kind, "mode": mode, "scopes": scopes });
+            if !allowed_ips.is_empty() {
+                body["allowed_ips"] = serde_json::json!(allowed_ips);
+            }
+            if !rate_limits.is_empty() {
+                body["rate_limits"] = serde_json::json!(rate_limits);
+            }
             if let Some(name) = name {
                 body["name"] = serde_json::Value::String(name);
             }
             if let Some(expires_at) = expires_at {
                 body["expires_at"] = serde_json::Value::String(expires_at);
             }
+            if let Some(remaining) = credits {
+                body["credits"] = serde_json::json!({ "remaining": remaining, "refill": refill });
+            }
             let v = call(&client, Method::POST, &format!("/v1/businesses/{business}/keys"), As::Admin, Some(body)).await?;
             show(client.json, &v, Shape::Fields, Some(SHOWN_ONCE));
+        }
+        ClientCommand::UpdateKey { client, key, expires_at, no_expiry, allowed_ips, any_ip, rate_limits, default_limits } => {
+            let mut body = serde_json::Map::new();
+            if let Some(at) = expires_at {
+                body.insert("expires_at".into(), at.into());
+            } else if no_expiry {
+                body.insert("expires_at".into(), serde_json::Value::Null);
+            }
+            if any_ip || !allowed_ips.is_empty() {
+                body.insert("allowed_ips".into(), serde_json::json!(allowed_ips));
+            }
+            if let Some(limits) = list_or_clear(rate_limits, default_limits) {
+                body.insert("rate_limits".into(), limits);
+            }
+            if body.is_empty() {
+                bail!("nothing to change: give --expires-at, --no-expiry, --allowed-ip, --any-ip, --rate-limit or --default-limits");
+            }
+            let v = call(&client, Method::PATCH, &format!("/v1/keys/{key}"), As::Admin, Some(body.into())).await?;
+            show(client.json, &v, Shape::Fields, None);
+        }
+        ClientCommand::BusinessLimits { client, business } => {
+            let v = call(&client, Method::GET, &format!("/v1/businesses/{business}/limits"), As::Admin, None).await?;
+            show(client.json, &v, Shape::Fields, None);
+        }
+        ClientCommand::SetBusinessLimits { client, business, per_key, clear_per_key, shared, clear_shared } => {
+            let mut body = serde_json::Map::new();
+            if let Some(limits) = list_or_clear(per_key, clear_per_key) {
+                body.insert("per_key".into(), limits);
+            }
+            if let Some(limits) = list_or_clear(shared, clear_shared) {
+                body.insert("shared".into(), limits);
+            }
+            if body.is_empty() {
+                bail!("nothing to change: give --per-key, --clear-per-key, --shared or --clear-shared");
+            }
+            let v = call(&client, Method::PATCH, &format!("/v1/businesses/{business}/limits"), As::Admin, Some(body.into())).await?;
+            show(client.json, &v, Shape::Fields, None);
         }
         ClientCommand::ListKeys { client, business } => {
             let v = call(&client, Method::GET, &format!("/v1/businesses/{business}/keys"), As::Admin, None).await?;
@@ -373,6 +554,24 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
                 body["session_id"] = serde_json::Value::String(sid);
             }
             let v = call(&client, Method::POST, "/auth/login", As::Nobody, Some(body)).await?;
+            show(client.json, &v, Shape::Fields, None);
+        }
+        ClientCommand::Credits(CreditsCommand::Get { client, key }) => {
+            let v = call(&client, Method::GET, &format!("/v1/keys/{key}/credits"), As::Admin, None).await?;
+            show(client.json, &v, Shape::Fields, None);
+        }
+        ClientCommand::Credits(CreditsCommand::Set { client, key, remaining, refill, unlimited }) => {
+            let body = if unlimited {
+                serde_json::json!({ "remaining": null })
+            } else {
+                serde_json::json!({ "remaining": remaining, "refill": refill })
+            };
+            let v = call(&client, Method::PUT, &format!("/v1/keys/{key}/credits"), As::Admin, Some(body)).await?;
+            show(client.json, &v, Shape::Fields, None);
+        }
+        ClientCommand::Credits(CreditsCommand::Add { client, key, amount }) => {
+            let body = serde_json::json!({ "amount": amount });
+            let v = call(&client, Method::POST, &format!("/v1/keys/{key}/credits/add"), As::Admin, Some(body)).await?;
             show(client.json, &v, Shape::Fields, None);
         }
         ClientCommand::Logout { client } => {

@@ -237,7 +237,7 @@ async fn a_tampered_copy_fails_verification() {
     migrate_ok(&["--from", &sled(source.path()), "--to", &sled(copy.path()), "--verify-only"]).await;
     {
         let store = keygate_admin::store::Store::open(copy.path(), &keygate_admin::store::StoreOptions::default()).unwrap();
-        let business = keygate_admin::store::Business { id: "biz_extra".into(), name: "Extra".into(), created_at: 1 };
+        let business = keygate_admin::store::Business::new("biz_extra".into(), "Extra".into(), 1);
         let _ = store.create_business(&business).unwrap();
         store.flush_blocking().unwrap();
     }

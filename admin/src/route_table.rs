@@ -38,6 +38,12 @@ pub enum Endpoint {
     CreateIssuer,
     ListIssuers,
     RemoveIssuer,
+    GetCredits,
+    SetCredits,
+    AddCredits,
+    ReportCreditSpend,
+    BusinessLimits,
+    UpdateBusinessLimits,
 }
 
 /// The methods the API uses, in the order an `Allow` header lists them.
@@ -45,6 +51,7 @@ pub enum Endpoint {
 pub enum Method {
     Get,
     Post,
+    Put,
     Patch,
     Delete,
 }
@@ -54,6 +61,7 @@ impl Method {
         match self {
             Method::Get => "GET",
             Method::Post => "POST",
+            Method::Put => "PUT",
             Method::Patch => "PATCH",
             Method::Delete => "DELETE",
         }
@@ -73,7 +81,7 @@ const fn route(endpoint: Endpoint, method: Method, template: &'static str) -> Ro
 }
 
 use Endpoint as E;
-use Method::{Delete, Get, Patch, Post};
+use Method::{Delete, Get, Patch, Post, Put};
 
 /// Every route, in the order the router tries them. Where two templates fit one path
 /// (`/ui` and `/ui/`), the first is that path's metrics label.
@@ -109,6 +117,12 @@ pub const TABLE: &[Route] = &[
     route(E::CreateIssuer, Post, "/v1/businesses/{id}/issuers"),
     route(E::ListIssuers, Get, "/v1/businesses/{id}/issuers"),
     route(E::RemoveIssuer, Delete, "/v1/issuers/{id}"),
+    route(E::GetCredits, Get, "/v1/keys/{id}/credits"),
+    route(E::SetCredits, Put, "/v1/keys/{id}/credits"),
+    route(E::AddCredits, Post, "/v1/keys/{id}/credits/add"),
+    route(E::ReportCreditSpend, Post, "/v1/credit-spend"),
+    route(E::BusinessLimits, Get, "/v1/businesses/{id}/limits"),
+    route(E::UpdateBusinessLimits, Patch, "/v1/businesses/{id}/limits"),
 ];
 
 /// The distinct route labels: each template once, `/ui/` folded into `/ui` (a trailing
@@ -274,6 +288,10 @@ mod tests {
             "import",
             "rate-counts",
             "issuers",
+            "credits",
+            "add",
+            "credit-spend",
+            "limits",
         ];
         for word in words {
             assert!(is_route_word(word), "{word}");
@@ -296,7 +314,7 @@ mod tests {
 
     #[test]
     fn labels_are_the_distinct_templates() {
-        assert_eq!(LABELS.len(), 28, "{LABELS:?}");
+        assert_eq!(LABELS.len(), 32, "{LABELS:?}");
         for (i, label) in LABELS.iter().enumerate() {
             assert!(TABLE.iter().any(|row| row.template == *label), "{label}");
             assert!(!LABELS[..i].contains(label), "{label} twice");
@@ -326,6 +344,7 @@ mod tests {
         assert_eq!(allowed_methods("/v1/keys/key_1").as_deref(), Some("PATCH"));
         assert_eq!(allowed_methods("/v1/keys/key_1/fly"), None);
         assert_eq!(allowed_methods("/v1/sessions/ses_1").as_deref(), Some("DELETE"));
+        assert_eq!(allowed_methods("/v1/keys/key_1/credits").as_deref(), Some("GET, PUT"));
         assert_eq!(allowed_methods("/ui/").as_deref(), Some("GET"));
         assert_eq!(allowed_methods("/ui/a/b"), None);
     }

@@ -21,6 +21,8 @@ const FILES: &[(&str, &str, &[u8])] = &[
     ("chart.js", "text/javascript; charset=utf-8", include_bytes!("../ui/chart.js")),
     ("dom.js", "text/javascript; charset=utf-8", include_bytes!("../ui/dom.js")),
     ("issuers.js", "text/javascript; charset=utf-8", include_bytes!("../ui/issuers.js")),
+    ("policy.js", "text/javascript; charset=utf-8", include_bytes!("../ui/policy.js")),
+    ("credits.js", "text/javascript; charset=utf-8", include_bytes!("../ui/credits.js")),
     ("favicon.svg", "image/svg+xml", include_bytes!("../ui/favicon.svg")),
 ];
 

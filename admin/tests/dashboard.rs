@@ -188,7 +188,7 @@ async fn the_page_is_served_embedded_with_security_headers() {
         assert!(r.headers().contains_key("content-security-policy"), "{path}");
     }
     // No code of the page writes HTML from strings, stores tokens or logs.
-    for file in ["app.js", "api.js", "chart.js", "dom.js"] {
+    for file in ["app.js", "api.js", "chart.js", "dom.js", "policy.js"] {
         let text = get(&format!("/ui/{file}")).await.unwrap().text().await.unwrap();
         for banned in [
             "innerHTML",

@@ -34,7 +34,8 @@ async fn jwks_server() -> (String, Arc<Mutex<Value>>) {
             let mut buf = [0u8; 4096];
             let _ = stream.read(&mut buf).await;
             let body = served.lock().unwrap().to_string();
-            let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+            let head =
+                format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
             let _ = stream.write_all(head.as_bytes()).await;
             let _ = stream.write_all(body.as_bytes()).await;
         }
@@ -50,13 +51,19 @@ async fn issuers_are_validated_scoped_and_reach_the_feed() {
     let path = format!("/v1/businesses/{a}/issuers");
     let bad: Vec<(Value, &str)> = vec![
         (json!({"issuer": "https://idp.test", "audiences": []}), "invalid_request"),
-        (json!({"issuer": "https://idp.test", "audiences": ["api"], "algorithms": ["HS256"], "jwks": {"keys": [jwk("k", 1)]}}), "invalid_request"),
+        (
+            json!({"issuer": "https://idp.test", "audiences": ["api"], "algorithms": ["HS256"], "jwks": {"keys": [jwk("k", 1)]}}),
+            "invalid_request",
+        ),
         (json!({"issuer": "has space", "audiences": ["api"], "jwks": {"keys": [jwk("k", 1)]}}), "invalid_request"),
         (json!({"issuer": "keygate", "audiences": ["api"], "jwks": {"keys": [jwk("k", 1)]}}), "invalid_request"),
         (json!({"issuer": "https://idp.test", "audiences": ["api"], "jwks_uri": "ftp://x/y"}), "invalid_request"),
         (json!({"issuer": "https://idp.test", "audiences": ["api"], "jwks_uri": "http://x/y", "jwks": {"keys": []}}), "invalid_request"),
         (json!({"issuer": "https://idp.test", "audiences": ["api"]}), "invalid_request"),
-        (json!({"issuer": "https://idp.test", "audiences": ["api"], "jwks": {"keys": [{"kty": "RSA", "kid": "short", "n": "AQAB", "e": "AQAB"}]}}), "jwks_unavailable"),
+        (
+            json!({"issuer": "https://idp.test", "audiences": ["api"], "jwks": {"keys": [{"kty": "RSA", "kid": "short", "n": "AQAB", "e": "AQAB"}]}}),
+            "jwks_unavailable",
+        ),
         (json!({"issuer": "https://idp.test", "audiences": ["api"], "jwks_uri": "http://127.0.0.1:1/jwks"}), "jwks_unavailable"),
         (json!({"issuer": "https://idp.test", "audiences": ["api"], "unknown": 1}), "invalid_json"),
     ];
@@ -64,7 +71,8 @@ async fn issuers_are_validated_scoped_and_reach_the_feed() {
         let (status, answer) = server.post(&path, Some(OPERATOR), body.clone()).await;
         assert_error(status, &answer, 400, code);
     }
-    let (status, answer) = server.post("/v1/businesses/biz_nope/issuers", Some(OPERATOR), static_body("https://idp.test", vec![jwk("k1", 1)])).await;
+    let (status, answer) =
+        server.post("/v1/businesses/biz_nope/issuers", Some(OPERATOR), static_body("https://idp.test", vec![jwk("k1", 1)])).await;
     assert_error(status, &answer, 404, "business_not_found");
     // A member of B may not register or list for A.
     let member_b = server.member("b@example.com", "a long password 1", &[&b]).await;
@@ -80,7 +88,8 @@ async fn issuers_are_validated_scoped_and_reach_the_feed() {
     let (status, again) = server.post(&path, Some(OPERATOR), static_body("https://idp.test", vec![jwk("k1", 1)])).await;
     assert_error(status, &again, 409, "issuer_exists");
     // B may register the same provider for itself: a registration of its own.
-    let (status, _) = server.post(&format!("/v1/businesses/{b}/issuers"), Some(&member_b), static_body("https://idp.test", vec![jwk("k1", 1)])).await;
+    let (status, _) =
+        server.post(&format!("/v1/businesses/{b}/issuers"), Some(&member_b), static_body("https://idp.test", vec![jwk("k1", 1)])).await;
     assert_eq!(status, StatusCode::CREATED);
     let (status, listed) = server.get(&path, Some(&member_a)).await;
     assert_eq!(status, StatusCode::OK);

@@ -160,7 +160,13 @@ export const api = {
   rotate: (id, graceSecs) => call('POST', `/v1/keys/${seg(id)}/rotate`, { grace_secs: graceSecs }),
   setActive: (id, active) => call('POST', `/v1/keys/${seg(id)}/${active ? 'activate' : 'deactivate'}`),
   setExpiry: (id, expiresAt) => call('PATCH', `/v1/keys/${seg(id)}`, { expires_at: expiresAt }),
+  updateKey: (id, body) => call('PATCH', `/v1/keys/${seg(id)}`, body),
+  businessLimits: (business) => call('GET', `/v1/businesses/${seg(business)}/limits`),
+  setBusinessLimits: (business, body) => call('PATCH', `/v1/businesses/${seg(business)}/limits`, body),
   usage: (id) => call('GET', `/v1/keys/${seg(id)}/usage`),
+  credits: (id) => call('GET', `/v1/keys/${seg(id)}/credits`),
+  setCredits: (id, body) => call('PUT', `/v1/keys/${seg(id)}/credits`, body),
+  addCredits: (id, body) => call('POST', `/v1/keys/${seg(id)}/credits/add`, body),
   sessions: () => call('GET', '/v1/sessions'),
   revokeSession: (id) => call('DELETE', `/v1/sessions/${seg(id)}`),
 };

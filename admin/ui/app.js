@@ -5,6 +5,8 @@ import { api, ApiError, endOnLeave, forget, signIn, signOut, whenSignedOut } fro
 import { drawUsage } from './chart.js';
 import { $, clear, fromLocalInput, h, relative, toLocalInput, when } from './dom.js';
 import { initIssuers, loadIssuers } from './issuers.js';
+import { editPolicy, initPolicy, loadBusinessLimits, policySummary } from './policy.js';
+import { creditsSummary, editCredits, initCredits } from './credits.js';
 
 const state = {
   email: null,
@@ -112,7 +114,7 @@ $('signin-form').addEventListener('submit', (event) => {
     state.business = state.businesses[0].id;
     clearError();
     showApp();
-    await Promise.all([loadKeys(), loadSessions(), loadIssuers(state.business)]);
+    await Promise.all([loadKeys(), loadSessions(), loadBusinessLimits(state.business), loadIssuers(state.business)]);
   });
 });
 
@@ -127,7 +129,7 @@ $('business').addEventListener('change', () => act(null, async () => {
   state.business = $('business').value;
   state.usageKey = null;
   $('usage-card').hidden = true;
-  await Promise.all([loadKeys(), loadIssuers(state.business)]);
+  await Promise.all([loadKeys(), loadBusinessLimits(state.business), loadIssuers(state.business)]);
 }));
 
 // ----- live / test -----
@@ -181,7 +183,7 @@ function renderKeys() {
     const [cls, label] = keyState(key);
     const lastUsed = relative(key.last_used_at);
     const row = h('tr', { dataset: { keyId: key.id }, class: key.id === state.usageKey ? 'selected' : null },
-      h('td', { class: 'name' }, key.name || h('span', { class: 'muted' }, 'unnamed')),
+      h('td', { class: 'name' }, key.name || h('span', { class: 'muted' }, 'unnamed'), policySummary(key), creditsSummary(key)),
       h('td', {}, h('code', { class: 'prefix' }, `${key.prefix}…`)),
       h('td', {}, key.kind),
       h('td', {}, h('span', { class: `badge mode-${key.mode}` }, key.mode)),
@@ -196,7 +198,9 @@ function renderKeys() {
         key.active
           ? h('button', { type: 'button', class: 'small danger', 'data-action': 'deactivate', onclick: (e) => setActive(key, false, e.currentTarget) }, 'Deactivate')
           : h('button', { type: 'button', class: 'small secondary', 'data-action': 'activate', onclick: (e) => setActive(key, true, e.currentTarget) }, 'Activate'),
-        h('button', { type: 'button', class: 'small secondary', 'data-action': 'expiry', onclick: () => editExpiry(key) }, 'Expiry')));
+        h('button', { type: 'button', class: 'small secondary', 'data-action': 'expiry', onclick: () => editExpiry(key) }, 'Expiry'),
+        h('button', { type: 'button', class: 'small secondary', 'data-action': 'policy', onclick: () => editPolicy(key) }, 'Limits & IPs'),
+        h('button', { type: 'button', class: 'small secondary', 'data-action': 'credits', onclick: () => editCredits(key) }, 'Credits')));
     body.appendChild(row);
   }
 }
@@ -396,6 +400,8 @@ async function revoke(session, button) {
 }
 
 $('error-close').addEventListener('click', clearError);
+initPolicy({ act, showError, notice, reload: loadKeys, keyLabel });
+initCredits({ act, notice, reload: loadKeys, keyLabel });
 
 setMode('live');
 initIssuers({ act, notice });

@@ -20,7 +20,7 @@ use crate::keystore::{self, bucket_of, BUCKETS};
 use crate::lease::{Lease, WRITE_MARGIN_MS};
 use crate::oidc::IssuerEntry;
 use crate::revoked::{self, REVOKED_BUCKETS};
-use crate::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry, Snapshot, SnapshotError, SnapshotWire};
+use crate::snapshot::{BusinessLimits, History, KeyEntry, RevokedSession, SigningKeyEntry, Snapshot, SnapshotError, SnapshotWire};
 use crate::sync::{Health, SyncFailure, SyncOutcome, SNAPSHOT_PATH};
 use crate::UnixTime;
 
@@ -46,6 +46,9 @@ pub struct Meta {
     /// Trusted issuers and their pinned keys (each VM verifies their tokens itself).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub issuers: Vec<IssuerEntry>,
+    /// Businesses' own limits (few: one per business that has any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub business_limits: Vec<BusinessLimits>,
 }
 
 impl Meta {
@@ -57,6 +60,7 @@ impl Meta {
             signing_keys: self.signing_keys.clone(),
             revoked_sessions: self.revoked_sessions.clone(),
             issuers: self.issuers.clone(),
+            business_limits: self.business_limits.clone(),
             ..SnapshotWire::default()
         })
     }
@@ -298,6 +302,8 @@ impl Leader {
         next.signing_keys.extend(wire.signing_keys.iter().cloned());
         next.issuers.retain(|i| !wire.removed_issuers.contains(&i.id) && !wire.issuers.iter().any(|n| n.id == i.id));
         next.issuers.extend(wire.issuers.iter().cloned());
+        next.business_limits.retain(|b| !wire.business_limits.iter().any(|n| n.business == b.business));
+        next.business_limits.extend(wire.business_limits.iter().filter(|b| !b.is_empty()).cloned());
         next.version = wire.version;
         next.history = wire.history;
         next.snapshot().map_err(SyncFailure::Rejected)?;
@@ -329,6 +335,7 @@ impl Leader {
                     revoked_sessions: Vec::new(),
                     history: wire.history,
                     issuers: wire.issuers.clone(),
+                    business_limits: wire.business_limits.iter().filter(|b| !b.is_empty()).cloned().collect(),
                 };
                 meta.snapshot().map_err(SyncFailure::Rejected)?;
                 FullBuild { meta, keys: Stream::default(), revoking: None, inline_revoked: wire.revoked_sessions.clone() }

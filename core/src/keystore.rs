@@ -4,11 +4,17 @@
 //! reads one bucket and scans it. Pure byte work: the filter moves buckets in and out of
 //! shared data; native tests use [`crate::Snapshot`]'s map through the same [`KeyLookup`].
 //!
-//! Record layout: hash (32) · flags (1: kind, mode, active, has-expiry) · expiry (8, only
-//! with the flag) · id (len u8 + bytes) · business (len u8 + bytes) · scope count (u8) ·
-//! scopes (len u8 + bytes each).
+//! Record layout: hash (32) · flags (1: kind, mode, active, has-expiry, has-extras) · expiry
+//! (8, only with the flag) · id (len u8 + bytes) · business (len u8 + bytes) · scope count
+//! (u8) · scopes (len u8 + bytes each) · extras (only with the flag: len u16 LE + a JSON
+//! object of the optional per-key policy, [`Extras`]). Most keys have no extras, so they
+//! pay nothing for them; fields an older filter does not know are ignored.
 
+use serde::{Deserialize, Serialize};
+
+use crate::cidr::Cidr;
 use crate::key::{KeyHash, KeyKind, Mode};
+use crate::ratelimit::Limit;
 use crate::snapshot::{KeyEntry, KeyRecord, Snapshot};
 
 pub const BUCKETS: usize = 65_536;
@@ -33,6 +39,19 @@ const PK: u8 = 1;
 const TEST: u8 = 2;
 const ACTIVE: u8 = 4;
 const EXPIRES: u8 = 8;
+const EXTRAS: u8 = 16;
+
+/// A key's optional policy, packed as JSON after its scopes.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Extras {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allowed_ips: Vec<Cidr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rate_limits: Option<Vec<Limit>>,
+    /// Uses left (see [`crate::credits`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    credits: Option<crate::credits::CreditsEntry>,
+}
 
 fn push_str(out: &mut Vec<u8>, s: &str) -> bool {
     match u8::try_from(s.len()) {
@@ -63,13 +82,25 @@ pub fn encode(entry: &KeyEntry) -> Option<Vec<u8>> {
     if entry.expires_at.is_some() {
         flags |= EXPIRES;
     }
+    let extras = Extras { allowed_ips: entry.allowed_ips.clone(), rate_limits: entry.rate_limits.clone(), credits: entry.credits };
+    let extras = if extras == Extras::default() { None } else { Some(serde_json::to_vec(&extras).ok()?) };
+    if extras.is_some() {
+        flags |= EXTRAS;
+    }
     out.push(flags);
     if let Some(at) = entry.expires_at {
         out.extend_from_slice(&at.to_le_bytes());
     }
     let ok = push_str(&mut out, &entry.id) && push_str(&mut out, &entry.business);
     out.push(u8::try_from(entry.scopes.len()).ok()?);
-    (ok && entry.scopes.iter().all(|s| push_str(&mut out, s))).then_some(out)
+    if !(ok && entry.scopes.iter().all(|s| push_str(&mut out, s))) {
+        return None;
+    }
+    if let Some(extras) = extras {
+        out.extend_from_slice(&u16::try_from(extras.len()).ok()?.to_le_bytes());
+        out.extend_from_slice(&extras);
+    }
+    Some(out)
 }
 
 /// A cursor over untrusted bytes: every read is checked.
@@ -105,7 +136,15 @@ impl<'a> Reader<'a> {
         for _ in 0..self.byte()? {
             self.string()?;
         }
+        if flags & EXTRAS != 0 {
+            self.extras_bytes()?;
+        }
         Some(())
+    }
+
+    fn extras_bytes(&mut self) -> Option<&'a [u8]> {
+        let len = self.take(2)?;
+        self.take(usize::from(u16::from_le_bytes([len[0], len[1]])))
     }
 
     fn record_rest(&mut self, flags: u8) -> Option<KeyRecord> {
@@ -120,6 +159,12 @@ impl<'a> Reader<'a> {
         let business = self.string()?.to_owned();
         let count = self.byte()?;
         let scopes = (0..count).map(|_| self.string().map(str::to_owned)).collect::<Option<Vec<_>>>()?;
+        // Unreadable extras make the record unreadable: the key is refused, never let
+        // through without its allowlist or limits.
+        let extras = match flags & EXTRAS {
+            0 => Extras::default(),
+            _ => serde_json::from_slice(self.extras_bytes()?).ok()?,
+        };
         Some(KeyRecord {
             id,
             business,
@@ -128,6 +173,9 @@ impl<'a> Reader<'a> {
             scopes,
             expires_at,
             active: flags & ACTIVE != 0,
+            allowed_ips: extras.allowed_ips,
+            rate_limits: extras.rate_limits,
+            credits: extras.credits,
         })
     }
 }
@@ -195,6 +243,9 @@ mod tests {
             scopes,
             expires_at,
             active: seed.is_multiple_of(2),
+            allowed_ips: vec![],
+            rate_limits: None,
+            credits: None,
         }
     }
 
@@ -233,6 +284,53 @@ mod tests {
         junk[41] = 200; // hash 32 + flags 1 + expiry 8: the id length, now past the end
         assert!(find(&junk, &a.hash).is_none());
         assert!(replace(&junk, &a.hash, None).is_empty());
+    }
+
+    #[test]
+    fn extras_round_trip_and_fail_closed() {
+        let plain = entry(4, vec!["s".into()], None);
+        let mut rich = entry(6, vec!["s".into()], Some(7));
+        rich.allowed_ips = vec![Cidr::parse("10.0.0.0/8").unwrap(), Cidr::parse("2001:db8::/32").unwrap()];
+        rich.rate_limits = Some(vec![Limit::parse("5/s").unwrap(), Limit::parse("100/h").unwrap()]);
+        let mut bucket = replace(&[], &plain.hash, Some(&encode(&plain).unwrap()));
+        bucket = replace(&bucket, &rich.hash, Some(&encode(&rich).unwrap()));
+        bucket = replace(&bucket, &entry(8, vec![], None).hash, Some(&encode(&entry(8, vec![], None)).unwrap()));
+        assert_eq!(count(&bucket), 3, "a record with extras is skipped whole");
+        let got = find(&bucket, &rich.hash).unwrap();
+        assert_eq!((got.allowed_ips, got.rate_limits), (rich.allowed_ips.clone(), rich.rate_limits.clone()));
+        let got = find(&bucket, &plain.hash).unwrap();
+        assert!(got.allowed_ips.is_empty() && got.rate_limits.is_none());
+        assert_eq!(encode(&plain).unwrap()[32] & EXTRAS, 0, "no extras, no flag");
+        // Extras that do not parse: the record reads as absent, never as unrestricted.
+        let mut bad = encode(&rich).unwrap();
+        let at = bad.len() - 3;
+        bad[at] = b'!';
+        assert!(find(&bad, &rich.hash).is_none());
+        let good = encode(&rich).unwrap();
+        for cut in 0..good.len() {
+            assert!(find(&good[..cut], &rich.hash).is_none());
+        }
+    }
+
+    #[test]
+    fn credits_travel_in_the_extras_and_bad_extras_read_as_unknown() {
+        use crate::credits::{CreditsEntry, Interval, Refill};
+        let credits = CreditsEntry { balance: 9, epoch: 4, period: 20_000, refill: Some(Refill { interval: Interval::Day, amount: 50 }) };
+        let a = KeyEntry { credits: Some(credits), ..entry(1, vec!["s".into()], Some(5)) };
+        let b = entry(2, vec![], None);
+        let mut bucket = replace(&[], &a.hash, Some(&encode(&a).unwrap()));
+        bucket = replace(&bucket, &b.hash, Some(&encode(&b).unwrap()));
+        assert_eq!(count(&bucket), 2, "a record with an extension is skipped whole");
+        assert_eq!(find(&bucket, &a.hash).unwrap().credits, Some(credits));
+        assert_eq!(find(&bucket, &b.hash).unwrap().credits, None);
+        let good = encode(&a).unwrap();
+        for cut in 0..good.len() {
+            assert!(find(&good[..cut], &a.hash).is_none());
+        }
+        let mut junk = good.clone();
+        let last = junk.len() - 1;
+        junk[last] = b'!';
+        assert!(find(&junk, &a.hash).is_none(), "a malformed extension fails closed");
     }
 
     #[test]

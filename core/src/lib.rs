@@ -12,7 +12,9 @@
 //!   snapshot, and the negative cache that bounds what made-up ones cost.
 
 pub mod base62;
+pub mod cidr;
 pub mod config;
+pub mod credits;
 pub mod decide;
 pub mod feed;
 pub mod hold;
@@ -31,8 +33,8 @@ pub mod usage;
 
 pub use config::{FilterConfig, Policy, Requirement, Route};
 pub use decide::{
-    decide, decide_cached, decide_on_route, decide_or_hold, Allowed, Awaited, Decision, Denial, DenyCode, Outcome, Pending, RequestView,
-    Synced, TokenCache,
+    decide, decide_cached, decide_on_route, decide_or_hold, wants_address, Allowed, Awaited, Decision, Denial, DenyCode, Outcome, Pending,
+    RequestView, Synced, TokenCache,
 };
 pub use key::{ApiKey, KeyHash, KeyKind, Mode};
 pub use snapshot::{Snapshot, SnapshotWire};

@@ -8,8 +8,11 @@ use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+use crate::cidr::Cidr;
+use crate::credits::CreditsEntry;
 use crate::key::{KeyHash, KeyKind, Mode};
 use crate::oidc::{IssuerEntry, Issuers, TrustedIssuer};
+use crate::ratelimit::Limit;
 use crate::UnixTime;
 
 /// The algorithm name every signing key carries; the only one keygate accepts.
@@ -28,6 +31,34 @@ pub struct KeyEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<UnixTime>,
     pub active: bool,
+    /// Uses left (see [`crate::credits`]); `None`: unlimited. Packed in the keystore
+    /// record's extension object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditsEntry>,
+    /// When not empty, the only client addresses the key may be used from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<Cidr>,
+    /// The key's own limits: they replace its business's, its rule's and its kind's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<Vec<Limit>>,
+}
+
+/// A business's own limits, set through admin. `per_key` replaces the rule's and the kind's
+/// defaults for each of its keys (a key's own limits still win); `shared` replaces the
+/// plugin's `rate_limits.business` for it. Both absent: no override (on a delta, a removal).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusinessLimits {
+    pub business: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_key: Option<Vec<Limit>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<Vec<Limit>>,
+}
+
+impl BusinessLimits {
+    pub fn is_empty(&self) -> bool {
+        self.per_key.is_none() && self.shared.is_none()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +133,10 @@ pub struct SnapshotWire {
     /// On a delta: ids of trusted issuers removed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed_issuers: Vec<String>,
+    /// Businesses' own limits: all of them on a full snapshot's first page, the changed
+    /// ones on a delta (an empty one removes the override).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub business_limits: Vec<BusinessLimits>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,6 +161,9 @@ pub struct KeyRecord {
     pub scopes: Vec<String>,
     pub expires_at: Option<UnixTime>,
     pub active: bool,
+    pub credits: Option<CreditsEntry>,
+    pub allowed_ips: Vec<Cidr>,
+    pub rate_limits: Option<Vec<Limit>>,
 }
 
 #[derive(Clone, Default)]
@@ -135,6 +173,7 @@ pub struct Snapshot {
     signing: HashMap<String, DecodingKey>,
     revoked: HashMap<String, UnixTime>,
     issuers: Issuers,
+    business_limits: HashMap<String, BusinessLimits>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -145,6 +184,7 @@ impl std::fmt::Debug for Snapshot {
             .field("signing_keys", &self.signing.len())
             .field("revoked_sessions", &self.revoked.len())
             .field("issuers", &self.issuers.len())
+            .field("business_limits", &self.business_limits.len())
             .finish()
     }
 }
@@ -162,8 +202,8 @@ fn decoding_key(entry: &SigningKeyEntry) -> Result<DecodingKey, SnapshotError> {
 }
 
 fn record(entry: KeyEntry) -> (KeyHash, KeyRecord) {
-    let KeyEntry { hash, id, business, kind, mode, scopes, expires_at, active } = entry;
-    (hash, KeyRecord { id, business, kind, mode, scopes, expires_at, active })
+    let KeyEntry { hash, id, business, kind, mode, scopes, expires_at, active, allowed_ips, rate_limits, credits } = entry;
+    (hash, KeyRecord { id, business, kind, mode, scopes, expires_at, active, allowed_ips, rate_limits, credits })
 }
 
 impl crate::revoked::RevocationLookup for Snapshot {
@@ -223,6 +263,13 @@ impl Snapshot {
         for issuer in issuers {
             self.issuers.insert(issuer);
         }
+        for limits in wire.business_limits {
+            if limits.is_empty() {
+                self.business_limits.remove(&limits.business);
+            } else {
+                self.business_limits.insert(limits.business.clone(), limits);
+            }
+        }
         self.version = wire.version;
         Ok(())
     }
@@ -237,6 +284,11 @@ impl Snapshot {
 
     pub fn key(&self, hash: &KeyHash) -> Option<&KeyRecord> {
         self.keys.get(hash)
+    }
+
+    /// The business's own limits, if admin set any.
+    pub fn business_limits(&self, business: &str) -> Option<&BusinessLimits> {
+        self.business_limits.get(business)
     }
 
     pub fn signing_key(&self, kid: &str) -> Option<&DecodingKey> {

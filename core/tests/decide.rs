@@ -6,7 +6,7 @@ mod support;
 use keygate_core::ratelimit::{Limit, LimitCheck, Scope};
 use keygate_core::signing::SigningKeyPair;
 use keygate_core::snapshot::{KeyEntry, SnapshotWire};
-use keygate_core::{decide, AccessClaims, ApiKey, Decision, DenyCode, KeyKind, Mode, RequestView, Synced};
+use keygate_core::{decide, AccessClaims, ApiKey, Decision, DenyCode, KeyKind, Mode, RequestView, Snapshot, Synced};
 use support::world::{claims, world, OTHER_BIZ};
 use support::{allowed, denied, BIZ, NOW};
 
@@ -283,9 +283,12 @@ fn every_code_has_its_status_and_a_json_body_without_secrets() {
         (401, "invalid_api_key"),
         (403, "business_mismatch"),
         (403, "insufficient_permission"),
+        (403, "ip_not_allowed"),
         (429, "rate_limited"),
+        (429, "quota_exhausted"),
         (503, "auth_unavailable"),
     ];
+    assert_eq!(DenyCode::ALL.len(), expected.len());
     for (code, (status, name)) in DenyCode::ALL.iter().zip(expected) {
         assert_eq!((code.status(), code.as_str()), (status, name));
     }
@@ -341,6 +344,9 @@ fn imported_keys_without_keygate_checksum_are_looked_up_by_hash_with_the_stored_
         scopes: vec![],
         expires_at: None,
         active: true,
+        credits: None,
+        allowed_ips: vec![],
+        rate_limits: None,
     };
     let wire = SnapshotWire {
         version: 4,
@@ -400,4 +406,48 @@ fn imported_keys_without_keygate_checksum_are_looked_up_by_hash_with_the_stored_
 
 fn check(bucket: &str, scope: Scope, limit: &str) -> LimitCheck {
     LimitCheck { bucket: bucket.into(), scope, limit: Limit::parse(limit).unwrap() }
+}
+
+#[test]
+fn a_key_with_credits_spends_the_rule_cost_and_keys_without_spend_nothing() {
+    use keygate_core::credits::{CreditCount, CreditsEntry};
+    let policy = keygate_core::config::FilterConfig::parse(
+        br#"{"admin_cluster": "a", "proxy_token": "t", "routes": [
+            {"prefix": "/key/", "require": "key"},
+            {"prefix": "/costly/", "require": "key", "cost": 5},
+            {"prefix": "/free/", "require": "key", "cost": 0}
+        ]}"#,
+        None,
+    )
+    .unwrap()
+    .policy;
+    let (with, without) = (support::world::key(KeyKind::Sk, Mode::Live, 11), support::world::key(KeyKind::Sk, Mode::Live, 12));
+    let credits = CreditsEntry { balance: 7, epoch: 3, period: 0, refill: None };
+    let wire = SnapshotWire {
+        version: 1,
+        keys: vec![KeyEntry { credits: Some(credits), ..support::entry(&with, "key_cr", BIZ) }, support::entry(&without, "key_free", BIZ)],
+        ..SnapshotWire::default()
+    };
+    let snapshot = Snapshot::from_full(wire).unwrap();
+    let run = |path: &str, key: &ApiKey| {
+        let headers = support::owned(&[("secret_key", key.expose())]);
+        let request = RequestView { method: "GET", path, headers: &headers, client_ip: None };
+        support::allowed(decide(&policy, &request, Some(Synced::local(&snapshot, NOW)), NOW))
+    };
+    let one = run("/key/x", &with).credits.unwrap();
+    assert_eq!((one.key_id.as_str(), one.epoch, one.allowance, one.cost), ("key_cr", 3, 7, 1));
+    let five = run("/costly/x", &with).credits.unwrap();
+    assert_eq!(five.cost, 5);
+    assert!(run("/free/x", &with).credits.is_none(), "a rule of cost 0 spends nothing");
+    assert!(run("/key/x", &without).credits.is_none(), "a key without credits is unlimited");
+    // 7 credits: one request of 5, then one of 1, then the next of 5 is refused.
+    let count = CreditCount::default().spend(&five, None).unwrap().spend(&one, None).unwrap();
+    let refused = count.spend(&five, None).unwrap_err();
+    assert_eq!((refused.status(), refused.code, refused.retry_after), (429, DenyCode::QuotaExhausted, None));
+    assert!(refused.body().contains("quota_exhausted"));
+    assert!(keygate_core::config::FilterConfig::parse(
+        br#"{"admin_cluster": "a", "proxy_token": "t", "routes": [{"prefix": "/x/", "cost": 2000000}]}"#,
+        None
+    )
+    .is_err());
 }

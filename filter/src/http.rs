@@ -4,11 +4,12 @@
 
 use keygate_core::decide::after_rate_limit;
 use keygate_core::hold::Admission;
-use keygate_core::{decide_or_hold, Decision, FilterConfig, Outcome, Pending, RequestView, Requirement, Synced};
+use keygate_core::{decide_or_hold, wants_address, Decision, FilterConfig, Outcome, Pending, RequestView, Requirement, Synced};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
 
+use crate::credits;
 use crate::host;
 use crate::limit;
 use crate::shared::{self, SharedKeys, SharedRevocations};
@@ -79,12 +80,12 @@ pub fn evaluate(config: &FilterConfig, vm: &VmState, hold: bool) -> Evaluated {
     let headers = host::request_headers();
     let (method, path) = (pseudo(&headers, ":method"), pseudo(&headers, ":path"));
     let route = config.policy.route_for(method, path);
-    // Only public routes are limited per client address: skip the property lookup otherwise.
-    let client_ip = (route.require == Requirement::None).then(host::client_ip).flatten();
+    // Public routes count per client address; a key route needs it only for a key with
+    // an allowlist (`wants_address` below): skip the property lookup otherwise.
+    let mut client_ip = (route.require == Requirement::None).then(host::client_ip).flatten();
     // One clock read: seconds for the decision, milliseconds for the rate-limit windows.
     let now_ms = host::now_ms();
     let now = now_ms.map(|ms| ms / 1000);
-    let request = RequestView { method, path, headers: &headers, client_ip: client_ip.as_deref() };
     let ns = config.sync.shared_prefix.as_str();
     let seen = shared::read_seen(ns);
     let outcome = {
@@ -98,17 +99,46 @@ pub fn evaluate(config: &FilterConfig, vm: &VmState, hold: bool) -> Evaluated {
             }
             _ => None,
         };
-        decide_or_hold(&config.policy, route, &request, synced, now.unwrap_or(0), &mut vm.tokens.borrow_mut(), hold)
+        let mut tokens = vm.tokens.borrow_mut();
+        let mut decide = |client_ip: Option<&str>| {
+            let request = RequestView { method, path, headers: &headers, client_ip };
+            let outcome = decide_or_hold(&config.policy, route, &request, synced, now.unwrap_or(0), &mut tokens, hold);
+            (wants_address(&request, &outcome), outcome)
+        };
+        match decide(client_ip.as_deref()) {
+            (true, _) => {
+                client_ip = host::client_ip();
+                decide(client_ip.as_deref()).1
+            }
+            (false, outcome) => outcome,
+        }
     };
+    let request = RequestView { method, path, headers: &headers, client_ip: client_ip.as_deref() };
     let now = now.unwrap_or(0);
     let mut rate_headers = Vec::new();
     let outcome = match outcome {
-        Outcome::Decided(Decision::Allow(allowed)) if !allowed.rate_limits.is_empty() => {
-            let limits = &config.policy.rate_limits;
-            let charged = limit::charge(ns, limits, &allowed.rate_limits, vm.fleet.get(), now_ms.unwrap_or(0));
-            vm.note_counters(charged.started);
-            rate_headers = charged.headers;
-            Outcome::Decided(after_rate_limit(route, allowed, charged.result))
+        Outcome::Decided(Decision::Allow(allowed)) if !allowed.rate_limits.is_empty() || allowed.credits.is_some() => {
+            let now_ms = now_ms.unwrap_or(0);
+            // Credits first, so that a key with none left is not counted against its rate
+            // limit; a request the rate limit then refuses gets its credits back.
+            let spent = match &allowed.credits {
+                Some(check) => credits::charge(config, vm, check, now_ms),
+                None => Ok(false),
+            };
+            match spent {
+                Err(denial) => Outcome::Decided(after_rate_limit(route, allowed, Err(denial))),
+                Ok(_) if allowed.rate_limits.is_empty() => Outcome::Decided(Decision::Allow(allowed)),
+                Ok(spent) => {
+                    let limits = &config.policy.rate_limits;
+                    let charged = limit::charge(ns, limits, &allowed.rate_limits, vm.fleet.get(), now_ms);
+                    vm.note_counters(charged.started);
+                    rate_headers = charged.headers;
+                    if let (true, Err(_), false, Some(check)) = (spent, &charged.result, route.shadow, &allowed.credits) {
+                        credits::refund(config, check);
+                    }
+                    Outcome::Decided(after_rate_limit(route, allowed, charged.result))
+                }
+            }
         }
         other => other,
     };

@@ -8,6 +8,8 @@
 //!   or refused from the root's tick.
 //! - [`limit`] and [`fleet`]: rate limits counted in Envoy's shared data, and the
 //!   exchange of those counts with admin that makes them fleet-wide.
+//! - [`credits`]: a key's credits spent in Envoy's shared data, and the exchange of that
+//!   spending with admin that makes it fleet-wide and durable.
 //! - [`vm`]: what one VM's contexts share (the snapshot view, token cache, usage, held
 //!   requests, metrics).
 //! - [`host`]: the host calls, wrapped so that a host error is a value, never a panic.
@@ -15,6 +17,7 @@
 //! `proxy_wasm::set_log_level` also installs the SDK's panic hook, which logs any panic
 //! at critical before the VM dies (Envoy's `failure_policy` then decides what happens).
 
+pub mod credits;
 pub mod fleet;
 pub mod held;
 pub mod host;

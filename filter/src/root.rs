@@ -20,6 +20,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::credits::CreditSync;
 use crate::fleet::CountSync;
 use crate::held;
 use crate::host;
@@ -49,6 +50,8 @@ pub struct KeygateRoot {
     next_work_at_ms: u64,
     /// The exchange of rate-limit counts with admin.
     counts: CountSync,
+    /// The exchange of credit spending with admin.
+    credits: CreditSync,
 }
 
 fn vm_identity() -> u64 {
@@ -74,6 +77,7 @@ impl KeygateRoot {
             usage_failing: false,
             next_work_at_ms: 0,
             counts: CountSync::default(),
+            credits: CreditSync::default(),
         }
     }
 
@@ -207,6 +211,13 @@ impl Context for KeygateRoot {
             }
             return;
         }
+        if self.credits.owns(token_id) {
+            if let Some(config) = self.config.clone() {
+                let body = host::call_response_body(body_size.min(keygate_core::credits::MAX_ANSWER_BYTES));
+                self.credits.on_answer(&config, &self.vm, host::call_response_status(), &body);
+            }
+            return;
+        }
         if let Some(i) = self.usage_calls.iter().position(|(t, _)| *t == token_id) {
             let (_, items) = self.usage_calls.swap_remove(i);
             let status = host::call_response_status();
@@ -279,6 +290,7 @@ impl RootContext for KeygateRoot {
             self.work(&config, now_ms);
         }
         self.counts.tick(&config, &self.vm, self.vm.base_tick(), now_ms);
+        self.credits.tick(&config, &self.vm, now_ms);
         held::release(&config, &self.vm, self.id, now_ms);
     }
 

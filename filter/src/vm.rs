@@ -39,6 +39,12 @@ pub struct VmState {
     pub new_counters: Cell<bool>,
     /// How this VM's exchange of counts with admin stands.
     pub fleet: Cell<FleetView>,
+    /// Keys this VM spent credits of (and when it last did): the ones it reports.
+    pub active_credits: RefCell<crate::credits::ActiveCredits>,
+    /// A key joined `active_credits` since the last exchange: exchange at the next tick.
+    pub new_credits: Cell<bool>,
+    /// How this VM's exchange of credit spending with admin stands.
+    pub credit_view: Cell<FleetView>,
     /// RateLimit headers for the answers of allowed requests, by request context id.
     pub response_headers: RefCell<HashMap<u32, Vec<(&'static str, String)>>>,
 }
@@ -63,6 +69,21 @@ impl VmState {
             if active.len() < MAX_COUNTERS && active.insert(name) {
                 self.new_counters.set(true);
             }
+        }
+    }
+
+    /// Notes a key this VM spent credits of, for the exchange with admin (a key new to the
+    /// VM is exchanged at the next tick; past the report's bound, counted here alone).
+    pub fn note_credits(&self, key_id: &str, now_ms: u64) {
+        let mut active = self.active_credits.borrow_mut();
+        let room = active.len() < keygate_core::credits::MAX_REPORT_KEYS;
+        match active.get_mut(key_id) {
+            Some(at) => *at = now_ms,
+            None if room => {
+                active.insert(key_id.to_owned(), now_ms);
+                self.new_credits.set(true);
+            }
+            None => {}
         }
     }
 

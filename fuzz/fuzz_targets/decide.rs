@@ -19,8 +19,9 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
+use keygate_core::cidr::Cidr;
 use keygate_core::config::Route;
-use keygate_core::ratelimit::LimitPolicy;
+use keygate_core::ratelimit::{Limit, LimitPolicy, Window};
 use keygate_core::signing::SigningKeyPair;
 use keygate_core::snapshot::{KeyEntry, RevokedSession, SnapshotWire};
 use keygate_core::token::{AccessClaims, TokenExpectations};
@@ -94,6 +95,9 @@ struct ArbKey {
     /// Store it under its own kind/mode, or lie in the snapshot.
     flip_kind: bool,
     flip_mode: bool,
+    /// An address allowlist: (address bytes, prefix length), read as IPv4 or IPv6 ranges.
+    allowed: Vec<([u8; 16], u8, bool)>,
+    own_limit: Option<(u16, u8)>,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -196,6 +200,22 @@ fn tweak(text: String, t: &Tweak) -> String {
     }
 }
 
+/// A range from fuzz bytes: the address with its host bits cleared, as admin would store it.
+fn arb_range(bytes: &[u8; 16], len: u8, v4: bool) -> Option<Cidr> {
+    let (ip, len): (std::net::IpAddr, u8) = if v4 {
+        (std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into(), len % 33)
+    } else {
+        (std::net::Ipv6Addr::from(*bytes).into(), len % 129)
+    };
+    let text = format!("{ip}/{len}");
+    // Host bits set are refused, as admin refuses them; clear them by parsing the hint.
+    Cidr::parse(&text).ok().or_else(|| {
+        let err = Cidr::parse(&text).err()?;
+        let hint = err.split("did you mean \"").nth(1)?.split('"').next()?.to_owned();
+        Cidr::parse(&hint).ok()
+    })
+}
+
 fuzz_target!(|input: Input| {
     let expect = TokenExpectations { issuer: "keygate".into(), audience: "keygate-api".into(), leeway: u64::from(input.leeway % 60) };
 
@@ -218,6 +238,9 @@ fuzz_target!(|input: Input| {
             scopes: k.scopes.iter().take(4).cloned().collect(),
             expires_at: k.expires_in.map(|d| offset(NOW, d)),
             active: k.active,
+            credits: None,
+            allowed_ips: k.allowed.iter().take(4).filter_map(|(bytes, len, v4)| arb_range(bytes, *len, *v4)).collect(),
+            rate_limits: k.own_limit.map(|(n, w)| vec![Limit { count: u32::from(n).max(1), window: Window::ALL[usize::from(w) % 4] }]),
         });
         raws.push(key.expose().to_owned());
     }
@@ -374,6 +397,17 @@ fuzz_target!(|input: Input| {
             }
             if let Some(m) = route.mode {
                 assert_eq!(m, entry.mode, "mode rule ignored");
+            }
+            if !entry.allowed_ips.is_empty() {
+                assert!(
+                    keygate_core::cidr::allows(&entry.allowed_ips, input.client_ip.as_deref()),
+                    "allowed from outside the key's allowlist"
+                );
+            }
+            if let Some(own) = &entry.rate_limits {
+                let counted: Vec<Limit> =
+                    allowed.rate_limits.iter().filter(|c| c.bucket == format!("key:{key_id}")).map(|c| c.limit).collect();
+                assert_eq!(&counted, own, "the key's own limits are not what it is counted against");
             }
             let business_header = allowed.add_headers.iter().find(|(n, _)| *n == "x-keygate-business").map(|(_, v)| v.as_str());
             assert_eq!(business_header, Some(entry.business.as_str()));

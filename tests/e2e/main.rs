@@ -7,6 +7,7 @@
 //! replicas (`replicas_*`) run; without it they are ignored.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod credits;
 mod filter;
 mod flapping;
 mod fleet;
@@ -18,6 +19,7 @@ mod lifecycle;
 mod log_secrets;
 mod oidc;
 mod path;
+mod policy;
 mod replicas;
 mod restore;
 mod ui;
@@ -51,6 +53,8 @@ fn main() {
         restore::suites(),
         fleet::suites(),
         oidc::suites(),
+        credits::suites(),
+        policy::suites(),
     ]
     .into_iter()
     .flatten()

@@ -5,6 +5,9 @@
 //! move, rotate, deactivate, test mode, revoke a session, API errors in words, the CSP and
 //! escaping. Suite `ui_short_ttl` (3-second tokens, `tests/browser/refresh.mjs`): the page
 //! refreshes an expired access token, and asks to sign in again when its session is revoked.
+//! `tests/browser/policy.mjs`: a key's address allowlist and own limits, and the business's
+//! limits, set in the page and enforced by Envoy. `tests/browser/credits.mjs`: a key's
+//! credits set, read and added in the page, and spent through Envoy.
 //! Screenshots go to `target/ui-screenshots/NN-step.png`; the scripts print each path.
 
 use std::path::PathBuf;
@@ -39,6 +42,8 @@ const CASES: &[Case] = &[
     ("page_is_served_with_a_strict_csp", headers),
     ("dashboard_in_chromium", dashboard),
     ("identity_providers_in_chromium", identity_providers),
+    ("key_allowlist_and_limits_in_chromium", policy),
+    ("key_credits_in_chromium", credits),
 ];
 
 fn repo() -> PathBuf {
@@ -67,6 +72,14 @@ fn dashboard(stack: &Stack) {
 /// provider on loopback), refused in words, pinned keys listed, removed.
 fn identity_providers(stack: &Stack) {
     run_script(stack, "issuers.mjs", 3);
+}
+
+fn policy(stack: &Stack) {
+    run_script(stack, "policy.mjs", 5);
+}
+
+fn credits(stack: &Stack) {
+    run_script(stack, "credits.mjs", 5);
 }
 
 fn refresh(stack: &Stack) {

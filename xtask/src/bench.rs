@@ -10,6 +10,8 @@
 //! SIGKILLed when the bench ends (also on failure) and dies with xtask; every loop is
 //! bounded in count and time.
 
+mod features;
+mod features_report;
 mod feed;
 pub mod import;
 pub mod ipflood;
@@ -97,6 +99,7 @@ impl Mode {
 enum Only {
     Replicas,
     Limits,
+    Features,
 }
 
 pub fn cmd_bench(p: &Paths, args: &[String]) -> ExitCode {
@@ -105,11 +108,15 @@ pub fn cmd_bench(p: &Paths, args: &[String]) -> ExitCode {
     while let Some(a) = it.next() {
         match (a.as_str(), it.clone().next().map(String::as_str)) {
             ("--quick", _) => quick = true,
-            ("--only", Some(part @ ("replicas" | "limits"))) => {
-                only = Some(if part == "replicas" { Only::Replicas } else { Only::Limits });
+            ("--only", Some(part @ ("replicas" | "limits" | "features"))) => {
+                only = Some(match part {
+                    "replicas" => Only::Replicas,
+                    "limits" => Only::Limits,
+                    _ => Only::Features,
+                });
                 it.next();
             }
-            _ => return crate::fail(&format!("bench takes only --quick and --only replicas|limits, not {}", args.join(" "))),
+            _ => return crate::fail(&format!("bench takes only --quick and --only replicas|limits|features, not {}", args.join(" "))),
         }
     }
     let start = Instant::now();
@@ -117,6 +124,7 @@ pub fn cmd_bench(p: &Paths, args: &[String]) -> ExitCode {
     let done = match only {
         Some(Only::Replicas) => run::run_replicas(p, &mode),
         Some(Only::Limits) => run::run_limits(p, &mode),
+        Some(Only::Features) => run::run_features(p, &mode),
         None => run::run(p, &mode),
     };
     match done {

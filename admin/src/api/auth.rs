@@ -319,7 +319,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (state, _) = AppState::open(crate::Config::new(dir.path())).unwrap();
         let flusher = state.store().start_flusher();
-        let business = Business { id: random::id("biz_").unwrap(), name: "Acme".to_owned(), created_at: now() };
+        let business = Business::new(random::id("biz_").unwrap(), "Acme".to_owned(), now());
         let ticket = state.store().create_business(&business).unwrap();
         state.store().wait_durable(ticket).await.unwrap();
         let api_key = ApiKey::generate(KeyKind::Sk, Mode::Test, random::key_material().unwrap()).unwrap();

@@ -26,7 +26,7 @@ pub struct CreateBusiness {
 )]
 pub async fn create_business(state: AppState, body: CreateBusiness) -> Result<Response, AdminError> {
     let name = clean_name(&body.name, "name")?;
-    let business = Business { id: random::id("biz_")?, name, created_at: now() };
+    let business = Business::new(random::id("biz_")?, name, now());
     let record = business.clone();
     durable_write(state.store(), move |s| s.create_business(&record)).await?;
     tracing::info!(business = %business.id, "business created");

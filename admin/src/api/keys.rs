@@ -8,6 +8,7 @@ use warp::reply::Response;
 
 use std::future::Future;
 
+use super::policy::{clean_allowed_ips, clean_limits, limit_texts, present};
 use super::{blocking, clean_name, clean_scopes, durable_write, is_id, ok_json, request_expiry};
 use crate::auth::Caller;
 use crate::error::AdminError;
@@ -52,6 +53,19 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(format = DateTime)]
     expires_at: Option<String>,
+    /// Uses the key starts with, optionally refilled (absent: unlimited).
+    #[serde(default)]
+    credits: Option<super::credits::NewCredits>,
+    /// Up to 100 address ranges (`"10.0.0.0/8"`, `"2001:db8::/32"`, or one address): the
+    /// filters refuse the key from anywhere else (403 `ip_not_allowed`). Absent or empty: any.
+    #[serde(default)]
+    #[schema(max_items = 100)]
+    allowed_ips: Option<Vec<String>>,
+    /// The key's own limits (1 to 4 of `"<count>/<s|m|h|d>"`, one per window), replacing its
+    /// business's, its rule's and its kind's defaults.
+    #[serde(default)]
+    #[schema(max_items = 4)]
+    rate_limits: Option<Vec<String>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -76,6 +90,13 @@ pub struct KeyView {
     /// While an earlier raw key of this key still works (rotation grace): until when.
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_key_valid_until: Option<String>,
+    /// Whether the key has credits (see `GET /v1/keys/{id}/credits` for its balance).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    has_credits: bool,
+    /// The only client address ranges the key works from; empty: any.
+    allowed_ips: Vec<String>,
+    /// The key's own limits; `null`: its business's or the filters' defaults.
+    rate_limits: Option<Vec<String>>,
 }
 
 impl KeyView {
@@ -95,6 +116,9 @@ impl KeyView {
             last_used_at: key.last_used_at.map(rfc3339::format),
             rotated_at: key.rotated_at.map(rfc3339::format),
             previous_key_valid_until: key.grace.iter().map(|g| g.until).filter(|u| *u > now()).max().map(rfc3339::format),
+            has_credits: key.credits.is_some(),
+            allowed_ips: key.allowed_ips.iter().map(ToString::to_string).collect(),
+            rate_limits: limit_texts(&key.rate_limits),
         }
     }
 }
@@ -120,6 +144,14 @@ pub async fn create_key(state: AppState, caller: Caller, business: String, body:
     let scopes = clean_scopes(body.scopes)?;
     let now = now();
     let expires_at = body.expires_at.as_deref().map(|text| request_expiry(text, now)).transpose()?;
+    let credits = body
+        .credits
+        .map(super::credits::NewCredits::checked)
+        .transpose()?
+        .flatten()
+        .map(|(balance, refill)| crate::store::credits::fresh_entry(balance, refill, now, 0));
+    let allowed_ips = clean_allowed_ips(body.allowed_ips.unwrap_or_default())?;
+    let rate_limits = body.rate_limits.map(|l| clean_limits("rate_limits", l)).transpose()?;
     if state.store().business(&business)?.is_none() {
         return Err(AdminError::BusinessNotFound);
     }
@@ -130,6 +162,9 @@ pub async fn create_key(state: AppState, caller: Caller, business: String, body:
             name: name.clone(),
             scopes: scopes.clone(),
             expires_at,
+            credits,
+            allowed_ips: allowed_ips.clone(),
+            rate_limits: rate_limits.clone(),
             ..Key::new(id, business.clone(), body.kind, body.mode, api_key.hash(), api_key.display_prefix().to_owned(), now)
         };
         let record = key.clone();
@@ -163,7 +198,7 @@ where
 }
 
 /// The key `key_id` names, when the caller may manage its business.
-fn managed_key(state: &AppState, caller: &Caller, key_id: &str) -> Result<Key, AdminError> {
+pub(crate) fn managed_key(state: &AppState, caller: &Caller, key_id: &str) -> Result<Key, AdminError> {
     check_key_id(key_id)?;
     let key = state.store().key(key_id)?.ok_or(AdminError::KeyNotFound)?;
     if !caller.may_manage(&key.business) {
@@ -224,11 +259,6 @@ async fn set_key_active(state: AppState, caller: Caller, key_id: String, active:
     ok_json(StatusCode::OK, &KeyView::of(&key, None))
 }
 
-/// `Some(None)` for an explicit JSON `null`, `None` (by `default`) for an absent field.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
-}
-
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
@@ -236,11 +266,20 @@ pub struct UpdateKey {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<Option<String>>,
+    /// The address ranges the key works from (replacing the list), or `[]`/`null` for any.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>, max_items = 100)]
+    allowed_ips: Option<Option<Vec<String>>>,
+    /// The key's own limits (replacing them), or `null` for its business's or the filters' defaults.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>, max_items = 4)]
+    rate_limits: Option<Option<Vec<String>>>,
 }
 
-/// Changes a key's settings; today its expiry (set, moved or cleared), which reaches the
-/// filters through the changelog like an activation change.
-#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", summary = "Change a key's settings: set, move or clear its expiry", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")), request_body = UpdateKey,
+/// Changes a key's settings: its expiry (set, moved or cleared), its address allowlist
+/// and its own limits, which reach the filters through the changelog like an activation
+/// change. Fields left out stay as they are.
+#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", summary = "Change a key's settings: expiry, address allowlist, own rate limits", security(("member" = []), ("operator" = [])), params(("id" = String, Path, description = "Key id")), request_body = UpdateKey,
     responses(
         (status = 200, description = "The key", body = KeyView)
     )
@@ -248,13 +287,17 @@ pub struct UpdateKey {
 pub async fn update_key(state: AppState, caller: Caller, key_id: String, body: UpdateKey) -> Result<Response, AdminError> {
     // Checked before the body, as it always was: a malformed id answers 404 first.
     check_key_id(&key_id)?;
-    let Some(expires_at) = body.expires_at else {
-        return Err(AdminError::InvalidRequest("nothing to change: give expires_at (an RFC 3339 date-time, or null for none)".to_owned()));
-    };
-    let expires_at = expires_at.as_deref().map(|text| request_expiry(text, now())).transpose()?;
+    if body.expires_at.is_none() && body.allowed_ips.is_none() && body.rate_limits.is_none() {
+        return Err(AdminError::InvalidRequest(
+            "nothing to change: give expires_at (an RFC 3339 date-time, or null for none), allowed_ips or rate_limits".to_owned(),
+        ));
+    }
+    let expires_at = body.expires_at.map(|e| e.as_deref().map(|text| request_expiry(text, now())).transpose()).transpose()?;
+    let allowed_ips = body.allowed_ips.map(|ips| clean_allowed_ips(ips.unwrap_or_default())).transpose()?;
+    let rate_limits = body.rate_limits.map(|l| l.map(|l| clean_limits("rate_limits", l)).transpose()).transpose()?;
     managed_key(&state, &caller, &key_id)?;
-    let key = durable_write(state.store(), move |s| s.set_key_expiry(&key_id, expires_at)).await?;
-    tracing::info!(key = %key.id, expires_at = ?key.expires_at, "api key expiry changed");
+    let key = durable_write(state.store(), move |s| s.update_key_settings(&key_id, expires_at, allowed_ips, rate_limits)).await?;
+    tracing::info!(key = %key.id, expires_at = ?key.expires_at, allowed_ranges = key.allowed_ips.len(), rate_limits = ?limit_texts(&key.rate_limits), "api key settings changed");
     ok_json(StatusCode::OK, &KeyView::of(&key, None))
 }
 

@@ -5,11 +5,13 @@
 pub mod auth;
 pub mod businesses;
 pub mod coalesce;
+pub mod credits;
 pub mod feed;
 pub mod health;
 pub mod import;
 pub mod issuers;
 pub mod keys;
+pub mod policy;
 pub mod rate_counts;
 pub mod sessions;
 pub mod tokens;

@@ -1,7 +1,9 @@
 //! Businesses, users, and the hashes of the operator and proxy tokens.
 
 use super::tx::abort;
-use super::{Business, Store, StoreError, Ticket, User};
+use keygate_core::ratelimit::Limit;
+
+use super::{Business, Change, Store, StoreError, Ticket, User};
 
 /// Which shared secret a stored hash belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +44,33 @@ impl Store {
             tx.businesses.put(business.id.as_bytes(), business)
         })?;
         Ok(ticket)
+    }
+
+    /// Sets or clears (`Some(None)`) a business's per-key and shared limits, leaving a
+    /// `None` one as it is; a changelog entry tells the filters. Unchanged, writes nothing.
+    pub fn set_business_limits(
+        &self,
+        id: &str,
+        per_key: Option<Option<Vec<Limit>>>,
+        shared: Option<Option<Vec<Limit>>>,
+    ) -> Result<(Business, Ticket), StoreError> {
+        self.write(|tx| {
+            let Some(mut business) = tx.businesses.get::<Business>(id.as_bytes())? else {
+                return abort(StoreError::UnknownBusiness);
+            };
+            let before = business.limits();
+            if let Some(per_key) = &per_key {
+                business.per_key_limits = per_key.clone();
+            }
+            if let Some(shared) = &shared {
+                business.shared_limits = shared.clone();
+            }
+            if business.limits() != before {
+                tx.businesses.put(id.as_bytes(), &business)?;
+                tx.append(Change::BusinessLimits { limits: business.limits() })?;
+            }
+            Ok(business)
+        })
     }
 
     pub fn business(&self, id: &str) -> Result<Option<Business>, StoreError> {

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::PoisonError;
 
 use keygate_core::oidc::IssuerEntry;
-use keygate_core::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry};
+use keygate_core::snapshot::{BusinessLimits, History, KeyEntry, RevokedSession, SigningKeyEntry};
 use keygate_core::{KeyHash, SnapshotWire, UnixTime};
 
 use super::tx::{be, decode, from_be, from_versioned, META_FLOOR, META_HISTORY_BASE, META_HISTORY_FLOOR};
-use super::{Change, ChangeRecord, Key, SigningKey, Store, StoreError};
+use super::{Business, Change, ChangeRecord, Key, SigningKey, Store, StoreError};
 
 impl Store {
     /// The whole state the filter needs, at the changelog head. Holds the writer mutex
@@ -93,11 +93,19 @@ impl Store {
             wire.signing_keys.push(decode::<SigningKey>("signing_keys", &bytes)?.public);
         }
         wire.issuers = self.issuer_entries()?;
+        // Businesses' own limits travel with the signing keys: every VM holds them.
+        for item in self.trees().businesses.iter() {
+            let (_, bytes) = item?;
+            let limits = decode::<Business>("businesses", &bytes)?.limits();
+            if !limits.is_empty() {
+                wire.business_limits.push(limits);
+            }
+        }
         Ok(())
     }
 
-    /// What an unpaged full snapshot carries besides keys: every published signing key
-    /// and the revocations still in force.
+    /// What an unpaged full snapshot carries besides keys: every published signing key,
+    /// the businesses' own limits and the revocations still in force.
     pub(super) fn snapshot_extras(&self, now: UnixTime, wire: &mut SnapshotWire) -> Result<(), StoreError> {
         self.signing_extras(wire)?;
         for item in self.trees().revocations.iter() {
@@ -126,6 +134,7 @@ impl Store {
         let mut signing: BTreeMap<String, Option<SigningKeyEntry>> = BTreeMap::new();
         let mut revoked = Vec::new();
         let mut issuers: BTreeMap<String, Option<IssuerEntry>> = BTreeMap::new();
+        let mut business_limits: BTreeMap<String, BusinessLimits> = BTreeMap::new();
         let mut expected = since.saturating_add(1);
         if since < upto {
             for item in t.changelog.range(be(expected)..=be(upto)) {
@@ -160,6 +169,9 @@ impl Store {
                     Change::IssuerRemoved { id } => {
                         issuers.insert(id, None);
                     }
+                    Change::BusinessLimits { limits } => {
+                        business_limits.insert(limits.business.clone(), limits);
+                    }
                 }
             }
             if expected != upto.saturating_add(1) {
@@ -174,6 +186,7 @@ impl Store {
             revoked_sessions: revoked,
             history,
             since_history,
+            business_limits: business_limits.into_values().collect(),
             ..SnapshotWire::default()
         };
         for (hash, entry) in keys {

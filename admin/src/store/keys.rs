@@ -2,6 +2,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use keygate_core::cidr::Cidr;
+use keygate_core::ratelimit::Limit;
 use keygate_core::snapshot::RevokedSession;
 use keygate_core::{KeyHash, UnixTime};
 
@@ -87,10 +89,28 @@ impl Store {
         self.update_key(key_id, |key| std::mem::replace(&mut key.active, active) != active)
     }
 
-    /// Sets or clears a key's expiry; a changelog entry tells the filters (as for
-    /// activation). Unchanged keys write nothing.
-    pub fn set_key_expiry(&self, key_id: &str, expires_at: Option<UnixTime>) -> Result<(Key, Ticket), StoreError> {
-        self.update_key(key_id, |key| std::mem::replace(&mut key.expires_at, expires_at) != expires_at)
+    /// Changes a key's expiry, address allowlist (empty: none) and own limits, each only
+    /// when given; a changelog entry tells the filters. Unchanged keys write nothing.
+    pub fn update_key_settings(
+        &self,
+        key_id: &str,
+        expires_at: Option<Option<UnixTime>>,
+        allowed_ips: Option<Vec<Cidr>>,
+        rate_limits: Option<Option<Vec<Limit>>>,
+    ) -> Result<(Key, Ticket), StoreError> {
+        self.update_key(key_id, |key| {
+            let mut changed = false;
+            if let Some(at) = expires_at {
+                changed |= std::mem::replace(&mut key.expires_at, at) != at;
+            }
+            if let Some(ips) = &allowed_ips {
+                changed |= std::mem::replace(&mut key.allowed_ips, ips.clone()) != *ips;
+            }
+            if let Some(limits) = &rate_limits {
+                changed |= std::mem::replace(&mut key.rate_limits, limits.clone()) != *limits;
+            }
+            changed
+        })
     }
 
     /// Applies `change` to a stored key; when it reports a change, the key is written and

@@ -12,6 +12,7 @@
 //! commit together or not at all. Durability is [`durable`]'s group commit.
 
 mod accounts;
+pub mod credits;
 mod durable;
 mod engine;
 mod feed;
@@ -335,22 +336,7 @@ mod testing {
     use super::{Business, Key, Store, StoreOptions};
 
     pub(super) fn key(id: &str, business: &str, byte: u8) -> Key {
-        Key {
-            id: id.into(),
-            business: business.into(),
-            kind: KeyKind::Sk,
-            mode: Mode::Test,
-            hash: KeyHash([byte; 32]),
-            prefix: "sk_test_abcd".into(),
-            name: None,
-            scopes: vec![],
-            expires_at: None,
-            created_at: 1,
-            active: true,
-            last_used_at: None,
-            rotated_at: None,
-            grace: vec![],
-        }
+        Key::new(id.into(), business.into(), KeyKind::Sk, Mode::Test, KeyHash([byte; 32]), "sk_test_abcd".into(), 1)
     }
 
     /// Opens the sled store in `dir`. A store just dropped in this process may hold the
@@ -372,7 +358,7 @@ mod testing {
 
     /// Creates business `id` (named after itself).
     pub(super) fn add_business(store: &Store, id: &str) {
-        let _ = store.create_business(&Business { id: id.into(), name: id.into(), created_at: 1 }).unwrap();
+        let _ = store.create_business(&Business::new(id.into(), id.into(), 1)).unwrap();
     }
 
     /// A fresh store (keeping `retain` changelog records) holding one business, `biz_a`;

@@ -2,8 +2,11 @@
 //! secret-derived value (password PHC string, signing seed, refresh-token hash) has a
 //! hand-written `Debug` that leaves it out.
 
+use keygate_core::cidr::Cidr;
+use keygate_core::credits::CreditsEntry;
 use keygate_core::oidc::{IssuerEntry, IssuerKey};
-use keygate_core::snapshot::{History, KeyEntry, RevokedSession, SigningKeyEntry};
+use keygate_core::ratelimit::Limit;
+use keygate_core::snapshot::{BusinessLimits, History, KeyEntry, RevokedSession, SigningKeyEntry};
 use keygate_core::{AccessClaims, KeyHash, KeyKind, Mode, UnixTime};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -15,6 +18,23 @@ pub struct Business {
     pub id: String,
     pub name: String,
     pub created_at: UnixTime,
+    /// Limits for each of its keys, replacing the filters' rule and kind defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_key_limits: Option<Vec<Limit>>,
+    /// Limits shared by all its keys, replacing the filters' `rate_limits.business`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_limits: Option<Vec<Limit>>,
+}
+
+impl Business {
+    pub fn new(id: String, name: String, created_at: UnixTime) -> Business {
+        Business { id, name, created_at, per_key_limits: None, shared_limits: None }
+    }
+
+    /// The business's overrides as the filter sees them (both absent: none).
+    pub fn limits(&self) -> BusinessLimits {
+        BusinessLimits { business: self.id.clone(), per_key: self.per_key_limits.clone(), shared: self.shared_limits.clone() }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +80,15 @@ pub struct Key {
     /// Hashes of earlier raw keys that still work until their `until` (rotation grace).
     #[serde(default)]
     pub grace: Vec<GraceHash>,
+    /// Uses left, when the key has credits (see `store::credits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditsEntry>,
+    /// When not empty, the only client addresses the filters let the key in from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<Cidr>,
+    /// The key's own limits, replacing its business's, its rule's and its kind's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<Vec<Limit>>,
 }
 
 /// A rotated-away raw key that keeps working until `until`.
@@ -88,6 +117,9 @@ impl Key {
             last_used_at: None,
             rotated_at: None,
             grace: vec![],
+            credits: None,
+            allowed_ips: vec![],
+            rate_limits: None,
         }
     }
 
@@ -102,6 +134,9 @@ impl Key {
             scopes: self.scopes.clone(),
             expires_at: self.expires_at,
             active: self.active,
+            credits: self.credits,
+            allowed_ips: self.allowed_ips.clone(),
+            rate_limits: self.rate_limits.clone(),
         }
     }
 
@@ -266,6 +301,10 @@ pub enum Change {
     },
     SessionRevoked {
         session: RevokedSession,
+    },
+    /// A business's limits were set or cleared (both absent).
+    BusinessLimits {
+        limits: BusinessLimits,
     },
     /// A trusted issuer registered, or its pinned keys changed.
     IssuerUpsert {

@@ -272,6 +272,8 @@ trees! {
     business_keys,
     /// SHA-256 of the session id → until and session id: the order a full snapshot pages them in.
     revoked_by_digest,
+    /// Key id → [`CreditSpend`](super::credits::CreditSpend): what each proxy spent of the key's credits.
+    credit_spend,
     /// Issuer id → [`IssuerRecord`](super::IssuerRecord): trusted identity providers.
     issuers,
 }

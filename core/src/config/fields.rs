@@ -48,6 +48,13 @@ pub struct Route {
     /// the key's defaults; `None`: the defaults.
     #[serde(default)]
     pub rate_limits: Option<Vec<Limit>>,
+    /// Credits a request on this rule spends of a key that has credits (0: none).
+    #[serde(default = "default_cost")]
+    pub cost: u64,
+}
+
+fn default_cost() -> u64 {
+    1
 }
 
 fn default_requirement() -> Requirement {
@@ -88,8 +95,7 @@ pub struct RateLimits {
 
 /// Most counter slots a table may have (about 2.5 GB of shared data at that size).
 pub const MAX_COUNTER_SLOTS: u32 = 1 << 24;
-/// Most limits in one list (each is a counter and a shared-data read per request).
-pub const MAX_LIMITS: usize = 4;
+pub use crate::ratelimit::MAX_LIMITS;
 pub const MAX_SYNC_INTERVAL_MS: u64 = 60_000;
 /// The filter's tick follows a shorter interval; below this it would spin.
 pub const MIN_SYNC_INTERVAL_MS: u64 = 10;

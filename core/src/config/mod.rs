@@ -158,6 +158,9 @@ impl FilterConfig {
             if route.require == Requirement::None && (!route.scopes.is_empty() || route.mode.is_some()) {
                 return invalid(format!("routes[{i}]: a public route cannot require scopes or a mode"));
             }
+            if route.cost > crate::credits::MAX_COST {
+                return invalid(format!("routes[{i}].cost must be 0 to {}", crate::credits::MAX_COST));
+            }
             if route.rate_limit_per_hour == Some(0) {
                 return invalid(format!("routes[{i}].rate_limit_per_hour must be positive"));
             }
@@ -186,6 +189,7 @@ impl FilterConfig {
             shadow: false,
             rate_limit_per_hour: None,
             rate_limits: None,
+            cost: 1,
         };
         Ok(FilterConfig {
             policy: Policy {
@@ -212,18 +216,8 @@ impl FilterConfig {
     }
 }
 
-/// A list of limits: at most [`MAX_LIMITS`], one per window length (two on one window
-/// would be one counter).
 fn check_limits(field: &str, limits: &[Limit]) -> Result<(), String> {
-    if limits.len() > MAX_LIMITS {
-        return Err(format!("{field}: at most {MAX_LIMITS} limits"));
-    }
-    for (i, limit) in limits.iter().enumerate() {
-        if limits[..i].iter().any(|l| l.window == limit.window) {
-            return Err(format!("{field}: two limits per {}; keep the stricter", limit.window.unit()));
-        }
-    }
-    Ok(())
+    crate::ratelimit::check_list(field, limits)
 }
 
 /// A list field and its `N per hour` shorthand: at most one of them.

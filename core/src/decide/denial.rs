@@ -10,7 +10,9 @@ pub enum DenyCode {
     InvalidApiKey,
     BusinessMismatch,
     InsufficientPermission,
+    IpNotAllowed,
     RateLimited,
+    QuotaExhausted,
     AuthUnavailable,
 }
 
@@ -22,7 +24,9 @@ impl DenyCode {
             DenyCode::InvalidApiKey => "invalid_api_key",
             DenyCode::BusinessMismatch => "business_mismatch",
             DenyCode::InsufficientPermission => "insufficient_permission",
+            DenyCode::IpNotAllowed => "ip_not_allowed",
             DenyCode::RateLimited => "rate_limited",
+            DenyCode::QuotaExhausted => "quota_exhausted",
             DenyCode::AuthUnavailable => "auth_unavailable",
         }
     }
@@ -30,19 +34,21 @@ impl DenyCode {
     pub fn status(self) -> u16 {
         match self {
             DenyCode::MissingCredentials | DenyCode::InvalidToken | DenyCode::InvalidApiKey => 401,
-            DenyCode::BusinessMismatch | DenyCode::InsufficientPermission => 403,
-            DenyCode::RateLimited => 429,
+            DenyCode::BusinessMismatch | DenyCode::InsufficientPermission | DenyCode::IpNotAllowed => 403,
+            DenyCode::RateLimited | DenyCode::QuotaExhausted => 429,
             DenyCode::AuthUnavailable => 503,
         }
     }
 
-    pub const ALL: [DenyCode; 7] = [
+    pub const ALL: [DenyCode; 9] = [
         DenyCode::MissingCredentials,
         DenyCode::InvalidToken,
         DenyCode::InvalidApiKey,
         DenyCode::BusinessMismatch,
         DenyCode::InsufficientPermission,
+        DenyCode::IpNotAllowed,
         DenyCode::RateLimited,
+        DenyCode::QuotaExhausted,
         DenyCode::AuthUnavailable,
     ];
 }

@@ -15,11 +15,12 @@ pub use request::{RequestView, AUTHORIZATION, BUSINESS_ID, SECRET_KEY};
 pub use tokens::{TokenCache, FAILED_TOKEN_TTL_SECS};
 
 use crate::config::{Policy, Requirement, Route};
+use crate::credits::CreditCheck;
 use crate::key::{self, KeyKind};
 use crate::keystore::KeyLookup;
 use crate::ratelimit::{Limit, LimitCheck, Scope};
 use crate::revoked::RevocationLookup;
-use crate::snapshot::{KeyRecord, Snapshot};
+use crate::snapshot::{BusinessLimits, KeyRecord, Snapshot};
 use crate::UnixTime;
 use pending::Refusal;
 use request::{is_safe_method, presented, stripped_headers};
@@ -57,6 +58,8 @@ pub struct Allowed {
     pub rate_limits: Vec<LimitCheck>,
     /// The key that was used, for usage reporting.
     pub key_id: Option<String>,
+    /// The credits the request spends, when its key has credits (charged after the rate limits).
+    pub credits: Option<CreditCheck>,
     /// Set on a shadow route: what would have been refused.
     pub shadow_denial: Option<Denial>,
 }
@@ -240,6 +243,11 @@ fn check_credentials(
     if !route.scopes.iter().all(|s| key_has(s) && token_has(s)) {
         return Err(forbidden("The credentials lack a scope this route requires"));
     }
+    // The filter reads the client address only when a key asks for it: without one, it
+    // decides again with the address (see `wants_address`).
+    if !key.allowed_ips.is_empty() && !crate::cidr::allows(&key.allowed_ips, request.client_ip) {
+        return Err(Denial::new(DenyCode::IpNotAllowed, "The API key may not be used from this address").into());
+    }
 
     let mut remove_headers = stripped_headers(request.headers);
     if creds.key_in_bearer {
@@ -261,10 +269,23 @@ fn check_credentials(
     if !key.scopes.is_empty() {
         add_headers.push(("x-keygate-scopes", key.scopes.join(" ")));
     }
-    let (bucket, limits) = match &route.rate_limits {
+    let overrides = synced.snapshot.business_limits(&key.business);
+    let rate_limits = key_limits(policy, route, &key, overrides);
+    let credits = key.credits.filter(|_| route.cost > 0).map(|c| c.check(&key.id, route.cost, now));
+    Ok(Allowed { remove_headers, add_headers, rate_limits, key_id: Some(key.id.clone()), shadow_denial: None, credits })
+}
+
+/// The limits a key's request counts against. Per key, the first that is set: the key's
+/// own (admin), its business's `per_key` (admin), the rule's, the kind's default; a key's
+/// or business's own limits count in the key's one bucket wherever it goes. Per business:
+/// the business's `shared` (admin), else the plugin's `rate_limits.business`.
+fn key_limits(policy: &Policy, route: &Route, key: &KeyRecord, business: Option<&BusinessLimits>) -> Vec<LimitCheck> {
+    let admin_set = key.rate_limits.as_ref().or(business.and_then(|b| b.per_key.as_ref()));
+    let (bucket, limits) = match (admin_set, &route.rate_limits) {
+        (Some(set), _) => (format!("key:{}", key.id), set),
         // A rule with its own limits counts in its own bucket, apart from the key's defaults.
-        Some(own) => (format!("key:{}@{}", key.id, route.prefix), own),
-        None => (
+        (None, Some(own)) => (format!("key:{}@{}", key.id, route.prefix), own),
+        (None, None) => (
             format!("key:{}", key.id),
             match key.kind {
                 KeyKind::Sk => &policy.rate_limits.sk,
@@ -272,9 +293,16 @@ fn check_credentials(
             },
         ),
     };
-    let mut rate_limits = checks(&bucket, Scope::Key, limits);
-    rate_limits.extend(checks(&format!("biz:{}", key.business), Scope::Business, &policy.rate_limits.business));
-    Ok(Allowed { remove_headers, add_headers, rate_limits, key_id: Some(key.id.clone()), shadow_denial: None })
+    let mut out = checks(&bucket, Scope::Key, limits);
+    let shared = business.and_then(|b| b.shared.as_ref()).unwrap_or(&policy.rate_limits.business);
+    out.extend(checks(&format!("biz:{}", key.business), Scope::Business, shared));
+    out
+}
+
+/// Whether `outcome` is a refusal for the client address of a request decided without
+/// one: the filter reads the address only then, and decides again.
+pub fn wants_address(request: &RequestView<'_>, outcome: &Outcome) -> bool {
+    request.client_ip.is_none() && matches!(outcome, Outcome::Decided(Decision::Deny(d)) if d.code == DenyCode::IpNotAllowed)
 }
 
 fn checks(bucket: &str, scope: Scope, limits: &[Limit]) -> Vec<LimitCheck> {

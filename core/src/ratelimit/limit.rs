@@ -1,7 +1,7 @@
 //! What a limit is (`"1000/h"`: a count per sliding window) and which limits a request is
 //! counted against.
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The length of a sliding window. Each is cut into [`SUBS`](super::SUBS) sub-windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,6 +83,29 @@ impl std::fmt::Display for Limit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.count, self.window.unit())
     }
+}
+
+impl Serialize for Limit {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Most limits in one list (each is a counter and a shared-data read per request).
+pub const MAX_LIMITS: usize = 4;
+
+/// A list of limits: at most [`MAX_LIMITS`], one per window length (two on one window
+/// would be one counter).
+pub fn check_list(field: &str, limits: &[Limit]) -> Result<(), String> {
+    if limits.len() > MAX_LIMITS {
+        return Err(format!("{field}: at most {MAX_LIMITS} limits"));
+    }
+    for (i, limit) in limits.iter().enumerate() {
+        if limits[..i].iter().any(|l| l.window == limit.window) {
+            return Err(format!("{field}: two limits per {}; keep the stricter", limit.window.unit()));
+        }
+    }
+    Ok(())
 }
 
 impl<'de> Deserialize<'de> for Limit {

@@ -17,7 +17,7 @@ pub mod headers;
 mod limit;
 
 pub use counter::{choose, fits, settles, share_of, standing, Choice, Slot, Standing, RING, SLOT_BYTES, SUBS};
-pub use limit::{counter_name, Limit, LimitCheck, LimitPolicy, Scope, Window};
+pub use limit::{check_list, counter_name, Limit, LimitCheck, LimitPolicy, Scope, Window, MAX_LIMITS};
 
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
@@ -76,13 +76,7 @@ pub fn place(ns: &str, seed: &[u8], bucket: &str, slots: u32) -> Placement {
 /// IPv4-mapped IPv6 address as the IPv4 address. Accepts `ip`, `ip:port`, `[ip]:port` or
 /// `[ip]`; anything else (or nothing) is the one shared `unknown` client.
 pub fn client_id(address: Option<&str>, v6_prefix_len: u8) -> String {
-    let parsed = address.map(str::trim).and_then(|a| {
-        a.parse::<IpAddr>()
-            .ok()
-            .or_else(|| a.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
-            .or_else(|| a.strip_prefix('[').and_then(|a| a.strip_suffix(']')).and_then(|a| a.parse::<IpAddr>().ok()))
-    });
-    match parsed {
+    match address.and_then(crate::cidr::parse_address) {
         Some(IpAddr::V4(v4)) => v4.to_string(),
         Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
             Some(v4) => v4.to_string(),

@@ -26,6 +26,9 @@ pub fn entry(key: &ApiKey, id: &str, business: &str) -> KeyEntry {
         scopes: vec![],
         expires_at: None,
         active: true,
+        credits: None,
+        allowed_ips: vec![],
+        rate_limits: None,
     }
 }
 

@@ -181,19 +181,25 @@ pub(super) fn run(p: &Paths, admin_bin: &Path, admin_build: &'static str, mode: 
 
 // ----- today's filter -----
 
-/// The wasm filter built from [`TODAY`] into target/bench-old/ (once: later runs reuse
-/// it). Ok(Err(why)) when the commit is not in the repository (a shallow clone).
+/// The wasm filter built from [`TODAY`] (see [`wasm_at`]).
 fn today_wasm(p: &Paths) -> Result<Result<PathBuf, String>, String> {
-    let base = p.root.join("target/bench-old").join(TODAY);
+    wasm_at(p, TODAY, "today's filter")
+}
+
+/// The wasm filter built from `commit` into target/bench-old/ (once: later runs reuse it).
+/// Ok(Err(why)) when the commit is not in the repository (a shallow clone).
+pub(super) fn wasm_at(p: &Paths, commit: &'static str, what: &str) -> Result<Result<PathBuf, String>, String> {
+    let base = p.root.join("target/bench-old").join(commit);
     let wasm = base.join("target/wasm32-wasip1/release/keygate_filter.wasm");
     if wasm.exists() {
-        step(&format!("today's filter ({TODAY}): built already, {}", wasm.display()));
+        step(&format!("{what} ({commit}): built already, {}", wasm.display()));
         return Ok(Ok(wasm));
     }
     let root = p.root.to_string_lossy().into_owned();
-    let has = Command::new("git").args(["-C", &root, "cat-file", "-e", &format!("{TODAY}^{{commit}}")]).status().is_ok_and(|s| s.success());
+    let has =
+        Command::new("git").args(["-C", &root, "cat-file", "-e", &format!("{commit}^{{commit}}")]).status().is_ok_and(|s| s.success());
     if !has {
-        let why = format!("commit {TODAY} is not in this clone (shallow?): today's column skipped");
+        let why = format!("commit {commit} is not in this clone (shallow?): the column of {what} skipped");
         step(&why);
         return Ok(Err(why));
     }
@@ -204,8 +210,8 @@ fn today_wasm(p: &Paths) -> Result<Result<PathBuf, String>, String> {
     std::fs::create_dir_all(&src).map_err(|e| format!("{}: {e}", src.display()))?;
     let tar = base.join("src.tar");
     let tar_s = tar.to_string_lossy().into_owned();
-    step(&format!("git archive {TODAY} into {}", src.display()));
-    crate::run(Command::new("git").args(["-C", &root, "archive", "--format=tar", "-o", &tar_s, TODAY]), "git archive")?;
+    step(&format!("git archive {commit} into {}", src.display()));
+    crate::run(Command::new("git").args(["-C", &root, "archive", "--format=tar", "-o", &tar_s, commit]), "git archive")?;
     crate::run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&src), "tar -xf")?;
     let _ = std::fs::remove_file(&tar);
     let args = ["build", "--release", "--quiet", "--target", "wasm32-wasip1", "-p", "keygate-filter"];
@@ -213,9 +219,9 @@ fn today_wasm(p: &Paths) -> Result<Result<PathBuf, String>, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&src).args(args).env("CARGO_TARGET_DIR", base.join("target")).env_remove("CARGO_BUILD_TARGET_DIR");
-    crate::run(&mut cmd, &format!("build today's filter ({TODAY})"))?;
+    crate::run(&mut cmd, &format!("build {what} ({commit})"))?;
     if !wasm.exists() {
-        return Err(format!("building {TODAY} left no {}", wasm.display()));
+        return Err(format!("building {commit} left no {}", wasm.display()));
     }
     Ok(Ok(wasm))
 }

@@ -30,6 +30,7 @@ pub(super) struct Report {
     pub(super) admin_build: &'static str,
     pub(super) replicas: super::replicas::ReplicaReport,
     pub(super) limits: super::limits::LimitsReport,
+    pub(super) features: super::features::FeaturesReport,
 }
 
 /// Where and how a run ran, for both files.
@@ -209,6 +210,7 @@ fn markdown(p: &Paths, mode: &Mode, r: &Report, cores: &Cores, m: &Machine) -> S
     }
     let _ = writeln!(md, "\n{}", r.replicas.markdown(&p.root, command).trim_end());
     let _ = writeln!(md, "\n{}", r.limits.markdown(&p.root, command).trim_end());
+    let _ = writeln!(md, "\n{}", r.features.markdown(&p.root, command).trim_end());
     let reading = p.root.join("bench/reading.md");
     let _ = writeln!(md, "\n## Reading\n");
     if mode.quick {
@@ -301,5 +303,6 @@ fn json(mode: &Mode, r: &Report, m: &Machine) -> Json {
         ("durable_writes", r.durable.as_deref().map_or(Json::Null, text)),
         ("replicas", r.replicas.json()),
         ("limits", r.limits.json()),
+        ("features", r.features.json()),
     ])
 }

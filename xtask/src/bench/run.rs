@@ -61,6 +61,7 @@ pub(super) fn run(p: &Paths, mode: &Mode) -> Result<(), String> {
     let durable = if mode.quick { None } else { durable_writes(p, &r.dir)? };
     let replicas = replicas::run(p, &bins.admin, bins.admin_build, mode.quick, &r.dir)?;
     let limits = limits::run(p, &bins.admin, bins.admin_build, mode, &r.dir)?;
+    let features = features::run(p, &bins.admin, bins.admin_build, mode, &r.dir)?;
     let report = Report {
         configs: summary,
         keys,
@@ -72,6 +73,7 @@ pub(super) fn run(p: &Paths, mode: &Mode) -> Result<(), String> {
         admin_build: bins.admin_build,
         replicas,
         limits,
+        features,
     };
     let (md, json) = render(p, mode, &report, &r.cores);
     if mode.quick {
@@ -131,6 +133,26 @@ pub(super) fn run_limits(p: &Paths, mode: &Mode) -> Result<(), String> {
     } else {
         limits_report::update_docs(p, &report)?;
         step("wrote the rate-limit section of docs/benchmarks.md and the limits member of docs/benchmarks.json");
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench --only features`: the per-key checks part alone, like `--only limits`.
+pub(super) fn run_features(p: &Paths, mode: &Mode) -> Result<(), String> {
+    let _ = STARTED.set(Instant::now());
+    ensure_wrk()?;
+    let bins = build(p, mode)?;
+    let dir = p.root.join("target/bench-run").join(if mode.quick { "quick-features" } else { "features" });
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let report = features::run(p, &bins.admin, bins.admin_build, mode, &dir)?;
+    if mode.quick {
+        let path = dir.join("benchmarks-features.md");
+        write(&path, &report.markdown(&p.root, "cargo xtask bench --quick --only features"))?;
+        step(&format!("quick per-key checks bench: every answer as expected (figures, not asserted: {})", path.display()));
+    } else {
+        features_report::update_docs(p, &report)?;
+        step("wrote the per-key checks section of docs/benchmarks.md and the features member of docs/benchmarks.json");
     }
     Ok(())
 }

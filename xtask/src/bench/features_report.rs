@@ -1,0 +1,101 @@
+//! The per-key checks part's section of docs/benchmarks.md and its `features` member of
+//! docs/benchmarks.json; `--only features` puts them into the files a full run wrote.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::features::{FeaturesReport, BEFORE, BEFORE_LABEL, CHECKED, PLAIN, RANGES};
+use super::replicas_report::update_docs_part;
+use super::{num, obj, sh};
+use crate::json::Json;
+use crate::Paths;
+
+pub(super) const HEADING: &str = "## Per-key checks: allowlists and limits set through admin";
+
+fn ratio(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        "-".to_owned()
+    }
+}
+
+impl FeaturesReport {
+    pub(super) fn markdown(&self, root: &Path, command: &str) -> String {
+        let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+        let commit = sh("git", &["-C", &root.to_string_lossy(), "rev-parse", "--short", "HEAD"]);
+        let mut md = String::new();
+        let _ = writeln!(md, "{HEADING}\n");
+        let _ = writeln!(md, "Written by `{command}` (xtask/src/bench/features.rs; `cargo xtask bench --only features` runs this part alone and rewrites only this section); {date}, commit {commit}. One keygate-admin ({} build, sled) feeds every Envoy. Load average at the start: {}, at the end: {}: read the ratios side by side.\n", self.admin_build, self.loadavg_start, super::loadavg());
+        if self.quick {
+            let _ = writeln!(
+                md,
+                "A quick run (`--quick`): it checks that every column answers 200; its figures are not comparable with a full run's.\n"
+            );
+        }
+        let _ = writeln!(md, "Envoys as configuration 5 above ({}; three valid credentials on `/orders`, direct response), one per column, measured in {} round{} of {} s each, in turn; each figure the median round. Every column's plugin config raises the sk limit out of reach (`\"sk\": [\"100000000/h\"]`). The filter before is built from commit {BEFORE} (the last before issue 17; cached in `target/bench-old/`). The checked key has an allowlist of {RANGES} ranges, the client's (127.0.0.0/8) last, so each request reads the client address and compares it with every range, and its own limit; its business has its own per-key and shared limits (out of reach too), so each request is also counted against the business's shared limit, one counter more than the plain key's.\n", self.pin, self.rounds, if self.rounds == 1 { "" } else { "s" }, self.secs);
+        let _ = writeln!(md, "| column | req/s | p50 ms | p99 ms | ÷ before | ÷ plain key now | rounds (req/s) |");
+        let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | --- |");
+        let (before, plain) = (self.rps(BEFORE_LABEL), self.rps(PLAIN));
+        for c in &self.columns {
+            let rounds: Vec<String> = c.rounds.iter().map(|r| format!("{r:.0}")).collect();
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.3} | {:.3} | {} | {} | {} |",
+                c.label,
+                c.load.rps,
+                c.load.p50_ms,
+                c.load.p99_ms,
+                ratio(c.load.rps / before),
+                ratio(c.load.rps / plain),
+                rounds.join(", ")
+            );
+        }
+        if let Some(why) = &self.before_missing {
+            let _ = writeln!(md, "\nThe column before is missing: {why}.");
+        }
+        let _ = writeln!(md, "\nPer request, the checked key costs {} µs more than the plain key (1/req/s of one pinned worker).", {
+            let extra = 1e6 / self.rps(CHECKED) - 1e6 / plain;
+            if extra.is_finite() {
+                format!("{extra:.1}")
+            } else {
+                "-".to_owned()
+            }
+        });
+        md
+    }
+
+    pub(super) fn json(&self) -> Json {
+        let columns = self
+            .columns
+            .iter()
+            .map(|c| {
+                obj(vec![
+                    ("column", Json::Str(c.label.clone())),
+                    ("plugin_config", Json::Str(c.config.clone())),
+                    ("rps", num(c.load.rps)),
+                    ("p50_ms", num(c.load.p50_ms)),
+                    ("p99_ms", num(c.load.p99_ms)),
+                    ("rounds_rps", Json::Arr(c.rounds.iter().map(|r| num(*r)).collect())),
+                ])
+            })
+            .collect();
+        obj(vec![
+            ("admin_build", Json::Str(self.admin_build.to_owned())),
+            ("quick", Json::Bool(self.quick)),
+            ("before_commit", Json::Str(BEFORE.to_owned())),
+            ("before_missing", self.before_missing.as_ref().map_or(Json::Null, |w| Json::Str(w.clone()))),
+            ("pinning", Json::Str(self.pin.clone())),
+            ("rounds", Json::Num(self.rounds as f64)),
+            ("secs_per_run", Json::Num(f64::from(self.secs))),
+            ("allowlist_ranges", Json::Num(RANGES as f64)),
+            ("throughput", Json::Arr(columns)),
+            ("plain_vs_before", num(self.rps(PLAIN) / self.rps(BEFORE_LABEL))),
+            ("checked_vs_plain", num(self.rps(CHECKED) / self.rps(PLAIN))),
+        ])
+    }
+}
+
+pub(super) fn update_docs(p: &Paths, r: &FeaturesReport) -> Result<(), String> {
+    update_docs_part(p, HEADING, &r.markdown(&p.root, "cargo xtask bench --only features"), "features", r.json())
+}
