@@ -195,6 +195,53 @@ pub enum ClientCommand {
         #[arg(long)]
         key: String,
     },
+    /// Trust a business's own identity provider (POST /v1/businesses/{id}/issuers; operator
+    /// or member): its access tokens are then accepted next to the business's API keys.
+    /// The server fetches the provider's signing keys (OIDC discovery unless --jwks-uri or
+    /// --jwks-file) before it answers, pins them, and refreshes them periodically.
+    AddIssuer {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The business id (biz_…).
+        #[arg(long)]
+        business: String,
+        /// The exact `iss` of the provider's tokens.
+        #[arg(long)]
+        issuer: String,
+        /// An accepted `aud`; repeat for several.
+        #[arg(long = "audience", required = true)]
+        audiences: Vec<String>,
+        /// RS256, ES256 or EdDSA; repeat for several (default RS256).
+        #[arg(long = "algorithm", value_parser = ["RS256", "ES256", "EdDSA"])]
+        algorithms: Vec<String>,
+        /// The claim listing the businesses a token is for (default `businesses`).
+        #[arg(long)]
+        businesses_claim: Option<String>,
+        /// The provider's JWKS URL, instead of OIDC discovery.
+        #[arg(long, conflicts_with = "jwks_file")]
+        jwks_uri: Option<String>,
+        /// A JWKS document to pin as is (never fetched), instead of OIDC discovery.
+        #[arg(long)]
+        jwks_file: Option<std::path::PathBuf>,
+    },
+    /// List a business's trusted identity providers and their pinned keys
+    /// (GET /v1/businesses/{id}/issuers).
+    ListIssuers {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The business id (biz_…).
+        #[arg(long)]
+        business: String,
+    },
+    /// Stop trusting an identity provider (DELETE /v1/issuers/{id}): its tokens are refused
+    /// at every proxy once the feed reaches them.
+    RemoveIssuer {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The issuer id (iss_…).
+        #[arg(long)]
+        issuer: String,
+    },
     /// Revoke a session (DELETE /v1/sessions/{sid}; the `sid` claim of its tokens):
     /// its tokens fail at every proxy.
     RevokeSession {
@@ -496,6 +543,32 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::KeyUsage { client, key } => {
             let v = call(&client, Method::GET, &format!("/v1/keys/{key}/usage"), As::Admin, None).await?;
             show(client.json, &v, Shape::Usage, None);
+        }
+        ClientCommand::AddIssuer { client, business, issuer, audiences, algorithms, businesses_claim, jwks_uri, jwks_file } => {
+            let mut body = serde_json::json!({ "issuer": issuer, "audiences": audiences });
+            if !algorithms.is_empty() {
+                body["algorithms"] = serde_json::json!(algorithms);
+            }
+            if let Some(claim) = businesses_claim {
+                body["businesses_claim"] = serde_json::Value::String(claim);
+            }
+            if let Some(uri) = jwks_uri {
+                body["jwks_uri"] = serde_json::Value::String(uri);
+            }
+            if let Some(path) = jwks_file {
+                let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                body["jwks"] = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+            }
+            let v = call(&client, Method::POST, &format!("/v1/businesses/{business}/issuers"), As::Admin, Some(body)).await?;
+            show(client.json, &v, Shape::Issuer, None);
+        }
+        ClientCommand::ListIssuers { client, business } => {
+            let v = call(&client, Method::GET, &format!("/v1/businesses/{business}/issuers"), As::Admin, None).await?;
+            show(client.json, &v, Shape::Issuers, None);
+        }
+        ClientCommand::RemoveIssuer { client, issuer } => {
+            let v = call(&client, Method::DELETE, &format!("/v1/issuers/{issuer}"), As::Admin, None).await?;
+            show(client.json, &v, Shape::Fields, None);
         }
         ClientCommand::RevokeSession { client, session } => {
             let v = call(&client, Method::DELETE, &format!("/v1/sessions/{session}"), As::Admin, None).await?;

@@ -89,12 +89,63 @@ fn print_audit(value: &serde_json::Value) {
     }
 }
 
-/// How an answer reads: `field  value` lines, a table of keys, hourly usage, or audit entries.
+/// An issuer's pinned keys as `kid (kty alg)` texts.
+fn issuer_kids(issuer: &serde_json::Value) -> Vec<String> {
+    let keys = issuer.get("keys").and_then(|k| k.as_array()).cloned().unwrap_or_default();
+    keys.iter()
+        .map(|k| match k.get("alg").and_then(|a| a.as_str()) {
+            Some(alg) => format!("{} ({} {alg})", scalar(&k["kid"]), scalar(&k["kty"])),
+            None => format!("{} ({})", scalar(&k["kid"]), scalar(&k["kty"])),
+        })
+        .collect()
+}
+
+/// `add-issuer`: `field  value` lines, the pinned keys by kid.
+fn print_issuer(value: &serde_json::Value) {
+    let mut shown = value.clone();
+    if let Some(fields) = shown.as_object_mut() {
+        fields.insert("keys".to_owned(), serde_json::json!(issuer_kids(value)));
+    }
+    print_fields(&shown);
+}
+
+/// `list-issuers`: one issuer a block.
+fn print_issuers(value: &serde_json::Value) {
+    let issuers = value.get("issuers").and_then(|k| k.as_array()).cloned().unwrap_or_default();
+    if issuers.is_empty() {
+        println!("no trusted issuers");
+        return;
+    }
+    println!("{:<47}  {:<9}  {:<40}  {:<20}  KEYS", "ID", "SOURCE", "ISSUER", "REFRESHED");
+    for i in issuers {
+        println!(
+            "{:<47}  {:<9}  {:<40}  {:<20}  {}",
+            scalar(&i["id"]),
+            scalar(&i["source"]),
+            scalar(&i["issuer"]),
+            scalar(&i["refreshed_at"]),
+            issuer_kids(&i).join(", ")
+        );
+        println!(
+            "    audiences {}; algorithms {}; businesses claim {}",
+            scalar(&i["audiences"]),
+            scalar(&i["algorithms"]),
+            scalar(&i["businesses_claim"])
+        );
+        if !i["refresh_error"].is_null() {
+            println!("    last refresh failed: {}", scalar(&i["refresh_error"]));
+        }
+    }
+}
+
+/// How an answer reads: `field  value` lines, a table of keys, hourly usage, audit entries, or issuers.
 pub enum Shape {
     Fields,
     Keys,
     Usage,
     Audit,
+    Issuer,
+    Issuers,
 }
 
 /// Prints `value` as is (`json`, for scripts) or readably in `shape`; `note` goes to stderr
@@ -109,6 +160,8 @@ pub fn show(json: bool, value: &serde_json::Value, shape: Shape, note: Option<&s
         Shape::Keys => print_keys(value),
         Shape::Usage => print_usage(value),
         Shape::Audit => print_audit(value),
+        Shape::Issuer => print_issuer(value),
+        Shape::Issuers => print_issuers(value),
     }
     if let Some(note) = note {
         eprintln!("{note}");

@@ -88,6 +88,11 @@ pub struct ServeArgs {
     /// Days an audit log entry is kept (0: no age limit); older ones are swept.
     #[arg(long, env = "KEYGATE_AUDIT_MAX_AGE_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u64).range(0..=36_500))]
     audit_max_age_days: u64,
+    /// How often the signing keys of trusted issuers (tokens from a business's own identity
+    /// provider) are fetched again, seconds; a change reaches every proxy through the feed
+    /// within about this plus the feed's delay.
+    #[arg(long, env = "KEYGATE_ISSUER_REFRESH_SECS", default_value_t = keygate_admin::oidc::DEFAULT_REFRESH_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    issuer_refresh_secs: u64,
     /// Throttle sign-ins and API-key logins by the last X-Forwarded-For address instead of
     /// the socket peer. Only behind a reverse proxy that sets that header; otherwise clients
     /// could forge it.
@@ -118,6 +123,7 @@ impl ServeArgs {
         config.sweep_interval_secs = self.sweep_interval_secs;
         config.audit_max_entries = self.audit_max_entries;
         config.audit_max_age_days = self.audit_max_age_days;
+        config.issuer_refresh_secs = self.issuer_refresh_secs;
         config.trust_forwarded_for = self.trust_x_forwarded_for;
         config.seal_keys = self.seal_keys.read().context("cannot read the seal keys")?;
         Ok(config)

@@ -151,6 +151,9 @@ pub struct Config {
     /// How often dead sessions, lapsed revocations, ended rotation graces and withdrawn
     /// signing keys are swept from the store.
     pub sweep_interval_secs: u64,
+    /// How often the signing keys of trusted issuers (a business's own identity provider)
+    /// are fetched again, seconds; a change reaches the proxies through the feed.
+    pub issuer_refresh_secs: u64,
     /// Take the sign-in throttle's client address from the last `X-Forwarded-For` entry
     /// (only behind a proxy that sets it); otherwise the socket peer.
     pub trust_forwarded_for: bool,
@@ -233,6 +236,7 @@ impl Config {
             max_sessions_per_key: 100,
             max_sessions_per_user: 50,
             sweep_interval_secs: 60,
+            issuer_refresh_secs: crate::oidc::DEFAULT_REFRESH_SECS,
             trust_forwarded_for: false,
             throttle: ThrottleConfig::default(),
             login_limit: LoginLimitConfig::default(),

@@ -50,6 +50,14 @@ pub enum AdminError {
     KeyNotFound,
     #[error("session not found")]
     SessionNotFound,
+    #[error("issuer not found")]
+    IssuerNotFound,
+    #[error("this issuer is already registered for this business")]
+    IssuerExists,
+    /// The issuer's signing keys could not be fetched or held no usable key (the message
+    /// says which URL and why; it holds no secret).
+    #[error("{0}")]
+    JwksUnavailable(String),
     #[error("no such route")]
     RouteNotFound,
     #[error("method not allowed on this route")]
@@ -87,6 +95,8 @@ impl From<StoreError> for AdminError {
             StoreError::UnknownBusiness => AdminError::BusinessNotFound,
             StoreError::UnknownKey => AdminError::KeyNotFound,
             StoreError::UnknownSession => AdminError::SessionNotFound,
+            StoreError::UnknownIssuer => AdminError::IssuerNotFound,
+            StoreError::IssuerExists => AdminError::IssuerExists,
             StoreError::Gone => AdminError::SnapshotGone,
             StoreError::SessionLimit { retry_after_secs } => AdminError::SessionLimitReached { retry_after_secs },
             e @ StoreError::NotDurable => AdminError::NotDurable(e),
@@ -110,13 +120,13 @@ impl AdminError {
     pub fn status(&self) -> StatusCode {
         use AdminError::*;
         match self {
-            InvalidRequest(_) | InvalidJson(_) | InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            InvalidRequest(_) | InvalidJson(_) | InvalidQuery(_) | JwksUnavailable(_) => StatusCode::BAD_REQUEST,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Unauthorized | InvalidCredentials | InvalidApiKey | InvalidRefreshToken => StatusCode::UNAUTHORIZED,
             RateLimited { .. } | SessionLimitReached { .. } => StatusCode::TOO_MANY_REQUESTS,
             Forbidden => StatusCode::FORBIDDEN,
-            EmailTaken => StatusCode::CONFLICT,
-            BusinessNotFound | KeyNotFound | SessionNotFound | RouteNotFound => StatusCode::NOT_FOUND,
+            EmailTaken | IssuerExists => StatusCode::CONFLICT,
+            BusinessNotFound | KeyNotFound | SessionNotFound | IssuerNotFound | RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             SnapshotGone => StatusCode::GONE,
             NotDurable(_) | StoreUnavailable(_) | Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -146,6 +156,9 @@ impl AdminError {
             BusinessNotFound => "business_not_found",
             KeyNotFound => "key_not_found",
             SessionNotFound => "session_not_found",
+            IssuerNotFound => "issuer_not_found",
+            IssuerExists => "issuer_exists",
+            JwksUnavailable(_) => "jwks_unavailable",
             RouteNotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             SnapshotGone => "snapshot_gone",

@@ -20,6 +20,7 @@ pub mod digest;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod oidc;
 pub mod openapi;
 pub mod passwords;
 pub mod random;
@@ -49,6 +50,7 @@ pub async fn run(
     let callers = state.handles();
     let flusher = state.store().start_flusher();
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
+    let issuer_refresh = tokio::spawn(oidc::refresh_loop(state.clone()));
     let routes = http::router::routes(state.clone());
     let stopping = state.clone();
     warp::serve(routes)
@@ -64,6 +66,9 @@ pub async fn run(
     // on the store before the caller may reopen the directory.
     if let Err(e) = housekeeping.await {
         tracing::error!(error = %e, "housekeeping task failed");
+    }
+    if let Err(e) = issuer_refresh.await {
+        tracing::error!(error = %e, "issuer key refresh task failed");
     }
     flusher.shutdown().await?;
     // warp's graceful shutdown resolves when each connection's future has finished, which can

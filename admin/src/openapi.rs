@@ -49,6 +49,9 @@ Errors always answer `{\"success\": false, \"error\": \"<words>\", \"code\": \"<
         api::sessions::list_sessions,
         api::keys::update_key,
         api::import::import_keys,
+        api::issuers::create_issuer,
+        api::issuers::list_issuers,
+        api::issuers::remove_issuer,
         api::credits::get_credits,
         api::credits::set_credits,
         api::credits::add_credits,
@@ -69,6 +72,7 @@ Errors always answer `{\"success\": false, \"error\": \"<words>\", \"code\": \"<
         (name = "keys", description = "API keys: create, list, rotate, (de)activate, usage"),
         (name = "tokens", description = "Token signing keys"),
         (name = "audit", description = "The audit log: who changed what through admin"),
+        (name = "issuers", description = "Trusted identity providers: a business's own access tokens, verified with pinned keys"),
         (name = "feed", description = "What the Envoy filters pull and report (proxy token)"),
         (name = "dashboard", description = "The key dashboard's page and files (its API calls are the ones above)"),
     )

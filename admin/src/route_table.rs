@@ -35,6 +35,9 @@ pub enum Endpoint {
     DashboardPage,
     DashboardFile,
     ImportKeys,
+    CreateIssuer,
+    ListIssuers,
+    RemoveIssuer,
     GetCredits,
     SetCredits,
     AddCredits,
@@ -112,6 +115,9 @@ pub const TABLE: &[Route] = &[
     route(E::DashboardPage, Get, "/ui/"),
     route(E::DashboardFile, Get, "/ui/{id}"),
     route(E::ImportKeys, Post, "/v1/import/keys"),
+    route(E::CreateIssuer, Post, "/v1/businesses/{id}/issuers"),
+    route(E::ListIssuers, Get, "/v1/businesses/{id}/issuers"),
+    route(E::RemoveIssuer, Delete, "/v1/issuers/{id}"),
     route(E::GetCredits, Get, "/v1/keys/{id}/credits"),
     route(E::SetCredits, Put, "/v1/keys/{id}/credits"),
     route(E::AddCredits, Post, "/v1/keys/{id}/credits/add"),
@@ -214,7 +220,7 @@ fn is_route_word(segment: &str) -> bool {
 /// A loggable rendering of a request path: the table's words kept, ids reduced to their
 /// prefix, anything else masked.
 pub fn path_template(path: &str) -> String {
-    const ID_PREFIXES: &[&str] = &["biz_", "usr_", "key_", "ses_"];
+    const ID_PREFIXES: &[&str] = &["biz_", "usr_", "key_", "ses_", "iss_"];
     let mut out = String::new();
     for segment in path.split('/').filter(|s| !s.is_empty()).take(8) {
         out.push('/');
@@ -283,6 +289,7 @@ mod tests {
             "ui",
             "import",
             "rate-counts",
+            "issuers",
             "credits",
             "add",
             "credit-spend",
@@ -310,7 +317,7 @@ mod tests {
 
     #[test]
     fn labels_are_the_distinct_templates() {
-        assert_eq!(LABELS.len(), 31, "{LABELS:?}");
+        assert_eq!(LABELS.len(), 33, "{LABELS:?}");
         for (i, label) in LABELS.iter().enumerate() {
             assert!(TABLE.iter().any(|row| row.template == *label), "{label}");
             assert!(!LABELS[..i].contains(label), "{label} twice");

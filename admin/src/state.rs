@@ -43,6 +43,7 @@ struct Inner {
     metrics: Metrics,
     shutdown: watch::Sender<bool>,
     feed_reads: FeedReads,
+    issuer_status: crate::oidc::IssuerStatuses,
 }
 
 /// Feed reads shared by the long-polls one change wakes together (see [`Coalesced`]).
@@ -154,6 +155,7 @@ impl AppState {
             metrics: Metrics::default(),
             shutdown,
             feed_reads: FeedReads::default(),
+            issuer_status: crate::oidc::IssuerStatuses::default(),
         };
         Ok((AppState { inner: Arc::new(inner) }, GeneratedTokens { operator, proxy }))
     }
@@ -185,6 +187,11 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The last key refresh of each trusted issuer, as this replica saw it.
+    pub fn issuer_status(&self) -> &crate::oidc::IssuerStatuses {
+        &self.inner.issuer_status
     }
 
     pub fn feed_reads(&self) -> &FeedReads {

@@ -20,6 +20,7 @@ const FILES: &[(&str, &str, &[u8])] = &[
     ("api.js", "text/javascript; charset=utf-8", include_bytes!("../ui/api.js")),
     ("chart.js", "text/javascript; charset=utf-8", include_bytes!("../ui/chart.js")),
     ("dom.js", "text/javascript; charset=utf-8", include_bytes!("../ui/dom.js")),
+    ("issuers.js", "text/javascript; charset=utf-8", include_bytes!("../ui/issuers.js")),
     ("policy.js", "text/javascript; charset=utf-8", include_bytes!("../ui/policy.js")),
     ("credits.js", "text/javascript; charset=utf-8", include_bytes!("../ui/credits.js")),
     ("audit.js", "text/javascript; charset=utf-8", include_bytes!("../ui/audit.js")),

@@ -5,6 +5,7 @@ import { api, ApiError, endOnLeave, forget, signIn, signOut, whenSignedOut } fro
 import { loadAudit } from './audit.js';
 import { drawUsage } from './chart.js';
 import { $, clear, fromLocalInput, h, relative, toLocalInput, when } from './dom.js';
+import { initIssuers, loadIssuers } from './issuers.js';
 import { editPolicy, initPolicy, loadBusinessLimits, policySummary } from './policy.js';
 import { creditsSummary, editCredits, initCredits } from './credits.js';
 
@@ -71,6 +72,7 @@ function showSignin(message) {
   $('usage-card').hidden = true;
   clear($('keys-body'));
   clear($('sessions-body'));
+  clear($('issuers-body'));
   state.keys = [];
   state.usageKey = null;
   if (message) showError(message);
@@ -113,7 +115,7 @@ $('signin-form').addEventListener('submit', (event) => {
     state.business = state.businesses[0].id;
     clearError();
     showApp();
-    await Promise.all([loadKeys(), loadSessions(), loadBusinessLimits(state.business)]);
+    await Promise.all([loadKeys(), loadSessions(), loadBusinessLimits(state.business), loadIssuers(state.business)]);
   });
 });
 
@@ -128,7 +130,7 @@ $('business').addEventListener('change', () => act(null, async () => {
   state.business = $('business').value;
   state.usageKey = null;
   $('usage-card').hidden = true;
-  await Promise.all([loadKeys(), loadBusinessLimits(state.business)]);
+  await Promise.all([loadKeys(), loadBusinessLimits(state.business), loadIssuers(state.business)]);
 }));
 
 // ----- live / test -----
@@ -404,5 +406,6 @@ initPolicy({ act, showError, notice, reload: loadKeys, keyLabel });
 initCredits({ act, notice, reload: loadKeys, keyLabel });
 
 setMode('live');
+initIssuers({ act, notice });
 endOnLeave();
 showSignin();

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::key::KeyHash;
 use crate::keystore::{self, bucket_of, BUCKETS};
 use crate::lease::{Lease, WRITE_MARGIN_MS};
+use crate::oidc::IssuerEntry;
 use crate::revoked::{self, REVOKED_BUCKETS};
 use crate::snapshot::{BusinessLimits, History, KeyEntry, RevokedSession, SigningKeyEntry, Snapshot, SnapshotError, SnapshotWire};
 use crate::sync::{Health, SyncFailure, SyncOutcome, SNAPSHOT_PATH};
@@ -42,6 +43,9 @@ pub struct Meta {
     /// Admin's history at `version`; sent back with `?since=`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<History>,
+    /// Trusted issuers and their pinned keys (each VM verifies their tokens itself).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<IssuerEntry>,
     /// Businesses' own limits (few: one per business that has any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub business_limits: Vec<BusinessLimits>,
@@ -55,6 +59,7 @@ impl Meta {
             version: self.version,
             signing_keys: self.signing_keys.clone(),
             revoked_sessions: self.revoked_sessions.clone(),
+            issuers: self.issuers.clone(),
             business_limits: self.business_limits.clone(),
             ..SnapshotWire::default()
         })
@@ -295,6 +300,8 @@ impl Leader {
         let mut next = meta.clone();
         next.signing_keys.retain(|k| !wire.removed_signing_keys.contains(&k.kid) && !wire.signing_keys.iter().any(|n| n.kid == k.kid));
         next.signing_keys.extend(wire.signing_keys.iter().cloned());
+        next.issuers.retain(|i| !wire.removed_issuers.contains(&i.id) && !wire.issuers.iter().any(|n| n.id == i.id));
+        next.issuers.extend(wire.issuers.iter().cloned());
         next.business_limits.retain(|b| !wire.business_limits.iter().any(|n| n.business == b.business));
         next.business_limits.extend(wire.business_limits.iter().filter(|b| !b.is_empty()).cloned());
         next.version = wire.version;
@@ -327,6 +334,7 @@ impl Leader {
                     signing_keys: wire.signing_keys.clone(),
                     revoked_sessions: Vec::new(),
                     history: wire.history,
+                    issuers: wire.issuers.clone(),
                     business_limits: wire.business_limits.iter().filter(|b| !b.is_empty()).cloned().collect(),
                 };
                 meta.snapshot().map_err(SyncFailure::Rejected)?;

@@ -3,6 +3,7 @@
 //! Pure Rust with no I/O, building for `wasm32-wasip1` and native alike:
 //! - [`key`]: the API key format (prefix, randomness, checksum) and its SHA-256 hash;
 //! - [`token`]: access-token claims and their verification (EdDSA only);
+//! - [`oidc`]: tokens from a business's own identity provider (trusted issuers);
 //! - [`snapshot`]: the wire format the filter pulls from admin, full and delta, and the
 //!   indexed in-memory form the decision reads;
 //! - [`config`]: the filter's plugin configuration, parsed and validated once;
@@ -20,6 +21,7 @@ pub mod hold;
 pub mod key;
 pub mod keystore;
 pub mod lease;
+pub mod oidc;
 pub mod pair;
 pub mod ratelimit;
 pub mod revoked;

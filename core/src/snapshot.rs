@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use crate::cidr::Cidr;
 use crate::credits::CreditsEntry;
 use crate::key::{KeyHash, KeyKind, Mode};
+use crate::oidc::{IssuerEntry, Issuers, TrustedIssuer};
 use crate::ratelimit::Limit;
 use crate::UnixTime;
 
@@ -125,6 +126,13 @@ pub struct SnapshotWire {
     /// On a delta: admin's history at `since`, which must be the proxy's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_history: Option<History>,
+    /// Trusted issuers (tokens from a business's own identity provider, [`crate::oidc`]):
+    /// all of them in a full snapshot (its first page), those added or changed in a delta.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<IssuerEntry>,
+    /// On a delta: ids of trusted issuers removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_issuers: Vec<String>,
     /// Businesses' own limits: all of them on a full snapshot's first page, the changed
     /// ones on a delta (an empty one removes the override).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -164,6 +172,7 @@ pub struct Snapshot {
     keys: HashMap<KeyHash, KeyRecord>,
     signing: HashMap<String, DecodingKey>,
     revoked: HashMap<String, UnixTime>,
+    issuers: Issuers,
     business_limits: HashMap<String, BusinessLimits>,
 }
 
@@ -174,6 +183,7 @@ impl std::fmt::Debug for Snapshot {
             .field("keys", &self.keys.len())
             .field("signing_keys", &self.signing.len())
             .field("revoked_sessions", &self.revoked.len())
+            .field("issuers", &self.issuers.len())
             .field("business_limits", &self.business_limits.len())
             .finish()
     }
@@ -237,6 +247,7 @@ impl Snapshot {
             .iter()
             .map(|entry| Ok((entry.kid.clone(), decoding_key(entry)?)))
             .collect::<Result<Vec<_>, SnapshotError>>()?;
+        let issuers: Vec<TrustedIssuer> = wire.issuers.into_iter().map(TrustedIssuer::new).collect();
         for hash in &wire.removed_keys {
             self.keys.remove(hash);
         }
@@ -246,6 +257,12 @@ impl Snapshot {
         }
         self.signing.extend(signing);
         self.revoked.extend(wire.revoked_sessions.into_iter().map(|r| (r.sid, r.until)));
+        for id in &wire.removed_issuers {
+            self.issuers.remove(id);
+        }
+        for issuer in issuers {
+            self.issuers.insert(issuer);
+        }
         for limits in wire.business_limits {
             if limits.is_empty() {
                 self.business_limits.remove(&limits.business);
@@ -280,6 +297,11 @@ impl Snapshot {
 
     pub fn is_revoked(&self, sid: &str) -> bool {
         self.revoked.contains_key(sid)
+    }
+
+    /// The trusted issuers (tokens from a business's own identity provider).
+    pub fn issuers(&self) -> &Issuers {
+        &self.issuers
     }
 
     /// Drops revocations whose tokens have all expired; bounded memory over time.

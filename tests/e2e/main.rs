@@ -17,6 +17,7 @@ mod jwt_attacks;
 mod key_attacks;
 mod lifecycle;
 mod log_secrets;
+mod oidc;
 mod path;
 mod policy;
 mod replicas;
@@ -51,6 +52,7 @@ fn main() {
         replicas::suites(),
         restore::suites(),
         fleet::suites(),
+        oidc::suites(),
         credits::suites(),
         policy::suites(),
     ]

@@ -41,6 +41,7 @@ fn options() -> StackOptions {
 const CASES: &[Case] = &[
     ("page_is_served_with_a_strict_csp", headers),
     ("dashboard_in_chromium", dashboard),
+    ("identity_providers_in_chromium", identity_providers),
     ("key_allowlist_and_limits_in_chromium", policy),
     ("key_credits_in_chromium", credits),
     ("audit_log_in_chromium", audit_log),
@@ -66,6 +67,12 @@ fn headers(stack: &Stack) {
 
 fn dashboard(stack: &Stack) {
     run_script(stack, "dashboard.mjs", 10);
+}
+
+/// `tests/browser/issuers.mjs`: the dashboard's trusted identity providers (its own
+/// provider on loopback), refused in words, pinned keys listed, removed.
+fn identity_providers(stack: &Stack) {
+    run_script(stack, "issuers.mjs", 3);
 }
 
 fn policy(stack: &Stack) {

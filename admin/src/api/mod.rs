@@ -10,6 +10,7 @@ pub mod credits;
 pub mod feed;
 pub mod health;
 pub mod import;
+pub mod issuers;
 pub mod keys;
 pub mod policy;
 pub mod rate_counts;

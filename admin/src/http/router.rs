@@ -133,6 +133,26 @@ fn answer(row: &Route, s: &AppState) -> Option<Answer> {
             .and(json())
             .and_then(|business, st, caller, ip, body| async move { reject(api::keys::create_key(st, caller, ip, business, body).await) })
             .boxed(),
+        Endpoint::CreateIssuer => path_with_id(t)
+            .and(m)
+            .and(caller(s.clone()))
+            .and(client_ip(s))
+            .and(json())
+            .and_then(
+                |business, st, caller, ip, body| async move { reject(api::issuers::create_issuer(st, caller, ip, business, body).await) },
+            )
+            .boxed(),
+        Endpoint::ListIssuers => path_with_id(t)
+            .and(m)
+            .and(caller(s))
+            .and_then(|business, st, caller| async move { reject(api::issuers::list_issuers(st, caller, business).await) })
+            .boxed(),
+        Endpoint::RemoveIssuer => path_with_id(t)
+            .and(m)
+            .and(caller(s.clone()))
+            .and(client_ip(s))
+            .and_then(|id, st, caller, ip| async move { reject(api::issuers::remove_issuer(st, caller, ip, id).await) })
+            .boxed(),
         Endpoint::ListKeys => path_with_id(t)
             .and(m)
             .and(caller(s))

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::PoisonError;
 
+use keygate_core::oidc::IssuerEntry;
 use keygate_core::snapshot::{BusinessLimits, History, KeyEntry, RevokedSession, SigningKeyEntry};
 use keygate_core::{KeyHash, SnapshotWire, UnixTime};
 
@@ -91,6 +92,7 @@ impl Store {
             let (_, bytes) = item?;
             wire.signing_keys.push(decode::<SigningKey>("signing_keys", &bytes)?.public);
         }
+        wire.issuers = self.issuer_entries()?;
         // Businesses' own limits travel with the signing keys: every VM holds them.
         for item in self.trees().businesses.iter() {
             let (_, bytes) = item?;
@@ -131,6 +133,7 @@ impl Store {
         let mut keys: BTreeMap<KeyHash, Option<KeyEntry>> = BTreeMap::new();
         let mut signing: BTreeMap<String, Option<SigningKeyEntry>> = BTreeMap::new();
         let mut revoked = Vec::new();
+        let mut issuers: BTreeMap<String, Option<IssuerEntry>> = BTreeMap::new();
         let mut business_limits: BTreeMap<String, BusinessLimits> = BTreeMap::new();
         let mut expected = since.saturating_add(1);
         if since < upto {
@@ -159,6 +162,12 @@ impl Store {
                         if session.until > now {
                             revoked.push(session);
                         }
+                    }
+                    Change::IssuerUpsert { issuer } => {
+                        issuers.insert(issuer.id.clone(), Some(issuer));
+                    }
+                    Change::IssuerRemoved { id } => {
+                        issuers.insert(id, None);
                     }
                     Change::BusinessLimits { limits } => {
                         business_limits.insert(limits.business.clone(), limits);
@@ -190,6 +199,12 @@ impl Store {
             match entry {
                 Some(entry) => wire.signing_keys.push(entry),
                 None => wire.removed_signing_keys.push(kid),
+            }
+        }
+        for (id, entry) in issuers {
+            match entry {
+                Some(entry) => wire.issuers.push(entry),
+                None => wire.removed_issuers.push(id),
             }
         }
         Ok(wire)

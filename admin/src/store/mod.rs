@@ -18,6 +18,7 @@ mod durable;
 mod engine;
 mod feed;
 mod history;
+mod issuers;
 mod keys;
 pub mod limits;
 pub mod migrate;
@@ -39,8 +40,8 @@ pub use audit::{Actor, ActorKind, Audit, AuditObject, AuditPage, AuditQuery, Aud
 pub use durable::{Durable, Flusher, Ticket, FLUSH_TIMEOUT};
 pub use keys::ImportOutcome;
 pub use records::{
-    Business, Change, ChangeRecord, GraceHash, IssuedToken, Key, KeyUsageRecord, OwnedSession, Session, SessionOwner, SigningKey, User,
-    USAGE_HOURS,
+    Business, Change, ChangeRecord, GraceHash, IssuedToken, IssuerRecord, IssuerSource, Key, KeyUsageRecord, OwnedSession, Session,
+    SessionOwner, SigningKey, User, USAGE_HOURS,
 };
 pub use sessions::RefreshOutcome;
 pub use sweep::SweepReport;
@@ -80,6 +81,10 @@ pub enum StoreError {
     UnknownKey,
     #[error("session not found")]
     UnknownSession,
+    #[error("issuer not found")]
+    UnknownIssuer,
+    #[error("this issuer is already registered for this business")]
+    IssuerExists,
     #[error("a freshly generated id or hash already exists")]
     Collision,
     #[error("the changelog no longer holds the versions asked for")]

@@ -4,6 +4,7 @@
 
 use keygate_core::cidr::Cidr;
 use keygate_core::credits::CreditsEntry;
+use keygate_core::oidc::{IssuerEntry, IssuerKey};
 use keygate_core::ratelimit::Limit;
 use keygate_core::snapshot::{BusinessLimits, History, KeyEntry, RevokedSession, SigningKeyEntry};
 use keygate_core::{AccessClaims, KeyHash, KeyKind, Mode, UnixTime};
@@ -305,6 +306,62 @@ pub enum Change {
     BusinessLimits {
         limits: BusinessLimits,
     },
+    /// A trusted issuer registered, or its pinned keys changed.
+    IssuerUpsert {
+        issuer: IssuerEntry,
+    },
+    IssuerRemoved {
+        id: String,
+    },
+}
+
+/// A trusted issuer: a business's own identity provider whose access tokens the filter
+/// accepts (see [`keygate_core::oidc`]), with the signing keys admin fetched and pinned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuerRecord {
+    /// `iss_…`
+    pub id: String,
+    /// The business it was registered for: the only one it vouches for.
+    pub business: String,
+    /// The `iss` its tokens carry.
+    pub issuer: String,
+    /// Where the keys come from: `discovery` (`<issuer>/.well-known/openid-configuration`
+    /// names the JWKS), `jwks_uri`, or `static` (a JWKS document given at registration).
+    pub source: IssuerSource,
+    /// The JWKS URL fetched (given, or found through discovery); none for a static JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub businesses_claim: String,
+    /// The pinned public keys: what the filter verifies with.
+    pub keys: Vec<IssuerKey>,
+    pub created_at: UnixTime,
+    /// When the pinned keys last changed.
+    pub keys_changed_at: UnixTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IssuerSource {
+    Discovery,
+    JwksUri,
+    Static,
+}
+
+impl IssuerRecord {
+    /// The issuer as the feed carries it.
+    pub fn entry(&self) -> IssuerEntry {
+        IssuerEntry {
+            id: self.id.clone(),
+            issuer: self.issuer.clone(),
+            audiences: self.audiences.clone(),
+            algorithms: self.algorithms.clone(),
+            businesses_claim: self.businesses_claim.clone(),
+            businesses: vec![self.business.clone()],
+            keys: self.keys.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

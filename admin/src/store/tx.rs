@@ -280,6 +280,8 @@ trees! {
     audit,
     /// `<business id>\0<u64::MAX - entry number>` → empty: one business's audit entries.
     audit_by_business,
+    /// Issuer id → [`IssuerRecord`](super::IssuerRecord): trusted identity providers.
+    issuers,
 }
 
 impl Tx<'_> {

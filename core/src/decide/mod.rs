@@ -200,7 +200,7 @@ fn check_credentials(
     // A request is held for what the snapshot lacks only when the rest of its credentials
     // hold: made-up keys and kids are cheap, valid credentials are not.
     let stage = match creds.token {
-        Some(token) => match precheck_token(policy, synced.snapshot, token, now, tokens) {
+        Some(token) => match precheck_token(policy, synced.snapshot, token, creds.business, now, tokens) {
             Ok(stage) => Some(stage),
             Err(refusal) if hold && refusal.awaited.is_some() && check_key(synced.keys, creds.key, now).is_ok() => return Err(refusal),
             Err(refusal) => return Err(refusal.now()),
@@ -261,6 +261,10 @@ fn check_credentials(
     ];
     if let Some(c) = &claims {
         add_headers.push(("x-keygate-subject", c.sub.clone()));
+        if c.iss != policy.token.issuer {
+            // A token from the business's own identity provider: whose subject it is.
+            add_headers.push(("x-keygate-issuer", c.iss.clone()));
+        }
     }
     if !key.scopes.is_empty() {
         add_headers.push(("x-keygate-scopes", key.scopes.join(" ")));

@@ -9,6 +9,7 @@ use super::denial::{Denial, DenyCode};
 use super::pending::{Awaited, Refusal};
 use crate::config::Policy;
 use crate::key::parse_prefix;
+use crate::oidc::{self, IssuerStage};
 use crate::revoked::RevocationLookup;
 use crate::snapshot::Snapshot;
 use crate::token::{self, AccessClaims, TokenError};
@@ -26,12 +27,32 @@ pub const FAILED_TOKEN_TTL_SECS: u64 = 60;
 #[derive(Debug, Default)]
 pub struct TokenCache {
     capacity: usize,
-    entries: HashMap<String, (String, AccessClaims)>,
+    entries: HashMap<String, (Signer, AccessClaims)>,
     /// Failed tokens by a digest of the token (a flood of long forged tokens stays small):
     /// until when the failure is remembered, and why it failed.
     failed: HashMap<[u8; 16], (UnixTime, TokenError)>,
     /// Signature verifications done through this cache.
     signature_checks: u64,
+}
+
+/// Whose key verified a cached token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Signer {
+    /// One of admin's signing keys, by `kid`.
+    Own(String),
+    /// A key of the trusted issuer registration `id` ([`crate::oidc`]).
+    Issuer { id: String, kid: String },
+}
+
+impl Signer {
+    /// Whether the key is still published, and (for an issuer's token) the registration
+    /// is still the one a token from `iss` presented for `business` is checked against.
+    fn still_holds(&self, snapshot: &Snapshot, iss: &str, business: Option<&str>) -> bool {
+        match self {
+            Signer::Own(kid) => snapshot.signing_key(kid).is_some(),
+            Signer::Issuer { id, kid } => snapshot.issuers().chosen(iss, business).is_some_and(|i| i.entry().id == *id && i.has_key(kid)),
+        }
+    }
 }
 
 fn token_digest(token: &str) -> [u8; 16] {
@@ -67,14 +88,17 @@ impl TokenCache {
     }
 
     /// Keeps verified claims (the caller skips this when caching is off).
-    fn insert(&mut self, token: &str, kid: String, claims: AccessClaims, now: UnixTime, leeway: u64) -> &AccessClaims {
+    fn insert(&mut self, token: &str, signer: Signer, claims: AccessClaims, now: UnixTime, leeway: u64) -> &AccessClaims {
         if self.entries.len() >= self.capacity {
             self.entries.retain(|_, (_, c)| now < c.exp.saturating_add(leeway));
             if self.entries.len() >= self.capacity {
                 self.entries.clear();
             }
         }
-        &self.entries.entry(token.to_owned()).or_insert((kid, claims)).1
+        // Replaces an entry of the same token verified for another issuer registration.
+        let slot = self.entries.entry(token.to_owned()).or_insert_with(|| (signer.clone(), claims.clone()));
+        *slot = (signer, claims);
+        &slot.1
     }
 
     fn failure(&self, digest: &[u8; 16], now: UnixTime) -> Option<TokenError> {
@@ -113,34 +137,46 @@ pub(super) enum TokenStage<'t> {
     Cached(&'t str),
     /// To verify with the published key of `kid`.
     Verify(&'t str, String),
+    /// A token from a trusted issuer, to verify with that issuer's pinned key.
+    VerifyIssuer(&'t str, IssuerStage),
 }
 
 /// The checks that cost no cryptography: not an API key, header shape, `alg`, `typ` and a
 /// published `kid` (or a still-valid cache entry). An unpublished `kid` is a refusal the
-/// snapshot may still cure (a signing key rotated in a moment ago).
+/// snapshot may still cure (a signing key rotated in a moment ago). A token that is not
+/// one of admin's (its header or `kid` is not) but whose `iss` names a trusted issuer is
+/// checked against that issuer's registration for `business` instead ([`oidc::precheck`]);
+/// its unknown `kid` is refused at once.
 pub(super) fn precheck_token<'t>(
     policy: &Policy,
     snapshot: &Snapshot,
     token: &'t str,
+    business: Option<&str>,
     now: UnixTime,
     cache: &TokenCache,
 ) -> Result<TokenStage<'t>, Refusal> {
     if parse_prefix(token).is_some() {
         return Err(Denial::new(DenyCode::InvalidToken, "Authorization carries an API key where an access token is required").into());
     }
-    if let Some((kid, claims)) = cache.entries.get(token) {
-        if snapshot.signing_key(kid).is_some() {
+    if let Some((signer, claims)) = cache.entries.get(token) {
+        if signer.still_holds(snapshot, &claims.iss, business) {
             if now >= claims.exp.saturating_add(policy.token.leeway) {
                 return Err(invalid_token(TokenError::Expired).into());
             }
             return Ok(TokenStage::Cached(token));
         }
     }
-    let kid = token::checked_kid(token).map_err(invalid_token)?;
-    if snapshot.signing_key(&kid).is_none() {
-        return Err(Refusal::unknown(invalid_token(TokenError::UnknownKid), Awaited::SigningKey(kid)));
+    let own = token::checked_kid(token);
+    if let Ok(kid) = &own {
+        if snapshot.signing_key(kid).is_some() {
+            return Ok(TokenStage::Verify(token, kid.clone()));
+        }
     }
-    Ok(TokenStage::Verify(token, kid))
+    if let Some(external) = oidc::precheck(snapshot.issuers(), token, business) {
+        return external.map(|stage| TokenStage::VerifyIssuer(token, stage)).map_err(|e| invalid_token(e).into());
+    }
+    let kid = own.map_err(invalid_token)?;
+    Err(Refusal::unknown(invalid_token(TokenError::UnknownKid), Awaited::SigningKey(kid)))
 }
 
 /// The signature (unless cached, or remembered as failed), the claims and the session.
@@ -154,7 +190,31 @@ pub(super) fn verify_token<'c>(
 ) -> Result<Cow<'c, AccessClaims>, Denial> {
     let claims = match stage {
         TokenStage::Cached(token) => {
-            Cow::Borrowed(cache.entries.get(token).map(|(_, c)| c).ok_or_else(|| invalid_token(TokenError::Malformed))?)
+            let (signer, claims) = cache.entries.get(token).ok_or_else(|| invalid_token(TokenError::Malformed))?;
+            if matches!(signer, Signer::Issuer { .. }) {
+                // An identity provider's token has no keygate session to revoke.
+                return Ok(Cow::Borrowed(claims));
+            }
+            Cow::Borrowed(claims)
+        }
+        TokenStage::VerifyIssuer(token, stage) => {
+            let digest = token_digest(token);
+            if let Some(err) = cache.failure(&digest, now) {
+                return Err(invalid_token(err));
+            }
+            cache.signature_checks += 1;
+            return match oidc::verify(snapshot.issuers(), token, &stage, policy.token.leeway, now) {
+                Err(TokenError::NotYetValid) => Err(invalid_token(TokenError::NotYetValid)),
+                Err(err) => {
+                    cache.remember_failure(digest, err, now);
+                    Err(invalid_token(err))
+                }
+                Ok(claims) if cache.capacity == 0 => Ok(Cow::Owned(claims)),
+                Ok(claims) => {
+                    let signer = Signer::Issuer { id: stage.id.clone(), kid: stage.kid.clone() };
+                    Ok(Cow::Borrowed(cache.insert(token, signer, claims, now, policy.token.leeway)))
+                }
+            };
         }
         TokenStage::Verify(token, kid) => {
             let digest = token_digest(token);
@@ -171,7 +231,7 @@ pub(super) fn verify_token<'c>(
                     return Err(invalid_token(err));
                 }
                 Ok(claims) if cache.capacity == 0 => Cow::Owned(claims),
-                Ok(claims) => Cow::Borrowed(cache.insert(token, kid, claims, now, policy.token.leeway)),
+                Ok(claims) => Cow::Borrowed(cache.insert(token, Signer::Own(kid), claims, now, policy.token.leeway)),
             }
         }
     };
