@@ -80,5 +80,21 @@ fn ensure_node_modules(p: &Paths) -> Result<(), String> {
 
 pub fn ensure(p: &Paths) -> Result<(), String> {
     ensure_chromium()?;
+    ensure_openssl()?;
     ensure_node_modules(p)
+}
+
+/// The `openssl` command, installed when missing: the e2e suite `oidc` makes its test
+/// identity provider's RSA and P-256 keys with it.
+fn ensure_openssl() -> Result<(), String> {
+    if runs("openssl", "version") {
+        step("openssl: installed");
+        return Ok(());
+    }
+    apt_install(&["openssl"])?;
+    if runs("openssl", "version") {
+        Ok(())
+    } else {
+        Err("openssl does not run after apt-get install".into())
+    }
 }
