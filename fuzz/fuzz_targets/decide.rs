@@ -278,6 +278,7 @@ fuzz_target!(|input: Input| {
             shadow: r.shadow,
             rate_limit_per_hour: None,
             rate_limits: None,
+            cost: 1,
         })
         .collect();
     let default_route = Route {
@@ -290,6 +291,7 @@ fuzz_target!(|input: Input| {
         shadow: false,
         rate_limit_per_hour: None,
         rate_limits: None,
+        cost: 1,
     };
     let policy = Policy {
         token: expect.clone(),
