@@ -17,7 +17,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::decide::Denial;
 use crate::UnixTime;
 
 pub const PATH: &str = "/v1/credit-spend";
@@ -173,10 +172,10 @@ pub struct CreditCheck {
     pub retry_after: Option<u64>,
 }
 
-/// The 429 for a key with too few credits left.
-pub fn exhausted(check: &CreditCheck) -> Denial {
-    Denial { code: crate::DenyCode::QuotaExhausted, message: "The API key has no credits left", retry_after: check.retry_after }
-}
+/// A spend that does not fit: the key has too few credits left (the decision turns it into
+/// 429 `quota_exhausted`, [`crate::decide::quota_exhausted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exhausted;
 
 /// The shared-data name of a key's spending count, under the plugin's namespace `ns`.
 pub fn count_key(ns: &str, key_id: &str) -> String {
@@ -235,17 +234,17 @@ impl CreditCount {
     /// Spends `check.cost` if it fits: in the allowance, less what this Envoy and the
     /// others spent; and, while the fleet is cut off (`cut_off: Some(proxies)`), in this
     /// Envoy's share of what was left when admin last answered (⌈left / proxies⌉).
-    pub fn spend(self, check: &CreditCheck, cut_off: Option<u64>) -> Result<CreditCount, Denial> {
+    pub fn spend(self, check: &CreditCheck, cut_off: Option<u64>) -> Result<CreditCount, Exhausted> {
         let count = self.at(check.epoch, check.period);
         let after = count.own.saturating_add(check.cost);
         if after.saturating_add(count.others) > check.allowance {
-            return Err(exhausted(check));
+            return Err(Exhausted);
         }
         if let Some(proxies) = cut_off {
             let left = check.allowance.saturating_sub(count.own_synced.saturating_add(count.others));
             let share = left.div_ceil(proxies.max(1));
             if after.saturating_sub(count.own_synced) > share {
-                return Err(exhausted(check));
+                return Err(Exhausted);
             }
         }
         Ok(CreditCount { own: after, ..count })
@@ -368,8 +367,7 @@ mod tests {
         count = count.spend(&cost5, None).unwrap();
         assert_eq!(count.own, 5);
         count = count.spend(&cost5, None).unwrap();
-        let denied = count.spend(&cost1, None).unwrap_err();
-        assert_eq!((denied.status(), denied.code.as_str(), denied.retry_after), (429, "quota_exhausted", None));
+        assert_eq!(count.spend(&cost1, None), Err(Exhausted));
         // The others' spending counts too.
         let shared = CreditCount { epoch: 7, period: 0, own: 2, others: 6, own_synced: 2 };
         assert!(shared.spend(&cost5, None).is_err());

@@ -5,11 +5,10 @@
 //! what the other proxies spent; that goes back into the same entries. No request waits on
 //! the exchange. See `keygate_core::credits` for the counting rules.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use keygate_core::credits::{self, CreditCheck, CreditCount, SpendReport, Spent, MAX_REPORT_KEYS};
-use keygate_core::decide::Denial;
+use keygate_core::decide::{quota_exhausted, Denial};
 use keygate_core::ratelimit::fleet::FleetView;
 use keygate_core::FilterConfig;
 
@@ -41,7 +40,7 @@ pub fn charge(config: &FilterConfig, vm: &VmState, check: &CreditCheck, now_ms: 
     for _ in 0..CAS_ATTEMPTS {
         let (bytes, cas) = host::shared_get(&key);
         let count = bytes.as_deref().map(CreditCount::decode).unwrap_or_default();
-        let spent = count.spend(check, share)?;
+        let spent = count.spend(check, share).map_err(|_| quota_exhausted(check))?;
         if host::shared_set(&key, &spent.encode(), cas) {
             vm.note_credits(&check.key_id, now_ms);
             return Ok(true);
@@ -50,7 +49,7 @@ pub fn charge(config: &FilterConfig, vm: &VmState, check: &CreditCheck, now_ms: 
     // Under a storm of concurrent spends of one key the request is refused rather than
     // let through uncounted: credits are money.
     log::debug!("credit count under contention; request refused");
-    Err(credits::exhausted(check))
+    Err(quota_exhausted(check))
 }
 
 /// Gives back what [`charge`] spent.
@@ -149,6 +148,3 @@ impl CreditSync {
         vm.credit_view.set(FleetView::after(before, None, now_ms));
     }
 }
-
-/// Keys this VM spent credits of, with when it last did.
-pub type ActiveCredits = HashMap<String, u64>;

@@ -19,6 +19,9 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// admin's answer, and a held request should follow it as closely.
 pub const HOLD_TICK: Duration = Duration::from_millis(2);
 
+/// Keys this VM spent credits of, by key id, with when it last spent (ms).
+pub type ActiveCredits = HashMap<String, u64>;
+
 /// What the request contexts of one VM share with its root context.
 #[derive(Debug, Default)]
 pub struct VmState {
@@ -40,7 +43,7 @@ pub struct VmState {
     /// How this VM's exchange of counts with admin stands.
     pub fleet: Cell<FleetView>,
     /// Keys this VM spent credits of (and when it last did): the ones it reports.
-    pub active_credits: RefCell<crate::credits::ActiveCredits>,
+    pub active_credits: RefCell<ActiveCredits>,
     /// A key joined `active_credits` since the last exchange: exchange at the next tick.
     pub new_credits: Cell<bool>,
     /// How this VM's exchange of credit spending with admin stands.

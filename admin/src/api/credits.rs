@@ -9,10 +9,10 @@ use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::keys::managed_key;
 use std::net::IpAddr;
 
 use super::audit::actor;
+use super::managed::managed_key;
 use super::{blocking, durable_write, ok_json};
 use crate::error::AdminError;
 use crate::rfc3339;

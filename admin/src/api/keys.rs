@@ -9,6 +9,7 @@ use warp::reply::Response;
 use std::future::Future;
 
 use super::audit::actor;
+use super::managed::{check_key_id, managed_key};
 use super::policy::{clean_allowed_ips, clean_limits, limit_texts, present};
 use super::{blocking, clean_name, clean_scopes, durable_write, is_id, ok_json, request_expiry};
 use crate::auth::Caller;
@@ -222,25 +223,6 @@ where
         }
     }
     Err(AdminError::Internal("could not generate a unique key"))
-}
-
-/// The key `key_id` names, when the caller may manage its business.
-pub(crate) fn managed_key(state: &AppState, caller: &Caller, key_id: &str) -> Result<Key, AdminError> {
-    check_key_id(key_id)?;
-    let key = state.store().key(key_id)?.ok_or(AdminError::KeyNotFound)?;
-    if !caller.may_manage(&key.business) {
-        return Err(AdminError::Forbidden);
-    }
-    Ok(key)
-}
-
-/// A malformed key id names no key.
-fn check_key_id(key_id: &str) -> Result<(), AdminError> {
-    if is_id(key_id, "key_") {
-        Ok(())
-    } else {
-        Err(AdminError::KeyNotFound)
-    }
 }
 
 #[derive(Serialize, ToSchema)]

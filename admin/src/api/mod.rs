@@ -12,6 +12,7 @@ pub mod health;
 pub mod import;
 pub mod issuers;
 pub mod keys;
+mod managed;
 pub mod policy;
 pub mod rate_counts;
 pub mod sessions;

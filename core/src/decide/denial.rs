@@ -92,3 +92,9 @@ impl Denial {
 pub fn rate_limited(retry_after: u64) -> Denial {
     Denial { code: DenyCode::RateLimited, message: "Rate limit exceeded", retry_after: Some(retry_after.max(1)) }
 }
+
+/// The 429 for a key with too few credits left for the request; `Retry-After` until the
+/// next refill, when the key refills.
+pub fn quota_exhausted(check: &crate::credits::CreditCheck) -> Denial {
+    Denial { code: DenyCode::QuotaExhausted, message: "The API key has no credits left", retry_after: check.retry_after }
+}

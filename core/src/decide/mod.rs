@@ -9,7 +9,7 @@ mod pending;
 mod request;
 mod tokens;
 
-pub use denial::{rate_limited, Denial, DenyCode};
+pub use denial::{quota_exhausted, rate_limited, Denial, DenyCode};
 pub use pending::{Awaited, Outcome, Pending};
 pub use request::{RequestView, AUTHORIZATION, BUSINESS_ID, SECRET_KEY};
 pub use tokens::{TokenCache, FAILED_TOKEN_TTL_SECS};
