@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { env, run, withChromium } from './browser.mjs';
+import { env, run, signInPage, withChromium } from './browser.mjs';
 
 const ADMIN = env('KEYGATE_ADMIN_URL');
 const EMAIL = env('KEYGATE_UI_EMAIL');
@@ -31,12 +31,7 @@ async function main() {
   await withChromium(async (context) => {
     const page = context.pages()[0] || (await context.newPage());
     page.setDefaultTimeout(15000);
-    await page.goto(`${ADMIN}/ui/`);
-    await page.fill('#email', EMAIL);
-    await page.fill('#password', PASSWORD);
-    await page.click('#signin-button');
-    await page.locator('#app-view').waitFor();
-    await page.selectOption('#business', BUSINESS);
+    await signInPage(page, { admin: ADMIN, email: EMAIL, password: PASSWORD, business: BUSINESS });
     await page.locator('#audit-body tr').first().waitFor();
 
     // What the operator did before the member came: the business, the member, a key.

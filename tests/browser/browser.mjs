@@ -40,3 +40,44 @@ export function run(name, main) {
     process.exit(1);
   });
 }
+
+/** Polls `probe` until it returns something truthy (returned), at most `limitMs`. */
+export async function eventually(what, probe, limitMs = 15000, everyMs = 100) {
+  const deadline = Date.now() + limitMs;
+  for (;;) {
+    const last = await probe();
+    if (last) return last;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${limitMs} ms`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/** Opens the dashboard at `admin`, signs in as `email` and picks `business`. */
+export async function signInPage(page, { admin, email, password, business }) {
+  await page.goto(`${admin}/ui/`);
+  await page.fill('#email', email);
+  await page.fill('#password', password);
+  await page.click('#signin-button');
+  await page.locator('#app-view').waitFor();
+  await page.selectOption('#business', business);
+}
+
+/** A `shot(step)` that saves `<dir>/<prefix>NN-<step>.png` (full page) and prints its path. */
+export function screenshots(page, dir, prefix = '') {
+  let n = 0;
+  return async (step) => {
+    n += 1;
+    const path = join(dir, `${prefix}${String(n).padStart(2, '0')}-${step}.png`);
+    await page.screenshot({ path, fullPage: true });
+    console.log(`screenshot: ${path}`);
+  };
+}
+
+/** `GET /key/items` through Envoy with only the API key: [status, the refusal's code or null]. */
+export async function keyOnly(envoy, rawKey) {
+  const r = await fetch(`${envoy}/key/items`, { headers: { SECRET_KEY: rawKey } });
+  const text = await r.text();
+  let code = null;
+  try { code = JSON.parse(text).code || null; } catch { /* the upstream's echo */ }
+  return [r.status, code];
+}

@@ -6,8 +6,8 @@
 
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import { env, run, withChromium } from './browser.mjs';
+import { resolve } from 'node:path';
+import { env, eventually, keyOnly, run, screenshots, signInPage, withChromium } from './browser.mjs';
 
 const ADMIN = env('KEYGATE_ADMIN_URL');
 const ENVOY = env('KEYGATE_ENVOY_URL');
@@ -16,24 +16,7 @@ const PASSWORD = env('KEYGATE_UI_PASSWORD');
 const BUSINESS = env('KEYGATE_UI_BUSINESS');
 const SHOTS = resolve(env('KEYGATE_UI_SCREENSHOTS'));
 
-async function eventually(what, probe, limitMs = 15000, everyMs = 100) {
-  const deadline = Date.now() + limitMs;
-  for (;;) {
-    const last = await probe();
-    if (last) return last;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${limitMs} ms`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
-
-/** GET /free/… needs nothing; GET /key/items through Envoy with only the API key: [status, code]. */
-async function throughEnvoy(rawKey) {
-  const r = await fetch(`${ENVOY}/key/items`, { headers: { SECRET_KEY: rawKey } });
-  const text = await r.text();
-  let code = null;
-  try { code = JSON.parse(text).code || null; } catch { /* the upstream's echo */ }
-  return [r.status, code];
-}
+const throughEnvoy = (rawKey) => keyOnly(ENVOY, rawKey);
 
 async function main() {
   mkdirSync(SHOTS, { recursive: true });
@@ -42,20 +25,9 @@ async function main() {
     page.setDefaultTimeout(15000);
     const pageErrors = [];
     page.on('pageerror', (e) => pageErrors.push(String(e)));
-    let n = 0;
-    const shot = async (step) => {
-      n += 1;
-      const path = join(SHOTS, `credits-${String(n).padStart(2, '0')}-${step}.png`);
-      await page.screenshot({ path, fullPage: true });
-      console.log(`screenshot: ${path}`);
-    };
+    const shot = screenshots(page, SHOTS, 'credits-');
 
-    await page.goto(`${ADMIN}/ui/`);
-    await page.fill('#email', EMAIL);
-    await page.fill('#password', PASSWORD);
-    await page.click('#signin-button');
-    await page.locator('#app-view').waitFor();
-    await page.selectOption('#business', BUSINESS);
+    await signInPage(page, { admin: ADMIN, email: EMAIL, password: PASSWORD, business: BUSINESS });
 
     await page.fill('#create-name', 'Metered');
     await page.selectOption('#create-kind', 'sk');

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { env, run, withChromium } from './browser.mjs';
+import { env, run, signInPage, withChromium } from './browser.mjs';
 
 const ADMIN = env('KEYGATE_ADMIN_URL');
 const EMAIL = env('KEYGATE_UI_EMAIL');
@@ -22,12 +22,7 @@ async function main() {
     page.setDefaultTimeout(15000);
     const refreshes = [];
     page.on('request', (r) => { if (r.url().endsWith('/auth/refresh')) refreshes.push(r.url()); });
-    await page.goto(`${ADMIN}/ui/`);
-    await page.fill('#email', EMAIL);
-    await page.fill('#password', PASSWORD);
-    await page.click('#signin-button');
-    await page.locator('#app-view').waitFor();
-    await page.selectOption('#business', BUSINESS);
+    await signInPage(page, { admin: ADMIN, email: EMAIL, password: PASSWORD, business: BUSINESS });
     const sid = await page.locator('#sessions-body tr.current').getAttribute('data-session-id');
 
     // The access token expires; the next call refreshes it and goes on in the same session.
