@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
             // no key, token or id fits, as they all hold '_' or upper case).
             let segments: Vec<&str> = text.split('/').filter(|s| !s.is_empty()).collect();
             for seg in template.split('/').filter(|s| !s.is_empty()) {
-                let id = ["biz_{id}", "usr_{id}", "key_{id}", "ses_{id}"].contains(&seg);
+                let id = ["biz_{id}", "usr_{id}", "key_{id}", "ses_{id}", "iss_{id}"].contains(&seg);
                 let word =
                     segments.contains(&seg) && seg.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
                 assert!(seg == "{…}" || id || word, "{seg:?} leaks into the log");
