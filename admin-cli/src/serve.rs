@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// within about this plus the feed's delay.
     #[arg(long, env = "KEYGATE_ISSUER_REFRESH_SECS", default_value_t = keygate_admin::oidc::DEFAULT_REFRESH_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
     issuer_refresh_secs: u64,
+    /// A PEM file of CA certificates to trust for `https://` issuers, besides the Mozilla
+    /// roots built in: a private CA's, or a test issuer's.
+    #[arg(long, env = "KEYGATE_ISSUER_CA_FILE", value_name = "PEM")]
+    issuer_ca_file: Option<PathBuf>,
     /// Throttle sign-ins and API-key logins by the last X-Forwarded-For address instead of
     /// the socket peer. Only behind a reverse proxy that sets that header; otherwise clients
     /// could forge it.
@@ -124,6 +128,7 @@ impl ServeArgs {
         config.audit_max_entries = self.audit_max_entries;
         config.audit_max_age_days = self.audit_max_age_days;
         config.issuer_refresh_secs = self.issuer_refresh_secs;
+        config.issuer_ca_file = self.issuer_ca_file;
         config.trust_forwarded_for = self.trust_x_forwarded_for;
         config.seal_keys = self.seal_keys.read().context("cannot read the seal keys")?;
         Ok(config)

@@ -154,6 +154,9 @@ pub struct Config {
     /// How often the signing keys of trusted issuers (a business's own identity provider)
     /// are fetched again, seconds; a change reaches the proxies through the feed.
     pub issuer_refresh_secs: u64,
+    /// A PEM file of CA certificates trusted for `https://` issuers besides the Mozilla
+    /// roots compiled in (a private CA).
+    pub issuer_ca_file: Option<std::path::PathBuf>,
     /// Take the sign-in throttle's client address from the last `X-Forwarded-For` entry
     /// (only behind a proxy that sets it); otherwise the socket peer.
     pub trust_forwarded_for: bool,
@@ -237,6 +240,7 @@ impl Config {
             max_sessions_per_user: 50,
             sweep_interval_secs: 60,
             issuer_refresh_secs: crate::oidc::DEFAULT_REFRESH_SECS,
+            issuer_ca_file: None,
             trust_forwarded_for: false,
             throttle: ThrottleConfig::default(),
             login_limit: LoginLimitConfig::default(),

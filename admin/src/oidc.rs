@@ -1,14 +1,16 @@
-//! Trusted issuers' signing keys: fetched over HTTP (OIDC discovery, then the JWKS), pinned
+//! Trusted issuers' signing keys: fetched over HTTP(S) (OIDC discovery, then the JWKS), pinned
 //! in the store, and fetched again every `issuer_refresh_secs`; when they change the store
 //! writes a changelog entry, so every proxy has the new keys within seconds.
 //!
-//! The client is hyper's own HTTP/1 client (hyper is already here for warp): one GET per
-//! URL, no redirects, `http://` only (no TLS stack in admin yet), at most
+//! The client is hyper's own HTTP/1 client (hyper is already here for warp) over a plain TCP
+//! stream or, for `https://`, rustls (certificates checked against the Mozilla roots compiled
+//! in, plus the operator's `--issuer-ca-file`): one GET per URL, no redirects, at most
 //! [`MAX_DOCUMENT_BYTES`] read within [`FETCH_TIMEOUT`]. A failed fetch keeps the pinned
 //! keys and is logged (the URL and the reason; a provider's answer body is never logged).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Limited};
@@ -17,10 +19,14 @@ use hyper::Uri;
 use hyper_util::rt::TokioIo;
 use keygate_core::oidc::{keys_from_jwks, IssuerKey};
 use keygate_core::UnixTime;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::api::durable_write;
 use crate::clock::now;
+use crate::error::AdminError;
 use crate::state::AppState;
 use crate::store::{IssuerRecord, IssuerSource};
 
@@ -58,20 +64,117 @@ impl IssuerStatuses {
     }
 }
 
-/// Checks a URL admin may fetch: `http://host[:port]/path`, no user info, bounded.
+/// Fetches issuers' documents over `http://`, or `https://` with the server's certificate
+/// checked against the Mozilla roots (webpki-roots, compiled in) and the operator's extra
+/// roots. Cheap to clone.
+#[derive(Clone)]
+pub struct IssuerClient {
+    tls: tokio_rustls::TlsConnector,
+    /// How many roots the operator added (for the startup log).
+    extra_roots: usize,
+}
+
+impl std::fmt::Debug for IssuerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerClient").field("extra_roots", &self.extra_roots).finish_non_exhaustive()
+    }
+}
+
+impl IssuerClient {
+    /// The client, trusting the Mozilla roots and every certificate of the PEM file at
+    /// `extra_roots` (a private CA, or a test issuer's).
+    pub fn new(extra_roots: Option<&Path>) -> Result<IssuerClient, AdminError> {
+        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let mut added = 0;
+        if let Some(path) = extra_roots {
+            let bad = |why: String| AdminError::Config(format!("--issuer-ca-file {}: {why}", path.display()));
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+                roots.add(cert).map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(bad("holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")".to_owned()));
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| AdminError::Config(format!("TLS client: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(IssuerClient { tls: tokio_rustls::TlsConnector::from(Arc::new(config)), extra_roots: added })
+    }
+
+    /// How many CA certificates `--issuer-ca-file` added.
+    pub fn extra_roots(&self) -> usize {
+        self.extra_roots
+    }
+
+    /// GETs `url` and parses the answer as JSON: status 200, at most [`MAX_DOCUMENT_BYTES`],
+    /// within [`FETCH_TIMEOUT`].
+    pub async fn fetch_json(&self, url: &str) -> Result<Value, String> {
+        let uri = check_url(url)?;
+        match tokio::time::timeout(FETCH_TIMEOUT, self.fetch(&uri)).await {
+            Ok(result) => result.map_err(|e| format!("GET {url}: {e}")),
+            Err(_) => Err(format!("GET {url}: no answer within {} s", FETCH_TIMEOUT.as_secs())),
+        }
+    }
+
+    async fn fetch(&self, uri: &Uri) -> Result<Value, String> {
+        let authority = uri.authority().ok_or("no host")?;
+        let https = uri.scheme_str() == Some("https");
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("cannot connect: {e}"))?;
+        if !https {
+            return get_json(stream, uri).await;
+        }
+        let name = ServerName::try_from(host).map_err(|_| "not a valid TLS server name".to_owned())?;
+        let tls = self.tls.connect(name, stream).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
+        get_json(tls, uri).await
+    }
+
+    /// The JWKS URL an issuer's discovery document names (whose `issuer` must be the issuer's own).
+    pub async fn discover(&self, issuer: &str) -> Result<String, String> {
+        let url = discovery_url(issuer);
+        let document = self.fetch_json(&url).await?;
+        if document.get("issuer").and_then(Value::as_str) != Some(issuer) {
+            return Err(format!("{url}: its \"issuer\" is not {issuer:?}"));
+        }
+        let jwks_uri = document.get("jwks_uri").and_then(Value::as_str).ok_or_else(|| format!("{url}: no \"jwks_uri\""))?;
+        check_url(jwks_uri)?;
+        Ok(jwks_uri.to_owned())
+    }
+
+    /// Fetches an issuer's keys as its record says where from: (keys, the JWKS URL used).
+    pub async fn fetch_keys(
+        &self,
+        source: IssuerSource,
+        issuer: &str,
+        jwks_uri: Option<&str>,
+    ) -> Result<(Vec<IssuerKey>, Option<String>), String> {
+        let uri = match (source, jwks_uri) {
+            (IssuerSource::Static, _) => return Err("a static JWKS is not fetched".to_owned()),
+            (IssuerSource::Discovery, _) => self.discover(issuer).await?,
+            (IssuerSource::JwksUri, Some(uri)) => uri.to_owned(),
+            (IssuerSource::JwksUri, None) => return Err("no jwks_uri".to_owned()),
+        };
+        let jwks = self.fetch_json(&uri).await?;
+        Ok((usable_keys(&jwks, &uri)?, Some(uri)))
+    }
+}
+
+/// Checks a URL admin may fetch: `http(s)://host[:port]/path`, no user info, bounded.
 pub fn check_url(text: &str) -> Result<Uri, String> {
     if text.len() > MAX_URL_CHARS {
         return Err(format!("a URL must be at most {MAX_URL_CHARS} characters"));
     }
     let uri: Uri = text.parse().map_err(|_| format!("{text:?} is not a valid URL"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{text}: https is not fetched by this build of keygate-admin yet; give the JWKS document itself (\"jwks\") or an http:// URL on a trusted network"
-            ))
-        }
-        _ => return Err(format!("{text:?} is not an http:// URL")),
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!("{text:?} is not an http:// or https:// URL"));
     }
     let Some(authority) = uri.authority() else { return Err(format!("{text:?} has no host")) };
     if authority.as_str().contains('@') {
@@ -80,23 +183,14 @@ pub fn check_url(text: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
-/// GETs `url` and parses the answer as JSON: status 200, at most [`MAX_DOCUMENT_BYTES`],
-/// within [`FETCH_TIMEOUT`].
-pub async fn fetch_json(url: &str) -> Result<Value, String> {
-    let uri = check_url(url)?;
-    match tokio::time::timeout(FETCH_TIMEOUT, fetch(&uri)).await {
-        Ok(result) => result.map_err(|e| format!("GET {url}: {e}")),
-        Err(_) => Err(format!("GET {url}: no answer within {} s", FETCH_TIMEOUT.as_secs())),
-    }
-}
-
-async fn fetch(uri: &Uri) -> Result<Value, String> {
-    let authority = uri.authority().ok_or("no host")?.clone();
-    let port = authority.port_u16().unwrap_or(80);
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("cannot connect: {e}"))?;
+/// One GET of `uri` over an open connection (plain or TLS), the answer parsed as JSON.
+async fn get_json<Io>(io: Io, uri: &Uri) -> Result<Value, String>
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let authority = uri.authority().ok_or("no host")?;
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("HTTP handshake failed: {e}"))?;
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| format!("HTTP handshake failed: {e}"))?;
     let driver = tokio::spawn(connection);
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let request = hyper::Request::get(path)
@@ -125,18 +219,6 @@ pub fn discovery_url(issuer: &str) -> String {
     format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'))
 }
 
-/// The JWKS URL an issuer's discovery document names (whose `issuer` must be the issuer's own).
-pub async fn discover(issuer: &str) -> Result<String, String> {
-    let url = discovery_url(issuer);
-    let document = fetch_json(&url).await?;
-    if document.get("issuer").and_then(Value::as_str) != Some(issuer) {
-        return Err(format!("{url}: its \"issuer\" is not {issuer:?}"));
-    }
-    let jwks_uri = document.get("jwks_uri").and_then(Value::as_str).ok_or_else(|| format!("{url}: no \"jwks_uri\""))?;
-    check_url(jwks_uri)?;
-    Ok(jwks_uri.to_owned())
-}
-
 /// The usable keys of a JWKS document, or why there are none.
 pub fn usable_keys(jwks: &Value, from: &str) -> Result<Vec<IssuerKey>, String> {
     let keys = keys_from_jwks(jwks);
@@ -146,24 +228,12 @@ pub fn usable_keys(jwks: &Value, from: &str) -> Result<Vec<IssuerKey>, String> {
     Ok(keys)
 }
 
-/// Fetches an issuer's keys as its record says where from: (keys, the JWKS URL used).
-pub async fn fetch_keys(source: IssuerSource, issuer: &str, jwks_uri: Option<&str>) -> Result<(Vec<IssuerKey>, Option<String>), String> {
-    let uri = match (source, jwks_uri) {
-        (IssuerSource::Static, _) => return Err("a static JWKS is not fetched".to_owned()),
-        (IssuerSource::Discovery, _) => discover(issuer).await?,
-        (IssuerSource::JwksUri, Some(uri)) => uri.to_owned(),
-        (IssuerSource::JwksUri, None) => return Err("no jwks_uri".to_owned()),
-    };
-    let jwks = fetch_json(&uri).await?;
-    Ok((usable_keys(&jwks, &uri)?, Some(uri)))
-}
-
 /// Fetches one issuer's keys and pins them if they changed. A failure keeps the pinned keys.
 pub async fn refresh_issuer(state: &AppState, record: &IssuerRecord) {
     if record.source == IssuerSource::Static {
         return;
     }
-    match fetch_keys(record.source, &record.issuer, record.jwks_uri.as_deref()).await {
+    match state.issuer_client().fetch_keys(record.source, &record.issuer, record.jwks_uri.as_deref()).await {
         Ok((keys, uri)) => {
             let id = record.id.clone();
             let written = durable_write(state.store(), move |s| s.pin_issuer_keys(&id, &keys, uri.as_deref())).await;
@@ -219,5 +289,35 @@ pub async fn refresh_loop(state: AppState) {
             }
             _ = async { stopping.wait_for(|stop| *stop).await.is_ok() } => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn urls_are_http_or_https_without_user_info() {
+        assert!(check_url("https://idp.example.com/.well-known/jwks.json").is_ok());
+        assert!(check_url("http://127.0.0.1:8080/jwks").is_ok());
+        for bad in ["ftp://idp/jwks", "idp.example.com/jwks", "https://user:pw@idp/jwks", "https:///jwks"] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+        assert!(check_url(&format!("https://idp/{}", "a".repeat(MAX_URL_CHARS))).is_err());
+    }
+
+    #[test]
+    fn an_extra_ca_file_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(IssuerClient::new(None).unwrap().extra_roots(), 0);
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let error = IssuerClient::new(Some(&empty)).unwrap_err().to_string();
+        assert!(error.contains("holds no PEM certificate"), "{error}");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        assert!(IssuerClient::new(Some(&garbage)).is_err());
+        assert!(IssuerClient::new(Some(&dir.path().join("missing.pem"))).is_err());
     }
 }

@@ -44,6 +44,7 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     feed_reads: FeedReads,
     issuer_status: crate::oidc::IssuerStatuses,
+    issuer_client: crate::oidc::IssuerClient,
 }
 
 /// Feed reads shared by the long-polls one change wakes together (see [`Coalesced`]).
@@ -135,6 +136,10 @@ impl AppState {
         if digest::digest_eq(&operator_hash, &proxy_hash) {
             return Err(AdminError::Config("the operator and proxy tokens must differ".to_owned()));
         }
+        let issuer_client = crate::oidc::IssuerClient::new(config.issuer_ca_file.as_deref())?;
+        if issuer_client.extra_roots() > 0 {
+            tracing::info!(certificates = issuer_client.extra_roots(), "trusting --issuer-ca-file's CA certificates for https issuers");
+        }
         let tokens = TokenService::load(&store, &config)?;
         let passwords = Passwords::new(config.max_concurrent_password_hashes, config.max_queued_password_hashes)?;
         store.flush_blocking()?;
@@ -156,6 +161,7 @@ impl AppState {
             shutdown,
             feed_reads: FeedReads::default(),
             issuer_status: crate::oidc::IssuerStatuses::default(),
+            issuer_client,
         };
         Ok((AppState { inner: Arc::new(inner) }, GeneratedTokens { operator, proxy }))
     }
@@ -192,6 +198,11 @@ impl AppState {
     /// The last key refresh of each trusted issuer, as this replica saw it.
     pub fn issuer_status(&self) -> &crate::oidc::IssuerStatuses {
         &self.inner.issuer_status
+    }
+
+    /// Fetches trusted issuers' discovery documents and JWKS.
+    pub fn issuer_client(&self) -> &crate::oidc::IssuerClient {
+        &self.inner.issuer_client
     }
 
     pub fn feed_reads(&self) -> &FeedReads {

@@ -59,7 +59,10 @@ async fn issuers_are_validated_scoped_and_reach_the_feed() {
         (json!({"issuer": "keygate", "audiences": ["api"], "jwks": {"keys": [jwk("k", 1)]}}), "invalid_request"),
         (json!({"issuer": "https://idp.test", "audiences": ["api"], "jwks_uri": "ftp://x/y"}), "invalid_request"),
         (json!({"issuer": "https://idp.test", "audiences": ["api"], "jwks_uri": "http://x/y", "jwks": {"keys": []}}), "invalid_request"),
-        (json!({"issuer": "https://idp.test", "audiences": ["api"]}), "invalid_request"),
+        // Discovery needs an issuer that is an http(s) URL.
+        (json!({"issuer": "urn:idp", "audiences": ["api"]}), "invalid_request"),
+        // An unknown host fails the fetch.
+        (json!({"issuer": "https://idp.test", "audiences": ["api"]}), "jwks_unavailable"),
         (
             json!({"issuer": "https://idp.test", "audiences": ["api"], "jwks": {"keys": [{"kty": "RSA", "kid": "short", "n": "AQAB", "e": "AQAB"}]}}),
             "jwks_unavailable",
@@ -177,4 +180,140 @@ async fn registering_and_removing_an_issuer_is_audited() {
     assert_eq!(actions, ["issuer.remove", "issuer.create"], "{page}");
     assert_eq!(entries[1]["details"], json!({"issuer": "https://idp.audit", "kids": ["k1"]}));
     assert_eq!(entries[0]["businesses"], json!([biz]));
+}
+
+// ----- https: a provider behind a private CA, made here with the `openssl` command -----
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("these tests make their test CA with the openssl command (cargo xtask setup installs it)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A test CA and a server certificate it signed for 127.0.0.1 only: (ca.pem, leaf.pem, leaf.key).
+fn test_ca(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(
+        dir,
+        &[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=keygate test CA", "-days", "2"]].concat(),
+    );
+    openssl(dir, &[&["req"][..], &ec, &["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(dir.join("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "leaf.pem",
+        ],
+    );
+    (dir.join("ca.pem"), dir.join("leaf.pem"), dir.join("leaf.key"))
+}
+
+/// An OIDC provider over TLS on 127.0.0.1: discovery at `/.well-known/openid-configuration`,
+/// the JWKS at `/jwks` (changeable). (issuer URL, port, the JWKS served).
+async fn https_provider(cert: &std::path::Path, key: &std::path::Path) -> (String, u16, Arc<Mutex<Value>>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let issuer = format!("https://127.0.0.1:{port}");
+    let document = Arc::new(Mutex::new(json!({"keys": [jwk("k1", 1)]})));
+    let served = Arc::clone(&document);
+    let discovery = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")}).to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            // A client that refuses the certificate ends the handshake: nothing to serve.
+            let Ok(mut tls) = acceptor.accept(stream).await else { continue };
+            let mut buf = [0u8; 4096];
+            let n = tls.read(&mut buf).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let body = if request.starts_with("GET /.well-known/openid-configuration ") {
+                discovery.clone()
+            } else {
+                served.lock().unwrap().to_string()
+            };
+            let head =
+                format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+            let _ = tls.write_all(head.as_bytes()).await;
+            let _ = tls.write_all(body.as_bytes()).await;
+            let _ = tls.shutdown().await;
+        }
+    });
+    (issuer, port, document)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_provider_is_trusted_only_with_a_certificate_that_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, leaf, leaf_key) = test_ca(dir.path());
+    let (issuer, port, document) = https_provider(&leaf, &leaf_key).await;
+    let body = |issuer: &str| json!({"issuer": issuer, "audiences": ["api"], "algorithms": ["EdDSA"]});
+
+    // Without the test CA, the Mozilla roots alone do not vouch for the provider.
+    let untrusting = Server::fresh().await;
+    let a = untrusting.business("A").await;
+    let (status, answer) = untrusting.post(&format!("/v1/businesses/{a}/issuers"), Some(OPERATOR), body(&issuer)).await;
+    assert_error(status, &answer, 400, "jwks_unavailable");
+    let message = answer["error"].as_str().unwrap_or_default();
+    assert!(message.contains("TLS handshake failed") && message.contains("certificate"), "{answer}");
+    untrusting.stop().await;
+
+    let server = Server::fresh_with(|c| {
+        c.issuer_ca_file = Some(ca.clone());
+        c.issuer_refresh_secs = 1;
+    })
+    .await;
+    let a = server.business("A").await;
+    let path = format!("/v1/businesses/{a}/issuers");
+    // The certificate names 127.0.0.1 only: the same provider reached as localhost is refused.
+    let (status, answer) = server
+        .post(&path, Some(OPERATOR), json!({"issuer": "https://idp.test", "audiences": ["api"], "algorithms": ["EdDSA"], "jwks_uri": format!("https://localhost:{port}/jwks")}))
+        .await;
+    assert_error(status, &answer, 400, "jwks_unavailable");
+    assert!(answer["error"].as_str().unwrap_or_default().contains("certificate"), "{answer}");
+    // Discovery and the JWKS over https, pinned before the 201.
+    let (status, created) = server.post(&path, Some(OPERATOR), body(&issuer)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["source"], "discovery");
+    assert_eq!(created["jwks_uri"], format!("{issuer}/jwks"));
+    assert_eq!(created["keys"], json!([{"kid": "k1", "kty": "OKP"}]));
+    // A rotation at the provider is fetched again over https and pinned.
+    *document.lock().unwrap() = json!({"keys": [jwk("k2", 2)]});
+    let started = Instant::now();
+    loop {
+        let (_, listed) = server.get(&path, Some(OPERATOR)).await;
+        if listed["issuers"][0]["keys"] == json!([{"kid": "k2", "kty": "OKP"}]) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the rotation was not pinned: {listed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop().await;
 }

@@ -1,10 +1,11 @@
 //! Tokens from a business's own identity provider, through the real Envoy: a test issuer
-//! this suite runs itself on loopback (OIDC discovery + JWKS over HTTP, keys made in the
-//! test: RSA 2048 and P-256 by `openssl`, Ed25519 from random bytes), registered with
+//! this suite runs itself on loopback (OIDC discovery + JWKS over HTTP, or over HTTPS with
+//! a certificate from a test CA that admin trusts through `--issuer-ca-file`; keys made in
+//! the test: RSA 2048 and P-256 by `openssl`, Ed25519 from random bytes), registered with
 //! admin as a trusted issuer; its tokens pass next to the business's key, forged ones and
 //! ones naming a business the issuer was not registered for are refused, and a key
-//! rotation at the provider reaches the proxy within seconds (admin refreshes every 1 s
-//! here, `--issuer-refresh-secs 1`).
+//! rotation at the provider (over HTTPS) reaches the proxy within seconds (admin refreshes
+//! every 1 s here, `--issuer-refresh-secs 1`).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -12,10 +13,11 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use keygate_core::signing::SigningKeyPair;
 use keygate_e2e::{random_bytes, Stack, StackOptions, Tenant, OPERATOR_TOKEN};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::jwt_attacks::eventually;
@@ -34,7 +36,63 @@ const CASES: &[Case] = &[
 ];
 
 fn options() -> StackOptions {
-    StackOptions { admin_args: vec!["--issuer-refresh-secs".into(), "1".into()], ..StackOptions::default() }
+    let ca = test_ca().join("ca.pem").display().to_string();
+    StackOptions { admin_args: vec!["--issuer-refresh-secs".into(), "1".into(), "--issuer-ca-file".into(), ca], ..StackOptions::default() }
+}
+
+/// A test CA and a server certificate it signed for 127.0.0.1 (made once per run, before
+/// admin starts): the directory holding `ca.pem`, `leaf.pem`, `leaf.key`.
+fn test_ca() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("keygate-e2e-oidc-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        openssl(
+            &dir,
+            &[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=keygate e2e CA", "-days", "2"]].concat(),
+        );
+        openssl(&dir, &[&["req"][..], &ec, &["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]].concat());
+        std::fs::write(dir.join("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+            .unwrap();
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "leaf.ext",
+                "-out",
+                "leaf.pem",
+            ],
+        );
+        dir
+    })
+}
+
+/// The test issuer's TLS setup: the test CA's certificate for 127.0.0.1.
+fn tls_config() -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = test_ca();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("leaf.pem")).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("leaf.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    Arc::new(config)
 }
 
 const AUD: &str = "orders-api";
@@ -124,27 +182,27 @@ struct Provider {
 }
 
 impl Provider {
+    /// Over plain HTTP.
     fn start(keys: &[&Key]) -> Provider {
+        Provider::start_with(keys, None)
+    }
+
+    /// Over HTTPS, with the test CA's certificate.
+    fn start_tls(keys: &[&Key]) -> Provider {
+        Provider::start_with(keys, Some(tls_config()))
+    }
+
+    fn start_with(keys: &[&Key], tls: Option<Arc<rustls::ServerConfig>>) -> Provider {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let issuer = format!("{scheme}://{}", listener.local_addr().unwrap());
         let jwks = Arc::new(Mutex::new(json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()})));
         let fetches = Arc::new(Mutex::new(0));
         let (served, counted, iss) = (Arc::clone(&jwks), Arc::clone(&fetches), issuer.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                // The rest of the head.
-                let mut header = String::new();
-                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
-                    header.clear();
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("");
-                let (status, body) = match path {
+                let Ok(stream) = stream else { continue };
+                let answer = |path: &str| match path {
                     "/.well-known/openid-configuration" => ("200 OK", json!({"issuer": iss, "jwks_uri": format!("{iss}/jwks")})),
                     "/jwks" => {
                         *counted.lock().unwrap() += 1;
@@ -152,12 +210,13 @@ impl Provider {
                     }
                     _ => ("404 Not Found", json!({})),
                 };
-                let body = body.to_string();
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+                match &tls {
+                    None => serve_one(stream, answer),
+                    Some(config) => {
+                        let Ok(connection) = rustls::ServerConnection::new(Arc::clone(config)) else { continue };
+                        serve_one(rustls::StreamOwned::new(connection, stream), answer);
+                    }
+                }
             }
         });
         Provider { issuer, jwks, fetches }
@@ -174,6 +233,29 @@ impl Provider {
     fn claims(&self, businesses: &[&str]) -> Value {
         json!({"iss": self.issuer, "aud": AUD, "sub": "idp|alice", CLAIM: businesses, "iat": now() - 5, "exp": now() + 600})
     }
+}
+
+/// Answers one GET on `stream` (plain or TLS) with `answer(path)`, then closes it.
+fn serve_one<S: Read + Write>(mut stream: S, answer: impl Fn(&str) -> (&'static str, Value)) {
+    let mut reader = BufReader::new(&mut stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return; // e.g. a client that refused the certificate
+    }
+    // The rest of the head.
+    let mut header = String::new();
+    while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+        header.clear();
+    }
+    drop(reader);
+    let (status, body) = answer(line.split_whitespace().nth(1).unwrap_or(""));
+    let body = body.to_string();
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.flush();
 }
 
 fn register(stack: &Stack, bearer: &str, business: &str, body: Value) -> (u16, Value) {
@@ -223,7 +305,12 @@ fn api_validation(stack: &Stack) {
     bad(json!({"issuer": provider.issuer, "audiences": [AUD], "algorithms": ["HS256"]}), "invalid_request");
     bad(json!({"issuer": provider.issuer, "audiences": []}), "invalid_request");
     bad(json!({"issuer": provider.issuer, "audiences": [AUD], "jwks_uri": "file:///etc/passwd"}), "invalid_request");
-    bad(json!({"issuer": provider.issuer, "audiences": [AUD], "jwks_uri": "https://idp.example.test/jwks"}), "invalid_request");
+    bad(json!({"issuer": provider.issuer, "audiences": [AUD], "jwks_uri": "ftp://idp.example.test/jwks"}), "invalid_request");
+    // An https provider whose certificate admin cannot check (a name the certificate does not
+    // hold: it is for 127.0.0.1) fails like an unreachable one.
+    let tls_provider = Provider::start_tls(&[&key]);
+    let as_localhost = tls_provider.issuer.replace("127.0.0.1", "localhost");
+    bad(json!({"issuer": as_localhost, "audiences": [AUD], "jwks_uri": format!("{as_localhost}/jwks")}), "jwks_unavailable");
     bad(json!({"issuer": "keygate", "audiences": [AUD], "jwks": {"keys": [key.jwk]}}), "invalid_request");
     bad(
         json!({"issuer": provider.issuer, "audiences": [AUD], "jwks": {"keys": [{"kty": "oct", "kid": "h", "k": "c2VjcmV0"}]}}),
@@ -325,10 +412,12 @@ fn tokens_through_envoy(stack: &Stack) {
 fn key_rotation(stack: &Stack) {
     let dir = tempdir(stack, "rotation");
     let (old, new) = (rsa_key(&dir, "rsa-old"), rsa_key(&dir, "rsa-new"));
-    let provider = Provider::start(&[&old]);
+    // A real provider serves its keys over https: so does this one.
+    let provider = Provider::start_tls(&[&old]);
     let a = ready_tenant(stack);
     let (status, created) = register(stack, &a.access_token, &a.business_id, discovery_body(&provider));
     assert_eq!(status, 201, "{created}");
+    assert!(created["jwks_uri"].as_str().is_some_and(|u| u.starts_with("https://127.0.0.1:")), "{created}");
     let old_token = old.sign(&provider.claims(&[&a.business_id]));
     until_status(stack, &a, &old_token, 200, "the old key's token");
     let new_token = new.sign(&provider.claims(&[&a.business_id]));
@@ -341,7 +430,7 @@ fn key_rotation(stack: &Stack) {
     provider.publish(&[&new]);
     let withdrawn = until_status(stack, &a, &old_token, 401, "the old key's token after the provider withdrew it");
     eprintln!(
-        "oidc: provider key rotation reached the proxy in {} ms (new key usable), {} ms (old key refused); admin refresh 1 s",
+        "oidc: provider key rotation (over https) reached the proxy in {} ms (new key usable), {} ms (old key refused); admin refresh 1 s",
         added.as_millis(),
         withdrawn.as_millis()
     );

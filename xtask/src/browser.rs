@@ -85,7 +85,8 @@ pub fn ensure(p: &Paths) -> Result<(), String> {
 }
 
 /// The `openssl` command, installed when missing: the e2e suite `oidc` makes its test
-/// identity provider's RSA and P-256 keys with it.
+/// identity provider's RSA and P-256 keys with it, and (like admin's `issuers` tests) a
+/// test CA for the provider's https.
 fn ensure_openssl() -> Result<(), String> {
     if runs("openssl", "version") {
         step("openssl: installed");

@@ -37,7 +37,7 @@ pub struct CreateIssuer {
     /// found through OIDC discovery (`<issuer>/.well-known/openid-configuration`).
     #[schema(min_length = 1, max_length = 2048)]
     issuer: String,
-    /// Where the provider publishes its JWKS (`http://` only in this build).
+    /// Where the provider publishes its JWKS (`https://`, or `http://` on a trusted network).
     #[serde(default)]
     jwks_uri: Option<String>,
     /// A JWKS document (`{"keys": [...]}`) to pin as is, never fetched.
@@ -204,7 +204,7 @@ pub async fn create_issuer(
     }
     let (keys, jwks_uri) = match &body.jwks {
         Some(jwks) => (oidc::usable_keys(jwks, "jwks").map_err(AdminError::JwksUnavailable)?, None),
-        None => oidc::fetch_keys(source, &issuer, jwks_uri.as_deref()).await.map_err(AdminError::JwksUnavailable)?,
+        None => state.issuer_client().fetch_keys(source, &issuer, jwks_uri.as_deref()).await.map_err(AdminError::JwksUnavailable)?,
     };
     let now = now();
     let record = IssuerRecord {
