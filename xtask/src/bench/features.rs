@@ -6,8 +6,11 @@
 //! before issue 17 (built from commit [`BEFORE`], cached in target/bench-old/; full runs
 //! only) and the current one with a plain key, and the current one with a key that has an
 //! allowlist of [`RANGES`] ranges (the client's last) and its own limits, in a business with
-//! its own per-key and shared limits, and the current one with a key that has credits (a
-//! balance no run spends). Every limit is out of reach: every answer must be 200.
+//! its own per-key and shared limits, the current one with a key that has credits (a
+//! balance no run spends), and the current one with an RS256 token from a trusted issuer
+//! (a business's own identity provider; key made and token signed with the `openssl`
+//! command) in place of keygate's own token. Every limit is out of reach: every answer
+//! must be 200.
 //!
 //! Loopback only; every child is SIGKILLed when its part ends (and dies with xtask).
 
@@ -17,6 +20,7 @@ use std::time::Duration;
 use super::limits::wasm_at;
 use super::wrk::{lua_script, median_load, wrk, Load};
 use super::{admin_call, cores, envoy_ready, login, seed, start_admin, start_envoy, step, write, Cores, Envoy, Mode, OPERATOR_TOKEN, T};
+use crate::json::base64url;
 use crate::{http, Paths};
 
 /// The last commit before issue 17's per-key checks.
@@ -48,6 +52,10 @@ pub(super) const BEFORE_LABEL: &str = "before (0369395), plain key";
 pub(super) const PLAIN: &str = "now, plain key";
 pub(super) const CHECKED: &str = "now, allowlist + own and business limits";
 pub(super) const CREDITED: &str = "now, key with credits";
+pub(super) const PROVIDER: &str = "now, a provider's RS256 token";
+/// The trusted issuer of the provider column, and its token's audience.
+const PROVIDER_ISSUER: &str = "https://idp.bench.test/";
+const PROVIDER_AUDIENCE: &str = "bench-api";
 
 impl FeaturesReport {
     pub(super) fn rps(&self, label: &str) -> f64 {
@@ -86,6 +94,7 @@ pub(super) fn run(p: &Paths, admin_bin: &Path, admin_build: &'static str, mode: 
     let s = seed(&admin)?;
     let checked = checked_key(&admin)?;
     let credited = credited_key(&admin, &s.business)?;
+    let provider = provider_token(&admin, &s.business, &s.key, &dir)?;
     let port = admin.addr.rsplit(':').next().and_then(|x| x.parse::<u16>().ok()).ok_or("admin port")?;
     let json = format!(r#"{{"admin_cluster":"keygate_admin","poll_interval_ms":100,"rate_limits":{{"sk":["{HIGH}"]}}}}"#);
     let plain = vec![("authorization", format!("Bearer {}", s.token)), ("SECRET_KEY", s.key.clone()), ("businessId", s.business.clone())];
@@ -96,7 +105,8 @@ pub(super) fn run(p: &Paths, admin_bin: &Path, admin_build: &'static str, mode: 
     let wasm = p.wasm.to_string_lossy().into_owned();
     specs.push((PLAIN, wasm.clone(), plain));
     specs.push((CHECKED, wasm.clone(), checked));
-    specs.push((CREDITED, wasm, credited));
+    specs.push((CREDITED, wasm.clone(), credited));
+    specs.push((PROVIDER, wasm, provider));
     let mut lanes = Vec::new();
     for (i, (label, wasm, headers)) in specs.into_iter().enumerate() {
         let envoy = start_envoy(
@@ -201,4 +211,47 @@ fn credited_key(admin: &super::Admin, business: &str) -> Result<Headers, String>
     let key = key.str("key").ok_or("no raw key")?.to_owned();
     let token = login(&admin.addr, &key, "bench-credits")?;
     Ok(vec![("authorization", format!("Bearer {token}")), ("SECRET_KEY", key), ("businessId", business.to_owned())])
+}
+
+/// The seeded business trusts an identity provider (a static JWKS: an RSA 2048 key made
+/// with `openssl`); its RS256 token (signed with `openssl dgst`, valid for a day) goes with
+/// the business's key.
+fn provider_token(admin: &super::Admin, business: &str, key: &str, dir: &Path) -> Result<Headers, String> {
+    let openssl = |args: &[&str]| -> Result<Vec<u8>, String> {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .map_err(|e| format!("openssl (cargo xtask setup installs it): {e}"))?;
+        if !out.status.success() {
+            return Err(format!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(out.stdout)
+    };
+    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "idp.pem"])?;
+    let modulus = String::from_utf8_lossy(&openssl(&["rsa", "-in", "idp.pem", "-noout", "-modulus"])?).into_owned();
+    let hex = modulus.trim().trim_start_matches("Modulus=");
+    let n = (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or("openssl printed an unreadable modulus")?;
+    let kid = "bench-rsa";
+    let jwk = format!(r#"{{"kty":"RSA","kid":"{kid}","alg":"RS256","use":"sig","n":"{}","e":"AQAB"}}"#, base64url(&n));
+    let body = format!(
+        r#"{{"issuer":"{PROVIDER_ISSUER}","audiences":["{PROVIDER_AUDIENCE}"],"algorithms":["RS256"],"businesses_claim":"orgs","jwks":{{"keys":[{jwk}]}}}}"#
+    );
+    admin_call(admin, "POST", &format!("/v1/businesses/{business}/issuers"), Some(OPERATOR_TOKEN), Some(&body), 201)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
+    let header = format!(r#"{{"alg":"RS256","typ":"JWT","kid":"{kid}"}}"#);
+    let claims = format!(
+        r#"{{"iss":"{PROVIDER_ISSUER}","aud":"{PROVIDER_AUDIENCE}","sub":"bench","orgs":["{business}"],"iat":{},"exp":{}}}"#,
+        now - 5,
+        now + 86_400
+    );
+    let input = format!("{}.{}", base64url(header.as_bytes()), base64url(claims.as_bytes()));
+    write(&dir.join("idp-input"), &input)?;
+    let signature = openssl(&["dgst", "-sha256", "-sign", "idp.pem", "-binary", "idp-input"])?;
+    let token = format!("{input}.{}", base64url(&signature));
+    Ok(vec![("authorization", format!("Bearer {token}")), ("SECRET_KEY", key.to_owned()), ("businessId", business.to_owned())])
 }

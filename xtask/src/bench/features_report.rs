@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::features::{FeaturesReport, BEFORE, BEFORE_LABEL, CHECKED, CREDITED, PLAIN, RANGES};
+use super::features::{FeaturesReport, BEFORE, BEFORE_LABEL, CHECKED, CREDITED, PLAIN, PROVIDER, RANGES};
 use super::replicas_report::update_docs_part;
 use super::{num, obj, sh};
 use crate::json::Json;
@@ -33,7 +33,7 @@ impl FeaturesReport {
                 "A quick run (`--quick`): it checks that every column answers 200; its figures are not comparable with a full run's.\n"
             );
         }
-        let _ = writeln!(md, "Envoys as configuration 5 above ({}; three valid credentials on `/orders`, direct response), one per column, measured in {} round{} of {} s each, in turn; each figure the median round. Every column's plugin config raises the sk limit out of reach (`\"sk\": [\"100000000/h\"]`). The filter before is built from commit {BEFORE} (the last before issue 17; cached in `target/bench-old/`). The checked key has an allowlist of {RANGES} ranges, the client's (127.0.0.0/8) last, so each request reads the client address and compares it with every range, and its own limit; its business has its own per-key and shared limits (out of reach too), so each request is also counted against the business's shared limit, one counter more than the plain key's.\n", self.pin, self.rounds, if self.rounds == 1 { "" } else { "s" }, self.secs);
+        let _ = writeln!(md, "Envoys as configuration 5 above ({}; three valid credentials on `/orders`, direct response), one per column, measured in {} round{} of {} s each, in turn; each figure the median round. Every column's plugin config raises the sk limit out of reach (`\"sk\": [\"100000000/h\"]`). The filter before is built from commit {BEFORE} (the last before issue 17; cached in `target/bench-old/`). The checked key has an allowlist of {RANGES} ranges, the client's (127.0.0.0/8) last, so each request reads the client address and compares it with every range, and its own limit; its business has its own per-key and shared limits (out of reach too), so each request is also counted against the business's shared limit, one counter more than the plain key's. The provider column sends, in place of keygate's own EdDSA token, an RS256 token of an identity provider the business trusts (`POST /v1/businesses/{{id}}/issuers` with a static JWKS); like keygate's own, a verified token is cached per worker VM, so the rounds measure the cached path: the RS256 signature check itself is paid once per token and VM.\n", self.pin, self.rounds, if self.rounds == 1 { "" } else { "s" }, self.secs);
         let _ = writeln!(md, "| column | req/s | p50 ms | p99 ms | ÷ before | ÷ plain key now | rounds (req/s) |");
         let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | --- |");
         let (before, plain) = (self.rps(BEFORE_LABEL), self.rps(PLAIN));
@@ -62,7 +62,7 @@ impl FeaturesReport {
                 "-".to_owned()
             }
         };
-        let _ = writeln!(md, "\nPer request, against the plain key (1/req/s of one pinned worker): the checked key {} µs, the key with credits {} µs. The key with credits spends one credit a request: one shared-data read and compare-and-swap more, and its spending is posted to admin every `sync_interval_ms`.", extra(CHECKED), extra(CREDITED));
+        let _ = writeln!(md, "\nPer request, against the plain key (1/req/s of one pinned worker): the checked key {} µs, the key with credits {} µs, the provider's token {} µs. The key with credits spends one credit a request: one shared-data read and compare-and-swap more, and its spending is posted to admin every `sync_interval_ms`.", extra(CHECKED), extra(CREDITED), extra(PROVIDER));
         md
     }
 
@@ -94,6 +94,7 @@ impl FeaturesReport {
             ("plain_vs_before", num(self.rps(PLAIN) / self.rps(BEFORE_LABEL))),
             ("checked_vs_plain", num(self.rps(CHECKED) / self.rps(PLAIN))),
             ("credits_vs_plain", num(self.rps(CREDITED) / self.rps(PLAIN))),
+            ("provider_token_vs_plain", num(self.rps(PROVIDER) / self.rps(PLAIN))),
         ])
     }
 }

@@ -59,38 +59,9 @@ pub(super) fn seal_key(p: &Paths) -> Result<String, String> {
     }
     let mut bytes = [0u8; 32];
     File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(|e| format!("/dev/urandom: {e}"))?;
-    let key = format!("kgseal_{}", base64url(&bytes));
+    let key = format!("kgseal_{}", crate::json::base64url(&bytes));
     fs::create_dir_all(&p.state).map_err(|e| format!("create {}: {e}", p.state.display()))?;
     write_private(&file, &format!("# The admin replicas' seal key, made by `cargo xtask up --store postgres`.\n{VAR}={key}\n"))?;
     step(&format!("generated a seal key into {}", rel(p, &file)));
     Ok(key)
-}
-
-/// Unpadded base64url (RFC 4648 §5).
-fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::base64url;
-
-    #[test]
-    fn base64url_matches_rfc_4648() {
-        assert_eq!(base64url(b""), "");
-        assert_eq!(base64url(b"f"), "Zg");
-        assert_eq!(base64url(b"fo"), "Zm8");
-        assert_eq!(base64url(b"foo"), "Zm9v");
-        assert_eq!(base64url(b"foob"), "Zm9vYg");
-        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
-        assert_eq!(base64url(&[0u8; 32]).len(), 43);
-    }
 }
