@@ -97,6 +97,11 @@ pub struct ServeArgs {
     /// roots built in: a private CA's, or a test issuer's.
     #[arg(long, env = "KEYGATE_ISSUER_CA_FILE", value_name = "PEM")]
     issuer_ca_file: Option<PathBuf>,
+    /// Fetch trusted issuers' discovery documents and JWKS from public addresses only:
+    /// refuse loopback and private ones (RFC 1918, unique local, 100.64.0.0/10). Link-local
+    /// addresses (cloud metadata services) are refused with or without it.
+    #[arg(long, env = "KEYGATE_ISSUER_PUBLIC_ONLY")]
+    issuer_public_only: bool,
     /// Throttle sign-ins and API-key logins by the last X-Forwarded-For address instead of
     /// the socket peer. Only behind a reverse proxy that sets that header; otherwise clients
     /// could forge it.
@@ -129,6 +134,7 @@ impl ServeArgs {
         config.audit_max_age_days = self.audit_max_age_days;
         config.issuer_refresh_secs = self.issuer_refresh_secs;
         config.issuer_ca_file = self.issuer_ca_file;
+        config.issuer_public_only = self.issuer_public_only;
         config.trust_forwarded_for = self.trust_x_forwarded_for;
         config.seal_keys = self.seal_keys.read().context("cannot read the seal keys")?;
         Ok(config)

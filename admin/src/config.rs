@@ -157,6 +157,9 @@ pub struct Config {
     /// A PEM file of CA certificates trusted for `https://` issuers besides the Mozilla
     /// roots compiled in (a private CA).
     pub issuer_ca_file: Option<std::path::PathBuf>,
+    /// Fetch trusted issuers' documents from public addresses only: no loopback or private
+    /// ones (link-local ones are never fetched).
+    pub issuer_public_only: bool,
     /// Take the sign-in throttle's client address from the last `X-Forwarded-For` entry
     /// (only behind a proxy that sets it); otherwise the socket peer.
     pub trust_forwarded_for: bool,
@@ -241,6 +244,7 @@ impl Config {
             sweep_interval_secs: 60,
             issuer_refresh_secs: crate::oidc::DEFAULT_REFRESH_SECS,
             issuer_ca_file: None,
+            issuer_public_only: false,
             trust_forwarded_for: false,
             throttle: ThrottleConfig::default(),
             login_limit: LoginLimitConfig::default(),

@@ -9,6 +9,7 @@
 //! keys and is logged (the URL and the reason; a provider's answer body is never logged).
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -72,18 +73,24 @@ pub struct IssuerClient {
     tls: tokio_rustls::TlsConnector,
     /// How many roots the operator added (for the startup log).
     extra_roots: usize,
+    /// Refuse loopback and private addresses too (`--issuer-public-only`).
+    public_only: bool,
 }
 
 impl std::fmt::Debug for IssuerClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuerClient").field("extra_roots", &self.extra_roots).finish_non_exhaustive()
+        f.debug_struct("IssuerClient")
+            .field("extra_roots", &self.extra_roots)
+            .field("public_only", &self.public_only)
+            .finish_non_exhaustive()
     }
 }
 
 impl IssuerClient {
     /// The client, trusting the Mozilla roots and every certificate of the PEM file at
-    /// `extra_roots` (a private CA, or a test issuer's).
-    pub fn new(extra_roots: Option<&Path>) -> Result<IssuerClient, AdminError> {
+    /// `extra_roots` (a private CA, or a test issuer's); `public_only` refuses loopback and
+    /// private addresses besides the ones always refused (see [`refused_address`]).
+    pub fn new(extra_roots: Option<&Path>, public_only: bool) -> Result<IssuerClient, AdminError> {
         let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         let mut added = 0;
         if let Some(path) = extra_roots {
@@ -105,7 +112,7 @@ impl IssuerClient {
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(IssuerClient { tls: tokio_rustls::TlsConnector::from(Arc::new(config)), extra_roots: added })
+        Ok(IssuerClient { tls: tokio_rustls::TlsConnector::from(Arc::new(config)), extra_roots: added, public_only })
     }
 
     /// How many CA certificates `--issuer-ca-file` added.
@@ -128,13 +135,32 @@ impl IssuerClient {
         let https = uri.scheme_str() == Some("https");
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
-        let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("cannot connect: {e}"))?;
+        let stream = self.connect(&host, port).await?;
         if !https {
             return get_json(stream, uri).await;
         }
         let name = ServerName::try_from(host).map_err(|_| "not a valid TLS server name".to_owned())?;
         let tls = self.tls.connect(name, stream).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
         get_json(tls, uri).await
+    }
+
+    /// Resolves `host` once and connects to the first address it may reach (the address
+    /// checked is the one connected to: a second lookup could answer otherwise).
+    async fn connect(&self, host: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
+        let addresses: Vec<SocketAddr> =
+            tokio::net::lookup_host((host, port)).await.map_err(|e| format!("cannot resolve {host:?}: {e}"))?.collect();
+        let mut last = None;
+        for address in &addresses {
+            if let Some(why) = refused_address(address.ip(), self.public_only) {
+                last = Some(format!("{host} is {why} ({}): admin does not fetch from there", address.ip()));
+                continue;
+            }
+            match tokio::net::TcpStream::connect(address).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = Some(format!("cannot connect: {e}")),
+            }
+        }
+        Err(last.unwrap_or_else(|| format!("{host:?} resolves to no address")))
     }
 
     /// The JWKS URL an issuer's discovery document names (whose `issuer` must be the issuer's own).
@@ -164,6 +190,47 @@ impl IssuerClient {
         };
         let jwks = self.fetch_json(&uri).await?;
         Ok((usable_keys(&jwks, &uri)?, Some(uri)))
+    }
+}
+
+/// Why admin will not fetch from `ip`, if it will not. Always refused: link-local addresses
+/// (a cloud's instance metadata service lives at 169.254.169.254), unspecified, multicast
+/// and broadcast. With `public_only`, also loopback, private (RFC 1918, unique local),
+/// shared (100.64.0.0/10) and IPv4 addresses mapped into IPv6 that are any of these.
+pub fn refused_address(ip: IpAddr, public_only: bool) -> Option<&'static str> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            if v4.is_link_local() {
+                Some("a link-local address")
+            } else if v4.is_unspecified() || a == 0 || v4.is_multicast() || v4.is_broadcast() {
+                Some("not a unicast address")
+            } else if public_only && v4.is_loopback() {
+                Some("a loopback address")
+            } else if public_only && (v4.is_private() || (a == 100 && (64..128).contains(&b))) {
+                Some("a private address")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            if first & 0xffc0 == 0xfe80 {
+                Some("a link-local address")
+            } else if v6.is_unspecified() || v6.is_multicast() {
+                Some("not a unicast address")
+            } else if public_only && v6.is_loopback() {
+                Some("a loopback address")
+            } else if public_only && first & 0xfe00 == 0xfc00 {
+                Some("a private address")
+            } else {
+                None
+            }
+        }
     }
 }
 
@@ -310,14 +377,29 @@ mod tests {
     #[test]
     fn an_extra_ca_file_must_hold_certificates() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(IssuerClient::new(None).unwrap().extra_roots(), 0);
+        assert_eq!(IssuerClient::new(None, false).unwrap().extra_roots(), 0);
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
-        let error = IssuerClient::new(Some(&empty)).unwrap_err().to_string();
+        let error = IssuerClient::new(Some(&empty), false).unwrap_err().to_string();
         assert!(error.contains("holds no PEM certificate"), "{error}");
         let garbage = dir.path().join("garbage.pem");
         std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
-        assert!(IssuerClient::new(Some(&garbage)).is_err());
-        assert!(IssuerClient::new(Some(&dir.path().join("missing.pem"))).is_err());
+        assert!(IssuerClient::new(Some(&garbage), false).is_err());
+        assert!(IssuerClient::new(Some(&dir.path().join("missing.pem")), false).is_err());
+    }
+
+    #[test]
+    fn metadata_and_link_local_addresses_are_always_refused_private_ones_on_request() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for always in ["169.254.169.254", "fe80::1", "0.0.0.0", "::", "224.0.0.1", "255.255.255.255", "::ffff:169.254.169.254", "ff02::1"] {
+            assert!(refused_address(ip(always), false).is_some(), "{always}");
+        }
+        for private in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "::1", "fd00::1", "::ffff:10.0.0.1"] {
+            assert_eq!(refused_address(ip(private), false), None, "{private}");
+            assert!(refused_address(ip(private), true).is_some(), "{private}");
+        }
+        for public in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "172.32.0.1", "100.128.0.1"] {
+            assert_eq!(refused_address(ip(public), true), None, "{public}");
+        }
     }
 }

@@ -136,7 +136,7 @@ impl AppState {
         if digest::digest_eq(&operator_hash, &proxy_hash) {
             return Err(AdminError::Config("the operator and proxy tokens must differ".to_owned()));
         }
-        let issuer_client = crate::oidc::IssuerClient::new(config.issuer_ca_file.as_deref())?;
+        let issuer_client = crate::oidc::IssuerClient::new(config.issuer_ca_file.as_deref(), config.issuer_public_only)?;
         if issuer_client.extra_roots() > 0 {
             tracing::info!(certificates = issuer_client.extra_roots(), "trusting --issuer-ca-file's CA certificates for https issuers");
         }

@@ -317,3 +317,28 @@ async fn an_https_provider_is_trusted_only_with_a_certificate_that_checks() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_addresses_are_never_fetched_and_loopback_not_with_public_only() {
+    let (url, _document) = jwks_server().await;
+    let body = |uri: &str| json!({"issuer": "https://idp.test", "audiences": ["api"], "algorithms": ["EdDSA"], "jwks_uri": uri});
+    let server = Server::fresh_with(|c| c.issuer_public_only = true).await;
+    let a = server.business("A").await;
+    let path = format!("/v1/businesses/{a}/issuers");
+    let (status, answer) = server.post(&path, Some(OPERATOR), body(&url)).await;
+    assert_error(status, &answer, 400, "jwks_unavailable");
+    assert!(answer["error"].as_str().unwrap_or_default().contains("a loopback address"), "{answer}");
+    server.stop().await;
+    // By default loopback is fetched (a provider beside admin), a cloud's metadata service never.
+    let server = Server::fresh().await;
+    let a = server.business("A").await;
+    let path = format!("/v1/businesses/{a}/issuers");
+    let (status, created) = server.post(&path, Some(OPERATOR), body(&url)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    for uri in ["http://169.254.169.254/latest/meta-data/jwks", "http://[fe80::1]/jwks", "http://0.0.0.0/jwks"] {
+        let (status, answer) = server.post(&path, Some(OPERATOR), json!({"issuer": uri, "audiences": ["api"], "jwks_uri": uri})).await;
+        assert_error(status, &answer, 400, "jwks_unavailable");
+        assert!(answer["error"].as_str().unwrap_or_default().contains("admin does not fetch from there"), "{answer}");
+    }
+    server.stop().await;
+}
