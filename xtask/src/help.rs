@@ -36,7 +36,7 @@ commands:
           (3 rounds), crash-test-postgres (3 rounds, 32 clients), api-fuzz (25 examples),
           bench-quick. Prints each phase's wall time; exits non-zero
           if any phase fails. `.ci/run` runs this.
-  bench [--quick] [--only replicas|limits]
+  bench [--quick] [--only replicas|limits|features]
           keygate vs Envoy's native auth filters side by side (installs wrk, pins Envoy and
           wrk with taskset); writes docs/benchmarks.md and docs/benchmarks.json. Then the
           replica part (a throwaway PostgreSQL, as admin-postgres): durable key creates at 64
@@ -48,9 +48,12 @@ commands:
           into target/bench-old/; skipped when the clone lacks it) vs the current one with
           fleet counting (sync_interval_ms 200) and without (0), side by side; and three
           Envoys driven at once past a key's limit: admitted past it vs the README's bound,
-          for sync_interval_ms 200, 50 and 0.
-          --only replicas, --only limits: that part alone, rewriting only its section and
-          JSON member.
+          for sync_interval_ms 200, 50 and 0. Then the per-key checks part: req/s of the
+          filter before issue 17 (commit 0369395, built into target/bench-old/) vs the
+          current one with a plain key, a key with an allowlist and its own and its business's
+          limits, a key with credits, and a trusted identity provider's RS256 token.
+          --only replicas, --only limits, --only features: that part alone, rewriting only
+          its section and JSON member.
           --quick only checks every configuration's answers (test's last phase; the replica
           part shrunk to 1 s of creates, 3 revocations, 20 simulated proxies; the rate-limit
           part to one 1 s round and a limit of 2000 at sync 200 and 0); figures in
