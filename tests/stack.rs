@@ -1,6 +1,6 @@
 //! Starting the stack (echo, admin, Envoy; optionally a second admin, or a second replica of
-//! admin over the same PostgreSQL database), restarting admin, and cleaning up when the stack
-//! drops. Admin stores in sled, or, when `KEYGATE_TEST_POSTGRES` is set, in a new database
+//! admin over the same PostgreSQL database), restarting admin or an Envoy, and cleaning up
+//! when the stack drops. Admin stores in sled, or, when `KEYGATE_TEST_POSTGRES` is set, in a new database
 //! of that server (one per stack); a stack may also run a PostgreSQL cluster of its own.
 
 use reqwest::blocking::Client;
@@ -77,6 +77,8 @@ pub struct Stack {
     /// Envoy, admin, echo: killed (in that order) when the stack drops.
     children: std::sync::Mutex<Vec<ChildGuard>>,
     admin_bin: PathBuf,
+    envoy_bin: PathBuf,
+    log_level: Option<&'static str>,
     admin_addr: String,
     admin_args: AdminArgs,
     store: Store,
@@ -192,6 +194,8 @@ impl Stack {
                     .collect(),
             ),
             admin_bin,
+            envoy_bin,
+            log_level: options.log_level,
             admin_addr: admin_addr.clone(),
             admin_args,
             store,
@@ -255,6 +259,22 @@ impl Stack {
             spawn_listening("admin", admin_command(&self.admin_bin, &self.store, &self.admin_addr, &self.admin_args), &self.dir);
         assert_eq!(addr, self.admin_addr);
         self.children.lock().unwrap().push(guard);
+    }
+
+    /// SIGKILLs Envoy `name` (`envoy`, `envoy_1`, …) if it runs, and starts it again from
+    /// the same config, on the same ports: a new Envoy to the fleet (empty shared data, a new
+    /// proxy id). Returns once every Envoy holds a snapshot. The earlier log is kept as
+    /// `<name>.log.1`.
+    pub fn restart_envoy(&self, name: &str) {
+        assert!(name.starts_with("envoy") && self.dir.join(format!("{name}.yaml")).exists(), "no Envoy {name} in this stack");
+        self.kill(name);
+        let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        let _ = std::fs::rename(self.dir.join(format!("{name}.log")), self.dir.join(format!("{name}.log.1")));
+        let yaml = std::fs::read_to_string(self.dir.join(format!("{name}.yaml"))).unwrap();
+        let child = spawn_envoy(&self.envoy_bin, &self.dir, name, &yaml, self.log_level);
+        // Envoys first: killed before admin when the stack drops.
+        self.children.lock().unwrap().insert(0, ChildGuard::new(name, child));
+        self.wait_ready();
     }
 
     /// A name no other test in this run has used.

@@ -2,7 +2,11 @@
 //! Envoys gets at least N and at most N + the README's bound through (then 429
 //! `quota_exhausted`), `add` lets more through, a rule of cost 5 spends 5, a newly set
 //! balance forgets what was spent, and spending reported to admin survives an admin
-//! restart.
+//! restart. An Envoy restarted in the middle of spending learns the others' spending from
+//! admin instead of granting a fresh balance, and the key gets at most what that Envoy
+//! spent in its last sync interval more (`credits_envoy_restart`); with admin unreachable
+//! past `fleet_timeout_ms` each Envoy spends at most its share ceil(left / P) of what was
+//! left, and the exchange resumes when admin comes back (`credits_admin_down`).
 //!
 //! The bound (README, "Credits"): over-spend ≤ ceil(r_others × (2·S + RTT)) + what each
 //! Envoy new to the key may spend before its first exchange, ceil(r_self × (TICK + RTT))
@@ -24,6 +28,8 @@ const TICK_MS: u64 = 100;
 const CREDITS: u64 = 100;
 /// Round-robin pace of the fleet case (requests/s, all Envoys).
 const RATE: f64 = 60.0;
+/// `fleet_timeout_ms` of the `credits_admin_down` suite.
+const FLEET_TIMEOUT_MS: u64 = 1000;
 
 pub fn suites() -> Vec<Suite> {
     vec![
@@ -47,7 +53,27 @@ pub fn suites() -> Vec<Suite> {
             },
             cases: &[("spending_reported_to_admin_survives_its_restart", admin_restart)],
         },
+        // Restarts an Envoy: a stack of its own.
+        Suite {
+            name: "credits_envoy_restart",
+            options: || fleet_options(""),
+            cases: &[("a_restarted_envoy_learns_the_others_spending_and_respends_at_most_its_last_interval", envoy_restart)],
+        },
+        // Kills admin: a stack of its own.
+        Suite {
+            name: "credits_admin_down",
+            options: || fleet_options(&format!(", \"fleet_timeout_ms\": {FLEET_TIMEOUT_MS}")),
+            cases: &[("admin_unreachable_each_envoy_spends_at_most_its_share_then_the_exchange_recovers", admin_down)],
+        },
     ]
+}
+
+/// Three Envoys, rate limits out of the way but counted (so the fleet exchange counts the
+/// proxies, P), `extra` appended to `rate_limits`.
+fn fleet_options(extra: &str) -> StackOptions {
+    let limits =
+        format!("\n  \"rate_limits\": {{\"sk\": [\"100000/h\"], \"pk\": [\"100000/h\"], \"sync_interval_ms\": {SYNC_MS}{extra}}},");
+    StackOptions { plugin_json: Some(plugin_json(&limits, "")), extra_envoys: ENVOYS - 1, ..StackOptions::default() }
 }
 
 const CASES: &[Case] = &[
@@ -64,6 +90,11 @@ struct Sent {
 
 /// `n` requests paced at `rate` a second, the i-th through Envoy `i % envoys`.
 fn drive(stack: &Stack, n: usize, rate: f64, envoys: usize, path: &str, key: &str) -> Vec<Sent> {
+    drive_via(stack, n, rate, &|i| i % envoys, path, key)
+}
+
+/// `n` requests paced at `rate` a second, the i-th through Envoy `via(i)`.
+fn drive_via(stack: &Stack, n: usize, rate: f64, via: &dyn Fn(usize) -> usize, path: &str, key: &str) -> Vec<Sent> {
     let urls = stack.envoy_urls();
     let gap = Duration::from_secs_f64(1.0 / rate);
     let mut next = Instant::now();
@@ -75,7 +106,7 @@ fn drive(stack: &Stack, n: usize, rate: f64, envoys: usize, path: &str, key: &st
         }
         let sent = Instant::now();
         next = sent + gap;
-        let envoy = i % envoys;
+        let envoy = via(i);
         let reply = stack.through_envoy_at(&urls[envoy], "GET", path, &[("SECRET_KEY", key.as_bytes())]);
         assert!(
             reply.status == 200 || (reply.status == 429 && reply.body["code"] == "quota_exhausted"),
@@ -101,10 +132,18 @@ fn peak_rate(sent: &[Sent]) -> f64 {
 /// requests/s of cost 1: the others' spending not yet heard, plus each Envoy's first tick.
 fn bound(rate: f64, envoys: usize) -> u64 {
     let r_others = rate * (envoys as f64 - 1.0) / envoys as f64;
-    let r_self = rate / envoys as f64;
     let unheard = (r_others * (2 * SYNC_MS + RTT_ALLOWANCE_MS) as f64 / 1000.0).ceil() as u64;
-    let first = ((r_self * (TICK_MS + RTT_ALLOWANCE_MS) as f64 / 1000.0).ceil() as u64).max(1);
-    unheard + envoys as u64 * first
+    unheard + envoys as u64 * first_tick(rate / envoys as f64)
+}
+
+/// What an Envoy new to a key may spend before its first exchange, at `r_self` requests/s
+/// through it: one tick plus a round trip, at least one request.
+fn first_tick(r_self: f64) -> u64 {
+    ((r_self * (TICK_MS + RTT_ALLOWANCE_MS) as f64 / 1000.0).ceil() as u64).max(1)
+}
+
+fn per_envoy(sent: &[Sent]) -> Vec<u64> {
+    (0..ENVOYS).map(|e| sent.iter().filter(|s| s.envoy == e && s.reply.status == 200).count() as u64).collect()
 }
 
 /// A new live sk key with `credits` (JSON) in the tenant's business; its raw key and id.
@@ -148,7 +187,7 @@ fn fleet_credits(stack: &Stack) {
     let sent = drive(stack, n, RATE, ENVOYS, "/key/items", &key);
     let (ok, rate) = (accepted(&sent), peak_rate(&sent));
     let bound = bound(rate, ENVOYS);
-    let per_envoy: Vec<u64> = (0..ENVOYS).map(|e| sent.iter().filter(|s| s.envoy == e && s.reply.status == 200).count() as u64).collect();
+    let per_envoy = per_envoy(&sent);
     eprintln!("credits {CREDITS} over {ENVOYS} Envoys: {ok} of {n} passed (bound {bound} at a peak of {rate} requests/s; per Envoy {per_envoy:?})");
     assert!(
         ok >= CREDITS && ok <= CREDITS + bound,
@@ -256,4 +295,142 @@ fn admin_restart(stack: &Stack) {
     assert_eq!(passed, 6, "after admin's restart 6 more should pass");
     let view = wait_spent(stack, &id, 10);
     assert_eq!(view["remaining"].as_u64(), Some(0), "{view}");
+}
+
+/// An Envoy restart (README, "What can be lost, and restarts"). A key with CREDITS credits
+/// is spent round-robin through the three Envoys, 80 requests (all pass), the last through
+/// Envoy 1, which is then killed and started again from the same config on the same ports:
+/// a new proxy with empty shared data. Admin then holds all of the spending but what Envoy 1
+/// spent since its last answered report, at most one `sync_interval_ms` (plus a round trip)
+/// of its traffic. Driven alone, the restarted Envoy learns the others' spending (its
+/// earlier self's included) at its first exchange and lets through what is left as admin
+/// knows it (the lost part spent again), not a fresh CREDITS; then every Envoy refuses. In
+/// all at least CREDITS, at most CREDITS + the lost part + one first tick.
+fn envoy_restart(stack: &Stack) {
+    const BEFORE: usize = 80;
+    const RESTARTED: usize = 1;
+    const ALONE: usize = 50;
+    const ALONE_RATE: f64 = 20.0;
+    let t = stack.tenant();
+    let (key, id) = key_with(stack, &t.business_id, json!({"remaining": CREDITS}));
+    let before = drive(stack, BEFORE, RATE, ENVOYS, "/key/items", &key);
+    assert_eq!(before.last().unwrap().envoy, RESTARTED);
+    assert_eq!(accepted(&before), BEFORE as u64, "under the balance every request passes");
+    let killed_at = Instant::now();
+    stack.kill("envoy_1");
+    // What Envoy 1 let through in its last interval and round trip: all it may not have reported.
+    let window = Duration::from_millis(SYNC_MS + RTT_ALLOWANCE_MS);
+    let last_interval =
+        before.iter().filter(|s| s.envoy == RESTARTED && s.reply.status == 200 && killed_at.duration_since(s.sent) <= window).count()
+            as u64;
+    // The two others report theirs within an interval; then admin's view is settled.
+    std::thread::sleep(Duration::from_millis(5 * SYNC_MS));
+    let heard = credits_of(stack, &id)["spent"].as_u64().unwrap();
+    assert!(heard <= BEFORE as u64, "admin heard {heard} spent of the {BEFORE} let through");
+    let lost = BEFORE as u64 - heard;
+    stack.restart_envoy("envoy_1");
+    let down_for = killed_at.elapsed();
+
+    let alone = drive_via(stack, ALONE, ALONE_RATE, &|_| RESTARTED, "/key/items", &key);
+    let alone_ok = accepted(&alone);
+    let left = CREDITS - BEFORE as u64;
+    let first = first_tick(ALONE_RATE);
+    // Spent by then: the others have long heard the restarted Envoy.
+    let after = drive(stack, 30, RATE, ENVOYS, "/key/items", &key);
+    let total = BEFORE as u64 + alone_ok + accepted(&after);
+    let bound = bound(peak_rate(&before).max(peak_rate(&after)), ENVOYS);
+    eprintln!(
+        "Envoy restart: {BEFORE} of {CREDITS} credits spent round-robin ({:?} per Envoy); admin heard {heard} when Envoy {RESTARTED} was killed ({lost} lost, {last_interval} let through in its last {} ms); restarted and ready in {:.1} s; alone it then let {alone_ok} of {ALONE} through (left {left}, as admin knew it {}, first tick {first}); then {:?} per Envoy round-robin; {total} in all",
+        per_envoy(&before),
+        window.as_millis(),
+        down_for.as_secs_f64(),
+        CREDITS - heard,
+        per_envoy(&after)
+    );
+    assert!(
+        lost <= last_interval,
+        "an Envoy restart lost {lost} credits of spending, more than the {last_interval} it let through in its last sync interval and round trip"
+    );
+    assert!(alone_ok >= left, "the restarted Envoy let only {alone_ok} through, fewer than the {left} left: spent short");
+    assert!(
+        alone_ok <= CREDITS - heard + first,
+        "the restarted Envoy let {alone_ok} through, more than the {} admin knew were left (+ {first} for its first tick): it did not learn the others' spending (a fresh balance would let {ALONE} through)",
+        CREDITS - heard
+    );
+    assert!(alone.iter().rev().take(10).all(|s| s.reply.status == 429), "the restarted Envoy still lets the spent key through");
+    assert_eq!(accepted(&after), 0, "the spent key passed after the restarted Envoy spent the rest ({:?} per Envoy)", per_envoy(&after));
+    assert!(
+        total >= CREDITS && total <= CREDITS + last_interval + first + bound,
+        "{total} passed in all with {CREDITS} credits and an Envoy restart, expected {CREDITS}..={} (lost at most {last_interval}, first tick {first}, bound {bound})",
+        CREDITS + last_interval + first + bound
+    );
+    // Admin counts the restarted Envoy as a new proxy, beside its earlier self.
+    let view = wait_spent(stack, &id, heard + alone_ok);
+    eprintln!("Envoy restart: admin's view afterwards {view}");
+    assert_eq!(view["remaining"].as_u64(), Some(0), "{view}");
+}
+
+/// Admin unreachable (README, "When admin cannot be reached"). A key with 61 credits, 10
+/// spent through each Envoy and exchanged (each knows all 30: left 31); admin is killed, and
+/// past `fleet_timeout_ms` each Envoy spends at most its share ceil(31 / 3) = 11 (P = 3, the
+/// proxies admin counted for the rate limits), so the fleet at most 33 of the 31 left, where
+/// counting on the stale view alone would let 31 through each. Then admin comes back: the
+/// exchange resumes (each Envoy logs it), admin's view shows every credit spent, and once
+/// every Envoy has heard the others' spending of the outage the key is refused everywhere.
+fn admin_down(stack: &Stack) {
+    const DOWN_CREDITS: u64 = 61;
+    const DOWN_RATE: f64 = 30.0;
+    let t = stack.tenant();
+    let (key, id) = key_with(stack, &t.business_id, json!({"remaining": DOWN_CREDITS}));
+    let before = drive(stack, 10 * ENVOYS, DOWN_RATE, ENVOYS, "/key/items", &key);
+    let spent = accepted(&before);
+    assert_eq!(spent, 10 * ENVOYS as u64, "under the balance every request passes");
+    let _ = wait_spent(stack, &id, spent);
+    // Ten more exchanges: every Envoy has heard the others' 20.
+    std::thread::sleep(Duration::from_millis(10 * SYNC_MS));
+    let left = DOWN_CREDITS - spent;
+    let share = left.div_ceil(ENVOYS as u64);
+    stack.kill_admin();
+    // No traffic until every Envoy is cut off (no successful exchange for fleet_timeout_ms).
+    std::thread::sleep(Duration::from_millis(FLEET_TIMEOUT_MS + 1000));
+    let during = drive(stack, 30 * ENVOYS, DOWN_RATE, ENVOYS, "/key/items", &key);
+    let during_per_envoy = per_envoy(&during);
+    let total = spent + accepted(&during);
+    let bound = bound(peak_rate(&before).max(peak_rate(&during)), ENVOYS);
+    eprintln!(
+        "admin down: {spent} of {DOWN_CREDITS} credits spent before; with admin down {during_per_envoy:?} per Envoy (share ceil({left}/{ENVOYS}) = {share}); {total} in all (at most {DOWN_CREDITS} + P {ENVOYS} + bound {bound})"
+    );
+    for (e, n) in during_per_envoy.iter().enumerate() {
+        assert!(
+            *n <= share,
+            "Envoy {e} spent {n} with admin down, more than its share ceil({left}/{ENVOYS}) = {share} (all {during_per_envoy:?})"
+        );
+    }
+    assert!(total >= DOWN_CREDITS, "with admin down the fleet spent short: {total} of {DOWN_CREDITS} (per Envoy {during_per_envoy:?})");
+    assert!(
+        total <= DOWN_CREDITS + ENVOYS as u64 + bound,
+        "with admin down the fleet spent {total}, more than {DOWN_CREDITS} + P {ENVOYS} + bound {bound}"
+    );
+
+    // Admin back: every Envoy's spending reaches it.
+    stack.restart_admin();
+    let view = wait_spent(stack, &id, total);
+    eprintln!("admin back: its view {view}");
+    assert_eq!((view["spent"].as_u64(), view["remaining"].as_u64()), (Some(total), Some(0)), "{view}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for name in ["envoy", "envoy_1", "envoy_2"] {
+        loop {
+            let log = std::fs::read_to_string(stack.dir.join(format!("{name}.log"))).unwrap_or_default();
+            let (lost, back) = (log.contains("credit spending cannot reach admin"), log.contains("credit spending reaches admin again"));
+            if lost && back {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name}.log: cannot reach admin logged {lost}, reaches admin again logged {back}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Every Envoy hears the others' spending of the outage at its next exchanges.
+    std::thread::sleep(Duration::from_millis(10 * SYNC_MS));
+    let after = drive(stack, 10 * ENVOYS, DOWN_RATE, ENVOYS, "/key/items", &key);
+    assert_eq!(accepted(&after), 0, "the spent key passed after admin came back ({:?} per Envoy)", per_envoy(&after));
 }
