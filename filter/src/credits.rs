@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use keygate_core::credits::{self, CreditCheck, CreditCount, SpendReport, Spent, MAX_REPORT_KEYS};
 use keygate_core::decide::{quota_exhausted, Denial};
-use keygate_core::ratelimit::fleet::FleetView;
 use keygate_core::FilterConfig;
 
 use crate::host;
 use crate::limit;
+use crate::shared::{self, Exchange};
 use crate::vm::VmState;
 
 const CAS_ATTEMPTS: usize = 16;
@@ -108,7 +108,7 @@ impl CreditSync {
         let timeout = Duration::from_millis(sync.admin_timeout_ms.min(MAX_EXCHANGE_MS));
         match host::dispatch(&sync.admin_cluster, &sync.admin_authority, "POST", credits::PATH, &sync.proxy_token, Some(&body), timeout) {
             Some(token) => self.call = Some((token, report.keys)),
-            None => self.failed(vm, None, now_ms),
+            None => self.failed(config, vm, None, now_ms),
         }
     }
 
@@ -117,7 +117,7 @@ impl CreditSync {
         let now_ms = host::now_millis();
         let answer = status.filter(|s| (200..300).contains(s)).and_then(|_| credits::parse_answer(body, reported.len()));
         let Some(answer) = answer else {
-            self.failed(vm, status, now_ms);
+            self.failed(config, vm, status, now_ms);
             return;
         };
         let ns = config.sync.shared_prefix.as_str();
@@ -132,19 +132,19 @@ impl CreditSync {
                 }
             }
         }
-        let before = vm.credit_view.get();
-        vm.credit_view.set(before.after(Some(before.proxies.max(1)), now_ms));
+        let (before, after) = shared::record_view(ns, Exchange::Credits, |view| view.after(Some(view.proxies.max(1)), now_ms));
+        vm.credit_view.set(after);
         if before.failing_since_ms != 0 {
             log::info!("credit spending reaches admin again");
         }
     }
 
-    fn failed(&mut self, vm: &VmState, status: Option<u16>, now_ms: u64) {
-        let before = vm.credit_view.get();
+    fn failed(&mut self, config: &FilterConfig, vm: &VmState, status: Option<u16>, now_ms: u64) {
+        let (before, after) = shared::record_view(&config.sync.shared_prefix, Exchange::Credits, |view| view.after(None, now_ms));
+        vm.credit_view.set(after);
         if before.failing_since_ms == 0 {
             let why = status.map_or("no answer".to_owned(), |s| format!("status {s}"));
             log::warn!("credit spending cannot reach admin ({why}); once cut off, each Envoy spends only its share of what is left");
         }
-        vm.credit_view.set(FleetView::after(before, None, now_ms));
     }
 }

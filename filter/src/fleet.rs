@@ -5,13 +5,14 @@
 //! shared counts under the same proxy id, and admin keeps the larger), so no VM waits on
 //! another. See `keygate_core::ratelimit::fleet` for the wire format.
 
-use keygate_core::ratelimit::fleet::{self, CountReport, FleetView, HEARTBEAT_MS, MAX_COUNTERS};
-use keygate_core::ratelimit::{self, LimitPolicy, Slot};
+use keygate_core::ratelimit::fleet::{self, CountReport, HEARTBEAT_MS, MAX_COUNTERS};
+use keygate_core::ratelimit::{self, Slot};
 use keygate_core::FilterConfig;
 use std::time::Duration;
 
 use crate::host;
 use crate::limit;
+use crate::shared::{self, Exchange};
 use crate::vm::VmState;
 
 /// How long an exchange may take, at most: a slow answer is as useless as none.
@@ -89,7 +90,7 @@ impl CountSync {
         let timeout = Duration::from_millis(sync.admin_timeout_ms.min(MAX_EXCHANGE_MS));
         match host::dispatch(&sync.admin_cluster, &sync.admin_authority, "POST", fleet::PATH, &sync.proxy_token, Some(&body), timeout) {
             Some(token) => self.call = Some((token, names)),
-            None => self.settle(policy, vm, None, now_ms),
+            None => self.settle(config, vm, None, now_ms),
         }
     }
 
@@ -100,7 +101,7 @@ impl CountSync {
         let policy = &config.policy.rate_limits;
         let answer = status.filter(|s| (200..300).contains(s)).and_then(|_| fleet::parse_answer(body, names.len()));
         let Some(answer) = answer else {
-            self.settle(policy, vm, status, now_ms);
+            self.settle(config, vm, status, now_ms);
             return;
         };
         let ns = config.sync.shared_prefix.as_str();
@@ -115,8 +116,8 @@ impl CountSync {
             }
         }
         vm.metrics.limit_exchange(true);
-        let before = vm.fleet.get();
-        vm.fleet.set(before.after(Some(answer.proxies), now_ms));
+        let (before, after) = shared::record_view(ns, Exchange::Counts, |view| view.after(Some(answer.proxies), now_ms));
+        vm.fleet.set(after);
         if before.failing_since_ms != 0 {
             log::info!("rate-limit counts reach admin again ({} proxies)", answer.proxies);
         }
@@ -124,9 +125,11 @@ impl CountSync {
 
     /// A failed exchange: noted (once logged) so that, past `fleet_timeout_ms`, this VM
     /// admits only its share of each limit.
-    fn settle(&mut self, policy: &LimitPolicy, vm: &VmState, status: Option<u16>, now_ms: u64) {
+    fn settle(&mut self, config: &FilterConfig, vm: &VmState, status: Option<u16>, now_ms: u64) {
+        let policy = &config.policy.rate_limits;
         vm.metrics.limit_exchange(false);
-        let before = vm.fleet.get();
+        let (before, after) = shared::record_view(&config.sync.shared_prefix, Exchange::Counts, |view| view.after(None, now_ms));
+        vm.fleet.set(after);
         if before.failing_since_ms == 0 {
             let why = status.map_or("no answer".to_owned(), |s| format!("status {s}"));
             log::warn!(
@@ -134,6 +137,5 @@ impl CountSync {
                 policy.fleet_timeout_ms
             );
         }
-        vm.fleet.set(FleetView::after(before, None, now_ms));
     }
 }

@@ -26,7 +26,7 @@ use crate::held;
 use crate::host;
 use crate::http::RequestContext;
 use crate::metrics::Metrics;
-use crate::shared::{self, View};
+use crate::shared::{self, Exchange, View};
 use crate::vm::{VmState, HOLD_TICK, TICK};
 
 const USAGE_PATH: &str = "/v1/usage";
@@ -313,6 +313,10 @@ impl KeygateRoot {
     fn work(&mut self, config: &FilterConfig, now_ms: u64) {
         let ns = config.sync.shared_prefix.as_str();
         self.lead(ns, now_ms);
+        // Another worker's exchanges tell this one whether admin answers the Envoy (and how
+        // many proxies it counts): a worker cut off without traffic of its own still shares.
+        self.vm.fleet.set(shared::read_view(ns, Exchange::Counts));
+        self.vm.credit_view.set(shared::read_view(ns, Exchange::Credits));
         if let Some(seen) = shared::read_seen(ns) {
             self.vm.metrics.snapshot_age((now_ms / 1000).saturating_sub(seen.confirmed_at));
         }

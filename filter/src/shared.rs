@@ -7,6 +7,7 @@
 use keygate_core::feed::{BucketOp, Meta, Seen};
 use keygate_core::keystore::{self, bucket_of, KeyLookup};
 use keygate_core::lease::{Lease, LeaseStep};
+use keygate_core::ratelimit::fleet::FleetView;
 use keygate_core::revoked::{self, RevocationLookup};
 use keygate_core::snapshot::{KeyRecord, Snapshot};
 use keygate_core::KeyHash;
@@ -16,6 +17,49 @@ use crate::host;
 const LEADER: &str = "leader";
 const SEEN: &str = "seen";
 const META: &str = "meta";
+
+/// An exchange with admin whose standing every worker of an Envoy shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchange {
+    /// Rate-limit counts (`POST /v1/rate-counts`): also tells how many proxies admin counts.
+    Counts,
+    /// Credit spending (`POST /v1/credit-spend`).
+    Credits,
+}
+
+impl Exchange {
+    fn entry(self) -> &'static str {
+        match self {
+            Exchange::Counts => "fleet.counts",
+            Exchange::Credits => "fleet.credits",
+        }
+    }
+}
+
+const VIEW_ATTEMPTS: usize = 16;
+
+/// This Envoy's standing of an exchange with admin, as its workers last recorded it. A
+/// worker that has exchanged nothing itself (no traffic of that kind yet) still knows
+/// whether admin answers the Envoy and how many proxies it counts.
+pub fn read_view(ns: &str, exchange: Exchange) -> FleetView {
+    host::shared_get(&name(ns, exchange.entry())).0.map_or_else(FleetView::default, |bytes| FleetView::decode(&bytes))
+}
+
+/// Records a worker's exchange in the Envoy's view (compare-and-swap): the view before and
+/// after `update`. Under lasting contention the update is this worker's alone.
+pub fn record_view(ns: &str, exchange: Exchange, update: impl Fn(FleetView) -> FleetView) -> (FleetView, FleetView) {
+    let key = name(ns, exchange.entry());
+    for _ in 0..VIEW_ATTEMPTS {
+        let (bytes, cas) = host::shared_get(&key);
+        let before = bytes.map_or_else(FleetView::default, |b| FleetView::decode(&b));
+        let after = update(before);
+        if after == before || host::shared_set(&key, &after.encode(), cas) {
+            return (before, after);
+        }
+    }
+    let before = read_view(ns, exchange);
+    (before, update(before))
+}
 
 fn name(ns: &str, what: &str) -> String {
     format!("{ns}{what}")

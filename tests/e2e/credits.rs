@@ -90,11 +90,14 @@ struct Sent {
 
 /// `n` requests paced at `rate` a second, the i-th through Envoy `i % envoys`.
 fn drive(stack: &Stack, n: usize, rate: f64, envoys: usize, path: &str, key: &str) -> Vec<Sent> {
-    drive_via(stack, n, rate, &|i| i % envoys, path, key)
+    drive_via(stack, n, rate, &|i| i % envoys, path, key, false)
 }
 
 /// `n` requests paced at `rate` a second, the i-th through Envoy `via(i)`.
-fn drive_via(stack: &Stack, n: usize, rate: f64, via: &dyn Fn(usize) -> usize, path: &str, key: &str) -> Vec<Sent> {
+/// With `fresh`, each request on a connection of its own (`connection: close`): new
+/// connections land on any of an Envoy's workers, not only the one a kept-alive connection
+/// is on.
+fn drive_via(stack: &Stack, n: usize, rate: f64, via: &dyn Fn(usize) -> usize, path: &str, key: &str, fresh: bool) -> Vec<Sent> {
     let urls = stack.envoy_urls();
     let gap = Duration::from_secs_f64(1.0 / rate);
     let mut next = Instant::now();
@@ -107,7 +110,9 @@ fn drive_via(stack: &Stack, n: usize, rate: f64, via: &dyn Fn(usize) -> usize, p
         let sent = Instant::now();
         next = sent + gap;
         let envoy = via(i);
-        let reply = stack.through_envoy_at(&urls[envoy], "GET", path, &[("SECRET_KEY", key.as_bytes())]);
+        let close: &[(&str, &[u8])] = if fresh { &[("connection", b"close")] } else { &[] };
+        let headers: Vec<(&str, &[u8])> = [("SECRET_KEY", key.as_bytes())].iter().chain(close).copied().collect();
+        let reply = stack.through_envoy_at(&urls[envoy], "GET", path, &headers);
         assert!(
             reply.status == 200 || (reply.status == 429 && reply.body["code"] == "quota_exhausted"),
             "request {i} through Envoy {envoy} answered {} {}: not 200 or 429 quota_exhausted",
@@ -331,7 +336,7 @@ fn envoy_restart(stack: &Stack) {
     stack.restart_envoy("envoy_1");
     let down_for = killed_at.elapsed();
 
-    let alone = drive_via(stack, ALONE, ALONE_RATE, &|_| RESTARTED, "/key/items", &key);
+    let alone = drive_via(stack, ALONE, ALONE_RATE, &|_| RESTARTED, "/key/items", &key, false);
     let alone_ok = accepted(&alone);
     let left = CREDITS - BEFORE as u64;
     let first = first_tick(ALONE_RATE);
@@ -393,7 +398,10 @@ fn admin_down(stack: &Stack) {
     stack.kill_admin();
     // No traffic until every Envoy is cut off (no successful exchange for fleet_timeout_ms).
     std::thread::sleep(Duration::from_millis(FLEET_TIMEOUT_MS + 1000));
-    let during = drive(stack, 30 * ENVOYS, DOWN_RATE, ENVOYS, "/key/items", &key);
+    // New connections: they reach every worker of an Envoy, also ones that had no traffic
+    // (and so no exchange of their own) before admin went away; those learn the Envoy's
+    // view of the fleet from its shared data.
+    let during = drive_via(stack, 30 * ENVOYS, DOWN_RATE, &|i| i % ENVOYS, "/key/items", &key, true);
     let during_per_envoy = per_envoy(&during);
     let total = spent + accepted(&during);
     let bound = bound(peak_rate(&before).max(peak_rate(&during)), ENVOYS);

@@ -109,6 +109,12 @@ struct Sent {
 /// the next one early), the i-th through Envoy `route(i).0` to path `route(i).1` with key
 /// `route(i).2` (none on public paths). Panics on an answer other than 200 or 429.
 fn drive(stack: &Stack, n: usize, rate: f64, route: &dyn Fn(usize) -> (usize, String, Option<String>)) -> Vec<Sent> {
+    drive_with(stack, n, rate, route, false)
+}
+
+/// As [`drive`]; with `fresh`, each request on a connection of its own (`connection:
+/// close`), so requests reach every worker of an Envoy, not only a kept-alive connection's.
+fn drive_with(stack: &Stack, n: usize, rate: f64, route: &dyn Fn(usize) -> (usize, String, Option<String>), fresh: bool) -> Vec<Sent> {
     let urls = stack.envoy_urls();
     let gap = Duration::from_secs_f64(1.0 / rate);
     let mut next = Instant::now();
@@ -121,7 +127,8 @@ fn drive(stack: &Stack, n: usize, rate: f64, route: &dyn Fn(usize) -> (usize, St
         let (envoy, path, key) = route(i);
         let sent = Instant::now();
         next = sent + gap;
-        let headers: Vec<(&str, &[u8])> = key.as_ref().map(|k| ("SECRET_KEY", k.as_bytes())).into_iter().collect();
+        let close = fresh.then_some(("connection", b"close".as_slice()));
+        let headers: Vec<(&str, &[u8])> = key.as_ref().map(|k| ("SECRET_KEY", k.as_bytes())).into_iter().chain(close).collect();
         let Reply { status, headers, body } = stack.through_envoy_at(&urls[envoy], "GET", &path, &headers);
         let answered = Instant::now();
         assert!(
@@ -346,8 +353,8 @@ fn window_edge(stack: &Stack) {
     }
 }
 
-/// e. Admin unreachable. With 10 requests admitted through each Envoy and exchanged, admin
-/// is killed; past `fleet_timeout_ms` each Envoy keeps the others' counts it last heard and
+/// e. Admin unreachable. With 10 requests admitted through each Envoy (one worker each)
+/// and exchanged, admin is killed; past `fleet_timeout_ms` each Envoy keeps the others' counts it last heard and
 /// admits on its own count at most its share ceil(L / P) = 20 (P = 3 proxies): the fleet
 /// total stays within L + bound + P (per-Envoy counting on top of the stale others' counts
 /// alone would admit 30 more through each, 120 in all). Then admin comes back: the snapshot
@@ -369,7 +376,9 @@ fn admin_down(stack: &Stack) {
     // No traffic until every Envoy has noticed (no successful exchange for fleet_timeout_ms):
     // requests in between would be decided on the others' counts of before alone.
     std::thread::sleep(Duration::from_millis(FLEET_TIMEOUT_MS + 1000));
-    let during = drive(stack, 30 * ENVOYS, RATE, &route);
+    // New connections: they reach every worker, also one that exchanged nothing before
+    // admin went away; it knows P and the cut-off from its Envoy's shared view.
+    let during = drive_with(stack, 30 * ENVOYS, RATE, &route, true);
     let during_per_envoy: Vec<u64> =
         (0..ENVOYS).map(|e| during.iter().filter(|s| s.envoy == e && s.status == 200).count() as u64).collect();
     let bound = bound(peak_rate(&before).max(peak_rate(&during)));
