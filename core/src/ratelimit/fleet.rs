@@ -88,7 +88,8 @@ pub fn proxy_id(seed: &[u8]) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// How the exchange with admin stands, as the leader last wrote it for every worker.
+/// How an exchange with admin stands for an Envoy, as its workers last recorded it in
+/// shared data (every worker reads it each tick).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FleetView {
     /// When an exchange last succeeded (0: never).
