@@ -19,6 +19,7 @@ pub mod config;
 pub mod digest;
 pub mod error;
 pub mod http;
+pub mod login_cache;
 pub mod metrics;
 pub mod oidc;
 pub mod openapi;

@@ -11,6 +11,7 @@ use crate::api::coalesce::Coalesced;
 use crate::config::{Config, Secret, StoreLocation};
 use crate::digest;
 use crate::error::AdminError;
+use crate::login_cache::LoginCache;
 use crate::metrics::Metrics;
 use crate::passwords::Passwords;
 use crate::random;
@@ -40,6 +41,7 @@ struct Inner {
     proxy_hash: [u8; 32],
     throttle: Throttle,
     login_limiter: LoginLimiter,
+    login_cache: LoginCache,
     metrics: Metrics,
     shutdown: watch::Sender<bool>,
     feed_reads: FeedReads,
@@ -157,6 +159,7 @@ impl AppState {
             proxy_hash,
             throttle,
             login_limiter,
+            login_cache: LoginCache::default(),
             metrics: Metrics::default(),
             shutdown,
             feed_reads: FeedReads::default(),
@@ -189,6 +192,11 @@ impl AppState {
 
     pub fn login_limiter(&self) -> &LoginLimiter {
         &self.inner.login_limiter
+    }
+
+    /// The tokens repeated API-key logins get again (see [`LoginCache`]).
+    pub fn login_cache(&self) -> &LoginCache {
+        &self.inner.login_cache
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -587,3 +587,117 @@ async fn logins_racing_signing_key_rotations_all_succeed() {
     }
     owned.stop().await;
 }
+
+/// A repeated login (same key, same session) is answered from the login cache: the same
+/// token, no signature and no key or session read. Every change that would refuse it or
+/// change its answer ends that at once: a revoked session (a new session and token), a
+/// rotated signing key (a token from the new key), a deactivated key (401).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_login_comes_from_the_cache_until_the_store_changes() {
+    let server = Server::fresh().await;
+    let biz = server.business("Acme").await;
+    let key = server.key(&biz).await;
+    let (id, raw) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    let hits = || server.state.login_cache().hits();
+
+    let (status, first) = server.login(raw, Some("job-1")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let before = hits();
+    for _ in 0..5 {
+        let (status, again) = server.login(raw, Some("job-1")).await;
+        assert_eq!(status, StatusCode::OK, "{again}");
+        assert_eq!(again["access_token"], first["access_token"]);
+        assert_eq!(again["session_id"], json!("job-1"));
+        assert!(again["expires_in"].as_u64().unwrap() <= first["expires_in"].as_u64().unwrap());
+    }
+    assert_eq!(hits(), before + 5, "repeated logins are answered from the cache");
+    let token = first["access_token"].as_str().unwrap();
+    let (status, me) = server.get(&format!("/v1/businesses/{biz}/keys"), Some(token)).await;
+    assert_ne!(status, StatusCode::UNAUTHORIZED, "the cached token is a valid one: {me}");
+
+    // The session revoked: the next login opens a new session, with a new token.
+    let sid = sid_of(token);
+    let (status, body) = server.send(Method::DELETE, &format!("/v1/sessions/{sid}"), Some(OPERATOR), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = hits();
+    let (status, renewed) = server.login(raw, Some("job-1")).await;
+    assert_eq!(status, StatusCode::OK, "{renewed}");
+    assert_eq!(hits(), before, "not from the cache");
+    assert_ne!(renewed["access_token"], first["access_token"], "a revoked session's token is not handed out again");
+    assert_ne!(sid_of(renewed["access_token"].as_str().unwrap()), sid);
+    let (_, again) = server.login(raw, Some("job-1")).await;
+    assert_eq!(again["access_token"], renewed["access_token"]);
+    assert_eq!(hits(), before + 1);
+
+    // The signing key rotated: the next login is signed by the new key.
+    let (status, rotated) = server.send(Method::POST, "/v1/signing-keys/rotate", Some(OPERATOR), None).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let before = hits();
+    let (status, resigned) = server.login(raw, Some("job-1")).await;
+    assert_eq!(status, StatusCode::OK, "{resigned}");
+    assert_eq!(hits(), before, "not from the cache");
+    assert_eq!(kid_of(resigned["access_token"].as_str().unwrap()), rotated["kid"].as_str().unwrap());
+    let (_, again) = server.login(raw, Some("job-1")).await;
+    assert_eq!(again["access_token"], resigned["access_token"]);
+    assert_eq!(hits(), before + 1);
+
+    // The key deactivated: refused at once.
+    let (status, body) = server.post(&format!("/v1/keys/{id}/deactivate"), Some(OPERATOR), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = hits();
+    let (status, body) = server.login(raw, Some("job-1")).await;
+    assert_error(status, &body, 401, "invalid_api_key");
+    assert_eq!(hits(), before);
+    server.stop().await;
+}
+
+/// What time alone ends, with no write in between (the housekeeping sweep held off): a
+/// cached token once it expires (the next login gets a new one), and a raw key rotated
+/// away once its grace ends (refused, although its login was cached).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_login_ends_with_its_token_and_with_its_rotation_grace() {
+    let server = Server::fresh_with(|cfg| {
+        // Longer than the grace below, so that the grace ends first.
+        cfg.token_ttl_secs = 3;
+        cfg.token_leeway_secs = 0;
+        cfg.sweep_interval_secs = 3600;
+    })
+    .await;
+    let biz = server.business("Acme").await;
+    let key = server.key(&biz).await;
+    let (id, old_raw) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap().to_owned());
+    let hits = || server.state.login_cache().hits();
+
+    let (_, first) = server.login(&old_raw, None).await;
+    let before = hits();
+    let (_, again) = server.login(&old_raw, None).await;
+    assert_eq!(again["access_token"], first["access_token"]);
+    assert_eq!(hits(), before + 1);
+    tokio::time::sleep(Duration::from_secs(first["expires_in"].as_u64().unwrap() + 1)).await;
+    let (status, later) = server.login(&old_raw, None).await;
+    assert_eq!(status, StatusCode::OK, "{later}");
+    assert_ne!(later["access_token"], first["access_token"], "an expired token is not handed out again");
+    assert!(later["expires_in"].as_u64().unwrap() > 0);
+    assert_eq!(hits(), before + 1, "not from the cache");
+
+    let (status, rotated) = server.post(&format!("/v1/keys/{id}/rotate"), Some(OPERATOR), json!({"grace_secs": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let end = keygate_admin::store::now() + 1;
+    let asked_at = keygate_admin::store::now();
+    let (status, graced) = server.login(&old_raw, Some("grace")).await;
+    assert_eq!(status, StatusCode::OK, "{graced}");
+    let graced_exp = asked_at + graced["expires_in"].as_u64().unwrap(); // at most its `exp`
+    let before = hits();
+    let (_, again) = server.login(&old_raw, Some("grace")).await;
+    assert_eq!(again["access_token"], graced["access_token"]);
+    assert_eq!(hits(), before + 1);
+    while keygate_admin::store::now() <= end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(keygate_admin::store::now() < graced_exp, "the cached token outlives the grace, so only the grace refuses");
+    let (status, body) = server.login(&old_raw, Some("grace")).await;
+    assert_error(status, &body, 401, "invalid_api_key");
+    let (status, fresh) = server.login(rotated["key"].as_str().unwrap(), Some("grace")).await;
+    assert_eq!(status, StatusCode::OK, "{fresh}");
+    server.stop().await;
+}

@@ -135,6 +135,62 @@ async fn a_signing_key_rotated_through_one_replica_signs_on_the_other() {
     b.stop().await;
 }
 
+/// A login cached on replica B ends the moment replica A's write commits, with no wait for
+/// B to hear of it: a session revoked through A gets a new session through B, a key
+/// deactivated through A is refused by B; a signing key rotated through A signs B's next
+/// logins once B has loaded it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_cached_on_one_replica_ends_when_the_other_revokes() {
+    let Some((a, b)) = two_replicas(|_| {}).await else { return };
+    let biz = a.business("Acme").await;
+    let key = a.key(&biz).await;
+    let (id, raw) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    let hits = || b.state.login_cache().hits();
+
+    let (status, first) = b.login(raw, Some("job-1")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let before = hits();
+    let (_, again) = b.login(raw, Some("job-1")).await;
+    assert_eq!(again["access_token"], first["access_token"]);
+    assert_eq!(hits(), before + 1, "B answers the repeat from its cache");
+
+    let sid = sid_of(first["access_token"].as_str().unwrap());
+    let (status, body) = a.send(Method::DELETE, &format!("/v1/sessions/{sid}"), Some(OPERATOR), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, renewed) = b.login(raw, Some("job-1")).await;
+    assert_eq!(status, StatusCode::OK, "{renewed}");
+    assert_ne!(sid_of(renewed["access_token"].as_str().unwrap()), sid, "B handed out a session A revoked");
+    let before = hits();
+    let (_, again) = b.login(raw, Some("job-1")).await;
+    assert_eq!(again["access_token"], renewed["access_token"]);
+    assert_eq!(hits(), before + 1);
+
+    let (status, rotated) = a.send(Method::POST, "/v1/signing-keys/rotate", Some(OPERATOR), None).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_kid = rotated["kid"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, login) = b.login(raw, Some("job-1")).await;
+        assert_eq!(status, StatusCode::OK, "{login}");
+        let token = login["access_token"].as_str().unwrap();
+        let kid = keygate_core::token::checked_kid(token).unwrap();
+        if kid == new_kid {
+            break;
+        }
+        // Until B loads the new key, it hands out the token it signed (still published).
+        assert_eq!(login["access_token"], renewed["access_token"]);
+        assert!(Instant::now() < deadline, "B still signs with the old key");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (status, body) = a.post(&format!("/v1/keys/{id}/deactivate"), Some(OPERATOR), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = b.login(raw, Some("job-1")).await;
+    assert_error(status, &body, 401, "invalid_api_key");
+    a.stop().await;
+    b.stop().await;
+}
+
 /// Runs `sql` on the test server, on a thread of its own (the blocking client cannot run
 /// inside the tests' runtime).
 fn run_sql(server: &str, sql: String) {

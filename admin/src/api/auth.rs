@@ -1,6 +1,7 @@
 //! Sign-in, refresh and logout of members, and API-key login.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use keygate_core::UnixTime;
 use serde::{Deserialize, Serialize};
@@ -217,7 +218,26 @@ pub async fn login(state: AppState, client: IpAddr, body: Login) -> Result<Respo
     // another format is found by its hash (see `keygate_core::key::classify`).
     let api_key = keygate_core::key::classify(&body.api_key).map_err(|_| AdminError::InvalidApiKey)?;
     let hash = api_key.hash();
+    // Read before anything else the answer rests on (see `login_cache`): while it reads
+    // the same, the key and the session read below are still what the store holds.
+    let generation = state.store().change_generation()?;
+    let cache = state.login_cache();
+    if let Some(hit) = generation.as_ref().and_then(|g| cache.hit(&hash, &client_session, g, now, state.tokens())) {
+        return login_response(&hit.token, hit.exp.saturating_sub(now), client_session);
+    }
     let key = state.store().key_by_hash(&hash)?.filter(|k| k.accepts(&hash, now)).ok_or(AdminError::InvalidApiKey)?;
+    let key = Arc::new(key);
+    // The token for `issued`, signed at most once, kept for the next login of this pair.
+    let signed = |issued: IssuedToken| -> Result<Arc<str>, AdminError> {
+        let token = match cache.signed(&hash, &client_session, &issued) {
+            Some(token) => token,
+            None => Arc::from(state.tokens().sign(&issued)?),
+        };
+        if let Some(generation) = generation {
+            cache.insert(hash, client_session.clone(), generation, Arc::clone(&key), (issued, Arc::clone(&token)), now);
+        }
+        Ok(token)
+    };
 
     let tokens = state.tokens();
     let mut exp = now.saturating_add(state.config().token_ttl_secs);
@@ -248,7 +268,9 @@ pub async fn login(state: AppState, client: IpAddr, body: Login) -> Result<Respo
     if let Some((session, ticket)) = state.store().reusable_key_session(&key.id, &client_session, &reusable)? {
         if let Some(issued) = session.current.filter(|issued| tokens.still_good(issued, now)) {
             state.store().wait_durable(ticket).await?;
-            return login_response(tokens.sign(&issued)?, issued.claims.exp.saturating_sub(now), client_session);
+            let expires_in = issued.claims.exp.saturating_sub(now);
+            let token = signed(issued)?;
+            return login_response(&token, expires_in, client_session);
         }
     }
     // Past the fast path a login writes (a new session, or a new token for one), so it
@@ -287,11 +309,13 @@ pub async fn login(state: AppState, client: IpAddr, body: Login) -> Result<Respo
         return Err(AdminError::Internal("a key session holds a token that cannot be reused"));
     }
     tracing::debug!(key = %key.id, session = %session.id, "api key login");
-    login_response(tokens.sign(&issued)?, issued.claims.exp.saturating_sub(now), client_session)
+    let expires_in = issued.claims.exp.saturating_sub(now);
+    let token = signed(issued)?;
+    login_response(&token, expires_in, client_session)
 }
 
-fn login_response(access_token: String, expires_in: u64, session_id: String) -> Result<Response, AdminError> {
-    ok_json(StatusCode::OK, &LoginResponse { access_token, expires_in, token_type: "Bearer", session_id })
+fn login_response(access_token: &str, expires_in: u64, session_id: String) -> Result<Response, AdminError> {
+    ok_json(StatusCode::OK, &LoginResponse { access_token: access_token.to_owned(), expires_in, token_type: "Bearer", session_id })
 }
 
 #[cfg(test)]

@@ -306,6 +306,20 @@ impl Store {
         own.max(self.durable_version())
     }
 
+    /// The store's change generation, read from the engine (so, on a database replicas
+    /// share, as fresh as any other read there, with no wait for another replica's
+    /// announcement): the history digest at the changelog head, which every changelog
+    /// append replaces with a new one in the same transaction and a new history replaces
+    /// with a random one, so it never comes back. Every change that decides whether a
+    /// key or a session is accepted (a key's state, its raw values, a session's
+    /// revocation, the signing keys) is appended to the changelog, or the proxies fed
+    /// from it would miss it; so while this reads the same, whatever was read after an
+    /// earlier read of it still holds. `None` for a store without a history (never once
+    /// opened).
+    pub fn change_generation(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self.trees().meta.get(META_HISTORY)?.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()))
+    }
+
     /// Makes every committed write durable.
     pub(crate) fn flush_to_disk(&self) -> Result<(), StoreError> {
         self.inner.engine.flush()
