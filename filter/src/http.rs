@@ -88,6 +88,7 @@ pub fn evaluate(config: &FilterConfig, vm: &VmState, hold: bool) -> Evaluated {
     let now = now_ms.map(|ms| ms / 1000);
     let ns = config.sync.shared_prefix.as_str();
     let seen = shared::read_seen(ns);
+    let (keys, revoked) = (SharedKeys::new(ns), SharedRevocations::new(ns));
     let outcome = {
         let mut view = vm.view.borrow_mut();
         if let Some(seen) = seen {
@@ -95,7 +96,7 @@ pub fn evaluate(config: &FilterConfig, vm: &VmState, hold: bool) -> Evaluated {
         }
         let synced = match (&view.snapshot, seen, now) {
             (Some(snapshot), Some(seen), Some(_)) => {
-                Some(Synced { snapshot, keys: &SharedKeys(ns), revoked: &SharedRevocations(ns), confirmed_at: seen.confirmed_at })
+                Some(Synced { snapshot, keys: &keys, revoked: &revoked, confirmed_at: seen.confirmed_at })
             }
             _ => None,
         };

@@ -12,6 +12,8 @@ use keygate_core::revoked::{self, RevocationLookup};
 use keygate_core::snapshot::{KeyRecord, Snapshot};
 use keygate_core::KeyHash;
 
+use std::cell::RefCell;
+
 use crate::host;
 
 const LEADER: &str = "leader";
@@ -74,26 +76,59 @@ fn revoked_bucket_name(ns: &str, id: u16) -> String {
 }
 
 /// Revocation checks straight from the shared buckets (one host call per token check),
-/// under the plugin's prefix.
-pub struct SharedRevocations<'a>(pub &'a str);
+/// under the plugin's prefix. The last answer is kept: a request decided twice (again with
+/// the client address, for a key with an allowlist) reads its bucket once.
+pub struct SharedRevocations<'a> {
+    ns: &'a str,
+    last: RefCell<Option<(String, bool)>>,
+}
+
+impl<'a> SharedRevocations<'a> {
+    pub fn new(ns: &'a str) -> SharedRevocations<'a> {
+        SharedRevocations { ns, last: RefCell::new(None) }
+    }
+}
 
 impl RevocationLookup for SharedRevocations<'_> {
     fn is_revoked(&self, sid: &str) -> bool {
+        if let Some((last, revoked)) = &*self.last.borrow() {
+            if last == sid {
+                return *revoked;
+            }
+        }
         let digest = revoked::digest(sid);
-        host::shared_get(&revoked_bucket_name(self.0, revoked::bucket_of(&digest)))
+        let revoked = host::shared_get(&revoked_bucket_name(self.ns, revoked::bucket_of(&digest)))
             .0
-            .is_some_and(|bucket| revoked::contains(&bucket, &digest))
+            .is_some_and(|bucket| revoked::contains(&bucket, &digest));
+        *self.last.borrow_mut() = Some((sid.to_owned(), revoked));
+        revoked
     }
 }
 
 /// Key lookups straight from the shared buckets (one host call per request), under the
-/// plugin's prefix.
-pub struct SharedKeys<'a>(pub &'a str);
+/// plugin's prefix. The last answer is kept, as for [`SharedRevocations`]: the second
+/// decision of a request skips the host call and the record's parse.
+pub struct SharedKeys<'a> {
+    ns: &'a str,
+    last: RefCell<Option<(KeyHash, Option<KeyRecord>)>>,
+}
+
+impl<'a> SharedKeys<'a> {
+    pub fn new(ns: &'a str) -> SharedKeys<'a> {
+        SharedKeys { ns, last: RefCell::new(None) }
+    }
+}
 
 impl KeyLookup for SharedKeys<'_> {
     fn key(&self, hash: &KeyHash) -> Option<KeyRecord> {
-        let bucket = host::shared_get(&bucket_name(self.0, bucket_of(hash))).0?;
-        keystore::find(&bucket, hash)
+        if let Some((last, record)) = &*self.last.borrow() {
+            if last == hash {
+                return record.clone();
+            }
+        }
+        let record = host::shared_get(&bucket_name(self.ns, bucket_of(hash))).0.and_then(|bucket| keystore::find(&bucket, hash));
+        *self.last.borrow_mut() = Some((*hash, record.clone()));
+        record
     }
 }
 
