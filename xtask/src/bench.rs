@@ -44,6 +44,19 @@ pub(super) fn obj(fields: Vec<(&str, Json)>) -> Json {
     Json::Obj(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
 
+/// One measured column of a side-by-side throughput table, as JSON fields: its label under
+/// `label_field`, the plugin config, the median load and every round's req/s.
+fn throughput_fields(label_field: &'static str, label: &str, config: &str, load: &wrk::Load, rounds: &[f64]) -> Vec<(&'static str, Json)> {
+    vec![
+        (label_field, Json::Str(label.to_owned())),
+        ("plugin_config", Json::Str(config.to_owned())),
+        ("rps", num(load.rps)),
+        ("p50_ms", num(load.p50_ms)),
+        ("p99_ms", num(load.p99_ms)),
+        ("rounds_rps", Json::Arr(rounds.iter().map(|r| num(*r)).collect())),
+    ]
+}
+
 /// Three decimals, as the markdown shows them; NaN (nothing measured) is null.
 pub(super) fn num(x: f64) -> Json {
     if x.is_finite() {

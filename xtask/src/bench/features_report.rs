@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::features::{FeaturesReport, BEFORE, BEFORE_LABEL, CHECKED, CREDITED, PLAIN, PROVIDER, RANGES};
 use super::replicas_report::update_docs_part;
-use super::{num, obj, sh};
+use super::{num, obj, sh, throughput_fields};
 use crate::json::Json;
 use crate::Paths;
 
@@ -67,20 +67,7 @@ impl FeaturesReport {
     }
 
     pub(super) fn json(&self) -> Json {
-        let columns = self
-            .columns
-            .iter()
-            .map(|c| {
-                obj(vec![
-                    ("column", Json::Str(c.label.clone())),
-                    ("plugin_config", Json::Str(c.config.clone())),
-                    ("rps", num(c.load.rps)),
-                    ("p50_ms", num(c.load.p50_ms)),
-                    ("p99_ms", num(c.load.p99_ms)),
-                    ("rounds_rps", Json::Arr(c.rounds.iter().map(|r| num(*r)).collect())),
-                ])
-            })
-            .collect();
+        let columns = self.columns.iter().map(|c| obj(throughput_fields("column", &c.label, &c.config, &c.load, &c.rounds))).collect();
         obj(vec![
             ("admin_build", Json::Str(self.admin_build.to_owned())),
             ("quick", Json::Bool(self.quick)),

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::limits::{Admission, LimitsReport, CLIENTS_PER_ENVOY, ENVOYS, FLEET, TICK_MS, TODAY, TODAY_LABEL};
 use super::replicas_report::update_docs_part;
-use super::{num, obj, sh};
+use super::{num, obj, sh, throughput_fields};
 use crate::json::Json;
 use crate::Paths;
 
@@ -115,15 +115,9 @@ impl LimitsReport {
             .columns
             .iter()
             .map(|c| {
-                obj(vec![
-                    ("filter", Json::Str(c.label.to_owned())),
-                    ("plugin_config", Json::Str(c.config.clone())),
-                    ("rps", num(c.load.rps)),
-                    ("p50_ms", num(c.load.p50_ms)),
-                    ("p99_ms", num(c.load.p99_ms)),
-                    ("rounds_rps", Json::Arr(c.rounds.iter().map(|r| num(*r)).collect())),
-                    ("exchanges", c.exchanges.as_ref().map_or(Json::Null, |e| Json::Str(e.clone()))),
-                ])
+                let mut fields = throughput_fields("filter", c.label, &c.config, &c.load, &c.rounds);
+                fields.push(("exchanges", c.exchanges.as_ref().map_or(Json::Null, |e| Json::Str(e.clone()))));
+                obj(fields)
             })
             .collect();
         obj(vec![
