@@ -17,7 +17,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-use crate::{Case, Suite};
+use crate::{key_headers, paced, Case, Suite};
 
 const ENVOYS: usize = 3;
 const SYNC_MS: u64 = 100;
@@ -93,35 +93,21 @@ fn drive(stack: &Stack, n: usize, rate: f64, envoys: usize, path: &str, key: &st
     drive_via(stack, n, rate, &|i| i % envoys, path, key, false)
 }
 
-/// `n` requests paced at `rate` a second, the i-th through Envoy `via(i)`.
-/// With `fresh`, each request on a connection of its own (`connection: close`): new
-/// connections land on any of an Envoy's workers, not only the one a kept-alive connection
-/// is on.
+/// `n` requests paced at `rate` a second, the i-th through Envoy `via(i)`; with `fresh`,
+/// each on a connection of its own (see [`key_headers`]).
 fn drive_via(stack: &Stack, n: usize, rate: f64, via: &dyn Fn(usize) -> usize, path: &str, key: &str, fresh: bool) -> Vec<Sent> {
     let urls = stack.envoy_urls();
-    let gap = Duration::from_secs_f64(1.0 / rate);
-    let mut next = Instant::now();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        }
-        let sent = Instant::now();
-        next = sent + gap;
+    paced(n, rate, |i, sent| {
         let envoy = via(i);
-        let close: &[(&str, &[u8])] = if fresh { &[("connection", b"close")] } else { &[] };
-        let headers: Vec<(&str, &[u8])> = [("SECRET_KEY", key.as_bytes())].iter().chain(close).copied().collect();
-        let reply = stack.through_envoy_at(&urls[envoy], "GET", path, &headers);
+        let reply = stack.through_envoy_at(&urls[envoy], "GET", path, &key_headers(Some(key), fresh));
         assert!(
             reply.status == 200 || (reply.status == 429 && reply.body["code"] == "quota_exhausted"),
             "request {i} through Envoy {envoy} answered {} {}: not 200 or 429 quota_exhausted",
             reply.status,
             reply.body
         );
-        out.push(Sent { envoy, reply, sent });
-    }
-    out
+        Sent { envoy, reply, sent }
+    })
 }
 
 fn accepted(sent: &[Sent]) -> u64 {

@@ -18,7 +18,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::{Case, Suite};
+use crate::{key_headers, paced, Case, Suite};
 
 /// Envoys in each fleet suite (the stack's first and two extra).
 const ENVOYS: usize = 3;
@@ -112,32 +112,20 @@ fn drive(stack: &Stack, n: usize, rate: f64, route: &dyn Fn(usize) -> (usize, St
     drive_with(stack, n, rate, route, false)
 }
 
-/// As [`drive`]; with `fresh`, each request on a connection of its own (`connection:
-/// close`), so requests reach every worker of an Envoy, not only a kept-alive connection's.
+/// As [`drive`]; with `fresh`, each request on a connection of its own (see
+/// [`key_headers`]), so requests reach every worker of an Envoy.
 fn drive_with(stack: &Stack, n: usize, rate: f64, route: &dyn Fn(usize) -> (usize, String, Option<String>), fresh: bool) -> Vec<Sent> {
     let urls = stack.envoy_urls();
-    let gap = Duration::from_secs_f64(1.0 / rate);
-    let mut next = Instant::now();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        }
+    paced(n, rate, |i, sent| {
         let (envoy, path, key) = route(i);
-        let sent = Instant::now();
-        next = sent + gap;
-        let close = fresh.then_some(("connection", b"close".as_slice()));
-        let headers: Vec<(&str, &[u8])> = key.as_ref().map(|k| ("SECRET_KEY", k.as_bytes())).into_iter().chain(close).collect();
-        let Reply { status, headers, body } = stack.through_envoy_at(&urls[envoy], "GET", &path, &headers);
+        let Reply { status, headers, body } = stack.through_envoy_at(&urls[envoy], "GET", &path, &key_headers(key.as_deref(), fresh));
         let answered = Instant::now();
         assert!(
             status == 200 || status == 429,
             "request {i} through Envoy {envoy} ({path}) answered {status}, not 200 or 429: {body} (headers {headers:?})"
         );
-        out.push(Sent { envoy, status, sent, answered, headers, body: body.to_string() });
-    }
-    out
+        Sent { envoy, status, sent, answered, headers, body: body.to_string() }
+    })
 }
 
 fn accepted(sent: &[Sent]) -> u64 {

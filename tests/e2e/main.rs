@@ -30,6 +30,32 @@ use std::sync::{Arc, OnceLock};
 
 pub type Case = (&'static str, fn(&Stack));
 
+/// `send(i, sent_at)` for i in 0..n, paced at `rate` calls a second: a slow call delays
+/// the next one, never bunches the ones after it.
+pub fn paced<T>(n: usize, rate: f64, mut send: impl FnMut(usize, std::time::Instant) -> T) -> Vec<T> {
+    let gap = std::time::Duration::from_secs_f64(1.0 / rate);
+    let mut next = std::time::Instant::now();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let now = std::time::Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+        let sent = std::time::Instant::now();
+        next = sent + gap;
+        out.push(send(i, sent));
+    }
+    out
+}
+
+/// A request's `SECRET_KEY` header (if any); with `fresh`, also `connection: close`, so the
+/// request goes on a connection of its own and new connections land on any of an Envoy's
+/// workers, not only the one a kept-alive connection is on.
+pub fn key_headers(key: Option<&str>, fresh: bool) -> Vec<(&'static str, &[u8])> {
+    let close = fresh.then_some(("connection", b"close".as_slice()));
+    key.map(|k| ("SECRET_KEY", k.as_bytes())).into_iter().chain(close).collect()
+}
+
 pub struct Suite {
     pub name: &'static str,
     pub options: fn() -> StackOptions,
