@@ -2,18 +2,13 @@
 //! `--json`, filters as flags, and the cursor to the next page.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod client_cli;
 #[path = "../../admin/tests/common/mod.rs"]
 mod common;
 
+use client_cli::cli;
 use common::{Server, OPERATOR};
 use serde_json::Value;
-
-async fn cli(server: &Server, args: &[&str]) -> (bool, String, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_keygate-admin"));
-    cmd.args(args).env("KEYGATE_URL", &server.base).env("KEYGATE_OPERATOR_TOKEN", OPERATOR).env_remove("KEYGATE_ACCESS_TOKEN");
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_lists_entries_readably_and_as_json_with_filters() {

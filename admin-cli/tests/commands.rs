@@ -2,19 +2,13 @@
 //! operation once, readable and `--json` output, and an error's exit status and message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod client_cli;
 #[path = "../../admin/tests/common/mod.rs"]
 mod common;
 
-use common::{sid_of, Server, OPERATOR};
+use client_cli::cli;
+use common::{sid_of, Server};
 use serde_json::{json, Value};
-
-/// Runs the CLI against `server`; returns (success, stdout, stderr).
-async fn cli(server: &Server, args: &[&str]) -> (bool, String, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_keygate-admin"));
-    cmd.args(args).env("KEYGATE_URL", &server.base).env("KEYGATE_OPERATOR_TOKEN", OPERATOR).env_remove("KEYGATE_ACCESS_TOKEN");
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_covers_every_operation_with_readable_and_json_output() {
