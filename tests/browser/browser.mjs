@@ -3,7 +3,7 @@
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
 
 /** The environment variable `name`, which tests/e2e/ui.rs sets. */
@@ -11,6 +11,19 @@ export function env(name) {
   const value = process.env[name];
   if (!value) throw new Error(`${name} is not set (run through tests/e2e/ui.rs)`);
   return value;
+}
+
+// The stack tests/e2e/ui.rs started, as every dashboard script reads it (each variable is
+// required: a missing one ends the script with its name).
+export function stackEnv() {
+  return {
+    ADMIN: env('KEYGATE_ADMIN_URL'),
+    ENVOY: env('KEYGATE_ENVOY_URL'),
+    EMAIL: env('KEYGATE_UI_EMAIL'),
+    PASSWORD: env('KEYGATE_UI_PASSWORD'),
+    BUSINESS: env('KEYGATE_UI_BUSINESS'),
+    SHOTS: resolve(env('KEYGATE_UI_SCREENSHOTS')),
+  };
 }
 
 const CHROMIUM = process.env.KEYGATE_CHROMIUM || '/usr/bin/chromium';

@@ -10,15 +10,10 @@
 
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import { env, run, withChromium } from './browser.mjs';
+import { join } from 'node:path';
+import { run, stackEnv, withChromium } from './browser.mjs';
 
-const ADMIN = env('KEYGATE_ADMIN_URL');
-const ENVOY = env('KEYGATE_ENVOY_URL');
-const EMAIL = env('KEYGATE_UI_EMAIL');
-const PASSWORD = env('KEYGATE_UI_PASSWORD');
-const BUSINESS = env('KEYGATE_UI_BUSINESS');
-const SHOTS = resolve(env('KEYGATE_UI_SCREENSHOTS'));
+const { ADMIN, ENVOY, EMAIL, PASSWORD, BUSINESS, SHOTS } = stackEnv();
 const XSS_NAME = '<img src=x onerror="window.__pwned=1">Billing';
 
 const started = Date.now();

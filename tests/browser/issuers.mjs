@@ -8,14 +8,10 @@ import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { join, resolve } from 'node:path';
-import { env, run, signInPage, withChromium } from './browser.mjs';
+import { join } from 'node:path';
+import { run, signInPage, stackEnv, withChromium } from './browser.mjs';
 
-const ADMIN = env('KEYGATE_ADMIN_URL');
-const EMAIL = env('KEYGATE_UI_EMAIL');
-const PASSWORD = env('KEYGATE_UI_PASSWORD');
-const BUSINESS = env('KEYGATE_UI_BUSINESS');
-const SHOTS = resolve(env('KEYGATE_UI_SCREENSHOTS'));
+const { ADMIN, EMAIL, PASSWORD, BUSINESS, SHOTS } = stackEnv();
 
 /** A provider on a free loopback port: discovery + JWKS with one RS256 key (kid `ui-rsa-1`). */
 async function provider() {

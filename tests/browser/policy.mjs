@@ -6,15 +6,9 @@
 
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { env, eventually, keyOnly, run, screenshots, signInPage, withChromium } from './browser.mjs';
+import { eventually, keyOnly, run, screenshots, signInPage, stackEnv, withChromium } from './browser.mjs';
 
-const ADMIN = env('KEYGATE_ADMIN_URL');
-const ENVOY = env('KEYGATE_ENVOY_URL');
-const EMAIL = env('KEYGATE_UI_EMAIL');
-const PASSWORD = env('KEYGATE_UI_PASSWORD');
-const BUSINESS = env('KEYGATE_UI_BUSINESS');
-const SHOTS = resolve(env('KEYGATE_UI_SCREENSHOTS'));
+const { ADMIN, ENVOY, EMAIL, PASSWORD, BUSINESS, SHOTS } = stackEnv();
 
 const throughEnvoy = (rawKey) => keyOnly(ENVOY, rawKey);
 

@@ -5,14 +5,10 @@
 
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import { env, run, signInPage, withChromium } from './browser.mjs';
+import { join } from 'node:path';
+import { run, signInPage, stackEnv, withChromium } from './browser.mjs';
 
-const ADMIN = env('KEYGATE_ADMIN_URL');
-const EMAIL = env('KEYGATE_UI_EMAIL');
-const PASSWORD = env('KEYGATE_UI_PASSWORD');
-const BUSINESS = env('KEYGATE_UI_BUSINESS');
-const SHOTS = resolve(env('KEYGATE_UI_SCREENSHOTS'));
+const { ADMIN, EMAIL, PASSWORD, BUSINESS, SHOTS } = stackEnv();
 const TTL_MS = Number(process.env.KEYGATE_UI_TOKEN_TTL_SECS || '3') * 1000;
 
 async function main() {
