@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "common/test_ca.rs"]
+mod test_ca;
 
 use common::{assert_error, Server, OPERATOR};
 use reqwest::{Method, StatusCode};
@@ -182,64 +184,13 @@ async fn registering_and_removing_an_issuer_is_audited() {
     assert_eq!(entries[0]["businesses"], json!([biz]));
 }
 
-// ----- https: a provider behind a private CA, made here with the `openssl` command -----
-
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("these tests make their test CA with the openssl command (cargo xtask setup installs it)");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A test CA and a server certificate it signed for 127.0.0.1 only: (ca.pem, leaf.pem, leaf.key).
-fn test_ca(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    openssl(
-        dir,
-        &[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=keygate test CA", "-days", "2"]].concat(),
-    );
-    openssl(dir, &[&["req"][..], &ec, &["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]].concat());
-    std::fs::write(dir.join("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "leaf.pem",
-        ],
-    );
-    (dir.join("ca.pem"), dir.join("leaf.pem"), dir.join("leaf.key"))
-}
+// ----- https: a provider behind a private test CA (common/test_ca.rs) -----
 
 /// An OIDC provider over TLS on 127.0.0.1: discovery at `/.well-known/openid-configuration`,
 /// the JWKS at `/jwks` (changeable). (issuer URL, port, the JWKS served).
-async fn https_provider(cert: &std::path::Path, key: &std::path::Path) -> (String, u16, Arc<Mutex<Value>>) {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+async fn https_provider(ca: &test_ca::TestCa) -> (String, u16, Arc<Mutex<Value>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
-    let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let issuer = format!("https://127.0.0.1:{port}");
@@ -272,8 +223,8 @@ async fn https_provider(cert: &std::path::Path, key: &std::path::Path) -> (Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_provider_is_trusted_only_with_a_certificate_that_checks() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, leaf, leaf_key) = test_ca(dir.path());
-    let (issuer, port, document) = https_provider(&leaf, &leaf_key).await;
+    let test_ca = test_ca::make(dir.path());
+    let (issuer, port, document) = https_provider(&test_ca).await;
     let body = |issuer: &str| json!({"issuer": issuer, "audiences": ["api"], "algorithms": ["EdDSA"]});
 
     // Without the test CA, the Mozilla roots alone do not vouch for the provider.
@@ -286,7 +237,7 @@ async fn an_https_provider_is_trusted_only_with_a_certificate_that_checks() {
     untrusting.stop().await;
 
     let server = Server::fresh_with(|c| {
-        c.issuer_ca_file = Some(ca.clone());
+        c.issuer_ca_file = Some(test_ca.ca.clone());
         c.issuer_refresh_secs = 1;
     })
     .await;

@@ -16,13 +16,16 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::jwt_attacks::eventually;
 use crate::path::{assert_denied, three};
 use crate::{Case, Suite};
+use test_ca::{openssl, TestCa};
+
+#[path = "../../admin/tests/common/test_ca.rs"]
+mod test_ca;
 
 pub fn suites() -> Vec<Suite> {
     vec![Suite { name: "oidc", options, cases: CASES }]
@@ -36,63 +39,24 @@ const CASES: &[Case] = &[
 ];
 
 fn options() -> StackOptions {
-    let ca = test_ca().join("ca.pem").display().to_string();
+    let ca = test_ca().ca.display().to_string();
     StackOptions { admin_args: vec!["--issuer-refresh-secs".into(), "1".into(), "--issuer-ca-file".into(), ca], ..StackOptions::default() }
 }
 
-/// A test CA and a server certificate it signed for 127.0.0.1 (made once per run, before
-/// admin starts): the directory holding `ca.pem`, `leaf.pem`, `leaf.key`.
-fn test_ca() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+/// The suite's test CA (admin's `tests/common/test_ca.rs`), made once per run before admin
+/// starts.
+fn test_ca() -> &'static TestCa {
+    static CA: OnceLock<TestCa> = OnceLock::new();
+    CA.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("keygate-e2e-oidc-ca-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-        openssl(
-            &dir,
-            &[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=keygate e2e CA", "-days", "2"]].concat(),
-        );
-        openssl(&dir, &[&["req"][..], &ec, &["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]].concat());
-        std::fs::write(dir.join("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
-            .unwrap();
-        openssl(
-            &dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "leaf.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "leaf.ext",
-                "-out",
-                "leaf.pem",
-            ],
-        );
-        dir
+        test_ca::make(&dir)
     })
 }
 
 /// The test issuer's TLS setup: the test CA's certificate for 127.0.0.1.
 fn tls_config() -> Arc<rustls::ServerConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let dir = test_ca();
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("leaf.pem")).unwrap().map(Result::unwrap).collect();
-    let key = PrivateKeyDer::from_pem_file(dir.join("leaf.key")).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    Arc::new(config)
+    test_ca().server_config()
 }
 
 const AUD: &str = "orders-api";
@@ -109,16 +73,6 @@ struct Key {
     alg: Algorithm,
     encoding: EncodingKey,
     jwk: Value,
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the oidc suite makes its RSA and P-256 test keys with the openssl command");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
 }
 
 fn rsa_key(dir: &Path, kid: &str) -> Key {
