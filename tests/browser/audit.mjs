@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { run, signInPage, stackEnv, withChromium } from './browser.mjs';
+import { openPage, run, signInPage, stackEnv, withChromium } from './browser.mjs';
 
 const { ADMIN, EMAIL, PASSWORD, BUSINESS, SHOTS } = stackEnv();
 
@@ -25,8 +25,7 @@ async function actions(page) {
 async function main() {
   mkdirSync(SHOTS, { recursive: true });
   await withChromium(async (context) => {
-    const page = context.pages()[0] || (await context.newPage());
-    page.setDefaultTimeout(15000);
+    const page = await openPage(context);
     await signInPage(page, { admin: ADMIN, email: EMAIL, password: PASSWORD, business: BUSINESS });
     await page.locator('#audit-body tr').first().waitFor();
 

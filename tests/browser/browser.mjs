@@ -65,6 +65,13 @@ export async function eventually(what, probe, limitMs = 15000, everyMs = 100) {
   }
 }
 
+/** The context's page (a new one if it has none), waiting at most 15 s for anything. */
+export async function openPage(context) {
+  const page = context.pages()[0] || (await context.newPage());
+  page.setDefaultTimeout(15000);
+  return page;
+}
+
 /** Opens the dashboard at `admin`, signs in as `email` and picks `business`. */
 export async function signInPage(page, { admin, email, password, business }) {
   await page.goto(`${admin}/ui/`);

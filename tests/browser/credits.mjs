@@ -6,7 +6,7 @@
 
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
-import { eventually, keyOnly, run, screenshots, signInPage, stackEnv, withChromium } from './browser.mjs';
+import { eventually, keyOnly, openPage, run, screenshots, signInPage, stackEnv, withChromium } from './browser.mjs';
 
 const { ADMIN, ENVOY, EMAIL, PASSWORD, BUSINESS, SHOTS } = stackEnv();
 
@@ -15,8 +15,7 @@ const throughEnvoy = (rawKey) => keyOnly(ENVOY, rawKey);
 async function main() {
   mkdirSync(SHOTS, { recursive: true });
   await withChromium(async (context) => {
-    const page = context.pages()[0] || (await context.newPage());
-    page.setDefaultTimeout(15000);
+    const page = await openPage(context);
     const pageErrors = [];
     page.on('pageerror', (e) => pageErrors.push(String(e)));
     const shot = screenshots(page, SHOTS, 'credits-');

@@ -11,7 +11,7 @@
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { run, stackEnv, withChromium } from './browser.mjs';
+import { openPage, run, stackEnv, withChromium } from './browser.mjs';
 
 const { ADMIN, ENVOY, EMAIL, PASSWORD, BUSINESS, SHOTS } = stackEnv();
 const XSS_NAME = '<img src=x onerror="window.__pwned=1">Billing';
@@ -117,8 +117,7 @@ async function main() {
   const pageErrors = [];
   await withChromium(async (context) => {
     await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: ADMIN });
-    const page = context.pages()[0] || (await context.newPage());
-    page.setDefaultTimeout(15000);
+    const page = await openPage(context);
     page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
     page.on('pageerror', (e) => pageErrors.push(String(e)));
     let n = 0;

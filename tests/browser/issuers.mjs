@@ -9,7 +9,7 @@ import { generateKeyPairSync } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { join } from 'node:path';
-import { run, signInPage, stackEnv, withChromium } from './browser.mjs';
+import { openPage, run, signInPage, stackEnv, withChromium } from './browser.mjs';
 
 const { ADMIN, EMAIL, PASSWORD, BUSINESS, SHOTS } = stackEnv();
 
@@ -41,8 +41,7 @@ async function main() {
   const idp = await provider();
   try {
     await withChromium(async (context) => {
-      const page = context.pages()[0] || (await context.newPage());
-      page.setDefaultTimeout(15000);
+      const page = await openPage(context);
       await signInPage(page, { admin: ADMIN, email: EMAIL, password: PASSWORD, business: BUSINESS });
       await page.locator('#issuers-empty').waitFor();
       assert.equal(await page.locator('#issuers-body tr').count(), 0, 'no provider yet');

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { run, signInPage, stackEnv, withChromium } from './browser.mjs';
+import { openPage, run, signInPage, stackEnv, withChromium } from './browser.mjs';
 
 const { ADMIN, EMAIL, PASSWORD, BUSINESS, SHOTS } = stackEnv();
 const TTL_MS = Number(process.env.KEYGATE_UI_TOKEN_TTL_SECS || '3') * 1000;
@@ -14,8 +14,7 @@ const TTL_MS = Number(process.env.KEYGATE_UI_TOKEN_TTL_SECS || '3') * 1000;
 async function main() {
   mkdirSync(SHOTS, { recursive: true });
   await withChromium(async (context) => {
-    const page = context.pages()[0] || (await context.newPage());
-    page.setDefaultTimeout(15000);
+    const page = await openPage(context);
     const refreshes = [];
     page.on('request', (r) => { if (r.url().endsWith('/auth/refresh')) refreshes.push(r.url()); });
     await signInPage(page, { admin: ADMIN, email: EMAIL, password: PASSWORD, business: BUSINESS });
